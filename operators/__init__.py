@@ -1,0 +1,1 @@
+"""Operators: one module per family (shape rules, costs, kernels). Importable without legate."""

@@ -1,0 +1,297 @@
+"""What every operator declares, once: shapes, weights, costs and its kernels.
+
+An operator is a frozen dataclass of attributes. Its kernels are plain numpy functions whose
+parameters are annotated with the roles below; the executor turns each kernel into a Legate task
+(this module never imports legate, so the graph, search and cost model can use operators freely).
+A kernel receives the local piece of each store as a writable numpy array (indexed from 0).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+from unity_legion.pcg.tensor import DataType, TensorShape
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel parameter roles
+# ---------------------------------------------------------------------------------------------
+
+class Role(enum.Enum):
+    INPUT = "input"        # read-only piece
+    OUTPUT = "output"      # write-only piece
+    INOUT = "inout"        # read-write piece (updated in place)
+    SUM = "sum"            # ADD-reduction: the kernel adds its contribution into a zeroed piece
+
+
+class In:
+    """Annotation: a store the kernel reads."""
+
+
+class Out:
+    """Annotation: a store the kernel writes."""
+
+
+class InOut:
+    """Annotation: a store the kernel reads and updates in place."""
+
+
+class Sum:
+    """Annotation: a store the kernel accumulates into (ADD reduction over launch points)."""
+
+
+class Origin:
+    """Annotation: the global index of element 0 of the kernel's first store piece."""
+
+
+_ROLE_OF = {In: Role.INPUT, Out: Role.OUTPUT, InOut: Role.INOUT, Sum: Role.SUM}
+_SCALAR_TYPES = (int, float, bool, str)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A numpy function with declared store parameters and scalar parameters, in order."""
+
+    name: str
+    fn: Callable[..., None]
+    stores: tuple[tuple[str, Role], ...]
+    scalars: tuple[tuple[str, type], ...]
+    wants_origin: bool
+
+    def __call__(self, **kwargs: Any) -> None:
+        """Run the kernel directly on numpy arrays (tests, and a serial reference)."""
+        self.fn(**kwargs)
+
+    def role(self, param: str) -> Role:
+        return dict(self.stores)[param]
+
+
+def kernel(fn: Callable[..., None]) -> Kernel:
+    """Declare a numpy kernel; its annotations (In/Out/InOut/Sum/Origin/scalar type) say what
+    each parameter is."""
+    stores: list[tuple[str, Role]] = []
+    scalars: list[tuple[str, type]] = []
+    wants_origin = False
+    hints = fn.__annotations__
+    for name in inspect.signature(fn).parameters:
+        ann = hints.get(name)
+        if isinstance(ann, str):  # postponed annotations: resolve against this module's names
+            ann = {"In": In, "Out": Out, "InOut": InOut, "Sum": Sum, "Origin": Origin, "int": int,
+                   "float": float, "bool": bool, "str": str}.get(ann, ann)
+        if ann in _ROLE_OF:
+            stores.append((name, _ROLE_OF[ann]))
+        elif ann is Origin:
+            wants_origin = True
+        elif ann in _SCALAR_TYPES:
+            scalars.append((name, ann))
+        else:
+            raise TypeError(f"kernel {fn.__qualname__}: parameter {name!r} needs an annotation "
+                            f"In, Out, Sum, Origin or a scalar type, got {ann!r}")
+    if not stores:
+        raise TypeError(f"kernel {fn.__qualname__} has no store parameter")
+    return Kernel(f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}", fn, tuple(stores),
+                  tuple(scalars), wants_origin)
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbolic references an operator's launches use; the executor binds them to stores
+# ---------------------------------------------------------------------------------------------
+
+class RefKind(enum.Enum):
+    INPUT = "in"
+    OUTPUT = "out"
+    WEIGHT = "w"
+    SAVED = "saved"            # produced by forward only to be used by backward
+    GRAD_INPUT = "d_in"
+    GRAD_OUTPUT = "d_out"
+    GRAD_WEIGHT = "d_w"
+
+
+@dataclass(frozen=True)
+class Ref:
+    kind: RefKind
+    key: int | str
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}[{self.key}]"
+
+
+def x(i: int = 0) -> Ref:
+    return Ref(RefKind.INPUT, i)
+
+
+def y(i: int = 0) -> Ref:
+    return Ref(RefKind.OUTPUT, i)
+
+
+def w(name: str) -> Ref:
+    return Ref(RefKind.WEIGHT, name)
+
+
+def saved(name: str) -> Ref:
+    return Ref(RefKind.SAVED, name)
+
+
+def dx(i: int = 0) -> Ref:
+    return Ref(RefKind.GRAD_INPUT, i)
+
+
+def dy(i: int = 0) -> Ref:
+    return Ref(RefKind.GRAD_OUTPUT, i)
+
+
+def dw(name: str) -> Ref:
+    return Ref(RefKind.GRAD_WEIGHT, name)
+
+
+# The launch axis along which data parallelism splits samples; later parallel forms add axes.
+SAMPLE = "sample"
+
+
+@dataclass(frozen=True)
+class Arg:
+    """A store argument of a launch: which tensor, and which launch axis splits each of its dims
+    (None: that dim is whole in every point; a store with no split is broadcast, or for Sum
+    reduced)."""
+
+    ref: Ref
+    split: tuple[str | None, ...] = ()
+
+    @staticmethod
+    def by_sample(ref: Ref, rank: int) -> "Arg":
+        """Split along dim 0 (the batch) by the sample axis; other dims whole."""
+        return Arg(ref, (SAMPLE,) + (None,) * (rank - 1))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One task launch of an operator: a kernel, its store arguments by parameter name, scalars."""
+
+    kernel: Kernel
+    args: Mapping[str, Arg]
+    scalars: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        want = {n for n, _ in self.kernel.stores}
+        if set(self.args) != want:
+            raise ValueError(f"launch of {self.kernel.name}: arguments {sorted(self.args)} do not "
+                             f"match the kernel's store parameters {sorted(want)}")
+        swant = {n for n, _ in self.kernel.scalars}
+        if set(self.scalars) != swant:
+            raise ValueError(f"launch of {self.kernel.name}: scalars {sorted(self.scalars)} do not "
+                             f"match the kernel's scalar parameters {sorted(swant)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights and saved tensors
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """A trainable (or not) parameter of an operator, with its initializer's name and config."""
+
+    name: str
+    shape: TensorShape
+    initializer: str = "zeros"
+    init_args: tuple[tuple[str, Any], ...] = ()
+    trainable: bool = True
+
+
+@dataclass(frozen=True)
+class SavedSpec:
+    """An extra forward product that backward needs (a dropout mask, softmax statistics...)."""
+
+    name: str
+    shape: TensorShape
+
+
+# ---------------------------------------------------------------------------------------------
+# The operator base
+# ---------------------------------------------------------------------------------------------
+
+class OperatorError(ValueError):
+    """An operator's attributes or input shapes are invalid."""
+
+
+class Operator:
+    """Base of operator attribute types. Subclasses are frozen dataclasses and define the rules.
+
+    Shapes passed to the rules are concrete except possibly dim 0 (the batch), which is None in a
+    graph built before data arrives; rules must carry it through.
+    """
+
+    op_type: ClassVar[str] = "operator"
+    num_inputs: ClassVar[int | None] = 1  # None: variadic (at least one)
+
+    # --- shapes -------------------------------------------------------------------------------
+    def check_inputs(self, inputs: Sequence[TensorShape]) -> None:
+        if self.num_inputs is not None and len(inputs) != self.num_inputs:
+            raise OperatorError(f"{self.op_type} takes {self.num_inputs} input(s), got {len(inputs)}")
+        if self.num_inputs is None and not inputs:
+            raise OperatorError(f"{self.op_type} needs at least one input")
+
+    def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
+        raise NotImplementedError
+
+    def weights(self, inputs: Sequence[TensorShape]) -> tuple[WeightSpec, ...]:
+        return ()
+
+    def saved(self, inputs: Sequence[TensorShape]) -> tuple[SavedSpec, ...]:
+        return ()
+
+    def check_input_values(self, index: int, values: Any) -> None:
+        """Validate concrete values fed to input `index` before anything is launched (a kernel
+        cannot report an error without aborting the process). Default: nothing to check."""
+
+    # --- costs (forward pass; backward is about twice, per operator where it differs) ---------
+    def flops(self, inputs: Sequence[TensorShape]) -> int:
+        return sum(o.num_elements() for o in self.infer_outputs(inputs))
+
+    def bytes_accessed(self, inputs: Sequence[TensorShape]) -> int:
+        outs = self.infer_outputs(inputs)
+        ws = self.weights(inputs)
+        return (sum(s.num_bytes() for s in inputs) + sum(o.num_bytes() for o in outs)
+                + sum(wt.shape.num_bytes() for wt in ws))
+
+    # --- launches -----------------------------------------------------------------------------
+    def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
+        raise NotImplementedError
+
+    def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
+        """Launches writing d_in[i] (where needed) and d_w[name] (as Sum) from d_out."""
+        raise NotImplementedError
+
+    # --- description --------------------------------------------------------------------------
+    def describe(self) -> str:
+        fields = getattr(self, "__dataclass_fields__", {})
+        inner = ", ".join(f"{k}={getattr(self, k)!r}" for k in fields)
+        return f"{self.op_type}({inner})"
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def prod(values: Sequence[int]) -> int:
+    return math.prod(values)
+
+
+def normalize_axis(axis: int, rank: int, what: str) -> int:
+    """A Python-style axis (negative counts from the end) as a non-negative index, or an error."""
+    if not -rank <= axis < rank:
+        raise OperatorError(f"{what}: axis {axis} is out of range for a tensor of rank {rank}")
+    return axis % rank
+
+
+def same_float(inputs: Sequence[TensorShape], what: str) -> DataType:
+    dtypes = {s.dtype for s in inputs}
+    if len(dtypes) != 1:
+        raise OperatorError(f"{what}: inputs have different dtypes {sorted(d.value for d in dtypes)}")
+    (dt,) = dtypes
+    if not dt.is_float:
+        raise OperatorError(f"{what}: expects floating-point inputs, got {dt.value}")
+    return dt

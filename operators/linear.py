@@ -1,0 +1,183 @@
+"""Linear (Keras Dense): y = act(x @ kernel + bias) over the last dim; the activation is fused.
+
+With an activation other than linear, forward keeps the pre-activation (saved "preact") and each
+backward kernel turns d_out into d_preact locally (cheap, elementwise) before its matmul.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from . import activation as act
+from .base import (Arg, In, Launch, Operator, OperatorError, Out, SavedSpec, Sum, TensorShape,
+                   WeightSpec, dw, dx, dy, kernel, saved, w, x, y)
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1, a.shape[-1])
+
+
+def _d_preact(preact: np.ndarray, out: np.ndarray, d_out: np.ndarray, fn: str) -> np.ndarray:
+    if fn == "linear":
+        return _rows(d_out)
+    g = act.grad(fn, preact.astype(np.float64), out.astype(np.float64), d_out.astype(np.float64))
+    return _rows(g.astype(d_out.dtype))
+
+
+@kernel
+def linear_forward(x: In, kernel: In, y: Out) -> None:
+    np.matmul(_rows(x), kernel, out=_rows(y))
+
+
+@kernel
+def linear_forward_bias(x: In, kernel: In, bias: In, y: Out) -> None:
+    y2 = _rows(y)
+    np.matmul(_rows(x), kernel, out=y2)
+    y2 += bias
+
+
+@kernel
+def linear_forward_act(x: In, kernel: In, bias: In, preact: Out, y: Out, fn: str,
+                       use_bias: bool) -> None:
+    p = _rows(preact)
+    np.matmul(_rows(x), kernel, out=p)
+    if use_bias:
+        p += bias
+    y[...] = act.apply(fn, preact.astype(np.float64))
+
+
+@kernel
+def linear_backward_input(dy: In, kernel: In, dx: Out) -> None:
+    np.matmul(_rows(dy), kernel.T, out=_rows(dx))
+
+
+@kernel
+def linear_backward_input_act(preact: In, y: In, dy: In, kernel: In, dx: Out, fn: str) -> None:
+    np.matmul(_d_preact(preact, y, dy, fn), kernel.T, out=_rows(dx))
+
+
+@kernel
+def linear_backward_kernel(x: In, dy: In, dkernel: Sum) -> None:
+    dkernel += _rows(x).T @ _rows(dy)
+
+
+@kernel
+def linear_backward_kernel_bias(x: In, dy: In, dkernel: Sum, dbias: Sum) -> None:
+    d2 = _rows(dy)
+    dkernel += _rows(x).T @ d2
+    dbias += d2.sum(axis=0)
+
+
+@kernel
+def linear_backward_weights_act(x: In, preact: In, y: In, dy: In, dkernel: Sum, dbias: Sum,
+                                fn: str, use_bias: bool) -> None:
+    d2 = _d_preact(preact, y, dy, fn)
+    dkernel += _rows(x).T @ d2
+    if use_bias:
+        dbias += d2.sum(axis=0)
+
+
+@dataclass(frozen=True)
+class Linear(Operator):
+    out_features: int
+    use_bias: bool = True
+    kernel_initializer: str = "glorot_uniform"
+    bias_initializer: str = "zeros"
+    activation: str = "linear"
+
+    op_type = "linear"
+    num_inputs = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.out_features, bool) or not isinstance(self.out_features, (int, np.integer)) \
+                or self.out_features <= 0:
+            raise OperatorError(f"linear: units must be a positive integer, got {self.out_features!r}")
+        act.check_activation(self.activation)
+
+    @property
+    def fused(self) -> bool:
+        return self.activation != "linear"
+
+    def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
+        self.check_inputs(inputs)
+        (s,) = inputs
+        if s.rank < 2:
+            raise OperatorError(f"linear: input must have rank >= 2 (batch, ..., features), got {s}")
+        if s.dims[-1] is None:
+            raise OperatorError(f"linear: the last dimension of the input {s} must be known")
+        if not s.dtype.is_float:
+            raise OperatorError(f"linear: expects a floating-point input, got {s.dtype.value}")
+        return (s.with_dims(s.dims[:-1] + (self.out_features,)),)
+
+    def weights(self, inputs: Sequence[TensorShape]) -> tuple[WeightSpec, ...]:
+        (s,) = inputs
+        ws = [WeightSpec("kernel", TensorShape((s.dims[-1], self.out_features), s.dtype),
+                         self.kernel_initializer)]
+        if self.use_bias:
+            ws.append(WeightSpec("bias", TensorShape((self.out_features,), s.dtype),
+                                 self.bias_initializer))
+        return tuple(ws)
+
+    def saved(self, inputs: Sequence[TensorShape]) -> tuple[SavedSpec, ...]:
+        return (SavedSpec("preact", self.infer_outputs(inputs)[0]),) if self.fused else ()
+
+    def flops(self, inputs: Sequence[TensorShape]) -> int:
+        (s,) = inputs
+        rows = s.num_elements() // s.dims[-1]
+        return 2 * rows * s.dims[-1] * self.out_features + (
+            act.Activation(self.activation).flops(self.infer_outputs(inputs)) if self.fused else 0)
+
+    def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
+        r = inputs[0].rank
+        args = {"x": Arg.by_sample(x(0), r), "kernel": Arg(w("kernel")), "y": Arg.by_sample(y(0), r)}
+        bias = Arg(w("bias") if self.use_bias else w("kernel"))  # unused when use_bias is False
+        if self.fused:
+            return [Launch(linear_forward_act,
+                           args | {"bias": bias, "preact": Arg.by_sample(saved("preact"), r)},
+                           {"fn": self.activation, "use_bias": self.use_bias})]
+        if self.use_bias:
+            return [Launch(linear_forward_bias, args | {"bias": bias})]
+        return [Launch(linear_forward, args)]
+
+    def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
+        r = inputs[0].rank
+        d_out = Arg.by_sample(dy(0), r)
+        launches = []
+        if self.fused:
+            pre = {"preact": Arg.by_sample(saved("preact"), r), "y": Arg.by_sample(y(0), r)}
+            if needs_input_grad[0]:
+                launches.append(Launch(linear_backward_input_act,
+                                       pre | {"dy": d_out, "kernel": Arg(w("kernel")),
+                                              "dx": Arg.by_sample(dx(0), r)}, {"fn": self.activation}))
+            dbias = Arg(dw("bias") if self.use_bias else dw("kernel"))
+            if not self.use_bias:
+                # a Sum store may not be passed twice; without bias the fused kernel ignores dbias
+                return launches + [self._unfused_weight_grad_act(r)]
+            launches.append(Launch(linear_backward_weights_act,
+                                   pre | {"x": Arg.by_sample(x(0), r), "dy": d_out,
+                                          "dkernel": Arg(dw("kernel")), "dbias": dbias},
+                                   {"fn": self.activation, "use_bias": True}))
+            return launches
+        if needs_input_grad[0]:
+            launches.append(Launch(linear_backward_input, {
+                "dy": d_out, "kernel": Arg(w("kernel")), "dx": Arg.by_sample(dx(0), r)}))
+        args = {"x": Arg.by_sample(x(0), r), "dy": d_out, "dkernel": Arg(dw("kernel"))}
+        if self.use_bias:
+            launches.append(Launch(linear_backward_kernel_bias, args | {"dbias": Arg(dw("bias"))}))
+        else:
+            launches.append(Launch(linear_backward_kernel, args))
+        return launches
+
+    def _unfused_weight_grad_act(self, r: int) -> Launch:
+        return Launch(linear_backward_kernel_act, {
+            "x": Arg.by_sample(x(0), r), "preact": Arg.by_sample(saved("preact"), r),
+            "y": Arg.by_sample(y(0), r), "dy": Arg.by_sample(dy(0), r),
+            "dkernel": Arg(dw("kernel"))}, {"fn": self.activation})
+
+
+@kernel
+def linear_backward_kernel_act(x: In, preact: In, y: In, dy: In, dkernel: Sum, fn: str) -> None:
+    dkernel += _rows(x).T @ _d_preact(preact, y, dy, fn)

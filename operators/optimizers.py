@@ -1,0 +1,142 @@
+"""Optimizer update rules as kernels over a parameter, its gradient and its slots (in place).
+
+Formulas follow Keras 3: decoupled weight decay (w -= lr * wd * w) before the update; SGD with
+momentum keeps a velocity; Adam keeps m and v with the bias correction folded into the step size.
+Refs: w("param") the parameter, dw("param") its gradient, saved(slot) each slot; all split by rows.
+Every rule zeroes the gradient it consumed, so the next step's ADD reductions start from zero
+without a separate fill (a fill is a launch, and launches are what multi-rank steps pay for).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from .base import Arg, In, InOut, Launch, Ref, RefKind, kernel
+
+ROWS = "param_rows"  # launch axis: the parameter's leading dimension, split over processors
+
+
+@kernel
+def sgd_update(param: InOut, grad: InOut, lr: float, weight_decay: float) -> None:
+    if weight_decay:
+        param -= (lr * weight_decay) * param
+    param -= (lr * grad).astype(param.dtype)
+    grad[...] = 0
+
+
+@kernel
+def sgd_momentum_update(param: InOut, grad: InOut, velocity: InOut, lr: float, momentum: float,
+                        nesterov: bool, weight_decay: float) -> None:
+    if weight_decay:
+        param -= (lr * weight_decay) * param
+    velocity *= momentum
+    velocity -= lr * grad
+    if nesterov:
+        param += momentum * velocity - lr * grad
+    else:
+        param += velocity
+    grad[...] = 0
+
+
+@kernel
+def adam_update(param: InOut, grad: InOut, m: InOut, v: InOut, lr: float, beta_1: float,
+                beta_2: float, epsilon: float, step: int, weight_decay: float) -> None:
+    if weight_decay:
+        param -= (lr * weight_decay) * param
+    alpha = lr * np.sqrt(1.0 - beta_2 ** step) / (1.0 - beta_1 ** step)
+    m += (grad - m) * (1.0 - beta_1)
+    v += (grad * grad - v) * (1.0 - beta_2)
+    param -= (alpha * m / (np.sqrt(v) + epsilon)).astype(param.dtype)
+    grad[...] = 0
+
+
+@kernel
+def rmsprop_update(param: InOut, grad: InOut, velocity: InOut, lr: float, rho: float, epsilon: float,
+                   weight_decay: float) -> None:
+    if weight_decay:
+        param -= (lr * weight_decay) * param
+    velocity *= rho
+    velocity += (1.0 - rho) * grad * grad
+    param -= (lr * grad / (np.sqrt(velocity) + epsilon)).astype(param.dtype)
+    grad[...] = 0
+
+
+def _rows(ref: Ref, rank: int) -> Arg:
+    return Arg(ref, (ROWS,) + (None,) * (rank - 1)) if rank else Arg(ref)
+
+
+PARAM = Ref(RefKind.WEIGHT, "param")
+GRAD = Ref(RefKind.GRAD_WEIGHT, "param")
+
+
+def slot(name: str) -> Ref:
+    return Ref(RefKind.SAVED, name)
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    """Base: which slots the rule keeps per parameter, and its launch for one step."""
+
+    slots: ClassVar[tuple[str, ...]] = ()
+
+    def launch(self, rank: int, lr: float, step: int) -> Launch:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SGDRule(UpdateRule):
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    @property
+    def slots(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("velocity",) if self.momentum else ()
+
+    def launch(self, rank: int, lr: float, step: int) -> Launch:
+        if not self.momentum:
+            return Launch(sgd_update, {"param": _rows(PARAM, rank), "grad": _rows(GRAD, rank)},
+                          {"lr": lr, "weight_decay": self.weight_decay})
+        return Launch(sgd_momentum_update,
+                      {"param": _rows(PARAM, rank), "grad": _rows(GRAD, rank),
+                       "velocity": _rows(slot("velocity"), rank)},
+                      {"lr": lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                       "weight_decay": self.weight_decay})
+
+
+@dataclass(frozen=True)
+class AdamRule(UpdateRule):
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+    weight_decay: float = 0.0
+
+    slots: ClassVar[tuple[str, ...]] = ("m", "v")
+
+    def launch(self, rank: int, lr: float, step: int) -> Launch:
+        if step < 1:  # step 0 would make the bias correction 0/0: NaN in every weight
+            raise ValueError(f"adam: step must count from 1 (Keras' iterations + 1), got {step}")
+        return Launch(adam_update,
+                      {"param": _rows(PARAM, rank), "grad": _rows(GRAD, rank),
+                       "m": _rows(slot("m"), rank), "v": _rows(slot("v"), rank)},
+                      {"lr": lr, "beta_1": self.beta_1, "beta_2": self.beta_2,
+                       "epsilon": self.epsilon, "step": step, "weight_decay": self.weight_decay})
+
+
+@dataclass(frozen=True)
+class RMSpropRule(UpdateRule):
+    rho: float = 0.9
+    epsilon: float = 1e-7
+    weight_decay: float = 0.0
+
+    slots: ClassVar[tuple[str, ...]] = ("velocity",)
+
+    def launch(self, rank: int, lr: float, step: int) -> Launch:
+        return Launch(rmsprop_update,
+                      {"param": _rows(PARAM, rank), "grad": _rows(GRAD, rank),
+                       "velocity": _rows(slot("velocity"), rank)},
+                      {"lr": lr, "rho": self.rho, "epsilon": self.epsilon,
+                       "weight_decay": self.weight_decay})

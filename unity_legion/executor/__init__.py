@@ -1,0 +1,1 @@
+"""Lowering of graphs to Legate task launches: the only package that launches tasks."""

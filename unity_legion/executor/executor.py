@@ -1,0 +1,432 @@
+"""Run a computation graph's training steps as Legate launches.
+
+Weights, gradients and optimizer slots live in Legate stores across steps; numpy is used only at
+the edges (a batch in, per-sample losses and metrics out, weights read or written on request).
+Every operator here runs data-parallel: its launch splits samples over all processors of the
+job, weights are broadcast and weight gradients are summed by ADD reduction. The plan
+(`degrees_for`, `view_for`) is the one place a later strategy replaces per operator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from legate.core import types as ty
+
+from unity_legion.executor.launcher import effective_degree, submit
+from unity_legion.mappers.machine_view import MachineView
+from unity_legion.mappers.placement import placed
+from unity_legion.operators.base import (SAMPLE, Launch, Ref, RefKind, dx, dy, saved, w, x, y)
+from unity_legion.operators.glue import accumulate_launch
+from unity_legion.operators.losses import LossFunction
+from unity_legion.operators.metrics import Metric
+from unity_legion.operators.optimizers import GRAD, PARAM, ROWS, UpdateRule, slot
+from unity_legion.pcg.graph import ComputationGraph, Node
+from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.runtime import machine_info, runtime
+
+_LEGATE_TYPE = {DataType.FLOAT32: ty.float32, DataType.FLOAT64: ty.float64,
+                DataType.INT32: ty.int32, DataType.INT64: ty.int64, DataType.BOOL: ty.bool_}
+_DATA_TYPE = {v: k for k, v in _LEGATE_TYPE.items()}
+
+WeightKey = tuple[int, str]  # (node id, weight name)
+
+
+@dataclass
+class StepResult:
+    """Per-sample values of one step, read back to numpy."""
+
+    batch: int
+    loss: np.ndarray                        # per-sample total loss (sum over outputs)
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    applied: bool = True                    # False: the loss was not finite, nothing was updated
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self.loss.mean()) if self.loss.size else float("nan")
+
+
+class Staged:
+    """An array uploaded once into a store (e.g. one epoch of shuffled samples); batches are row
+    ranges of it, so a step attaches nothing (attaching costs a collective on every rank)."""
+
+    def __init__(self, store: Any, buffer: np.ndarray) -> None:
+        self.store = store
+        self._buffer = buffer  # the store is attached to this memory: keep it alive
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def rows(self, start: int, stop: int) -> "StagedRows":
+        return StagedRows(self, start, min(stop, len(self)))
+
+
+@dataclass(frozen=True)
+class StagedRows:
+    staged: Staged
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def store(self) -> Any:
+        return self.staged.store.slice(0, slice(self.start, self.stop))
+
+
+Feed = np.ndarray | StagedRows
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What training minimises: a loss per model output, and metrics per output."""
+
+    losses: tuple[LossFunction, ...]
+    metrics: tuple[tuple[Metric, ...], ...]
+    loss_weights: tuple[float, ...] = ()
+
+
+class GraphExecutor:
+    def __init__(self, graph: ComputationGraph, outputs: Sequence[int], seed: int = 0,
+                 input_grads: bool = False) -> None:
+        self.graph = graph
+        self.outputs = tuple(outputs)
+        self.rt = runtime()
+        self.machine = machine_info()
+        self.view = MachineView.contiguous(self.machine.preferred_kind, 0, self.machine.processors)
+        self.nodes = graph.subgraph_nodes(self.outputs)
+        self.weights: dict[WeightKey, Any] = {}
+        self.grads: dict[WeightKey, Any] = {}
+        self.slots: dict[tuple[WeightKey, str], Any] = {}
+        self._slot_names: tuple[str, ...] | None = None
+        self._seed_rng = np.random.default_rng(seed + 7919)
+        self._pool: dict[tuple[Any, ...], Any] = {}
+        self._shape_cache: dict[int, dict[int, TensorShape]] = {}
+        self._keepalive: list[Any] = []   # buffers attached to this step's stores
+        self._buffers: list[Any] = []     # buffers attached to weight stores
+        self._input_grads = input_grads
+        self._grads_zeroed = False   # True after an update: its kernels zeroed every gradient
+        self.frozen: frozenset[WeightKey] = frozenset()
+        self.requires_grad = self._requires_grad(input_grads)
+
+    # ------------------------------------------------------------------ weights
+    def weight_specs(self) -> list[tuple[WeightKey, Any]]:
+        return [((n.id, ws.name), ws) for n in self.nodes for ws in n.weights]
+
+    def set_weight(self, key: WeightKey, value: np.ndarray) -> None:
+        spec = dict(self.weight_specs())[key]
+        arr = np.ascontiguousarray(value, dtype=spec.shape.dtype.numpy)
+        if arr.shape != spec.shape.dims:
+            raise ValueError(f"weight {self.graph.nodes[key[0]].name}/{key[1]}: expected shape "
+                             f"{spec.shape.dims}, got {arr.shape}")
+        self.weights[key] = self._store_from(arr, persistent=True)
+
+    def get_weight(self, key: WeightKey) -> np.ndarray:
+        return read(self.weights[key])
+
+    def set_frozen(self, keys: Iterable[WeightKey]) -> None:
+        """Weights that training leaves alone (Keras' layer.trainable = False)."""
+        keys = frozenset(keys)
+        if keys != self.frozen:
+            # an update zeroes only the gradients of the weights it trained: a weight frozen then
+            # may still hold a gradient (from gradients()), so the next backward zero-fills all
+            self._grads_zeroed = False
+        self.frozen = keys
+        self.requires_grad = self._requires_grad(self._input_grads)
+
+    def trainable(self, key: WeightKey, spec: Any) -> bool:
+        return spec.trainable and key not in self.frozen
+
+    def reset_optimizer_state(self) -> None:
+        self.slots.clear()
+        self._slot_names = None
+
+    def _ensure_slots(self, rule: UpdateRule) -> None:
+        names = tuple(rule.slots)
+        if self._slot_names != names:
+            self.slots.clear()
+            self._slot_names = names
+        # every weight trainable now has its slots (a weight unfrozen later starts from zeros)
+        for key, spec in self.weight_specs():
+            if self.trainable(key, spec):
+                for s in names:
+                    if (key, s) not in self.slots:
+                        self.slots[(key, s)] = self._zeros(spec.shape)
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        return {f"{self.graph.nodes[k[0]].name}/{k[1]}/{s}": read(v) for (k, s), v in self.slots.items()}
+
+    # ------------------------------------------------------------------ plan
+    def degrees_for(self, batch: int) -> dict[str, int]:
+        return {SAMPLE: effective_degree(batch, self.view.num_points)}
+
+    def _view_for(self, degree: int) -> MachineView:
+        return MachineView.contiguous(self.view.device_type, self.view.start, degree)
+
+    def _launch(self, launch: Launch, refs: Mapping[Ref, Any], degrees: Mapping[str, int]) -> None:
+        points = math.prod(degrees.get(a, 1) for a in {s for arg in launch.args.values()
+                                                        for s in arg.split if s})
+        with placed(self._view_for(points)):
+            submit(self.rt, launch, refs, degrees)
+
+    # ------------------------------------------------------------------ stores
+    def _store_from(self, arr: np.ndarray, persistent: bool = False) -> Any:
+        """A store over a copy of `arr`; the copy lives as long as the step (or the executor)."""
+        arr = np.array(arr, order="C", copy=True)
+        store = self._store_from_buffer(arr)
+        (self._buffers if persistent else self._keepalive).append(arr)
+        return store
+
+    def upload(self, arr: np.ndarray, copy: bool = True) -> Staged:
+        """Stage an array in a store for later steps to read slices of (copy=False: the caller
+        hands over `arr` and does not touch it again)."""
+        buffer = np.array(arr, order="C", copy=True) if copy else np.ascontiguousarray(arr)
+        return Staged(self._store_from_buffer(buffer), buffer)
+
+    def _as_store(self, feed: Feed) -> Any:
+        return feed.store() if isinstance(feed, StagedRows) else self._store_from(feed)
+
+    def _store_from_buffer(self, arr: np.ndarray) -> Any:
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        return self.rt.create_store_from_buffer(_LEGATE_TYPE[DataType.of(arr.dtype)], arr.shape, arr, False)
+
+    def _scratch(self, *key: Any, shape: TensorShape, zero: bool = False) -> Any:
+        """A store reused by every step that asks for the same purpose and shape: creating a
+        store costs a collective on every rank, reusing one costs nothing (Legate orders the
+        reuse after the previous step's readers)."""
+        full = key + (shape.dims, shape.dtype)
+        store = self._pool.get(full)
+        if store is None:
+            store = self._pool[full] = self._zeros(shape) if zero else self._new(shape)
+        return store
+
+    def _shapes(self, batch: int) -> dict[int, TensorShape]:
+        shapes = self._shape_cache.get(batch)
+        if shapes is None:
+            shapes = self._shape_cache[batch] = self.graph.bind_batch(batch)
+        return shapes
+
+    def _new(self, shape: TensorShape) -> Any:
+        return self.rt.create_store(_LEGATE_TYPE[shape.dtype], shape.dims)
+
+    def _zeros(self, shape: TensorShape) -> Any:
+        s = self._new(shape)
+        s.fill(0 if shape.dtype.is_integer else 0.0)
+        return s
+
+    # ------------------------------------------------------------------ graph analysis
+    def _requires_grad(self, input_grads: bool) -> dict[int, bool]:
+        req = {t: input_grads and self.graph.tensors[t].shape.dtype.is_float for t in self.graph.inputs}
+        for n in self.nodes:
+            r = any(req.get(t, False) for t in n.inputs) or any(
+                self.trainable((n.id, ws.name), ws) for ws in n.weights)
+            for t in n.outputs:
+                req[t] = r and self.graph.tensors[t].shape.dtype.is_float
+        return req
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, feeds: Mapping[int, np.ndarray], training: bool, batch: int,
+                 degrees: Mapping[str, int]) -> tuple[dict[int, Any], dict[int, dict[Ref, Any]]]:
+        shapes = self._shapes(batch)
+        env: dict[int, Any] = {t: self._as_store(a) for t, a in feeds.items()}
+        node_refs: dict[int, dict[Ref, Any]] = {}
+        for n in self.nodes:
+            in_shapes = [shapes[t] for t in n.inputs]
+            refs: dict[Ref, Any] = {x(i): env[t] for i, t in enumerate(n.inputs)}
+            for i, t in enumerate(n.outputs):
+                env[t] = refs[y(i)] = self._scratch("act", t, shape=shapes[t])
+            for ws in n.weights:
+                refs[w(ws.name)] = self.weights[(n.id, ws.name)]
+            for sv in n.op.saved(in_shapes):
+                refs[saved(sv.name)] = self._scratch("saved", n.id, sv.name, shape=sv.shape)
+            for launch in n.op.forward(in_shapes, training):
+                if "seed" in launch.scalars:
+                    launch = Launch(launch.kernel, launch.args,
+                                    dict(launch.scalars) | {"seed": self._next_seed()})
+                self._launch(launch, refs, degrees)
+            node_refs[n.id] = refs
+        return env, node_refs
+
+    def _next_seed(self) -> int:
+        return int(self._seed_rng.integers(0, 2**62))
+
+    # ------------------------------------------------------------------ loss and metrics
+    def _objective(self, objective: Objective, env: Mapping[int, Any], targets: Sequence[Feed],
+                   batch: int, degrees: Mapping[str, int], with_grad: bool
+                   ) -> tuple[list[Any], list[Any], dict[str, list[Any]]]:
+        shapes = self._shapes(batch)
+        loss_stores, grad_stores = [], []
+        metric_stores: dict[str, list[Any]] = {}
+        weights = objective.loss_weights or (1.0,) * len(self.outputs)
+        for k, (t, target) in enumerate(zip(self.outputs, targets)):
+            pred_shape = shapes[t]
+            target_store = self._as_store(target)
+            target_shape = TensorShape(tuple(target_store.shape), _DATA_TYPE[target_store.type])
+            refs = {x(0): env[t], x(1): target_store,
+                    y(0): self._scratch("loss", k, shape=TensorShape((batch,), DataType.FLOAT64)),
+                    dx(0): self._scratch("dpred", k, shape=pred_shape)}
+            loss_fn = objective.losses[k]
+            launch = loss_fn.launch(pred_shape, target_shape, batch, with_grad)
+            if weights[k] != 1.0 and "scale" in launch.scalars:
+                launch = Launch(launch.kernel, launch.args,
+                                dict(launch.scalars) | {"scale": launch.scalars["scale"] * weights[k]})
+            self._launch(launch, refs, degrees)
+            loss_stores.append((refs[y(0)], weights[k]))
+            grad_stores.append(refs[dx(0)])
+            for m in objective.metrics[k]:
+                mrefs = {x(0): env[t], x(1): target_store,
+                         y(0): self._scratch("metric", k, m.name,
+                                             shape=TensorShape((batch,), DataType.FLOAT64))}
+                self._launch(m.launch(pred_shape, target_shape), mrefs, degrees)
+                metric_stores.setdefault(m.name, []).append(mrefs[y(0)])
+        return loss_stores, grad_stores, metric_stores
+
+    @staticmethod
+    def _read_objective(batch: int, loss_stores: list[Any], metric_stores: dict[str, list[Any]]
+                        ) -> StepResult:
+        loss = np.zeros(batch)
+        for store, weight in loss_stores:
+            loss += weight * read(store)
+        metrics = {name: np.mean([read(s) for s in stores], axis=0)
+                   for name, stores in metric_stores.items()}
+        return StepResult(batch, loss, metrics)
+
+    # ------------------------------------------------------------------ public steps
+    def train_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
+                   objective: Objective, rule: UpdateRule, lr: float, step: int) -> StepResult:
+        """One forward, backward and update; nothing is updated if the loss is not finite."""
+        batch = _batch_of(feeds)
+        degrees = self.degrees_for(batch)
+        self._keepalive = []
+        env, node_refs = self._forward(feeds, True, batch, degrees)
+        loss_stores, grad_stores, metric_stores = self._objective(objective, env, targets, batch,
+                                                                  degrees, with_grad=True)
+        result = self._read_objective(batch, loss_stores, metric_stores)
+        if not np.all(np.isfinite(result.loss)):
+            result.applied = False
+            return result
+        self._backward(env, node_refs, grad_stores, batch, degrees)
+        self._update(rule, lr, step)
+        return result
+
+    def evaluate_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
+                      objective: Objective) -> StepResult:
+        batch = _batch_of(feeds)
+        degrees = self.degrees_for(batch)
+        self._keepalive = []
+        env, _ = self._forward(feeds, False, batch, degrees)
+        loss_stores, _, metric_stores = self._objective(objective, env, targets, batch, degrees,
+                                                        with_grad=False)
+        return self._read_objective(batch, loss_stores, metric_stores)
+
+    def predict_step(self, feeds: Mapping[int, Feed]) -> list[np.ndarray]:
+        batch = _batch_of(feeds)
+        self._keepalive = []
+        env, _ = self._forward(feeds, False, batch, self.degrees_for(batch))
+        return [read(env[t]) for t in self.outputs]
+
+    def gradients(self, feeds: Mapping[int, np.ndarray], output_grads: Sequence[np.ndarray],
+                  training: bool = True
+                  ) -> tuple[list[np.ndarray], dict[int, np.ndarray], dict[WeightKey, np.ndarray]]:
+        """Outputs, gradients of graph inputs (with input_grads=True) and of weights, for given
+        gradients of the outputs: the per-operator check against another framework."""
+        batch = _batch_of(feeds)
+        degrees = self.degrees_for(batch)
+        self._keepalive = []
+        env, node_refs = self._forward(feeds, training, batch, degrees)
+        seeds = [self._store_from(np.asarray(g, dtype=self.graph.tensors[t].shape.dtype.numpy))
+                 for t, g in zip(self.outputs, output_grads)]
+        grads = self._backward(env, node_refs, seeds, batch, degrees)
+        outs = [read(env[t]) for t in self.outputs]
+        in_grads = {t: read(grads[t]) for t in self.graph.inputs if t in grads}
+        w_grads = {k: read(g) for k, g in self.grads.items()
+                   if self.trainable(k, dict(self.weight_specs())[k])}
+        return outs, in_grads, w_grads
+
+    # ------------------------------------------------------------------ backward and update
+    def _backward(self, env: Mapping[int, Any], node_refs: Mapping[int, dict[Ref, Any]],
+                  grad_stores: Sequence[Any], batch: int, degrees: Mapping[str, int]
+                  ) -> dict[int, Any]:
+        shapes = self._shapes(batch)
+        grads: dict[int, Any] = {}
+        for t, g in zip(self.outputs, grad_stores):
+            if t in grads:
+                self._launch(accumulate_launch(Ref(RefKind.OUTPUT, 0), Ref(RefKind.INPUT, 0),
+                                               shapes[t].rank),
+                             {Ref(RefKind.OUTPUT, 0): grads[t], Ref(RefKind.INPUT, 0): g}, degrees)
+            else:
+                grads[t] = g
+        for key, spec in self.weight_specs():
+            if self.trainable(key, spec):
+                g = self.grads.get(key)
+                if g is None:
+                    self.grads[key] = self._zeros(spec.shape)
+                elif not self._grads_zeroed:
+                    g.fill(0.0)
+        self._grads_zeroed = False
+        for n in reversed(self.nodes):
+            if not any(t in grads for t in n.outputs):
+                continue
+            in_shapes = [shapes[t] for t in n.inputs]
+            refs = dict(node_refs[n.id])
+            for i, t in enumerate(n.outputs):
+                refs[dy(i)] = grads[t] if t in grads else self._scratch("zero", t, shape=shapes[t],
+                                                                        zero=True)
+            for ws in n.weights:
+                g = self.grads.get((n.id, ws.name)) if self.trainable((n.id, ws.name), ws) else None
+                # a frozen weight's gradient is computed by the shared kernel but never used
+                refs[Ref(RefKind.GRAD_WEIGHT, ws.name)] = g if g is not None else self._scratch(
+                    "frozen_grad", n.id, ws.name, shape=ws.shape, zero=True)
+            needs = [bool(self.requires_grad.get(t)) for t in n.inputs]
+            pending: list[tuple[int, Any]] = []
+            for i, t in enumerate(n.inputs):
+                if not needs[i]:
+                    continue
+                if t in grads:
+                    tmp = self._scratch("grad_part", t, n.id, shape=shapes[t])
+                    refs[dx(i)] = tmp
+                    pending.append((t, tmp))
+                else:
+                    grads[t] = refs[dx(i)] = self._scratch("grad", t, shape=shapes[t])
+            for launch in n.op.backward(in_shapes, needs):
+                self._launch(launch, refs, degrees)
+            for t, tmp in pending:
+                total, part = Ref(RefKind.OUTPUT, 0), Ref(RefKind.INPUT, 0)
+                self._launch(accumulate_launch(total, part, shapes[t].rank),
+                             {total: grads[t], part: tmp}, degrees)
+        return grads
+
+    def _update(self, rule: UpdateRule, lr: float, step: int) -> None:
+        """Apply `rule` to every trainable weight; the rule's kernels also zero the gradients."""
+        self._ensure_slots(rule)
+        for key, spec in self.weight_specs():
+            if not self.trainable(key, spec):
+                continue
+            rank = spec.shape.rank
+            refs = {PARAM: self.weights[key], GRAD: self.grads[key]}
+            for s in rule.slots:
+                refs[slot(s)] = self.slots[(key, s)]
+            rows = spec.shape.dims[0] if rank else 1
+            self._launch(rule.launch(rank, lr, step), refs,
+                         {ROWS: effective_degree(rows, self.view.num_points)})
+        self._grads_zeroed = True
+
+
+def read(store: Any) -> np.ndarray:
+    """A numpy copy of a whole store (blocks until its producers are done)."""
+    return np.array(np.asarray(store.get_physical_store()), copy=True)
+
+
+def _batch_of(feeds: Mapping[int, Feed]) -> int:
+    sizes = {len(a) for a in feeds.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"inputs have different numbers of samples: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def feed_dict(inputs: Iterable[int], arrays: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+    return dict(zip(inputs, arrays))

@@ -1,0 +1,92 @@
+"""Submit one operator launch as a Legate manual task over explicitly tiled stores."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from legate.core import ReductionOpKind, constant, dimension
+
+from unity_legion.executor.tasks import legate_task, scalar_type
+from unity_legion.operators.base import Arg, Launch, Role, ceil_div
+
+
+class LaunchError(ValueError):
+    """A launch cannot be formed as asked (its degrees do not tile the stores)."""
+
+
+def effective_degree(size: int, degree: int) -> int:
+    """The number of tiles that tiling `size` into ceil(size/degree) pieces yields (<= degree)."""
+    if size <= 0:
+        return 1
+    degree = max(1, min(degree, size))
+    return ceil_div(size, ceil_div(size, degree))
+
+
+def launch_axes(launch: Launch) -> list[str]:
+    """Launch-grid axes in order of first appearance among the arguments."""
+    axes: list[str] = []
+    for arg in launch.args.values():
+        for a in arg.split:
+            if a is not None and a not in axes:
+                axes.append(a)
+    return axes
+
+
+def _partitioned(store: Any, arg: Arg, axes: list[str], degrees: Mapping[str, int],
+                 what: str) -> tuple[Any, tuple[Any, ...] | None]:
+    """The store (whole) or its tiling, and the projection from launch points to tiles."""
+    if not any(a is not None for a in arg.split):
+        return store, None
+    shape = tuple(store.shape)
+    if len(arg.split) != len(shape):
+        raise LaunchError(f"{what}: split {arg.split} does not match store of shape {shape}")
+    tile = []
+    proj = []
+    for d, (size, axis) in enumerate(zip(shape, arg.split)):
+        if axis is None:
+            tile.append(max(size, 1))
+            proj.append(constant(0))
+        else:
+            deg = degrees[axis]
+            tile.append(max(ceil_div(size, deg), 1))
+            if ceil_div(size, tile[-1]) != deg and size > 0:
+                raise LaunchError(f"{what}: dim {d} of size {size} does not tile into {deg} pieces")
+            proj.append(dimension(axes.index(axis)))
+    return store.partition_by_tiling(tuple(tile)), tuple(proj)
+
+
+def submit(rt: Any, launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int]) -> None:
+    """Launch `launch` with its refs bound to `stores`, over a grid given by `degrees` per axis."""
+    t = legate_task(launch.kernel)
+    axes = launch_axes(launch)
+    grid = tuple(degrees[a] for a in axes) or (1,)
+    mt = rt.create_manual_task(t.library, t.task_id, grid)
+    parts = {}
+    for name, _role in launch.kernel.stores:
+        arg = launch.args[name]
+        parts[name] = _partitioned(stores[arg.ref], arg, axes, degrees,
+                                   f"{launch.kernel.name}({name}={arg.ref})")
+    # Legate binds inputs, outputs, reductions to the task's parameters of each kind in order.
+    for name, role in launch.kernel.stores:
+        if role in (Role.INPUT, Role.INOUT):
+            _add(mt.add_input, *parts[name])
+    for name, role in launch.kernel.stores:
+        if role in (Role.OUTPUT, Role.INOUT):
+            _add(mt.add_output, *parts[name])
+    for name, role in launch.kernel.stores:
+        if role is Role.SUM:
+            part, proj = parts[name]
+            if proj is None:
+                mt.add_reduction(part, ReductionOpKind.ADD)
+            else:
+                mt.add_reduction(part, ReductionOpKind.ADD, proj)
+    for name, py_type in launch.kernel.scalars:
+        mt.add_scalar_arg(launch.scalars[name], scalar_type(py_type))
+    rt.submit(mt)
+
+
+def _add(method: Any, part: Any, proj: Any) -> None:
+    if proj is None:
+        method(part)
+    else:
+        method(part, proj)

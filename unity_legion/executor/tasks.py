@@ -1,0 +1,65 @@
+"""Turn an operator's numpy kernel into a registered Legate task (once per kernel)."""
+
+from __future__ import annotations
+
+import inspect
+from functools import cache
+from typing import Any
+
+import numpy as np
+from legate.core import VariantCode
+from legate.core import types as ty
+from legate.core.task import ADD, InputStore, OutputStore, ReductionStore, task
+
+from unity_legion.operators.base import Kernel, Role
+
+_P = inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+# Legate maps a manual launch's inputs, outputs, reductions and scalars to the task's parameters
+# of each kind in order; an in-place store is both an input and an output.
+_SCALAR_TYPE = {int: ty.int64, float: ty.float64, bool: ty.bool_, str: ty.string_type}
+
+
+def _store_params(k: Kernel) -> list[inspect.Parameter]:
+    params = []
+    for name, role in k.stores:
+        if role is Role.INPUT:
+            params.append(inspect.Parameter(name, _P, annotation=InputStore))
+        elif role is Role.OUTPUT:
+            params.append(inspect.Parameter(name, _P, annotation=OutputStore))
+        elif role is Role.INOUT:
+            params.append(inspect.Parameter(name + "__read", _P, annotation=InputStore))
+            params.append(inspect.Parameter(name, _P, annotation=OutputStore))
+        else:
+            params.append(inspect.Parameter(name, _P, annotation=ReductionStore[ADD]))
+    return params
+
+
+@cache
+def legate_task(k: Kernel) -> Any:
+    """A Legate task running kernel `k` on the local pieces of its stores."""
+    store_params = _store_params(k)
+    scalar_params = [inspect.Parameter(n, _P, annotation=t) for n, t in k.scalars]
+    first_store = k.stores[0][0]
+    params = store_params + scalar_params
+    signature = inspect.Signature(params, return_annotation=None)
+
+    def body(*args: Any, **kw: Any) -> None:
+        kwargs = signature.bind(*args, **kw).arguments
+        call: dict[str, Any] = {}
+        for name, role in k.stores:
+            call[name] = np.asarray(kwargs[name])
+        for name, _ in k.scalars:
+            call[name] = kwargs[name]
+        if k.wants_origin:
+            call["origin"] = tuple(int(v) for v in kwargs[first_store].domain.lo)
+        k.fn(**call)
+
+    body.__signature__ = signature  # type: ignore[attr-defined]
+    body.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    body.__name__ = body.__qualname__ = k.name.replace(".", "_")
+    return task(variants=(VariantCode.CPU,))(body)
+
+
+def scalar_type(py_type: type) -> Any:
+    return _SCALAR_TYPE[py_type]

@@ -1,0 +1,42 @@
+"""keras.layers.Embedding: integer indices (batch, ...) -> vectors (batch, ..., output_dim).
+
+Indices outside [0, input_dim) are reported before training launches anything (the operator's
+check_input_values). Regularizers, constraints, masking and LoRA are not supported: passing
+them raises a clear error rather than silently ignoring them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from unity_legion import initializers
+from unity_legion.keras.layers.layer import Layer, check_positive_int
+from unity_legion.operators.base import Operator
+from unity_legion.operators.embedding import Embedding as EmbeddingOp
+from unity_legion.pcg.tensor import TensorShape
+
+
+class Embedding(Layer):
+    weight_names = ("embeddings",)
+
+    def __init__(self, input_dim: int, output_dim: int, embeddings_initializer: str = "uniform",
+                 embeddings_regularizer: Any = None, embeddings_constraint: Any = None,
+                 mask_zero: bool = False, lora_rank: int | None = None, **kwargs: Any) -> None:
+        kwargs.pop("input_length", None)  # deprecated in Keras 3 and ignored there too
+        super().__init__(**kwargs)
+        self.input_dim = check_positive_int("Embedding", "input_dim", input_dim)
+        self.output_dim = check_positive_int("Embedding", "output_dim", output_dim)
+        self.embeddings_initializer = initializers.check(embeddings_initializer)
+        unsupported = {"embeddings_regularizer": embeddings_regularizer,
+                       "embeddings_constraint": embeddings_constraint,
+                       "mask_zero": mask_zero, "lora_rank": lora_rank}
+        for arg, value in unsupported.items():
+            if value:
+                raise ValueError(f"Embedding: {arg}={value!r} is not supported")
+
+    def make_op(self, input_shapes: Sequence[TensorShape]) -> Operator:
+        return EmbeddingOp(self.input_dim, self.output_dim, self.embeddings_initializer, self.dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"input_dim": self.input_dim, "output_dim": self.output_dim,
+                                       "embeddings_initializer": self.embeddings_initializer}

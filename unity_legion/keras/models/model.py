@@ -1,0 +1,306 @@
+"""keras.Model (functional): the layer graph, its ComputationGraph, and its weights."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Sequence
+
+import numpy as np
+
+from unity_legion import initializers
+from unity_legion.keras.layers.input_layer import InputSpec
+from unity_legion.keras.layers.layer import KerasTensor, Layer, _snake, unique_name
+from unity_legion.keras.trainer import Trainer
+from unity_legion.pcg.graph import ComputationGraph
+
+WeightKey = tuple[int, str]
+
+# Weights are drawn from this seed unless keras.utils.set_random_seed() changes it. A fixed
+# default keeps every rank of a multi-rank job on identical initial weights.
+_GLOBAL_SEED = [1337]
+
+
+def set_global_seed(seed: int) -> None:
+    _GLOBAL_SEED[0] = int(seed)
+
+
+def global_seed() -> int:
+    return _GLOBAL_SEED[0]
+
+
+class Model(Trainer):
+    def __init__(self, inputs: Any = None, outputs: Any = None, name: str | None = None,
+                 **kwargs: Any) -> None:
+        if kwargs:
+            raise TypeError(f"Model: unknown argument(s) {', '.join(repr(k) for k in kwargs)}")
+        super().__init__()
+        self.name = name or unique_name("functional")
+        self._graph: ComputationGraph | None = None
+        if inputs is not None or outputs is not None:
+            self._build_graph(inputs, outputs)
+
+    # ------------------------------------------------------------------ graph
+    def _build_graph(self, inputs: Any, outputs: Any) -> None:
+        ins = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        if isinstance(inputs, dict) or isinstance(outputs, dict):
+            raise NotImplementedError("Model: dict inputs/outputs are not supported; use lists")
+        for t in ins:
+            if not isinstance(t, InputSpec):
+                raise TypeError(f"Model: inputs must come from keras.Input, got {t!r}")
+        for t in outs:
+            if not isinstance(t, KerasTensor):
+                raise TypeError(f"Model: outputs must be symbolic tensors, got {t!r}")
+        self._multi_input = isinstance(inputs, (list, tuple))
+        self._multi_output = isinstance(outputs, (list, tuple))
+        graph = ComputationGraph()
+        ids: dict[int, int] = {}          # id(KerasTensor) -> graph tensor id
+        for t in ins:
+            ids[id(t)] = graph.add_input(t.tensor_shape, t.name)
+        order: list[Layer] = []
+        seen: set[int] = set()
+
+        def visit(t: KerasTensor) -> None:
+            if id(t) in ids or t.layer is None:
+                if id(t) not in ids:
+                    raise ValueError(f"Model: output depends on the input {t.name!r}, which is not "
+                                     f"among the model's inputs")
+                return
+            if id(t.layer) in seen:
+                return
+            for parent in t.inputs:
+                visit(parent)
+            seen.add(id(t.layer))
+            order.append(t.layer)
+            assert t.layer.op is not None
+            out_ids = graph.add_node(t.layer.op, [ids[id(p)] for p in t.inputs], t.layer.name)
+            for kt, tid in zip(t.layer.outputs, out_ids):
+                ids[id(kt)] = tid
+
+        for t in outs:
+            visit(t)
+        self._graph = graph
+        self._layers = order
+        self._keras_inputs, self._keras_outputs = ins, outs
+        self._input_ids = [ids[id(t)] for t in ins]
+        self._output_ids = [ids[id(t)] for t in outs]
+        for layer in order:
+            if layer._model is not None and layer._model is not self:
+                raise ValueError(f"layer {layer.name!r} already belongs to model "
+                                 f"{layer._model.name!r}; layers cannot be shared between models")
+            layer._model = self
+            layer._node_id = graph.nodes[[n.name for n in graph.nodes].index(layer.name)].id
+        self._host_weights: dict[WeightKey, np.ndarray] = {}
+        self._executor = None
+
+    @property
+    def built(self) -> bool:
+        return self._graph is not None
+
+    def _require_built(self) -> ComputationGraph:
+        if self._graph is None:
+            raise ValueError(f"model {self.name!r} has not been built yet: give it an Input, or "
+                             f"call fit() / build(input_shape) first")
+        return self._graph
+
+    @property
+    def layers(self) -> list[Layer]:
+        return list(getattr(self, "_layers", []))
+
+    @property
+    def inputs(self) -> list[KerasTensor]:
+        self._require_built()
+        return list(self._keras_inputs)
+
+    @property
+    def outputs(self) -> list[KerasTensor]:
+        self._require_built()
+        return list(self._keras_outputs)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.layer.name if t.layer else t.name for t in self.outputs]
+
+    @property
+    def input_shape(self) -> Any:
+        shapes = [t.shape for t in self.inputs]
+        return shapes if self._multi_input else shapes[0]
+
+    @property
+    def output_shape(self) -> Any:
+        shapes = [t.shape for t in self.outputs]
+        return shapes if self._multi_output else shapes[0]
+
+    @property
+    def graph(self) -> ComputationGraph:
+        return self._require_built()
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
+        if (name is None) == (index is None):
+            raise ValueError("get_layer: provide exactly one of name or index")
+        if index is not None:
+            if not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"get_layer: index {index} is out of range; the model has "
+                                 f"{len(self.layers)} layers")
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"no layer named {name!r}; layers: {[l.name for l in self.layers]}")
+
+    # ------------------------------------------------------------------ weights
+    def _weight_keys(self) -> list[WeightKey]:
+        if self._graph is None:  # not built yet: no weights (as Keras)
+            return []
+        keys = []
+        for layer in self.layers:
+            keys += [(layer._node_id, n) for n in layer._present_weights()]
+        return keys
+
+    def _spec(self, key: WeightKey) -> Any:
+        node = self._require_built().nodes[key[0]]
+        return {ws.name: ws for ws in node.weights}[key[1]]
+
+    def _initial_value(self, key: WeightKey) -> np.ndarray:
+        spec = self._spec(key)
+        index = [ws.name for ws in self._graph.nodes[key[0]].weights].index(key[1])
+        rng = np.random.default_rng([global_seed(), key[0], index])
+        return initializers.initialize(spec.initializer, spec.shape.dims, spec.shape.dtype.numpy,
+                                       rng, **dict(spec.init_args))
+
+    def _get_weight(self, key: WeightKey) -> np.ndarray:
+        if self._executor is not None:
+            return self._executor.get_weight(key)
+        if key not in self._host_weights:
+            self._host_weights[key] = self._initial_value(key)
+        return self._host_weights[key].copy()
+
+    def _set_weights(self, values: dict[WeightKey, Any]) -> None:
+        """Check every array first, then write: a bad array changes nothing."""
+        checked = {}
+        for key, v in values.items():
+            spec = self._spec(key)
+            arr = np.asarray(v)
+            where = f"{self._graph.nodes[key[0]].name}/{key[1]}"
+            if arr.shape != spec.shape.dims:
+                raise ValueError(f"weight {where}: expected shape {spec.shape.dims}, got {arr.shape}")
+            if arr.dtype.kind not in "biuf":
+                raise ValueError(f"weight {where}: expected numbers, got dtype {arr.dtype}")
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"weight {where}: contains NaN or infinite values")
+            checked[key] = arr.astype(spec.shape.dtype.numpy)
+        for key, arr in checked.items():
+            if self._executor is not None:
+                self._executor.set_weight(key, arr)
+            else:
+                self._host_weights[key] = arr
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [self._get_weight(k) for k in self._weight_keys()]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        keys = self._weight_keys()
+        if len(weights) != len(keys):
+            raise ValueError(f"set_weights: the model has {len(keys)} weight arrays, got {len(weights)}")
+        self._set_weights(dict(zip(keys, weights)))
+
+    def _weight_names(self) -> dict[str, WeightKey]:
+        """The weights' names in a weights file: each layer named by its class and its rank among
+        the model's layers of that class ("dense/kernel", "dense_1/kernel", ...), as Keras' weights
+        files do, so that the same architecture built again (whose layers get new automatic
+        names) loads the file."""
+        names: dict[str, WeightKey] = {}
+        seen: dict[str, int] = {}
+        for layer in self.layers:
+            base = _snake(type(layer).__name__)
+            k = seen[base] = seen.get(base, -1) + 1
+            prefix = base if k == 0 else f"{base}_{k}"
+            for n in layer._present_weights():
+                names[f"{prefix}/{n}"] = (layer._node_id, n)
+        return names
+
+    def save_weights(self, filepath: str, overwrite: bool = True) -> None:
+        """Weights to a `.weights.npz` file (numpy, no pickle), written atomically."""
+        filepath = os.fspath(filepath)
+        self._require_built()
+        if not filepath.endswith(".weights.npz"):
+            raise ValueError(f"save_weights: the file name must end in '.weights.npz', got {filepath!r}")
+        if not overwrite and os.path.exists(filepath):
+            raise FileExistsError(f"save_weights: {filepath} exists and overwrite=False")
+        arrays = {name: self._get_weight(key) for name, key in self._weight_names().items()}
+        folder = os.path.dirname(os.path.abspath(filepath))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, filepath)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    def load_weights(self, filepath: str) -> None:
+        """Weights from `save_weights`' file; every name and shape is checked before any is set."""
+        filepath = os.fspath(filepath)
+        self._require_built()
+        try:
+            with np.load(filepath, allow_pickle=False) as data:
+                stored = {k: data[k] for k in data.files}
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"load_weights: {filepath} is not a weights file written by "
+                             f"save_weights ({exc})") from None
+        names = self._weight_names()
+        missing = sorted(set(names) - set(stored))
+        extra = sorted(set(stored) - set(names))
+        if missing or extra:
+            raise ValueError(f"load_weights: {filepath} does not match model {self.name!r}: "
+                             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                             f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
+        for n, key in names.items():
+            want = self._spec(key).shape.dims
+            if stored[n].shape != want:
+                raise ValueError(f"load_weights: {filepath} does not match model {self.name!r}: "
+                                 f"weight {n!r} (layer {self._graph.nodes[key[0]].name!r}) has "
+                                 f"shape {stored[n].shape} in the file, {want} in the model")
+        self._set_weights({names[n]: stored[n] for n in names})
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        return self.get_weights()
+
+    def count_params(self) -> int:
+        self._require_built()
+        return sum(layer.count_params() for layer in self.layers)
+
+    # ------------------------------------------------------------------ summary
+    def summary(self, print_fn: Any = None) -> None:
+        graph = self._require_built()
+        out = print_fn or print
+        rows = [(f"{t.name} (InputLayer)", str(t.shape), "0") for t in self._keras_inputs]
+        for layer in self.layers:
+            rows.append((f"{layer.name} ({type(layer).__name__})", str(layer.output_shape),
+                         f"{layer.count_params():,}"))
+        widths = [max(len(r[i]) for r in rows + [("Layer (type)", "Output Shape", "Param #")])
+                  for i in range(3)]
+        line = "  ".join("-" * w for w in widths)
+        out(f'Model: "{self.name}"')
+        out(line)
+        out("  ".join(h.ljust(w) for h, w in zip(("Layer (type)", "Output Shape", "Param #"), widths)))
+        out(line)
+        for r in rows:
+            out("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        out(line)
+        trainable = sum(ws.shape.num_elements() for layer in self.layers if layer.trainable
+                        for ws in graph.nodes[layer._node_id].weights if ws.trainable)
+        total = self.count_params()
+        out(f" Total params: {total:,}")
+        out(f" Trainable params: {trainable:,}")
+        out(f" Non-trainable params: {total - trainable:,}")

@@ -1,0 +1,367 @@
+"""compile / fit / evaluate / predict: Keras 3's training API over the Legate executor."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from unity_legion.keras import callbacks as cbs
+from unity_legion.keras import data as data_utils
+from unity_legion.keras import losses as losses_mod
+from unity_legion.keras import metrics as metrics_mod
+from unity_legion.keras import optimizers as optimizers_mod
+from unity_legion.keras.progress import EpochProgress, resolve_verbose
+from unity_legion.operators.base import OperatorError
+
+
+class Trainer:
+    """The training half of keras.Model; the model half provides the graph and weights."""
+
+    def __init__(self) -> None:
+        self.compiled = False
+        self.optimizer: optimizers_mod.Optimizer | None = None
+        self.stop_training = False
+        self.history: cbs.History | None = None
+        self._objective: Any = None
+        self._pending_compile: Any = None  # compile() arguments waiting for the model's build
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None,
+                metrics: Any = None, **kwargs: Any) -> None:
+        unsupported = {"weighted_metrics", "run_eagerly", "steps_per_execution", "jit_compile",
+                       "auto_scale_loss"}
+        for k in kwargs:
+            if k not in unsupported:
+                raise TypeError(f"compile: unknown argument {k!r}")
+        if loss is None:
+            raise ValueError("compile: a loss is required for training (e.g. "
+                             "loss='sparse_categorical_crossentropy')")
+        if not self._can_build_now():
+            # A Sequential without an input shape builds on its first data (as in Keras); the
+            # names are checked now, everything else once the model is built.
+            specs = [losses_mod.get(lo).spec for lo in (loss if isinstance(loss, (list, tuple))
+                                                        else [loss])]
+            for m in self._metric_lists(metrics, 1)[0]:
+                metrics_mod.get(m, specs[0])
+            self.optimizer = optimizers_mod.get(optimizer)
+            self._pending_compile = (self.optimizer, loss, loss_weights, metrics, kwargs)
+            self.compiled = True
+            return
+        self._pending_compile = None
+        graph = self._require_built_for_compile()
+        n_out = len(self._output_ids)
+        loss_list = self._per_output(loss, "loss")
+        loss_objs = [losses_mod.get(lo) for lo in loss_list]
+        if loss_weights is None:
+            weights = (1.0,) * n_out
+        else:
+            weights = tuple(float(v) for v in self._per_output(loss_weights, "loss_weights"))
+        metric_lists = self._metric_lists(metrics, n_out)
+        specs = [lo.spec for lo in loss_objs]
+        for t, spec in zip(self._output_ids, specs):
+            pred = graph.tensors[t].shape
+            try:
+                spec.check(pred, spec.target_shape(pred))
+            except OperatorError as exc:
+                raise ValueError(f"compile: loss {spec.name!r} does not fit output {pred}: {exc}") from None
+        metric_objs = tuple(tuple(self._output_metric(metrics_mod.get(m, spec), name, n_out)
+                                  for m in ms)
+                            for ms, spec, name in zip(metric_lists, specs, self.output_names))
+        from unity_legion.executor.executor import Objective
+
+        self.optimizer = optimizers_mod.get(optimizer)
+        self._objective = Objective(tuple(specs), metric_objs, weights)
+        self._ensure_executor()
+        self._executor.reset_optimizer_state()
+        self.compiled = True
+
+    def _require_built_for_compile(self) -> Any:
+        return self._require_built()  # type: ignore[attr-defined]
+
+    def _can_build_now(self) -> bool:
+        return True
+
+    def _build_on_data(self, x: Any) -> None:
+        """Build a model that has no input shape yet from its first data (Sequential does)."""
+
+    def _build_from_data(self, x: Any) -> None:
+        if not self.built:  # type: ignore[attr-defined]
+            self._build_on_data(x)
+        if self._pending_compile is not None and self.built:  # type: ignore[attr-defined]
+            optimizer, loss, loss_weights, metrics, kwargs = self._pending_compile
+            self.compiled = False
+            self.compile(optimizer, loss, loss_weights, metrics, **kwargs)
+
+    def _per_output(self, value: Any, what: str) -> list[Any]:
+        n = len(self._output_ids)
+        if isinstance(value, dict):
+            names = self.output_names  # type: ignore[attr-defined]
+            unknown = [k for k in value if k not in names]
+            if unknown:
+                raise ValueError(f"compile: {what} names unknown outputs {unknown}; outputs: {names}")
+            return [value[n_] for n_ in names]
+        if isinstance(value, (list, tuple)):
+            if len(value) != n:
+                raise ValueError(f"compile: {what} has {len(value)} entries for {n} output(s)")
+            return list(value)
+        return [value] * n
+
+    def _metric_lists(self, metrics: Any, n_out: int) -> list[list[Any]]:
+        if metrics is None:
+            return [[] for _ in range(n_out)]
+        if isinstance(metrics, (str,)) or not isinstance(metrics, (list, tuple, dict)):
+            metrics = [metrics]
+        if isinstance(metrics, dict):
+            return [list(m) if isinstance(m, (list, tuple)) else [m] for m in self._per_output(metrics, "metrics")]
+        if n_out > 1 and metrics and all(isinstance(m, (list, tuple)) for m in metrics):
+            return [list(m) for m in self._per_output(list(metrics), "metrics")]
+        return [list(metrics) for _ in range(n_out)]
+
+    @staticmethod
+    def _output_metric(metric: Any, output: str, n_out: int) -> Any:
+        """A multi-output model reports each output's metrics as "<output>_<metric>" (Keras 3)."""
+        return dataclasses.replace(metric, name=f"{output}_{metric.name}") if n_out > 1 else metric
+
+    def _ensure_executor(self) -> None:
+        if self._executor is not None:
+            return
+        from unity_legion.executor.executor import GraphExecutor
+
+        graph = self._require_built()  # type: ignore[attr-defined]
+        values = {k: self._get_weight(k) for k in self._weight_keys()}  # type: ignore[attr-defined]
+        executor = GraphExecutor(graph, self._output_ids)
+        for key, value in values.items():
+            executor.set_weight(key, value)
+        self._executor = executor
+        self._host_weights.clear()
+
+    def _sync_frozen(self) -> None:
+        frozen = [(layer._node_id, n) for layer in self.layers  # type: ignore[attr-defined]
+                  if not layer.trainable for n in layer._present_weights()]
+        if frozenset(frozen) != self._executor.frozen:
+            self._executor.set_frozen(frozen)
+
+    # ------------------------------------------------------------------ data
+    def _input_shapes(self) -> list[Any]:
+        graph = self._require_built()  # type: ignore[attr-defined]
+        return [graph.tensors[t].shape for t in self._input_ids]
+
+    def _prepare_x(self, x: Any) -> list[np.ndarray]:
+        if x is None:
+            raise ValueError("x is required")
+        names = self.input_names  # type: ignore[attr-defined]
+        xs = data_utils.check_features(data_utils.as_list(x, names, "input"), self._input_shapes(), names)
+        graph = self._graph  # type: ignore[attr-defined]
+        for t, arr in zip(self._input_ids, xs):
+            for node in graph.consumers(t):
+                for i, u in enumerate(node.inputs):
+                    if u == t:
+                        try:
+                            node.op.check_input_values(i, arr)
+                        except OperatorError as exc:
+                            raise ValueError(f"input {graph.tensors[t].name!r} to layer "
+                                             f"{node.name!r}: {exc}") from None
+        return xs
+
+    def _prepare_y(self, y: Any) -> list[np.ndarray]:
+        if y is None:
+            raise ValueError("y is required for training and evaluation")
+        names = self.output_names  # type: ignore[attr-defined]
+        ys = data_utils.as_list(y, names, "target")
+        graph = self._graph  # type: ignore[attr-defined]
+        out = []
+        for t, arr, spec, name in zip(self._output_ids, ys, self._objective.losses, names):
+            try:
+                out.append(spec.prepare_target(graph.tensors[t].shape, arr))
+            except OperatorError as exc:
+                raise ValueError(f"targets for output {name!r} of shape {arr.shape}: {exc}") from None
+        return out
+
+    def _require_compiled(self, what: str) -> None:
+        if not self.compiled:
+            raise RuntimeError(f"You must call compile() before {what}()")
+
+    def _rank(self) -> int:
+        return self._executor.machine.rank
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
+            verbose: Any = "auto", callbacks: Sequence[cbs.Callback] | None = None,
+            validation_split: float = 0.0, validation_data: Any = None, shuffle: bool = True,
+            class_weight: Any = None, sample_weight: Any = None, initial_epoch: int = 0,
+            steps_per_epoch: int | None = None, validation_steps: int | None = None,
+            validation_batch_size: int | None = None, validation_freq: int = 1) -> cbs.History:
+        self._require_compiled("fit")
+        if class_weight is not None or sample_weight is not None:
+            raise NotImplementedError("fit: class_weight and sample_weight are not supported yet")
+        if steps_per_epoch is not None or validation_steps is not None:
+            raise NotImplementedError("fit: steps_per_epoch/validation_steps are not supported "
+                                      "for array data")
+        batch_size = data_utils.check_batch_size(batch_size)
+        val_batch = (batch_size if validation_batch_size is None
+                     else data_utils.check_batch_size(validation_batch_size))
+        verbose = resolve_verbose(verbose)
+        if not isinstance(epochs, int) or epochs < 0 or not isinstance(initial_epoch, int) \
+                or initial_epoch < 0:
+            raise ValueError(f"epochs and initial_epoch must be non-negative integers, got "
+                             f"{epochs!r}, {initial_epoch!r}")
+        self._build_from_data(x)
+        xs, ys = self._prepare_x(x), self._prepare_y(y)
+        data_utils.check_lengths(xs, ys)
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (list, tuple)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be a tuple (x_val, y_val)")
+            vx, vy = self._prepare_x(validation_data[0]), self._prepare_y(validation_data[1])
+            data_utils.check_lengths(vx, vy)
+            val = (vx, vy)
+        elif validation_split:
+            xs, ys, vx, vy = data_utils.split_validation(xs, ys, validation_split)
+            val = (vx, vy)
+        self._sync_frozen()
+        n = len(xs[0])
+        steps = -(-n // batch_size)
+        self.history = cbs.History()
+        callback_list = cbs.CallbackList(list(callbacks or []) + [self.history], self,
+                                         {"epochs": epochs, "steps": steps, "verbose": verbose})
+        # One shuffle stream per fit, identical on every rank.
+        from unity_legion.keras.models.model import global_seed
+
+        rng = np.random.default_rng([global_seed(), 1, initial_epoch])
+        self.stop_training = False
+        callback_list.on_train_begin({})
+        logs: dict[str, float] = {}
+        for epoch in range(initial_epoch, epochs):
+            callback_list.on_epoch_begin(epoch, {})
+            order = rng.permutation(n) if shuffle else None
+            t0 = time.perf_counter()
+            totals = _Running()
+            staged_x, staged_y = self._stage(xs, order), self._stage(ys, order)
+            with EpochProgress(verbose, self._rank(), f"Epoch {epoch + 1}/{epochs}", steps) as bar:
+                for step, start in enumerate(range(0, n, batch_size)):
+                    callback_list.on_train_batch_begin(step, {})
+                    feeds = {t: s.rows(start, start + batch_size) for t, s in zip(self._input_ids, staged_x)}
+                    result = self._executor.train_step(
+                        feeds, [s.rows(start, start + batch_size) for s in staged_y], self._objective,
+                        self.optimizer.rule(), self.optimizer.learning_rate,
+                        self.optimizer.iterations + 1)
+                    if result.applied:
+                        self.optimizer.iterations += 1
+                    totals.add(result)
+                    batch_logs = totals.logs() if result.applied else {"loss": float("nan")}
+                    bar.update(step + 1, batch_logs)
+                    callback_list.on_train_batch_end(step, batch_logs)
+                    if self.stop_training:
+                        break
+                logs = totals.logs()
+                if val is not None and (epoch + 1) % validation_freq == 0 and not self.stop_training:
+                    callback_list.on_test_begin({})
+                    val_logs = self._evaluate_arrays(val[0], val[1], val_batch, callback_list)
+                    callback_list.on_test_end(val_logs)
+                    logs.update({f"val_{k}": v for k, v in val_logs.items()})
+                bar.finish(logs, time.perf_counter() - t0)
+            callback_list.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        callback_list.on_train_end(logs)
+        return self.history
+
+    # ------------------------------------------------------------------ evaluate / predict
+    def _stage(self, arrays: list[np.ndarray], order: np.ndarray | None) -> list[Any]:
+        """Each array (permuted by `order`) uploaded once; steps read row ranges of it."""
+        if order is None:
+            return [self._executor.upload(a) for a in arrays]
+        return [self._executor.upload(a[order], copy=False) for a in arrays]
+
+    def _evaluate_arrays(self, xs: list[np.ndarray], ys: list[np.ndarray], batch_size: int,
+                         callback_list: Any = None) -> dict[str, float]:
+        totals = _Running()
+        staged_x, staged_y = self._stage(xs, None), self._stage(ys, None)
+        for step, start in enumerate(range(0, len(xs[0]), batch_size)):
+            if callback_list:
+                callback_list.on_test_batch_begin(step, {})
+            feeds = {t: s.rows(start, start + batch_size) for t, s in zip(self._input_ids, staged_x)}
+            totals.add(self._executor.evaluate_step(
+                feeds, [s.rows(start, start + batch_size) for s in staged_y], self._objective))
+            if callback_list:
+                callback_list.on_test_batch_end(step, totals.logs())
+        return totals.logs()
+
+    def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None,
+                 verbose: Any = "auto", sample_weight: Any = None, steps: int | None = None,
+                 callbacks: Sequence[cbs.Callback] | None = None, return_dict: bool = False
+                 ) -> Any:
+        self._require_compiled("evaluate")
+        if sample_weight is not None or steps is not None:
+            raise NotImplementedError("evaluate: sample_weight and steps are not supported yet")
+        batch_size = data_utils.check_batch_size(batch_size)
+        verbose = resolve_verbose(verbose)
+        self._build_from_data(x)
+        xs, ys = self._prepare_x(x), self._prepare_y(y)
+        data_utils.check_lengths(xs, ys)
+        callback_list = cbs.CallbackList(callbacks, self, {"verbose": verbose})
+        callback_list.on_test_begin({})
+        t0 = time.perf_counter()
+        steps_n = -(-len(xs[0]) // batch_size)
+        with EpochProgress(verbose, self._rank(), "", steps_n) as bar:
+            logs = self._evaluate_arrays(xs, ys, batch_size, callback_list)
+            bar.finish(logs, time.perf_counter() - t0)
+        callback_list.on_test_end(logs)
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto",
+                steps: int | None = None, callbacks: Sequence[cbs.Callback] | None = None) -> Any:
+        if steps is not None:
+            raise NotImplementedError("predict: steps is not supported for array data")
+        batch_size = data_utils.check_batch_size(batch_size)
+        verbose = resolve_verbose(verbose)
+        self._build_from_data(x)
+        self._require_built()  # type: ignore[attr-defined]
+        xs = self._prepare_x(x)
+        data_utils.check_lengths(xs, None)
+        self._ensure_executor()
+        self._sync_frozen()
+        callback_list = cbs.CallbackList(callbacks, self, {"verbose": verbose})
+        callback_list.on_predict_begin({})
+        chunks: list[list[np.ndarray]] = []
+        t0 = time.perf_counter()
+        steps_n = -(-len(xs[0]) // batch_size)
+        with EpochProgress(verbose, self._rank(), "", steps_n) as bar:
+            staged = self._stage(xs, None)
+            for step, start in enumerate(range(0, len(xs[0]), batch_size)):
+                callback_list.on_predict_batch_begin(step, {})
+                chunks.append(self._executor.predict_step(
+                    {t: s.rows(start, start + batch_size) for t, s in zip(self._input_ids, staged)}))
+                bar.update(step + 1, {})
+                callback_list.on_predict_batch_end(step, {})
+            bar.finish({}, time.perf_counter() - t0)
+        callback_list.on_predict_end({})
+        outs = [np.concatenate([c[k] for c in chunks]) for k in range(len(self._output_ids))]
+        return outs if self._multi_output else outs[0]  # type: ignore[attr-defined]
+
+
+class _Running:
+    """Sample-weighted running means of the loss and metrics over an epoch."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sums: dict[str, float] = {}
+
+    def add(self, result: Any) -> None:
+        if not result.applied and result.loss.size and not np.all(np.isfinite(result.loss)):
+            return  # a skipped step does not enter the epoch's averages
+        self.n += result.batch
+        self.sums["loss"] = self.sums.get("loss", 0.0) + float(result.loss.sum())
+        for k, v in result.metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v.sum())
+
+    def logs(self) -> dict[str, float]:
+        if not self.n:
+            return {"loss": float("nan")}
+        return {k: v / self.n for k, v in self.sums.items()}

@@ -1,0 +1,119 @@
+"""Start Legate once per process and describe the machine it runs on.
+
+Importing this module does not start anything; `runtime()` does, the first time it is called.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """What the running Legate job has: ranks and processors per rank."""
+
+    ranks: int
+    rank: int
+    cpus: int          # CPU processors in the whole job
+    gpus: int          # GPU processors in the whole job
+
+    @property
+    def cpus_per_rank(self) -> int:
+        return self.cpus // max(self.ranks, 1)
+
+    @property
+    def gpus_per_rank(self) -> int:
+        return self.gpus // max(self.ranks, 1)
+
+    @property
+    def preferred_kind(self) -> str:
+        return "gpu" if self.gpus else "cpu"
+
+    @property
+    def processors(self) -> int:
+        """Processors of the preferred kind in the whole job: the default data-parallel degree."""
+        return self.gpus or self.cpus
+
+    def __str__(self) -> str:
+        per = f"{self.gpus_per_rank} GPU" if self.gpus else f"{self.cpus_per_rank} CPU"
+        return f"{self.ranks} rank(s) x {per} processor(s)"
+
+
+def _limit_blas_threads() -> None:
+    """Legate's CPU processors are the parallelism; BLAS threads on top would fight for cores."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # numpy reads the variables above when BLAS starts; nothing more to do
+        return
+    threadpool_limits(limits=1, user_api="blas")
+
+
+_started = False
+
+
+def configure(cpus: int | None = None, gpus: int | None = None, sysmem: int | None = None) -> None:
+    """Set Legate's processor counts before it starts (what `legate --cpus N ...` would set).
+
+    Values given here replace the same options already in LEGATE_CONFIG; the rest is kept.
+    """
+    if _started:
+        raise RuntimeError("unity_legion.runtime.configure: Legate has already started; pass "
+                           "--cpus/--gpus/--sysmem to the `legate` launcher instead")
+    opts = {"--cpus": cpus, "--gpus": gpus, "--sysmem": sysmem}
+    for flag, value in opts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{flag} must be a non-negative integer, got {value!r}")
+    words = os.environ.get("LEGATE_CONFIG", "").split()
+    kept: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        name = word.split("=", 1)[0]
+        if opts.get(name) is not None:
+            skip = "=" not in word
+            continue
+        kept.append(word)
+    for flag, value in opts.items():
+        if value is not None:
+            kept += [flag, str(value)]
+    os.environ["LEGATE_CONFIG"] = " ".join(kept)
+
+
+@cache
+def runtime() -> Any:
+    """The Legate runtime, started on first call (the CUDA shim loaded first where needed)."""
+    from unity_legion._native import preload_cuda_shim
+
+    preload_cuda_shim()  # where no driver exists; also turns off Legate's GPU auto-configuration
+    _limit_blas_threads()
+    previous = signal.getsignal(signal.SIGINT)
+    from legate.core import get_legate_runtime
+
+    rt = get_legate_runtime()
+    global _started
+    _started = True
+    # Realm takes SIGINT at start-up; give Ctrl-C back to Python so training stops cleanly.
+    if previous in (signal.default_int_handler, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    else:
+        signal.signal(signal.SIGINT, previous)
+    return rt
+
+
+@cache
+def machine_info() -> MachineInfo:
+    from legate.core import TaskTarget
+
+    rt = runtime()
+    m = rt.get_machine()
+    gpus = m.count(TaskTarget.GPU) if TaskTarget.GPU in m.valid_targets else 0
+    cpus = m.count(TaskTarget.CPU) if TaskTarget.CPU in m.valid_targets else 0
+    return MachineInfo(ranks=rt.node_count, rank=rt.node_id, cpus=cpus, gpus=gpus)
