@@ -19,48 +19,69 @@ from .base import Arg, In, InOut, Launch, Ref, RefKind, kernel
 ROWS = "param_rows"  # launch axis: the parameter's leading dimension, split over processors
 
 
+# The kernels work in place and use the consumed gradient as scratch space: a 4096x4096 update
+# then makes no temporary arrays (it is memory-bound), and the gradient ends zeroed as promised.
+
+def _decay(param: np.ndarray, lr: float, weight_decay: float) -> None:
+    if weight_decay:
+        param *= 1.0 - lr * weight_decay
+
+
 @kernel
 def sgd_update(param: InOut, grad: InOut, lr: float, weight_decay: float) -> None:
-    if weight_decay:
-        param -= (lr * weight_decay) * param
-    param -= (lr * grad).astype(param.dtype)
+    _decay(param, lr, weight_decay)
+    grad *= lr
+    param -= grad
     grad[...] = 0
 
 
 @kernel
 def sgd_momentum_update(param: InOut, grad: InOut, velocity: InOut, lr: float, momentum: float,
                         nesterov: bool, weight_decay: float) -> None:
-    if weight_decay:
-        param -= (lr * weight_decay) * param
+    _decay(param, lr, weight_decay)
+    grad *= lr
     velocity *= momentum
-    velocity -= lr * grad
-    if nesterov:
-        param += momentum * velocity - lr * grad
+    velocity -= grad
+    if nesterov:  # w += momentum * v - lr * g
+        param -= grad
+        grad[...] = velocity
+        grad *= momentum
     else:
-        param += velocity
+        grad[...] = velocity
+    param += grad
     grad[...] = 0
 
 
 @kernel
 def adam_update(param: InOut, grad: InOut, m: InOut, v: InOut, lr: float, beta_1: float,
                 beta_2: float, epsilon: float, step: int, weight_decay: float) -> None:
-    if weight_decay:
-        param -= (lr * weight_decay) * param
+    _decay(param, lr, weight_decay)
     alpha = lr * np.sqrt(1.0 - beta_2 ** step) / (1.0 - beta_1 ** step)
-    m += (grad - m) * (1.0 - beta_1)
-    v += (grad * grad - v) * (1.0 - beta_2)
-    param -= (alpha * m / (np.sqrt(v) + epsilon)).astype(param.dtype)
+    m *= beta_1
+    m += (1.0 - beta_1) * grad          # m += (g - m) * (1 - beta_1)
+    np.square(grad, out=grad)
+    v *= beta_2
+    grad *= 1.0 - beta_2
+    v += grad                           # v += (g^2 - v) * (1 - beta_2)
+    np.sqrt(v, out=grad)
+    grad += epsilon
+    np.divide(m, grad, out=grad)
+    grad *= alpha
+    param -= grad
     grad[...] = 0
 
 
 @kernel
 def rmsprop_update(param: InOut, grad: InOut, velocity: InOut, lr: float, rho: float, epsilon: float,
                    weight_decay: float) -> None:
-    if weight_decay:
-        param -= (lr * weight_decay) * param
+    _decay(param, lr, weight_decay)
     velocity *= rho
-    velocity += (1.0 - rho) * grad * grad
-    param -= (lr * grad / (np.sqrt(velocity) + epsilon)).astype(param.dtype)
+    velocity += (1.0 - rho) * np.square(grad)
+    denominator = np.sqrt(velocity)
+    denominator += epsilon
+    grad /= denominator
+    grad *= lr
+    param -= grad
     grad[...] = 0
 
 

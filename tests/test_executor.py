@@ -218,9 +218,14 @@ def test_non_finite_loss_leaves_weights_and_slots_untouched(poison: str) -> None
         bad_x[8, 0] = np.nan
     else:
         bad_y[0, 2] = np.nan
-    res = ex.train_step({xin: bad_x}, [bad_y], obj, rule, 0.01, 2)
-    assert res.applied is False
-    assert not np.all(np.isfinite(res.loss))
+    if poison == "nan_target":
+        # numpy targets are checked before anything launches
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            ex.train_step({xin: bad_x}, [bad_y], obj, rule, 0.01, 2)
+    else:
+        res = ex.train_step({xin: bad_x}, [bad_y], obj, rule, 0.01, 2)
+        assert res.applied is False
+        assert not np.all(np.isfinite(res.loss))
     for k, v in before_w.items():
         np.testing.assert_array_equal(ex.get_weight(k), v)
     after_s = ex.optimizer_state()
@@ -385,3 +390,13 @@ def test_weight_gradients_do_not_leak_between_steps() -> None:
     got = step()
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-6, atol=1e-8, err_msg=f"unfrozen {k}")
+
+
+def test_targets_must_match_outputs_and_batch() -> None:
+    ex, xin, _ = _mlp(9)
+    obj = Objective((MeanSquaredError(),), ((),))
+    x = np.zeros((5, 4), np.float32)
+    with pytest.raises(ValueError, match="1 output"):
+        ex.train_step({xin: x}, [], obj, AdamRule(), 0.01, 1)
+    with pytest.raises(ValueError, match="4 samples, the inputs 5"):
+        ex.train_step({xin: x}, [np.zeros((4, 3), np.float32)], obj, AdamRule(), 0.01, 1)

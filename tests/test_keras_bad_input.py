@@ -73,6 +73,7 @@ FIT_CASES = {
     "validation_data x shape": (dict(validation_data=(_x(width=4), _y())), ValueError, r"expected data of shape \(batch, 6\)"),
     "validation_data labels": (dict(validation_data=(_x(), _y() + 1)), ValueError, r"labels must be in \[0, 3\)"),
     "validation_data lengths": (dict(validation_data=(_x(5), _y(4))), ValueError, "same number of samples"),
+    "validation_freq 0": (dict(validation_split=0.2, validation_freq=0), ValueError, "validation_freq must be a positive integer"),
     "verbose 3": (dict(verbose=3), ValueError, "verbose must be"),
     "callback not a Callback": (dict(callbacks=[print]), TypeError, "Callback instances"),
     "class_weight": (dict(class_weight={0: 2.0}), NotImplementedError, "class_weight"),

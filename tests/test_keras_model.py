@@ -84,6 +84,18 @@ def test_sequential_without_input_builds_on_first_fit():
     assert model.optimizer.iterations == 2 * 3
 
 
+def test_sequential_without_input_rejects_bad_first_data():
+    model = keras.Sequential([L.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="cannot build the model"):
+        model.fit(np.array(["a", "b"]), np.zeros((2, 2)), verbose=0)
+    with pytest.raises(ValueError, match="x is required"):
+        model.fit(None, np.zeros((2, 2)), verbose=0)
+    assert not model.built
+    model.fit(np.ones((3, 4)), np.zeros((3, 2)), verbose=0)      # good data still builds it
+    assert model.input_shape == (None, 4)
+
+
 def test_sequential_without_input_builds_on_predict():
     model = keras.Sequential([L.Dense(3)])
     out = model.predict(np.ones((4, 7), np.float32), verbose=0)
@@ -195,6 +207,24 @@ def test_add_subtract_multiply_merge_forward():
     np.testing.assert_allclose(s, xa + xb, rtol=1e-6)
     np.testing.assert_allclose(d, xa - xb, rtol=1e-6)
     np.testing.assert_allclose(p, xa * xb, rtol=1e-6)
+
+
+def test_embedding_flatten_reshape_model_forward_and_weights():
+    inp = keras.Input(shape=(3,), dtype="int64")
+    emb = L.Embedding(10, 4, name="emb")
+    h = L.Flatten()(emb(inp))                                     # (None, 12)
+    out = L.Dense(2, name="out")(L.Reshape((12,))(L.Reshape((3, 4))(h)))
+    model = keras.Model(inp, out)
+    assert [type(l).__name__ for l in model.layers] == ["Embedding", "Flatten", "Reshape",
+                                                         "Reshape", "Dense"]
+    assert model.count_params() == 10 * 4 + 12 * 2 + 2
+    table, k, b = model.get_weights()
+    assert table.shape == (10, 4)
+    idx = np.array([[0, 9, 3], [5, 5, 1]])
+    np.testing.assert_allclose(model.predict(idx, verbose=0), table[idx].reshape(2, 12) @ k + b,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="emb"):                  # indices out of range
+        model.predict(np.array([[0, 10, 1]]), verbose=0)
 
 
 def test_layer_cannot_be_called_twice_or_shared():

@@ -8,17 +8,16 @@ so the test also works when pytest was started without it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from launch import run_with_env
 
 pytestmark = pytest.mark.slow
 
-ENV_FILE = Path(sys.prefix) / "unity_legion_env.sh"
 TIMEOUT_S = 240
 
 SCRIPT = textwrap.dedent(
@@ -35,20 +34,8 @@ SCRIPT = textwrap.dedent(
 
 
 def _run_with_env(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    if not ENV_FILE.is_file():
-        pytest.fail(f"{ENV_FILE} is missing: run `make setup`")
-    env = dict(os.environ)
     # One CPU processor per rank: 2 ranks on a 2-core machine.
-    env["LEGATE_CONFIG"] = "--cpus 1 --sysmem 1000"
-    return subprocess.run(
-        ["sh", "-c", '. "$0" && exec "$@"', str(ENV_FILE), *argv],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    return run_with_env(argv, cwd, "--cpus 1 --sysmem 1000", TIMEOUT_S)
 
 
 def _check_two_ranks(proc: subprocess.CompletedProcess[str]) -> None:

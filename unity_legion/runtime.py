@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -62,7 +63,7 @@ def configure(cpus: int | None = None, gpus: int | None = None, sysmem: int | No
 
     Values given here replace the same options already in LEGATE_CONFIG; the rest is kept.
     """
-    if _started:
+    if _started or "legate.core" in sys.modules:
         raise RuntimeError("unity_legion.runtime.configure: Legate has already started; pass "
                            "--cpus/--gpus/--sysmem to the `legate` launcher instead")
     opts = {"--cpus": cpus, "--gpus": gpus, "--sysmem": sysmem}
@@ -87,6 +88,23 @@ def configure(cpus: int | None = None, gpus: int | None = None, sysmem: int | No
     os.environ["LEGATE_CONFIG"] = " ".join(kept)
 
 
+def _default_sysmem_mib() -> int:
+    """Half of this node's memory shared among its ranks, at most 8 GiB each (Legate's own
+    default is far smaller and running out of it aborts the process)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError):
+        return 4096
+    local_ranks = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", "1") or 1)
+    return max(256, min(8192, total // 2 // max(local_ranks, 1)))
+
+
+def _ensure_sysmem() -> None:
+    words = os.environ.get("LEGATE_CONFIG", "").split()
+    if not any(w.split("=", 1)[0] == "--sysmem" for w in words):
+        os.environ["LEGATE_CONFIG"] = " ".join(words + ["--sysmem", str(_default_sysmem_mib())])
+
+
 @cache
 def runtime() -> Any:
     """The Legate runtime, started on first call (the CUDA shim loaded first where needed)."""
@@ -94,6 +112,7 @@ def runtime() -> Any:
 
     preload_cuda_shim()  # where no driver exists; also turns off Legate's GPU auto-configuration
     _limit_blas_threads()
+    _ensure_sysmem()
     previous = signal.getsignal(signal.SIGINT)
     from legate.core import get_legate_runtime
 
@@ -110,9 +129,9 @@ def runtime() -> Any:
 
 @cache
 def machine_info() -> MachineInfo:
+    rt = runtime()  # first: importing legate.core starts Legate with whatever config is set
     from legate.core import TaskTarget
 
-    rt = runtime()
     m = rt.get_machine()
     gpus = m.count(TaskTarget.GPU) if TaskTarget.GPU in m.valid_targets else 0
     cpus = m.count(TaskTarget.CPU) if TaskTarget.CPU in m.valid_targets else 0

@@ -300,6 +300,7 @@ class GraphExecutor:
                    objective: Objective, rule: UpdateRule, lr: float, step: int) -> StepResult:
         """One forward, backward and update; nothing is updated if the loss is not finite."""
         batch = _batch_of(feeds)
+        targets = self._checked_targets(objective, targets, batch)
         degrees = self.degrees_for(batch)
         self._keepalive = []
         env, node_refs = self._forward(feeds, True, batch, degrees)
@@ -316,12 +317,31 @@ class GraphExecutor:
     def evaluate_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
                       objective: Objective) -> StepResult:
         batch = _batch_of(feeds)
+        targets = self._checked_targets(objective, targets, batch)
         degrees = self.degrees_for(batch)
         self._keepalive = []
         env, _ = self._forward(feeds, False, batch, degrees)
         loss_stores, _, metric_stores = self._objective(objective, env, targets, batch, degrees,
                                                         with_grad=False)
         return self._read_objective(batch, loss_stores, metric_stores)
+
+    def _checked_targets(self, objective: Objective, targets: Sequence[Feed], batch: int
+                         ) -> list[Feed]:
+        """One target per output with the batch's length; numpy targets are also checked and
+        cast by their loss (a kernel fed a bad label would abort the process)."""
+        if len(targets) != len(self.outputs) or len(objective.losses) != len(self.outputs):
+            raise ValueError(f"the model has {len(self.outputs)} output(s); got {len(targets)} "
+                             f"target(s) and {len(objective.losses)} loss(es)")
+        shapes = self._shapes(batch)
+        out: list[Feed] = []
+        for t, target, loss in zip(self.outputs, targets, objective.losses):
+            if len(target) != batch:
+                raise ValueError(f"targets for output {self.graph.tensors[t].name!r} have "
+                                 f"{len(target)} samples, the inputs {batch}")
+            if isinstance(target, np.ndarray):
+                target = loss.prepare_target(shapes[t], target)
+            out.append(target)
+        return out
 
     def predict_step(self, feeds: Mapping[int, Feed]) -> list[np.ndarray]:
         batch = _batch_of(feeds)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import inspect
+import threading
 from functools import cache
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from legate.core import VariantCode
@@ -35,6 +38,31 @@ def _store_params(k: Kernel) -> list[inspect.Parameter]:
     return params
 
 
+_gc_lock = threading.Lock()
+_gc_depth = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _no_collection() -> Iterator[None]:
+    """No cyclic garbage collection while any task runs: a collection started inside a task could
+    free an unreachable Legate store there, which Legion forbids in a leaf task (the process
+    aborts). The main thread collects as usual between launches."""
+    global _gc_depth, _gc_was_enabled
+    with _gc_lock:
+        if _gc_depth == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_depth += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_was_enabled:
+                gc.enable()
+
+
 @cache
 def legate_task(k: Kernel) -> Any:
     """A Legate task running kernel `k` on the local pieces of its stores."""
@@ -45,6 +73,10 @@ def legate_task(k: Kernel) -> Any:
     signature = inspect.Signature(params, return_annotation=None)
 
     def body(*args: Any, **kw: Any) -> None:
+        with _no_collection():
+            _run(*args, **kw)
+
+    def _run(*args: Any, **kw: Any) -> None:
         kwargs = signature.bind(*args, **kw).arguments
         call: dict[str, Any] = {}
         for name, role in k.stores:

@@ -36,15 +36,14 @@ class Trainer:
         for k in kwargs:
             if k not in unsupported:
                 raise TypeError(f"compile: unknown argument {k!r}")
-        if loss is None:
+        if not _flatten(loss):
             raise ValueError("compile: a loss is required for training (e.g. "
                              "loss='sparse_categorical_crossentropy')")
         if not self._can_build_now():
             # A Sequential without an input shape builds on its first data (as in Keras); the
             # names are checked now, everything else once the model is built.
-            specs = [losses_mod.get(lo).spec for lo in (loss if isinstance(loss, (list, tuple))
-                                                        else [loss])]
-            for m in self._metric_lists(metrics, 1)[0]:
+            specs = [losses_mod.get(lo).spec for lo in _flatten(loss)]
+            for m in _flatten(metrics):
                 metrics_mod.get(m, specs[0])
             self.optimizer = optimizers_mod.get(optimizer)
             self._pending_compile = (self.optimizer, loss, loss_weights, metrics, kwargs)
@@ -208,6 +207,9 @@ class Trainer:
                 or initial_epoch < 0:
             raise ValueError(f"epochs and initial_epoch must be non-negative integers, got "
                              f"{epochs!r}, {initial_epoch!r}")
+        if isinstance(validation_freq, bool) or not isinstance(validation_freq, int) \
+                or validation_freq <= 0:
+            raise ValueError(f"validation_freq must be a positive integer, got {validation_freq!r}")
         self._build_from_data(x)
         xs, ys = self._prepare_x(x), self._prepare_y(y)
         data_utils.check_lengths(xs, ys)
@@ -315,6 +317,22 @@ class Trainer:
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
+    def train_on_batch(self, x: Any = None, y: Any = None, return_dict: bool = False) -> Any:
+        """One optimizer step on exactly this batch; returns the loss (and metrics)."""
+        self._require_compiled("train_on_batch")
+        xs, ys = self._prepare_x(x), self._prepare_y(y)
+        data_utils.check_lengths(xs, ys)
+        self._sync_frozen()
+        result = self._executor.train_step(dict(zip(self._input_ids, xs)), ys, self._objective,
+                                           self.optimizer.rule(), self.optimizer.learning_rate,
+                                           self.optimizer.iterations + 1)
+        if result.applied:
+            self.optimizer.iterations += 1
+        logs = _Running()
+        logs.add(result)
+        out = logs.logs() if result.applied else {"loss": float("nan")}
+        return out if return_dict else (list(out.values()) if len(out) > 1 else out["loss"])
+
     def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto",
                 steps: int | None = None, callbacks: Sequence[cbs.Callback] | None = None) -> Any:
         if steps is not None:
@@ -344,6 +362,17 @@ class Trainer:
         callback_list.on_predict_end({})
         outs = [np.concatenate([c[k] for c in chunks]) for k in range(len(self._output_ids))]
         return outs if self._multi_output else outs[0]  # type: ignore[attr-defined]
+
+
+def _flatten(value: Any) -> list[Any]:
+    """The leaves of a (nested) list, tuple or dict of compile() arguments."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [leaf for v in value for leaf in _flatten(v)]
+    return [value]
 
 
 class _Running:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import weakref
 import re
 from typing import Any, Sequence
 
@@ -65,7 +66,7 @@ class Layer:
         self.op: Operator | None = None
         self.input_shapes: list[TensorShape] | None = None
         self.outputs: list[KerasTensor] = []
-        self._model: Any = None      # the Model whose graph holds this layer's node
+        self._model_ref: Any = None  # weak: the Model whose graph holds this layer's node
         self._node_id: int | None = None
 
     # --- what subclasses define ---------------------------------------------------------------
@@ -109,6 +110,17 @@ class Layer:
     @property
     def built(self) -> bool:
         return self.op is not None
+
+    @property
+    def _model(self) -> Any:
+        return self._model_ref() if self._model_ref is not None else None
+
+    @_model.setter
+    def _model(self, model: Any) -> None:
+        # Weak, so a model and its layers form no reference cycle: a model is freed (with its
+        # Legate stores) as soon as the user drops it, never by a garbage collection that could
+        # happen to run inside a task.
+        self._model_ref = weakref.ref(model) if model is not None else None
 
     def _require_model(self) -> Any:
         if self._model is None:

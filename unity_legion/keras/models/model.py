@@ -95,6 +95,17 @@ class Model(Trainer):
         self._executor = None
 
     @property
+    def trainable(self) -> bool:
+        return getattr(self, "_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        """As in Keras, setting it sets every layer's `trainable` (the next fit() honours it)."""
+        self._trainable = bool(value)
+        for layer in self.layers:
+            layer.trainable = bool(value)
+
+    @property
     def built(self) -> bool:
         return self._graph is not None
 

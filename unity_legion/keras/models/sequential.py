@@ -98,7 +98,7 @@ class Sequential(Model):
     def _build_on_data(self, x: Any) -> None:
         """Keras builds a Sequential without an Input from the first data it sees: inputs of
         shape (None,) + x.shape[1:] (float32)."""
-        if self._input is not None or not self._stack:
+        if self._input is not None or not self._stack or x is None:
             return
         arr = data_utils.as_list(x, ["input"], "input")[0]
         if arr.ndim < 2 or arr.dtype.kind not in "biuf":

@@ -1,0 +1,45 @@
+"""scripts/train.py end to end: the default job reaches its accuracy, and 2 ranks train exactly
+like 1 rank (the same losses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from launch import REPO, VENV_BIN, run_with_env
+
+pytestmark = pytest.mark.slow
+
+
+def _train(args: list[str], tmp_path: Path, ranks: int) -> dict:
+    script = str(REPO / "scripts" / "train.py")
+    if ranks == 1:
+        argv = [str(VENV_BIN / "legate"), "--cpus", "2", "--sysmem", "2000", script]
+    else:
+        argv = [str(VENV_BIN / "legate"), "--launcher", "mpirun", "--nodes", "1",
+                "--ranks-per-node", str(ranks), "--cpus", "1", "--sysmem", "1000", script]
+    proc = run_with_env(argv + args + ["--verbose", "2"], tmp_path, "")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    return json.loads(last)
+
+
+def test_default_job_reaches_095_within_20_epochs(tmp_path: Path) -> None:
+    result = _train([], tmp_path, ranks=1)
+    assert result["epochs"] <= 20
+    assert result["test_accuracy"] >= 0.95, result
+    assert result["processors"] == 2
+
+
+def test_two_ranks_train_like_one(tmp_path: Path) -> None:
+    args = ["--epochs", "2", "--batch-size", "256"]
+    one = _train(args, tmp_path, ranks=1)
+    two = _train(args, tmp_path, ranks=2)
+    assert two["ranks"] == 2 and two["processors"] == 2
+    assert len(one["losses"]) == len(two["losses"]) == 2
+    for a, b in zip(one["losses"], two["losses"]):
+        assert abs(a - b) <= 1e-4 * abs(a), (one["losses"], two["losses"])
+    assert abs(one["test_accuracy"] - two["test_accuracy"]) < 1e-9
+
+
