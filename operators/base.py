@@ -203,10 +203,15 @@ class WeightSpec:
 
 @dataclass(frozen=True)
 class SavedSpec:
-    """An extra forward product that backward needs (a dropout mask, softmax statistics...)."""
+    """An extra forward product that backward needs (a dropout mask, softmax statistics...).
+
+    zero: the executor fills it with zeros before the node's forward launches, every step, so
+    launches can accumulate into it as a Sum target (e.g. batch statistics summed over the
+    pieces of a split batch)."""
 
     name: str
     shape: TensorShape
+    zero: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +231,9 @@ class Operator:
 
     op_type: ClassVar[str] = "operator"
     num_inputs: ClassVar[int | None] = 1  # None: variadic (at least one)
+    # Keras runs a layer like BatchNormalization in inference mode once all its weights are
+    # frozen (layer.trainable = False); operators that behave so say True here.
+    inference_when_frozen: ClassVar[bool] = False
 
     # --- shapes -------------------------------------------------------------------------------
     def check_inputs(self, inputs: Sequence[TensorShape]) -> None:
@@ -264,6 +272,14 @@ class Operator:
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         """Launches writing d_in[i] (where needed) and d_w[name] (as Sum) from d_out."""
         raise NotImplementedError
+
+    def state_updates(self, inputs: Sequence[TensorShape]) -> list[Launch]:
+        """Launches that update non-trainable weights from this step's saved tensors (e.g. batch
+        norm's moving statistics). The executor runs them after the optimizer, and only for a
+        training step it applies (never after a non-finite loss, nor in gradients()); refs: the
+        node's inputs, outputs, weights and saved tensors of the step. A launch that would write
+        a frozen weight is skipped. Default: none."""
+        return []
 
     # --- description --------------------------------------------------------------------------
     def describe(self) -> str:

@@ -3,30 +3,57 @@
     legate --cpus 2 scripts/train.py                 # the default: an MLP on scikit-learn's digits
     legate scripts/train.py --cpus 2                 # the same (the flag is applied before start-up)
     legate --launcher mpirun --nodes 1 --ranks-per-node 2 --cpus 1 scripts/train.py
+    legate --cpus 2 scripts/train.py --model bert_large                 # scaled down, synthetic data
+    legate --cpus 2 scripts/train.py --model resnext50 --dataset digits # digits resized to 32x32
+    legate --cpus 2 scripts/train.py --model dlrm --model-arg tables=8 --model-arg embedding_dim=16
 
-Prints a progress bar per epoch, the test accuracy, and on its last line one JSON object with the
+Every model of unity_legion.models.ZOO trains at its small size unless --full-size is given;
+--model-arg KEY=VALUE (a Python literal) overrides one argument of the model's builder. Prints a
+progress bar per epoch, the test figures, and on its last line one JSON object with the
 per-epoch losses and the test figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 import time
+from typing import Any
+
+MODELS = ("mlp", "mlp_unify", "bert_large", "dlrm", "xdl", "candle_uno", "resnext50",
+          "inception_v3")  # = unity_legion.models.ZOO, listed here so --help needs no import
+
+
+def _model_arg(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a bare word: a string argument
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="mlp", choices=["mlp"], help="model from unity_legion.models")
-    p.add_argument("--dataset", default="digits", choices=["digits"], help="data set (bundled)")
-    p.add_argument("--hidden", default="256,128", help="MLP hidden widths, comma-separated")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer")
+    p.add_argument("--model", default="mlp", choices=MODELS, help="model from unity_legion.models")
+    p.add_argument("--dataset", default=None, choices=["digits", "synthetic"],
+                   help="bundled digits (mlp, mlp_unify, resnext50, inception_v3) or random data "
+                        "shaped for the model (default: digits where the model takes it)")
+    p.add_argument("--full-size", action="store_true", help="build the model at paper size")
+    p.add_argument("--model-arg", type=_model_arg, action="append", default=[],
+                   metavar="KEY=VALUE", help="an argument of the model builder (repeatable)")
+    p.add_argument("--hidden", default=None, help="mlp only: hidden widths, comma-separated "
+                                                  "(default 256,128)")
+    p.add_argument("--dropout", type=float, default=0.0, help="mlp only: dropout after each layer")
+    p.add_argument("--samples", type=int, default=512, help="synthetic data: training samples")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "rmsprop"])
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and dropout")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, data, shuffling, dropout")
     p.add_argument("--validation-split", type=float, default=0.0)
     p.add_argument("--verbose", default="auto", help="0, 1 (progress bar), 2 (a line per epoch)")
     p.add_argument("--save-weights", default=None, help="write the trained weights (.weights.npz)")
@@ -35,15 +62,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--gpus", type=int, default=None, help="GPUs per rank")
     g.add_argument("--sysmem", type=int, default=None, help="system memory per rank, MiB")
     args = p.parse_args(argv)
-    try:
-        args.hidden = tuple(int(v) for v in args.hidden.split(",") if v)
-    except ValueError:
-        p.error(f"--hidden must be comma-separated integers, got {args.hidden!r}")
+    args.model_args = dict(args.model_arg)
+    if args.hidden is not None:
+        if args.model != "mlp":
+            p.error("--hidden applies to --model mlp only (use --model-arg)")
+        try:
+            args.model_args["hidden"] = tuple(int(v) for v in args.hidden.split(",") if v)
+        except ValueError:
+            p.error(f"--hidden must be comma-separated integers, got {args.hidden!r}")
+    if args.model == "mlp":
+        args.model_args.setdefault("hidden", (256, 128))
+        if args.dropout:
+            args.model_args["dropout"] = args.dropout
+    elif args.dropout:
+        p.error("--dropout applies to --model mlp only")
+    if args.dataset is None:
+        args.dataset = "digits" if args.model in ("mlp", "mlp_unify", "resnext50",
+                                                  "inception_v3") else "synthetic"
+    if args.dataset == "digits" and args.model not in ("mlp", "mlp_unify", "resnext50",
+                                                       "inception_v3"):
+        p.error(f"--dataset digits does not fit --model {args.model}; use --dataset synthetic")
     if args.verbose != "auto":
         args.verbose = int(args.verbose)
-    if args.epochs <= 0 or args.batch_size <= 0:
-        p.error("--epochs and --batch-size must be positive")
+    if args.epochs <= 0 or args.batch_size <= 0 or args.samples <= 0:
+        p.error("--epochs, --batch-size and --samples must be positive")
     return args
+
+
+def build_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The zoo entry and the model that the flags ask for (digits fixes the input and classes)."""
+    from unity_legion.models import ZOO
+
+    entry = ZOO[args.model]
+    kwargs = dict(args.model_args)
+    if args.dataset == "digits":
+        fixed = {"mlp": {"input_dim": 64, "classes": 10}, "mlp_unify": {"input_dim": 64},
+                 "resnext50": {"classes": 10, "channels": 3},
+                 "inception_v3": {"classes": 10, "channels": 3}}[args.model]
+        for k, v in fixed.items():
+            if k in kwargs and kwargs[k] != v:
+                raise SystemExit(f"train.py: --model-arg {k}={kwargs[k]} does not fit the digits "
+                                 f"data set ({k}={v})")
+        kwargs |= fixed
+    try:
+        model = entry.build(**kwargs) if args.full_size else entry.build_small(**kwargs)
+    except TypeError as exc:
+        raise SystemExit(f"train.py: --model-arg does not fit {args.model}: {exc}") from None
+    return entry, model
+
+
+def load_data(args: argparse.Namespace, entry: Any, model: Any
+              ) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """(x_train, y_train, x_test, y_test), each a list with one array per model input / output."""
+    import numpy as np
+
+    from unity_legion import datasets
+
+    if args.dataset == "synthetic":
+        rng = np.random.default_rng(args.seed)
+        x, y = entry.synthetic(model, args.samples + max(args.samples // 4, 1), rng)
+        n = args.samples
+        return [a[:n] for a in x], [a[:n] for a in y], [a[n:] for a in x], [a[n:] for a in y]
+    data = datasets.digits(seed=args.seed)
+    if args.model == "mlp_unify":
+        width = model.outputs[0].shape[-1]
+        if width < data.num_classes:
+            raise SystemExit(f"train.py: mlp_unify's width ({width}) is smaller than the digits' "
+                             f"{data.num_classes} classes")
+        return ([data.x_train, data.x_train], [data.y_train],
+                [data.x_test, data.x_test], [data.y_test])
+    if entry.images:
+        size = model.inputs[0].shape[1]
+        return ([datasets.as_images(data.x_train, size)], [data.y_train],
+                [datasets.as_images(data.x_test, size)], [data.y_test])
+    return [data.x_train], [data.y_train], [data.x_test], [data.y_test]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,37 +146,41 @@ def main(argv: list[str] | None = None) -> int:
         runtime.configure(cpus=args.cpus, gpus=args.gpus, sysmem=args.sysmem)
     machine = runtime.machine_info()
 
-    from unity_legion import datasets, keras
-    from unity_legion.models import mlp
+    from unity_legion import keras
 
     keras.utils.set_random_seed(args.seed)
-    data = datasets.digits(seed=args.seed)
-    model = mlp(input_dim=data.x_train.shape[1], hidden=args.hidden, classes=data.num_classes,
-                dropout=args.dropout)
+    entry, model = build_model(args)
+    x_train, y_train, x_test, y_test = load_data(args, entry, model)
     optimizer = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
                  "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}[args.optimizer](
         learning_rate=args.lr)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    classify = entry.loss == "sparse_categorical_crossentropy"
+    model.compile(optimizer=optimizer, loss=entry.loss, metrics=["accuracy" if classify else "mae"])
     rank0 = machine.rank == 0
     if rank0:
-        print(f"unity_legion: {args.model} on {args.dataset} ({len(data.x_train)} train / "
-              f"{len(data.x_test)} test samples), {machine}, data parallel over "
+        print(f"unity_legion: {args.model} on {args.dataset} ({len(x_train[0])} train / "
+              f"{len(x_test[0])} test samples), {machine}, data parallel over "
               f"{machine.processors} processor(s)")
         model.summary()
+    unpack = (lambda v: v if len(v) > 1 else v[0])
     t0 = time.perf_counter()
-    history = model.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs,
-                        validation_split=args.validation_split, verbose=args.verbose if rank0 else 0)
+    history = model.fit(unpack(x_train), unpack(y_train), batch_size=args.batch_size,
+                        epochs=args.epochs, validation_split=args.validation_split,
+                        verbose=args.verbose if rank0 else 0)
     train_s = time.perf_counter() - t0
-    test_loss, test_acc = model.evaluate(data.x_test, data.y_test, batch_size=256, verbose=0)
+    test_loss, test_metric = model.evaluate(unpack(x_test), unpack(y_test), batch_size=256,
+                                            verbose=0)
     if args.save_weights:
         model.save_weights(args.save_weights)
     if rank0:
-        print(f"test accuracy: {test_acc:.4f}  test loss: {test_loss:.4f}  "
+        metric = "accuracy" if classify else "mae"
+        print(f"test {metric}: {test_metric:.4f}  test loss: {test_loss:.4f}  "
               f"training time: {train_s:.1f} s")
         print(json.dumps({"model": args.model, "dataset": args.dataset, "ranks": machine.ranks,
                           "processors": machine.processors, "epochs": args.epochs,
-                          "losses": history.history["loss"], "test_accuracy": test_acc,
-                          "test_loss": test_loss, "train_s": round(train_s, 3)}))
+                          "params": model.count_params(), "losses": history.history["loss"],
+                          f"test_{metric}": test_metric, "test_loss": test_loss,
+                          "train_s": round(train_s, 3)}))
     return 0
 
 

@@ -119,3 +119,66 @@ def check_op(op: Operator, inputs: Sequence[np.ndarray], torch_fn: Callable[...,
     for name, want in t_w_grads.items():
         assert_close(run.weight_grads[name], want, f"{desc}: d {name}", rtol, atol)
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Operators with several outputs
+# ---------------------------------------------------------------------------------------------
+
+def run_op_outputs(op: Operator, inputs: Sequence[np.ndarray],
+                   weights: Mapping[str, np.ndarray] | None = None,
+                   output_grads: Sequence[np.ndarray] | None = None, training: bool = True,
+                   seed: int = 0, executor: Callable[..., GraphExecutor] = GraphExecutor,
+                   used: Sequence[int] | None = None) -> OpRun:
+    """`run_op` for an operator with several outputs. `used` picks which of its outputs are the
+    graph's outputs (default: all); the others are computed but consumed by nobody, so backward
+    sees a zero gradient for them. The run's outputs and output_grads are the used ones, in
+    `used` order."""
+    rng = np.random.default_rng(seed)
+    g = ComputationGraph()
+    tids = [g.add_input(TensorShape((None,) + a.shape[1:], DataType.of(a.dtype)), f"x{i}")
+            for i, a in enumerate(inputs)]
+    outs = g.add_node(op, tids, "op")
+    picked = [outs[i] for i in (range(len(outs)) if used is None else used)]
+    ex = executor(g, picked, seed=seed, input_grads=True)
+    w_vals: dict[str, np.ndarray] = {}
+    for key, spec in ex.weight_specs():
+        given = (weights or {}).get(key[1])
+        w_vals[key[1]] = (np.asarray(given, dtype=spec.shape.dtype.numpy) if given is not None
+                          else randn(rng, *spec.shape.dims, dtype=spec.shape.dtype.numpy))
+        ex.set_weight(key, w_vals[key[1]])
+    shapes = g.bind_batch(len(inputs[0]))
+    if output_grads is None:
+        output_grads = [randn(rng, *shapes[t].dims, dtype=shapes[t].dtype.numpy) for t in picked]
+    feeds = {tids[i]: a for i, a in enumerate(inputs)}
+    values, in_grads, w_grads = ex.gradients(feeds, output_grads, training=training)
+    return OpRun(list(inputs), w_vals, list(output_grads), values,
+                 [in_grads.get(t) for t in tids], {k[1]: v for k, v in w_grads.items()})
+
+
+def check_op_outputs(op: Operator, inputs: Sequence[np.ndarray],
+                     torch_fn: Callable[..., Sequence[torch.Tensor]],
+                     weights: Mapping[str, np.ndarray] | None = None, rtol: float = RTOL,
+                     atol: float = ATOL, used: Sequence[int] | None = None, **kwargs: Any) -> OpRun:
+    """`check_op` for an operator with several outputs: torch_fn returns all of them; the used
+    outputs are compared, and gradients flow back from the used outputs only."""
+    run = run_op_outputs(op, inputs, weights, used=used, **kwargs)
+    t_in = [torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in run.inputs]
+    t_w = {k: torch.tensor(v, requires_grad=True) for k, v in run.weights.items()}
+    t_outs = list(torch_fn(*t_in, **t_w))
+    picked = [t_outs[i] for i in (range(len(t_outs)) if used is None else used)]
+    desc = op.describe()
+    assert len(run.outputs) == len(picked), f"{desc}: {len(run.outputs)} outputs, torch {len(picked)}"
+    for k, (got, want) in enumerate(zip(run.outputs, picked)):
+        assert_close(got, want.detach().numpy(), f"{desc}: output {k}", rtol, atol)
+    torch.autograd.backward(picked, [torch.tensor(gr) for gr in run.output_grads])
+    for i, (a, got, t) in enumerate(zip(run.inputs, run.input_grads, t_in)):
+        if a.dtype.kind != "f":
+            continue
+        assert got is not None, f"{desc}: no gradient for input {i}"
+        want = t.grad.numpy() if t.grad is not None else np.zeros_like(a)
+        assert_close(got, want, f"{desc}: d input {i}", rtol, atol)
+    for name, t in t_w.items():
+        want = t.grad.numpy() if t.grad is not None else np.zeros_like(run.weights[name])
+        assert_close(run.weight_grads[name], want, f"{desc}: d {name}", rtol, atol)
+    return run

@@ -400,3 +400,29 @@ def test_targets_must_match_outputs_and_batch() -> None:
         ex.train_step({xin: x}, [], obj, AdamRule(), 0.01, 1)
     with pytest.raises(ValueError, match="4 samples, the inputs 5"):
         ex.train_step({xin: x}, [np.zeros((4, 3), np.float32)], obj, AdamRule(), 0.01, 1)
+
+
+def test_tensor_fed_twice_to_one_operator_and_to_another_gets_every_gradient() -> None:
+    """h feeds Subtract twice (h - h) and a later Add: the backward of Subtract writes two
+    different partial gradients of h (+d, -d) while h already has one from Add; all three must
+    be summed (a shared scratch for both partials once lost one of them)."""
+    from unity_legion.operators.elementwise import Add, Subtract
+
+    rng = np.random.default_rng(3)
+    g = ComputationGraph()
+    x_id = g.add_input(TensorShape((None, 4)), "x")
+    (h,) = g.add_node(Linear(3, use_bias=False), [x_id], "dense")
+    (zero,) = g.add_node(Subtract(), [h, h], "zero")
+    (out,) = g.add_node(Add(), [zero, h], "sum")
+    ex = GraphExecutor(g, [out], input_grads=True)
+    kernel = rng.standard_normal((4, 3)).astype(np.float32)
+    ex.set_weight((0, "kernel"), kernel)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    d_out = rng.standard_normal((5, 3)).astype(np.float32)
+    _, in_grads, w_grads = ex.gradients({x_id: x}, [d_out])
+    tx = torch.tensor(x, requires_grad=True)
+    tk = torch.tensor(kernel, requires_grad=True)
+    th = tx @ tk
+    (th - th + th).backward(torch.tensor(d_out))
+    np.testing.assert_allclose(w_grads[(0, "kernel")], tk.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(in_grads[x_id], tx.grad.numpy(), rtol=1e-4, atol=1e-5)

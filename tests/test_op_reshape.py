@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
+import torch
 
-from op_check import check_op, randn
-from unity_legion.keras.layers import Flatten, Input, Reshape
+from op_check import FixedSplitExecutor, check_op, randn
+from unity_legion import keras
+from unity_legion.keras.layers import Dense, Flatten, Input, Reshape
 from unity_legion.operators.base import OperatorError
 from unity_legion.operators.reshape import Flatten as FlattenOp
 from unity_legion.operators.reshape import Reshape as ReshapeOp
@@ -63,3 +67,58 @@ def test_reshape_errors() -> None:
         ReshapeOp((2.5,))
     with pytest.raises(ValueError, match="data_format must be one of"):
         Flatten(data_format="nchw")
+
+
+@pytest.mark.parametrize("shape,target,expect,degree", [
+    ((7, 3, 10), (-1, 5), (6, 5), 3),
+    ((13, 2, 3, 5), (5, -1, 3), (5, 2, 3), 4),
+    ((5, 21), (7, 1, -1), (7, 1, 3), 5),
+    ((3, 4, 1), (-1,), (4,), 2),
+])
+def test_reshape_minus_one_forced_batch_splits(shape: tuple[int, ...], target: tuple[int, ...],
+                                               expect: tuple[int, ...], degree: int) -> None:
+    """A -1 target under uneven batch splits: each piece reshapes its own samples."""
+    rng = np.random.default_rng(degree)
+    check_op(ReshapeOp(target), [randn(rng, *shape)], lambda t: t.reshape((shape[0],) + expect),
+             executor=partial(FixedSplitExecutor, degree=degree))
+
+
+def test_reshape_minus_one_in_a_trained_model() -> None:
+    """(None, 6, 5) -> Reshape((-1, 3)) -> (None, 10, 3) -> Flatten -> Dense: predict and one SGD
+    step match torch; fit stays finite."""
+    rng = np.random.default_rng(8)
+    inp = Input((6, 5))
+    r = Reshape((-1, 3))(inp)
+    assert r.shape == (None, 10, 3)
+    dense = Dense(2)
+    model = keras.Model(inp, dense(Flatten()(r)))
+    x, y = randn(rng, 9, 6, 5), randn(rng, 9, 2)
+    kernel, bias = dense.get_weights()
+    tk, tb = torch.tensor(kernel, requires_grad=True), torch.tensor(bias, requires_grad=True)
+    pred = torch.from_numpy(x).reshape(9, 10, 3).reshape(9, 30) @ tk + tb
+    np.testing.assert_allclose(model.predict(x, batch_size=4, verbose=0), pred.detach().numpy(),
+                               rtol=1e-4, atol=1e-5)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.train_on_batch(x, y)
+    torch.mean((pred - torch.from_numpy(y)) ** 2).backward()
+    np.testing.assert_allclose(dense.get_weights()[0], kernel - 0.1 * tk.grad.numpy(), rtol=1e-4,
+                               atol=1e-6)
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert all(np.isfinite(history.history["loss"]))
+
+
+def test_reshape_minus_one_errors_name_the_problem() -> None:
+    with pytest.raises(ValueError, match=r"cannot reshape input \(None, 3, 5\) \(15 values per "
+                                         r"sample\) into target_shape \(-1, 4\): 15 is not a "
+                                         r"multiple of 4"):
+        Reshape((-1, 4))(Input((3, 5)))
+    with pytest.raises(ValueError, match=r"target_shape \(-1, 3, -1\) may contain -1 only once"):
+        Reshape((-1, 3, -1))
+    with pytest.raises(OperatorError, match="-1 only once"):
+        ReshapeOp((-1, -1))
+    with pytest.raises(ValueError, match="positive integers and at most one -1"):
+        Reshape((-2, 3))
+    assert Reshape(-1)(Input((2, 3))).shape == (None, 6)
+    assert Reshape([-1, 1])(Input((4,))).shape == (None, 4, 1)
+    assert Reshape((-1,), name="r").get_config() == {"name": "r", "trainable": True,
+                                                      "target_shape": (-1,)}

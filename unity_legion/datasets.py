@@ -31,3 +31,14 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Split:
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed,
                                               stratify=y)
     return Split(x_tr, y_tr, x_te, y_te)
+
+
+def as_images(x: np.ndarray, size: int, channels: int = 3) -> np.ndarray:
+    """Flat 8x8 digits as (n, size, size, channels) images: each pixel repeated to a block
+    (nearest-neighbour resize), the grey value copied to every channel."""
+    side = int(round(np.sqrt(x.shape[1])))
+    if side * side != x.shape[1]:
+        raise ValueError(f"as_images: {x.shape[1]} features are not a square image")
+    rows = np.minimum(np.arange(size) * side // size, side - 1)
+    img = x.reshape(-1, side, side)[:, rows][:, :, rows]
+    return np.repeat(img[..., None], channels, axis=-1).astype(np.float32)

@@ -19,7 +19,8 @@ from legate.core import types as ty
 from unity_legion.executor.launcher import effective_degree, submit
 from unity_legion.mappers.machine_view import MachineView
 from unity_legion.mappers.placement import placed
-from unity_legion.operators.base import (SAMPLE, Launch, Ref, RefKind, dx, dy, saved, w, x, y)
+from unity_legion.operators.base import (SAMPLE, Launch, Ref, RefKind, Role, dx, dy, saved, w, x,
+                                         y)
 from unity_legion.operators.glue import accumulate_launch
 from unity_legion.operators.losses import LossFunction
 from unity_legion.operators.metrics import Metric
@@ -243,13 +244,21 @@ class GraphExecutor:
                 refs[w(ws.name)] = self.weights[(n.id, ws.name)]
             for sv in n.op.saved(in_shapes):
                 refs[saved(sv.name)] = self._scratch("saved", n.id, sv.name, shape=sv.shape)
-            for launch in n.op.forward(in_shapes, training):
+                if sv.zero:  # a Sum target of this step's launches
+                    refs[saved(sv.name)].fill(0 if sv.shape.dtype.is_integer else 0.0)
+            for launch in n.op.forward(in_shapes, training and not self._runs_as_inference(n)):
                 if "seed" in launch.scalars:
                     launch = Launch(launch.kernel, launch.args,
                                     dict(launch.scalars) | {"seed": self._next_seed()})
                 self._launch(launch, refs, degrees)
             node_refs[n.id] = refs
         return env, node_refs
+
+    def _runs_as_inference(self, n: Node) -> bool:
+        """A node whose operator asks for it, all of whose weights are frozen, runs in
+        inference mode even in a training step (Keras' frozen BatchNormalization)."""
+        return (n.op.inference_when_frozen and bool(n.weights)
+                and all((n.id, ws.name) in self.frozen for ws in n.weights))
 
     def _next_seed(self) -> int:
         return int(self._seed_rng.integers(0, 2**62))
@@ -311,7 +320,7 @@ class GraphExecutor:
             result.applied = False
             return result
         self._backward(env, node_refs, grad_stores, batch, degrees)
-        self._update(rule, lr, step)
+        self._update(rule, lr, step, node_refs, batch, degrees)
         return result
 
     def evaluate_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
@@ -407,7 +416,7 @@ class GraphExecutor:
                 if not needs[i]:
                     continue
                 if t in grads:
-                    tmp = self._scratch("grad_part", t, n.id, shape=shapes[t])
+                    tmp = self._scratch("grad_part", t, n.id, i, shape=shapes[t])
                     refs[dx(i)] = tmp
                     pending.append((t, tmp))
                 else:
@@ -420,8 +429,11 @@ class GraphExecutor:
                              {total: grads[t], part: tmp}, degrees)
         return grads
 
-    def _update(self, rule: UpdateRule, lr: float, step: int) -> None:
-        """Apply `rule` to every trainable weight; the rule's kernels also zero the gradients."""
+    def _update(self, rule: UpdateRule, lr: float, step: int,
+                node_refs: Mapping[int, dict[Ref, Any]], batch: int,
+                degrees: Mapping[str, int]) -> None:
+        """Apply `rule` to every trainable weight (the rule's kernels also zero the gradients),
+        then every operator's state updates (launches writing a frozen weight are skipped)."""
         self._ensure_slots(rule)
         for key, spec in self.weight_specs():
             if not self.trainable(key, spec):
@@ -434,6 +446,16 @@ class GraphExecutor:
             self._launch(rule.launch(rank, lr, step), refs,
                          {ROWS: effective_degree(rows, self.view.num_points)})
         self._grads_zeroed = True
+        shapes = self._shapes(batch)
+        for n in self.nodes:
+            for launch in n.op.state_updates([shapes[t] for t in n.inputs]):
+                if not self._writes_frozen(n.id, launch):
+                    self._launch(launch, node_refs[n.id], degrees)
+
+    def _writes_frozen(self, node_id: int, launch: Launch) -> bool:
+        return any(role is not Role.INPUT and launch.args[name].ref.kind is RefKind.WEIGHT
+                   and (node_id, launch.args[name].ref.key) in self.frozen
+                   for name, role in launch.kernel.stores)
 
 
 def read(store: Any) -> np.ndarray:

@@ -14,7 +14,9 @@ _counters: dict[str, itertools.count] = {}
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """Keras' automatic layer names: "MaxPooling2D" -> "max_pooling2d", "Conv2D" -> "conv2d"
+    (an underscore where a lower-case letter meets a capital, or before a capitalised word)."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z0-9])(?=[A-Z][a-z])", "_", name).lower()
 
 
 def unique_name(prefix: str) -> str:

@@ -135,7 +135,17 @@ class Model(Trainer):
 
     @property
     def output_names(self) -> list[str]:
-        return [t.layer.name if t.layer else t.name for t in self.outputs]
+        """Each output's layer name; an output of a layer with several outputs also gets its
+        index (``split_1``), so that losses and metrics of sibling outputs stay apart."""
+        names = []
+        for t in self.outputs:
+            if t.layer is None:
+                names.append(t.name)
+            elif len(t.layer.outputs) > 1:
+                names.append(f"{t.layer.name}_{t.index}")
+            else:
+                names.append(t.layer.name)
+        return names
 
     @property
     def input_shape(self) -> Any:

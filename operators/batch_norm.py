@@ -1,0 +1,286 @@
+"""Batch normalization (Keras BatchNormalization) over every axis but the feature `axis`.
+
+    training:  mean, var = moments of the WHOLE batch (biased variance, as Keras)
+    inference: mean, var = moving_mean, moving_variance
+    y = (x - mean) / sqrt(var + epsilon) * gamma + beta
+
+The batch is split over processors, yet the statistics must be those of the whole batch, so
+they travel through one small float64 saved tensor "stats" (5, C), zeroed by the executor
+before every forward (SavedSpec zero=True) and filled by ADD reductions over the pieces:
+
+    row 0  count        elements per channel    (training forward; stays 0 at inference)
+    row 1  sum x                                (training forward)
+    row 2  sum x^2                              (training forward)
+    row 3  sum dy                               (backward)
+    row 4  sum dy * x                           (backward)
+
+Forward in training: a moments launch (each piece adds its sums), then a launch normalising
+each piece with the whole-batch mean and variance. At inference only the normalising launch runs
+and, seeing count 0, uses the moving statistics; backward likewise follows whichever way forward
+ran (count > 0: batch statistics, whose dependence on x adds the usual mean terms to dx).
+Backward: a launch adding the pieces' sums of dy and dy*x, a launch computing each piece's dx
+from them, and a one-point launch turning the sums into d_gamma = sum(dy * x_hat) =
+rstd * (sum(dy*x) - mean * sum(dy)) and d_beta = sum(dy).
+
+The moving statistics are non-trainable weights updated as Keras does,
+moving = moving * momentum + batch_stat * (1 - momentum) (biased batch variance), by
+`state_updates`, which the executor runs only for training steps it applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from unity_legion.pcg.tensor import DataType
+
+from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, SavedSpec, Sum,
+                   TensorShape, WeightSpec, dw, dx, dy, kernel, saved, w, x, y)
+
+_COUNT, _SUM, _SUMSQ, _SUM_DY, _SUM_DYX = range(5)
+
+
+def _other_axes(ndim: int, axis: int) -> tuple[int, ...]:
+    return tuple(d for d in range(ndim) if d != axis)
+
+
+def _bcast(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast against the input."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def _mean_rstd(stats: np.ndarray, moving_mean: np.ndarray, moving_variance: np.ndarray,
+               epsilon: float) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(mean, 1/sqrt(var + eps), from_batch) in float64: the batch's statistics when forward
+    gathered them, else the moving ones."""
+    n = stats[_COUNT, 0]
+    if n > 0:
+        mean = stats[_SUM] / n
+        var = np.maximum(stats[_SUMSQ] / n - mean * mean, 0.0)
+    else:
+        mean = moving_mean.astype(np.float64)
+        var = moving_variance.astype(np.float64)
+    return mean, 1.0 / np.sqrt(var + epsilon), bool(n > 0)
+
+
+@kernel
+def batch_norm_moments(x: In, stats: Sum, axis: int) -> None:
+    other = _other_axes(x.ndim, axis)
+    stats[_COUNT] += x.size // x.shape[axis]
+    stats[_SUM] += x.sum(axis=other, dtype=np.float64)
+    stats[_SUMSQ] += np.square(x, dtype=np.float64).sum(axis=other)
+
+
+@kernel
+def batch_norm_forward(x: In, stats: In, gamma: In, beta: In, moving_mean: In,
+                       moving_variance: In, y: Out, axis: int, epsilon: float, scale: bool,
+                       center: bool) -> None:
+    mean, rstd, _ = _mean_rstd(stats, moving_mean, moving_variance, epsilon)
+    a = rstd * gamma if scale else rstd                  # y = x * a + b, per channel
+    b = (beta - mean * a) if center else -mean * a
+    y[...] = x * _bcast(a, x.ndim, axis) + _bcast(b, x.ndim, axis)
+
+
+@kernel
+def batch_norm_backward_sums(x: In, dy: In, stats: Sum, axis: int) -> None:
+    other = _other_axes(x.ndim, axis)
+    stats[_SUM_DY] += dy.sum(axis=other, dtype=np.float64)
+    stats[_SUM_DYX] += (dy.astype(np.float64) * x).sum(axis=other)
+
+
+@kernel
+def batch_norm_backward_input(x: In, dy: In, stats: In, gamma: In, moving_mean: In,
+                              moving_variance: In, dx: Out, axis: int, epsilon: float,
+                              scale: bool) -> None:
+    mean, rstd, from_batch = _mean_rstd(stats, moving_mean, moving_variance, epsilon)
+    g = rstd * gamma if scale else rstd                  # d y / d x_hat * d x_hat / d x
+    if not from_batch:
+        dx[...] = dy * _bcast(g, x.ndim, axis)
+        return
+    n = stats[_COUNT]
+    mean_dy = stats[_SUM_DY] / n
+    mean_dy_xhat = rstd * (stats[_SUM_DYX] - mean * stats[_SUM_DY]) / n
+    # dx = g * (dy - mean(dy) - x_hat * mean(dy * x_hat)), x_hat = (x - mean) * rstd
+    c1 = g * rstd * mean_dy_xhat
+    c0 = g * (mean * rstd * mean_dy_xhat - mean_dy)
+    dx[...] = (dy * _bcast(g, x.ndim, axis) - x * _bcast(c1, x.ndim, axis)
+               + _bcast(c0, x.ndim, axis))
+
+
+def _d_gamma(stats: np.ndarray, moving_mean: np.ndarray, moving_variance: np.ndarray,
+             epsilon: float) -> np.ndarray:
+    mean, rstd, _ = _mean_rstd(stats, moving_mean, moving_variance, epsilon)
+    return rstd * (stats[_SUM_DYX] - mean * stats[_SUM_DY])
+
+
+@kernel
+def batch_norm_backward_gamma_beta(stats: In, moving_mean: In, moving_variance: In,
+                                   dgamma: Sum, dbeta: Sum, epsilon: float) -> None:
+    dgamma += _d_gamma(stats, moving_mean, moving_variance, epsilon)
+    dbeta += stats[_SUM_DY]
+
+
+@kernel
+def batch_norm_backward_gamma(stats: In, moving_mean: In, moving_variance: In, dgamma: Sum,
+                              epsilon: float) -> None:
+    dgamma += _d_gamma(stats, moving_mean, moving_variance, epsilon)
+
+
+@kernel
+def batch_norm_backward_beta(stats: In, dbeta: Sum) -> None:
+    dbeta += stats[_SUM_DY]
+
+
+@kernel
+def batch_norm_update_moving(stats: In, moving_mean: InOut, moving_variance: InOut,
+                             momentum: float) -> None:
+    n = stats[_COUNT, 0]
+    if n <= 0:  # forward ran at inference: no batch statistics to learn from
+        return
+    mean = stats[_SUM] / n
+    var = np.maximum(stats[_SUMSQ] / n - mean * mean, 0.0)
+    moving_mean[...] = moving_mean * momentum + mean * (1.0 - momentum)
+    moving_variance[...] = moving_variance * momentum + var * (1.0 - momentum)
+
+
+def _number(value: Any, what: str, low: float, high: float | None = None) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if ok:
+        v = float(value)
+        ok = v >= low if high is None else low <= v <= high
+    if not ok:
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise OperatorError(f"batch_norm: {what} must be a number {rng}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class BatchNorm(Operator):
+    axis: int = -1
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+    beta_initializer: str = "zeros"
+    gamma_initializer: str = "ones"
+    moving_mean_initializer: str = "zeros"
+    moving_variance_initializer: str = "ones"
+
+    op_type = "batch_norm"
+    num_inputs = 1
+    inference_when_frozen = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.axis, bool) or not isinstance(self.axis, (int, np.integer)):
+            raise OperatorError(f"batch_norm: axis must be an integer, got {self.axis!r}")
+        object.__setattr__(self, "axis", int(self.axis))
+        object.__setattr__(self, "momentum", _number(self.momentum, "momentum", 0.0, 1.0))
+        epsilon = _number(self.epsilon, "epsilon", 0.0)
+        if epsilon <= 0:
+            raise OperatorError(f"batch_norm: epsilon must be positive, got {self.epsilon!r}")
+        object.__setattr__(self, "epsilon", epsilon)
+        object.__setattr__(self, "center", bool(self.center))
+        object.__setattr__(self, "scale", bool(self.scale))
+
+    def resolved_axis(self, s: TensorShape) -> int:
+        if not -s.rank <= self.axis < s.rank:
+            raise OperatorError(f"batch_norm: axis {self.axis} is out of range for an input of "
+                                f"rank {s.rank} {s}")
+        a = self.axis % s.rank
+        if a == 0:
+            raise OperatorError(f"batch_norm: axis {self.axis} is the batch axis; the feature "
+                                f"axis must be one of 1..{s.rank - 1} (or negative)")
+        return a
+
+    def channels(self, s: TensorShape) -> int:
+        return s.dims[self.resolved_axis(s)]  # type: ignore[return-value]
+
+    def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
+        self.check_inputs(inputs)
+        (s,) = inputs
+        if s.rank < 2:
+            raise OperatorError(f"batch_norm: input must have rank >= 2 (batch, ...), got {s}")
+        if not s.dtype.is_float:
+            raise OperatorError(f"batch_norm: expects a floating-point input, got {s.dtype.value}")
+        if s.dims[self.resolved_axis(s)] is None:
+            raise OperatorError(f"batch_norm: the feature dimension of {s} must be known")
+        return (s,)
+
+    def weights(self, inputs: Sequence[TensorShape]) -> tuple[WeightSpec, ...]:
+        (s,) = inputs
+        p = TensorShape((self.channels(s),), s.dtype)
+        ws = []
+        if self.scale:
+            ws.append(WeightSpec("gamma", p, self.gamma_initializer))
+        if self.center:
+            ws.append(WeightSpec("beta", p, self.beta_initializer))
+        ws.append(WeightSpec("moving_mean", p, self.moving_mean_initializer, trainable=False))
+        ws.append(WeightSpec("moving_variance", p, self.moving_variance_initializer,
+                             trainable=False))
+        return tuple(ws)
+
+    def saved(self, inputs: Sequence[TensorShape]) -> tuple[SavedSpec, ...]:
+        return (SavedSpec("stats", TensorShape((5, self.channels(inputs[0])), DataType.FLOAT64),
+                          zero=True),)
+
+    def flops(self, inputs: Sequence[TensorShape]) -> int:
+        # moments (3 per element) and the normalisation (2 per element)
+        return 5 * inputs[0].num_elements()
+
+    def _moving(self) -> dict[str, Arg]:
+        return {"moving_mean": Arg(w("moving_mean")), "moving_variance": Arg(w("moving_variance"))}
+
+    def _param(self, name: str) -> Arg:
+        """gamma or beta; an absent one is stood in for by moving_mean (already an argument),
+        which the kernel never reads in its place."""
+        present = self.scale if name == "gamma" else self.center
+        return Arg(w(name if present else "moving_mean"))
+
+    def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
+        (s,) = inputs
+        r, axis = s.rank, self.resolved_axis(s)
+        launches = []
+        if training:
+            launches.append(Launch(batch_norm_moments,
+                                   {"x": Arg.by_sample(x(0), r), "stats": Arg(saved("stats"))},
+                                   {"axis": axis}))
+        launches.append(Launch(batch_norm_forward, {
+            "x": Arg.by_sample(x(0), r), "stats": Arg(saved("stats")),
+            "gamma": self._param("gamma"), "beta": self._param("beta"),
+            "y": Arg.by_sample(y(0), r)} | self._moving(),
+            {"axis": axis, "epsilon": self.epsilon, "scale": self.scale, "center": self.center}))
+        return launches
+
+    def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
+        (s,) = inputs
+        r, axis = s.rank, self.resolved_axis(s)
+        if not (needs_input_grad[0] or self.scale or self.center):
+            return []
+        launches = [Launch(batch_norm_backward_sums,
+                           {"x": Arg.by_sample(x(0), r), "dy": Arg.by_sample(dy(0), r),
+                            "stats": Arg(saved("stats"))}, {"axis": axis})]
+        if needs_input_grad[0]:
+            launches.append(Launch(batch_norm_backward_input, {
+                "x": Arg.by_sample(x(0), r), "dy": Arg.by_sample(dy(0), r),
+                "stats": Arg(saved("stats")), "gamma": self._param("gamma"),
+                "dx": Arg.by_sample(dx(0), r)} | self._moving(),
+                {"axis": axis, "epsilon": self.epsilon, "scale": self.scale}))
+        stats = {"stats": Arg(saved("stats"))}
+        eps = {"epsilon": self.epsilon}
+        if self.scale and self.center:
+            launches.append(Launch(batch_norm_backward_gamma_beta, stats | self._moving() | {
+                "dgamma": Arg(dw("gamma")), "dbeta": Arg(dw("beta"))}, eps))
+        elif self.scale:
+            launches.append(Launch(batch_norm_backward_gamma, stats | self._moving() | {
+                "dgamma": Arg(dw("gamma"))}, eps))
+        elif self.center:
+            launches.append(Launch(batch_norm_backward_beta, stats | {"dbeta": Arg(dw("beta"))}))
+        return launches
+
+    def state_updates(self, inputs: Sequence[TensorShape]) -> list[Launch]:
+        return [Launch(batch_norm_update_moving, {"stats": Arg(saved("stats"))} | self._moving(),
+                       {"momentum": self.momentum})]

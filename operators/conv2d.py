@@ -1,0 +1,305 @@
+"""Conv2D (Keras Conv2D): a grouped, strided, dilated 2-D convolution with a fused activation.
+
+Layouts follow Keras: the input is (batch, H, W, C) (channels_last, the default) or
+(batch, C, H, W) (channels_first); the kernel is (kh, kw, C / groups, filters), the bias
+(filters,). Output channel o belongs to group o // (filters / groups), which reads input channels
+[g * C/groups, (g + 1) * C/groups) - the same grouping as TensorFlow and PyTorch.
+
+Padding "same" is TensorFlow's: output size ceil(in / stride), total padding
+max((out - 1) * stride + (k - 1) * dilation + 1 - in, 0), the odd pixel at the bottom / right.
+
+Kernels work on (batch, H, W, C) views and proceed in chunks of samples (bounded scratch):
+forward builds the im2col matrix from a strided window view of the padded input and multiplies
+it by the kernel (one batched matmul over groups); the kernel gradient is cols^T @ d_out; the
+input gradient multiplies d_out by the kernel^T and scatters the columns back with one strided
+add per kernel tap (col2im). Samples are split over processors and every piece has whole images,
+so no halo exchange is needed. As in Linear, a fused activation keeps the pre-activation
+(saved "preact") and backward turns d_out into d_preact locally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import activation as act
+from .base import (Arg, In, Launch, Operator, OperatorError, Out, SavedSpec, Sum, TensorShape,
+                   WeightSpec, dw, dx, dy, kernel, saved, w, x, y)
+from .spatial import (check_data_format, check_padding, image_shape, join_ints, nhwc,
+                      out_size_and_pads, pad_nhwc, pair, parse_ints, spatial_dims, tap, windows)
+
+# Upper bound on the elements of one chunk's im2col matrix (the kernels' main scratch).
+_CHUNK_ELEMENTS = 1 << 23
+
+
+def _chunks(batch: int, per_sample: int) -> Iterator[slice]:
+    step = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
+    for b0 in range(0, batch, step):
+        yield slice(b0, min(batch, b0 + step))
+
+
+class _Geometry:
+    """Strides, dilation and pads of one launch (passed to kernels as a string of ints)."""
+
+    def __init__(self, text: str, kernel_shape: tuple[int, ...], in_channels: int) -> None:
+        self.sh, self.sw, self.dh, self.dw, pt, pb, pl, pr = parse_ints(text)
+        self.pads = (pt, pb, pl, pr)
+        self.kh, self.kw, self.cg, self.cout = kernel_shape
+        self.groups = in_channels // self.cg
+        self.coutg = self.cout // self.groups
+
+    def cols(self, xp: np.ndarray, rows: slice, ho: int, wo: int) -> np.ndarray:
+        """im2col of samples `rows`: (N, kh*kw*C) with one group, else (G, N, kh*kw*C/G)."""
+        win = windows(xp[rows], self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, ho, wo)
+        b = win.shape[0]
+        n = b * ho * wo
+        if self.groups == 1:
+            return win.reshape(n, self.kh * self.kw * self.cg)
+        win = win.reshape(b, ho, wo, self.kh, self.kw, self.groups, self.cg)
+        return win.transpose(5, 0, 1, 2, 3, 4, 6).reshape(self.groups, n, -1)
+
+    def grouped_kernel(self, k: np.ndarray) -> np.ndarray:
+        """The kernel as (K, Cout) with one group, else (G, K, Cout/G)."""
+        if self.groups == 1:
+            return k.reshape(-1, self.cout)
+        kg = k.reshape(self.kh, self.kw, self.cg, self.groups, self.coutg)
+        return kg.transpose(3, 0, 1, 2, 4).reshape(self.groups, -1, self.coutg)
+
+    def ungroup_kernel(self, kg: np.ndarray) -> np.ndarray:
+        """Inverse of grouped_kernel: back to (kh, kw, C/G, Cout)."""
+        if self.groups == 1:
+            return kg.reshape(self.kh, self.kw, self.cg, self.cout)
+        k = kg.reshape(self.groups, self.kh, self.kw, self.cg, self.coutg)
+        return k.transpose(1, 2, 3, 0, 4).reshape(self.kh, self.kw, self.cg, self.cout)
+
+    def matmul(self, cols: np.ndarray, kg: np.ndarray) -> np.ndarray:
+        """cols @ kernel as (N, Cout)."""
+        out = cols @ kg
+        if self.groups == 1:
+            return out
+        return out.transpose(1, 0, 2).reshape(out.shape[1], self.cout)
+
+    def group_rows(self, g2: np.ndarray) -> np.ndarray:
+        """(N, Cout) as (N, Cout) with one group, else (G, N, Cout/G)."""
+        if self.groups == 1:
+            return g2
+        return g2.reshape(-1, self.groups, self.coutg).transpose(1, 0, 2)
+
+
+def _forward_into(x: np.ndarray, k: np.ndarray, bias: np.ndarray | None, out: np.ndarray,
+                  geom: str, channels_first: bool) -> None:
+    """out (output layout) = conv(x) + bias."""
+    xs = nhwc(x, channels_first)
+    os_ = nhwc(out, channels_first)
+    g = _Geometry(geom, k.shape, xs.shape[3])
+    xp = pad_nhwc(xs, g.pads)
+    ho, wo = os_.shape[1:3]
+    kg = g.grouped_kernel(k)
+    for rows in _chunks(xs.shape[0], ho * wo * k.size // g.coutg):
+        res = g.matmul(g.cols(xp, rows, ho, wo), kg)
+        if bias is not None:
+            res += bias
+        os_[rows] = res.reshape(-1, ho, wo, g.cout)
+
+
+def _d_preact(preact: np.ndarray, out: np.ndarray, d_out: np.ndarray, fn: str) -> np.ndarray:
+    if fn == "linear":
+        return d_out
+    g = act.grad(fn, preact.astype(np.float64), out.astype(np.float64), d_out.astype(np.float64))
+    return g.astype(d_out.dtype)
+
+
+@kernel
+def conv2d_forward(x: In, kernel: In, bias: In, y: Out, geom: str, channels_first: bool,
+                   use_bias: bool) -> None:
+    _forward_into(x, kernel, bias if use_bias else None, y, geom, channels_first)
+
+
+@kernel
+def conv2d_forward_act(x: In, kernel: In, bias: In, preact: Out, y: Out, geom: str,
+                       channels_first: bool, use_bias: bool, fn: str) -> None:
+    _forward_into(x, kernel, bias if use_bias else None, preact, geom, channels_first)
+    y[...] = act.apply(fn, preact.astype(np.float64))
+
+
+@kernel
+def conv2d_backward_input(preact: In, y: In, dy: In, kernel: In, dx: Out, geom: str,
+                          channels_first: bool, fn: str) -> None:
+    gs = nhwc(_d_preact(preact, y, dy, fn), channels_first)
+    dxs = nhwc(dx, channels_first)
+    b, h, w_, c = dxs.shape
+    g = _Geometry(geom, kernel.shape, c)
+    pt, pb, pl, pr = g.pads
+    ho, wo = gs.shape[1:3]
+    kgt = g.grouped_kernel(kernel)
+    kgt = kgt.T if g.groups == 1 else kgt.transpose(0, 2, 1)
+    dxp = np.zeros((b, h + pt + pb, w_ + pl + pr, c), dtype=dx.dtype)
+    for rows in _chunks(b, ho * wo * kernel.size // g.coutg):
+        g2 = g.group_rows(gs[rows].reshape(-1, g.cout))
+        dcols = g2 @ kgt                                   # (N, K) or (G, N, K/G-ish)
+        nb = rows.stop - rows.start
+        if g.groups == 1:
+            dcols = dcols.reshape(nb, ho, wo, g.kh, g.kw, c)
+        else:
+            dcols = dcols.reshape(g.groups, nb, ho, wo, g.kh, g.kw, g.cg)
+            dcols = dcols.transpose(1, 2, 3, 4, 5, 0, 6).reshape(nb, ho, wo, g.kh, g.kw, c)
+        part = dxp[rows]
+        for i in range(g.kh):
+            for j in range(g.kw):
+                part[tap(i, j, g.sh, g.sw, g.dh, g.dw, ho, wo)] += dcols[:, :, :, i, j, :]
+    dxs[...] = dxp[:, pt:pt + h, pl:pl + w_]
+
+
+def _weight_grads(x: np.ndarray, gout: np.ndarray, dkernel: np.ndarray, dbias: np.ndarray | None,
+                  geom: str, channels_first: bool) -> None:
+    xs = nhwc(x, channels_first)
+    gs = nhwc(gout, channels_first)
+    g = _Geometry(geom, dkernel.shape, xs.shape[3])
+    xp = pad_nhwc(xs, g.pads)
+    ho, wo = gs.shape[1:3]
+    acc = None
+    for rows in _chunks(xs.shape[0], ho * wo * dkernel.size // g.coutg):
+        cols = g.cols(xp, rows, ho, wo)
+        g2 = gs[rows].reshape(-1, g.cout)
+        part = (cols.T if g.groups == 1 else cols.transpose(0, 2, 1)) @ g.group_rows(g2)
+        acc = part if acc is None else acc + part
+        if dbias is not None:
+            dbias += g2.sum(axis=0)
+    if acc is not None:
+        dkernel += g.ungroup_kernel(acc)
+
+
+@kernel
+def conv2d_backward_kernel(x: In, preact: In, y: In, dy: In, dkernel: Sum, geom: str,
+                           channels_first: bool, fn: str) -> None:
+    _weight_grads(x, _d_preact(preact, y, dy, fn), dkernel, None, geom, channels_first)
+
+
+@kernel
+def conv2d_backward_kernel_bias(x: In, preact: In, y: In, dy: In, dkernel: Sum, dbias: Sum,
+                                geom: str, channels_first: bool, fn: str) -> None:
+    _weight_grads(x, _d_preact(preact, y, dy, fn), dkernel, dbias, geom, channels_first)
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise OperatorError(f"conv2d: {what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Conv2D(Operator):
+    filters: int
+    kernel_size: Any
+    strides: Any = (1, 1)
+    padding: str = "valid"
+    data_format: str = "channels_last"
+    dilation_rate: Any = (1, 1)
+    groups: int = 1
+    activation: str = "linear"
+    use_bias: bool = True
+    kernel_initializer: str = "glorot_uniform"
+    bias_initializer: str = "zeros"
+
+    op_type = "conv2d"
+    num_inputs = 1
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("filters", _positive_int(self.filters, "filters"))
+        set_("groups", _positive_int(self.groups, "groups"))
+        set_("kernel_size", pair(self.kernel_size, "kernel_size", "conv2d"))
+        set_("strides", pair(self.strides, "strides", "conv2d"))
+        set_("dilation_rate", pair(self.dilation_rate, "dilation_rate", "conv2d"))
+        set_("padding", check_padding(self.padding, "conv2d"))
+        set_("data_format", check_data_format(self.data_format, "conv2d"))
+        set_("activation", act.check_activation(self.activation))
+        if self.filters % self.groups:
+            raise OperatorError(f"conv2d: groups ({self.groups}) must divide filters "
+                                f"({self.filters})")
+
+    @property
+    def fused(self) -> bool:
+        return self.activation != "linear"
+
+    @property
+    def channels_first(self) -> bool:
+        return self.data_format == "channels_first"
+
+    def _geometry(self, s: TensorShape) -> tuple[int, int, int, int, int, tuple[int, ...]]:
+        """(H, W, C, Ho, Wo, pads top/bottom/left/right) of input `s`, checked."""
+        h, w_, c = spatial_dims(s, self.data_format, "conv2d")
+        if c % self.groups:
+            raise OperatorError(f"conv2d: groups ({self.groups}) must divide the input channels "
+                                f"({c}) of {s}")
+        (kh, kw), (sh, sw), (dh, dw_) = self.kernel_size, self.strides, self.dilation_rate
+        ho, pt, pb = out_size_and_pads(h, kh, sh, dh, self.padding, "conv2d", "kernel height")
+        wo, pl, pr = out_size_and_pads(w_, kw, sw, dw_, self.padding, "conv2d", "kernel width")
+        return h, w_, c, ho, wo, (pt, pb, pl, pr)
+
+    def _geom(self, s: TensorShape) -> str:
+        pads = self._geometry(s)[5]
+        return join_ints(self.strides + self.dilation_rate + pads)
+
+    def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
+        self.check_inputs(inputs)
+        (s,) = inputs
+        _, _, _, ho, wo, _ = self._geometry(s)
+        return (image_shape(s, self.data_format, ho, wo, self.filters),)
+
+    def weights(self, inputs: Sequence[TensorShape]) -> tuple[WeightSpec, ...]:
+        (s,) = inputs
+        c = self._geometry(s)[2]
+        kh, kw = self.kernel_size
+        ws = [WeightSpec("kernel", TensorShape((kh, kw, c // self.groups, self.filters), s.dtype),
+                         self.kernel_initializer)]
+        if self.use_bias:
+            ws.append(WeightSpec("bias", TensorShape((self.filters,), s.dtype),
+                                 self.bias_initializer))
+        return tuple(ws)
+
+    def saved(self, inputs: Sequence[TensorShape]) -> tuple[SavedSpec, ...]:
+        return (SavedSpec("preact", self.infer_outputs(inputs)[0]),) if self.fused else ()
+
+    def flops(self, inputs: Sequence[TensorShape]) -> int:
+        (s,) = inputs
+        _, _, c, ho, wo, _ = self._geometry(s)
+        kh, kw = self.kernel_size
+        out = self.infer_outputs(inputs)
+        n = 2 * s.dims[0] * ho * wo * self.filters * (c // self.groups) * kh * kw
+        return n + (act.Activation(self.activation).flops(out) if self.fused else 0)
+
+    def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
+        (s,) = inputs
+        scal = {"geom": self._geom(s), "channels_first": self.channels_first,
+                "use_bias": self.use_bias}
+        args = {"x": Arg.by_sample(x(0), 4), "kernel": Arg(w("kernel")),
+                "bias": Arg(w("bias") if self.use_bias else w("kernel")),  # unused without bias
+                "y": Arg.by_sample(y(0), 4)}
+        if self.fused:
+            return [Launch(conv2d_forward_act, args | {"preact": Arg.by_sample(saved("preact"), 4)},
+                           scal | {"fn": self.activation})]
+        return [Launch(conv2d_forward, args, scal)]
+
+    def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
+        (s,) = inputs
+        scal = {"geom": self._geom(s), "channels_first": self.channels_first, "fn": self.activation}
+        # without an activation the kernels read neither preact nor y: dy (already an argument)
+        # stands in for both, so no extra store is mapped
+        d_out = Arg.by_sample(dy(0), 4)
+        pre = {"preact": Arg.by_sample(saved("preact"), 4) if self.fused else d_out,
+               "y": Arg.by_sample(y(0), 4) if self.fused else d_out, "dy": d_out}
+        launches = []
+        if needs_input_grad[0]:
+            launches.append(Launch(conv2d_backward_input,
+                                   pre | {"kernel": Arg(w("kernel")), "dx": Arg.by_sample(dx(0), 4)},
+                                   scal))
+        args = pre | {"x": Arg.by_sample(x(0), 4), "dkernel": Arg(dw("kernel"))}
+        if self.use_bias:
+            launches.append(Launch(conv2d_backward_kernel_bias, args | {"dbias": Arg(dw("bias"))},
+                                   scal))
+        else:
+            launches.append(Launch(conv2d_backward_kernel, args, scal))
+        return launches

@@ -1,0 +1,229 @@
+"""Layer normalization (Keras LayerNormalization): per sample, normalise over `axes`, then scale
+by gamma and shift by beta (both shaped like the normalised dims).
+
+    mean, var = moments(x, axes)                 (biased variance, as Keras)
+    y = (x - mean) / sqrt(var + epsilon) * gamma + beta
+
+The normalised axes never include the batch, so every piece of a sample split holds whole
+normalisation groups and forward needs no communication. Forward keeps the per-group mean and
+1/sqrt(var + eps) (saved "mean", "rstd", shaped like the input with size 1 on the normalised
+axes); backward recomputes x_hat from them. The weight gradients are sums over all other axes
+(batch included), so they are ADD reductions over sample pieces.
+
+Axes are kept sorted: gamma and beta have the normalised dims in increasing axis order (Keras
+reshapes an unsorted list's parameters in its given order; sorting avoids that corner).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import (Arg, In, Launch, Operator, OperatorError, Out, SavedSpec, Sum, TensorShape,
+                   WeightSpec, dw, dx, dy, kernel, saved, w, x, y)
+
+
+def _axes(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def _param_view(p: np.ndarray, ndim: int, axes: tuple[int, ...]) -> np.ndarray:
+    """gamma/beta (dims of `axes` in order) reshaped to broadcast against the input."""
+    shape = [1] * ndim
+    for a, n in zip(axes, p.shape):
+        shape[a] = n
+    return p.reshape(shape)
+
+
+def _x_hat(x: np.ndarray, mean: np.ndarray, rstd: np.ndarray) -> np.ndarray:
+    """The normalised input, in float64 (the statistics' float32 rounding is all that is lost)."""
+    return (x.astype(np.float64) - mean) * rstd.astype(np.float64)
+
+
+@kernel
+def layer_norm_forward(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out, axes: str,
+                       epsilon: float, scale: bool, center: bool) -> None:
+    # moments in float64: float32 sums over large groups lose digits (var is a difference)
+    ax = _axes(axes)
+    x64 = x.astype(np.float64)
+    m = x64.mean(axis=ax, keepdims=True)
+    c = x64 - m
+    r = 1.0 / np.sqrt(np.mean(c * c, axis=ax, keepdims=True) + epsilon)
+    mean[...] = m
+    rstd[...] = r
+    out = c * r
+    if scale:
+        out *= _param_view(gamma, x.ndim, ax)
+    if center:
+        out += _param_view(beta, x.ndim, ax)
+    y[...] = out
+
+
+@kernel
+def layer_norm_backward_input(x: In, gamma: In, mean: In, rstd: In, dy: In, dx: Out, axes: str,
+                              scale: bool) -> None:
+    ax = _axes(axes)
+    xh = _x_hat(x, mean, rstd)
+    g = dy.astype(np.float64)
+    if scale:
+        g *= _param_view(gamma, x.ndim, ax)
+    dx[...] = rstd * (g - g.mean(axis=ax, keepdims=True)
+                      - xh * (g * xh).mean(axis=ax, keepdims=True))
+
+
+def _other_axes(ndim: int, ax: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in range(ndim) if d not in ax)
+
+
+@kernel
+def layer_norm_backward_gamma_beta(x: In, mean: In, rstd: In, dy: In, dgamma: Sum, dbeta: Sum,
+                                   axes: str) -> None:
+    ax = _axes(axes)
+    other = _other_axes(x.ndim, ax)
+    dgamma += (dy * _x_hat(x, mean, rstd)).sum(axis=other).reshape(dgamma.shape)
+    dbeta += dy.sum(axis=other).reshape(dbeta.shape)
+
+
+@kernel
+def layer_norm_backward_gamma(x: In, mean: In, rstd: In, dy: In, dgamma: Sum, axes: str) -> None:
+    other = _other_axes(x.ndim, _axes(axes))
+    dgamma += (dy * _x_hat(x, mean, rstd)).sum(axis=other).reshape(dgamma.shape)
+
+
+@kernel
+def layer_norm_backward_beta(dy: In, dbeta: Sum, axes: str) -> None:
+    dbeta += dy.sum(axis=_other_axes(dy.ndim, _axes(axes))).reshape(dbeta.shape)
+
+
+def check_axes(axis: Any, what: str) -> tuple[int, ...]:
+    """An int or a non-empty list of distinct ints (not yet resolved against a rank)."""
+    items = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+    if not items:
+        raise OperatorError(f"{what}: axis must be an integer or a non-empty list of integers")
+    for a in items:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+            raise OperatorError(f"{what}: axis must be an integer or a list of integers, got "
+                                f"{axis!r}")
+    return tuple(int(a) for a in items)
+
+
+def resolve_axes(axes: Sequence[int], rank: int, what: str) -> tuple[int, ...]:
+    """Non-negative, sorted, distinct, never the batch axis 0."""
+    out = []
+    for a in axes:
+        if not -rank <= a < rank:
+            raise OperatorError(f"{what}: axis {a} is out of range for an input of rank {rank}")
+        r = a % rank
+        if r == 0:
+            raise OperatorError(f"{what}: axis {a} is the batch axis; normalise over non-batch "
+                                f"axes (1..{rank - 1} or negative)")
+        out.append(r)
+    if len(set(out)) != len(out):
+        raise OperatorError(f"{what}: axis {tuple(axes)} repeats an axis")
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class LayerNorm(Operator):
+    axes: tuple[int, ...] = (-1,)
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+    gamma_initializer: str = "ones"
+    beta_initializer: str = "zeros"
+
+    op_type = "layer_norm"
+    num_inputs = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "axes", check_axes(self.axes, self.op_type))
+        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float, np.floating)) \
+                or not float(self.epsilon) > 0:
+            raise OperatorError(f"{self.op_type}: epsilon must be a positive number, got "
+                                f"{self.epsilon!r}")
+        object.__setattr__(self, "epsilon", float(self.epsilon))
+
+    def resolved(self, s: TensorShape) -> tuple[int, ...]:
+        return resolve_axes(self.axes, s.rank, self.op_type)
+
+    def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
+        self.check_inputs(inputs)
+        (s,) = inputs
+        if s.rank < 2:
+            raise OperatorError(f"{self.op_type}: input must have rank >= 2 (batch, ...), got {s}")
+        if not s.dtype.is_float:
+            raise OperatorError(f"{self.op_type}: expects a floating-point input, got "
+                                f"{s.dtype.value}")
+        self.resolved(s)
+        return (s,)
+
+    def _param_shape(self, s: TensorShape) -> TensorShape:
+        return TensorShape(tuple(s.dims[a] for a in self.resolved(s)), s.dtype)
+
+    def weights(self, inputs: Sequence[TensorShape]) -> tuple[WeightSpec, ...]:
+        (s,) = inputs
+        p = self._param_shape(s)
+        ws = []
+        if self.scale:
+            ws.append(WeightSpec("gamma", p, self.gamma_initializer))
+        if self.center:
+            ws.append(WeightSpec("beta", p, self.beta_initializer))
+        return tuple(ws)
+
+    def _stat_shape(self, s: TensorShape) -> TensorShape:
+        ax = self.resolved(s)
+        return s.with_dims(tuple(1 if d in ax else n for d, n in enumerate(s.dims)))
+
+    def saved(self, inputs: Sequence[TensorShape]) -> tuple[SavedSpec, ...]:
+        st = self._stat_shape(inputs[0])
+        return (SavedSpec("mean", st), SavedSpec("rstd", st))
+
+    def flops(self, inputs: Sequence[TensorShape]) -> int:
+        # mean, centre, square, variance, normalise, scale, shift: about 8 per element
+        return 8 * inputs[0].num_elements()
+
+    def _axes_text(self, s: TensorShape) -> str:
+        return ",".join(str(a) for a in self.resolved(s))
+
+    def _param(self, name: str, r: int) -> Arg:
+        """gamma or beta; an absent one is stood in for by the input's own piece (already an
+        input of the launch, so nothing is broadcast for it), which the kernel never reads."""
+        present = self.scale if name == "gamma" else self.center
+        return Arg(w(name)) if present else Arg.by_sample(x(0), r)
+
+    def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
+        (s,) = inputs
+        r = s.rank
+        return [Launch(layer_norm_forward, {
+            "x": Arg.by_sample(x(0), r), "gamma": self._param("gamma", r),
+            "beta": self._param("beta", r),
+            "y": Arg.by_sample(y(0), r), "mean": Arg.by_sample(saved("mean"), r),
+            "rstd": Arg.by_sample(saved("rstd"), r)},
+            {"axes": self._axes_text(s), "epsilon": self.epsilon, "scale": self.scale,
+             "center": self.center})]
+
+    def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
+        (s,) = inputs
+        r = s.rank
+        axes = self._axes_text(s)
+        stats = {"mean": Arg.by_sample(saved("mean"), r), "rstd": Arg.by_sample(saved("rstd"), r)}
+        d_out = Arg.by_sample(dy(0), r)
+        launches = []
+        if needs_input_grad[0]:
+            launches.append(Launch(layer_norm_backward_input, stats | {
+                "x": Arg.by_sample(x(0), r), "gamma": self._param("gamma", r),
+                "dy": d_out, "dx": Arg.by_sample(dx(0), r)}, {"axes": axes, "scale": self.scale}))
+        xs = stats | {"x": Arg.by_sample(x(0), r), "dy": d_out}
+        if self.scale and self.center:
+            launches.append(Launch(layer_norm_backward_gamma_beta,
+                                   xs | {"dgamma": Arg(dw("gamma")), "dbeta": Arg(dw("beta"))},
+                                   {"axes": axes}))
+        elif self.scale:
+            launches.append(Launch(layer_norm_backward_gamma, xs | {"dgamma": Arg(dw("gamma"))},
+                                   {"axes": axes}))
+        elif self.center:
+            launches.append(Launch(layer_norm_backward_beta,
+                                   {"dy": d_out, "dbeta": Arg(dw("beta"))}, {"axes": axes}))
+        return launches

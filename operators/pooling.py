@@ -1,0 +1,226 @@
+"""2-D pooling (Keras MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D).
+
+Windows, strides and "same" padding follow Keras / TensorFlow: "same" gives ceil(in / stride)
+outputs with the odd padding pixel at the bottom / right; max pooling never picks a padding
+pixel, and average pooling divides by the number of real (non-padding) pixels in each window.
+
+Kernels loop over the window's taps with strided slices of a (batch, H, W, C) view:
+max pooling keeps, per output, the index of the first tap holding the maximum (saved "argmax",
+int32), so backward routes each gradient to exactly that input (PyTorch's choice on ties, too);
+average pooling backward spreads d_out / count over each window. Samples are split over
+processors and each piece holds whole images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import (Arg, In, Launch, Operator, OperatorError, Out, SavedSpec, TensorShape, dx, dy,
+                   kernel, saved, x, y)
+from .spatial import (check_data_format, check_padding, image_shape, join_ints, nhwc,
+                      out_size_and_pads, pad_nhwc, pair, parse_ints, spatial_dims, tap)
+from unity_legion.pcg.tensor import DataType
+
+
+def _geometry(geom: str) -> tuple[int, int, int, int, tuple[int, ...]]:
+    kh, kw, sh, sw, pt, pb, pl, pr = parse_ints(geom)
+    return kh, kw, sh, sw, (pt, pb, pl, pr)
+
+
+@kernel
+def maxpool_forward(x: In, y: Out, argmax: Out, geom: str, channels_first: bool) -> None:
+    kh, kw, sh, sw, pads = _geometry(geom)
+    xp = pad_nhwc(nhwc(x, channels_first), pads, -np.inf)
+    ys, arg = nhwc(y, channels_first), nhwc(argmax, channels_first)
+    ho, wo = ys.shape[1:3]
+    best = xp[tap(0, 0, sh, sw, 1, 1, ho, wo)].copy()
+    arg[...] = 0
+    for t in range(1, kh * kw):
+        v = xp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)]
+        better = v > best  # strictly: the first maximum wins ties
+        np.copyto(best, v, where=better)
+        np.copyto(arg, t, where=better)
+    ys[...] = best
+
+
+@kernel
+def maxpool_backward(dy: In, argmax: In, dx: Out, geom: str, channels_first: bool) -> None:
+    kh, kw, sh, sw, (pt, pb, pl, pr) = _geometry(geom)
+    gs, arg, dxs = nhwc(dy, channels_first), nhwc(argmax, channels_first), nhwc(dx, channels_first)
+    b, h, w_, c = dxs.shape
+    ho, wo = gs.shape[1:3]
+    dxp = np.zeros((b, h + pt + pb, w_ + pl + pr, c), dtype=dx.dtype)
+    zero = dx.dtype.type(0)
+    for t in range(kh * kw):
+        dxp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)] += np.where(arg == t, gs, zero)
+    dxs[...] = dxp[:, pt:pt + h, pl:pl + w_]
+
+
+def _counts(h: int, w_: int, kh: int, kw: int, sh: int, sw: int, pads: Sequence[int], ho: int,
+            wo: int) -> np.ndarray:
+    """Real (non-padding) pixels per window, as (1, ho, wo, 1) float64."""
+    pt, pb, pl, pr = pads
+    ones = np.zeros((1, h + pt + pb, w_ + pl + pr, 1))
+    ones[:, pt:pt + h, pl:pl + w_] = 1.0
+    count = np.zeros((1, ho, wo, 1))
+    for i in range(kh):
+        for j in range(kw):
+            count += ones[tap(i, j, sh, sw, 1, 1, ho, wo)]
+    return count
+
+
+@kernel
+def avgpool_forward(x: In, y: Out, geom: str, channels_first: bool) -> None:
+    kh, kw, sh, sw, pads = _geometry(geom)
+    xs, ys = nhwc(x, channels_first), nhwc(y, channels_first)
+    xp = pad_nhwc(xs, pads)
+    ho, wo = ys.shape[1:3]
+    acc = xp[tap(0, 0, sh, sw, 1, 1, ho, wo)].astype(np.float64)
+    for t in range(1, kh * kw):
+        acc += xp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)]
+    acc /= _counts(xs.shape[1], xs.shape[2], kh, kw, sh, sw, pads, ho, wo)
+    ys[...] = acc
+
+
+@kernel
+def avgpool_backward(dy: In, dx: Out, geom: str, channels_first: bool) -> None:
+    kh, kw, sh, sw, pads = _geometry(geom)
+    pt, pb, pl, pr = pads
+    gs, dxs = nhwc(dy, channels_first), nhwc(dx, channels_first)
+    b, h, w_, c = dxs.shape
+    ho, wo = gs.shape[1:3]
+    share = (gs / _counts(h, w_, kh, kw, sh, sw, pads, ho, wo)).astype(dx.dtype)
+    dxp = np.zeros((b, h + pt + pb, w_ + pl + pr, c), dtype=dx.dtype)
+    for t in range(kh * kw):
+        dxp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)] += share
+    dxs[...] = dxp[:, pt:pt + h, pl:pl + w_]
+
+
+@dataclass(frozen=True)
+class Pool2D(Operator):
+    """Max or average pooling over (pool_size) windows; strides None means pool_size."""
+
+    mode: str                     # "max" or "avg"
+    pool_size: Any = (2, 2)
+    strides: Any = None
+    padding: str = "valid"
+    data_format: str = "channels_last"
+
+    op_type = "pool2d"
+    num_inputs = 1
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        if self.mode not in ("max", "avg"):
+            raise OperatorError(f"pool2d: mode must be 'max' or 'avg', got {self.mode!r}")
+        what = f"{self.mode}_pool2d"
+        set_("pool_size", pair(self.pool_size, "pool_size", what))
+        set_("strides", self.pool_size if self.strides is None else pair(self.strides, "strides", what))
+        set_("padding", check_padding(self.padding, what))
+        set_("data_format", check_data_format(self.data_format, what))
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}_pool2d"
+
+    def _geometry(self, s: TensorShape) -> tuple[int, int, int, tuple[int, ...]]:
+        h, w_, c = spatial_dims(s, self.data_format, self.name)
+        (kh, kw), (sh, sw) = self.pool_size, self.strides
+        ho, pt, pb = out_size_and_pads(h, kh, sh, 1, self.padding, self.name, "pool height")
+        wo, pl, pr = out_size_and_pads(w_, kw, sw, 1, self.padding, self.name, "pool width")
+        return ho, wo, c, (pt, pb, pl, pr)
+
+    def _scalars(self, s: TensorShape) -> dict[str, Any]:
+        pads = self._geometry(s)[3]
+        return {"geom": join_ints(self.pool_size + self.strides + pads),
+                "channels_first": self.data_format == "channels_first"}
+
+    def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
+        self.check_inputs(inputs)
+        (s,) = inputs
+        ho, wo, c, _ = self._geometry(s)
+        return (image_shape(s, self.data_format, ho, wo, c),)
+
+    def saved(self, inputs: Sequence[TensorShape]) -> tuple[SavedSpec, ...]:
+        if self.mode != "max":
+            return ()
+        out = self.infer_outputs(inputs)[0]
+        return (SavedSpec("argmax", TensorShape(out.dims, DataType.INT32)),)
+
+    def flops(self, inputs: Sequence[TensorShape]) -> int:
+        kh, kw = self.pool_size
+        return self.infer_outputs(inputs)[0].num_elements() * kh * kw
+
+    def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
+        args = {"x": Arg.by_sample(x(0), 4), "y": Arg.by_sample(y(0), 4)}
+        if self.mode == "max":
+            return [Launch(maxpool_forward, args | {"argmax": Arg.by_sample(saved("argmax"), 4)},
+                           self._scalars(inputs[0]))]
+        return [Launch(avgpool_forward, args, self._scalars(inputs[0]))]
+
+    def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
+        if not needs_input_grad[0]:
+            return []
+        args = {"dy": Arg.by_sample(dy(0), 4), "dx": Arg.by_sample(dx(0), 4)}
+        if self.mode == "max":
+            return [Launch(maxpool_backward, args | {"argmax": Arg.by_sample(saved("argmax"), 4)},
+                           self._scalars(inputs[0]))]
+        return [Launch(avgpool_backward, args, self._scalars(inputs[0]))]
+
+
+@kernel
+def global_avgpool_forward(x: In, y: Out, channels_first: bool) -> None:
+    axes = (2, 3) if channels_first else (1, 2)
+    y[...] = x.mean(axis=axes, dtype=np.float64).reshape(y.shape)
+
+
+@kernel
+def global_avgpool_backward(dy: In, dx: Out, channels_first: bool) -> None:
+    b, c = dx.shape[0], dx.shape[1 if channels_first else 3]
+    hw = dx.shape[2] * dx.shape[3] if channels_first else dx.shape[1] * dx.shape[2]
+    share = (dy.reshape(b, c) / hw).astype(dx.dtype)
+    dx[...] = share[:, :, None, None] if channels_first else share[:, None, None, :]
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool2D(Operator):
+    """Mean over H and W: (batch, C), or (batch, 1, 1, C) / (batch, C, 1, 1) with keepdims."""
+
+    data_format: str = "channels_last"
+    keepdims: bool = False
+
+    op_type = "global_avg_pool2d"
+    num_inputs = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_format", check_data_format(self.data_format, self.op_type))
+        if not isinstance(self.keepdims, (bool, np.bool_)):
+            raise OperatorError(f"{self.op_type}: keepdims must be a bool, got {self.keepdims!r}")
+
+    def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
+        self.check_inputs(inputs)
+        (s,) = inputs
+        _, _, c = spatial_dims(s, self.data_format, self.op_type)
+        if self.keepdims:
+            return (image_shape(s, self.data_format, 1, 1, c),)
+        return (s.with_dims((s.dims[0], c)),)
+
+    def flops(self, inputs: Sequence[TensorShape]) -> int:
+        return inputs[0].num_elements()
+
+    def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
+        r = self.infer_outputs(inputs)[0].rank
+        return [Launch(global_avgpool_forward,
+                       {"x": Arg.by_sample(x(0), 4), "y": Arg.by_sample(y(0), r)},
+                       {"channels_first": self.data_format == "channels_first"})]
+
+    def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
+        if not needs_input_grad[0]:
+            return []
+        r = self.infer_outputs(inputs)[0].rank
+        return [Launch(global_avgpool_backward,
+                       {"dy": Arg.by_sample(dy(0), r), "dx": Arg.by_sample(dx(0), 4)},
+                       {"channels_first": self.data_format == "channels_first"})]

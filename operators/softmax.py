@@ -1,0 +1,99 @@
+"""Softmax over any non-batch axis or axes (Keras Softmax layer; the Activation operator's
+softmax is over the last axis only).
+
+    y = exp(x - max(x)) / sum(exp(x - max(x)))        over `axes`, computed in float64
+    dx = y * (dy - sum(dy * y))                       (backward reads the output, saves nothing)
+
+The batch axis is never normalised over, so a batch split needs no communication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import (Arg, In, Launch, Operator, OperatorError, Out, TensorShape, dx, dy, kernel,
+                   x, y)
+
+
+def _axes(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+@kernel
+def softmax_forward(x: In, y: Out, axes: str) -> None:
+    ax = _axes(axes)
+    z = x.astype(np.float64)
+    z -= z.max(axis=ax, keepdims=True)
+    e = np.exp(z)
+    y[...] = e / e.sum(axis=ax, keepdims=True)
+
+
+@kernel
+def softmax_backward(y: In, dy: In, dx: Out, axes: str) -> None:
+    ax = _axes(axes)
+    o, g = y.astype(np.float64), dy.astype(np.float64)
+    dx[...] = o * (g - (g * o).sum(axis=ax, keepdims=True))
+
+
+def check_softmax_axis(axis: Any) -> tuple[int, ...]:
+    """Keras' axis: an int or a non-empty list/tuple of ints (resolved against a rank later)."""
+    items = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+    if not items or any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in items):
+        raise OperatorError(f"softmax: axis must be an integer or a non-empty list of integers, "
+                            f"got {axis!r}")
+    return tuple(int(a) for a in items)
+
+
+@dataclass(frozen=True)
+class Softmax(Operator):
+    axes: tuple[int, ...] = (-1,)
+
+    op_type = "softmax"
+    num_inputs = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "axes", check_softmax_axis(self.axes))
+
+    def resolved(self, s: TensorShape) -> tuple[int, ...]:
+        out = []
+        for a in self.axes:
+            if not -s.rank <= a < s.rank:
+                raise OperatorError(f"softmax: axis {a} is out of range for an input of rank "
+                                    f"{s.rank} {s}")
+            if a % s.rank == 0:
+                raise OperatorError(f"softmax: axis {a} is the batch axis of {s}; use a "
+                                    f"non-batch axis (1..{s.rank - 1} or negative)")
+            out.append(a % s.rank)
+        if len(set(out)) != len(out):
+            raise OperatorError(f"softmax: axis {self.axes} repeats an axis of {s}")
+        return tuple(sorted(out))
+
+    def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
+        self.check_inputs(inputs)
+        (s,) = inputs
+        if not s.dtype.is_float:
+            raise OperatorError(f"softmax: expects a floating-point input, got {s.dtype.value}")
+        self.resolved(s)
+        return (s,)
+
+    def flops(self, inputs: Sequence[TensorShape]) -> int:
+        return 5 * inputs[0].num_elements()
+
+    def _axes_text(self, s: TensorShape) -> str:
+        return ",".join(str(a) for a in self.resolved(s))
+
+    def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
+        r = inputs[0].rank
+        return [Launch(softmax_forward, {"x": Arg.by_sample(x(0), r), "y": Arg.by_sample(y(0), r)},
+                       {"axes": self._axes_text(inputs[0])})]
+
+    def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
+        if not needs_input_grad[0]:
+            return []
+        r = inputs[0].rank
+        return [Launch(softmax_backward, {"y": Arg.by_sample(y(0), r), "dy": Arg.by_sample(dy(0), r),
+                                          "dx": Arg.by_sample(dx(0), r)},
+                       {"axes": self._axes_text(inputs[0])})]

@@ -1,0 +1,139 @@
+"""Helpers shared by the 2-D spatial operators (convolution, pooling, zero padding).
+
+Argument normalisation with Keras' conventions (an int or a pair; data_format channels_last or
+channels_first; padding "valid" or "same" with TF's rule), output-size arithmetic, and the views
+kernels use to work in (batch, H, W, C) order whatever the tensor's layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import OperatorError, TensorShape, ceil_div
+
+DATA_FORMATS = ("channels_last", "channels_first")
+PADDINGS = ("valid", "same")
+
+
+def _is_int(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+
+def pair(value: Any, what: str, op: str, minimum: int = 1) -> tuple[int, int]:
+    """An int or a 2-sequence of ints (each >= minimum) as a pair."""
+    if _is_int(value):
+        vals: tuple[Any, ...] = (value, value)
+    else:
+        try:
+            vals = tuple(value)
+        except TypeError:
+            raise OperatorError(f"{op}: {what} must be an integer or a tuple of 2 integers, "
+                                f"got {value!r}") from None
+        if len(vals) != 2 or not all(_is_int(v) for v in vals):
+            raise OperatorError(f"{op}: {what} must be an integer or a tuple of 2 integers, "
+                                f"got {value!r}")
+    if any(v < minimum for v in vals):
+        adj = "positive" if minimum == 1 else f">= {minimum}"
+        raise OperatorError(f"{op}: {what} must be {adj}, got {value!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def check_data_format(value: Any, op: str) -> str:
+    fmt = "channels_last" if value is None else value
+    if not isinstance(fmt, str) or fmt.lower() not in DATA_FORMATS:
+        raise OperatorError(f"{op}: data_format must be 'channels_last' or 'channels_first', "
+                            f"got {value!r}")
+    return fmt.lower()
+
+
+def check_padding(value: Any, op: str) -> str:
+    if not isinstance(value, str) or value.lower() not in PADDINGS:
+        raise OperatorError(f"{op}: padding must be 'valid' or 'same', got {value!r}")
+    return value.lower()
+
+
+def spatial_dims(s: TensorShape, data_format: str, op: str) -> tuple[int, int, int]:
+    """(H, W, C) of a rank-4 image batch, checked."""
+    if s.rank != 4:
+        raise OperatorError(f"{op}: expects a rank-4 input (batch, "
+                            f"{'H, W, C' if data_format == 'channels_last' else 'C, H, W'}), got {s}")
+    if not s.dtype.is_float:
+        raise OperatorError(f"{op}: expects a floating-point input, got {s.dtype.value}")
+    if data_format == "channels_last":
+        h, w_, c = s.dims[1:]
+    else:
+        c, h, w_ = s.dims[1:]
+    if any(d is None for d in (h, w_, c)):
+        raise OperatorError(f"{op}: the spatial and channel dimensions of {s} must be known")
+    return h, w_, c  # type: ignore[return-value]
+
+
+def image_shape(s: TensorShape, data_format: str, h: int, w_: int, c: int) -> TensorShape:
+    dims = (s.dims[0], h, w_, c) if data_format == "channels_last" else (s.dims[0], c, h, w_)
+    return s.with_dims(dims)
+
+
+def out_size_and_pads(size: int, k: int, stride: int, dilation: int, padding: str, op: str,
+                      what: str) -> tuple[int, int, int]:
+    """(output size, pad before, pad after) along one spatial dim; TF's rule for "same" (the odd
+    pad goes after)."""
+    span = (k - 1) * dilation + 1
+    if padding == "same":
+        out = ceil_div(size, stride)
+        total = max((out - 1) * stride + span - size, 0)
+        return out, total // 2, total - total // 2
+    if span > size:
+        dil = f" (dilated to {span})" if dilation > 1 else ""
+        raise OperatorError(f"{op}: {what} {k}{dil} is larger than the input ({size}) with "
+                            f"padding='valid'")
+    return (size - span) // stride + 1, 0, 0
+
+
+def nhwc(a: np.ndarray, channels_first: bool) -> np.ndarray:
+    """A (batch, H, W, C) view of a piece stored channels_last or channels_first."""
+    return a.transpose(0, 2, 3, 1) if channels_first else a
+
+
+def parse_ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",")) if text else ()
+
+
+def join_ints(values: Sequence[int]) -> str:
+    return ",".join(str(int(v)) for v in values)
+
+
+def windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int,
+            wo: int) -> np.ndarray:
+    """A read-only (b, ho, wo, kh, kw, C) view of the sliding windows of a padded NHWC array."""
+    b, _, _, c = xp.shape
+    s0, s1, s2, s3 = xp.strides
+    return np.lib.stride_tricks.as_strided(
+        xp, (b, ho, wo, kh, kw, c), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False)
+
+
+def tap(i: int, j: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int
+        ) -> tuple[slice, slice, slice, slice]:
+    """The NHWC slice of a padded input that kernel tap (i, j) meets over all output positions."""
+    return (slice(None), slice(i * dh, i * dh + sh * (ho - 1) + 1, sh),
+            slice(j * dw, j * dw + sw * (wo - 1) + 1, sw), slice(None))
+
+
+def pad_nhwc(x: np.ndarray, pads: Sequence[int], value: float = 0.0) -> np.ndarray:
+    """x (NHWC) padded by (top, bottom, left, right) with `value`; x itself when no pad."""
+    pt, pb, pl, pr = pads
+    if not (pt or pb or pl or pr):
+        return x
+    b, h, w_, c = x.shape
+    out = np.empty((b, h + pt + pb, w_ + pl + pr, c), dtype=x.dtype)
+    if pt:
+        out[:, :pt] = value
+    if pb:
+        out[:, h + pt:] = value
+    if pl:
+        out[:, pt:pt + h, :pl] = value
+    if pr:
+        out[:, pt:pt + h, w_ + pl:] = value
+    out[:, pt:pt + h, pl:pl + w_] = x
+    return out

@@ -1,0 +1,256 @@
+"""The same model in PyTorch: a unity_legion keras.Model's graph run by torch operators.
+
+Used as the reference of the model benchmarks (and whole-model tests): `TorchTwin(model)` holds
+torch copies of the model's current weights and runs the graph node by node, each operator by
+the torch function of the same meaning, in the same layouts (channels_last images are permuted
+to torch's NCHW around convolutions and poolings). PyTorch is a test and benchmark dependency
+only; nothing in unity_legion imports this.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+OpFn = Callable[[Any, list[Tensor], dict[str, Tensor], bool, Any], list[Tensor]]
+
+_ACT: dict[str, Callable[[Tensor], Tensor]] = {
+    "linear": lambda t: t, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+    "gelu": F.gelu, "softmax": lambda t: torch.softmax(t, -1)}
+
+
+def _nchw(t: Tensor, op: Any) -> Tensor:
+    return t if op.data_format == "channels_first" else t.permute(0, 3, 1, 2)
+
+
+def _back(t: Tensor, op: Any) -> Tensor:
+    return t if op.data_format == "channels_first" else t.permute(0, 2, 3, 1).contiguous()
+
+
+def _pads(op: Any, s: Any) -> tuple[int, int, int, int]:
+    return tuple(op._geometry(s)[-1])  # (top, bottom, left, right)
+
+
+def _linear(op, xs, w, training, s):
+    z = xs[0] @ w["kernel"]
+    if "bias" in w:
+        z = z + w["bias"]
+    return [_ACT[op.activation](z)]
+
+
+def _conv2d(op, xs, w, training, s):
+    pt, pb, pl, pr = _pads(op, s[0])
+    x = F.pad(_nchw(xs[0], op), (pl, pr, pt, pb))
+    k = w["kernel"].permute(3, 2, 0, 1)  # (kh, kw, cin/g, out) -> (out, cin/g, kh, kw)
+    z = F.conv2d(x, k, w.get("bias"), stride=op.strides, dilation=op.dilation_rate,
+                 groups=op.groups)
+    return [_back(_ACT[op.activation](z), op)]
+
+
+def _pool2d(op, xs, w, training, s):
+    pt, pb, pl, pr = _pads(op, s[0])
+    x = _nchw(xs[0], op)
+    if op.mode == "max":
+        x = F.pad(x, (pl, pr, pt, pb), value=-math.inf)
+        return [_back(F.max_pool2d(x, op.pool_size, op.strides), op)]
+    # Keras' average over the valid (unpadded) elements of each window
+    ones = torch.ones_like(x[:1, :1])
+    total = F.avg_pool2d(F.pad(x, (pl, pr, pt, pb)), op.pool_size, op.strides, divisor_override=1)
+    count = F.avg_pool2d(F.pad(ones, (pl, pr, pt, pb)), op.pool_size, op.strides,
+                         divisor_override=1)
+    return [_back(total / count, op)]
+
+
+def _global_avg_pool(op, xs, w, training, s):
+    axes = (2, 3) if op.data_format == "channels_first" else (1, 2)
+    return [xs[0].mean(dim=axes, keepdim=bool(op.keepdims))]
+
+
+def _embedding(op, xs, w, training, s):
+    ids = xs[0].long()
+    table = w["embeddings"]
+    if op.combiner is None:
+        return [F.embedding(ids, table)]
+    flat = ids.reshape(-1, ids.shape[-1])
+    bag = F.embedding_bag(flat, table, mode=op.combiner)
+    return [bag.reshape(ids.shape[:-1] + (table.shape[1],))]
+
+
+def _layer_norm(op, xs, w, training, s):
+    x = xs[0]
+    axes = tuple(a % x.dim() for a in op.axes)
+    mean = x.mean(dim=axes, keepdim=True)
+    var = x.var(dim=axes, keepdim=True, unbiased=False)
+    y = (x - mean) / torch.sqrt(var + op.epsilon)
+    shape = [x.shape[a] if a in axes else 1 for a in range(x.dim())]
+    if "gamma" in w:
+        y = y * w["gamma"].reshape(shape)
+    if "beta" in w:
+        y = y + w["beta"].reshape(shape)
+    return [y]
+
+
+def _split(op, xs, w, training, s):
+    x = xs[0]
+    axis = op.resolved_axis(x.dim())
+    sizes = [int(t.dims[axis]) for t in op.infer_outputs(s)]
+    return list(torch.split(x, sizes, dim=axis))
+
+
+def _zero_pad(op, xs, w, training, s):
+    pt, pb, pl, pr = op.pads
+    return [_back(F.pad(_nchw(xs[0], op), (pl, pr, pt, pb)), op)]
+
+
+def _batch_norm(op, xs, w, training, s):
+    x = xs[0]
+    axis = op.resolved_axis(s[0])
+    xt = x.movedim(axis, 1)
+    # Keras' moving statistics use the biased variance; these copies only serve the forward
+    y = F.batch_norm(xt, w["moving_mean"].detach().clone(), w["moving_variance"].detach().clone(),
+                     w.get("gamma"), w.get("beta"), training=training,
+                     momentum=1.0 - op.momentum, eps=op.epsilon)
+    return [y.movedim(1, axis)]
+
+
+def _attention(op, xs, w, training, s):
+    q, v = xs[0], xs[1]
+    k = xs[op.key_index] if op.has_key else v
+    batch, out_dims = q.shape[0], tuple(op.infer_outputs(s)[0].dims[1:])
+    qf, kf, vf = (t.reshape(batch, -1, t.shape[-1]) for t in (q, k, v))
+
+    def project(src: Tensor, name: str) -> Tensor:  # (b, n, dim) -> (b, heads, n, d)
+        z = torch.einsum("bnd,dhk->bhnk", src, w[f"{name}_kernel"])
+        return z + w[f"{name}_bias"][None, :, None, :] if f"{name}_bias" in w else z
+
+    qh, kh, vh = project(qf, "query"), project(kf, "key"), project(vf, "value")
+    logits = torch.einsum("bhtk,bhsk->bhts", qh, kh) / math.sqrt(op.key_dim)
+    if op.has_mask:
+        if q.dim() != 3:
+            raise NotImplementedError("TorchTwin: attention masks for queries of rank > 3")
+        mask = xs[op.mask_index][:, None].bool()  # (batch, 1, T or 1, S or 1): nonzero = attend
+        logits = logits.masked_fill(~mask, -1e9)
+    probs = F.dropout(torch.softmax(logits, -1), op.dropout, training)
+    ctx = torch.einsum("bhts,bhsv->bhtv", probs, vh)
+    out = torch.einsum("bhtv,hvo->bto", ctx, w["output_kernel"].reshape(
+        op.num_heads, op.value_dim, -1))
+    if "output_bias" in w:
+        out = out + w["output_bias"].reshape(-1)
+    return [out.reshape((batch,) + out_dims)]
+
+
+def _batch_matmul(op, xs, w, training, s):
+    a, b = xs
+    if op.normalize:
+        axis_a, axis_b = (-1, -1) if a.dim() == 2 else (-2 if op.transpose_a else -1,
+                                                        -1 if op.transpose_b else -2)
+        a = a / a.norm(dim=axis_a, keepdim=True).clamp_min(1e-7)
+        b = b / b.norm(dim=axis_b, keepdim=True).clamp_min(1e-7)
+    if a.dim() == 2:
+        return [(a * b).sum(-1, keepdim=True)]
+    a = a.transpose(-1, -2) if op.transpose_a else a
+    b = b.transpose(-1, -2) if op.transpose_b else b
+    return [a @ b]
+
+
+def _softmax(op, xs, w, training, s):
+    x = xs[0]
+    axes = op.resolved(s[0])
+    z = x - x.amax(dim=axes, keepdim=True)
+    e = torch.exp(z)
+    return [e / e.sum(dim=axes, keepdim=True)]
+
+
+def _dropout(op, xs, w, training, s):
+    return [F.dropout(xs[0], op.rate, training)]
+
+
+REGISTRY: dict[str, OpFn] = {
+    "linear": _linear,
+    "activation": lambda op, xs, w, t, s: [_ACT[op.fn](xs[0])],
+    "dropout": _dropout,
+    "add": lambda op, xs, w, t, s: [sum(xs[1:], xs[0])],
+    "subtract": lambda op, xs, w, t, s: [xs[0] - xs[1]],
+    "multiply": lambda op, xs, w, t, s: [math.prod(xs[1:], start=xs[0])],
+    "concatenate": lambda op, xs, w, t, s: [torch.cat(xs, dim=op.resolved_axis(xs[0].dim()))],
+    "embedding": _embedding,
+    "conv2d": _conv2d,
+    "pool2d": _pool2d,
+    "global_avg_pool2d": _global_avg_pool,
+    "layer_norm": _layer_norm,
+    "split": _split,
+    "zero_pad2d": _zero_pad,
+    "batch_norm": _batch_norm,
+    "multi_head_attention": _attention,
+    "batch_matmul": _batch_matmul,
+    "softmax": _softmax,
+    "permute": lambda op, xs, w, t, s: [xs[0].permute(op.perm)],
+    "identity": lambda op, xs, w, t, s: [xs[0]],
+}
+
+
+class TorchTwin(torch.nn.Module):
+    """A unity_legion keras.Model run by PyTorch with a copy of the model's current weights."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        graph = model.graph
+        self.graph = graph
+        self.input_ids = list(model._input_ids)
+        self.output_ids = list(model._output_ids)
+        self.nodes = graph.subgraph_nodes(self.output_ids)
+        missing = sorted({n.op.op_type for n in self.nodes} - set(REGISTRY) - set(_RESHAPES))
+        if missing:
+            raise NotImplementedError(f"TorchTwin: no torch version of {missing}")
+        self.weights = torch.nn.ParameterDict()
+        for n in self.nodes:
+            for ws in n.weights:
+                value = model._get_weight((n.id, ws.name))
+                self.weights[_key(n.id, ws.name)] = torch.nn.Parameter(
+                    torch.tensor(np.asarray(value)), requires_grad=ws.trainable)
+
+    def forward(self, *inputs: Tensor) -> list[Tensor]:
+        batch = inputs[0].shape[0]
+        shapes = self.graph.bind_batch(batch)
+        env: dict[int, Tensor] = dict(zip(self.input_ids, inputs))
+        for n in self.nodes:
+            xs = [env[t] for t in n.inputs]
+            if n.op.op_type in _RESHAPES:
+                x = xs[0]
+                if getattr(n.op, "channels_first", False) and x.dim() > 2:
+                    x = x.movedim(1, -1)  # Keras' Flatten flattens in channels_last order
+                outs = [x.reshape(shapes[n.outputs[0]].dims)]
+            else:
+                w = {ws.name: self.weights[_key(n.id, ws.name)] for ws in n.weights}
+                outs = REGISTRY[n.op.op_type](n.op, xs, w, self.training,
+                                              [shapes[t] for t in n.inputs])
+            env.update(zip(n.outputs, outs))
+        return [env[t] for t in self.output_ids]
+
+
+# Operators that only change the shape (row-major, per sample): the output shape says it all.
+_RESHAPES = {"reshape", "flatten"}
+
+
+def _key(node_id: int, name: str) -> str:
+    return f"n{node_id}_{name}"
+
+
+def torch_loss(name: str, outputs: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
+    """The zoo's losses on probabilities (sparse CE) or values (MSE), summed over outputs."""
+    total = outputs[0].new_zeros(())
+    for out, tgt in zip(outputs, targets):
+        if name == "sparse_categorical_crossentropy":
+            probs = out.clamp_min(1e-7)
+            total = total + F.nll_loss(torch.log(probs).reshape(-1, out.shape[-1]),
+                                       tgt.reshape(-1).long())
+        elif name == "mse":
+            total = total + F.mse_loss(out, tgt)
+        else:
+            raise ValueError(f"torch_loss: unknown loss {name!r}")
+    return total
