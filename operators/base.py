@@ -148,8 +148,28 @@ def dw(name: str) -> Ref:
     return Ref(RefKind.GRAD_WEIGHT, name)
 
 
-# The launch axis along which data parallelism splits samples; later parallel forms add axes.
+# The launch axis along which data parallelism splits samples; operators name their other axes
+# ("out", "in", "heads", "columns", ...) and declare them in `parallel_dims`.
 SAMPLE = "sample"
+
+
+class DimKind(enum.Enum):
+    """What splitting a launch axis means (Unity's forms of parallelism)."""
+
+    SAMPLE = "sample"          # the batch: data parallelism
+    ATTRIBUTE = "attribute"    # a non-batch dim of the activations (features, sequence, spatial)
+    PARAMETER = "parameter"    # the weights are split too (output features, heads, table columns)
+    REDUCTION = "reduction"    # a contracted dim: each point makes a partial sum of the output
+
+
+@dataclass(frozen=True)
+class ParallelDim:
+    """A launch axis an operator can split, of what kind, and its extent (the largest degree;
+    None for the batch of a graph not yet bound to data)."""
+
+    axis: str
+    kind: DimKind
+    size: int | None
 
 
 @dataclass(frozen=True)
@@ -272,6 +292,14 @@ class Operator:
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         """Launches writing d_in[i] (where needed) and d_w[name] (as Sum) from d_out."""
         raise NotImplementedError
+
+    # --- parallelism --------------------------------------------------------------------------
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        """The launch axes of this operator's launches and what splitting each means. Every
+        launch names its arguments' dims by these axes (Arg.split), so a degree per axis is all a
+        strategy says: inputs not split by an axis are read whole (replicated), outputs not split
+        by an axis of degree > 1 become partial sums. Default: the batch only."""
+        return (ParallelDim(SAMPLE, DimKind.SAMPLE, inputs[0].dims[0] if inputs else None),)
 
     def state_updates(self, inputs: Sequence[TensorShape]) -> list[Launch]:
         """Launches that update non-trainable weights from this step's saved tensors (e.g. batch

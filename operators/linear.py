@@ -2,6 +2,13 @@
 
 With an activation other than linear, forward keeps the pre-activation (saved "preact") and each
 backward kernel turns d_out into d_preact locally (cheap, elementwise) before its matmul.
+
+Parallel forms (launch axes): "sample" splits the batch (data parallel); "out" splits the output
+features and the kernel's columns (Megatron's column-parallel Linear: x is read whole); "in"
+splits the input features and the kernel's rows (row-parallel: every point makes a partial sum of
+y, which Legate adds). "in" is offered only without a fused activation (an activation of a partial
+sum is wrong), "out" not with a fused softmax (it needs whole rows); the bias is added by the
+points holding input feature 0 only.
 """
 
 from __future__ import annotations
@@ -12,8 +19,11 @@ from typing import Sequence
 import numpy as np
 
 from . import activation as act
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, SavedSpec, Sum, TensorShape,
-                   WeightSpec, dw, dx, dy, kernel, saved, w, x, y)
+from .base import (SAMPLE, Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out,
+                   ParallelDim, SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel, saved,
+                   w, x, y)
+
+OUT, IN = "out", "in"  # launch axes: output features, input (contracted) features
 
 
 def _rows(a: np.ndarray) -> np.ndarray:
@@ -33,10 +43,11 @@ def linear_forward(x: In, kernel: In, y: Out) -> None:
 
 
 @kernel
-def linear_forward_bias(x: In, kernel: In, bias: In, y: Out) -> None:
+def linear_forward_bias(x: In, kernel: In, bias: In, y: Out, origin: Origin) -> None:
     y2 = _rows(y)
     np.matmul(_rows(x), kernel, out=y2)
-    y2 += bias
+    if origin[-1] == 0:  # split by input features: one partial sum carries the bias
+        y2 += bias
 
 
 @kernel
@@ -65,10 +76,11 @@ def linear_backward_kernel(x: In, dy: In, dkernel: Sum) -> None:
 
 
 @kernel
-def linear_backward_kernel_bias(x: In, dy: In, dkernel: Sum, dbias: Sum) -> None:
+def linear_backward_kernel_bias(x: In, dy: In, dkernel: Sum, dbias: Sum, origin: Origin) -> None:
     d2 = _rows(dy)
     dkernel += _rows(x).T @ d2
-    dbias += d2.sum(axis=0)
+    if origin[-1] == 0:  # split by input features: the bias gradient is counted once
+        dbias += d2.sum(axis=0)
 
 
 @kernel
@@ -130,13 +142,29 @@ class Linear(Operator):
         return 2 * rows * s.dims[-1] * self.out_features + (
             act.Activation(self.activation).flops(self.infer_outputs(inputs)) if self.fused else 0)
 
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        (s,) = inputs
+        dims = [ParallelDim(SAMPLE, DimKind.SAMPLE, s.dims[0])]
+        if self.activation != "softmax":  # softmax needs whole rows of output features
+            dims.append(ParallelDim(OUT, DimKind.PARAMETER, self.out_features))
+        if not self.fused:
+            dims.append(ParallelDim(IN, DimKind.REDUCTION, s.dims[-1]))
+        return tuple(dims)
+
+    # Arguments by role: activations (batch, ..., features) split by sample and a feature axis.
+    @staticmethod
+    def _act(ref, rank: int, features: str) -> Arg:
+        return Arg(ref, (SAMPLE,) + (None,) * (rank - 2) + (features,))
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         r = inputs[0].rank
-        args = {"x": Arg.by_sample(x(0), r), "kernel": Arg(w("kernel")), "y": Arg.by_sample(y(0), r)}
-        bias = Arg(w("bias") if self.use_bias else w("kernel"))  # unused when use_bias is False
+        args = {"x": self._act(x(0), r, IN), "kernel": Arg(w("kernel"), (IN, OUT)),
+                "y": self._act(y(0), r, OUT)}
+        # unused when use_bias is False (the kernel's argument list is fixed)
+        bias = Arg(w("bias"), (OUT,)) if self.use_bias else Arg(w("kernel"), (IN, OUT))
         if self.fused:
             return [Launch(linear_forward_act,
-                           args | {"bias": bias, "preact": Arg.by_sample(saved("preact"), r)},
+                           args | {"bias": bias, "preact": self._act(saved("preact"), r, OUT)},
                            {"fn": self.activation, "use_bias": self.use_bias})]
         if self.use_bias:
             return [Launch(linear_forward_bias, args | {"bias": bias})]
@@ -144,38 +172,34 @@ class Linear(Operator):
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         r = inputs[0].rank
-        d_out = Arg.by_sample(dy(0), r)
+        d_out = self._act(dy(0), r, OUT)
+        kern, d_kern = Arg(w("kernel"), (IN, OUT)), Arg(dw("kernel"), (IN, OUT))
+        x_in, d_in = self._act(x(0), r, IN), self._act(dx(0), r, IN)
         launches = []
         if self.fused:
-            pre = {"preact": Arg.by_sample(saved("preact"), r), "y": Arg.by_sample(y(0), r)}
+            pre = {"preact": self._act(saved("preact"), r, OUT), "y": self._act(y(0), r, OUT)}
             if needs_input_grad[0]:
                 launches.append(Launch(linear_backward_input_act,
-                                       pre | {"dy": d_out, "kernel": Arg(w("kernel")),
-                                              "dx": Arg.by_sample(dx(0), r)}, {"fn": self.activation}))
-            dbias = Arg(dw("bias") if self.use_bias else dw("kernel"))
+                                       pre | {"dy": d_out, "kernel": kern, "dx": d_in},
+                                       {"fn": self.activation}))
             if not self.use_bias:
                 # a Sum store may not be passed twice; without bias the fused kernel ignores dbias
-                return launches + [self._unfused_weight_grad_act(r)]
+                return launches + [Launch(linear_backward_kernel_act, pre | {
+                    "x": x_in, "dy": d_out, "dkernel": d_kern}, {"fn": self.activation})]
             launches.append(Launch(linear_backward_weights_act,
-                                   pre | {"x": Arg.by_sample(x(0), r), "dy": d_out,
-                                          "dkernel": Arg(dw("kernel")), "dbias": dbias},
+                                   pre | {"x": x_in, "dy": d_out, "dkernel": d_kern,
+                                          "dbias": Arg(dw("bias"), (OUT,))},
                                    {"fn": self.activation, "use_bias": True}))
             return launches
         if needs_input_grad[0]:
-            launches.append(Launch(linear_backward_input, {
-                "dy": d_out, "kernel": Arg(w("kernel")), "dx": Arg.by_sample(dx(0), r)}))
-        args = {"x": Arg.by_sample(x(0), r), "dy": d_out, "dkernel": Arg(dw("kernel"))}
+            launches.append(Launch(linear_backward_input, {"dy": d_out, "kernel": kern, "dx": d_in}))
+        args = {"x": x_in, "dy": d_out, "dkernel": d_kern}
         if self.use_bias:
-            launches.append(Launch(linear_backward_kernel_bias, args | {"dbias": Arg(dw("bias"))}))
+            launches.append(Launch(linear_backward_kernel_bias,
+                                   args | {"dbias": Arg(dw("bias"), (OUT,))}))
         else:
             launches.append(Launch(linear_backward_kernel, args))
         return launches
-
-    def _unfused_weight_grad_act(self, r: int) -> Launch:
-        return Launch(linear_backward_kernel_act, {
-            "x": Arg.by_sample(x(0), r), "preact": Arg.by_sample(saved("preact"), r),
-            "y": Arg.by_sample(y(0), r), "dy": Arg.by_sample(dy(0), r),
-            "dkernel": Arg(dw("kernel"))}, {"fn": self.activation})
 
 
 @kernel

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from unity_legion.executor.executor import GraphExecutor
-from unity_legion.mappers.machine_view import MachineView
 from unity_legion.operators.base import SAMPLE, Operator
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.tensor import DataType, TensorShape
@@ -33,10 +32,6 @@ class FixedSplitExecutor(GraphExecutor):
 
     def degrees_for(self, batch: int) -> dict[str, int]:
         return {SAMPLE: self.degree}
-
-    def _view_for(self, degree: int) -> MachineView:
-        return MachineView.contiguous(self.view.device_type, self.view.start,
-                                      min(degree, self.view.num_points))
 
 
 @dataclass

@@ -55,9 +55,9 @@ def launches(monkeypatch):
     seen: list[tuple[str, dict]] = []
     real = exmod.submit
 
-    def spy(rt, launch, stores, degrees):
+    def spy(rt, launch, stores, degrees, reduced=None):
         seen.append((launch.kernel.name, dict(degrees)))
-        return real(rt, launch, stores, degrees)
+        return real(rt, launch, stores, degrees, reduced)
 
     monkeypatch.setattr(exmod, "submit", spy)
     return seen

@@ -43,3 +43,20 @@ def test_two_ranks_train_like_one(tmp_path: Path) -> None:
     assert abs(one["test_accuracy"] - two["test_accuracy"]) < 1e-9
 
 
+
+
+def test_zoo_model_on_synthetic_data(tmp_path: Path) -> None:
+    result = _train(["--model", "bert_large", "--epochs", "3", "--samples", "96",
+                     "--model-arg", "layers=1"], tmp_path, ranks=1)
+    assert result["model"] == "bert_large" and result["dataset"] == "synthetic"
+    losses = result["losses"]
+    assert len(losses) == 3 and all(l == l for l in losses) and losses[-1] < losses[0], losses
+
+
+def test_bad_model_arguments_fail_before_training(tmp_path: Path) -> None:
+    script = str(REPO / "scripts" / "train.py")
+    argv = [str(VENV_BIN / "legate"), "--cpus", "1", "--sysmem", "500", script]
+    proc = run_with_env(argv + ["--model", "dlrm", "--model-arg", "no_such=3"], tmp_path, "")
+    assert proc.returncode != 0 and "does not fit dlrm" in proc.stderr + proc.stdout
+    proc = run_with_env(argv + ["--model", "dlrm", "--dataset", "digits"], tmp_path, "")
+    assert proc.returncode != 0 and "does not fit --model dlrm" in proc.stderr

@@ -2,9 +2,12 @@
 
 Weights, gradients and optimizer slots live in Legate stores across steps; numpy is used only at
 the edges (a batch in, per-sample losses and metrics out, weights read or written on request).
-Every operator here runs data-parallel: its launch splits samples over all processors of the
-job, weights are broadcast and weight gradients are summed by ADD reduction. The plan
-(`degrees_for`, `view_for`) is the one place a later strategy replaces per operator.
+By default every operator runs data-parallel: its launch splits samples over all processors of
+the job, weights are broadcast and weight gradients are summed by ADD reduction. A plan
+(`set_plan`: an OpConfig per node) gives an operator its own degree per launch axis and its own
+processors; an output that several points write (a launch axis missing from its split) becomes an
+ADD reduction into a zeroed store, and a consumer that tiles a store differently from its producer
+makes Legate move the data: that is how the PCG's Partition, Combine, Replicate and Reduce run.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from legate.core import types as ty
 
-from unity_legion.executor.launcher import effective_degree, submit
+from unity_legion.executor.launcher import effective_degree, launch_axes, reduced_outputs, submit
 from unity_legion.mappers.machine_view import MachineView
 from unity_legion.mappers.placement import placed
 from unity_legion.operators.base import (SAMPLE, Launch, Ref, RefKind, Role, dx, dy, saved, w, x,
@@ -28,6 +31,7 @@ from unity_legion.operators.optimizers import GRAD, PARAM, ROWS, UpdateRule, slo
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.tensor import DataType, TensorShape
 from unity_legion.runtime import machine_info, runtime
+from unity_legion.strategy.config import OpConfig
 
 _LEGATE_TYPE = {DataType.FLOAT32: ty.float32, DataType.FLOAT64: ty.float64,
                 DataType.INT32: ty.int32, DataType.INT64: ty.int64, DataType.BOOL: ty.bool_}
@@ -112,6 +116,15 @@ class GraphExecutor:
         self._grads_zeroed = False   # True after an update: its kernels zeroed every gradient
         self.frozen: frozenset[WeightKey] = frozenset()
         self.requires_grad = self._requires_grad(input_grads)
+        self.plan: dict[int, OpConfig] = {}
+
+    def set_plan(self, plan: Mapping[int, OpConfig]) -> None:
+        """Per node id, its degrees and machine view; nodes not named run data-parallel. The
+        caller (a Strategy) has validated it against the graph and the machine."""
+        for nid, cfg in plan.items():
+            cfg.view.check_fits(self.machine.processors,
+                                f"operator {self.graph.nodes[nid].name!r}")
+        self.plan = dict(plan)
 
     # ------------------------------------------------------------------ weights
     def weight_specs(self) -> list[tuple[WeightKey, Any]]:
@@ -164,14 +177,31 @@ class GraphExecutor:
     def degrees_for(self, batch: int) -> dict[str, int]:
         return {SAMPLE: effective_degree(batch, self.view.num_points)}
 
-    def _view_for(self, degree: int) -> MachineView:
-        return MachineView.contiguous(self.view.device_type, self.view.start, degree)
+    def _view_for(self, points: int, view: MachineView | None = None) -> MachineView:
+        """The processors of a launch of `points` points: the first ones of `view` (default: the
+        whole job); more points than processors share them."""
+        base = view or self.view
+        return MachineView.contiguous(base.device_type, base.start, min(points, base.num_points))
 
-    def _launch(self, launch: Launch, refs: Mapping[Ref, Any], degrees: Mapping[str, int]) -> None:
-        points = math.prod(degrees.get(a, 1) for a in {s for arg in launch.args.values()
-                                                        for s in arg.split if s})
-        with placed(self._view_for(points)):
-            submit(self.rt, launch, refs, degrees)
+    def _node_plan(self, n: Node, degrees: Mapping[str, int]
+                   ) -> tuple[Mapping[str, int], MachineView | None]:
+        cfg = self.plan.get(n.id)
+        return (degrees, None) if cfg is None else (cfg.as_dict(), cfg.view)
+
+    def _launch(self, launch: Launch, refs: Mapping[Ref, Any], degrees: Mapping[str, int],
+                view: MachineView | None = None) -> None:
+        axes = launch_axes(launch)
+        eff = {}
+        for a in axes:  # tiles of the first dim the axis splits (a short last batch, uneven dims)
+            size = next(refs[arg.ref].shape[d] for arg in launch.args.values()
+                        for d, s in enumerate(arg.split) if s == a)
+            eff[a] = effective_degree(size, degrees.get(a, 1))
+        reduced = reduced_outputs(launch, eff)
+        for name in reduced:  # partial sums land in a zeroed store
+            store = refs[launch.args[name].ref]
+            store.fill(0 if _DATA_TYPE[store.type].is_integer else 0.0)
+        with placed(self._view_for(math.prod(eff.values()), view)):
+            submit(self.rt, launch, refs, eff, reduced)
 
     # ------------------------------------------------------------------ stores
     def _store_from(self, arr: np.ndarray, persistent: bool = False) -> Any:
@@ -246,11 +276,12 @@ class GraphExecutor:
                 refs[saved(sv.name)] = self._scratch("saved", n.id, sv.name, shape=sv.shape)
                 if sv.zero:  # a Sum target of this step's launches
                     refs[saved(sv.name)].fill(0 if sv.shape.dtype.is_integer else 0.0)
+            n_degrees, n_view = self._node_plan(n, degrees)
             for launch in n.op.forward(in_shapes, training and not self._runs_as_inference(n)):
                 if "seed" in launch.scalars:
                     launch = Launch(launch.kernel, launch.args,
                                     dict(launch.scalars) | {"seed": self._next_seed()})
-                self._launch(launch, refs, degrees)
+                self._launch(launch, refs, n_degrees, n_view)
             node_refs[n.id] = refs
         return env, node_refs
 
@@ -421,8 +452,9 @@ class GraphExecutor:
                     pending.append((t, tmp))
                 else:
                     grads[t] = refs[dx(i)] = self._scratch("grad", t, shape=shapes[t])
+            n_degrees, n_view = self._node_plan(n, degrees)
             for launch in n.op.backward(in_shapes, needs):
-                self._launch(launch, refs, degrees)
+                self._launch(launch, refs, n_degrees, n_view)
             for t, tmp in pending:
                 total, part = Ref(RefKind.OUTPUT, 0), Ref(RefKind.INPUT, 0)
                 self._launch(accumulate_launch(total, part, shapes[t].rank),
@@ -450,7 +482,7 @@ class GraphExecutor:
         for n in self.nodes:
             for launch in n.op.state_updates([shapes[t] for t in n.inputs]):
                 if not self._writes_frozen(n.id, launch):
-                    self._launch(launch, node_refs[n.id], degrees)
+                    self._launch(launch, node_refs[n.id], *self._node_plan(n, degrees))
 
     def _writes_frozen(self, node_id: int, launch: Launch) -> bool:
         return any(role is not Role.INPUT and launch.args[name].ref.kind is RefKind.WEIGHT

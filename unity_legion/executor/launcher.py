@@ -55,9 +55,31 @@ def _partitioned(store: Any, arg: Arg, axes: list[str], degrees: Mapping[str, in
     return store.partition_by_tiling(tuple(tile)), tuple(proj)
 
 
-def submit(rt: Any, launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int]) -> None:
-    """Launch `launch` with its refs bound to `stores`, over a grid given by `degrees` per axis."""
-    t = legate_task(launch.kernel)
+def reduced_outputs(launch: Launch, degrees: Mapping[str, int]) -> frozenset[str]:
+    """Outputs that several points of the launch write: their split misses a launch axis whose
+    degree is above 1 (each point then writes a partial sum, added by an ADD reduction into a
+    store the caller has zeroed). An in-place store cannot be shared so; that is an error."""
+    axes = [a for a in launch_axes(launch) if degrees.get(a, 1) > 1]
+    out = set()
+    for name, role in launch.kernel.stores:
+        if role in (Role.OUTPUT, Role.INOUT):
+            missing = [a for a in axes if a not in launch.args[name].split]
+            if missing and role is Role.INOUT:
+                raise LaunchError(f"{launch.kernel.name}: in-place argument {name!r} is not split "
+                                  f"by launch axes {missing}; several points would update it")
+            if missing:
+                out.add(name)
+    return frozenset(out)
+
+
+def submit(rt: Any, launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int],
+           reduced: frozenset[str] | None = None) -> None:
+    """Launch `launch` with its refs bound to `stores`, over a grid given by `degrees` per axis.
+    Outputs in `reduced` (default: `reduced_outputs`) are written by ADD reduction: the caller
+    must have zeroed them."""
+    if reduced is None:
+        reduced = reduced_outputs(launch, degrees)
+    t = legate_task(launch.kernel, reduced)
     axes = launch_axes(launch)
     grid = tuple(degrees[a] for a in axes) or (1,)
     mt = rt.create_manual_task(t.library, t.task_id, grid)
@@ -71,10 +93,10 @@ def submit(rt: Any, launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[
         if role in (Role.INPUT, Role.INOUT):
             _add(mt.add_input, *parts[name])
     for name, role in launch.kernel.stores:
-        if role in (Role.OUTPUT, Role.INOUT):
+        if role in (Role.OUTPUT, Role.INOUT) and name not in reduced:
             _add(mt.add_output, *parts[name])
     for name, role in launch.kernel.stores:
-        if role is Role.SUM:
+        if role is Role.SUM or name in reduced:
             part, proj = parts[name]
             if proj is None:
                 mt.add_reduction(part, ReductionOpKind.ADD)

@@ -23,11 +23,13 @@ _P = inspect.Parameter.POSITIONAL_OR_KEYWORD
 _SCALAR_TYPE = {int: ty.int64, float: ty.float64, bool: ty.bool_, str: ty.string_type}
 
 
-def _store_params(k: Kernel) -> list[inspect.Parameter]:
+def _store_params(k: Kernel, reduced: frozenset[str]) -> list[inspect.Parameter]:
     params = []
     for name, role in k.stores:
         if role is Role.INPUT:
             params.append(inspect.Parameter(name, _P, annotation=InputStore))
+        elif role is Role.OUTPUT and name in reduced:
+            params.append(inspect.Parameter(name, _P, annotation=ReductionStore[ADD]))
         elif role is Role.OUTPUT:
             params.append(inspect.Parameter(name, _P, annotation=OutputStore))
         elif role is Role.INOUT:
@@ -64,9 +66,14 @@ def _no_collection() -> Iterator[None]:
 
 
 @cache
-def legate_task(k: Kernel) -> Any:
-    """A Legate task running kernel `k` on the local pieces of its stores."""
-    store_params = _store_params(k)
+def legate_task(k: Kernel, reduced: frozenset[str] = frozenset()) -> Any:
+    """A Legate task running kernel `k` on the local pieces of its stores.
+
+    `reduced` names outputs that several points of the launch write (their split misses a launch
+    axis, e.g. the partial sums of a Linear split by input features): the task gets them as ADD
+    reductions, runs the kernel into a zeroed temporary and adds that, so kernels always assign
+    their outputs and never need to know."""
+    store_params = _store_params(k, reduced)
     scalar_params = [inspect.Parameter(n, _P, annotation=t) for n, t in k.scalars]
     first_store = k.stores[0][0]
     params = store_params + scalar_params
@@ -81,15 +88,21 @@ def legate_task(k: Kernel) -> Any:
         call: dict[str, Any] = {}
         for name, role in k.stores:
             call[name] = np.asarray(kwargs[name])
+        partial = {name: call[name] for name in reduced}
+        for name, buf in partial.items():
+            call[name] = np.zeros_like(buf)
         for name, _ in k.scalars:
             call[name] = kwargs[name]
         if k.wants_origin:
             call["origin"] = tuple(int(v) for v in kwargs[first_store].domain.lo)
         k.fn(**call)
+        for name, buf in partial.items():
+            buf += call[name]
 
     body.__signature__ = signature  # type: ignore[attr-defined]
     body.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
-    body.__name__ = body.__qualname__ = k.name.replace(".", "_")
+    suffix = "".join(f"__sum_{n}" for n in sorted(reduced))
+    body.__name__ = body.__qualname__ = k.name.replace(".", "_") + suffix
     return task(variants=(VariantCode.CPU,))(body)
 
 
