@@ -1,0 +1,96 @@
+"""Machine models, the analytic operator cost and the simulator (pure Python, no runtime)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from unity_legion.cost import (AnalyticCost, MachineError, MachineModel, SimulationError,
+                               Simulator, machine_from, preset)
+from unity_legion.models import ZOO
+from unity_legion.operators.linear import Linear
+from unity_legion.pcg.graph import ComputationGraph
+from unity_legion.pcg.pcg import data_parallel_config
+from unity_legion.pcg.tensor import TensorShape
+from unity_legion.strategy.config import OpConfig
+
+
+def test_presets_and_sizes() -> None:
+    m = preset("dgx-h100", nodes=8)
+    assert m.num_devices == 64 and m.node_of(63) == 7
+    assert m.link(0, 7) is m.intra and m.link(0, 8) is m.inter
+    assert preset("p3.8xlarge").num_devices == 4
+    with pytest.raises(MachineError, match="unknown machine preset 'tpu'"):
+        preset("tpu")
+
+
+def test_machine_file_round_trip_and_bad_files(tmp_path) -> None:
+    m = preset("dgx-a100", nodes=2)
+    path = tmp_path / "m.json"
+    path.write_text(m.to_json())
+    assert MachineModel.load(path) == m
+    assert machine_from(str(path), nodes=4).num_devices == 32
+    data = json.loads(m.to_json())
+    del data["device"]["memory"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(MachineError, match="memory"):
+        MachineModel.load(path)
+    data = json.loads(m.to_json())
+    data["intra"]["bandwidth"] = -1
+    path.write_text(json.dumps(data))
+    with pytest.raises(MachineError, match="link bandwidth must be a positive number, got -1"):
+        MachineModel.load(path)
+    data = json.loads(m.to_json())
+    data["nodes"] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(MachineError, match="nodes must be a positive integer, got 0"):
+        MachineModel.load(path)
+    path.write_text("{not json")
+    with pytest.raises(MachineError, match="not valid JSON"):
+        MachineModel.load(path)
+
+
+def test_analytic_cost_splits_work_and_counts_replicas() -> None:
+    cost = AnalyticCost()
+    dev = preset("dgx-h100").device
+    x = [TensorShape((1024, 8192))]
+    one = cost.op_cost(Linear(8192), x, OpConfig(), dev)
+    four = cost.op_cost(Linear(8192), x, OpConfig.of({"sample": 4}), dev)
+    assert four.forward < one.forward / 3
+    assert one.backward > one.forward  # two products backward
+
+
+def _mlp(width: int = 4096) -> tuple[ComputationGraph, list[int]]:
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, width)), "x")
+    (h,) = g.add_node(Linear(width, activation="relu"), [x], "fc1")
+    (o,) = g.add_node(Linear(width), [h], "fc2")
+    return g, [o]
+
+
+def test_tensor_parallel_beats_data_parallel_for_big_weights_small_batch() -> None:
+    g, outs = _mlp()
+    sim = Simulator(preset("dgx-h100"))
+    dp = sim.simulate(g, 8, {}, outs, default=data_parallel_config(8))
+    tp = sim.simulate(g, 8, {0: OpConfig.of({"out": 8}), 1: OpConfig.of({"in": 8})}, outs)
+    assert tp.step_time < dp.step_time
+    assert tp.peak_memory < dp.peak_memory / 4   # weights split 8 ways instead of replicated
+    assert set(dp.breakdown) == {"fc1", "fc2"}
+    assert dp.breakdown["fc1"].communication > 0  # gradient all-reduce
+
+
+def test_more_devices_than_the_machine_is_an_error() -> None:
+    g, outs = _mlp(64)
+    with pytest.raises(SimulationError, match="operator 'fc1' uses devices \\[0, 16\\)"):
+        Simulator(preset("dgx-h100")).simulate(g, 32, {0: OpConfig.of({"sample": 16})}, outs)
+
+
+def test_bert_large_on_64_gpus_costs_well_under_a_second() -> None:
+    graph = ZOO["bert_large"].build().graph
+    sim = Simulator(preset("dgx-h100", nodes=8))
+    t = time.perf_counter()
+    r = sim.simulate(graph, 512, {}, default=data_parallel_config(64))
+    assert time.perf_counter() - t < 1.0
+    assert r.step_time > 0 and len(r.memory) == 64

@@ -1,0 +1,101 @@
+"""What one operator costs on one device under a configuration: time forward and backward.
+
+The analytic model is a roofline per point of the launch: the operator's flops (its own
+`flops()`) divide evenly over the points of its configuration (every form of parallelism here
+splits the work: samples, output or input features, heads); the bytes a point touches are its
+pieces of inputs, outputs and weights (from the PCG's parallel shapes, so a replicated input
+counts whole). time = max(flops / (peak x efficiency), bytes / bandwidth) + launches x overhead.
+
+Efficiency factors per operator family (the fraction of peak a well-tuned kernel reaches) are
+documented in EFFICIENCY below and can be calibrated from measurements (cost/calibrate.py). The
+backward pass costs BACKWARD_RATIO times the forward (2 for operators with weights: one product
+for the input gradient, one for the weights; 1 for the rest).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, Sequence
+
+from unity_legion.cost.machine import DeviceSpec
+from unity_legion.operators.base import Operator
+from unity_legion.pcg.pcg import NodeShapes, node_shapes
+from unity_legion.pcg.tensor import TensorShape
+from unity_legion.strategy.config import OpConfig
+
+# Fraction of peak FLOP/s reached, per op_type (dense matrix work is compute-bound and efficient;
+# the rest is memory-bound, where the bandwidth term decides). Defaults, before calibration.
+EFFICIENCY: dict[str, float] = {
+    "linear": 0.7, "conv2d": 0.5, "batch_matmul": 0.6, "multi_head_attention": 0.5,
+}
+DEFAULT_EFFICIENCY = 0.3
+MEMORY_EFFICIENCY = 0.7      # fraction of peak bandwidth streaming kernels reach
+
+
+@dataclass(frozen=True)
+class OpCost:
+    forward: float            # seconds, one point of the launch
+    backward: float
+    launches_forward: int = 1
+    launches_backward: int = 1
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward
+
+
+class CostModel(Protocol):
+    """Anything that prices an operator under a configuration on a device kind."""
+
+    def op_cost(self, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
+                device: DeviceSpec) -> OpCost: ...
+
+
+@dataclass
+class AnalyticCost:
+    """The roofline model; `efficiency` overrides the family factors (e.g. after calibration)."""
+
+    efficiency: Mapping[str, float] = field(default_factory=dict)
+    memory_efficiency: float = MEMORY_EFFICIENCY
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def factor(self, op_type: str) -> float:
+        return self.efficiency.get(op_type, EFFICIENCY.get(op_type, DEFAULT_EFFICIENCY))
+
+    def op_cost(self, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
+                device: DeviceSpec) -> OpCost:
+        key = (op, tuple(inputs), config.degrees, device)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = self._compute(op, inputs, config, device)
+        return hit
+
+    def _compute(self, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
+                 device: DeviceSpec) -> OpCost:
+        shapes = node_shapes(op, inputs, config)
+        points = max(config.num_points, 1)
+        flops = op.flops(list(inputs)) / points
+        nbytes = piece_bytes(shapes)
+        fwd_launches = len(op.forward(list(inputs), training=True))
+        bwd_launches = len(op.backward(list(inputs), [s.dtype.is_float for s in inputs]))
+        compute = flops / (device.flops_fp32 * self.factor(op.op_type))
+        memory = nbytes / (device.mem_bandwidth * self.memory_efficiency)
+        fwd = max(compute, memory)
+        ratio = BACKWARD_RATIO.get(op.op_type, 2.0 if op.weights(list(inputs)) else 1.0)
+        return OpCost(fwd + fwd_launches * device.launch_overhead,
+                      ratio * fwd + bwd_launches * device.launch_overhead,
+                      fwd_launches, bwd_launches)
+
+
+BACKWARD_RATIO: dict[str, float] = {"multi_head_attention": 2.0, "batch_matmul": 2.0}
+
+
+def piece_bytes(shapes: NodeShapes) -> int:
+    """Bytes one point reads and writes: its pieces of every input, output and weight."""
+    return (sum(s.piece_bytes() for s in shapes.inputs) + sum(s.piece_bytes() for s in shapes.outputs)
+            + sum(s.piece_bytes() for s in shapes.weights.values()))
+
+
+def points_of(config: OpConfig) -> int:
+    return max(math.prod(d for _, d in config.degrees), 1)
