@@ -1,5 +1,10 @@
 """Elementwise activations (and softmax over the last axis): a table used by the Activation
-operator and by operators that fuse an activation (Linear)."""
+operator and by operators that fuse an activation (Linear).
+
+Parallel forms of the Activation operator: "sample" (the batch) and, as an elementwise function
+is per position, "features" (ATTRIBUTE: the last dim). Softmax needs whole rows of its last dim,
+so it splits the dim before it instead ("dim<r-2>", inputs of rank >= 3).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.special import erf
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, TensorShape, dx, dy, kernel, x, y)
+from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, TensorShape,
+                   attribute_dims, dx, dy, kernel, x, y)
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 
@@ -94,15 +100,28 @@ class Activation(Operator):
     def flops(self, inputs: Sequence[TensorShape]) -> int:
         return {"linear": 0, "relu": 1, "softmax": 5}.get(self.fn, 8) * inputs[0].num_elements()
 
+    def _split_dim(self, s: TensorShape) -> int | None:
+        """The dim the ATTRIBUTE axis splits: the last (elementwise functions), the one before it
+        for softmax, which needs whole rows of the last dim."""
+        if self.fn != "softmax":
+            return s.rank - 1 if s.rank >= 2 else None
+        return s.rank - 2 if s.rank >= 3 else None
+
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return attribute_dims(inputs[0], self._split_dim(inputs[0]))
+
+    def _arg(self, ref: Ref, s: TensorShape) -> Arg:
+        return Arg.by_attribute(ref, s.rank, self._split_dim(s))
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
-        r = inputs[0].rank
-        return [Launch(activation_forward, {"x": Arg.by_sample(x(0), r), "y": Arg.by_sample(y(0), r)},
+        s = inputs[0]
+        return [Launch(activation_forward, {"x": self._arg(x(0), s), "y": self._arg(y(0), s)},
                        {"fn": self.fn})]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
-        r = inputs[0].rank
-        return [Launch(activation_backward, {"x": Arg.by_sample(x(0), r), "y": Arg.by_sample(y(0), r),
-                                             "dy": Arg.by_sample(dy(0), r),
-                                             "dx": Arg.by_sample(dx(0), r)}, {"fn": self.fn})]
+        s = inputs[0]
+        return [Launch(activation_backward, {"x": self._arg(x(0), s), "y": self._arg(y(0), s),
+                                             "dy": self._arg(dy(0), s),
+                                             "dx": self._arg(dx(0), s)}, {"fn": self.fn})]

@@ -13,17 +13,24 @@ attend; a non-batch dim of 1 broadcasts). With T = prod(Tq), S = prod(Sv), H hea
     y = C @ Wo + bo                            (B, *Tq, *out)       Wo: (H, value_dim, *out)
 
 Weights keep Keras 3's layouts; the head is always a dimension of its own (dim 1 of the input
-projections, dim 0 of their biases and of the output kernel), so a later strategy can split heads
-as well as samples. A fully masked row attends uniformly to every position (as Keras does in
-float32, where -1e9 swamps the logits) and passes no gradient to its logits.
+projections, dim 0 of their biases and of the output kernel). A fully masked row attends
+uniformly to every position (as Keras does in float32, where -1e9 swamps the logits) and passes
+no gradient to its logits.
 
 Forward saves Q, K, V, P, C and the dropout seed of each sample; backward runs one launch for the
 attention core (writing the projections' gradients dQ, dK, dV into scratch stores declared as
 saved tensors "grad_*") and then per projection a weight-gradient launch and, where needed, an
 input-gradient launch. Attention dropout is a counter-based hash of (seed, global index of
-(sample, head, t, s)) as in operators/dropout.py, so any batch split draws the same mask and
-backward regenerates it from the saved seed (-1: no dropout in that forward). The attention
-kernels loop over chunks of samples so their float64 scratch stays bounded.
+(sample, head, t, s)) as in operators/dropout.py, so any split of samples or heads draws the
+same mask and backward regenerates it from the saved seed (-1: no dropout in that forward). The
+attention kernels loop over chunks of samples so their float64 scratch stays bounded.
+
+Parallel forms (launch axes): "sample" (the batch) and "heads" (PARAMETER: the projections'
+kernels and biases on their head dim, the output kernel on its head dim, and every per-head
+saved tensor; the inputs are read whole). y = sum over heads of C_h @ Wo_h, so each point makes a
+partial sum of y (added by Legate), with the output bias added by the points holding head 0; the
+input gradients are partial sums over heads likewise. The head and sample offsets of a point
+come from the origin of its probabilities piece (the first store of the attention kernels).
 """
 
 from __future__ import annotations
@@ -36,13 +43,15 @@ import numpy as np
 
 from unity_legion.pcg.tensor import DataType
 
-from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Origin, Out, SavedSpec, Sum,
-                   TensorShape, WeightSpec, dw, dx, dy, kernel, same_float, saved, w, x, y)
+from .base import (SAMPLE, Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out,
+                   ParallelDim, Ref, SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel,
+                   same_float, sample_dim, saved, w, x, y)
 from .dropout import check_rate, uniform
 
 MASKED_LOGIT = -1e9
 _CHUNK_ELEMENTS = 1 << 22   # attention probabilities per chunk of samples in a kernel
 _PROJECTIONS = ("query", "key", "value")
+HEADS = "heads"  # launch axis: the attention heads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,12 +90,16 @@ def _attend(mask: np.ndarray, dims: str) -> np.ndarray:
 
 
 def keep_scale(shape: tuple[int, ...], batch_origin: int, seed: int, salt: int,
-               rate: float) -> np.ndarray:
-    """Dropout multipliers (0 or 1/(1-rate)) for probabilities of local shape (b, H, T, S) whose
-    sample 0 is global sample `batch_origin`: a pure function of the global index."""
-    b, rest = shape[0], math.prod(shape[1:])
-    index = ((np.arange(b, dtype=np.uint64) + np.uint64(batch_origin))[:, None] * np.uint64(rest)
-             + np.arange(rest, dtype=np.uint64)[None, :])
+               rate: float, head_origin: int = 0, heads: int | None = None) -> np.ndarray:
+    """Dropout multipliers (0 or 1/(1-rate)) for probabilities of local shape (b, h, T, S) whose
+    element 0 is global (sample `batch_origin`, head `head_origin`) of `heads` heads (default:
+    h, all of them): a pure function of the global index ((sample * H + head) * T + t) * S + s."""
+    b, h, t, s = shape
+    heads = h if heads is None else heads
+    sample = np.arange(b, dtype=np.uint64) + np.uint64(batch_origin)
+    head = np.arange(h, dtype=np.uint64) + np.uint64(head_origin)
+    row = (sample[:, None] * np.uint64(heads) + head[None, :]) * np.uint64(t * s)   # (b, h)
+    index = row[:, :, None] + np.arange(t * s, dtype=np.uint64)[None, None, :]
     keep = uniform(seed, salt, index.reshape(shape)) >= rate
     return np.where(keep, 1.0 / (1.0 - rate), 0.0)
 
@@ -106,11 +119,12 @@ def _project(src: np.ndarray, kern: np.ndarray, bias: np.ndarray, out: np.ndarra
 # ---------------------------------------------------------------------------------------------
 
 @kernel
-def mha_forward(query: In, value: In, key: In, mask: In, query_kernel: In, query_bias: In,
-                key_kernel: In, key_bias: In, value_kernel: In, value_bias: In,
-                output_kernel: In, output_bias: In, y: Out, q: Out, k: Out, v: Out, probs: Out,
+def mha_forward(probs: Out, query: In, value: In, key: In, mask: In, query_kernel: In,
+                query_bias: In, key_kernel: In, key_bias: In, value_kernel: In, value_bias: In,
+                output_kernel: In, output_bias: In, y: Out, q: Out, k: Out, v: Out,
                 context: Out, seed_of: Out, origin: Origin, seed: int, salt: int, rate: float,
-                scale: float, use_bias: bool, has_mask: bool, dims: str) -> None:
+                scale: float, use_bias: bool, has_mask: bool, dims: str, heads: int) -> None:
+    # origin: (sample, head, 0, 0) of this point's probabilities piece
     _project(query, query_kernel, query_bias, q, use_bias)
     q *= q.dtype.type(scale)
     _project(key, key_kernel, key_bias, k, use_bias)
@@ -124,14 +138,17 @@ def mha_forward(query: In, value: In, key: In, mask: In, query_kernel: In, query
         p /= p.sum(axis=-1, keepdims=True)
         probs[rows] = p
         if rate > 0.0:
-            p *= keep_scale(p.shape, origin[0] + rows.start, seed, salt, rate)
+            p *= keep_scale(p.shape, origin[0] + rows.start, seed, salt, rate, origin[1], heads)
         context[rows] = _heads(p.astype(v.dtype) @ _heads(v[rows]))
-    seed_of[...] = seed if rate > 0.0 else -1
+    # split by heads, seed_of and y are sums over the head pieces: head 0's point alone writes
+    # the seed and adds the output bias (the others' pieces of a sum start at zero)
+    first = origin[1] == 0
+    seed_of[...] = (seed if rate > 0.0 else -1) if first else 0
     h, dv = context.shape[2], context.shape[3]
     out_cols = output_kernel.size // (h * dv)
     y2 = _flat(y, out_cols)
     np.matmul(_flat(context, h * dv), output_kernel.reshape(h * dv, out_cols), out=y2)
-    if use_bias:
+    if use_bias and first:
         y2 += output_bias.reshape(out_cols)
 
 
@@ -139,7 +156,7 @@ def mha_forward(query: In, value: In, key: In, mask: In, query_kernel: In, query
 def mha_backward_core(probs: In, q: In, k: In, v: In, context: In, seed_of: In, mask: In,
                       output_kernel: In, dy: In, grad_q: Out, grad_k: Out, grad_v: Out,
                       doutput_kernel: Sum, origin: Origin, salt: int, rate: float, scale: float,
-                      has_mask: bool, dims: str) -> None:
+                      has_mask: bool, dims: str, heads: int) -> None:
     """Gradients of the output kernel and of the three projections (into grad_q/k/v)."""
     h, dv = context.shape[2], context.shape[3]
     out_cols = output_kernel.size // (h * dv)
@@ -150,7 +167,8 @@ def mha_backward_core(probs: In, q: In, k: In, v: In, context: In, seed_of: In, 
     dropped = rate > 0.0 and seed >= 0
     for rows in _chunks(probs.shape):
         p = probs[rows].astype(np.float64)
-        ks = keep_scale(p.shape, origin[0] + rows.start, seed, salt, rate) if dropped else None
+        ks = (keep_scale(p.shape, origin[0] + rows.start, seed, salt, rate, origin[1], heads)
+              if dropped else None)
         d_ctx = _heads(d_context[rows])                                       # (B, H, T, dv)
         p_drop = p if ks is None else p * ks
         grad_v[rows] = _heads(p_drop.astype(v.dtype).transpose(0, 1, 3, 2) @ d_ctx)
@@ -187,9 +205,14 @@ def mha_backward_input(grad: In, kernel: In, dsrc: Out) -> None:
 
 
 @kernel
-def mha_backward_input_add(dsrc: InOut, grad: In, kernel: In) -> None:
+def mha_backward_input_pair(grad: In, kernel: In, grad2: In, kernel2: In, dsrc: Out) -> None:
+    """d_src of an input feeding two projections (the value as key too): one Out launch, so a
+    split by heads can make it a partial sum (an in-place update could not be)."""
+    d2 = _flat(dsrc, kernel.shape[0])
     cols = kernel.shape[1] * kernel.shape[2]
-    _flat(dsrc, kernel.shape[0])[...] += _flat(grad, cols) @ kernel.reshape(kernel.shape[0], cols).T
+    np.matmul(_flat(grad, cols), kernel.reshape(kernel.shape[0], cols).T, out=d2)
+    cols2 = kernel2.shape[1] * kernel2.shape[2]
+    d2 += _flat(grad2, cols2) @ kernel2.reshape(kernel2.shape[0], cols2).T
 
 
 @kernel
@@ -376,16 +399,37 @@ class MultiHeadAttention(Operator):
         return super().bytes_accessed(inputs) + 2 * sum(
             sv.shape.num_bytes() for sv in self.saved(inputs)[:6])
 
+    # --- parallelism --------------------------------------------------------------------------
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return (sample_dim(inputs[0]), ParallelDim(HEADS, DimKind.PARAMETER, self.num_heads))
+
+    @staticmethod
+    def _weight(ref: Ref, rank: int, head_dim: int) -> Arg:
+        """A weight (or its gradient) split along its head dim."""
+        return Arg(ref, tuple(HEADS if d == head_dim else None for d in range(rank)))
+
+    def _weight_args(self, inputs: Sequence[TensorShape], grad: bool = False) -> dict[str, Arg]:
+        """Every kernel and bias by name; the head is dim 1 of the projections' kernels, dim 0 of
+        their biases and of the output kernel; the output bias has no head (read whole)."""
+        ref = dw if grad else w
+        args = {}
+        for ws in self.weights(inputs):
+            head_dim = 1 if ws.name in ("query_kernel", "key_kernel", "value_kernel") else 0
+            args[ws.name] = (Arg(ref(ws.name)) if ws.name == "output_bias"
+                             else self._weight(ref(ws.name), ws.shape.rank, head_dim))
+        return args
+
     # --- launches -----------------------------------------------------------------------------
     def _scalars(self, inputs: Sequence[TensorShape]) -> dict[str, Any]:
         q, v = inputs[0], inputs[1]
         return {"salt": int(self.salt), "scale": 1.0 / math.sqrt(self.key_dim),
-                "has_mask": self.has_mask,
+                "has_mask": self.has_mask, "heads": self.num_heads,
                 "dims": _dims_text(q.dims[1:-1]) + "|" + _dims_text(v.dims[1:-1])}
 
     def _saved_args(self, inputs: Sequence[TensorShape], *names: str) -> dict[str, Arg]:
-        ranks = {sv.name: sv.shape.rank for sv in self.saved(inputs)}
-        return {n: Arg.by_sample(saved(n), ranks[n]) for n in names}
+        """Saved tensors by samples and heads: probs (B, H, T, S), the others (B, L, H, d)."""
+        return {n: Arg(saved(n), (SAMPLE, HEADS, None, None) if n == "probs"
+                       else (SAMPLE, None, HEADS, None)) for n in names}
 
     def _mask_arg(self, inputs: Sequence[TensorShape]) -> Arg:
         """The mask, or the query's own piece standing in (never read without a mask)."""
@@ -394,13 +438,15 @@ class MultiHeadAttention(Operator):
 
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         r = inputs[0].rank
+        weights = self._weight_args(inputs)
         args = {"query": Arg.by_sample(x(0), r), "value": Arg.by_sample(x(1), r),
                 "key": Arg.by_sample(x(self.key_index), r), "mask": self._mask_arg(inputs),
+                # a sum over heads: a partial sum per piece of heads
                 "y": Arg.by_sample(y(0), self.infer_outputs(inputs)[0].rank)}
         for name in _PROJECTIONS + ("output",):
-            args[f"{name}_kernel"] = Arg(w(f"{name}_kernel"))
-            # without biases the kernel stands in (broadcast already), never read
-            args[f"{name}_bias"] = Arg(w(f"{name}_bias" if self.use_bias else f"{name}_kernel"))
+            args[f"{name}_kernel"] = weights[f"{name}_kernel"]
+            # without biases the kernel stands in (mapped already), never read
+            args[f"{name}_bias"] = weights[f"{name}_bias" if self.use_bias else f"{name}_kernel"]
         args |= self._saved_args(inputs, "q", "k", "v", "probs", "context")
         args["seed_of"] = Arg.by_sample(saved("seed"), 1)
         scal = self._scalars(inputs) | {"seed": 0, "use_bias": self.use_bias,
@@ -410,36 +456,39 @@ class MultiHeadAttention(Operator):
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         r = inputs[0].rank
         out_rank = self.infer_outputs(inputs)[0].rank
+        weights, d_weights = self._weight_args(inputs), self._weight_args(inputs, grad=True)
         d_out = Arg.by_sample(dy(0), out_rank)
         core = self._saved_args(inputs, "probs", "q", "k", "v", "context", "grad_q", "grad_k",
                                 "grad_v")
         core |= {"seed_of": Arg.by_sample(saved("seed"), 1), "mask": self._mask_arg(inputs),
-                 "output_kernel": Arg(w("output_kernel")), "dy": d_out,
-                 "doutput_kernel": Arg(dw("output_kernel"))}
+                 "output_kernel": weights["output_kernel"], "dy": d_out,
+                 "doutput_kernel": d_weights["output_kernel"]}
         launches = [Launch(mha_backward_core, core, self._scalars(inputs) | {"rate": self.dropout})]
-        if self.use_bias:
+        if self.use_bias:  # no head axis among its arguments: one launch over samples
             launches.append(Launch(mha_backward_output_bias,
-                                   {"dy": d_out, "dbias": Arg(dw("output_bias"))}))
+                                   {"dy": d_out, "dbias": d_weights["output_bias"]}))
         sources = {"query": 0, "key": self.key_index, "value": 1}
         grads = self._saved_args(inputs, "grad_q", "grad_k", "grad_v")
         grad_of = {"query": grads["grad_q"], "key": grads["grad_k"], "value": grads["grad_v"]}
         for name in _PROJECTIONS:
             src = Arg.by_sample(x(sources[name]), r)
-            args = {"src": src, "grad": grad_of[name], "dkernel": Arg(dw(f"{name}_kernel"))}
+            args = {"src": src, "grad": grad_of[name], "dkernel": d_weights[f"{name}_kernel"]}
             if self.use_bias:
                 launches.append(Launch(mha_backward_weight_bias,
-                                       args | {"dbias": Arg(dw(f"{name}_bias"))}))
+                                       args | {"dbias": d_weights[f"{name}_bias"]}))
             else:
                 launches.append(Launch(mha_backward_weight, args))
-        # input gradients; without a key input the value feeds both the key and value projections
-        written: set[int] = set()
-        for name in ("query", "value", "key"):
+        # input gradients (partial sums over heads); without a key input the value feeds both
+        # the key and the value projections, and one launch adds both terms
+        for name in ("query", "value") + (("key",) if self.has_key else ()):
             i = sources[name]
             if not needs_input_grad[i]:
                 continue
-            args = {"grad": grad_of[name], "kernel": Arg(w(f"{name}_kernel")),
+            args = {"grad": grad_of[name], "kernel": weights[f"{name}_kernel"],
                     "dsrc": Arg.by_sample(dx(i), r)}
-            launches.append(Launch(mha_backward_input_add if i in written else mha_backward_input,
-                                   args))
-            written.add(i)
+            if name == "value" and not self.has_key:
+                launches.append(Launch(mha_backward_input_pair, args | {
+                    "grad2": grad_of["key"], "kernel2": weights["key_kernel"]}))
+            else:
+                launches.append(Launch(mha_backward_input, args))
         return launches

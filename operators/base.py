@@ -151,6 +151,14 @@ def dw(name: str) -> Ref:
 # The launch axis along which data parallelism splits samples; operators name their other axes
 # ("out", "in", "heads", "columns", ...) and declare them in `parallel_dims`.
 SAMPLE = "sample"
+# The ATTRIBUTE axis of operators that are per-position along the last dim of their activations.
+FEATURES = "features"
+
+
+def attribute_axis(dim: int, rank: int) -> str:
+    """The name of an ATTRIBUTE axis splitting non-batch dim `dim` of a rank-`rank` activation:
+    FEATURES for the last dim, "dim<d>" for another (names are local to one operator)."""
+    return FEATURES if dim == rank - 1 else f"dim{dim}"
 
 
 class DimKind(enum.Enum):
@@ -182,9 +190,27 @@ class Arg:
     split: tuple[str | None, ...] = ()
 
     @staticmethod
-    def by_sample(ref: Ref, rank: int) -> "Arg":
-        """Split along dim 0 (the batch) by the sample axis; other dims whole."""
-        return Arg(ref, (SAMPLE,) + (None,) * (rank - 1))
+    def by_sample(ref: Ref, rank: int, dims: Mapping[int, str] | None = None) -> "Arg":
+        """Split along dim 0 (the batch) by the sample axis, the dims in `dims` (non-batch, a
+        negative one counts from the end) by their axes; other dims whole."""
+        split: list[str | None] = [SAMPLE] + [None] * (rank - 1)
+        for d, axis in (dims or {}).items():
+            if not -rank < d < rank or d % rank == 0:
+                raise ValueError(f"dim {d} of a rank-{rank} store is not a non-batch dim")
+            split[d % rank] = axis
+        return Arg(ref, tuple(split))
+
+    @staticmethod
+    def by_attribute(ref: Ref, rank: int, dim: int | None) -> "Arg":
+        """Split by samples and along non-batch dim `dim` (if not None) by its ATTRIBUTE axis,
+        `attribute_axis(dim, rank)`."""
+        return Arg.by_sample(ref, rank, None if dim is None else {dim: attribute_axis(dim, rank)})
+
+    @staticmethod
+    def by_features(ref: Ref, rank: int) -> "Arg":
+        """Split by samples and, above rank 1, along the last dim by FEATURES (the stores of an
+        operator that is per position along its last dim)."""
+        return Arg.by_attribute(ref, rank, rank - 1 if rank >= 2 else None)
 
 
 @dataclass(frozen=True)
@@ -316,8 +342,35 @@ class Operator:
         return f"{self.op_type}({inner})"
 
 
+def sample_dim(s: TensorShape) -> ParallelDim:
+    """The SAMPLE axis over the batch of `s` (extent None while the batch is unknown)."""
+    return ParallelDim(SAMPLE, DimKind.SAMPLE, s.dims[0])
+
+
+def attribute_dims(s: TensorShape, dim: int | None) -> tuple[ParallelDim, ...]:
+    """SAMPLE, and the ATTRIBUTE axis over non-batch dim `dim` of `s` if not None (stores split
+    by Arg.by_attribute): the axes of an operator that is per position along that dim."""
+    if dim is None:
+        return (sample_dim(s),)
+    return (sample_dim(s), ParallelDim(attribute_axis(dim, s.rank), DimKind.ATTRIBUTE, s.dims[dim]))
+
+
+def features_dims(s: TensorShape) -> tuple[ParallelDim, ...]:
+    """SAMPLE, and FEATURES (ATTRIBUTE, the last dim) above rank 1 (stores split by
+    Arg.by_features)."""
+    return attribute_dims(s, s.rank - 1 if s.rank >= 2 else None)
+
+
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def tile_count(size: int, degree: int) -> int:
+    """How many pieces tiling `size` by ceil(size / degree) yields (<= degree): the executor's
+    rule for a dim of `size` split `degree` ways."""
+    if size <= 0 or degree <= 1:
+        return 1
+    return ceil_div(size, ceil_div(size, min(degree, size)))
 
 
 def prod(values: Sequence[int]) -> int:

@@ -19,8 +19,12 @@ each piece with the whole-batch mean and variance. At inference only the normali
 and, seeing count 0, uses the moving statistics; backward likewise follows whichever way forward
 ran (count > 0: batch statistics, whose dependence on x adds the usual mean terms to dx).
 Backward: a launch adding the pieces' sums of dy and dy*x, a launch computing each piece's dx
-from them, and a one-point launch turning the sums into d_gamma = sum(dy * x_hat) =
-rstd * (sum(dy*x) - mean * sum(dy)) and d_beta = sum(dy).
+from them, and a launch (one point per piece of channels) turning the sums into
+d_gamma = sum(dy * x_hat) = rstd * (sum(dy*x) - mean * sum(dy)) and d_beta = sum(dy).
+
+Parallel forms: "sample", and "channels" (ATTRIBUTE: the feature axis; each channel's
+statistics are its own, so the input, the "stats" columns and every per-channel weight are
+split alike and no launch needs another piece's channels).
 
 The moving statistics are non-trainable weights updated as Keras does,
 moving = moving * momentum + batch_stat * (1 - momentum) (biased batch variance), by
@@ -36,8 +40,11 @@ import numpy as np
 
 from unity_legion.pcg.tensor import DataType
 
-from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, SavedSpec, Sum,
-                   TensorShape, WeightSpec, dw, dx, dy, kernel, saved, w, x, y)
+from .base import (Arg, DimKind, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
+                   SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel, sample_dim, saved,
+                   w, x, y)
+
+CHANNELS = "channels"  # launch axis: the feature (channel) axis
 
 _COUNT, _SUM, _SUMSQ, _SUM_DY, _SUM_DYX = range(5)
 
@@ -231,56 +238,75 @@ class BatchNorm(Operator):
         # moments (3 per element) and the normalisation (2 per element)
         return 5 * inputs[0].num_elements()
 
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        (s,) = inputs
+        return (sample_dim(s), ParallelDim(CHANNELS, DimKind.ATTRIBUTE, self.channels(s)))
+
+    def _act(self, ref: Ref, s: TensorShape) -> Arg:
+        """An activation (input, output or gradient): split by samples and channels."""
+        return Arg.by_sample(ref, s.rank, {self.resolved_axis(s): CHANNELS})
+
+    @staticmethod
+    def _channel(ref: Ref) -> Arg:
+        """A per-channel weight or gradient (C,)."""
+        return Arg(ref, (CHANNELS,))
+
+    @staticmethod
+    def _stats() -> Arg:
+        return Arg(saved("stats"), (None, CHANNELS))
+
     def _moving(self) -> dict[str, Arg]:
-        return {"moving_mean": Arg(w("moving_mean")), "moving_variance": Arg(w("moving_variance"))}
+        return {"moving_mean": self._channel(w("moving_mean")),
+                "moving_variance": self._channel(w("moving_variance"))}
 
     def _param(self, name: str) -> Arg:
         """gamma or beta; an absent one is stood in for by moving_mean (already an argument),
         which the kernel never reads in its place."""
         present = self.scale if name == "gamma" else self.center
-        return Arg(w(name if present else "moving_mean"))
+        return self._channel(w(name if present else "moving_mean"))
 
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         (s,) = inputs
-        r, axis = s.rank, self.resolved_axis(s)
+        axis = self.resolved_axis(s)
         launches = []
         if training:
             launches.append(Launch(batch_norm_moments,
-                                   {"x": Arg.by_sample(x(0), r), "stats": Arg(saved("stats"))},
+                                   {"x": self._act(x(0), s), "stats": self._stats()},
                                    {"axis": axis}))
         launches.append(Launch(batch_norm_forward, {
-            "x": Arg.by_sample(x(0), r), "stats": Arg(saved("stats")),
+            "x": self._act(x(0), s), "stats": self._stats(),
             "gamma": self._param("gamma"), "beta": self._param("beta"),
-            "y": Arg.by_sample(y(0), r)} | self._moving(),
+            "y": self._act(y(0), s)} | self._moving(),
             {"axis": axis, "epsilon": self.epsilon, "scale": self.scale, "center": self.center}))
         return launches
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         (s,) = inputs
-        r, axis = s.rank, self.resolved_axis(s)
+        axis = self.resolved_axis(s)
         if not (needs_input_grad[0] or self.scale or self.center):
             return []
         launches = [Launch(batch_norm_backward_sums,
-                           {"x": Arg.by_sample(x(0), r), "dy": Arg.by_sample(dy(0), r),
-                            "stats": Arg(saved("stats"))}, {"axis": axis})]
+                           {"x": self._act(x(0), s), "dy": self._act(dy(0), s),
+                            "stats": self._stats()}, {"axis": axis})]
         if needs_input_grad[0]:
             launches.append(Launch(batch_norm_backward_input, {
-                "x": Arg.by_sample(x(0), r), "dy": Arg.by_sample(dy(0), r),
-                "stats": Arg(saved("stats")), "gamma": self._param("gamma"),
-                "dx": Arg.by_sample(dx(0), r)} | self._moving(),
+                "x": self._act(x(0), s), "dy": self._act(dy(0), s),
+                "stats": self._stats(), "gamma": self._param("gamma"),
+                "dx": self._act(dx(0), s)} | self._moving(),
                 {"axis": axis, "epsilon": self.epsilon, "scale": self.scale}))
-        stats = {"stats": Arg(saved("stats"))}
+        stats = {"stats": self._stats()}
         eps = {"epsilon": self.epsilon}
         if self.scale and self.center:
             launches.append(Launch(batch_norm_backward_gamma_beta, stats | self._moving() | {
-                "dgamma": Arg(dw("gamma")), "dbeta": Arg(dw("beta"))}, eps))
+                "dgamma": self._channel(dw("gamma")), "dbeta": self._channel(dw("beta"))}, eps))
         elif self.scale:
             launches.append(Launch(batch_norm_backward_gamma, stats | self._moving() | {
-                "dgamma": Arg(dw("gamma"))}, eps))
+                "dgamma": self._channel(dw("gamma"))}, eps))
         elif self.center:
-            launches.append(Launch(batch_norm_backward_beta, stats | {"dbeta": Arg(dw("beta"))}))
+            launches.append(Launch(batch_norm_backward_beta,
+                                   stats | {"dbeta": self._channel(dw("beta"))}))
         return launches
 
     def state_updates(self, inputs: Sequence[TensorShape]) -> list[Launch]:
-        return [Launch(batch_norm_update_moving, {"stats": Arg(saved("stats"))} | self._moving(),
+        return [Launch(batch_norm_update_moving, {"stats": self._stats()} | self._moving(),
                        {"momentum": self.momentum})]

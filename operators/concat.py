@@ -2,8 +2,11 @@
 
 A kernel has a fixed list of store parameters, so forward is one launch per input, each writing
 its slab of the output: the first writes (Out), the others update in place (InOut) so earlier
-slabs survive. Backward copies each needed slab of d_out into d_in. Stores are split by samples
-only, so the concatenation axis is whole in every piece and global offsets are local ones.
+slabs survive. Backward copies each needed slab of d_out into d_in.
+
+Parallel forms: "sample", and an ATTRIBUTE axis over one other dim (the last one that is not the
+concatenation axis; rank >= 3), which every input shares. The concatenation axis itself is never
+split: it is whole in every piece, so global offsets are local ones.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, TensorShape, dx, dy, kernel,
-                   normalize_axis, x, y)
+from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
+                   TensorShape, attribute_dims, dx, dy, kernel, normalize_axis, x, y)
 
 
 def _slab(rank: int, axis: int, start: int, size: int) -> tuple[slice, ...]:
@@ -79,6 +82,18 @@ class Concat(Operator):
     def flops(self, inputs: Sequence[TensorShape]) -> int:
         return 0
 
+    def _free_dim(self, rank: int) -> int | None:
+        """The dim the ATTRIBUTE axis splits: the last one but the batch and the concat axis."""
+        a = self.resolved_axis(rank)
+        d = rank - 1 if a != rank - 1 else rank - 2
+        return d if d >= 1 else None
+
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return attribute_dims(inputs[0], self._free_dim(inputs[0].rank))
+
+    def _arg(self, ref: Ref, rank: int) -> Arg:
+        return Arg.by_attribute(ref, rank, self._free_dim(rank))
+
     def _offsets(self, inputs: Sequence[TensorShape]) -> tuple[int, list[int]]:
         a = self.resolved_axis(inputs[0].rank)
         starts, at = [], 0
@@ -93,13 +108,13 @@ class Concat(Operator):
         launches = []
         for i, start in enumerate(starts):
             k = concat_first if i == 0 else concat_next
-            launches.append(Launch(k, {"x": Arg.by_sample(x(i), r), "y": Arg.by_sample(y(0), r)},
+            launches.append(Launch(k, {"x": self._arg(x(i), r), "y": self._arg(y(0), r)},
                                    {"axis": a, "start": start}))
         return launches
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         r = inputs[0].rank
         a, starts = self._offsets(inputs)
-        return [Launch(concat_slice, {"dy": Arg.by_sample(dy(0), r), "dx": Arg.by_sample(dx(i), r)},
+        return [Launch(concat_slice, {"dy": self._arg(dy(0), r), "dx": self._arg(dx(i), r)},
                        {"axis": a, "start": starts[i]})
                 for i, need in enumerate(needs_input_grad) if need]

@@ -12,9 +12,19 @@ Kernels work on (batch, H, W, C) views and proceed in chunks of samples (bounded
 forward builds the im2col matrix from a strided window view of the padded input and multiplies
 it by the kernel (one batched matmul over groups); the kernel gradient is cols^T @ d_out; the
 input gradient multiplies d_out by the kernel^T and scatters the columns back with one strided
-add per kernel tap (col2im). Samples are split over processors and every piece has whole images,
-so no halo exchange is needed. As in Linear, a fused activation keeps the pre-activation
-(saved "preact") and backward turns d_out into d_preact locally.
+add per kernel tap (col2im). Every piece has whole images, so no halo exchange is needed. As in
+Linear, a fused activation keeps the pre-activation (saved "preact") and backward turns d_out
+into d_preact locally.
+
+Parallel forms (launch axes): "sample" (the batch); "out" (PARAMETER: output channels, the
+kernel's last dim and the bias; not with a fused softmax, which needs whole rows); "in"
+(REDUCTION: input channels and the kernel's dim 2, each point making a partial sum of y; only
+with groups == 1 and no fused activation; the bias is added, and its gradient counted, by the
+points holding input channel 0). With groups == 1 the input is read whole by every "out" point
+(d_in is then a partial sum). With groups > 1 "out" splits the input's channels too, so each
+piece holds whole groups and runs the same grouped kernels locally; it is offered up to the
+largest degree for which every degree tiles input and output channels into the same whole
+groups (any degree for a depthwise convolution with one filter per channel).
 """
 
 from __future__ import annotations
@@ -25,13 +35,22 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from . import activation as act
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, SavedSpec, Sum, TensorShape,
-                   WeightSpec, dw, dx, dy, kernel, saved, w, x, y)
-from .spatial import (check_data_format, check_padding, image_shape, join_ints, nhwc,
+from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim, Ref,
+                   SavedSpec, Sum, TensorShape, WeightSpec, ceil_div, dw, dx, dy, kernel,
+                   sample_dim, saved, tile_count, w, x, y)
+from .spatial import (channel_dim, check_data_format, check_padding, image_shape, join_ints, nhwc,
                       out_size_and_pads, pad_nhwc, pair, parse_ints, spatial_dims, tap, windows)
 
 # Upper bound on the elements of one chunk's im2col matrix (the kernels' main scratch).
 _CHUNK_ELEMENTS = 1 << 23
+OUT, IN = "out", "in"  # launch axes: output channels, input (contracted) channels
+
+
+def _holds_bias(origin: tuple[int, ...], channels_first: bool, grouped: bool) -> bool:
+    """Whether this point adds the bias (or its gradient): with groups == 1 the input's channel
+    pieces are a reduction, and only the piece holding input channel 0 may; grouped pieces are
+    whole groups, each adding its own outputs' bias."""
+    return grouped or origin[1 if channels_first else 3] == 0
 
 
 def _chunks(batch: int, per_sample: int) -> Iterator[slice]:
@@ -112,9 +131,10 @@ def _d_preact(preact: np.ndarray, out: np.ndarray, d_out: np.ndarray, fn: str) -
 
 
 @kernel
-def conv2d_forward(x: In, kernel: In, bias: In, y: Out, geom: str, channels_first: bool,
-                   use_bias: bool) -> None:
-    _forward_into(x, kernel, bias if use_bias else None, y, geom, channels_first)
+def conv2d_forward(x: In, kernel: In, bias: In, y: Out, origin: Origin, geom: str,
+                   channels_first: bool, use_bias: bool, grouped: bool) -> None:
+    add = use_bias and _holds_bias(origin, channels_first, grouped)
+    _forward_into(x, kernel, bias if add else None, y, geom, channels_first)
 
 
 @kernel
@@ -179,8 +199,10 @@ def conv2d_backward_kernel(x: In, preact: In, y: In, dy: In, dkernel: Sum, geom:
 
 @kernel
 def conv2d_backward_kernel_bias(x: In, preact: In, y: In, dy: In, dkernel: Sum, dbias: Sum,
-                                geom: str, channels_first: bool, fn: str) -> None:
-    _weight_grads(x, _d_preact(preact, y, dy, fn), dkernel, dbias, geom, channels_first)
+                                origin: Origin, geom: str, channels_first: bool, fn: str,
+                                grouped: bool) -> None:
+    bias = dbias if _holds_bias(origin, channels_first, grouped) else None
+    _weight_grads(x, _d_preact(preact, y, dy, fn), dkernel, bias, geom, channels_first)
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -271,35 +293,78 @@ class Conv2D(Operator):
         n = 2 * s.dims[0] * ho * wo * self.filters * (c // self.groups) * kh * kw
         return n + (act.Activation(self.activation).flops(out) if self.fused else 0)
 
+    # --- parallelism ----------------------------------------------------------------------------
+    def _group_extent(self, c: int) -> int:
+        """The largest degree d such that every degree up to d tiles the input channels (c) and
+        the output channels into pieces of the same whole groups (the executor tiles each dim by
+        ceil(size / degree))."""
+        cg, fg = c // self.groups, self.filters // self.groups
+        if cg == fg == 1:  # depthwise, one filter per channel: the two dims tile alike
+            return self.groups
+        best = 1
+        for d in range(2, self.groups + 1):
+            pieces = tile_count(c, d)
+            tx, ty = ceil_div(c, pieces), ceil_div(self.filters, pieces)
+            if tile_count(self.filters, d) != pieces or tx % cg or ty != tx // cg * fg:
+                break
+            best = d
+        return best
+
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        (s,) = inputs
+        c = self._geometry(s)[2]
+        dims = [sample_dim(s)]
+        out = self.filters if self.groups == 1 else self._group_extent(c)
+        if self.activation != "softmax" and out > 1:  # a fused softmax needs whole rows
+            dims.append(ParallelDim(OUT, DimKind.PARAMETER, out))
+        if self.groups == 1 and not self.fused:  # an activation of a partial sum is wrong
+            dims.append(ParallelDim(IN, DimKind.REDUCTION, c))
+        return tuple(dims)
+
+    def _image(self, ref: Ref, axis: str) -> Arg:
+        """An image batch split by samples and, along its channels, by `axis`."""
+        return Arg.by_sample(ref, 4, {channel_dim(self.data_format): axis})
+
+    def _input(self, ref: Ref) -> Arg:
+        """The input (or its gradient): its channels are contracted (IN) with one group, and go
+        with their groups' outputs (OUT) with several."""
+        return self._image(ref, IN if self.groups == 1 else OUT)
+
+    def _kernel(self, ref: Ref) -> Arg:
+        return Arg(ref, (None, None, IN if self.groups == 1 else None, OUT))
+
+    # --- launches -----------------------------------------------------------------------------
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         (s,) = inputs
         scal = {"geom": self._geom(s), "channels_first": self.channels_first,
                 "use_bias": self.use_bias}
-        args = {"x": Arg.by_sample(x(0), 4), "kernel": Arg(w("kernel")),
-                "bias": Arg(w("bias") if self.use_bias else w("kernel")),  # unused without bias
-                "y": Arg.by_sample(y(0), 4)}
+        args = {"x": self._input(x(0)), "kernel": self._kernel(w("kernel")),
+                # unused without bias: the kernel stands in
+                "bias": Arg(w("bias"), (OUT,)) if self.use_bias else self._kernel(w("kernel")),
+                "y": self._image(y(0), OUT)}
         if self.fused:
-            return [Launch(conv2d_forward_act, args | {"preact": Arg.by_sample(saved("preact"), 4)},
+            return [Launch(conv2d_forward_act, args | {"preact": self._image(saved("preact"), OUT)},
                            scal | {"fn": self.activation})]
-        return [Launch(conv2d_forward, args, scal)]
+        return [Launch(conv2d_forward, args, scal | {"grouped": self.groups > 1})]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         (s,) = inputs
         scal = {"geom": self._geom(s), "channels_first": self.channels_first, "fn": self.activation}
         # without an activation the kernels read neither preact nor y: dy (already an argument)
         # stands in for both, so no extra store is mapped
-        d_out = Arg.by_sample(dy(0), 4)
-        pre = {"preact": Arg.by_sample(saved("preact"), 4) if self.fused else d_out,
-               "y": Arg.by_sample(y(0), 4) if self.fused else d_out, "dy": d_out}
+        d_out = self._image(dy(0), OUT)
+        pre = {"preact": self._image(saved("preact"), OUT) if self.fused else d_out,
+               "y": self._image(y(0), OUT) if self.fused else d_out, "dy": d_out}
         launches = []
         if needs_input_grad[0]:
             launches.append(Launch(conv2d_backward_input,
-                                   pre | {"kernel": Arg(w("kernel")), "dx": Arg.by_sample(dx(0), 4)},
-                                   scal))
-        args = pre | {"x": Arg.by_sample(x(0), 4), "dkernel": Arg(dw("kernel"))}
+                                   pre | {"kernel": self._kernel(w("kernel")),
+                                          "dx": self._input(dx(0))}, scal))
+        args = pre | {"x": self._input(x(0)), "dkernel": self._kernel(dw("kernel"))}
         if self.use_bias:
-            launches.append(Launch(conv2d_backward_kernel_bias, args | {"dbias": Arg(dw("bias"))},
-                                   scal))
+            launches.append(Launch(conv2d_backward_kernel_bias,
+                                   args | {"dbias": Arg(dw("bias"), (OUT,))},
+                                   scal | {"grouped": self.groups > 1}))
         else:
             launches.append(Launch(conv2d_backward_kernel, args, scal))
         return launches

@@ -13,6 +13,9 @@ per launch; "salt" (from the layer's `seed` argument) is mixed in so two layers 
 different seeds never share a mask stream. The saved "mask" holds each element's multiplier
 (0 or 1/(1-rate) in training, 1 at inference, in the input's dtype), so backward is dx = dy * mask
 whichever way forward ran.
+
+Parallel forms: "sample" (the batch) and "features" (ATTRIBUTE: the last dim). Since the mask
+hashes global indices (the origin covers every dim), any split of either draws the same mask.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Origin, Out, SavedSpec, TensorShape,
-                   dx, dy, kernel, saved, x, y)
+from .base import (Arg, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim, SavedSpec,
+                   TensorShape, dx, dy, features_dims, kernel, saved, x, y)
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -160,10 +163,13 @@ class Dropout(Operator):
     def flops(self, inputs: Sequence[TensorShape]) -> int:
         return 12 * inputs[0].num_elements()  # hash + compare + scale per element
 
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return features_dims(inputs[0])
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         r = inputs[0].rank
-        args = {"x": Arg.by_sample(x(0), r), "y": Arg.by_sample(y(0), r),
-                "mask": Arg.by_sample(saved("mask"), r)}
+        args = {"x": Arg.by_features(x(0), r), "y": Arg.by_features(y(0), r),
+                "mask": Arg.by_features(saved("mask"), r)}
         if not training or self.rate == 0.0:
             return [Launch(dropout_identity, args)]
         noise = self._noise(inputs[0])
@@ -177,6 +183,6 @@ class Dropout(Operator):
         if not needs_input_grad[0]:
             return []
         r = inputs[0].rank
-        return [Launch(dropout_backward, {"dy": Arg.by_sample(dy(0), r),
-                                          "mask": Arg.by_sample(saved("mask"), r),
-                                          "dx": Arg.by_sample(dx(0), r)})]
+        return [Launch(dropout_backward, {"dy": Arg.by_features(dy(0), r),
+                                          "mask": Arg.by_features(saved("mask"), r),
+                                          "dx": Arg.by_features(dx(0), r)})]

@@ -1,7 +1,10 @@
 """Keras merge layers Add, Subtract and Multiply over inputs of one shape.
 
 A kernel has a fixed list of store parameters, so n inputs are combined as a chain: one launch
-y = x0 op x1, then y op= x_i in place for each further input. All stores are split by samples.
+y = x0 op x1, then y op= x_i in place for each further input.
+
+Parallel forms: "sample" (the batch) and "features" (ATTRIBUTE: the last dim, for inputs of rank
+>= 2); every store is split alike, since each output element reads only its own position.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, TensorShape, dx, dy, kernel,
-                   same_float, x, y)
+from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, TensorShape,
+                   dx, dy, features_dims, kernel, same_float, x, y)
 
 _UFUNC = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply}
 
@@ -57,18 +60,21 @@ class _Merge(Operator):
         same_float(inputs, self.op_type)
         return (inputs[0],)
 
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return features_dims(inputs[0])
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         r = inputs[0].rank
-        launches = [Launch(combine, {"a": Arg.by_sample(x(0), r), "b": Arg.by_sample(x(1), r),
-                                     "y": Arg.by_sample(y(0), r)}, {"fn": self.fn})]
+        launches = [Launch(combine, {"a": Arg.by_features(x(0), r), "b": Arg.by_features(x(1), r),
+                                     "y": Arg.by_features(y(0), r)}, {"fn": self.fn})]
         for i in range(2, len(inputs)):
-            launches.append(Launch(combine_into, {"y": Arg.by_sample(y(0), r),
-                                                  "b": Arg.by_sample(x(i), r)}, {"fn": self.fn}))
+            launches.append(Launch(combine_into, {"y": Arg.by_features(y(0), r),
+                                                  "b": Arg.by_features(x(i), r)}, {"fn": self.fn}))
         return launches
 
 
 def _copy(i: int, r: int, negate: bool = False) -> Launch:
-    return Launch(copy_grad, {"dy": Arg.by_sample(dy(0), r), "dx": Arg.by_sample(dx(i), r)},
+    return Launch(copy_grad, {"dy": Arg.by_features(dy(0), r), "dx": Arg.by_features(dx(i), r)},
                   {"negate": negate})
 
 
@@ -106,11 +112,11 @@ class Multiply(_Merge):
             if not need:
                 continue
             others = [j for j in range(len(inputs)) if j != i]
-            launches.append(Launch(combine, {"a": Arg.by_sample(dy(0), r),
-                                             "b": Arg.by_sample(x(others[0]), r),
-                                             "y": Arg.by_sample(dx(i), r)}, {"fn": "multiply"}))
+            launches.append(Launch(combine, {"a": Arg.by_features(dy(0), r),
+                                             "b": Arg.by_features(x(others[0]), r),
+                                             "y": Arg.by_features(dx(i), r)}, {"fn": "multiply"}))
             for j in others[1:]:
-                launches.append(Launch(combine_into, {"y": Arg.by_sample(dx(i), r),
-                                                      "b": Arg.by_sample(x(j), r)},
+                launches.append(Launch(combine_into, {"y": Arg.by_features(dx(i), r),
+                                                      "b": Arg.by_features(x(j), r)},
                                        {"fn": "multiply"}))
         return launches

@@ -11,6 +11,12 @@ gradient). Out-of-range indices are rejected at the edge by `check_input_values`
 launch, since a kernel cannot raise without aborting the process; the kernels still clip indices
 so a stray value can never crash a task. The weight gradient is an ADD reduction over sample
 pieces: each piece scatters its rows with np.add.at (repeated indices accumulate).
+
+Parallel forms (launch axes): "sample" (the batch); "columns" (PARAMETER: the table's columns
+and the output's last dim; the indices are read whole); "rows" (REDUCTION: the table's rows, for
+tables too big for one device: each point looks up only the indices inside its row range, found
+from the origin of its table piece, and writes zeros for the others, so the output is a partial
+sum that Legate adds; each point scatters only its own rows' gradients).
 """
 
 from __future__ import annotations
@@ -20,43 +26,70 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, Sum, TensorShape, WeightSpec, dw,
-                   dx, dy, kernel, w, x, y)
+from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim, Ref,
+                   Sum, TensorShape, WeightSpec, dw, dx, dy, kernel, sample_dim, w, x, y)
 from unity_legion.pcg.tensor import DataType
 
 
 COMBINERS = (None, "sum", "mean")
+ROWS, COLUMNS = "rows", "columns"  # launch axes: the table's rows (input_dim), columns (output_dim)
 
 
-def _indices(x: np.ndarray, rows: int) -> np.ndarray:
-    return np.clip(x.astype(np.int64, copy=False), 0, rows - 1)
+def _indices(x: np.ndarray, first: int, rows: int, total: int
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Indices into a table piece of `rows` rows starting at global row `first` (of `total`),
+    and which lookups it holds (None: the whole table, every lookup; indices are clipped)."""
+    idx = x.astype(np.int64, copy=False)
+    if first == 0 and rows == total:
+        return np.clip(idx, 0, rows - 1), None
+    local = idx - first
+    held = (local >= 0) & (local < rows)
+    return np.where(held, local, 0), held
 
 
 @kernel
-def embedding_forward(x: In, embeddings: In, y: Out) -> None:
-    np.take(embeddings, _indices(x, embeddings.shape[0]), axis=0, out=y)
+def embedding_forward(embeddings: In, x: In, y: Out, origin: Origin, input_dim: int) -> None:
+    idx, held = _indices(x, origin[0], embeddings.shape[0], input_dim)
+    np.take(embeddings, idx, axis=0, out=y)
+    if held is not None:
+        y[~held] = 0  # another piece's rows: this point's partial sum is zero there
 
 
 @kernel
-def embedding_backward(x: In, dy: In, dembeddings: Sum) -> None:
-    np.add.at(dembeddings, _indices(x, dembeddings.shape[0]).ravel(),
-              dy.reshape(-1, dembeddings.shape[1]))
+def embedding_backward(dembeddings: Sum, x: In, dy: In, origin: Origin, input_dim: int) -> None:
+    idx, held = _indices(x, origin[0], dembeddings.shape[0], input_dim)
+    rows = dy.reshape(-1, dembeddings.shape[1])
+    if held is None:
+        np.add.at(dembeddings, idx.ravel(), rows)
+    else:
+        keep = held.ravel()
+        np.add.at(dembeddings, idx.ravel()[keep], rows[keep])
 
 
 @kernel
-def embedding_bag_forward(x: In, embeddings: In, y: Out, mean: bool) -> None:
-    rows = np.take(embeddings, _indices(x, embeddings.shape[0]), axis=0)
+def embedding_bag_forward(embeddings: In, x: In, y: Out, origin: Origin, mean: bool,
+                          input_dim: int) -> None:
+    idx, held = _indices(x, origin[0], embeddings.shape[0], input_dim)
+    rows = np.take(embeddings, idx, axis=0)
+    if held is not None:
+        rows[~held] = 0
     np.sum(rows, axis=-2, out=y)
     if mean and x.shape[-1]:
-        y /= x.shape[-1]
+        y /= x.shape[-1]  # the whole bag's size, whichever of its rows this piece holds
 
 
 @kernel
-def embedding_bag_backward(x: In, dy: In, dembeddings: Sum, mean: bool) -> None:
+def embedding_bag_backward(dembeddings: Sum, x: In, dy: In, origin: Origin, mean: bool,
+                           input_dim: int) -> None:
+    idx, held = _indices(x, origin[0], dembeddings.shape[0], input_dim)
     width = dembeddings.shape[1]
     g = dy / x.shape[-1] if mean and x.shape[-1] else dy
     per_index = np.broadcast_to(g[..., None, :], x.shape + (width,)).reshape(-1, width)
-    np.add.at(dembeddings, _indices(x, dembeddings.shape[0]).ravel(), per_index)
+    if held is None:
+        np.add.at(dembeddings, idx.ravel(), per_index)
+    else:
+        keep = held.ravel()
+        np.add.at(dembeddings, idx.ravel()[keep], per_index[keep])
 
 
 @kernel
@@ -135,22 +168,31 @@ class Embedding(Operator):
         gathered = inputs[0].num_elements() * self.output_dim * self.dtype.itemsize
         return inputs[0].num_bytes() + gathered + out.num_bytes()
 
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return (sample_dim(inputs[0]), ParallelDim(COLUMNS, DimKind.PARAMETER, self.output_dim),
+                ParallelDim(ROWS, DimKind.REDUCTION, self.input_dim))
+
+    def _out(self, ref: Ref, inputs: Sequence[TensorShape]) -> Arg:
+        """The output (or its gradient): split by samples and, along its last dim, by columns."""
+        r = self.infer_outputs(inputs)[0].rank
+        return Arg.by_sample(ref, r, {r - 1: COLUMNS})
+
+    def _scalars(self) -> dict[str, Any]:
+        bag = {} if self.combiner is None else {"mean": self.combiner == "mean"}
+        return bag | {"input_dim": self.input_dim}
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
-        r = inputs[0].rank
-        args = {"x": Arg.by_sample(x(0), r), "embeddings": Arg(w("embeddings"))}
-        if self.combiner is None:
-            return [Launch(embedding_forward, args | {"y": Arg.by_sample(y(0), r + 1)})]
-        return [Launch(embedding_bag_forward, args | {"y": Arg.by_sample(y(0), r)},
-                       {"mean": self.combiner == "mean"})]
+        args = {"embeddings": Arg(w("embeddings"), (ROWS, COLUMNS)),
+                "x": Arg.by_sample(x(0), inputs[0].rank), "y": self._out(y(0), inputs)}
+        k = embedding_forward if self.combiner is None else embedding_bag_forward
+        return [Launch(k, args, self._scalars())]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         r = inputs[0].rank
-        args = {"x": Arg.by_sample(x(0), r), "dembeddings": Arg(dw("embeddings"))}
-        if self.combiner is None:
-            launches = [Launch(embedding_backward, args | {"dy": Arg.by_sample(dy(0), r + 1)})]
-        else:
-            launches = [Launch(embedding_bag_backward, args | {"dy": Arg.by_sample(dy(0), r)},
-                               {"mean": self.combiner == "mean"})]
+        args = {"dembeddings": Arg(dw("embeddings"), (ROWS, COLUMNS)),
+                "x": Arg.by_sample(x(0), r), "dy": self._out(dy(0), inputs)}
+        k = embedding_backward if self.combiner is None else embedding_bag_backward
+        launches = [Launch(k, args, self._scalars())]
         if needs_input_grad[0]:
             launches.append(Launch(embedding_zero_grad, {"dx": Arg.by_sample(dx(0), r)}))
         return launches

@@ -10,6 +10,11 @@ normalisation groups and forward needs no communication. Forward keeps the per-g
 axes); backward recomputes x_hat from them. The weight gradients are sums over all other axes
 (batch included), so they are ADD reductions over sample pieces.
 
+Parallel forms: "sample", and an ATTRIBUTE axis over the last non-batch dim that is not
+normalised (if any; e.g. the positions of a (batch, positions, features) input): groups stay
+whole in every piece; gamma and beta span only the normalised dims, so they are read whole and
+their gradients are ADD reductions over that axis as over samples.
+
 Axes are kept sorted: gamma and beta have the normalised dims in increasing axis order (Keras
 reshapes an unsorted list's parameters in its given order; sorting avoids that corner).
 """
@@ -21,8 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, SavedSpec, Sum, TensorShape,
-                   WeightSpec, dw, dx, dy, kernel, saved, w, x, y)
+from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, SavedSpec, Sum,
+                   TensorShape, WeightSpec, attribute_dims, dw, dx, dy, kernel, saved, w, x, y)
 
 
 def _axes(text: str) -> tuple[int, ...]:
@@ -187,35 +192,46 @@ class LayerNorm(Operator):
     def _axes_text(self, s: TensorShape) -> str:
         return ",".join(str(a) for a in self.resolved(s))
 
-    def _param(self, name: str, r: int) -> Arg:
+    def _free_dim(self, s: TensorShape) -> int | None:
+        """The last non-batch dim not normalised over (the ATTRIBUTE axis splits it)."""
+        ax = self.resolved(s)
+        free = [d for d in range(1, s.rank) if d not in ax]
+        return free[-1] if free else None
+
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return attribute_dims(inputs[0], self._free_dim(inputs[0]))
+
+    def _arg(self, ref: Ref, s: TensorShape) -> Arg:
+        """The input, output, their gradients and the statistics: all split alike."""
+        return Arg.by_attribute(ref, s.rank, self._free_dim(s))
+
+    def _param(self, name: str, s: TensorShape) -> Arg:
         """gamma or beta; an absent one is stood in for by the input's own piece (already an
         input of the launch, so nothing is broadcast for it), which the kernel never reads."""
         present = self.scale if name == "gamma" else self.center
-        return Arg(w(name)) if present else Arg.by_sample(x(0), r)
+        return Arg(w(name)) if present else self._arg(x(0), s)
 
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         (s,) = inputs
-        r = s.rank
         return [Launch(layer_norm_forward, {
-            "x": Arg.by_sample(x(0), r), "gamma": self._param("gamma", r),
-            "beta": self._param("beta", r),
-            "y": Arg.by_sample(y(0), r), "mean": Arg.by_sample(saved("mean"), r),
-            "rstd": Arg.by_sample(saved("rstd"), r)},
+            "x": self._arg(x(0), s), "gamma": self._param("gamma", s),
+            "beta": self._param("beta", s),
+            "y": self._arg(y(0), s), "mean": self._arg(saved("mean"), s),
+            "rstd": self._arg(saved("rstd"), s)},
             {"axes": self._axes_text(s), "epsilon": self.epsilon, "scale": self.scale,
              "center": self.center})]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         (s,) = inputs
-        r = s.rank
         axes = self._axes_text(s)
-        stats = {"mean": Arg.by_sample(saved("mean"), r), "rstd": Arg.by_sample(saved("rstd"), r)}
-        d_out = Arg.by_sample(dy(0), r)
+        stats = {"mean": self._arg(saved("mean"), s), "rstd": self._arg(saved("rstd"), s)}
+        d_out = self._arg(dy(0), s)
         launches = []
         if needs_input_grad[0]:
             launches.append(Launch(layer_norm_backward_input, stats | {
-                "x": Arg.by_sample(x(0), r), "gamma": self._param("gamma", r),
-                "dy": d_out, "dx": Arg.by_sample(dx(0), r)}, {"axes": axes, "scale": self.scale}))
-        xs = stats | {"x": Arg.by_sample(x(0), r), "dy": d_out}
+                "x": self._arg(x(0), s), "gamma": self._param("gamma", s),
+                "dy": d_out, "dx": self._arg(dx(0), s)}, {"axes": axes, "scale": self.scale}))
+        xs = stats | {"x": self._arg(x(0), s), "dy": d_out}
         if self.scale and self.center:
             launches.append(Launch(layer_norm_backward_gamma_beta,
                                    xs | {"dgamma": Arg(dw("gamma")), "dbeta": Arg(dw("beta"))},

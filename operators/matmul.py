@@ -8,6 +8,12 @@ contracted dim k, as Keras does: x * min(1/||x||, 1/epsilon) with epsilon = 1e-7
 
 Every leading dim is per sample, so a batch split needs no communication; nothing is saved
 (backward recomputes the normalisation from the inputs).
+
+Parallel forms: "sample"; "m" and "n" (ATTRIBUTE: the rows of a and y, the columns of b and y);
+"k" (REDUCTION: the contracted dim, so each point makes a partial product that Legate adds; not
+with `normalize`, which needs whole rows of k). A split of m (n) makes d_b (d_a) a partial sum
+too, and since the normalisation's backward is linear in the incoming gradient, that holds with
+`normalize` as well. Rank-2 operands have m = n = 1: only "k" is offered.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, TensorShape, dx, dy, kernel,
-                   same_float, x, y)
+from .base import (SAMPLE, Arg, DimKind, In, Launch, Operator, OperatorError, Out, ParallelDim,
+                   TensorShape, dx, dy, kernel, same_float, sample_dim, x, y)
 
+M, N, K = "m", "n", "k"  # launch axes: rows, columns, contracted dim
+Split = tuple[str | None, ...]
 NORM_EPSILON = 1e-7  # Keras backend.epsilon(): the smallest norm a normalised operand divides by
 
 
@@ -133,25 +141,41 @@ class BatchMatmul(Operator):
         extra = 3 * (inputs[0].num_elements() + inputs[1].num_elements()) if self.normalize else 0
         return 2 * pairs * m * n * k + extra
 
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        m, k, _, n = self._mkn(inputs)
+        dims = [sample_dim(inputs[0])]
+        if inputs[0].rank > 2:
+            dims += [ParallelDim(M, DimKind.ATTRIBUTE, m), ParallelDim(N, DimKind.ATTRIBUTE, n)]
+        if not self.normalize:
+            dims.append(ParallelDim(K, DimKind.REDUCTION, k))
+        return tuple(dims)
+
+    def _splits(self, inputs: Sequence[TensorShape]) -> tuple[Split, Split, Split]:
+        """The splits of a (and d_a), b (and d_b), y (and d_y), as stored."""
+        r = inputs[0].rank
+        if r == 2:  # one vector per sample: y is (batch, 1), a partial sum when k is split
+            return (SAMPLE, K), (SAMPLE, K), (SAMPLE, None)
+        lead = (SAMPLE,) + (None,) * (r - 3)
+        return (lead + ((K, M) if self.transpose_a else (M, K)),
+                lead + ((N, K) if self.transpose_b else (K, N)), lead + (M, N))
+
     def _scalars(self) -> dict[str, bool]:
         return {"transpose_a": bool(self.transpose_a), "transpose_b": bool(self.transpose_b),
                 "normalize": bool(self.normalize)}
 
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
-        r = inputs[0].rank
-        return [Launch(batch_matmul_forward, {
-            "a": Arg.by_sample(x(0), r), "b": Arg.by_sample(x(1), r),
-            "y": Arg.by_sample(y(0), self.infer_outputs(inputs)[0].rank)}, self._scalars())]
+        sa, sb, sy = self._splits(inputs)
+        return [Launch(batch_matmul_forward, {"a": Arg(x(0), sa), "b": Arg(x(1), sb),
+                                              "y": Arg(y(0), sy)}, self._scalars())]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
-        r = inputs[0].rank
-        common = {"a": Arg.by_sample(x(0), r), "b": Arg.by_sample(x(1), r),
-                  "dy": Arg.by_sample(dy(0), self.infer_outputs(inputs)[0].rank)}
+        sa, sb, sy = self._splits(inputs)
+        common = {"a": Arg(x(0), sa), "b": Arg(x(1), sb), "dy": Arg(dy(0), sy)}
         launches = []
         if needs_input_grad[0]:
-            launches.append(Launch(batch_matmul_backward_a,
-                                   common | {"da": Arg.by_sample(dx(0), r)}, self._scalars()))
+            launches.append(Launch(batch_matmul_backward_a, common | {"da": Arg(dx(0), sa)},
+                                   self._scalars()))
         if needs_input_grad[1]:
-            launches.append(Launch(batch_matmul_backward_b,
-                                   common | {"db": Arg.by_sample(dx(1), r)}, self._scalars()))
+            launches.append(Launch(batch_matmul_backward_b, common | {"db": Arg(dx(1), sb)},
+                                   self._scalars()))
         return launches

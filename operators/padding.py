@@ -1,8 +1,10 @@
 """ZeroPadding2D (Keras ZeroPadding2D): zero rows above / below and columns left / right of
 every image of a (batch, H, W, C) or (batch, C, H, W) tensor.
 
-Forward copies the input into the interior of a zeroed output; backward crops d_out. Each piece
-of a sample split holds whole images, so no communication is needed.
+Forward copies the input into the interior of a zeroed output; backward crops d_out.
+
+Parallel forms: "sample" and "channels" (ATTRIBUTE: padding is per channel); every piece holds
+whole images, so no communication is needed.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import Arg, In, Launch, Operator, OperatorError, Out, TensorShape, dx, dy, kernel, x, y
-from .spatial import check_data_format, image_shape, join_ints, nhwc, parse_ints, spatial_dims
+from .base import (In, Launch, Operator, OperatorError, Out, ParallelDim, TensorShape, dx, dy,
+                   kernel, x, y)
+from .spatial import (by_channel, channel_dims, check_data_format, image_shape, join_ints, nhwc,
+                      parse_ints, spatial_dims)
 
 
 def _interior(a: np.ndarray, pads: str, channels_first: bool, h: int, w_: int) -> np.ndarray:
@@ -94,12 +98,17 @@ class ZeroPad2D(Operator):
     def _scalars(self) -> dict[str, Any]:
         return {"pads": join_ints(self.pads), "channels_first": self.channels_first}
 
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return channel_dims(inputs[0], self.data_format, self.op_type)
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
-        return [Launch(zero_pad2d_forward, {"x": Arg.by_sample(x(0), 4),
-                                            "y": Arg.by_sample(y(0), 4)}, self._scalars())]
+        fmt = self.data_format
+        return [Launch(zero_pad2d_forward, {"x": by_channel(x(0), 4, fmt),
+                                            "y": by_channel(y(0), 4, fmt)}, self._scalars())]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
-        return [Launch(zero_pad2d_backward, {"dy": Arg.by_sample(dy(0), 4),
-                                             "dx": Arg.by_sample(dx(0), 4)}, self._scalars())]
+        fmt = self.data_format
+        return [Launch(zero_pad2d_backward, {"dy": by_channel(dy(0), 4, fmt),
+                                             "dx": by_channel(dx(0), 4, fmt)}, self._scalars())]

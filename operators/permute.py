@@ -3,6 +3,9 @@
 Permute reorders the non-batch dims: `dims` is Keras' 1-based permutation of 1..rank-1 (the batch
 stays dim 0), y = x.transpose((0,) + dims); backward transposes d_out by the inverse permutation.
 Identity copies forward and backward. Both are per sample, so any batch split works unchanged.
+
+Parallel forms: "sample" and "features" (ATTRIBUTE: the input's last dim; a copy is per position,
+so both stores are split along that dim, wherever Permute moves it in the output).
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, TensorShape, dx, dy, kernel,
-                   x, y)
+from .base import (FEATURES, Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
+                   TensorShape, dx, dy, features_dims, kernel, x, y)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -74,16 +77,26 @@ class Permute(Operator):
     def flops(self, inputs: Sequence[TensorShape]) -> int:
         return 0
 
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return features_dims(inputs[0])
+
+    def _in_arg(self, ref: Ref, r: int) -> Arg:
+        return Arg.by_features(ref, r)
+
+    def _out_arg(self, ref: Ref, r: int) -> Arg:
+        """The input's last dim sits at output position inverse[r - 1]."""
+        return Arg.by_sample(ref, r, {self.inverse[r - 1]: FEATURES})
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         r = inputs[0].rank
-        return [Launch(permute_copy, {"x": Arg.by_sample(x(0), r), "y": Arg.by_sample(y(0), r)},
+        return [Launch(permute_copy, {"x": self._in_arg(x(0), r), "y": self._out_arg(y(0), r)},
                        {"perm": ",".join(map(str, self.perm))})]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
         r = inputs[0].rank
-        return [Launch(permute_copy, {"x": Arg.by_sample(dy(0), r), "y": Arg.by_sample(dx(0), r)},
+        return [Launch(permute_copy, {"x": self._out_arg(dy(0), r), "y": self._in_arg(dx(0), r)},
                        {"perm": ",".join(map(str, self.inverse))})]
 
 
@@ -103,12 +116,17 @@ class Identity(Operator):
     def flops(self, inputs: Sequence[TensorShape]) -> int:
         return 0
 
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return features_dims(inputs[0])
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         r = inputs[0].rank
-        return [Launch(identity_copy, {"x": Arg.by_sample(x(0), r), "y": Arg.by_sample(y(0), r)})]
+        return [Launch(identity_copy, {"x": Arg.by_features(x(0), r),
+                                       "y": Arg.by_features(y(0), r)})]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
         r = inputs[0].rank
-        return [Launch(identity_copy, {"x": Arg.by_sample(dy(0), r), "y": Arg.by_sample(dx(0), r)})]
+        return [Launch(identity_copy, {"x": Arg.by_features(dy(0), r),
+                                       "y": Arg.by_features(dx(0), r)})]

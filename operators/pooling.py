@@ -7,8 +7,10 @@ pixel, and average pooling divides by the number of real (non-padding) pixels in
 Kernels loop over the window's taps with strided slices of a (batch, H, W, C) view:
 max pooling keeps, per output, the index of the first tap holding the maximum (saved "argmax",
 int32), so backward routes each gradient to exactly that input (PyTorch's choice on ties, too);
-average pooling backward spreads d_out / count over each window. Samples are split over
-processors and each piece holds whole images.
+average pooling backward spreads d_out / count over each window.
+
+Parallel forms: "sample" and "channels" (ATTRIBUTE: pooling is per channel, so the input, the
+output and the saved argmax are split alike); every piece holds whole images, so no halo.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, SavedSpec, TensorShape, dx, dy,
-                   kernel, saved, x, y)
-from .spatial import (check_data_format, check_padding, image_shape, join_ints, nhwc,
-                      out_size_and_pads, pad_nhwc, pair, parse_ints, spatial_dims, tap)
+from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, SavedSpec,
+                   TensorShape, dx, dy, kernel, saved, x, y)
+from .spatial import (by_channel, channel_dims, check_data_format, check_padding, image_shape,
+                      join_ints, nhwc, out_size_and_pads, pad_nhwc, pair, parse_ints, spatial_dims,
+                      tap)
 from unity_legion.pcg.tensor import DataType
 
 
@@ -154,19 +157,25 @@ class Pool2D(Operator):
         kh, kw = self.pool_size
         return self.infer_outputs(inputs)[0].num_elements() * kh * kw
 
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return channel_dims(inputs[0], self.data_format, self.name)
+
+    def _arg(self, ref: Ref) -> Arg:
+        return by_channel(ref, 4, self.data_format)
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
-        args = {"x": Arg.by_sample(x(0), 4), "y": Arg.by_sample(y(0), 4)}
+        args = {"x": self._arg(x(0)), "y": self._arg(y(0))}
         if self.mode == "max":
-            return [Launch(maxpool_forward, args | {"argmax": Arg.by_sample(saved("argmax"), 4)},
+            return [Launch(maxpool_forward, args | {"argmax": self._arg(saved("argmax"))},
                            self._scalars(inputs[0]))]
         return [Launch(avgpool_forward, args, self._scalars(inputs[0]))]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
-        args = {"dy": Arg.by_sample(dy(0), 4), "dx": Arg.by_sample(dx(0), 4)}
+        args = {"dy": self._arg(dy(0)), "dx": self._arg(dx(0))}
         if self.mode == "max":
-            return [Launch(maxpool_backward, args | {"argmax": Arg.by_sample(saved("argmax"), 4)},
+            return [Launch(maxpool_backward, args | {"argmax": self._arg(saved("argmax"))},
                            self._scalars(inputs[0]))]
         return [Launch(avgpool_backward, args, self._scalars(inputs[0]))]
 
@@ -211,16 +220,19 @@ class GlobalAvgPool2D(Operator):
     def flops(self, inputs: Sequence[TensorShape]) -> int:
         return inputs[0].num_elements()
 
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return channel_dims(inputs[0], self.data_format, self.op_type)
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
-        r = self.infer_outputs(inputs)[0].rank
+        r, fmt = self.infer_outputs(inputs)[0].rank, self.data_format
         return [Launch(global_avgpool_forward,
-                       {"x": Arg.by_sample(x(0), 4), "y": Arg.by_sample(y(0), r)},
+                       {"x": by_channel(x(0), 4, fmt), "y": by_channel(y(0), r, fmt)},
                        {"channels_first": self.data_format == "channels_first"})]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
-        r = self.infer_outputs(inputs)[0].rank
+        r, fmt = self.infer_outputs(inputs)[0].rank, self.data_format
         return [Launch(global_avgpool_backward,
-                       {"dy": Arg.by_sample(dy(0), r), "dx": Arg.by_sample(dx(0), 4)},
+                       {"dy": by_channel(dy(0), r, fmt), "dx": by_channel(dx(0), 4, fmt)},
                        {"channels_first": self.data_format == "channels_first"})]

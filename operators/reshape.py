@@ -1,5 +1,10 @@
 """Flatten and Reshape (Keras semantics): per-sample reshapes, so each piece of a batch split is
-reshaped on its own. Forward and backward are the same copy kernel with the roles swapped."""
+reshaped on its own. Forward and backward are the same copy kernel with the roles swapped.
+
+Parallel forms: "sample", and an ATTRIBUTE axis over dim 1 when the input and the output share
+it (e.g. (B, T, C) -> (B, T, H, D)): a row-major reshape then maps every block of dim-1 rows
+onto the same block, so both stores split alike. Other non-batch splits would not line up.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, TensorShape, dx, dy, kernel, x, y)
+from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, TensorShape,
+                   attribute_axis, attribute_dims, dx, dy, kernel, x, y)
 
 
 @kernel
@@ -44,18 +50,32 @@ class _PerSampleReshape(Operator):
     def flops(self, inputs: Sequence[TensorShape]) -> int:
         return 0
 
+    def _kept_axis(self, inputs: Sequence[TensorShape]) -> str | None:
+        """The ATTRIBUTE axis over dim 1, if the input and the output share that dim."""
+        s, (out,) = inputs[0], self.infer_outputs(inputs)
+        if s.rank >= 2 and out.rank >= 2 and s.dims[1] == out.dims[1]:
+            return attribute_axis(1, s.rank)
+        return None
+
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return attribute_dims(inputs[0], None if self._kept_axis(inputs) is None else 1)
+
+    def _arg(self, ref: Ref, rank: int, inputs: Sequence[TensorShape]) -> Arg:
+        axis = self._kept_axis(inputs)  # named after the input's dim 1, in either store
+        return Arg.by_sample(ref, rank, None if axis is None else {1: axis})
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         (out,) = self.infer_outputs(inputs)
-        return [Launch(reshape_copy, {"x": Arg.by_sample(x(0), inputs[0].rank),
-                                      "y": Arg.by_sample(y(0), out.rank)})]
+        return [Launch(reshape_copy, {"x": self._arg(x(0), inputs[0].rank, inputs),
+                                      "y": self._arg(y(0), out.rank, inputs)})]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
         (out,) = self.infer_outputs(inputs)
         # the same kernel, reading d_out in the output's shape and writing d_in in the input's
-        return [Launch(reshape_copy, {"x": Arg.by_sample(dy(0), out.rank),
-                                      "y": Arg.by_sample(dx(0), inputs[0].rank)})]
+        return [Launch(reshape_copy, {"x": self._arg(dy(0), out.rank, inputs),
+                                      "y": self._arg(dx(0), inputs[0].rank, inputs)})]
 
 
 @dataclass(frozen=True)
@@ -79,14 +99,14 @@ class Flatten(_PerSampleReshape):
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         if not self._permutes(inputs[0]):
             return super().forward(inputs, training)
-        return [Launch(flatten_channels_first, {"x": Arg.by_sample(x(0), inputs[0].rank),
-                                                "y": Arg.by_sample(y(0), 2)})]
+        return [Launch(flatten_channels_first, {"x": self._arg(x(0), inputs[0].rank, inputs),
+                                                "y": self._arg(y(0), 2, inputs)})]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0] or not self._permutes(inputs[0]):
             return super().backward(inputs, needs_input_grad)
-        return [Launch(unflatten_channels_first, {"dy": Arg.by_sample(dy(0), 2),
-                                                  "dx": Arg.by_sample(dx(0), inputs[0].rank)})]
+        return [Launch(unflatten_channels_first, {"dy": self._arg(dy(0), 2, inputs),
+                                                  "dx": self._arg(dx(0), inputs[0].rank, inputs)})]
 
 
 def check_target_shape(target_shape: Any) -> tuple[int, ...]:

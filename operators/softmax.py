@@ -5,6 +5,9 @@ softmax is over the last axis only).
     dx = y * (dy - sum(dy * y))                       (backward reads the output, saves nothing)
 
 The batch axis is never normalised over, so a batch split needs no communication.
+
+Parallel forms: "sample", and an ATTRIBUTE axis over the last non-batch dim that is not
+normalised (if any): every softmax group lies whole in one piece.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, TensorShape, dx, dy, kernel,
-                   x, y)
+from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, TensorShape,
+                   attribute_dims, dx, dy, kernel, x, y)
 
 
 def _axes(text: str) -> tuple[int, ...]:
@@ -85,15 +88,26 @@ class Softmax(Operator):
     def _axes_text(self, s: TensorShape) -> str:
         return ",".join(str(a) for a in self.resolved(s))
 
+    def _free_dim(self, s: TensorShape) -> int | None:
+        """The last non-batch dim not normalised over (the ATTRIBUTE axis splits it)."""
+        free = [d for d in range(1, s.rank) if d not in self.resolved(s)]
+        return free[-1] if free else None
+
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return attribute_dims(inputs[0], self._free_dim(inputs[0]))
+
+    def _arg(self, ref: Ref, s: TensorShape) -> Arg:
+        return Arg.by_attribute(ref, s.rank, self._free_dim(s))
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
-        r = inputs[0].rank
-        return [Launch(softmax_forward, {"x": Arg.by_sample(x(0), r), "y": Arg.by_sample(y(0), r)},
-                       {"axes": self._axes_text(inputs[0])})]
+        s = inputs[0]
+        return [Launch(softmax_forward, {"x": self._arg(x(0), s), "y": self._arg(y(0), s)},
+                       {"axes": self._axes_text(s)})]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
-        r = inputs[0].rank
-        return [Launch(softmax_backward, {"y": Arg.by_sample(y(0), r), "dy": Arg.by_sample(dy(0), r),
-                                          "dx": Arg.by_sample(dx(0), r)},
-                       {"axes": self._axes_text(inputs[0])})]
+        s = inputs[0]
+        return [Launch(softmax_backward, {"y": self._arg(y(0), s), "dy": self._arg(dy(0), s),
+                                          "dx": self._arg(dx(0), s)},
+                       {"axes": self._axes_text(s)})]

@@ -11,10 +11,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import OperatorError, TensorShape, ceil_div
+from .base import (SAMPLE, Arg, DimKind, OperatorError, ParallelDim, Ref, TensorShape, ceil_div,
+                   sample_dim)
 
 DATA_FORMATS = ("channels_last", "channels_first")
 PADDINGS = ("valid", "same")
+CHANNELS = "channels"  # launch axis of the per-channel operators: the channel dim of the images
 
 
 def _is_int(v: Any) -> bool:
@@ -137,3 +139,21 @@ def pad_nhwc(x: np.ndarray, pads: Sequence[int], value: float = 0.0) -> np.ndarr
         out[:, pt:pt + h, w_ + pl:] = value
     out[:, pt:pt + h, pl:pl + w_] = x
     return out
+
+
+def channel_dim(data_format: str) -> int:
+    """The channel dim of a rank-4 image batch."""
+    return 1 if data_format == "channels_first" else 3
+
+
+def channel_dims(s: TensorShape, data_format: str, op: str) -> tuple[ParallelDim, ...]:
+    """SAMPLE and CHANNELS (ATTRIBUTE) for an operator that is per channel of its images `s`."""
+    return (sample_dim(s), ParallelDim(CHANNELS, DimKind.ATTRIBUTE,
+                                       spatial_dims(s, data_format, op)[2]))
+
+
+def by_channel(ref: Ref, rank: int, data_format: str) -> Arg:
+    """An image batch (rank 4) or a (batch, C) tensor split by samples and channels."""
+    if rank == 2:
+        return Arg(ref, (SAMPLE, CHANNELS))
+    return Arg.by_sample(ref, 4, {channel_dim(data_format): CHANNELS})

@@ -4,8 +4,11 @@
 of the axis). Forward is one launch per output, each copying its slab of the input. Backward
 assembles d_in from the outputs' gradients one slab per launch: the first writes (Out), the
 others update in place (InOut) so earlier slabs survive. An output nobody consumes still gets a
-gradient (the executor feeds zeros), so every slab of d_in is written. Stores are split by
-samples only, so the split axis is whole in every piece and global offsets are local ones.
+gradient (the executor feeds zeros), so every slab of d_in is written.
+
+Parallel forms: "sample", and an ATTRIBUTE axis over one other dim (the last one that is not the
+split axis; rank >= 3), which every output shares. The split axis itself is never split: it is
+whole in every piece, so global offsets are local ones.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, TensorShape, dx, dy,
-                   kernel, normalize_axis, x, y)
+from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
+                   TensorShape, attribute_dims, dx, dy, kernel, normalize_axis, x, y)
 
 
 def _slab(axis: int, start: int, size: int) -> tuple[slice, ...]:
@@ -113,6 +116,18 @@ class Split(Operator):
     def flops(self, inputs: Sequence[TensorShape]) -> int:
         return 0
 
+    def _free_dim(self, rank: int) -> int | None:
+        """The dim the ATTRIBUTE axis splits: the last one but the batch and the split axis."""
+        a = self.resolved_axis(rank)
+        d = rank - 1 if a != rank - 1 else rank - 2
+        return d if d >= 1 else None
+
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return attribute_dims(inputs[0], self._free_dim(inputs[0].rank))
+
+    def _arg(self, ref: Ref, rank: int) -> Arg:
+        return Arg.by_attribute(ref, rank, self._free_dim(rank))
+
     def _starts(self, s: TensorShape) -> tuple[int, list[int]]:
         a, sizes = self.sizes(s)
         return a, [int(v) for v in np.cumsum((0,) + sizes[:-1])]
@@ -120,7 +135,7 @@ class Split(Operator):
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         r = inputs[0].rank
         a, starts = self._starts(inputs[0])
-        return [Launch(split_forward, {"x": Arg.by_sample(x(0), r), "y": Arg.by_sample(y(i), r)},
+        return [Launch(split_forward, {"x": self._arg(x(0), r), "y": self._arg(y(i), r)},
                        {"axis": a, "start": start}) for i, start in enumerate(starts)]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
@@ -129,5 +144,5 @@ class Split(Operator):
         r = inputs[0].rank
         a, starts = self._starts(inputs[0])
         return [Launch(split_backward_first if i == 0 else split_backward_next,
-                       {"dy": Arg.by_sample(dy(i), r), "dx": Arg.by_sample(dx(0), r)},
+                       {"dy": self._arg(dy(i), r), "dx": self._arg(dx(0), r)},
                        {"axis": a, "start": start}) for i, start in enumerate(starts)]

@@ -6,6 +6,8 @@
     legate --cpus 2 scripts/train.py --model bert_large                 # scaled down, synthetic data
     legate --cpus 2 scripts/train.py --model resnext50 --dataset digits # digits resized to 32x32
     legate --cpus 2 scripts/train.py --model dlrm --model-arg tables=8 --model-arg embedding_dim=16
+    legate --cpus 2 scripts/train.py --model bert_large --strategy megatron --explain
+    legate --cpus 2 scripts/train.py --strategy my_strategy.json --draw pcg.svg
 
 Every model of unity_legion.models.ZOO trains at its small size unless --full-size is given;
 --model-arg KEY=VALUE (a Python literal) overrides one argument of the model's builder. Prints a
@@ -57,6 +59,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validation-split", type=float, default=0.0)
     p.add_argument("--verbose", default="auto", help="0, 1 (progress bar), 2 (a line per epoch)")
     p.add_argument("--save-weights", default=None, help="write the trained weights (.weights.npz)")
+    s = p.add_argument_group("parallelisation")
+    s.add_argument("--strategy", default=None, metavar="NAME_OR_PATH",
+                   help="data_parallel (default), megatron, table_parallel, or a strategy JSON file")
+    s.add_argument("--export-strategy", default=None, metavar="PATH",
+                   help="write the strategy used as JSON (edit it and pass it to --strategy)")
+    s.add_argument("--explain", action="store_true",
+                   help="print the strategy's table: degrees, devices, bytes per operator")
+    s.add_argument("--draw", default=None, metavar="PATH",
+                   help="draw the parallel computation graph (.png or .svg)")
     g = p.add_argument_group("Legate (when not given to the `legate` launcher)")
     g.add_argument("--cpus", type=int, default=None, help="CPU processors per rank")
     g.add_argument("--gpus", type=int, default=None, help="GPUs per rank")
@@ -84,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--dataset digits does not fit --model {args.model}; use --dataset synthetic")
     if args.verbose != "auto":
         args.verbose = int(args.verbose)
+    if args.draw and not args.draw.lower().endswith((".png", ".svg")):
+        p.error(f"--draw needs a .png or .svg path, got {args.draw!r}")
     if args.epochs <= 0 or args.batch_size <= 0 or args.samples <= 0:
         p.error("--epochs, --batch-size and --samples must be positive")
     return args
@@ -155,13 +168,26 @@ def main(argv: list[str] | None = None) -> int:
                  "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}[args.optimizer](
         learning_rate=args.lr)
     classify = entry.loss == "sparse_categorical_crossentropy"
-    model.compile(optimizer=optimizer, loss=entry.loss, metrics=["accuracy" if classify else "mae"])
+    from unity_legion.strategy import StrategyError
+
+    try:
+        model.compile(optimizer=optimizer, loss=entry.loss,
+                      metrics=["accuracy" if classify else "mae"], strategy=args.strategy)
+    except StrategyError as exc:
+        raise SystemExit(f"train.py: {exc}") from None
     rank0 = machine.rank == 0
+    strategy = model.strategy
     if rank0:
         print(f"unity_legion: {args.model} on {args.dataset} ({len(x_train[0])} train / "
-              f"{len(x_test[0])} test samples), {machine}, data parallel over "
-              f"{machine.processors} processor(s)")
+              f"{len(x_test[0])} test samples), {machine}, strategy {strategy.source} over "
+              f"{strategy.machine.devices} {strategy.machine.device_type} processor(s)")
         model.summary()
+        if args.export_strategy:
+            strategy.save(args.export_strategy)
+        if args.explain:
+            print(strategy.explain(model, args.batch_size))
+        if args.draw:
+            strategy.draw(model, args.batch_size, args.draw)
     unpack = (lambda v: v if len(v) > 1 else v[0])
     t0 = time.perf_counter()
     history = model.fit(unpack(x_train), unpack(y_train), batch_size=args.batch_size,

@@ -36,6 +36,8 @@ PINNED=(
     "openmpi>=5.0,<6"
     "rich"
     "scikit-learn"
+    "matplotlib"
+    "networkx"
     "pytest"
     "torch==2.13.0"
     "setuptools>=64"

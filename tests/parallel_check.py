@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from op_check import OpRun, assert_close, run_op
+from op_check import OpRun, assert_close, run_op, run_op_outputs
 from unity_legion.executor.executor import GraphExecutor
 from unity_legion.mappers.machine_view import MachineView
 from unity_legion.operators.base import Operator
@@ -53,13 +53,15 @@ def check_configs(op: Operator, inputs: Sequence[np.ndarray],
                   weights: Mapping[str, np.ndarray] | None = None, max_points: int = 4,
                   **kwargs: Any) -> list[dict[str, int]]:
     """Every legal configuration equals the serial run; returns the configurations checked."""
-    serial = run_op(op, inputs, weights, **kwargs)
+    shapes = [TensorShape(a.shape, DataType.of(a.dtype)) for a in inputs]
+    run = run_op_outputs if len(op.infer_outputs(shapes)) > 1 else run_op
+    serial = run(op, inputs, weights, **kwargs)
     configs = legal_configs(op, inputs, max_points)
     for config in configs:
         if not config:
             continue
-        got = run_op(op, inputs, serial.weights, output_grads=serial.output_grads,
-                     executor=planned(config), **kwargs)
+        got = run(op, inputs, serial.weights, output_grads=serial.output_grads,
+                  executor=planned(config), **kwargs)
         compare(serial, got, f"{op.describe()} {config}")
     return configs
 

@@ -1,30 +1,272 @@
 """Every operator under every legal parallel configuration up to 4 points (batch, features,
-heads, ...) computes what its serial run computes: outputs, input and weight gradients (1e-5)."""
+heads, ...) computes what its serial run computes: outputs, input and weight gradients (1e-5).
+
+CASES holds at least one case per operator family, with odd sizes (so pieces are uneven) and the
+variants that change which axes an operator declares; AXES says, per operator type, which forms
+of parallelism it offers (its launch axes and their kinds) in its usual configuration.
+"""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
 
 import numpy as np
 import pytest
 
+import unity_legion.operators as operators_pkg
 from op_check import randn
-from parallel_check import check_configs, legal_configs
+from parallel_check import check_configs, legal_configs, planned
+from unity_legion.executor.executor import Objective
+from unity_legion.operators.activation import Activation
+from unity_legion.operators.attention import MultiHeadAttention
+from unity_legion.operators.base import DimKind, Operator
+from unity_legion.operators.batch_norm import BatchNorm
+from unity_legion.operators.concat import Concat
+from unity_legion.operators.conv2d import Conv2D
+from unity_legion.operators.dropout import Dropout
+from unity_legion.operators.elementwise import Add, Multiply, Subtract
+from unity_legion.operators.embedding import Embedding
+from unity_legion.operators.layer_norm import LayerNorm
 from unity_legion.operators.linear import Linear
+from unity_legion.operators.losses import MeanSquaredError
+from unity_legion.operators.matmul import BatchMatmul
+from unity_legion.operators.optimizers import SGDRule
+from unity_legion.operators.padding import ZeroPad2D
+from unity_legion.operators.permute import Identity, Permute
+from unity_legion.operators.pooling import GlobalAvgPool2D, Pool2D
+from unity_legion.operators.reshape import Flatten, Reshape
+from unity_legion.operators.softmax import Softmax
+from unity_legion.operators.split import Split
+from unity_legion.pcg.graph import ComputationGraph
+from unity_legion.pcg.tensor import DataType, TensorShape
 
 RNG = np.random.default_rng(0)
+B = 5  # an odd batch: 2, 3 and 4 pieces of it are uneven
 
-CASES = {
-    "linear_bias": (Linear(6), [randn(RNG, 7, 5)]),
-    "linear_no_bias_rank3": (Linear(5, use_bias=False), [randn(RNG, 3, 4, 6)]),
-    "linear_relu": (Linear(7, activation="relu"), [randn(RNG, 5, 3)]),
-    "linear_softmax": (Linear(4, activation="softmax"), [randn(RNG, 6, 3)]),
+
+def _r(*shape: int, dtype: Any = np.float32) -> np.ndarray:
+    return randn(RNG, *shape, dtype=dtype)
+
+
+def _idx(high: int, *shape: int, dtype: Any = np.int64) -> np.ndarray:
+    return RNG.integers(0, high, size=shape).astype(dtype)
+
+
+def _bn_weights(c: int) -> dict[str, np.ndarray]:
+    """Moving statistics an inference-mode batch norm can use (a positive variance)."""
+    return {"moving_mean": _r(c), "moving_variance": RNG.uniform(0.5, 2.0, c).astype(np.float32)}
+
+
+# name -> (operator, inputs, keyword arguments of run_op: weights, training)
+CASES: dict[str, tuple[Operator, list[np.ndarray], dict[str, Any]]] = {
+    # linear: sample, out, in
+    "linear_bias": (Linear(6), [_r(7, 5)], {}),
+    "linear_no_bias_rank3": (Linear(5, use_bias=False), [_r(3, 4, 6)], {}),
+    "linear_relu": (Linear(7, activation="relu"), [_r(B, 3)], {}),
+    "linear_softmax": (Linear(4, activation="softmax"), [_r(6, 3)], {}),
+    # embedding: sample, columns, rows (a partial sum of the looked-up rows)
+    "embedding": (Embedding(6, 7), [_idx(6, B, 3)], {}),
+    "embedding_rank1_int32": (Embedding(5, 3), [_idx(5, B, dtype=np.int32)], {}),
+    "embedding_bag_sum": (Embedding(7, 3, combiner="sum"), [_idx(7, B, 2, 4)], {}),
+    "embedding_bag_mean": (Embedding(6, 5, combiner="mean"), [_idx(6, B, 3)], {}),
+    # attention: sample, heads (dropout masks a function of global (sample, head, t, s))
+    "mha_self_dropout": (MultiHeadAttention(3, 2, dropout=0.3), [_r(B, 3, 7), _r(B, 4, 6)], {}),
+    "mha_key_mask": (MultiHeadAttention(4, 3, value_dim=2, has_key=True, has_mask=True,
+                                        dropout=0.2),
+                     [_r(B, 3, 7), _r(B, 4, 6), _r(B, 4, 5), RNG.random((B, 3, 4)) > 0.3], {}),
+    "mha_no_bias_output_shape": (MultiHeadAttention(2, 3, use_bias=False, output_shape=(2, 3)),
+                                 [_r(B, 3, 7), _r(B, 3, 7)], {}),
+    "mha_inference": (MultiHeadAttention(3, 2, dropout=0.5), [_r(B, 2, 5), _r(B, 3, 5)],
+                      {"training": False}),
+    # conv2d: sample, out, in (groups == 1, no activation); grouped: out over whole groups.
+    # float64 here: d_kernel sums 80 products per sample split, and float32 rounding of an
+    # entry that nearly cancels can exceed the 1e-6 floor (any split of the batch, not a bug)
+    "conv2d": (Conv2D(5, 3), [_r(B, 6, 6, 3, dtype=np.float64)], {}),
+    "conv2d_channels_first_same_strided": (
+        Conv2D(5, (2, 3), strides=2, padding="same", data_format="channels_first"),
+        [_r(3, 3, 7, 6)], {}),
+    "conv2d_relu_no_bias": (Conv2D(4, 3, activation="relu", use_bias=False), [_r(3, 5, 5, 3)], {}),
+    "conv2d_groups": (Conv2D(6, 3, groups=2, padding="same"), [_r(3, 5, 5, 4)], {}),
+    "conv2d_depthwise": (Conv2D(3, 3, groups=3, data_format="channels_first"),
+                         [_r(B, 3, 5, 5)], {}),
+    # elementwise merges: sample, features
+    "add3": (Add(), [_r(B, 7), _r(B, 7), _r(B, 7)], {}),
+    "subtract_rank3": (Subtract(), [_r(B, 3, 7), _r(B, 3, 7)], {}),
+    "multiply3": (Multiply(), [_r(B, 7), _r(B, 7), _r(B, 7)], {}),
+    "add_rank1": (Add(), [_r(B), _r(B)], {}),
+    # activations: features; softmax splits the dim before its last
+    "relu": (Activation("relu"), [_r(B, 7)], {}),
+    "gelu_rank3": (Activation("gelu"), [_r(B, 3, 7)], {}),
+    "activation_softmax_rank3": (Activation("softmax"), [_r(B, 3, 7)], {}),
+    "activation_softmax_rank2": (Activation("softmax"), [_r(B, 7)], {}),
+    # dropout: features; the mask hashes global indices
+    "dropout": (Dropout(0.4), [_r(B, 7)], {}),
+    "dropout_noise_shape": (Dropout(0.5, noise_shape=(None, 1, 7), salt=3), [_r(B, 3, 7)], {}),
+    # layout: Identity, Permute (the input's last dim, wherever it goes), Reshape, Flatten
+    "identity": (Identity(), [_r(B, 3, 7)], {}),
+    "permute": (Permute((2, 1)), [_r(B, 3, 7)], {}),
+    "permute_rank4": (Permute((3, 1, 2)), [_r(B, 2, 3, 7)], {}),
+    "reshape_keeps_dim1": (Reshape((3, 2, 4)), [_r(B, 3, 8)], {}),
+    "reshape_changes_dim1": (Reshape((4, 6)), [_r(B, 3, 8)], {}),
+    "flatten": (Flatten(), [_r(B, 3, 4)], {}),
+    "flatten_channels_first_1x1": (Flatten(channels_first=True), [_r(B, 3, 1, 1)], {}),
+    # concatenate / split along one axis, split along another
+    "concat_last": (Concat(-1), [_r(B, 3, 4), _r(B, 3, 2)], {}),
+    "concat_dim1": (Concat(1), [_r(B, 2, 7), _r(B, 3, 7), _r(B, 1, 7)], {}),
+    "concat_rank2": (Concat(-1), [_r(B, 3), _r(B, 4)], {}),
+    "split_last": (Split(2, axis=-1), [_r(B, 3, 4)], {}),
+    "split_dim1": (Split((1, -1), axis=1), [_r(B, 3, 7)], {}),
+    # softmax / layer norm: the last dim not normalised
+    "softmax_last": (Softmax(), [_r(B, 3, 7)], {}),
+    "softmax_dim1": (Softmax((1,)), [_r(B, 3, 7)], {}),
+    "softmax_all": (Softmax((1, 2)), [_r(B, 3, 7)], {}),
+    "layer_norm": (LayerNorm(), [_r(B, 3, 7)], {}),
+    "layer_norm_dim1_no_center": (LayerNorm((1,), center=False), [_r(B, 3, 7)], {}),
+    "layer_norm_rank4_no_scale": (LayerNorm((-2, -1), scale=False), [_r(B, 3, 2, 5)], {}),
+    # batch norm: channels (whole-batch statistics summed over sample pieces)
+    "batch_norm": (BatchNorm(), [_r(B, 7)], {}),
+    "batch_norm_channels_first": (BatchNorm(1, scale=False), [_r(B, 3, 2, 2)], {}),
+    "batch_norm_inference": (BatchNorm(center=False), [_r(B, 3, 7)],
+                             {"training": False, "weights": _bn_weights(7)}),
+    # batch matmul: m, n (attribute), k (reduction, not with normalize)
+    "matmul": (BatchMatmul(), [_r(B, 3, 4), _r(B, 4, 2)], {}),
+    "matmul_transposed_rank4": (BatchMatmul(transpose_a=True, transpose_b=True),
+                                [_r(B, 2, 3, 5), _r(B, 2, 4, 3)], {}),
+    "matmul_normalize": (BatchMatmul(normalize=True), [_r(B, 3, 4), _r(B, 4, 3)], {}),
+    "matmul_dot_rank2": (BatchMatmul(), [_r(B, 7), _r(B, 7)], {}),
+    # pooling / padding: channels
+    "max_pool": (Pool2D("max", 2), [_r(B, 5, 5, 3)], {}),
+    "avg_pool_same_channels_first": (Pool2D("avg", 3, 2, "same", "channels_first"),
+                                     [_r(3, 3, 5, 4)], {}),
+    "global_avg_pool": (GlobalAvgPool2D(), [_r(B, 3, 4, 3)], {}),
+    "global_avg_pool_keepdims_cf": (GlobalAvgPool2D("channels_first", keepdims=True),
+                                    [_r(B, 3, 4, 3)], {}),
+    "zero_pad": (ZeroPad2D((1, 0, 2, 1)), [_r(B, 3, 4, 3)], {}),
+    "zero_pad_channels_first": (ZeroPad2D(1, "channels_first"), [_r(B, 3, 4, 2)], {}),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_legal_configuration_equals_serial(name: str) -> None:
-    op, inputs = CASES[name]
-    configs = check_configs(op, inputs)
+    op, inputs, kwargs = CASES[name]
+    configs = check_configs(op, inputs, **kwargs)
     assert len(configs) >= 3
+
+
+S, A, P, R = DimKind.SAMPLE, DimKind.ATTRIBUTE, DimKind.PARAMETER, DimKind.REDUCTION
+
+# Per operator type, its axes (and kinds) in the usual configuration, and the CASES entry that
+# shows it. Variants differ where the module says: e.g. Linear and Conv2D with a fused activation
+# lose "in", grouped Conv2D's "out" keeps whole groups, softmax splits the dim before its last.
+AXES: dict[str, tuple[str, dict[str, DimKind]]] = {
+    "linear": ("linear_bias", {"sample": S, "out": P, "in": R}),
+    "embedding": ("embedding", {"sample": S, "columns": P, "rows": R}),
+    "multi_head_attention": ("mha_self_dropout", {"sample": S, "heads": P}),
+    "conv2d": ("conv2d", {"sample": S, "out": P, "in": R}),
+    "add": ("add3", {"sample": S, "features": A}),
+    "subtract": ("subtract_rank3", {"sample": S, "features": A}),
+    "multiply": ("multiply3", {"sample": S, "features": A}),
+    "activation": ("gelu_rank3", {"sample": S, "features": A}),
+    "dropout": ("dropout", {"sample": S, "features": A}),
+    "identity": ("identity", {"sample": S, "features": A}),
+    "permute": ("permute", {"sample": S, "features": A}),
+    "reshape": ("reshape_keeps_dim1", {"sample": S, "dim1": A}),
+    "flatten": ("flatten", {"sample": S}),
+    "concatenate": ("concat_last", {"sample": S, "dim1": A}),
+    "split": ("split_dim1", {"sample": S, "features": A}),
+    "softmax": ("softmax_last", {"sample": S, "dim1": A}),
+    "layer_norm": ("layer_norm", {"sample": S, "dim1": A}),
+    "batch_norm": ("batch_norm", {"sample": S, "channels": A}),
+    "batch_matmul": ("matmul", {"sample": S, "m": A, "n": A, "k": R}),
+    "pool2d": ("max_pool", {"sample": S, "channels": A}),
+    "global_avg_pool2d": ("global_avg_pool", {"sample": S, "channels": A}),
+    "zero_pad2d": ("zero_pad", {"sample": S, "channels": A}),
+}
+
+
+def _declared(name: str) -> dict[str, DimKind]:
+    op, inputs, _ = CASES[name]
+    shapes = [TensorShape(a.shape, DataType.of(a.dtype)) for a in inputs]
+    return {pd.axis: pd.kind for pd in op.parallel_dims(shapes)}
+
+
+@pytest.mark.parametrize("op_type", sorted(AXES))
+def test_axes_each_operator_declares(op_type: str) -> None:
+    name, want = AXES[op_type]
+    assert CASES[name][0].op_type == op_type
+    assert _declared(name) == want
+
+
+def test_variants_declare_fewer_axes() -> None:
+    assert _declared("linear_relu") == {"sample": S, "out": P}
+    assert _declared("linear_softmax") == {"sample": S}
+    assert _declared("embedding_bag_mean") == {"sample": S, "columns": P, "rows": R}
+    assert _declared("conv2d_relu_no_bias") == {"sample": S, "out": P}
+    assert _declared("conv2d_groups") == {"sample": S, "out": P}
+    assert _declared("conv2d_depthwise") == {"sample": S, "out": P}
+    assert _declared("add_rank1") == {"sample": S}
+    assert _declared("activation_softmax_rank3") == {"sample": S, "dim1": A}
+    assert _declared("activation_softmax_rank2") == {"sample": S}
+    assert _declared("reshape_changes_dim1") == {"sample": S}
+    assert _declared("flatten_channels_first_1x1") == {"sample": S, "dim1": A}
+    assert _declared("concat_dim1") == {"sample": S, "features": A}
+    assert _declared("concat_rank2") == {"sample": S}
+    assert _declared("softmax_dim1") == {"sample": S, "features": A}
+    assert _declared("softmax_all") == {"sample": S}
+    assert _declared("layer_norm_rank4_no_scale") == {"sample": S, "dim1": A}
+    assert _declared("matmul_normalize") == {"sample": S, "m": A, "n": A}
+    assert _declared("matmul_dot_rank2") == {"sample": S, "k": R}
+
+
+def test_grouped_conv_offers_only_degrees_keeping_whole_groups() -> None:
+    def extent(op: Conv2D, c: int) -> int | None:
+        dims = {pd.axis: pd.size for pd in op.parallel_dims([TensorShape((2, 5, 5, c))])}
+        return dims.get("out")
+
+    assert extent(Conv2D(6, 3, groups=2), 4) == 2        # 2 groups
+    assert extent(Conv2D(12, 3, groups=4), 8) == 2       # 3 pieces of 8 channels split a group
+    assert extent(Conv2D(7, 3, groups=7), 7) == 7        # depthwise: any degree
+    assert extent(Conv2D(6, 3, groups=3), 3) is None     # 2 filters per channel: 3 vs 6 tiles
+
+
+def test_every_operator_type_has_cases_and_axes() -> None:
+    """A new operator (or family) must say here what it can split."""
+    for mod in pkgutil.iter_modules(operators_pkg.__path__):
+        importlib.import_module(f"{operators_pkg.__name__}.{mod.name}")
+    found, todo = set(), list(Operator.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if "op_type" in cls.__dict__ and cls.__module__.startswith(operators_pkg.__name__):
+            found.add(cls.op_type)
+    assert found == set(AXES)
+    assert {op.op_type for op, _, _ in CASES.values()} == set(AXES)
+
+
+@pytest.mark.parametrize("config", [{"channels": 2}, {"channels": 3, "sample": 1},
+                                    {"sample": 2, "channels": 2}])
+def test_batch_norm_moving_statistics_under_a_channel_split(config: dict[str, int]) -> None:
+    """BatchNorm's state update (not part of gradients()) also runs split by channels."""
+    rng = np.random.default_rng(3)
+    g = ComputationGraph()
+    xin = g.add_input(TensorShape((None, 2, 5)), "x")
+    (out,) = g.add_node(BatchNorm(momentum=0.7), [xin], "bn")  # node 0: the planned one
+    ex = planned(config)(g, [out])
+    c = 5
+    for key, spec in ex.weight_specs():  # moving mean 0, the rest 1
+        ex.set_weight(key, np.full(spec.shape.dims, key[1] != "moving_mean", np.float32))
+    batches = [(1 + 2 * rng.standard_normal((n, 2, c))).astype(np.float32) for n in (B, 3)]
+    mean, var = np.zeros(c), np.ones(c)
+    for step, b in enumerate(batches, 1):
+        res = ex.train_step({xin: b}, [randn(rng, *b.shape)], Objective((MeanSquaredError(),),
+                                                                      ((),)), SGDRule(), 0.1, step)
+        assert res.applied
+        b64 = b.astype(np.float64).reshape(-1, c)
+        mean, var = mean * 0.7 + b64.mean(0) * 0.3, var * 0.7 + b64.var(0) * 0.3
+    np.testing.assert_allclose(ex.get_weight((0, "moving_mean")), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ex.get_weight((0, "moving_variance")), var, rtol=1e-5, atol=1e-6)
 
 
 def test_linear_axes() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Sequence
 
@@ -27,10 +28,16 @@ class Trainer:
         self.history: cbs.History | None = None
         self._objective: Any = None
         self._pending_compile: Any = None  # compile() arguments waiting for the model's build
+        self._strategy: Any = None         # the Strategy the executor runs (set by compile)
 
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None,
-                metrics: Any = None, **kwargs: Any) -> None:
+                metrics: Any = None, strategy: Any = None, **kwargs: Any) -> None:
+        """Keras' compile, plus `strategy`: how to parallelise the model, a
+        unity_legion.strategy.Strategy, a builtin's name ("data_parallel", "megatron",
+        "table_parallel") or the path of a strategy JSON file; default data parallel over every
+        processor. It is validated against the model and the running machine here, before
+        anything runs: a bad one raises StrategyError and leaves the model as it was."""
         unsupported = {"weighted_metrics", "run_eagerly", "steps_per_execution", "jit_compile",
                        "auto_scale_loss"}
         for k in kwargs:
@@ -39,6 +46,7 @@ class Trainer:
         if not _flatten(loss):
             raise ValueError("compile: a loss is required for training (e.g. "
                              "loss='sparse_categorical_crossentropy')")
+        _check_strategy_type(strategy)
         if not self._can_build_now():
             # A Sequential without an input shape builds on its first data (as in Keras); the
             # names are checked now, everything else once the model is built.
@@ -46,7 +54,7 @@ class Trainer:
             for m in _flatten(metrics):
                 metrics_mod.get(m, specs[0])
             self.optimizer = optimizers_mod.get(optimizer)
-            self._pending_compile = (self.optimizer, loss, loss_weights, metrics, kwargs)
+            self._pending_compile = (self.optimizer, loss, loss_weights, metrics, strategy, kwargs)
             self.compiled = True
             return
         self._pending_compile = None
@@ -69,13 +77,41 @@ class Trainer:
         metric_objs = tuple(tuple(self._output_metric(metrics_mod.get(m, spec), name, n_out)
                                   for m in ms)
                             for ms, spec, name in zip(metric_lists, specs, self.output_names))
+        resolved = self._resolve_strategy(strategy)  # fails before anything changes
         from unity_legion.executor.executor import Objective
 
         self.optimizer = optimizers_mod.get(optimizer)
         self._objective = Objective(tuple(specs), metric_objs, weights)
         self._ensure_executor()
+        self._executor.set_plan(resolved.plan(self))
+        self._strategy = resolved
         self._executor.reset_optimizer_state()
         self.compiled = True
+
+    @property
+    def strategy(self) -> Any:
+        """The Strategy compile() chose (None before compile); `model.strategy.save(path)`."""
+        return self._strategy
+
+    def _resolve_strategy(self, strategy: Any) -> Any:
+        from unity_legion.runtime import machine_info
+        from unity_legion.strategy.builtin import BUILTINS, by_name
+        from unity_legion.strategy.strategy import Strategy, StrategyError
+
+        m = machine_info()
+        if strategy is None:
+            strategy = "data_parallel"
+        if not isinstance(strategy, Strategy):
+            text = os.fspath(strategy)
+            if text in BUILTINS:
+                strategy = by_name(text, self, m.processors, m.preferred_kind)
+            elif os.path.exists(text):
+                strategy = Strategy.load(text)
+            else:
+                raise StrategyError(f"compile: strategy {text!r} is neither a builtin "
+                                    f"({', '.join(BUILTINS)}) nor an existing strategy file")
+        strategy.validate(self, None, {"cpu": m.cpus, "gpu": m.gpus})
+        return strategy
 
     def _require_built_for_compile(self) -> Any:
         return self._require_built()  # type: ignore[attr-defined]
@@ -90,9 +126,9 @@ class Trainer:
         if not self.built:  # type: ignore[attr-defined]
             self._build_on_data(x)
         if self._pending_compile is not None and self.built:  # type: ignore[attr-defined]
-            optimizer, loss, loss_weights, metrics, kwargs = self._pending_compile
+            optimizer, loss, loss_weights, metrics, strategy, kwargs = self._pending_compile
             self.compiled = False
-            self.compile(optimizer, loss, loss_weights, metrics, **kwargs)
+            self.compile(optimizer, loss, loss_weights, metrics, strategy, **kwargs)
 
     def _per_output(self, value: Any, what: str) -> list[Any]:
         n = len(self._output_ids)
@@ -362,6 +398,14 @@ class Trainer:
         callback_list.on_predict_end({})
         outs = [np.concatenate([c[k] for c in chunks]) for k in range(len(self._output_ids))]
         return outs if self._multi_output else outs[0]  # type: ignore[attr-defined]
+
+
+def _check_strategy_type(strategy: Any) -> None:
+    from unity_legion.strategy.strategy import Strategy
+
+    if strategy is not None and not isinstance(strategy, (Strategy, str, os.PathLike)):
+        raise TypeError(f"compile: strategy must be a Strategy, a builtin's name or a file path, "
+                        f"got {type(strategy).__name__}")
 
 
 def _flatten(value: Any) -> list[Any]:

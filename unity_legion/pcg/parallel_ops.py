@@ -15,7 +15,7 @@ receives k - 1 pieces per output piece. The cost model turns volumes into time o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from unity_legion.pcg.parallel_tensor import ParallelShapeError, ParallelTensorShape, _check_degree
@@ -39,8 +39,8 @@ class ParallelOp:
         raise NotImplementedError
 
     def describe(self) -> str:
-        fields = getattr(self, "__dataclass_fields__", {})
-        return f"{self.op_type}({', '.join(str(getattr(self, f)) for f in fields)})"
+        # fields(), not __dataclass_fields__: the latter also lists the ClassVar op_type
+        return f"{self.op_type}({', '.join(str(getattr(self, f.name)) for f in fields(self))})"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,365 @@
+"""A strategy: one parallel configuration (degrees and machine view) per operator of a model,
+saved as JSON, checked against a model and a machine before anything runs. Pure Python.
+
+A strategy names operators by their (layer) names, so a file outlives the process that wrote it;
+the graph signature (a short hash of the operators, their attributes and the input shapes) tells
+a file made for another model apart. `plan(graph)` turns the names into the node ids the executor
+takes; `explain` and `draw` show the PCG the strategy implies (`pcg.lift`).
+
+File format (version 1)::
+
+    {"schema": "unity_legion.strategy", "version": 1, "model": "bert", "signature": "3f2a...",
+     "source": "megatron", "machine": {"device_type": "cpu", "devices": 4},
+     "operators": {"bert_layer_0_intermediate": {"degrees": {"out": 2, "sample": 2},
+                                                 "view": {"device_type": "cpu", "start": 0,
+                                                          "dims": [4], "strides": [1]}}, ...}}
+
+A view may leave out any of its keys: the device type defaults to the machine's, the start to 0,
+the dims to one dimension of as many devices as the degrees' product, the strides to 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from unity_legion.mappers.machine_view import MachineView
+from unity_legion.operators.base import SAMPLE
+from unity_legion.pcg.graph import ComputationGraph, Node
+from unity_legion.pcg.parallel_tensor import ParallelShapeError
+from unity_legion.pcg.pcg import PCG, PCGError, PNode, data_parallel_config, lift
+from unity_legion.strategy.config import OpConfig
+
+SCHEMA = "unity_legion.strategy"
+VERSION = 1
+SOURCES = ("data_parallel", "megatron", "table_parallel", "random", "manual", "search")
+DEVICE_TYPES = ("cpu", "gpu")
+
+# Predicted forward time of one operator of a PCG, in seconds (a cost model; see `explain`).
+CostFn = Callable[[PNode, PCG], float]
+
+
+class StrategyError(ValueError):
+    """A strategy that cannot run on this model or machine; the message says which operator and
+    what is wrong."""
+
+
+def as_graph(model: Any) -> tuple[ComputationGraph, str]:
+    """A computation graph and its model's name, from a graph or a built Keras model (anything
+    with `.graph` and `.name`; duck-typed so this module needs no Keras)."""
+    if isinstance(model, ComputationGraph):
+        return model, "model"
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, ComputationGraph):
+        raise TypeError(f"expected a ComputationGraph or a built model, got {type(model).__name__}")
+    return graph, str(getattr(model, "name", "model"))
+
+
+def graph_signature(graph: ComputationGraph) -> str:
+    """A short hash of what a strategy depends on: node names, operator types and attributes,
+    and the graph's input shapes (batch left out)."""
+    parts: list[Any] = [[graph.tensors[t].name, list(graph.tensors[t].shape.dims),
+                         graph.tensors[t].shape.dtype.value] for t in graph.inputs]
+    parts += [[n.name, n.op.describe(), list(n.inputs)] for n in graph.nodes]
+    text = json.dumps(parts, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """The machine a strategy was made for: `devices` devices of one type."""
+
+    device_type: str = "cpu"
+    devices: int = 1
+
+    def __post_init__(self) -> None:
+        if self.device_type not in DEVICE_TYPES:
+            raise StrategyError(f"machine: device type must be one of {DEVICE_TYPES}, got "
+                                f"{self.device_type!r}")
+        if isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 1:
+            raise StrategyError(f"machine: devices must be a positive integer, got {self.devices!r}")
+
+
+def _available(devices: int | Mapping[str, int], default_type: str) -> dict[str, int]:
+    """{device type: count} of the machine to run on; an int counts devices of `default_type`."""
+    if isinstance(devices, Mapping):
+        return {k: int(v) for k, v in devices.items() if int(v) > 0}
+    return {default_type: int(devices)} if int(devices) > 0 else {}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    model: str
+    signature: str
+    source: str
+    machine: MachineSpec
+    configs: Mapping[str, OpConfig] = field(default_factory=dict)  # by operator name
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise StrategyError(f"unknown strategy source {self.source!r}; expected one of "
+                                f"{SOURCES}")
+        object.__setattr__(self, "configs", dict(self.configs))
+
+    @classmethod
+    def for_graph(cls, model: Any, configs: Mapping[str, OpConfig], source: str = "manual",
+                  device_type: str = "cpu", devices: int = 1, name: str | None = None
+                  ) -> "Strategy":
+        """A strategy for `model` (a graph or a built Keras model) from configs by operator name."""
+        graph, model_name = as_graph(model)
+        return cls(name or model_name, graph_signature(graph), source,
+                   MachineSpec(device_type, devices), dict(configs))
+
+    # ------------------------------------------------------------------ JSON
+    def to_json(self) -> str:
+        ops = {}
+        for name, cfg in self.configs.items():
+            v = cfg.view
+            ops[name] = {"degrees": cfg.as_dict(),
+                         "view": {"device_type": v.device_type, "start": v.start,
+                                  "dims": list(v.dims), "strides": list(v.strides)}}
+        doc = {"schema": SCHEMA, "version": VERSION, "model": self.model,
+               "signature": self.signature, "source": self.source,
+               "machine": {"device_type": self.machine.device_type,
+                           "devices": self.machine.devices},
+               "operators": ops}
+        return json.dumps(doc, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, origin: str = "strategy") -> "Strategy":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StrategyError(f"{origin}: not valid JSON ({exc})") from None
+        return _parse(doc, origin)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the JSON file atomically: a reader sees the old file or the new, never half."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".strategy-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a saved file is not
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Strategy":
+        path = os.fspath(path)
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as exc:
+            raise StrategyError(f"strategy file {path!r}: cannot read it ({exc.strerror})") from None
+        return cls.from_json(text, f"strategy file {path!r}")
+
+    # ------------------------------------------------------------------ checks
+    def config_for(self, node: Node, batch: int | None = None) -> OpConfig:
+        """The node's configuration; an operator the strategy does not name runs data-parallel
+        over the strategy's machine (at most one sample per device)."""
+        cfg = self.configs.get(node.name)
+        if cfg is None:
+            return data_parallel_config(self.machine.devices, batch, self.machine.device_type)
+        return cfg
+
+    def validate(self, model: Any, batch: int | None = None,
+                 devices: int | Mapping[str, int] | None = None) -> None:
+        """Raise StrategyError if this strategy cannot run `model` (a graph or a built model) at
+        `batch` samples (None: not known yet; sample extents are not checked) on a machine of
+        `devices` (an int: that many of the strategy's device type; a mapping: a count per device
+        type; None: the strategy's own machine)."""
+        graph, _ = as_graph(model)
+        names = {n.name: n for n in graph.nodes}
+        unknown = [k for k in self.configs if k not in names]
+        sig = graph_signature(graph)
+        if unknown or sig != self.signature:
+            what = (f"operator {unknown[0]!r} is not in this model" if unknown else
+                    "the model's operators, attributes or input shapes differ")
+            raise StrategyError(f"this strategy was made for model {self.model!r} (signature "
+                                f"{self.signature}), not this one (signature {sig}): {what}")
+        avail = _available(self.machine.devices if devices is None else devices,
+                           self.machine.device_type)
+        self._check_machine(self.machine.device_type, avail, "the strategy")
+        if self.machine.devices > avail[self.machine.device_type]:
+            raise StrategyError(f"the strategy was made for {self.machine.devices} "
+                                f"{self.machine.device_type} devices; the machine has "
+                                f"{avail[self.machine.device_type]}")
+        shapes = graph.bind_batch(batch) if batch is not None else {
+            t: s.shape for t, s in graph.tensors.items()}
+        for name, cfg in self.configs.items():
+            n = names[name]
+            _check_config(n, [shapes[t] for t in n.inputs], cfg, avail)
+        if batch is not None:  # everything else the PCG finds (shapes that do not fit, ...)
+            try:
+                lift(graph, batch, self._by_id(graph, batch))
+            except (PCGError, ParallelShapeError) as exc:
+                raise StrategyError(str(exc)) from None
+
+    @staticmethod
+    def _check_machine(device_type: str, avail: Mapping[str, int], what: str) -> None:
+        if device_type not in avail:
+            have = ", ".join(f"{v} {k}" for k, v in avail.items()) or "no devices"
+            raise StrategyError(f"{what} runs on {device_type} devices; the machine has {have}")
+
+    # ------------------------------------------------------------------ use
+    def _by_id(self, graph: ComputationGraph, batch: int | None = None) -> dict[int, OpConfig]:
+        return {n.id: self.config_for(n, batch) for n in graph.nodes}
+
+    def plan(self, model: Any) -> dict[int, OpConfig]:
+        """{node id: OpConfig} for `GraphExecutor.set_plan` (every node of the graph)."""
+        graph, _ = as_graph(model)
+        return self._by_id(graph)
+
+    def pcg(self, model: Any, batch: int) -> PCG:
+        """The PCG this strategy implies at `batch` samples (a sample degree above the batch
+        counts as the batch, as the executor runs it)."""
+        graph, _ = as_graph(model)
+        configs = {}
+        for nid, cfg in self._by_id(graph, batch).items():
+            if cfg.degree(SAMPLE) > batch:
+                cfg = OpConfig.of(cfg.as_dict() | {SAMPLE: max(batch, 1)}, cfg.view)
+            configs[nid] = cfg
+        try:
+            return lift(graph, batch, configs, _outputs(model))
+        except (PCGError, ParallelShapeError) as exc:
+            raise StrategyError(str(exc)) from None
+
+    def explain(self, model: Any, batch: int, cost: CostFn | None = None) -> str:
+        from unity_legion.strategy.report import explain
+
+        return explain(self, self.pcg(model, batch), batch, cost)
+
+    def draw(self, model: Any, batch: int, path: str | os.PathLike[str]) -> None:
+        from unity_legion.strategy.report import draw
+
+        graph, _ = as_graph(model)
+        outs = _outputs(model)
+        draw(self, self.pcg(model, batch), path, [graph.tensors[t].name for t in graph.inputs],
+             [graph.tensors[t].name for t in outs])
+
+
+def _outputs(model: Any) -> list[int]:
+    """A Keras model's output tensors (a graph: the tensors nothing consumes)."""
+    ids = getattr(model, "_output_ids", None)
+    if ids is not None:
+        return list(ids)
+    graph, _ = as_graph(model)
+    return [t for n in graph.nodes for t in n.outputs if not graph.consumers(t)]
+
+
+def _check_config(node: Node, inputs: list[Any], cfg: OpConfig, avail: Mapping[str, int]) -> None:
+    what = f"operator {node.name!r} ({node.op.op_type})"
+    dims = {pd.axis: pd for pd in node.op.parallel_dims(inputs)}
+    for axis, d in cfg.degrees:
+        if axis not in dims:
+            raise StrategyError(f"{what}: cannot split axis {axis!r}; its axes are "
+                                f"{sorted(dims)}")
+        size = dims[axis].size
+        if size is not None and d > size:
+            raise StrategyError(f"{what}: axis {axis!r} has extent {size}, cannot split it "
+                                f"{d} ways")
+    view = cfg.view
+    points, have = cfg.num_points, view.num_points
+    shown = " x ".join(f"{a}={d}" for a, d in cfg.degrees) or "serial"
+    if have < points:
+        raise StrategyError(f"{what}: {shown} launches {points} points but its view has {have} "
+                            f"device(s), {points - have} too few")
+    if have > points:
+        raise StrategyError(f"{what}: {shown} launches {points} point(s) but its view has {have} "
+                            f"devices, {have - points} too many (one device per point)")
+    devs = view.devices()
+    lo, hi = min(devs), max(devs) + 1
+    if len(set(devs)) != len(devs) or hi - lo != len(devs):
+        # the executor places a launch on a contiguous range of devices
+        raise StrategyError(f"{what}: its view {devs} is not a contiguous range of distinct "
+                            f"devices")
+    Strategy._check_machine(view.device_type, avail, what)
+    if hi > avail[view.device_type]:
+        raise StrategyError(f"{what}: its view uses {view.device_type} devices [{lo}, {hi}) but "
+                            f"the machine has {avail[view.device_type]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing (every malformed field is a StrategyError that says where)
+# ---------------------------------------------------------------------------------------------
+
+def _need(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in doc:
+        raise StrategyError(f"{where}: missing {key!r}")
+    value = doc[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise StrategyError(f"{where}: {key!r} must be a {names}, got {value!r}")
+    return value
+
+
+def _int_list(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                              for v in value):
+        raise StrategyError(f"{where}: must be a list of integers, got {value!r}")
+    return tuple(value)
+
+
+def _parse(doc: Any, origin: str) -> Strategy:
+    if not isinstance(doc, dict):
+        raise StrategyError(f"{origin}: expected a JSON object, got {type(doc).__name__}")
+    if doc.get("schema") != SCHEMA:
+        raise StrategyError(f"{origin}: not a unity_legion strategy (schema "
+                            f"{doc.get('schema')!r}, expected {SCHEMA!r})")
+    version = doc.get("version")
+    if version != VERSION:
+        raise StrategyError(f"{origin}: strategy file version {version!r} is not supported "
+                            f"(this unity_legion reads version {VERSION})")
+    model = _need(doc, "model", str, origin)
+    signature = _need(doc, "signature", str, origin)
+    source = _need(doc, "source", str, origin)
+    m = _need(doc, "machine", dict, origin)
+    try:
+        machine = MachineSpec(_need(m, "device_type", str, f"{origin}: machine"),
+                              _need(m, "devices", int, f"{origin}: machine"))
+    except StrategyError as exc:
+        raise StrategyError(f"{origin}: {exc}" if not str(exc).startswith(origin) else str(exc)) \
+            from None
+    ops = _need(doc, "operators", dict, origin)
+    configs: dict[str, OpConfig] = {}
+    for name, entry in ops.items():
+        where = f"{origin}: operator {name!r}"
+        if not isinstance(entry, dict):
+            raise StrategyError(f"{where}: expected an object with 'degrees' and 'view'")
+        degrees = _need(entry, "degrees", dict, where)
+        for axis, d in degrees.items():
+            if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+                raise StrategyError(f"{where}: degree of axis {axis!r} must be a positive "
+                                    f"integer, got {d!r}")
+        points = math.prod(degrees.values())
+        v = entry.get("view", {})
+        if not isinstance(v, dict):
+            raise StrategyError(f"{where}: 'view' must be an object, got {v!r}")
+        dims = _int_list(v.get("dims", [points]), f"{where}: view dims")
+        strides = _int_list(v.get("strides", [1] * len(dims)), f"{where}: view strides")
+        start = v.get("start", 0)
+        if isinstance(start, bool) or not isinstance(start, int):
+            raise StrategyError(f"{where}: view start must be an integer, got {start!r}")
+        try:
+            view = MachineView(v.get("device_type", machine.device_type), start, dims, strides)
+            configs[name] = OpConfig.of(degrees, view)
+        except ValueError as exc:
+            raise StrategyError(f"{where}: {exc}") from None
+    try:
+        return Strategy(model, signature, source, machine, configs)
+    except StrategyError as exc:
+        raise StrategyError(f"{origin}: {exc}") from None
