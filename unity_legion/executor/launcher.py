@@ -34,8 +34,9 @@ def launch_axes(launch: Launch) -> list[str]:
 
 def _partitioned(store: Any, arg: Arg, axes: list[str], degrees: Mapping[str, int],
                  what: str) -> tuple[Any, tuple[Any, ...] | None]:
-    """The store (whole) or its tiling, and the projection from launch points to tiles."""
-    if not any(a is not None for a in arg.split):
+    """The store (whole) or its tiling, and the projection from launch points to tiles. A dim
+    whose axis is not in `axes` (degree 1) is whole."""
+    if not any(a in axes for a in arg.split):
         return store, None
     shape = tuple(store.shape)
     if len(arg.split) != len(shape):
@@ -43,7 +44,7 @@ def _partitioned(store: Any, arg: Arg, axes: list[str], degrees: Mapping[str, in
     tile = []
     proj = []
     for d, (size, axis) in enumerate(zip(shape, arg.split)):
-        if axis is None:
+        if axis not in axes:
             tile.append(max(size, 1))
             proj.append(constant(0))
         else:
@@ -80,7 +81,8 @@ def submit(rt: Any, launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[
     if reduced is None:
         reduced = reduced_outputs(launch, degrees)
     t = legate_task(launch.kernel, reduced)
-    axes = launch_axes(launch)
+    # Axes of degree 1 drop out of the grid: fewer launch dimensions, the same pieces.
+    axes = [a for a in launch_axes(launch) if degrees.get(a, 1) > 1]
     grid = tuple(degrees[a] for a in axes) or (1,)
     mt = rt.create_manual_task(t.library, t.task_id, grid)
     parts = {}
