@@ -342,6 +342,13 @@ class Operator:
         return f"{self.op_type}({inner})"
 
 
+def free_dim_besides(axis: int, rank: int) -> int | None:
+    """The non-batch dim an ATTRIBUTE axis can split when `axis` must stay whole (a concat or
+    split axis): the last dim, or the one before it; None if only the batch is left."""
+    d = rank - 1 if axis != rank - 1 else rank - 2
+    return d if d >= 1 else None
+
+
 def sample_dim(s: TensorShape) -> ParallelDim:
     """The SAMPLE axis over the batch of `s` (extent None while the batch is unknown)."""
     return ParallelDim(SAMPLE, DimKind.SAMPLE, s.dims[0])

@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 
 from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
-                   TensorShape, attribute_dims, dx, dy, kernel, normalize_axis, x, y)
+                   TensorShape, attribute_dims, dx, dy, free_dim_besides, kernel, normalize_axis, x,
+                   y)
 
 
 def _slab(rank: int, axis: int, start: int, size: int) -> tuple[slice, ...]:
@@ -84,9 +85,7 @@ class Concat(Operator):
 
     def _free_dim(self, rank: int) -> int | None:
         """The dim the ATTRIBUTE axis splits: the last one but the batch and the concat axis."""
-        a = self.resolved_axis(rank)
-        d = rank - 1 if a != rank - 1 else rank - 2
-        return d if d >= 1 else None
+        return free_dim_besides(self.resolved_axis(rank), rank)
 
     def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
         return attribute_dims(inputs[0], self._free_dim(inputs[0].rank))

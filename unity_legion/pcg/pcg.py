@@ -76,18 +76,22 @@ class NodeShapes:
     weights: Mapping[str, ParallelTensorShape]
 
 
-def node_shapes(op: Operator, inputs: Sequence[TensorShape], config: OpConfig) -> NodeShapes:
-    """What `op` reads, writes and keeps under `config` (from its forward launches); checks that
-    every axis of the configuration is one of the operator's and fits its extent."""
+def check_axes(op: Operator, inputs: Sequence[TensorShape], config: OpConfig, what: str) -> None:
+    """Every axis of `config` is one of the operator's and fits its extent (PCGError, prefixed
+    with `what`, otherwise)."""
     dims = {pd.axis: pd for pd in op.parallel_dims(inputs)}
     for axis, d in config.degrees:
         if axis not in dims:
-            raise PCGError(f"{op.op_type}: cannot split axis {axis!r}; its axes are "
-                           f"{sorted(dims)}")
+            raise PCGError(f"{what}: cannot split axis {axis!r}; its axes are {sorted(dims)}")
         size = dims[axis].size
         if size is not None and d > size:
-            raise PCGError(f"{op.op_type}: axis {axis!r} has extent {size}, cannot split it "
-                           f"{d} ways")
+            raise PCGError(f"{what}: axis {axis!r} has extent {size}, cannot split it {d} ways")
+
+
+def node_shapes(op: Operator, inputs: Sequence[TensorShape], config: OpConfig) -> NodeShapes:
+    """What `op` reads, writes and keeps under `config` (from its forward launches); checks that
+    every axis of the configuration is one of the operator's and fits its extent."""
+    check_axes(op, inputs, config, op.op_type)
     degrees = config.as_dict()
     outs = op.infer_outputs(inputs)
     weights = {ws.name: ws.shape for ws in op.weights(inputs)}

@@ -32,7 +32,7 @@ from unity_legion.mappers.machine_view import MachineView
 from unity_legion.operators.base import SAMPLE
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.parallel_tensor import ParallelShapeError
-from unity_legion.pcg.pcg import PCG, PCGError, PNode, data_parallel_config, lift
+from unity_legion.pcg.pcg import PCG, PCGError, PNode, check_axes, data_parallel_config, lift
 from unity_legion.strategy.config import OpConfig
 
 SCHEMA = "unity_legion.strategy"
@@ -263,15 +263,10 @@ def _outputs(model: Any) -> list[int]:
 
 def _check_config(node: Node, inputs: list[Any], cfg: OpConfig, avail: Mapping[str, int]) -> None:
     what = f"operator {node.name!r} ({node.op.op_type})"
-    dims = {pd.axis: pd for pd in node.op.parallel_dims(inputs)}
-    for axis, d in cfg.degrees:
-        if axis not in dims:
-            raise StrategyError(f"{what}: cannot split axis {axis!r}; its axes are "
-                                f"{sorted(dims)}")
-        size = dims[axis].size
-        if size is not None and d > size:
-            raise StrategyError(f"{what}: axis {axis!r} has extent {size}, cannot split it "
-                                f"{d} ways")
+    try:
+        check_axes(node.op, inputs, cfg, what)
+    except PCGError as exc:
+        raise StrategyError(str(exc)) from None
     view = cfg.view
     points, have = cfg.num_points, view.num_points
     shown = " x ".join(f"{a}={d}" for a, d in cfg.degrees) or "serial"
