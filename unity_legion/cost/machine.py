@@ -20,6 +20,15 @@ Presets and where their figures come from (vendor data sheets; dense, no sparsit
   2-core development machine and are replaced by a measurement when one is cached.
 Latencies are effective per-message costs of a collective library, not wire latencies: 5 us
 inside a node, 10 us between nodes (typical NCCL small-message figures).
+
+Beside the devices and links, a machine has a `RuntimeSpec`: what the runtime that drives it costs
+on the host. Legate issues every launch from the one Python thread that runs the program (the
+executor), so launches cannot start faster than that thread issues them; a blocking read of a
+result (the executor reads the loss before it issues the backward pass) costs a round trip; and
+an ADD reduction of a store that several points write (a replicated weight's gradient, a Linear
+split by input features) is folded by Legate copy by copy into the store, where a GPU collective
+library would run a ring all-reduce. The data-sheet presets leave the host at zero (no
+measurement of a host stands behind them) and keep the ring; "local" has all of it measured.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ class DeviceSpec:
     flops_bf16: float
     mem_bandwidth: float           # bytes/s
     memory: float                  # bytes
-    launch_overhead: float = 5e-6  # seconds per task launch (runtime + dispatch)
+    launch_overhead: float = 5e-6  # seconds of the device per task (dispatch, task start-up)
 
     def __post_init__(self) -> None:
         if self.kind not in ("cpu", "gpu"):
@@ -72,6 +81,60 @@ class LinkSpec:
         return self.latency + nbytes / self.bandwidth if nbytes > 0 else 0.0
 
 
+REDUCTIONS = ("ring", "fold")
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """The host side of a step (see the module doc).
+
+    issue: seconds of the issuing thread per launch (the executor's Python, Legate's analysis);
+        a launch's tasks cannot start before it is issued.
+    sync: seconds a blocking read of a finished result costs the issuing thread (round trip).
+    reduction: "ring" (replicas summed by a ring all-reduce over the links) or "fold" (the
+        runtime folds each of the c partial copies, whole, into the result: c x fold.time(bytes)).
+    fold: the cost of folding one copy: latency per copy, bytes folded per second (with "fold").
+    cores: how much work the host thread, the processors and the runtime's own threads can do at
+        once when they share the machine's cores (0: they do not share, as a GPU job's host and
+        devices do not): they are then time-sliced (see the simulator). Measured as the CPU
+        seconds per second the process gets with all of them busy (so it also reflects whatever
+        else the machine is running at the time).
+    analysis: seconds of the runtime's own thread per launch (Legion's dependence analysis and
+        mapping run on one utility thread, between the issue and the tasks), for launches whose
+        cost model does not measure it.
+    """
+
+    issue: float = 0.0
+    sync: float = 0.0
+    reduction: str = "ring"
+    fold: LinkSpec | None = None
+    cores: float = 0.0
+    analysis: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in ("issue", "sync", "cores", "analysis"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise MachineError(f"runtime {f} must be a number >= 0, got {v!r}")
+        if self.reduction not in REDUCTIONS:
+            raise MachineError(f"runtime reduction must be one of {', '.join(REDUCTIONS)}, got "
+                               f"{self.reduction!r}")
+        if self.reduction == "fold" and self.fold is None:
+            raise MachineError("runtime reduction 'fold' needs a 'fold' link (latency per copy, "
+                               "bandwidth)")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RuntimeSpec":
+        if not isinstance(data, dict):
+            raise MachineError(f"machine description: 'runtime' must be an object, got {data!r}")
+        data = dict(data)
+        fold = data.pop("fold", None)
+        try:
+            return cls(**data, fold=None if fold is None else LinkSpec(**fold))
+        except TypeError as exc:
+            raise MachineError(f"machine description: runtime: {exc}") from None
+
+
 @dataclass(frozen=True)
 class MachineModel:
     name: str
@@ -81,6 +144,7 @@ class MachineModel:
     intra: LinkSpec
     inter: LinkSpec
     source: str = ""
+    runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
 
     def __post_init__(self) -> None:
         for f in ("nodes", "devices_per_node"):
@@ -118,7 +182,8 @@ class MachineModel:
             return cls(name=str(data["name"]), nodes=data["nodes"],
                        devices_per_node=data["devices_per_node"],
                        device=DeviceSpec(**data["device"]), intra=LinkSpec(**data["intra"]),
-                       inter=LinkSpec(**data["inter"]), source=str(data.get("source", "")))
+                       inter=LinkSpec(**data["inter"]), source=str(data.get("source", "")),
+                       runtime=RuntimeSpec.from_dict(data.get("runtime", {})))
         except KeyError as exc:
             raise MachineError(f"machine description is missing {exc.args[0]!r}") from None
         except TypeError as exc:
@@ -144,8 +209,15 @@ V100 = DeviceSpec("gpu", "V100-SXM2-16GB", 15.7 * TFLOPS, 125 * TFLOPS, 900 * GB
 A100 = DeviceSpec("gpu", "A100-SXM4-80GB", 19.5 * TFLOPS, 312 * TFLOPS, 2039 * GB, 80 * 2**30)
 H100 = DeviceSpec("gpu", "H100-SXM5-80GB", 67 * TFLOPS, 989 * TFLOPS, 3350 * GB, 80 * 2**30)
 # This machine's CPU processors, as measured on the 2-core development machine (calibrate.py
-# re-measures and caches): one Legate CPU processor runs numpy single-threaded.
-LOCAL_CPU = DeviceSpec("cpu", "local-cpu", 40e9, 40e9, 8 * GB, 8 * 2**30, launch_overhead=4e-4)
+# re-measures and caches): one Legate CPU processor runs numpy single-threaded; a task costs its
+# processor ~0.15 ms of CPU besides its kernel (the Python task wrapper).
+LOCAL_CPU = DeviceSpec("cpu", "local-cpu", 86e9, 86e9, 9.4 * GB, 8 * 2**30, launch_overhead=1.5e-4)
+# The host side there: ~0.17 ms of the issuing thread per launch, ~0.3 ms of Legion's utility
+# thread, a 12 us blocking read, Legion folding an ADD reduction's copies at ~1 GB/s (0.3 ms each
+# besides), and 2 cores shared by the issuing thread, the processors and Legion's threads (fewer
+# when other jobs run: calibrate measures the share of the moment).
+LOCAL_RUNTIME = RuntimeSpec(issue=1.7e-4, sync=1.2e-5, reduction="fold",
+                            fold=LinkSpec(1.0 * GB, 3e-4), cores=2.0, analysis=3e-4)
 
 PRESETS: dict[str, MachineModel] = {
     "p3.8xlarge": MachineModel("p3.8xlarge", 1, 4, V100, LinkSpec(50 * GB, 5e-6),
@@ -154,8 +226,8 @@ PRESETS: dict[str, MachineModel] = {
                              LinkSpec(25 * GB, 10e-6), "NVIDIA A100 data sheet, DGX A100 guide"),
     "dgx-h100": MachineModel("dgx-h100", 1, 8, H100, LinkSpec(450 * GB, 5e-6),
                              LinkSpec(50 * GB, 10e-6), "NVIDIA H100 data sheet, DGX H100 guide"),
-    "local": MachineModel("local", 1, 2, LOCAL_CPU, LinkSpec(4 * GB, 5e-5), LinkSpec(1 * GB, 1e-4),
-                          "measured on this machine (unity_legion.cost.calibrate)"),
+    "local": MachineModel("local", 1, 2, LOCAL_CPU, LinkSpec(3 * GB, 7e-5), LinkSpec(1 * GB, 1e-4),
+                          "measured on this machine (unity_legion.cost.calibrate)", LOCAL_RUNTIME),
 }
 
 

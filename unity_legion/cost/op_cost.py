@@ -14,6 +14,8 @@ for the input gradient, one for the weights; 1 for the rest).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol, Sequence
@@ -39,6 +41,18 @@ class OpCost:
     backward: float
     launches_forward: int = 1
     launches_backward: int = 1
+    # seconds of the issuing thread for the forward / backward launches, where measured (None:
+    # the simulator charges its machine's RuntimeSpec.issue per launch)
+    issue_forward: float | None = None
+    issue_backward: float | None = None
+    # whether forward already holds the zero-fills the executor runs before the launches (of
+    # outputs written as partial sums, of saved tensors accumulated into): a measurement does
+    fills_included: bool = False
+    # seconds of the runtime's own thread (Legion's analysis and mapping) for the forward /
+    # backward launches, before their tasks can start, where measured (None: the machine's
+    # RuntimeSpec.analysis per launch)
+    runtime_forward: float | None = None
+    runtime_backward: float | None = None
 
     @property
     def total(self) -> float:
@@ -46,10 +60,14 @@ class OpCost:
 
 
 class CostModel(Protocol):
-    """Anything that prices an operator under a configuration on a device kind."""
+    """Anything that prices an operator under a configuration on a device kind.
+
+    `needs_input_grad` (optional; default: every float input) says which inputs the backward
+    pass computes a gradient for: a graph's first layers compute none, only weight gradients."""
 
     def op_cost(self, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
-                device: DeviceSpec) -> OpCost: ...
+                device: DeviceSpec, needs_input_grad: Sequence[bool] | None = None
+                ) -> OpCost: ...
 
 
 @dataclass
@@ -64,31 +82,53 @@ class AnalyticCost:
         return self.efficiency.get(op_type, EFFICIENCY.get(op_type, DEFAULT_EFFICIENCY))
 
     def op_cost(self, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
-                device: DeviceSpec) -> OpCost:
-        key = (op, tuple(inputs), config.degrees, device)
+                device: DeviceSpec, needs_input_grad: Sequence[bool] | None = None) -> OpCost:
+        needs = (tuple(s.dtype.is_float for s in inputs) if needs_input_grad is None
+                 else tuple(bool(n) and s.dtype.is_float for n, s in zip(needs_input_grad, inputs)))
+        key = (op, tuple(inputs), config.degrees, device, needs)
         hit = self._cache.get(key)
         if hit is None:
-            hit = self._cache[key] = self._compute(op, inputs, config, device)
+            hit = self._cache[key] = self._compute(op, inputs, config, device, needs)
         return hit
 
     def _compute(self, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
-                 device: DeviceSpec) -> OpCost:
+                 device: DeviceSpec, needs: Sequence[bool]) -> OpCost:
         shapes = node_shapes(op, inputs, config)
         points = max(config.num_points, 1)
         flops = op.flops(list(inputs)) / points
         nbytes = piece_bytes(shapes)
         fwd_launches = len(op.forward(list(inputs), training=True))
-        bwd_launches = len(op.backward(list(inputs), [s.dtype.is_float for s in inputs]))
+        bwd_launches = len(op.backward(list(inputs), list(needs)))
         compute = flops / (device.flops_fp32 * self.factor(op.op_type))
         memory = nbytes / (device.mem_bandwidth * self.memory_efficiency)
         fwd = max(compute, memory)
-        ratio = BACKWARD_RATIO.get(op.op_type, 2.0 if op.weights(list(inputs)) else 1.0)
+        weighted = bool(op.weights(list(inputs)))
+        ratio = BACKWARD_RATIO.get(op.op_type, 2.0 if weighted else 1.0)
+        if weighted and not any(needs):  # weight gradients only: one product of two
+            ratio /= 2
         return OpCost(fwd + fwd_launches * device.launch_overhead,
                       ratio * fwd + bwd_launches * device.launch_overhead,
                       fwd_launches, bwd_launches)
 
 
 BACKWARD_RATIO: dict[str, float] = {"multi_head_attention": 2.0, "batch_matmul": 2.0}
+
+
+def priced(model: CostModel, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
+           device: DeviceSpec, needs_input_grad: Sequence[bool] | None = None) -> OpCost:
+    """model.op_cost, passing `needs_input_grad` only to a cost model whose op_cost takes it (a
+    cost model written before that keyword still works)."""
+    if needs_input_grad is not None and _takes_needs(type(model)):
+        return model.op_cost(op, inputs, config, device, needs_input_grad=needs_input_grad)
+    return model.op_cost(op, inputs, config, device)
+
+
+@functools.cache
+def _takes_needs(cls: type) -> bool:
+    try:
+        return "needs_input_grad" in inspect.signature(cls.op_cost).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
 
 
 def piece_bytes(shapes: NodeShapes) -> int:

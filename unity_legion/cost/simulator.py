@@ -1,14 +1,41 @@
-"""Simulate one training iteration of a PCG on a machine model: step time, memory, breakdown.
+"""Simulate training steps of a PCG on a machine model: step time, memory, breakdown.
 
-The iteration becomes a task graph: each computation's forward on the devices of its machine
-view, each parallel operator's data movement, the backward of both in reverse order, the
-gradient synchronisation of every replicated weight (a ring all-reduce among its copies) and the
-optimizer update. Tasks are scheduled in that (topological) order onto per-device compute
-timelines and per-device network timelines: a task starts when its inputs are ready and its
-resources are free, so communication overlaps computation wherever the dependencies allow.
+A step is simulated as the executor (`GraphExecutor.train_step`) runs it:
+
+1. the inputs and targets are attached (one host action each);
+2. forward: each computation's launches on the devices of its machine view (an output that
+   several points write as partial sums, and a saved tensor accumulated into, is zero-filled
+   first: one more launch), each parallel operator's data movement between them;
+3. the objective: one loss launch per model output, data-parallel over all devices (reading the
+   output split by samples: a producer cut otherwise is converted first);
+4. the executor reads the loss back before it issues the backward pass (a blocking read);
+5. backward in reverse order: each computation's backward launches (computing input gradients
+   only where some upstream weight needs them), parallel operators' movements reversed, and one
+   accumulate launch (data-parallel) for each further consumer of a tensor;
+6. per trainable weight: its gradient's replicas are summed (a ring all-reduce, or with the
+   runtime's "fold" every one of c >= 2 partial copies folded whole: c x fold time; one copy is
+   written in place), then the optimizer update: one launch split by rows over all devices;
+   then the operators' state updates (batch-norm statistics).
+
+Launches are issued one after another by one host thread (`RuntimeSpec.issue` each, or the
+operator's measured issuing time), then analysed and mapped one after another by the runtime's
+own thread (Legion's utility processor: `RuntimeSpec.analysis` each, or the measured time): a
+launch's tasks start when it is analysed, their inputs are ready and their devices are free.
+Tasks are scheduled onto per-device compute timelines and per-device network timelines, so
+communication overlaps computation wherever the dependencies allow. Two steps are simulated back
+to back (the second step's forward waits for the first step's updates of its weights, its
+issuing overlaps the first step's backward); the step time is the period between their loss
+reads, which is what a loop of train_on_batch calls measures.
+
+Where the host thread, the processors and the runtime's threads share the machine's cores
+(`RuntimeSpec.cores` > 0: a CPU machine, costs in seconds of one thread alone), they are
+time-sliced: a stretch of that period during which k of them are busy lasts max(1, k / cores)
+times as long (processor sharing), and a step lasts at least its total work (issuing, analysis,
+tasks, copies and folds) over the cores. Without it (GPU presets) the period is the step time.
 
 Communication time: a parallel operator's bytes go over the slowest link it crosses (inside a
-node or between nodes), spread over the devices that receive them; alpha-beta per message.
+node or between nodes), spread over the devices that receive them; alpha-beta per message. A
+Reduce under the "fold" runtime folds every partial copy into the consumer's piece.
 Memory per device: weights, gradients and optimizer slots of the pieces it holds, plus every
 activation piece kept for the backward pass, plus replicated input copies (peak: the end of the
 forward pass).
@@ -21,11 +48,11 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from unity_legion.cost.machine import LinkSpec, MachineModel
-from unity_legion.cost.op_cost import AnalyticCost, CostModel, OpCost
+from unity_legion.cost.op_cost import AnalyticCost, CostModel, OpCost, priced
 from unity_legion.pcg.graph import ComputationGraph
-from unity_legion.pcg.parallel_ops import (Combine, FusedParallelOp, ParallelOp, Partition, Reduce,
-                                           Replicate)
-from unity_legion.pcg.parallel_tensor import ParallelTensorShape
+from unity_legion.pcg.parallel_ops import (FusedParallelOp, ParallelOp, Partition, Reduce,
+                                           Replicate, conversion)
+from unity_legion.pcg.parallel_tensor import ParallelShapeError, ParallelTensorShape
 from unity_legion.pcg.pcg import PCG, PNode, lift
 from unity_legion.strategy.config import OpConfig
 
@@ -44,6 +71,11 @@ class SimResult:
     memory: list[float]                        # bytes per device (peak)
     breakdown: dict[str, OpBreakdown] = field(default_factory=dict)
     busy: list[float] = field(default_factory=list)   # compute seconds per device
+    launches: int = 0                          # launches the host issues per step
+    host: float = 0.0                          # seconds of the issuing thread per step
+    runtime: float = 0.0                       # seconds of the runtime's analysis thread
+    span: float = 0.0                          # the period the timelines alone give
+    work: float = 0.0                          # host + device + copy seconds per step
 
     @property
     def peak_memory(self) -> float:
@@ -57,12 +89,27 @@ class SimulationError(ValueError):
     """A strategy that cannot run on the machine model (too many devices, a bad view)."""
 
 
+def _effective(size: int, degree: int) -> int:
+    """Tiles a tiling of `size` into `degree` pieces yields (the executor's rule)."""
+    if size <= 0 or degree <= 1:
+        return 1
+    degree = min(degree, size)
+    piece = -(-size // degree)
+    return -(-size // piece)
+
+
 class Simulator:
+    """optimizer_slots: slots per weight the update touches (SGD 0, SGD with momentum 1, Adam 2);
+    metrics: metric launches per model output (compile(metrics=...)); steps: simulated back to
+    back (2: the steady-state period; 1: a single step from idle devices)."""
+
     def __init__(self, machine: MachineModel, cost: CostModel | None = None,
-                 optimizer_slots: int = 2) -> None:
+                 optimizer_slots: int = 2, metrics: int = 0, steps: int = 2) -> None:
         self.machine = machine
         self.cost = cost or AnalyticCost()
         self.optimizer_slots = optimizer_slots  # Adam keeps 2 slots per weight
+        self.metrics = metrics
+        self.steps = max(1, steps)
 
     # ------------------------------------------------------------------ public
     def simulate(self, graph: ComputationGraph, batch: int, plan: Mapping[int, OpConfig],
@@ -73,118 +120,52 @@ class Simulator:
 
     def simulate_pcg(self, graph: ComputationGraph, pcg: PCG) -> SimResult:
         m = self.machine
-        dev = m.device
         n = m.num_devices
         for node in pcg.computations():
             lo, hi = node.config.view.span()  # type: ignore[union-attr]
             if hi > n:
                 raise SimulationError(f"operator {node.name!r} uses devices [{lo}, {hi}) but "
                                       f"machine {m.name!r} has {n}")
-        shapes = graph.bind_batch(_batch_of(pcg))
-        compute_free = [0.0] * n
-        net_free = [0.0] * n
-        busy = [0.0] * n
-        ready: dict[int, float] = {t: 0.0 for t in pcg.inputs}   # tensor -> time available
-        devices_of: dict[int, list[int]] = {t: [0] for t in pcg.inputs}
-        breakdown: dict[str, OpBreakdown] = {}
-        costs: dict[int, OpCost] = {}
-        comm_times: dict[int, float] = {}
-
-        def run(devs: list[int], start: float, duration: float, timeline: list[float]) -> float:
-            begin = max([start] + [timeline[d] for d in devs])
-            for d in devs:
-                timeline[d] = begin + duration
-            return begin + duration
-
-        # forward
-        for node in pcg.nodes:
-            start = max(ready[t] for t in node.inputs) if node.inputs else 0.0
-            if node.is_parallel:
-                src = devices_of[node.inputs[0]]
-                dst = self._consumer_devices(pcg, node)
-                t = self._comm_time(node.op, pcg.tensors[node.inputs[0]], src + dst)  # type: ignore[arg-type]
-                comm_times[node.id] = t
-                end = run(sorted(set(src + dst)), start, t, net_free)
-                out_devs = dst
-                br = breakdown.setdefault(_owner(node), OpBreakdown())
-                br.communication += t
-            else:
-                devs = node.config.view.devices()[:node.config.num_points]  # type: ignore[union-attr]
-                gnode = graph.nodes[node.source]  # type: ignore[index]
-                c = self.cost.op_cost(gnode.op, [shapes[t] for t in gnode.inputs], node.config,
-                                      dev)  # type: ignore[arg-type]
-                costs[node.id] = c
-                end = run(devs, start, c.forward, compute_free)
-                for d in devs:
-                    busy[d] += c.forward
-                out_devs = devs
-                br = breakdown.setdefault(node.name, OpBreakdown(start=end - c.forward))
-                br.compute += c.forward
-            for t in node.outputs:
-                ready[t] = end
-                devices_of[t] = out_devs
-        forward_end = max(ready.values()) if ready else 0.0
-
-        # backward, in reverse; gradients flow from consumers to producers
-        grad_ready: dict[int, float] = {t: forward_end for t in pcg.outputs}
-        for node in reversed(pcg.nodes):
-            start = max((grad_ready.get(t, forward_end) for t in node.outputs), default=forward_end)
-            if node.is_parallel:
-                src = devices_of[node.outputs[0]]
-                dst = devices_of[node.inputs[0]]
-                t = comm_times[node.id]
-                end = run(sorted(set(src + dst)), start, t, net_free)
-                breakdown.setdefault(_owner(node), OpBreakdown()).communication += t
-            else:
-                devs = devices_of[node.outputs[0]] if node.outputs else [0]
-                c = costs[node.id]
-                end = run(devs, start, c.backward, compute_free)
-                for d in devs:
-                    busy[d] += c.backward
-                br = breakdown[node.name]
-                br.compute += c.backward
-                # gradient sync of replicated weights, then the update
-                for (nid, wname), ws in pcg.weights.items():
-                    if nid != node.source:
-                        continue
-                    sync = self._allreduce_time(ws, devs)
-                    sync_end = run(devs, end, sync, net_free) if sync else end
-                    br.communication += sync
-                    upd = self._update_time(ws)
-                    upd_end = run(devs, sync_end, upd, compute_free)
-                    for d in devs:
-                        busy[d] += upd
-                    br.compute += upd
-                    br.end = max(br.end, upd_end)
-                br.end = max(br.end, end)
-            for t in node.inputs:
-                grad_ready[t] = max(grad_ready.get(t, 0.0), end)
-        step = max(compute_free + net_free)
-        return SimResult(step, self._memory(graph, pcg, shapes), breakdown, busy)
+        plan = _Plan(self, graph, pcg)
+        state = _State(n)
+        cores = m.runtime.cores
+        state.record = cores > 0
+        syncs: list[float] = []
+        for _ in range(self.steps):
+            state.new_step()
+            syncs.append(plan.run_step(state))
+        if len(syncs) >= 2:
+            lo, hi = syncs[-2], syncs[-1]
+        else:
+            lo, hi = 0.0, max(state.compute_free + state.net_free + [state.host])
+        span = hi - lo
+        work = state.host_busy + state.util_busy + sum(state.busy) + state.moved
+        step = span
+        if cores > 0:
+            step = max(_time_sliced(state.intervals, lo, hi, cores), work / cores)
+        return SimResult(step, self._memory(graph, pcg), state.breakdown, state.busy,
+                         state.launches, state.host_busy, state.util_busy, span, work)
 
     # ------------------------------------------------------------------ pieces
-    def _consumer_devices(self, pcg: PCG, node: PNode) -> list[int]:
-        out = node.outputs[0]
-        for c in pcg.nodes:
-            if out in c.inputs:
-                if c.is_parallel:
-                    return self._consumer_devices(pcg, c)
-                return c.config.view.devices()[:c.config.num_points]  # type: ignore[union-attr]
-        return [0]  # a model output: gathered where the loss runs
-
     def _link(self, devices: Sequence[int]) -> LinkSpec:
         nodes = {self.machine.node_of(d) for d in devices}
         return self.machine.intra if len(nodes) <= 1 else self.machine.inter
 
     def _comm_time(self, op: ParallelOp, shape: ParallelTensorShape, devices: Sequence[int]
                    ) -> float:
-        link = self._link(devices)
         if len(set(devices)) <= 1:
             return 0.0  # every piece already on one device: a view, no transfer
+        link = self._link(devices)
+        rt = self.machine.runtime
         ops = op.ops if isinstance(op, FusedParallelOp) else (op,)
         total = 0.0
         for o in ops:
             out = o.infer(shape)
+            if isinstance(o, Reduce) and rt.reduction == "fold":
+                # every partial copy is folded, whole, into the consumer's piece
+                total += o.degree * rt.fold.time(shape.piece_bytes())  # type: ignore[union-attr]
+                shape = out
+                continue
             if isinstance(o, (Partition, Replicate)):
                 receivers = shape.num_pieces * (o.degree - 1)
             else:  # Combine, Reduce: each output piece receives k - 1 pieces
@@ -194,32 +175,389 @@ class Simulator:
             shape = out
         return total
 
-    def _allreduce_time(self, ws: ParallelTensorShape, devices: Sequence[int]) -> float:
+    def _grad_sync_time(self, ws: ParallelTensorShape, devices: Sequence[int]) -> float:
+        """Summing the c replicas of a weight's gradient (each device holds one piece)."""
         c = ws.copy_degree
         if c <= 1:
             return 0.0
+        rt = self.machine.runtime
+        if rt.reduction == "fold":
+            return c * rt.fold.time(ws.piece_bytes())  # type: ignore[union-attr]
         link = self._link(devices)
         return 2 * (c - 1) * link.latency + 2 * (c - 1) / c * ws.piece_bytes() / link.bandwidth
 
-    def _update_time(self, ws: ParallelTensorShape) -> float:
-        dev = self.machine.device
-        touched = ws.piece_bytes() * (3 + 2 * self.optimizer_slots)   # w, g, slots: read + write
-        return dev.launch_overhead + touched / dev.mem_bandwidth
+    def _allreduce_time(self, ws: ParallelTensorShape, devices: Sequence[int]) -> float:
+        return self._grad_sync_time(ws, devices)
 
-    def _memory(self, graph: ComputationGraph, pcg: PCG, shapes: Mapping[int, object]
-                ) -> list[float]:
+    def _stream_time(self, nbytes: float, points: int = 1) -> float:
+        """A memory-bound task over `nbytes` (read + written), split over `points` devices."""
+        dev = self.machine.device
+        return dev.launch_overhead + nbytes / max(points, 1) / dev.mem_bandwidth
+
+    def _update_time(self, ws: ParallelTensorShape, points: int = 1) -> float:
+        """One point of the optimizer update of a weight split by rows over `points` devices:
+        weight, gradient and slots each read and written."""
+        rows = ws.sizes[0] if ws.rank else 1
+        piece = ws.num_bytes() * (-(-rows // max(points, 1)) / max(rows, 1))
+        return self._stream_time(piece * (2 + 2 + 2 * self.optimizer_slots))
+
+    def _memory(self, graph: ComputationGraph, pcg: PCG) -> list[float]:
         mem: dict[int, float] = defaultdict(float)
         per_weight = 2 + self.optimizer_slots  # weight, gradient, slots
+        weights_of: dict[int, float] = defaultdict(float)
+        for (nid, _), ws in pcg.weights.items():
+            weights_of[nid] += ws.piece_bytes() * per_weight
         for node in pcg.computations():
             devs = node.config.view.devices()[:node.config.num_points]  # type: ignore[union-attr]
             held = sum(pcg.tensors[t].piece_bytes() for t in node.outputs)
             held += sum(pcg.tensors[t].piece_bytes() for t in node.inputs
                         if pcg.tensors[t].copy_degree > 1)
-            held += sum(ws.piece_bytes() * per_weight for (nid, _), ws in pcg.weights.items()
-                        if nid == node.source)
+            held += weights_of.get(node.source, 0.0)  # type: ignore[arg-type]
             for d in devs:
                 mem[d] += held
         return [mem[d] for d in range(self.machine.num_devices)]
+
+
+class _State:
+    """Timelines carried from one simulated step to the next."""
+
+    def __init__(self, n: int) -> None:
+        self.compute_free = [0.0] * n
+        self.net_free = [0.0] * n
+        self.busy = [0.0] * n
+        self.host = 0.0
+        self.host_busy = 0.0
+        self.util = 0.0             # when the runtime's (analysis and mapping) thread is free
+        self.util_busy = 0.0
+        self.moved = 0.0            # seconds of copies and folds (work of the runtime's threads)
+        self.launches = 0
+        self.weight_ready: dict[tuple[int, str], float] = {}
+        self.breakdown: dict[str, OpBreakdown] = {}
+        self.record = False         # keep busy intervals (machines whose threads share cores)
+        self.intervals: list[tuple[float, float]] = []
+
+    def new_step(self) -> None:
+        self.busy = [0.0] * len(self.busy)
+        self.breakdown = {}
+        self.host_busy = 0.0
+        self.util_busy = 0.0
+        self.moved = 0.0
+        self.launches = 0
+
+
+@dataclass
+class _Node:
+    """What the step needs of one PCG node, worked out once."""
+
+    pnode: PNode
+    devs: list[int]
+    cost: OpCost | None = None
+    fills: int = 0                 # zero-fills before the forward launches
+    fill_time: float = 0.0
+    comm: float = 0.0              # parallel operators: seconds of movement
+    src: list[int] = field(default_factory=list)
+    backward: bool = True          # whether the backward pass runs it (or moves its gradient)
+    accumulates: int = 0           # accumulate launches after the backward
+    acc_time: float = 0.0          # their time on every device
+    weights: list[tuple[tuple[int, str], ParallelTensorShape]] = field(default_factory=list)
+    state_launches: int = 0
+
+
+class _Plan:
+    """A PCG turned into the sequence of host actions and device tasks of one step."""
+
+    def __init__(self, sim: Simulator, graph: ComputationGraph, pcg: PCG) -> None:
+        self.sim = sim
+        self.pcg = pcg
+        m = sim.machine
+        self.n = m.num_devices
+        self.all_devs = list(range(self.n))
+        dev = m.device
+        shapes = graph.bind_batch(_batch_of(pcg))
+        self.batch = _batch_of(pcg)
+        outputs = set(pcg.outputs)
+        consumers: dict[int, list[PNode]] = defaultdict(list)
+        for node in pcg.nodes:
+            for t in node.inputs:
+                consumers[t].append(node)
+        self.consumers = consumers
+        # the executor does not gather model outputs: the loss reads them split by samples
+        self.skipped = {node.id for node in pcg.nodes
+                        if node.is_parallel and any(t in outputs for t in node.outputs)}
+        # which graph tensors need a gradient (the executor's rule, no input gradients)
+        gnodes = {g.id: g for g in graph.nodes}
+        req: dict[int, bool] = {t: False for t in graph.inputs}
+        trainable: dict[int, set[str]] = {}
+        for g in graph.subgraph_nodes([t for g in graph.nodes for t in g.outputs]):
+            trainable[g.id] = {ws.name for ws in g.weights if ws.trainable}
+            r = any(req.get(t, False) for t in g.inputs) or bool(trainable[g.id])
+            for t in g.outputs:
+                req[t] = r and shapes[t].dtype.is_float
+        consumed = {t for g in graph.nodes for t in g.inputs}
+        preq: dict[int, bool] = {t: False for t in pcg.inputs}   # pcg tensors needing gradients
+        self.devices_of: dict[int, list[int]] = {t: [0] for t in pcg.inputs}
+        self.nodes: list[_Node] = []
+        seen_grad: set[int] = set()
+        grad_nodes: list[tuple[_Node, list[int]]] = []
+        for node in pcg.nodes:
+            if node.id in self.skipped:
+                continue
+            if node.is_parallel:
+                src = self.devices_of[node.inputs[0]]
+                dst = self._consumer_devices(node)
+                item = _Node(node, dst, src=src)
+                item.comm = sim._comm_time(node.op, pcg.tensors[node.inputs[0]],  # type: ignore[arg-type]
+                                           src + dst)
+                item.backward = preq.get(node.inputs[0], False)
+                for t in node.outputs:
+                    preq[t] = item.backward
+            else:
+                cfg = node.config
+                devs = cfg.view.devices()[:cfg.num_points]  # type: ignore[union-attr]
+                g = gnodes[node.source]  # type: ignore[index]
+                ins = [shapes[t] for t in g.inputs]
+                needs = [req.get(t, False) for t in g.inputs]
+                item = _Node(node, devs)
+                item.cost = priced(sim.cost, g.op, ins, cfg, dev, needs)  # type: ignore[arg-type]
+                zeroed = [pcg.tensors[t] for t in node.outputs if pcg.tensors[t].sum_degree > 1]
+                saved = [sv.shape for sv in g.op.saved(ins) if sv.zero]
+                item.fills = len(zeroed) + len(saved)
+                item.fill_time = (sum(sim._stream_time(s.piece_bytes()) for s in zeroed)
+                                  + sum(sim._stream_time(s.num_bytes() / max(len(devs), 1))
+                                        for s in saved))
+                item.weights = [((nid, w), ws) for (nid, w), ws in pcg.weights.items()
+                                if nid == g.id and w in trainable.get(g.id, set())]
+                item.state_launches = len(g.op.state_updates(ins))
+                # the executor runs a backward where some output has a gradient: one that
+                # needs it, or a model output (the loss gives it one)
+                item.backward = any(req.get(t, False) or t not in consumed for t in g.outputs)
+                for t, gt in zip(node.outputs, g.outputs):
+                    preq[t] = req.get(gt, False)
+                if item.backward:
+                    grad_nodes.append((item, [t for t in g.inputs if req.get(t, False)]))
+            for t in node.outputs:
+                self.devices_of[t] = item.devs
+            self.nodes.append(item)
+        # accumulate launches: every consumer of a tensor but the first one the backward
+        # pass reaches adds its part into the gradient (data-parallel over all devices)
+        for item, grads in reversed(grad_nodes):
+            for t in grads:
+                if t in seen_grad:
+                    item.accumulates += 1
+                    item.acc_time += sim._stream_time(3 * shapes[t].num_bytes(), self.n)
+                seen_grad.add(t)
+        # the objective, per model output: conversion to samples over all devices, one loss
+        self.objectives: list[tuple[int, float, float]] = []   # (pcg tensor, comm, loss time)
+        for t in pcg.outputs:
+            produced = self._produced(t)
+            shape = pcg.tensors[produced]
+            want = ParallelTensorShape.of(shape.logical(), (_effective(shape.sizes[0], self.n),)
+                                          + (1,) * (shape.rank - 1))
+            comm = 0.0
+            try:
+                ops = conversion(shape, want)
+            except ParallelShapeError:
+                ops = ()
+            if ops:
+                op = ops[0] if len(ops) == 1 else FusedParallelOp(ops)
+                comm = sim._comm_time(op, shape, self.devices_of.get(produced, [0]) + self.all_devs)
+            loss = sim._stream_time(3 * shape.num_bytes(), want.shard_degree)
+            self.objectives.append((produced, comm, loss))
+        self.feeds = len(pcg.inputs) + len(pcg.outputs)   # arrays attached per step
+
+    def _produced(self, t: int) -> int:
+        """The tensor a model output is gathered from (before the skipped gather)."""
+        for node in self.pcg.nodes:
+            if node.id in self.skipped and t in node.outputs:
+                return node.inputs[0]
+        return t
+
+    def _consumer_devices(self, node: PNode) -> list[int]:
+        out = node.outputs[0]
+        for c in self.consumers.get(out, []):
+            if c.is_parallel:
+                if c.id in self.skipped:
+                    return self.all_devs
+                return self._consumer_devices(c)
+            return c.config.view.devices()[:c.config.num_points]  # type: ignore[union-attr]
+        return self.all_devs  # a model output: read by the loss on every device
+
+    # ------------------------------------------------------------------ one step
+    def run_step(self, s: _State) -> float:
+        """Simulate one step onto the timelines of `s`; returns when the loss read returns."""
+        sim, pcg = self.sim, self.pcg
+        rt = sim.machine.runtime
+        issue = rt.issue
+
+        record = s.intervals.append if s.record else None
+
+        def host(launches: int, seconds: float | None = None, runtime: float | None = None
+                 ) -> tuple[float, float]:
+            """Issue `launches` (taking `seconds` of the host, default `issue` each), then the
+            runtime's thread analyses them (`runtime` seconds, default `analysis` each): when
+            the first may start its tasks, when the last may."""
+            n = max(launches, 1)
+            total = launches * issue if seconds is None else seconds
+            first = s.host + total / n
+            if record and total > 0:
+                record((s.host, s.host + total))
+            s.host += total
+            s.host_busy += total
+            s.launches += launches
+            work = launches * rt.analysis if runtime is None else runtime
+            if work <= 0:
+                return first, s.host
+            begin = max(s.util, first)
+            s.util = max(begin + work, s.host + work / n)
+            s.util_busy += work
+            if record:
+                record((s.util - work, s.util))
+            return s.util - work + work / n, s.util
+
+        def run(devs: Sequence[int], start: float, duration: float, timeline: list[float]
+                ) -> float:
+            begin = max([start] + [timeline[d] for d in devs])
+            for d in devs:
+                timeline[d] = begin + duration
+            if record and duration > 0:
+                # a task per device; a transfer is one thread's work
+                for _ in (devs if timeline is s.compute_free else devs[:1]):
+                    record((begin, begin + duration))
+            return begin + duration
+
+        host(self.feeds)
+        ready: dict[int, float] = {t: s.host for t in pcg.inputs}
+        # forward
+        for item in self.nodes:
+            node = item.pnode
+            start = max((ready[t] for t in node.inputs), default=0.0)
+            if node.is_parallel:
+                end = run(sorted(set(item.src + item.devs)), start, item.comm, s.net_free)
+                s.moved += item.comm
+                s.breakdown.setdefault(_owner(node), OpBreakdown()).communication += item.comm
+            else:
+                c = item.cost
+                assert c is not None
+                for key, _ in item.weights:
+                    start = max(start, s.weight_ready.get(key, 0.0))
+                fills = 0 if c.fills_included else item.fills
+                launches = fills + c.launches_forward
+                first, last = host(launches, None if c.issue_forward is None
+                                   else fills * issue + c.issue_forward,
+                                   None if c.runtime_forward is None
+                                   else fills * rt.analysis + c.runtime_forward)
+                dur = (0.0 if c.fills_included else item.fill_time) + c.forward
+                begin = max([start, first] + [s.compute_free[d] for d in item.devs])
+                end = max(begin + dur, last + c.forward / max(c.launches_forward, 1))
+                for d in item.devs:
+                    s.compute_free[d] = end
+                    s.busy[d] += dur
+                    if record:
+                        record((end - dur, end))
+                br = s.breakdown.setdefault(node.name, OpBreakdown(start=begin))
+                br.compute += dur
+            for t in node.outputs:
+                ready[t] = end
+        # the objective, then the blocking read of the loss
+        losses_end = 0.0
+        grad_ready: dict[int, float] = {}
+        for produced, comm, loss in self.objectives:
+            t0 = ready.get(produced, 0.0)
+            if comm:
+                t0 = run(self.all_devs, t0, comm, s.net_free)
+                s.moved += 2 * comm   # there, and the gradient back
+            launches = 1 + self.sim.metrics
+            first, _ = host(launches)
+            end = run(self.all_devs, max(t0, first), loss * launches, s.compute_free)
+            for d in self.all_devs:
+                s.busy[d] += loss * launches
+            grad_ready[produced] = end + comm
+            losses_end = max(losses_end, end)
+        s.host = max(s.host, losses_end) + rt.sync
+        s.host_busy += rt.sync
+        synced = s.host
+        # backward, in reverse; gradients flow from consumers to producers
+        updates: list[tuple[_Node, float]] = []
+        for item in reversed(self.nodes):
+            if not item.backward:
+                continue
+            node = item.pnode
+            start = max((grad_ready.get(t, 0.0) for t in node.outputs), default=0.0)
+            if node.is_parallel:
+                end = run(sorted(set(item.src + item.devs)), start, item.comm, s.net_free)
+                s.moved += item.comm
+                s.breakdown.setdefault(_owner(node), OpBreakdown()).communication += item.comm
+            else:
+                c = item.cost
+                assert c is not None
+                first, last = host(c.launches_backward + item.accumulates,
+                                   None if c.issue_backward is None
+                                   else item.accumulates * issue + c.issue_backward,
+                                   None if c.runtime_backward is None
+                                   else item.accumulates * rt.analysis + c.runtime_backward)
+                begin = max([start, first] + [s.compute_free[d] for d in item.devs])
+                end = max(begin + c.backward,
+                          last + c.backward / max(c.launches_backward, 1))
+                for d in item.devs:
+                    s.compute_free[d] = end
+                    s.busy[d] += c.backward
+                    if record:
+                        record((end - c.backward, end))
+                br = s.breakdown[node.name]
+                br.compute += c.backward
+                if item.accumulates:
+                    acc = item.acc_time
+                    end = run(self.all_devs, end, acc, s.compute_free)
+                    for d in self.all_devs:
+                        s.busy[d] += acc
+                br.end = max(br.end, end)
+                if item.weights:
+                    updates.append((item, end))
+            for t in node.inputs:
+                grad_ready[t] = max(grad_ready.get(t, 0.0), end)
+        # gradient sums and optimizer updates (issued after the whole backward pass)
+        for item, grads_end in reversed(updates):
+            br = s.breakdown[item.pnode.name]
+            for key, ws in item.weights:
+                sync = sim._grad_sync_time(ws, item.devs)
+                sync_end = run(item.devs, grads_end, sync, s.net_free) if sync else grads_end
+                s.moved += sync
+                br.communication += sync
+                rows = ws.sizes[0] if ws.rank else 1
+                points = _effective(rows, self.n)
+                devs = self.all_devs[:points]
+                upd = sim._update_time(ws, points)
+                first, _ = host(1)
+                upd_end = run(devs, max(sync_end, first), upd, s.compute_free)
+                for d in devs:
+                    s.busy[d] += upd
+                br.compute += upd
+                br.end = max(br.end, upd_end)
+                s.weight_ready[key] = upd_end
+        for item in self.nodes:
+            if item.state_launches:
+                first, _ = host(item.state_launches)
+                run(item.devs, first, sim.machine.device.launch_overhead * item.state_launches,
+                    s.compute_free)
+        return synced
+
+
+def _time_sliced(intervals: Sequence[tuple[float, float]], lo: float, hi: float,
+                 cores: float) -> float:
+    """How long [lo, hi) of a schedule lasts when its busy threads share `cores` cores: a
+    stretch where k threads are busy takes max(1, k / cores) times as long."""
+    events: list[tuple[float, int]] = []
+    for a, b in intervals:
+        a, b = max(a, lo), min(b, hi)
+        if b > a:
+            events.append((a, 1))
+            events.append((b, -1))
+    events.sort()
+    total, t, k = 0.0, lo, 0
+    for when, delta in events:
+        total += (when - t) * max(1.0, k / cores)
+        t, k = when, k + delta
+    return total + (hi - t) * max(1.0, k / cores)
 
 
 def _owner(node: PNode) -> str:

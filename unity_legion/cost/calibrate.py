@@ -1,0 +1,470 @@
+"""Measure this machine's figures for the "local" preset, and the analytic model's efficiencies.
+
+Everything is measured through Legate on the processors of the running job (`legate --cpus N`),
+with the executor's own launch path, as medians of repeated runs. Costs are CPU seconds, per
+thread (Linux `schedstat`, as `measure.py` does): a machine shared with other jobs stretches wall
+time, which the one wall-time figure, `cores`, accounts for.
+
+- flops_fp32: one processor's matmul rate: a serial Linear forward of 512 x 512 x 512
+  (2 n^3 flops over the kernel's CPU time in its task).
+- mem_bandwidth: one processor streaming a 32 MiB copy (bytes read + written over CPU time).
+- runtime.cores: a compute-bound task (matmuls) on one processor alone, then one on every
+  processor while the issuing thread computes as much: the work done per second over what one
+  thread alone does. Costs are measured one thread at a time (`MeasuredCost` runs a launch's
+  points one after another), so this is the machine's capacity in those units: it counts cores
+  shared with the issuing thread, Legate's own threads and other jobs, and hardware threads that
+  share a core (`measure_cores`, which a benchmark can call again: it is a figure of the
+  moment).
+- launch_overhead (device, per task), runtime.analysis (per launch) and runtime.issue (host, per
+  launch): batches of trivial launches of three stores on one and on all processors; the CPU of
+  the processors' threads per task (the Python task wrapper), of the runtime's other threads per
+  launch (Legion's analysis and mapping, Realm), and of the issuing thread per launch. Operators'
+  own launches are measured with them (`MeasuredCost`); these figures price the executor's glue
+  launches (loss, accumulations, optimizer updates, fills, attaching the batch).
+- runtime.sync: a blocking read of a finished result (the executor reads the loss so).
+- intra link (moving data between processors): a store written by the processors tiled by rows
+  is read by them tiled by columns, each point then needing (p-1)/p of its piece from the
+  others'; the CPU beyond the same read tiled by rows, at two sizes, gives latency and bandwidth
+  (on one rank all processors share one memory: this is close to nothing).
+- runtime.fold (reducing): every processor's point ADD-reduces into a whole store, then one task
+  reads it, against every point writing its own rows of it (trivial kernels: only the runtime's
+  work differs). One point reduces in place (Legion folds nothing), p points leave p copies to
+  fold: the CPU the reduction adds, per copy, at two sizes, gives the per-copy latency and the
+  fold bandwidth.
+- efficiency factors of AnalyticCost: for the compute-bound families (conv2d,
+  multi_head_attention) the fraction of the measured peak that a serial forward of a typical
+  piece reaches, flops / (flops_fp32 x kernel time) (linear is 1: the peak is measured on a
+  Linear); the memory efficiency from a serial
+  elementwise add (its bytes over mem_bandwidth x kernel time). Factors are clipped to [0.01, 1].
+  They make the analytic model (the fallback for what is not measured) agree with this machine.
+
+The result (`Calibration`: the machine model and the efficiencies) is cached as JSON in the cost
+cache directory (`measure.cache_root`), keyed by the machine fingerprint, so a second run
+measures nothing. `local_machine()` returns the "local" preset with the measured figures (the
+cached ones; measuring first if `measure` and none are cached, else the preset's defaults).
+Only one-rank jobs are measured (the clocks read are this process's threads'; several ranks
+would need their figures summed across processes, which is not done).
+
+If the job has GPUs, nothing here applies (the probes are CPU tasks): `calibrate` refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from unity_legion.cost.machine import (PRESETS, LinkSpec, MachineError, MachineModel,
+                                       RuntimeSpec)
+from unity_legion.cost.measure import cache_root, machine_fingerprint
+from unity_legion.cost.op_cost import MEMORY_EFFICIENCY, AnalyticCost
+from unity_legion.operators.base import In, Out, Sum, kernel
+from unity_legion.pcg.tensor import TensorShape
+
+SCHEMA = "unity_legion.calibration"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    machine: MachineModel
+    efficiency: Mapping[str, float] = field(default_factory=dict)
+    memory_efficiency: float = MEMORY_EFFICIENCY
+    probes: Mapping[str, float] = field(default_factory=dict)   # raw figures, for reports
+
+    def analytic(self) -> AnalyticCost:
+        return AnalyticCost(efficiency=dict(self.efficiency),
+                            memory_efficiency=self.memory_efficiency)
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": SCHEMA, "version": 1,
+                           "machine": json.loads(self.machine.to_json()),
+                           "efficiency": dict(self.efficiency),
+                           "memory_efficiency": self.memory_efficiency,
+                           "probes": dict(self.probes)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Calibration":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MachineError(f"calibration: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise MachineError("calibration: not a unity_legion calibration file")
+        try:
+            return cls(MachineModel.from_dict(data["machine"]), dict(data["efficiency"]),
+                       float(data["memory_efficiency"]), dict(data.get("probes", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MachineError(f"calibration: {exc}") from None
+
+
+def calibration_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    return cache_root(cache_dir) / f"machine-{machine_fingerprint()}.json"
+
+
+def cached_calibration(cache_dir: str | os.PathLike[str] | None = None) -> Calibration | None:
+    path = calibration_path(cache_dir)
+    try:
+        return Calibration.from_json(path.read_text())
+    except (OSError, MachineError):
+        return None
+
+
+def local_calibration(cache_dir: str | os.PathLike[str] | None = None, measure: bool = True,
+                      refresh: bool = False) -> Calibration | None:
+    """The cached calibration; measured (and cached) first when there is none (or `refresh`)
+    and `measure` is true; None when there is none and `measure` is false."""
+    cal = None if refresh else cached_calibration(cache_dir)
+    if cal is None and measure:
+        cal = calibrate()
+        path = calibration_path(cache_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(cal.to_json())
+        os.replace(tmp, path)
+    return cal
+
+
+def local_machine(cache_dir: str | os.PathLike[str] | None = None, measure: bool = True,
+                  refresh: bool = False) -> MachineModel:
+    """The "local" preset with this machine's measured figures (see the module doc)."""
+    cal = local_calibration(cache_dir, measure, refresh)
+    return cal.machine if cal is not None else PRESETS["local"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Probes (legate is imported inside `calibrate` only)
+# ------------------------------------------------------------------------------------------------
+
+_STAMPS: list[tuple[str, float]] = []   # (probe, CPU seconds in its task) written by the tasks
+
+
+@kernel
+def probe_copy(a: In, b: Out) -> None:
+    t = time.thread_time()
+    np.copyto(b, a)
+    _STAMPS.append(("copy", time.thread_time() - t))
+
+
+_WORKERS: set[int] = set()    # native ids of the threads that ran probe tasks (processors)
+
+
+@kernel
+def probe_three(a: In, b: In, c: Out) -> None:
+    _WORKERS.add(threading.get_native_id())
+
+
+@kernel
+def probe_matmuls(a: In, b: Out, times: int) -> None:
+    for _ in range(times):
+        np.matmul(a, a, out=b)
+
+
+@kernel
+def probe_reduce(acc: Sum, marker: Out) -> None:
+    pass
+
+
+@kernel
+def probe_write(acc: Out, marker: Out) -> None:
+    pass
+
+
+def _median(f: Callable[[], float], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        f()
+    return statistics.median(f() for _ in range(repeats))
+
+
+def _fit_line(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float]:
+    """(intercept, slope) of the line through two points; both kept >= 0 (a slope of at least
+    1e-13 s/byte: 10 TB/s), since a measured cost below zero is noise around nothing."""
+    slope = max((y1 - y0) / (x1 - x0) if x1 != x0 else 0.0, 1e-13)
+    return max(y0 - slope * x0, 0.0), slope
+
+
+@dataclass(frozen=True)
+class _Cpu:
+    host: float       # the issuing thread, while it issues
+    tasks: float      # the processors' threads (those that ran probe tasks)
+    runtime: float    # every other thread, less what an empty window costs them
+
+    @property
+    def total(self) -> float:
+        return self.host + self.tasks + self.runtime
+
+
+class _Probe:
+    """Launches through the executor's own path (`GraphExecutor._launch`) on chosen processors."""
+
+    def __init__(self) -> None:
+        # Stores come from the executor (the one module that speaks Legate).
+        from unity_legion.executor.executor import GraphExecutor
+        from unity_legion.pcg.graph import ComputationGraph
+        from unity_legion.runtime import runtime
+
+        self.rt = runtime()
+        self.ex = GraphExecutor(ComputationGraph(), [])
+
+    def fence(self) -> None:
+        self.rt.issue_execution_fence(block=True)
+
+    def store(self, *shape: int, value: float = 1.0) -> Any:
+        s = self.ex._new(TensorShape(tuple(shape)))
+        s.fill(value)
+        return s
+
+    def launch(self, k: Any, args: Mapping[str, tuple[str | None, ...]], stores: Mapping[str, Any],
+               points: int, scalars: Mapping[str, Any] | None = None, start: int = 0) -> None:
+        from unity_legion.mappers.machine_view import MachineView
+        from unity_legion.operators.base import SAMPLE, Arg, Launch, Ref, RefKind
+
+        refs = {Ref(RefKind.SAVED, name): store for name, store in stores.items()}
+        launch = Launch(k, {name: Arg(Ref(RefKind.SAVED, name), split)
+                            for name, split in args.items()}, dict(scalars or {}))
+        self.ex._launch(launch, refs, {SAMPLE: points},
+                        MachineView.contiguous("cpu", start, min(points, self.procs)))
+
+    @property
+    def procs(self) -> int:
+        from unity_legion.runtime import machine_info
+
+        return machine_info().cpus_per_rank
+
+    def timed(self, f: Callable[[], None]) -> float:
+        self.fence()
+        t = time.perf_counter()
+        f()
+        self.fence()
+        return time.perf_counter() - t
+
+    def cpu_window(self, f: Callable[[], None]) -> "_Cpu":
+        """CPU seconds of the issuing thread (while it issues), of the processors' threads and of
+        the runtime's other threads while `f`'s launches are issued and run."""
+        from unity_legion.cost.measure import cpu_split, thread_cpu
+
+        main = threading.get_native_id()
+        self.fence()
+        c0 = thread_cpu()
+        self.fence()
+        c1 = thread_cpu()
+        h = time.thread_time()
+        f()
+        host = time.thread_time() - h   # issuing only (waiting at a fence can spin)
+        self.fence()
+        c2 = thread_cpu()
+        idle = cpu_split(c0, c1, main, _WORKERS)
+        busy = cpu_split(c1, c2, main, _WORKERS)
+        return _Cpu(host, max(busy.tasks - idle.tasks, 0.0),
+                    max(busy.runtime - idle.runtime, 0.0))
+
+
+def calibrate(repeats: int = 9) -> Calibration:
+    """Run every probe on this job's CPU processors (see the module doc)."""
+    from unity_legion.cost.measure import measure_op
+    from unity_legion.executor.executor import read
+    from unity_legion.operators.base import SAMPLE
+    from unity_legion.operators.elementwise import Add
+    from unity_legion.operators.linear import Linear
+    from unity_legion.pcg.tensor import TensorShape
+    from unity_legion.runtime import machine_info
+    from unity_legion.strategy.config import OpConfig
+
+    info = machine_info()
+    if info.gpus:
+        raise RuntimeError("calibrate: this job has GPUs; the local probes measure CPU "
+                           "processors only (use a GPU preset)")
+    if info.ranks > 1:
+        raise RuntimeError("calibrate: needs a one-rank job (the clocks it reads are those of "
+                           "this process's threads)")
+    pr = _Probe()
+    procs = pr.procs
+    probes: dict[str, float] = {}
+    rows = (SAMPLE, None)
+
+    # --- compute and memory of one processor (CPU time in the task) ------------------------------
+    n = 512
+    mm = measure_op(Linear(n, use_bias=False), [TensorShape((n, n))], OpConfig(), repeats=repeats)
+    flops = 2.0 * n ** 3 / mm.forward_kernel
+    elems = 8 * 2 ** 20  # 32 MiB of float32
+    a, b = pr.store(elems), pr.store(elems)
+
+    def stream() -> float:
+        _STAMPS.clear()
+        pr.launch(probe_copy, {"a": (SAMPLE,), "b": (SAMPLE,)}, {"a": a, "b": b}, 1)
+        pr.fence()
+        (cpu,) = [sec for tag, sec in _STAMPS if tag == "copy"]
+        return cpu
+    bandwidth = 2 * 4 * elems / _median(stream, repeats)
+    probes |= {"matmul_512_s": mm.forward_kernel, "stream_32MiB_s": 2 * 4 * elems / bandwidth}
+
+    # --- parallel capacity: one processor busy, then all of them (wall time) ---------------------
+    cores = measure_cores(max(3, repeats // 2))
+    probes |= {"cores": cores}
+
+    # --- per-task, per-launch costs of a launch with 3 stores: processors, runtime, host ---------
+    stores = {k: pr.store(64 * procs, 64) for k in ("a", "b", "c")}
+    per_task, per_analysis, per_issue = [], [], []
+    for points in sorted({1, procs}):
+        def trivial() -> None:
+            for _ in range(20):
+                pr.launch(probe_three, {"a": rows, "b": rows, "c": rows}, stores, points)
+        for _ in range(2):
+            pr.cpu_window(trivial)
+        splits = [pr.cpu_window(trivial) for _ in range(max(3, repeats // 2))]
+        per_task.append(statistics.median(s.tasks for s in splits) / (20 * points))
+        per_analysis.append(statistics.median(s.runtime for s in splits) / 20)
+        per_issue.append(statistics.median(s.host for s in splits) / 20)
+    task_overhead = statistics.fmean(per_task)
+    analysis = statistics.fmean(per_analysis)
+    issue = statistics.fmean(per_issue)
+    for p, t, a in zip(sorted({1, procs}), per_task, per_analysis):
+        probes |= {f"task_cpu_{p}pt_s": t, f"analysis_cpu_{p}pt_s": a}
+
+    small = pr.store(4)
+
+    def blocking_read() -> float:
+        pr.fence()
+        t = time.perf_counter()
+        read(small)
+        return time.perf_counter() - t
+    sync = _median(blocking_read, repeats)
+
+    # --- moving data between processors (tilings that differ): CPU of all threads ----------------
+    def moved(side: int) -> float:
+        src, dst = pr.store(side, side), pr.store(side, side)
+
+        def once(split: tuple[str | None, ...]) -> float:
+            pr.launch(probe_copy, {"a": rows, "b": rows}, {"a": dst, "b": src}, procs)
+            pr.fence()
+            return pr.cpu_window(lambda: pr.launch(probe_copy, {"a": split, "b": split},
+                                                   {"a": src, "b": dst}, procs)).total
+        same = _median(lambda: once(rows), repeats)
+        crossed = _median(lambda: once((None, SAMPLE)), repeats)
+        return crossed - same
+
+    sizes = (256, 1024)
+    extra = [moved(s) for s in sizes]
+    # each point reads 1/procs of the store, of which a share (procs-1)/procs sits elsewhere
+    moved_bytes = [4.0 * s * s * (procs - 1) / procs ** 2 for s in sizes]
+    lat, inv_bw = _fit_line(moved_bytes[0], extra[0], moved_bytes[1], extra[1])
+    intra = LinkSpec(1.0 / inv_bw, lat)
+    probes |= {f"move_extra_{s}_s": e for s, e in zip(sizes, extra)}
+
+    # --- folding ADD-reduction copies: CPU of all threads -------------------------------------------
+    def reduced(side: int, fold: bool) -> float:
+        """procs points with trivial kernels writing a store, then one task reads it: each
+        point ADD-reducing into all of it (fold) or writing its own rows (no fold)."""
+        src, acc, out = pr.store(side, side), pr.store(side, side), pr.store(side, side)
+        marker = pr.store(procs)
+
+        def once() -> None:
+            if fold:
+                pr.launch(probe_reduce, {"acc": (), "marker": (SAMPLE,)},
+                          {"acc": acc, "marker": marker}, procs)
+            else:
+                pr.launch(probe_write, {"acc": rows, "marker": (SAMPLE,)},
+                          {"acc": acc, "marker": marker}, procs)
+            pr.launch(probe_copy, {"a": rows, "b": rows}, {"a": acc, "b": out}, 1)
+        return _median(lambda: pr.cpu_window(once).total, repeats)
+
+    if procs > 1:
+        fold_extra = [(reduced(s, True) - reduced(s, False)) / procs for s in sizes]
+    else:
+        fold_extra = [0.0 for _ in sizes]
+    fold_bytes = [4.0 * s * s for s in sizes]
+    f_lat, f_inv = _fit_line(fold_bytes[0], fold_extra[0], fold_bytes[1], fold_extra[1])
+    fold = LinkSpec(1.0 / f_inv, f_lat)
+    probes |= {f"fold_per_copy_{s}_s": e for s, e in zip(sizes, fold_extra)}
+
+    # --- efficiencies of the analytic model --------------------------------------------------------
+    efficiency = {"linear": min(max(2.0 * n ** 3 / (flops * mm.forward_kernel), 0.01), 1.0)}
+    efficiency |= _family_efficiencies(flops, repeats)
+    add_shape = TensorShape((256, 4096))
+    add = measure_op(Add(), [add_shape, add_shape], OpConfig(), repeats=repeats)
+    mem_eff = min(max(3 * add_shape.num_bytes() / (bandwidth * add.forward_kernel), 0.01), 1.0)
+    probes |= {"add_256x4096_s": add.forward_kernel}
+
+    base = PRESETS["local"]
+    device = replace(base.device, flops_fp32=flops, flops_bf16=flops, mem_bandwidth=bandwidth,
+                     launch_overhead=task_overhead)
+    machine = replace(base, nodes=1, devices_per_node=procs, device=device, intra=intra,
+                      runtime=RuntimeSpec(issue=issue, sync=sync, reduction="fold", fold=fold,
+                                          cores=cores, analysis=analysis),
+                      source="measured by unity_legion.cost.calibrate on this machine")
+    return Calibration(machine, efficiency, mem_eff, probes)
+
+
+def measure_cores(repeats: int = 3, warmup: int = 1) -> float:
+    """The parallel capacity this job has now, in threads' worth of work: a compute-bound task
+    (matmuls) on one processor alone, then one on every processor while the issuing thread
+    computes as much: the work done per second then over the work one thread alone does per
+    second, within [1, the core count] (see the module doc)."""
+    from unity_legion.operators.base import SAMPLE
+
+    pr = _Probe()
+    procs = pr.procs
+    rows = (SAMPLE, None)
+    side, times = 256, 40
+    one = pr.store(side, side), pr.store(side, side)
+    every = pr.store(side * procs, side), pr.store(side * procs, side)
+    a = np.ones((side, side), np.float32)
+    b = np.empty_like(a)
+
+    def alone() -> float:
+        return pr.timed(lambda: pr.launch(probe_matmuls, {"a": rows, "b": rows},
+                                          {"a": one[0], "b": one[1]}, 1, {"times": times}))
+
+    def together() -> float:
+        def work() -> None:
+            pr.launch(probe_matmuls, {"a": rows, "b": rows}, {"a": every[0], "b": every[1]},
+                      procs, {"times": times})
+            for _ in range(times):
+                np.matmul(a, a, out=b)
+        return pr.timed(work)
+
+    t_one = _median(alone, repeats, warmup=warmup)
+    t_all = _median(together, repeats, warmup=warmup)
+    return min(max((procs + 1) * t_one / t_all, 1.0), float(os.cpu_count() or procs + 1))
+
+
+def _family_efficiencies(flops: float, repeats: int) -> dict[str, float]:
+    """Fraction of `flops` reached by a serial forward of a typical piece of each compute-bound
+    family that is available (conv2d, multi_head_attention)."""
+    from unity_legion.cost.measure import measure_op
+    from unity_legion.pcg.tensor import TensorShape
+    from unity_legion.strategy.config import OpConfig
+
+    out: dict[str, float] = {}
+    cases: list[tuple[str, Callable[[], Any], list[TensorShape]]] = []
+    try:
+        from unity_legion.operators.conv2d import Conv2D
+
+        cases.append(("conv2d", lambda: Conv2D(64, (3, 3), padding="same"),
+                      [TensorShape((16, 32, 32, 64))]))
+    except ImportError:
+        pass
+    try:
+        from unity_legion.operators.attention import MultiHeadAttention
+
+        cases.append(("multi_head_attention", lambda: MultiHeadAttention(4, 64),
+                      [TensorShape((16, 64, 256))] * 2))
+    except ImportError:
+        pass
+    for family, make, shapes in cases:
+        try:
+            op = make()
+            op.infer_outputs(shapes)
+        except Exception:   # an operator whose signature moved on: keep the default
+            continue
+        m = measure_op(op, shapes, OpConfig(), repeats=repeats)
+        out[family] = min(max(op.flops(shapes) / (flops * m.forward), 0.01), 1.0)
+    return out
