@@ -151,6 +151,21 @@ def load_data(args: argparse.Namespace, entry: Any, model: Any
     return [data.x_train], [data.y_train], [data.x_test], [data.y_test]
 
 
+def predicted_forward(model: Any, args: argparse.Namespace) -> Any:
+    """explain()'s time column: each operator's forward on this machine's model (the "local"
+    preset, analytic roofline; scripts/bench_simulator.py calibrates and checks it)."""
+    from unity_legion.cost import AnalyticCost, preset
+
+    device, cost, graph = preset("local").device, AnalyticCost(), model.graph
+    shapes = graph.bind_batch(args.batch_size)
+
+    def forward(node: Any, pcg: Any) -> float:
+        op_node = graph.nodes[node.source]
+        return cost.op_cost(op_node.op, [shapes[t] for t in op_node.inputs], node.config,
+                            device).forward
+    return forward
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from unity_legion import runtime
@@ -185,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.export_strategy:
             strategy.save(args.export_strategy)
         if args.explain:
-            print(strategy.explain(model, args.batch_size))
+            print(strategy.explain(model, args.batch_size, predicted_forward(model, args)))
         if args.draw:
             strategy.draw(model, args.batch_size, args.draw)
     unpack = (lambda v: v if len(v) > 1 else v[0])
