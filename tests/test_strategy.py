@@ -313,7 +313,10 @@ def test_training_bert_under_strategies_equals_serial() -> None:
 
 @pytest.mark.slow
 def test_training_resnext_under_strategies_equals_serial() -> None:
-    check_strategies_equal_serial(lambda: ZOO["resnext50"].build_small(), ZOO["resnext50"].loss,
+    # 64x64 images: the last stage's batch norms see 2x2 positions per sample, not 1x1, so float32
+    # rounding is not amplified past the tolerance by statistics over 8 numbers
+    check_strategies_equal_serial(lambda: ZOO["resnext50"].build_small(image_size=64),
+                                  ZOO["resnext50"].loss,
                                   lr=0.001)
 
 
