@@ -250,7 +250,7 @@ def test_update_split_by_rows_with_odd_row_counts(launches) -> None:
     with their rows split over the processors; AdamW, 4 steps, against torch."""
     procs = machine_info().processors
     if procs < 2:
-        pytest.skip("needs at least 2 processors (LEGATE_CONFIG='--cpus 2')")
+        pytest.fail("needs at least 2 processors: run with LEGATE_CONFIG='--cpus 2' (make test does)")
     g = ComputationGraph()
     xin = g.add_input(TensorShape((None, 5)), "x")
     (h,) = g.add_node(Linear(3, activation="relu"), [xin], "d1")
