@@ -52,7 +52,8 @@ from unity_legion.cost.op_cost import AnalyticCost, CostModel, OpCost, priced
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.parallel_ops import (FusedParallelOp, ParallelOp, Partition, Reduce,
                                            Replicate, conversion)
-from unity_legion.pcg.parallel_tensor import ParallelShapeError, ParallelTensorShape
+from unity_legion.pcg.parallel_tensor import (ParallelShapeError, ParallelTensorShape,
+                                             effective_degree)
 from unity_legion.pcg.pcg import PCG, PNode, lift
 from unity_legion.strategy.config import OpConfig
 
@@ -88,14 +89,6 @@ class SimResult:
 class SimulationError(ValueError):
     """A strategy that cannot run on the machine model (too many devices, a bad view)."""
 
-
-def _effective(size: int, degree: int) -> int:
-    """Tiles a tiling of `size` into `degree` pieces yields (the executor's rule)."""
-    if size <= 0 or degree <= 1:
-        return 1
-    degree = min(degree, size)
-    piece = -(-size // degree)
-    return -(-size // piece)
 
 
 class Simulator:
@@ -351,7 +344,7 @@ class _Plan:
         for t in pcg.outputs:
             produced = self._produced(t)
             shape = pcg.tensors[produced]
-            want = ParallelTensorShape.of(shape.logical(), (_effective(shape.sizes[0], self.n),)
+            want = ParallelTensorShape.of(shape.logical(), (effective_degree(shape.sizes[0], self.n),)
                                           + (1,) * (shape.rank - 1))
             comm = 0.0
             try:
@@ -524,7 +517,7 @@ class _Plan:
                 s.moved += sync
                 br.communication += sync
                 rows = ws.sizes[0] if ws.rank else 1
-                points = _effective(rows, self.n)
+                points = effective_degree(rows, self.n)
                 devs = self.all_devs[:points]
                 upd = sim._update_time(ws, points)
                 first, _ = host(1)

@@ -8,18 +8,11 @@ from legate.core import ReductionOpKind, constant, dimension
 
 from unity_legion.executor.tasks import legate_task, scalar_type
 from unity_legion.operators.base import Arg, Launch, Role, ceil_div
+from unity_legion.pcg.parallel_tensor import effective_degree  # noqa: F401 (re-exported)
 
 
 class LaunchError(ValueError):
     """A launch cannot be formed as asked (its degrees do not tile the stores)."""
-
-
-def effective_degree(size: int, degree: int) -> int:
-    """The number of tiles that tiling `size` into ceil(size/degree) pieces yields (<= degree)."""
-    if size <= 0:
-        return 1
-    degree = max(1, min(degree, size))
-    return ceil_div(size, ceil_div(size, degree))
 
 
 def launch_axes(launch: Launch) -> list[str]:

@@ -20,6 +20,16 @@ class ParallelShapeError(ValueError):
     """A degree that cannot apply to a tensor (non-positive, larger than the dimension, ...)."""
 
 
+def effective_degree(size: int, degree: int) -> int:
+    """The number of tiles a tiling of `size` into ceil(size / degree) pieces yields (<= degree):
+    Legate's tiling, so the executor, the PCG and the simulator all count pieces alike."""
+    if size <= 0:
+        return 1
+    degree = max(1, min(degree, size))
+    piece = -(-size // degree)
+    return -(-size // piece)
+
+
 def _check_degree(degree: int, what: str) -> None:
     if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
         raise ParallelShapeError(f"{what}: a degree must be a positive integer, got {degree!r}")

@@ -25,7 +25,8 @@ from typing import Mapping, Sequence
 from unity_legion.operators.base import SAMPLE, Arg, Launch, Operator, RefKind
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.parallel_ops import FusedParallelOp, ParallelOp, conversion
-from unity_legion.pcg.parallel_tensor import ParallelShapeError, ParallelTensorShape
+from unity_legion.pcg.parallel_tensor import (ParallelShapeError, ParallelTensorShape,
+                                             effective_degree)
 from unity_legion.pcg.tensor import TensorShape
 from unity_legion.strategy.config import OpConfig
 
@@ -33,14 +34,6 @@ from unity_legion.strategy.config import OpConfig
 class PCGError(ValueError):
     """A configuration does not fit its operator (the message names the operator)."""
 
-
-def _effective(size: int, degree: int) -> int:
-    """Tiles a tiling of `size` into `degree` pieces yields (the executor's rule)."""
-    if size <= 0 or degree <= 1:
-        return 1
-    degree = min(degree, size)
-    piece = -(-size // degree)
-    return -(-size // piece)
 
 
 def arg_shape(shape: TensorShape, arg: Arg, degrees: Mapping[str, int],
@@ -50,7 +43,7 @@ def arg_shape(shape: TensorShape, arg: Arg, degrees: Mapping[str, int],
         split: tuple[str | None, ...] = (None,) * shape.rank
     else:
         split = arg.split
-    dims = tuple(_effective(s, degrees.get(a, 1)) if a else 1
+    dims = tuple(effective_degree(s, degrees.get(a, 1)) if a else 1
                  for s, a in zip(shape.dims, split))  # type: ignore[arg-type]
     others = math.prod(degrees.get(a, 1) for a in launch_axes if a not in split)
     if writes:
