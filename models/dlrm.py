@@ -32,6 +32,19 @@ def table_rows(rows: int | Sequence[int], tables: int) -> list[int]:
     return rows
 
 
+def embedding_bags(rows: int | Sequence[int], tables: int, embedding_dim: int, bag_size: int,
+                   name: str) -> tuple[list[keras.KerasTensor], list[keras.KerasTensor]]:
+    """One (batch, bag_size) integer input per table and its summed embedding vector (the sparse
+    side of DLRM and XDL): the inputs and the vectors."""
+    sparse, vectors = [], []
+    for t, n in enumerate(table_rows(rows, tables)):
+        ids = keras.Input(shape=(bag_size,), dtype="int64", name=f"{name}_sparse_{t}")
+        vectors.append(keras.layers.Embedding(n, embedding_dim, combiner="sum",
+                                              name=f"{name}_table_{t}")(ids))
+        sparse.append(ids)
+    return sparse, vectors
+
+
 def dlrm(tables: int = 4, rows: int | Sequence[int] = 1_000_000, embedding_dim: int = 64,
          bag_size: int = 1, dense_features: int = 4, bottom: Sequence[int] = (64, 64),
          top: Sequence[int] = (64, 2), name: str = "dlrm") -> keras.Model:
@@ -43,12 +56,7 @@ def dlrm(tables: int = 4, rows: int | Sequence[int] = 1_000_000, embedding_dim: 
     for i, units in enumerate(bottom):
         x = keras.layers.Dense(units, activation="relu", use_bias=False,
                                name=f"{name}_bottom_{i}")(x)
-    sparse, vectors = [], []
-    for t, n in enumerate(table_rows(rows, tables)):
-        ids = keras.Input(shape=(bag_size,), dtype="int64", name=f"{name}_sparse_{t}")
-        vectors.append(keras.layers.Embedding(n, embedding_dim, combiner="sum",
-                                              name=f"{name}_table_{t}")(ids))
-        sparse.append(ids)
+    sparse, vectors = embedding_bags(rows, tables, embedding_dim, bag_size, name)
     x = keras.layers.Concatenate(axis=-1, name=f"{name}_interaction")([x] + vectors)
     for i, units in enumerate(top):
         last = i + 1 == len(top)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from unity_legion import keras
-from unity_legion.models.dlrm import table_rows
+from unity_legion.models.dlrm import embedding_bags
 
 
 def xdl(tables: int = 4, rows: int | Sequence[int] = 1_000_000, embedding_dim: int = 64,
@@ -22,12 +22,7 @@ def xdl(tables: int = 4, rows: int | Sequence[int] = 1_000_000, embedding_dim: i
     """Inputs [sparse_0, ..., sparse_{tables-1}]; output (batch, mlp[-1]) in (0, 1)."""
     if not mlp:
         raise ValueError("xdl: the MLP needs at least one layer")
-    sparse, vectors = [], []
-    for t, n in enumerate(table_rows(rows, tables)):
-        ids = keras.Input(shape=(bag_size,), dtype="int64", name=f"{name}_sparse_{t}")
-        vectors.append(keras.layers.Embedding(n, embedding_dim, combiner="sum",
-                                              name=f"{name}_table_{t}")(ids))
-        sparse.append(ids)
+    sparse, vectors = embedding_bags(rows, tables, embedding_dim, bag_size, name)
     x = (keras.layers.Concatenate(axis=-1, name=f"{name}_concat")(vectors) if len(vectors) > 1
          else vectors[0])
     for i, units in enumerate(mlp):

@@ -362,6 +362,23 @@ def attribute_dims(s: TensorShape, dim: int | None) -> tuple[ParallelDim, ...]:
     return (sample_dim(s), ParallelDim(attribute_axis(dim, s.rank), DimKind.ATTRIBUTE, s.dims[dim]))
 
 
+class KeepsAxisWhole:
+    """Mixin of operators that must keep one non-batch axis whole (Concat, Split along
+    `resolved_axis`): their ATTRIBUTE axis splits another non-batch dim (`free_dim_besides`)."""
+
+    def resolved_axis(self, rank: int) -> int:
+        raise NotImplementedError
+
+    def _free_dim(self, rank: int) -> int | None:
+        return free_dim_besides(self.resolved_axis(rank), rank)
+
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return attribute_dims(inputs[0], self._free_dim(inputs[0].rank))
+
+    def _arg(self, ref: Ref, rank: int) -> Arg:
+        return Arg.by_attribute(ref, rank, self._free_dim(rank))
+
+
 def features_dims(s: TensorShape) -> tuple[ParallelDim, ...]:
     """SAMPLE, and FEATURES (ATTRIBUTE, the last dim) above rank 1 (stores split by
     Arg.by_features)."""

@@ -16,9 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
-                   TensorShape, attribute_dims, dx, dy, free_dim_besides, kernel, normalize_axis, x,
-                   y)
+from .base import (In, InOut, KeepsAxisWhole, Launch, Operator, OperatorError, Out, TensorShape,
+                   dx, dy, kernel, normalize_axis, x, y)
 
 
 def _slab(rank: int, axis: int, start: int, size: int) -> tuple[slice, ...]:
@@ -41,7 +40,7 @@ def concat_slice(dy: In, dx: Out, axis: int, start: int) -> None:
 
 
 @dataclass(frozen=True)
-class Concat(Operator):
+class Concat(KeepsAxisWhole, Operator):
     axis: int = -1
 
     op_type = "concatenate"
@@ -82,16 +81,6 @@ class Concat(Operator):
 
     def flops(self, inputs: Sequence[TensorShape]) -> int:
         return 0
-
-    def _free_dim(self, rank: int) -> int | None:
-        """The dim the ATTRIBUTE axis splits: the last one but the batch and the concat axis."""
-        return free_dim_besides(self.resolved_axis(rank), rank)
-
-    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
-        return attribute_dims(inputs[0], self._free_dim(inputs[0].rank))
-
-    def _arg(self, ref: Ref, rank: int) -> Arg:
-        return Arg.by_attribute(ref, rank, self._free_dim(rank))
 
     def _offsets(self, inputs: Sequence[TensorShape]) -> tuple[int, list[int]]:
         a = self.resolved_axis(inputs[0].rank)

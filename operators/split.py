@@ -18,9 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
-                   TensorShape, attribute_dims, dx, dy, free_dim_besides, kernel, normalize_axis, x,
-                   y)
+from .base import (In, InOut, KeepsAxisWhole, Launch, Operator, OperatorError, Out, TensorShape,
+                   dx, dy, kernel, normalize_axis, x, y)
 
 
 def _slab(axis: int, start: int, size: int) -> tuple[slice, ...]:
@@ -66,7 +65,7 @@ def check_splits(splits: object) -> int | tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class Split(Operator):
+class Split(KeepsAxisWhole, Operator):
     splits: int | tuple[int, ...]
     axis: int = -1
 
@@ -116,16 +115,6 @@ class Split(Operator):
 
     def flops(self, inputs: Sequence[TensorShape]) -> int:
         return 0
-
-    def _free_dim(self, rank: int) -> int | None:
-        """The dim the ATTRIBUTE axis splits: the last one but the batch and the split axis."""
-        return free_dim_besides(self.resolved_axis(rank), rank)
-
-    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
-        return attribute_dims(inputs[0], self._free_dim(inputs[0].rank))
-
-    def _arg(self, ref: Ref, rank: int) -> Arg:
-        return Arg.by_attribute(ref, rank, self._free_dim(rank))
 
     def _starts(self, s: TensorShape) -> tuple[int, list[int]]:
         a, sizes = self.sizes(s)

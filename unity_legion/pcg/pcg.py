@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from unity_legion.operators.base import SAMPLE, Arg, Launch, Operator, RefKind
-from unity_legion.pcg.graph import ComputationGraph, Node
+from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.parallel_ops import FusedParallelOp, ParallelOp, conversion
 from unity_legion.pcg.parallel_tensor import (ParallelShapeError, ParallelTensorShape,
                                              effective_degree)
