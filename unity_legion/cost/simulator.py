@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from unity_legion.cost.machine import LinkSpec, MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, OpCost, priced
@@ -418,6 +418,14 @@ class _Plan:
                     record((begin, begin + duration))
             return begin + duration
 
+        def move(item: Any, start: float) -> float:
+            """A parallel operator's transfer on the network timelines of its devices (the same
+            forward and backward: Partition and Combine, Replicate and Reduce move alike)."""
+            end = run(sorted(set(item.src + item.devs)), start, item.comm, s.net_free)
+            s.moved += item.comm
+            s.breakdown.setdefault(_owner(item.pnode), OpBreakdown()).communication += item.comm
+            return end
+
         host(self.feeds)
         ready: dict[int, float] = {t: s.host for t in pcg.inputs}
         # forward
@@ -425,9 +433,7 @@ class _Plan:
             node = item.pnode
             start = max((ready[t] for t in node.inputs), default=0.0)
             if node.is_parallel:
-                end = run(sorted(set(item.src + item.devs)), start, item.comm, s.net_free)
-                s.moved += item.comm
-                s.breakdown.setdefault(_owner(node), OpBreakdown()).communication += item.comm
+                end = move(item, start)
             else:
                 c = item.cost
                 assert c is not None
@@ -477,9 +483,7 @@ class _Plan:
             node = item.pnode
             start = max((grad_ready.get(t, 0.0) for t in node.outputs), default=0.0)
             if node.is_parallel:
-                end = run(sorted(set(item.src + item.devs)), start, item.comm, s.net_free)
-                s.moved += item.comm
-                s.breakdown.setdefault(_owner(node), OpBreakdown()).communication += item.comm
+                end = move(item, start)
             else:
                 c = item.cost
                 assert c is not None
