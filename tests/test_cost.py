@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -94,3 +95,47 @@ def test_bert_large_on_64_gpus_costs_well_under_a_second() -> None:
     r = sim.simulate(graph, 512, {}, default=data_parallel_config(64))
     assert time.perf_counter() - t < 1.0
     assert r.step_time > 0 and len(r.memory) == 64
+
+
+# --- GPU calibration ---------------------------------------------------------------------------
+
+def test_hopper_presets_carry_the_fit_of_the_shipped_h200_measurements():
+    from unity_legion.cost import gpu_calibration as gc
+    from unity_legion.cost.machine import (HOPPER_BACKWARD_RATIO, HOPPER_EFFICIENCY, HOPPER_FLOOR,
+                                           HOPPER_MEMORY_EFFICIENCY)
+
+    header, records = gc.load()
+    assert header["device"] == "NVIDIA H200" and len(records) > 500
+    cal = gc.fit(records)
+    assert cal.launch_s == pytest.approx(HOPPER_FLOOR, rel=0.01)
+    for fam in ("conv2d", "linear", "multi_head_attention"):
+        assert HOPPER_EFFICIENCY[fam] == cal.compute[fam]
+    assert HOPPER_MEMORY_EFFICIENCY == cal.memory
+    for fam, ratio in HOPPER_BACKWARD_RATIO.items():
+        assert cal.backward[fam] == pytest.approx(ratio, abs=0.005)
+    assert cal.median_abs_log_error < 0.35          # the roofline explains the times this well
+
+
+def test_calibrated_device_prices_by_its_fitted_efficiency():
+    from unity_legion.cost.machine import H100
+
+    op = Linear(4096)
+    inputs = [TensorShape((512, 4096))]
+    fitted = AnalyticCost().op_cost(op, inputs, OpConfig(), H100)
+    plain = AnalyticCost().op_cost(op, inputs, OpConfig(), replace(H100, efficiency=()))
+    # 0.529 of peak measured against the 0.7 default: the calibrated forward is slower
+    assert fitted.forward > plain.forward
+    flops = op.flops(inputs)
+    assert fitted.forward == pytest.approx(flops / (H100.flops_fp32 * 0.529) + H100.launch_overhead)
+
+
+def test_machine_file_round_trips_calibration_and_rejects_bad_figures(tmp_path):
+    m = preset("dgx-h100", nodes=2)
+    path = tmp_path / "m.json"
+    path.write_text(m.to_json())
+    assert MachineModel.load(path) == m
+    doc = json.loads(m.to_json())
+    doc["device"]["efficiency"] = {"linear": -1}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(MachineError, match=r"efficiency\['linear'\]"):
+        MachineModel.load(path)

@@ -426,3 +426,68 @@ def test_tensor_fed_twice_to_one_operator_and_to_another_gets_every_gradient() -
     (th - th + th).backward(torch.tensor(d_out))
     np.testing.assert_allclose(w_grads[(0, "kernel")], tk.grad.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(in_grads[x_id], tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# the same operations in the same order on every rank
+# ---------------------------------------------------------------------------------------------
+
+# Attention split by heads writes two outputs by ADD reduction ("y" and "seed_of"), each zeroed
+# first. Prints the kernel arguments whose stores get filled, in order (the stores are stand-ins
+# that record fills; submit is stubbed out, nothing is launched).
+_FILL_ORDER_SCRIPT = """
+import unity_legion.executor.executor as exmod
+from legate.core import types as ty
+from unity_legion.executor.executor import GraphExecutor
+from unity_legion.operators.attention import MultiHeadAttention
+from unity_legion.pcg import ComputationGraph, TensorShape
+
+class Recorder:
+    def __init__(self, name, shape):
+        self.name, self.shape, self.type = name, shape, ty.float32
+    def fill(self, value):
+        print("FILL", self.name)
+
+exmod.submit = lambda *args, **kwargs: None
+op = MultiHeadAttention(num_heads=2, key_dim=4)
+g = ComputationGraph()
+t = g.add_input(TensorShape((None, 3, 8)), "x")
+(out,) = g.add_node(op, [t, t], "attention")
+ex = GraphExecutor(g, [out])
+x = TensorShape((4, 3, 8))
+(launch,) = op.forward([x, x], True)
+refs = {}
+for name, arg in launch.args.items():
+    refs.setdefault(arg.ref, Recorder(name, (4,) + (3,) * (len(arg.split) - 1)))
+ex._launch(launch, refs, {"heads": 2})
+"""
+
+
+def test_reduced_outputs_are_zeroed_in_kernel_order_whatever_the_hash_seed(
+        tmp_path, monkeypatch) -> None:
+    """Ranks are processes with hash seeds of their own: zeroing the reduced outputs in a
+    frozenset's order made the 2 ranks of a run fill different stores at the same point about
+    half the time (Legion aborted with `Assertion DIM == dim`: attention split by heads). Two
+    seeds that order the set differently must both fill in the kernel's order."""
+    import subprocess
+    import sys
+
+    from launch import REPO, run_with_env
+    from unity_legion.operators.attention import mha_forward
+
+    names = ("y", "seed_of")
+    code = f"print(list(frozenset({names!r})))"
+    orders = {s: subprocess.run([sys.executable, "-c", code], env={"PYTHONHASHSEED": str(s)},
+                                capture_output=True, text=True, check=True).stdout
+              for s in range(16)}
+    seeds = (0, next(s for s in orders if orders[s] != orders[0]))
+    script = tmp_path / "fill_order.py"
+    script.write_text(_FILL_ORDER_SCRIPT)
+    want = [n for n, _ in mha_forward.stores if n in names]
+    for seed in seeds:
+        monkeypatch.setenv("PYTHONHASHSEED", str(seed))
+        proc = run_with_env([sys.executable, str(script)], REPO, "--cpus 1 --sysmem 500", 300)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        fills = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FILL ")]
+        assert fills == want, f"PYTHONHASHSEED={seed}: filled {fills}, want {want}"

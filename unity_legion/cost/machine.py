@@ -56,8 +56,16 @@ class DeviceSpec:
     mem_bandwidth: float           # bytes/s
     memory: float                  # bytes
     launch_overhead: float = 5e-6  # seconds of the device per task (dispatch, task start-up)
+    # Fitted to measurements (cost/gpu_calibration.py), per operator family: the fraction of peak
+    # FLOP/s and of peak bandwidth its kernels reach, and its backward / forward time ratio.
+    # Families not named keep op_cost's defaults. (family, value) pairs, sorted.
+    efficiency: tuple[tuple[str, float], ...] = ()
+    memory_efficiency: tuple[tuple[str, float], ...] = ()
+    backward_ratio: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        for f in ("efficiency", "memory_efficiency", "backward_ratio"):
+            object.__setattr__(self, f, _pairs(getattr(self, f), f"device {self.name!r}: {f}"))
         if self.kind not in ("cpu", "gpu"):
             raise MachineError(f"device {self.name!r}: kind must be 'cpu' or 'gpu', got {self.kind!r}")
         for f in ("flops_fp32", "flops_bf16", "mem_bandwidth", "memory"):
@@ -200,6 +208,18 @@ class MachineModel:
         return cls.from_dict(data)
 
 
+def _pairs(value: Any, what: str) -> tuple[tuple[str, float], ...]:
+    """(family, positive number) pairs from a mapping or a list of pairs (as JSON gives them)."""
+    items = value.items() if isinstance(value, dict) else value
+    try:
+        pairs = tuple(sorted((str(k), float(v)) for k, v in items))
+    except (TypeError, ValueError):
+        raise MachineError(f"{what} must map operator families to numbers, got {value!r}") from None
+    for k, v in pairs:
+        _positive(v, f"{what}[{k!r}]")
+    return pairs
+
+
 def _positive(value: Any, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise MachineError(f"{what} must be a positive number, got {value!r}")
@@ -207,7 +227,27 @@ def _positive(value: Any, what: str) -> None:
 
 V100 = DeviceSpec("gpu", "V100-SXM2-16GB", 15.7 * TFLOPS, 125 * TFLOPS, 900 * GB, 16 * 2**30)
 A100 = DeviceSpec("gpu", "A100-SXM4-80GB", 19.5 * TFLOPS, 312 * TFLOPS, 2039 * GB, 80 * 2**30)
-H100 = DeviceSpec("gpu", "H100-SXM5-80GB", 67 * TFLOPS, 989 * TFLOPS, 3350 * GB, 80 * 2**30)
+# Kernel efficiencies of Hopper GPUs, fitted (cost/gpu_calibration.py) to 939 float32 timings of
+# the zoo's operators measured on an H200 (PyTorch eager, cuBLAS/cuDNN, TF32 off; 2026-11-26;
+# data/gpu_h200_fp32.json). The H100 shares the H200's SMs and clocks; only its memory is slower,
+# and these are fractions of each card's own peaks. Memory-bound families' compute fractions only
+# keep their (tiny) flops from deciding; the floor of 30 us per kernel includes the framework's
+# dispatch, as a Legate GPU task's start-up would.
+HOPPER_EFFICIENCY = {"conv2d": 0.279, "linear": 0.529, "multi_head_attention": 0.529,
+                     "batch_matmul": 0.529}
+HOPPER_MEMORY_EFFICIENCY = {
+    "activation": 1.0, "add": 1.0, "batch_norm": 0.238, "concatenate": 1.0, "conv2d": 0.092,
+    "dropout": 0.62, "embedding": 1.0, "global_avg_pool2d": 0.727, "layer_norm": 0.126,
+    "linear": 0.384, "multi_head_attention": 0.008, "pool2d": 0.126, "split": 1.0,
+    "zero_pad2d": 0.451}
+HOPPER_BACKWARD_RATIO = {"activation": 1.68, "batch_norm": 1.51, "conv2d": 2.25, "embedding": 3.07,
+                         "layer_norm": 3.13, "linear": 1.98, "multi_head_attention": 1.79,
+                         "pool2d": 1.52}
+HOPPER_FLOOR = 3.04e-5
+H100 = DeviceSpec("gpu", "H100-SXM5-80GB", 67 * TFLOPS, 989 * TFLOPS, 3350 * GB, 80 * 2**30,
+                  HOPPER_FLOOR, HOPPER_EFFICIENCY, HOPPER_MEMORY_EFFICIENCY, HOPPER_BACKWARD_RATIO)
+H200 = DeviceSpec("gpu", "H200-SXM-141GB", 67 * TFLOPS, 989 * TFLOPS, 4800 * GB, 141 * 10**9,
+                  HOPPER_FLOOR, HOPPER_EFFICIENCY, HOPPER_MEMORY_EFFICIENCY, HOPPER_BACKWARD_RATIO)
 # This machine's CPU processors, as measured on the 2-core development machine (calibrate.py
 # re-measures and caches): one Legate CPU processor runs numpy single-threaded; a task costs its
 # processor ~0.15 ms of CPU besides its kernel (the Python task wrapper).
@@ -225,7 +265,12 @@ PRESETS: dict[str, MachineModel] = {
     "dgx-a100": MachineModel("dgx-a100", 1, 8, A100, LinkSpec(300 * GB, 5e-6),
                              LinkSpec(25 * GB, 10e-6), "NVIDIA A100 data sheet, DGX A100 guide"),
     "dgx-h100": MachineModel("dgx-h100", 1, 8, H100, LinkSpec(450 * GB, 5e-6),
-                             LinkSpec(50 * GB, 10e-6), "NVIDIA H100 data sheet, DGX H100 guide"),
+                             LinkSpec(50 * GB, 10e-6), "NVIDIA H100 data sheet, DGX H100 guide; "
+                             "kernel efficiencies measured on an H200"),
+    "hgx-h200": MachineModel("hgx-h200", 1, 8, H200, LinkSpec(450 * GB, 5e-6),
+                             LinkSpec(50 * GB, 10e-6), "NVIDIA H200 data sheet (HGX H200: NVLink 4 "
+                             "through NVSwitch, one 400 Gbit/s NIC per GPU); kernel efficiencies "
+                             "measured on an H200"),
     "local": MachineModel("local", 1, 2, LOCAL_CPU, LinkSpec(3 * GB, 7e-5), LinkSpec(1 * GB, 1e-4),
                           "measured on this machine (unity_legion.cost.calibrate)", LOCAL_RUNTIME),
 }

@@ -78,8 +78,16 @@ class AnalyticCost:
     memory_efficiency: float = MEMORY_EFFICIENCY
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def factor(self, op_type: str) -> float:
-        return self.efficiency.get(op_type, EFFICIENCY.get(op_type, DEFAULT_EFFICIENCY))
+    def factor(self, op_type: str, device: DeviceSpec | None = None) -> float:
+        """Fraction of peak FLOP/s: this model's override, else the device's calibration, else
+        the family default."""
+        if op_type in self.efficiency:
+            return self.efficiency[op_type]
+        fitted = dict(device.efficiency) if device is not None else {}
+        return fitted.get(op_type, EFFICIENCY.get(op_type, DEFAULT_EFFICIENCY))
+
+    def memory_factor(self, op_type: str, device: DeviceSpec) -> float:
+        return dict(device.memory_efficiency).get(op_type, self.memory_efficiency)
 
     def op_cost(self, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
                 device: DeviceSpec, needs_input_grad: Sequence[bool] | None = None) -> OpCost:
@@ -99,11 +107,12 @@ class AnalyticCost:
         nbytes = piece_bytes(shapes)
         fwd_launches = len(op.forward(list(inputs), training=True))
         bwd_launches = len(op.backward(list(inputs), list(needs)))
-        compute = flops / (device.flops_fp32 * self.factor(op.op_type))
-        memory = nbytes / (device.mem_bandwidth * self.memory_efficiency)
+        compute = flops / (device.flops_fp32 * self.factor(op.op_type, device))
+        memory = nbytes / (device.mem_bandwidth * self.memory_factor(op.op_type, device))
         fwd = max(compute, memory)
         weighted = bool(op.weights(list(inputs)))
-        ratio = BACKWARD_RATIO.get(op.op_type, 2.0 if weighted else 1.0)
+        ratio = dict(device.backward_ratio).get(
+            op.op_type, BACKWARD_RATIO.get(op.op_type, 2.0 if weighted else 1.0))
         if weighted and not any(needs):  # weight gradients only: one product of two
             ratio /= 2
         return OpCost(fwd + fwd_launches * device.launch_overhead,

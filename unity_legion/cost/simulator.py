@@ -139,6 +139,30 @@ class Simulator:
         return SimResult(step, self._memory(graph, pcg), state.breakdown, state.busy,
                          state.launches, state.host_busy, state.util_busy, span, work)
 
+    # ------------------------------------------------------------------ public pieces
+    # The search's decomposed cost tables (unity_legion.search.mapping_cost) price transfers,
+    # gradient sums, updates and memory with these, so the DP and the simulator agree.
+    def comm_time(self, op: ParallelOp, shape: ParallelTensorShape, devices: Sequence[int]
+                  ) -> float:
+        """Seconds a parallel operator moving `shape` between `devices` takes."""
+        return self._comm_time(op, shape, devices)
+
+    def grad_sync_time(self, ws: ParallelTensorShape, devices: Sequence[int]) -> float:
+        """Seconds summing the copy replicas of a weight's gradient takes."""
+        return self._grad_sync_time(ws, devices)
+
+    def update_time(self, ws: ParallelTensorShape, points: int = 1) -> float:
+        """Seconds of one point of a weight's optimizer update split over `points` devices."""
+        return self._update_time(ws, points)
+
+    def stream_time(self, nbytes: float, points: int = 1) -> float:
+        """Seconds of a memory-bound task over `nbytes` split over `points` devices."""
+        return self._stream_time(nbytes, points)
+
+    def memory(self, graph: ComputationGraph, pcg: PCG) -> list[float]:
+        """Bytes per device a lifted plan keeps (the `memory` of `simulate_pcg`)."""
+        return self._memory(graph, pcg)
+
     # ------------------------------------------------------------------ pieces
     def _link(self, devices: Sequence[int]) -> LinkSpec:
         nodes = {self.machine.node_of(d) for d in devices}

@@ -19,7 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from legate.core import types as ty
 
-from unity_legion.executor.launcher import effective_degree, launch_axes, reduced_outputs, submit
+from unity_legion.executor.launcher import (effective_degree, in_kernel_order, launch_axes,
+                                           reduced_outputs, submit)
 from unity_legion.mappers.machine_view import MachineView
 from unity_legion.mappers.placement import placed
 from unity_legion.operators.base import (SAMPLE, Launch, Ref, RefKind, Role, dx, dy, saved, w, x,
@@ -197,7 +198,9 @@ class GraphExecutor:
                         for d, s in enumerate(arg.split) if s == a)
             eff[a] = effective_degree(size, degrees.get(a, 1))
         reduced = reduced_outputs(launch, eff)
-        for name in reduced:  # partial sums land in a zeroed store
+        # partial sums land in a zeroed store; zeroed in the kernel's order, the same on every
+        # rank (a frozenset's order is not: it follows each process's hash seed)
+        for name in in_kernel_order(launch, reduced):
             store = refs[launch.args[name].ref]
             store.fill(0 if _DATA_TYPE[store.type].is_integer else 0.0)
         with placed(self._view_for(math.prod(eff.values()), view)):

@@ -66,6 +66,15 @@ def reduced_outputs(launch: Launch, degrees: Mapping[str, int]) -> frozenset[str
     return frozenset(out)
 
 
+def in_kernel_order(launch: Launch, names: frozenset[str]) -> list[str]:
+    """`names` in the order of the kernel's stores. Anything that issues Legate operations per
+    name must iterate this, never the set: a set of strings iterates in an order that depends on
+    the process's hash seed, which differs between ranks, and ranks that issue the same
+    operations in different orders diverge (Legion aborts, e.g. `Assertion DIM == dim` when one
+    rank fills a rank-3 store while the other fills a rank-1 one)."""
+    return [name for name, _role in launch.kernel.stores if name in names]
+
+
 def submit(rt: Any, launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int],
            reduced: frozenset[str] | None = None) -> None:
     """Launch `launch` with its refs bound to `stores`, over a grid given by `degrees` per axis.

@@ -88,7 +88,7 @@ def legate_task(k: Kernel, reduced: frozenset[str] = frozenset()) -> Any:
         call: dict[str, Any] = {}
         for name, role in k.stores:
             call[name] = np.asarray(kwargs[name])
-        partial = {name: call[name] for name in reduced}
+        partial = {name: call[name] for name, _ in k.stores if name in reduced}
         for name, buf in partial.items():
             call[name] = np.zeros_like(buf)
         for name, _ in k.scalars:

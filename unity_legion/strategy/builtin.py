@@ -132,15 +132,17 @@ def _feature_axis(node: Node, concrete: Mapping[int, TensorShape], degree: int) 
 
 
 def megatron(model: Any, devices: int, device_type: str = "cpu",
-             batch: int | None = None) -> Strategy:
+             batch: int | None = None, max_tensor: int | None = None) -> Strategy:
     """Megatron-LM's tensor parallelism: a Linear whose output reaches another Linear (directly
     or through elementwise operators) splits its output features ("out", column-parallel) and
     the second its input features ("in", row-parallel), so the pair needs no data movement
     between them; attention splits its heads. The tensor-parallel degree is the largest divisor
     of `devices` that fits; the devices left over split the samples. Everything else is
-    data-parallel over all devices."""
+    data-parallel over all devices. `max_tensor` caps the tensor-parallel degree (Megatron keeps
+    it inside a node: the devices of one node)."""
     graph, _ = as_graph(model)
     devices = _check_devices(devices)
+    cap = devices if max_tensor is None else max(1, min(devices, max_tensor))
     shapes = _shapes(graph, batch)
     concrete = graph.bind_batch(batch or devices)
     configs: dict[str, OpConfig] = {}
@@ -150,7 +152,7 @@ def megatron(model: Any, devices: int, device_type: str = "cpu",
         dims = _dims(n, shapes)
         if HEADS in dims and dims[HEADS].size:
             heads = dims[HEADS].size
-            t = _largest_divisor(devices, lambda d: heads % d == 0)
+            t = _largest_divisor(devices, lambda d: heads % d == 0 and d <= cap)
             if t > 1:
                 configs[n.name] = _with_sample(dims, {HEADS: t}, devices, device_type)
                 continue
@@ -160,7 +162,7 @@ def megatron(model: Any, devices: int, device_type: str = "cpu",
             dims2 = _dims(second, shapes)
             if IN in dims2:
                 extent = min(dims[OUT].size or devices, dims2[IN].size or devices)
-                t = _largest_divisor(devices, lambda d: d <= extent)
+                t = _largest_divisor(devices, lambda d: d <= min(extent, cap))
                 if t > 1:
                     configs[n.name] = _with_sample(dims, {OUT: t}, devices, device_type)
                     configs[second.name] = _with_sample(dims2, {IN: t}, devices, device_type)
@@ -230,13 +232,28 @@ def random_strategy(model: Any, devices: int, rng: np.random.Generator | int,
     return _make(model, "random", device_type, devices, configs)
 
 
+def expert(model: Any, devices: int, device_type: str = "cpu",
+           batch: int | None = None, devices_per_node: int | None = None) -> Strategy:
+    """What an expert would write by hand (the Unity paper's baseline): Megatron-style tensor
+    parallelism (inside a node) for a model with attention, table-parallel embeddings for a model
+    with embeddings (DLRM, XDL), data parallelism otherwise."""
+    graph, _ = as_graph(model)
+    kinds = {n.op.op_type for n in graph.nodes}
+    if "multi_head_attention" in kinds:
+        return megatron(model, devices, device_type, batch, max_tensor=devices_per_node)
+    if "embedding" in kinds:
+        return table_parallel(model, devices, device_type, batch)
+    return data_parallel(model, devices, device_type, batch)
+
+
 BUILTINS: dict[str, Callable[..., Strategy]] = {
-    "data_parallel": data_parallel, "megatron": megatron, "table_parallel": table_parallel}
+    "data_parallel": data_parallel, "megatron": megatron, "table_parallel": table_parallel,
+    "expert": expert}
 
 
 def by_name(name: str, model: Any, devices: int, device_type: str = "cpu",
             batch: int | None = None) -> Strategy:
-    """A builtin strategy by name ("data_parallel", "megatron", "table_parallel")."""
+    """A builtin strategy by name ("data_parallel", "megatron", "table_parallel", "expert")."""
     if name not in BUILTINS:
         raise StrategyError(f"no builtin strategy named {name!r}; builtins: "
                             f"{', '.join(BUILTINS)}")

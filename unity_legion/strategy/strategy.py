@@ -16,6 +16,11 @@ File format (version 1)::
 
 A view may leave out any of its keys: the device type defaults to the machine's, the start to 0,
 the dims to one dimension of as many devices as the degrees' product, the strides to 1.
+
+A strategy found by the search may also rewrite the graph first: an optional
+`"substitutions": [{"rule": "unfuse_linear_activation", "nodes": ["dense_1"]}, ...]` lists the
+rewrites (rule and matched operators) replayed, in order, on the model's graph; "operators" then
+names the operators of the rewritten graph. The signature is always the model's own.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from unity_legion.mappers.machine_view import MachineView
 from unity_legion.operators.base import SAMPLE
@@ -34,6 +39,8 @@ from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.parallel_tensor import ParallelShapeError
 from unity_legion.pcg.pcg import PCG, PCGError, PNode, check_axes, data_parallel_config, lift
 from unity_legion.strategy.config import OpConfig
+from unity_legion.substitutions.apply import AppliedRule, Rewrite, replay
+from unity_legion.substitutions.rule import SubstitutionError
 
 SCHEMA = "unity_legion.strategy"
 VERSION = 1
@@ -98,22 +105,49 @@ class Strategy:
     signature: str
     source: str
     machine: MachineSpec
-    configs: Mapping[str, OpConfig] = field(default_factory=dict)  # by operator name
+    # by operator name, in the graph the substitutions make (the model's own without any)
+    configs: Mapping[str, OpConfig] = field(default_factory=dict)
+    # graph rewrites applied to the model's graph first, in order (the search's algebraic
+    # substitutions: each a rule name and the names of the operators it matched)
+    substitutions: tuple[AppliedRule, ...] = ()
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise StrategyError(f"unknown strategy source {self.source!r}; expected one of "
                                 f"{SOURCES}")
         object.__setattr__(self, "configs", dict(self.configs))
+        object.__setattr__(self, "substitutions", tuple(self.substitutions))
 
     @classmethod
     def for_graph(cls, model: Any, configs: Mapping[str, OpConfig], source: str = "manual",
-                  device_type: str = "cpu", devices: int = 1, name: str | None = None
-                  ) -> "Strategy":
-        """A strategy for `model` (a graph or a built Keras model) from configs by operator name."""
+                  device_type: str = "cpu", devices: int = 1, name: str | None = None,
+                  substitutions: Sequence[AppliedRule] = ()) -> "Strategy":
+        """A strategy for `model` (a graph or a built Keras model) from configs by operator name
+        (names of the rewritten graph when `substitutions` are given)."""
         graph, model_name = as_graph(model)
         return cls(name or model_name, graph_signature(graph), source,
-                   MachineSpec(device_type, devices), dict(configs))
+                   MachineSpec(device_type, devices), dict(configs), tuple(substitutions))
+
+    def rewrite(self, model: Any) -> Rewrite | None:
+        """The model's graph with this strategy's substitutions applied (None without any);
+        StrategyError naming the step that does not fit the model."""
+        if not self.substitutions:
+            return None
+        graph, _ = as_graph(model)
+        try:
+            return replay(graph, self.substitutions, outputs=_outputs(model))
+        except SubstitutionError as exc:
+            raise StrategyError(f"the strategy's substitutions do not fit model "
+                                f"{self.model!r}: {exc}") from None
+
+    def graph_for(self, model: Any) -> tuple[ComputationGraph, list[int]]:
+        """The graph this strategy runs for `model` and its output tensors."""
+        graph, _ = as_graph(model)
+        outs = _outputs(model)
+        rw = self.rewrite(model)
+        if rw is None:
+            return graph, outs
+        return rw.graph, [rw.tensor_map[t] for t in outs]
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> str:
@@ -128,6 +162,8 @@ class Strategy:
                "machine": {"device_type": self.machine.device_type,
                            "devices": self.machine.devices},
                "operators": ops}
+        if self.substitutions:
+            doc["substitutions"] = [a.as_dict() for a in self.substitutions]
         return json.dumps(doc, indent=2) + "\n"
 
     @classmethod
@@ -182,15 +218,23 @@ class Strategy:
         `batch` samples (None: not known yet; sample extents are not checked) on a machine of
         `devices` (an int: that many of the strategy's device type; a mapping: a count per device
         type; None: the strategy's own machine)."""
-        graph, _ = as_graph(model)
-        names = {n.name: n for n in graph.nodes}
-        unknown = [k for k in self.configs if k not in names]
-        sig = graph_signature(graph)
+        original, _ = as_graph(model)
+        sig = graph_signature(original)
+        # without substitutions the operators are the model's own: an unknown name says more
+        # than a signature that differs; with them, the graph is only rebuilt for the right model
+        names = {n.name: n for n in original.nodes}
+        unknown = [] if self.substitutions else [k for k in self.configs if k not in names]
         if unknown or sig != self.signature:
             what = (f"operator {unknown[0]!r} is not in this model" if unknown else
                     "the model's operators, attributes or input shapes differ")
             raise StrategyError(f"this strategy was made for model {self.model!r} (signature "
                                 f"{self.signature}), not this one (signature {sig}): {what}")
+        graph, _ = self.graph_for(model)
+        names = {n.name: n for n in graph.nodes}
+        unknown = [k for k in self.configs if k not in names]
+        if unknown:
+            raise StrategyError(f"strategy for model {self.model!r}: operator {unknown[0]!r} is "
+                                f"not in the graph its substitutions make")
         avail = _available(self.machine.devices if devices is None else devices,
                            self.machine.device_type)
         self._check_machine(self.machine.device_type, avail, "the strategy")
@@ -220,21 +264,22 @@ class Strategy:
         return {n.id: self.config_for(n, batch) for n in graph.nodes}
 
     def plan(self, model: Any) -> dict[int, OpConfig]:
-        """{node id: OpConfig} for `GraphExecutor.set_plan` (every node of the graph)."""
-        graph, _ = as_graph(model)
+        """{node id: OpConfig} for `GraphExecutor.set_plan` (every node of the graph the
+        strategy runs: `graph_for(model)`)."""
+        graph, _ = self.graph_for(model)
         return self._by_id(graph)
 
     def pcg(self, model: Any, batch: int) -> PCG:
         """The PCG this strategy implies at `batch` samples (a sample degree above the batch
         counts as the batch, as the executor runs it)."""
-        graph, _ = as_graph(model)
+        graph, outs = self.graph_for(model)
         configs = {}
         for nid, cfg in self._by_id(graph, batch).items():
             if cfg.degree(SAMPLE) > batch:
                 cfg = OpConfig.of(cfg.as_dict() | {SAMPLE: max(batch, 1)}, cfg.view)
             configs[nid] = cfg
         try:
-            return lift(graph, batch, configs, _outputs(model))
+            return lift(graph, batch, configs, outs)
         except (PCGError, ParallelShapeError) as exc:
             raise StrategyError(str(exc)) from None
 
@@ -246,8 +291,7 @@ class Strategy:
     def draw(self, model: Any, batch: int, path: str | os.PathLike[str]) -> None:
         from unity_legion.strategy.report import draw
 
-        graph, _ = as_graph(model)
-        outs = _outputs(model)
+        graph, outs = self.graph_for(model)
         draw(self, self.pcg(model, batch), path, [graph.tensors[t].name for t in graph.inputs],
              [graph.tensors[t].name for t in outs])
 
@@ -354,7 +398,14 @@ def _parse(doc: Any, origin: str) -> Strategy:
             configs[name] = OpConfig.of(degrees, view)
         except ValueError as exc:
             raise StrategyError(f"{where}: {exc}") from None
+    subs = doc.get("substitutions", [])
+    if not isinstance(subs, list):
+        raise StrategyError(f"{origin}: 'substitutions' must be a list, got {subs!r}")
     try:
-        return Strategy(model, signature, source, machine, configs)
+        applied = tuple(AppliedRule.from_dict(a) for a in subs)
+    except SubstitutionError as exc:
+        raise StrategyError(f"{origin}: substitutions: {exc}") from None
+    try:
+        return Strategy(model, signature, source, machine, configs, applied)
     except StrategyError as exc:
         raise StrategyError(f"{origin}: {exc}") from None

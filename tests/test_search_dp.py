@@ -1,0 +1,181 @@
+"""The machine-mapping DP (unity_legion.search): exact against brute force on small graphs, sensible
+choices, memory-aware, consistent with the simulator. Pure Python, no runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from unity_legion.cost import Simulator, preset
+from unity_legion.models import ZOO
+from unity_legion.operators.concat import Concat
+from unity_legion.operators.elementwise import Add
+from unity_legion.operators.embedding import Embedding
+from unity_legion.operators.linear import Linear
+from unity_legion.pcg.graph import ComputationGraph
+from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.search import (Parallel, Series, best_mapping, brute_force_mapping,
+                                 candidate_configs, plan_cost)
+from unity_legion.search.decompose import GraphIndex
+from unity_legion.search.dp import setup
+from unity_legion.strategy.builtin import data_parallel
+
+FOUR = preset("dgx-h100", 1, 4)          # one node of 4 GPUs
+TWO_BY_TWO = preset("dgx-h100", 2, 2)    # 2 nodes x 2 GPUs: node and device splits
+SMALL_AXES = lambda node: {"sample", "out", "features", "columns"}  # noqa: E731
+
+
+def chain(width: int = 256, layers: int = 3) -> ComputationGraph:
+    g = ComputationGraph()
+    t = g.add_input(TensorShape((None, width)), "x")
+    for i in range(layers):
+        (t,) = g.add_node(Linear(width, activation="relu"), [t], f"fc{i}")
+    return g
+
+
+def residual() -> ComputationGraph:
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 128)), "x")
+    (a,) = g.add_node(Linear(128), [x], "a")
+    (b,) = g.add_node(Linear(128), [a], "b")
+    (s,) = g.add_node(Add(), [a, b], "add")
+    g.add_node(Linear(16), [s], "head")
+    return g
+
+
+def branches(join: str) -> ComputationGraph:
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 256)), "x")
+    (a,) = g.add_node(Linear(512), [x], "left")
+    (b,) = g.add_node(Linear(512), [x], "right")
+    (j,) = g.add_node(Add() if join == "add" else Concat(), [a, b], "join")
+    g.add_node(Linear(8), [j], "head")
+    return g
+
+
+def two_inputs() -> ComputationGraph:
+    """Two sources (a table and a dense MLP) joined by a concat: a parallel block at the top."""
+    g = ComputationGraph()
+    ids = g.add_input(TensorShape((None, 1), DataType.INT64), "ids")
+    dense = g.add_input(TensorShape((None, 64)), "dense")
+    (e,) = g.add_node(Embedding(5000, 64, combiner="sum"), [ids], "table")
+    (d,) = g.add_node(Linear(64), [dense], "bottom")
+    (c,) = g.add_node(Concat(), [e, d], "cat")
+    g.add_node(Linear(4), [c], "top")
+    return g
+
+
+def random_graph(seed: int, nodes: int = 5) -> ComputationGraph:
+    rng = random.Random(seed)
+    g = ComputationGraph()
+    tensors = [g.add_input(TensorShape((None, 64)), "x")]
+    for i in range(nodes):
+        if len(tensors) >= 2 and rng.random() < 0.4:
+            a, b = rng.sample(tensors, 2)
+            (t,) = g.add_node(Add(), [a, b], f"add{i}")
+        else:
+            (t,) = g.add_node(Linear(64), [rng.choice(tensors)], f"fc{i}")
+        tensors.append(t)
+    return g
+
+
+def _same(graph: ComputationGraph, batch: int, machine, **kw) -> None:
+    dp = best_mapping(graph, batch, machine, **kw)
+    bf = brute_force_mapping(graph, batch, machine, **kw)
+    assert dp.estimate == pytest.approx(bf.estimate, rel=1e-9)
+    mc = setup(graph, batch, machine, None, None, kw.get("allowed_axes"), None)
+    assert plan_cost(mc, dp.configs, 0.0) + mc.constant() == pytest.approx(dp.estimate)
+
+
+@pytest.mark.parametrize("name,graph,machine,axes", [
+    ("chain", chain(), FOUR, None),
+    ("residual", residual(), FOUR, SMALL_AXES),
+    ("branches-add", branches("add"), TWO_BY_TWO, SMALL_AXES),
+    ("branches-concat", branches("concat"), TWO_BY_TWO, SMALL_AXES),
+    ("embedding", two_inputs(), TWO_BY_TWO, SMALL_AXES),
+])
+def test_dp_equals_brute_force(name, graph, machine, axes) -> None:
+    _same(graph, 64, machine, allowed_axes=axes)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dp_equals_brute_force_on_random_graphs(seed) -> None:
+    _same(random_graph(seed), 32, FOUR, allowed_axes=SMALL_AXES)
+
+
+def test_decomposition_shapes() -> None:
+    g = branches("concat")
+    index = GraphIndex(g, [n.outputs[0] for n in g.nodes[-1:]])
+    top = index.block([n.id for n in g.nodes])
+    assert isinstance(top, Series) and top.own == (2, 3)      # join, head are bottlenecks
+    assert isinstance(index.block(top.segments[0]), Parallel)  # left | right
+    g = two_inputs()
+    index = GraphIndex(g, [g.nodes[-1].outputs[0]])
+    top = index.block([n.id for n in g.nodes])
+    assert isinstance(index.block(top.segments[0]), Parallel)
+
+
+def test_candidates_respect_axes_devices_and_extents() -> None:
+    g = chain(width=4, layers=1)
+    node = g.nodes[0]
+    shapes = [TensorShape((64, 4))]
+    cands = candidate_configs(node, shapes, 8, "gpu")
+    assert cands[0].degrees == ()
+    assert all(c.num_points <= 8 and c.degree("out") <= 4 and c.degree("in") <= 4 for c in cands)
+    assert len({c.degrees for c in cands}) == len(cands)
+    only = candidate_configs(node, shapes, 8, "gpu", allowed_axes={"sample"})
+    assert {c.degree("sample") for c in only} == {1, 2, 4, 8} and len(only) == 4
+    assert candidate_configs(node, shapes, 8, "gpu") == cands   # deterministic
+
+
+def test_wide_linear_goes_tensor_parallel() -> None:
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 8192)), "x")
+    g.add_node(Linear(8192), [x], "wide")
+    r = best_mapping(g, 8, FOUR)
+    cfg = r.configs[0]
+    assert cfg.num_points == 4 and cfg.degree("sample") < 4, cfg
+    sim = Simulator(FOUR)
+    dp_plan = data_parallel(g, 4, "gpu", 8).plan(g)
+    assert sim.simulate(g, 8, r.configs).step_time < sim.simulate(g, 8, dp_plan).step_time
+
+
+def test_memory_aware() -> None:
+    g = chain(width=2048, layers=3)
+    roomy = best_mapping(g, 64, FOUR)
+    assert roomy.fits
+    need = roomy.peak_memory
+    # a device that holds less than the fastest plan needs, but enough for a split plan
+    tight = dataclasses.replace(FOUR, device=dataclasses.replace(FOUR.device, memory=need * 0.6))
+    r = best_mapping(g, 64, tight)
+    assert r.fits and r.peak_memory <= need * 0.6
+    tiny = dataclasses.replace(FOUR, device=dataclasses.replace(FOUR.device, memory=1024.0))
+    r = best_mapping(g, 64, tiny)
+    assert not r.fits and r.excess == pytest.approx(r.peak_memory - 1024.0)
+    assert "excess" in repr(r)
+    off = best_mapping(g, 64, tiny, memory_limit=False)
+    assert not off.fits
+
+
+@pytest.mark.parametrize("name", ["mlp", "bert_large"])
+def test_never_worse_than_data_parallel_in_the_simulator(name) -> None:
+    model = ZOO[name].build_small()
+    g = model.graph
+    for machine in (FOUR, preset("dgx-h100", 2)):
+        n = machine.num_devices
+        r = best_mapping(g, 64, machine)
+        sim = Simulator(machine)
+        ours = sim.simulate(g, 64, r.configs).step_time
+        base = sim.simulate(g, 64, data_parallel(g, n, "gpu", 64).plan(g)).step_time
+        assert ours <= base * 1.0001, (name, n, ours, base)
+        s = r.strategy(model)
+        assert s.source == "search" and set(s.configs) == {nd.name for nd in g.nodes}
+
+
+def test_deterministic() -> None:
+    g = ZOO["bert_large"].build_small().graph
+    a = best_mapping(g, 32, TWO_BY_TWO)
+    b = best_mapping(g, 32, TWO_BY_TWO)
+    assert a.configs == b.configs and a.estimate == b.estimate

@@ -1,0 +1,366 @@
+"""The decomposed cost the machine-mapping DP minimises, built from the Simulator's own pieces.
+
+For a plan (a placed OpConfig per node) the estimated step time is
+
+    sum over nodes  unary(node, config)              compute fwd + bwd (+ zero-fills), gradient
+                                                     all-reduce of its trainable weights, the
+                                                     transfer of graph inputs to it (from device 0)
+                                                     and of model outputs to the loss (there and back)
+  + sum over edges  pairwise(edge, producer config, consumer config)
+                                                     the parallel ops `lift` inserts between the
+                                                     producer's output and the consumer's input
+                                                     (moved forward, and backward if it has a gradient)
+  + constant                                         optimizer updates, loss launches, gradient
+                                                     accumulations: independent of the plan
+
+with sums replaced by max where the DP splits the machine between parallel branches. Every term
+is priced with Simulator.comm_time / grad_sync_time / update_time / stream_time and the cost
+model's op_cost, as the simulator prices them; the simulator additionally overlaps communication
+with computation, so its step time is usually lower. Memory per device of a node: its output
+pieces, its replicated input pieces, its weights x (2 + optimizer slots) (as Simulator.memory).
+Tables are memoised by (operator, input shapes, gradient flags; the resource's shape, and
+resources' relative position), so identical layers (BERT's 24), the same layer on another part
+of the machine, and the same layer in another graph (a MappingCache) share them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from unity_legion.cost.machine import MachineModel
+from unity_legion.cost.op_cost import AnalyticCost, CostModel, priced
+from unity_legion.cost.simulator import Simulator
+from unity_legion.pcg.graph import ComputationGraph, Node
+from unity_legion.pcg.parallel_ops import FusedParallelOp, conversion
+from unity_legion.pcg.parallel_tensor import (ParallelShapeError, ParallelTensorShape,
+                                             effective_degree)
+from unity_legion.pcg.pcg import NodeShapes, node_shapes
+from unity_legion.search.cache import MappingCache
+from unity_legion.search.candidates import Resource, candidate_configs, place
+from unity_legion.search.decompose import Edge, GraphIndex
+from unity_legion.strategy.config import OpConfig
+
+INF = float("inf")
+
+
+class MappingCost:
+    def __init__(self, graph: ComputationGraph, index: GraphIndex, batch: int,
+                 machine: MachineModel, cost: CostModel | None = None, device_type: str = "gpu",
+                 allowed_axes: Callable[[Node], set[str] | None] | None = None,
+                 optimizer_slots: int = 2, cache: MappingCache | None = None) -> None:
+        self.graph, self.index, self.batch, self.machine = graph, index, batch, machine
+        self.cost = cost or AnalyticCost()
+        self.device_type = device_type
+        self.allowed_axes = allowed_axes
+        self.slots = optimizer_slots
+        self.sim = Simulator(machine, self.cost, optimizer_slots)
+        self.n = machine.num_devices
+        self.per_node = machine.devices_per_node
+        self.all_devs = list(range(self.n))
+        self.shapes = graph.bind_batch(batch)
+        self._req, self._trainable = self._gradients()
+        consumed = {t for n in index.nodes for t in n.inputs}
+        self._consumed = consumed
+        self._out_set = set(index.outputs)
+        self._in_set = set(graph.inputs)
+        # structural tables live in the (possibly shared) cache; id-keyed ones here
+        self.store = cache if cache is not None else MappingCache()
+        self.store.bind((batch, machine, cost if cost is not None else "analytic", device_type,
+                         optimizer_slots))
+        self._kid: dict[int, int] = {}
+        self._reads_input: dict[int, bool] = {}
+        self._placed: dict[tuple, list[OpConfig]] = {}
+        self._devinfo: dict[OpConfig, tuple[list[int], frozenset[int], frozenset[int]]] = {}
+        self._geom: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    # ------------------------------------------------------------------ graph facts
+    def _gradients(self) -> tuple[dict[int, bool], dict[int, set[str]]]:
+        """Which tensors get a gradient (the simulator's and executor's rule)."""
+        req: dict[int, bool] = {t: False for t in self.graph.inputs}
+        trainable: dict[int, set[str]] = {}
+        for g in self.index.nodes:
+            trainable[g.id] = {ws.name for ws in g.weights if ws.trainable}
+            r = any(req.get(t, False) for t in g.inputs) or bool(trainable[g.id])
+            for t in g.outputs:
+                req[t] = r and self.shapes[t].dtype.is_float
+        return req, trainable
+
+    def inputs_of(self, node: Node) -> list:
+        return [self.shapes[t] for t in node.inputs]
+
+    def node_key(self, nid: int) -> int:
+        """What a node's costs depend on (identical layers, in any graph, share it), interned
+        to an int so that table keys hash cheaply."""
+        k = self._kid.get(nid)
+        if k is None:
+            n = self.index.by_id[nid]
+            axes = self.allowed_axes(n) if self.allowed_axes else None
+            full = (n.op, tuple(self.inputs_of(n)),
+                    tuple(self._req.get(t, False) for t in n.inputs),
+                    self._backward(n), tuple(sorted(self._trainable.get(nid, ()))),
+                    tuple(t in self._in_set for t in n.inputs),
+                    tuple(t in self._out_set for t in n.outputs),
+                    None if axes is None else tuple(sorted(axes)))
+            k = self._kid[nid] = self.store.key_id(full)
+            self._reads_input[nid] = any(full[5])
+        return k
+
+    def reads_input(self, nid: int) -> bool:
+        self.node_key(nid)
+        return self._reads_input[nid]
+
+    def where_class(self, nid: int, res: Resource) -> tuple:
+        """The part of a resource a node's unary cost depends on: its shape, and for a node
+        reading a graph input (which arrives on device 0) whether it starts at node 0 / device 0."""
+        if self.reads_input(nid):
+            return (res.nodes, res.devs, res.node0 == 0, res.dev0 == 0)
+        return (res.nodes, res.devs)
+
+    def _backward(self, n: Node) -> bool:
+        return any(self._req.get(t, False) or t not in self._consumed for t in n.outputs)
+
+    # ------------------------------------------------------------------ candidates
+    def degrees(self, nid: int) -> list[OpConfig]:
+        key = self.node_key(nid)
+        hit = self.store.degrees.get(key)
+        if hit is None:
+            n = self.index.by_id[nid]
+            axes = self.allowed_axes(n) if self.allowed_axes else None
+            hit = self.store.degrees[key] = candidate_configs(
+                n, self.inputs_of(n), self.n, self.device_type, axes, self.per_node)
+        return hit
+
+    def placed(self, nid: int, res: Resource) -> list[OpConfig]:
+        """The node's candidates placed on `res` (the DP's domain of the node there)."""
+        key = (self.node_key(nid), res)
+        hit = self._placed.get(key)
+        if hit is None:
+            hit = [c for c in (place(d, res) for d in self.degrees(nid)) if c is not None]
+            self._placed[key] = hit
+        return hit
+
+    def node_shapes(self, nid: int, cfg: OpConfig) -> NodeShapes | None:
+        key = (self.node_key(nid), cfg.degrees)
+        tab = self.store.node_shapes
+        if key not in tab:
+            n = self.index.by_id[nid]
+            try:
+                tab[key] = node_shapes(n.op, self.inputs_of(n), cfg)
+            except (ParallelShapeError, ValueError):
+                tab[key] = None
+        return tab[key]
+
+    def devinfo(self, cfg: OpConfig) -> tuple[list[int], frozenset[int], frozenset[int]]:
+        hit = self._devinfo.get(cfg)
+        if hit is None:
+            devs = cfg.view.devices()[:max(cfg.num_points, 1)]
+            hit = self._devinfo[cfg] = (devs, frozenset(devs),
+                                        frozenset(self.machine.node_of(d) for d in devs))
+        return hit
+
+    # ------------------------------------------------------------------ unary
+    def unary(self, nid: int, res: Resource) -> tuple[np.ndarray, np.ndarray]:
+        """(seconds, bytes per device) of each placed candidate of the node on `res`."""
+        key = (self.node_key(nid), self.where_class(nid, res))
+        tab = self.store.unary
+        hit = tab.get(key)
+        if hit is None:
+            self.store.stats.table_misses += 1
+            pairs = [self.unary_one(nid, c) for c in self.placed(nid, res)]
+            hit = tab[key] = (np.array([p[0] for p in pairs], dtype=float),
+                              np.array([p[1] for p in pairs], dtype=float))
+        else:
+            self.store.stats.table_hits += 1
+        return hit
+
+    def unary_one(self, nid: int, cfg: OpConfig) -> tuple[float, float]:
+        n = self.index.by_id[nid]
+        ns = self.node_shapes(nid, cfg)
+        if ns is None:
+            return INF, INF
+        sim, ins = self.sim, self.inputs_of(n)
+        devs = self.devinfo(cfg)[0]
+        needs = [self._req.get(t, False) for t in n.inputs]
+        c = priced(self.cost, n.op, ins, cfg, self.machine.device, needs)
+        fill = 0.0
+        if not c.fills_included:
+            fill = (sum(sim.stream_time(s.piece_bytes()) for s in ns.outputs if s.sum_degree > 1)
+                    + sum(sim.stream_time(sv.shape.num_bytes() / max(len(devs), 1))
+                          for sv in n.op.saved(ins) if sv.zero))
+        t = c.forward + fill + (c.backward if self._backward(n) else 0.0)
+        for name in sorted(self._trainable.get(nid, ())):
+            t += sim.grad_sync_time(ns.weights[name], devs)
+        for j, tid in enumerate(n.inputs):            # graph inputs arrive whole on device 0
+            if tid in self._in_set:
+                t += self._move(ParallelTensorShape.of(self.shapes[tid]), ns.inputs[j],
+                                [0] + devs, False)
+        for i, tid in enumerate(n.outputs):           # model outputs go to the loss and back
+            if tid in self._out_set:
+                s = ns.outputs[i]
+                want = ParallelTensorShape.of(
+                    s.logical(), (effective_degree(s.sizes[0], self.n),) + (1,) * (s.rank - 1))
+                t += 2 * self._move(s, want, devs + self.all_devs, False, strict=False)
+        per_weight = 2 + self.slots
+        mem = (sum(s.piece_bytes() for s in ns.outputs)
+               + sum(s.piece_bytes() for s in ns.inputs if s.copy_degree > 1)
+               + sum(ws.piece_bytes() * per_weight for ws in ns.weights.values()))
+        return t, float(mem)
+
+    def _move(self, src: ParallelTensorShape, dst: ParallelTensorShape, devs: list[int],
+              both_ways: bool, strict: bool = True) -> float:
+        if len(set(devs)) <= 1:
+            cls = 0
+        elif len({self.machine.node_of(d) for d in devs}) <= 1:
+            cls = 1
+        else:
+            cls = 2
+        st = self.store
+        return self._comm_ids(st.shape_id(src), st.shape_id(dst), cls, strict) * \
+            (2 if both_ways else 1)
+
+    def _comm_ids(self, src: int, dst: int, cls: int, strict: bool = True) -> float:
+        """Seconds of converting shape `src` to `dst` (interned ids) on devices of class `cls`:
+        0 one device, 1 inside one node, 2 across nodes."""
+        key = (src, dst, cls, strict)
+        tab = self.store.comm
+        hit = tab.get(key)
+        if hit is None:
+            shapes = self.store.shapes
+            a, b = shapes[src], shapes[dst]
+            try:
+                ops = conversion(a, b)
+            except ParallelShapeError:
+                ops = None
+            if ops is None:
+                hit = INF if strict else 0.0
+            elif not ops or cls == 0:
+                hit = 0.0
+            else:
+                op = ops[0] if len(ops) == 1 else FusedParallelOp(ops)
+                # a representative device list of the class: the simulator only asks whether the
+                # devices are one, inside one node, or across nodes
+                devs = [0, 1] if cls == 1 else [0, self.per_node]
+                hit = self.sim.comm_time(op, a, devs)
+            tab[key] = hit
+        return hit
+
+    # ------------------------------------------------------------------ pairwise
+    def _ends(self, nid: int, res: Resource) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Interned shape ids of the node's output and input pieces, per placed candidate
+        (-1: the candidate is illegal)."""
+        key = (self.node_key(nid), res.nodes, res.devs)
+        hit = self.store.ends.get(key)
+        if hit is None:
+            n = self.index.by_id[nid]
+            sid = self.store.shape_id
+            all_ns = [self.node_shapes(nid, c) for c in self.placed(nid, res)]
+            outs = [np.array([sid(ns.outputs[i]) if ns else -1 for ns in all_ns], dtype=np.int64)
+                    for i in range(len(n.outputs))]
+            ins = [np.array([sid(ns.inputs[j]) if ns else -1 for ns in all_ns], dtype=np.int64)
+                   for j in range(len(n.inputs))]
+            hit = self.store.ends[key] = (outs, ins)
+        return hit
+
+    def _geometry(self, nid: int, res: Resource) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per placed candidate: first device, whether it is one device, its nodes as a bitmask."""
+        key = (self.node_key(nid), res)
+        hit = self._geom.get(key)
+        if hit is None:
+            cfgs = self.placed(nid, res)
+            start = np.array([c.view.start for c in cfgs], dtype=np.int64)
+            single = np.array([len(self.devinfo(c)[1]) == 1 for c in cfgs], dtype=bool)
+            mask = np.array([sum(1 << m for m in self.devinfo(c)[2]) for c in cfgs],
+                            dtype=np.int64)
+            hit = self._geom[key] = (start, single, mask)
+        return hit
+
+    def edge(self, e: Edge, ru: Resource, rv: Resource) -> np.ndarray:
+        """Seconds of moving edge `e`'s tensor for every (producer, consumer) candidate pair."""
+        key = (self.node_key(e.src), e.out, self.node_key(e.dst), e.inp, self._req.get(e.tensor),
+               ru.nodes, ru.devs, rv.relative(ru))
+        tab = self.store.edges
+        hit = tab.get(key)
+        if hit is not None:
+            self.store.stats.table_hits += 1
+            return hit
+        self.store.stats.table_misses += 1
+        ia = self._ends(e.src, ru)[0][e.out]
+        ib = self._ends(e.dst, rv)[1][e.inp]
+        ua, inv_a = np.unique(ia, return_inverse=True)
+        ub, inv_b = np.unique(ib, return_inverse=True)
+        comm = np.empty((3, len(ua), len(ub)))
+        for i, s in enumerate(ua.tolist()):
+            for j, d in enumerate(ub.tolist()):
+                if s < 0 or d < 0:
+                    comm[:, i, j] = INF
+                else:
+                    for c in range(3):
+                        comm[c, i, j] = self._comm_ids(s, d, c)
+        sa, one_a, ma = self._geometry(e.src, ru)
+        sb, one_b, mb = self._geometry(e.dst, rv)
+        both = ma[:, None] | mb[None, :]
+        cls = np.where(one_a[:, None] & one_b[None, :] & (sa[:, None] == sb[None, :]), 0,
+                       np.where((both & (both - 1)) == 0, 1, 2))
+        hit = comm[cls, inv_a.reshape(-1)[:, None], inv_b.reshape(-1)[None, :]]
+        if self._req.get(e.tensor, False):
+            hit = hit * 2
+        hit = tab[key] = hit.reshape(len(ia), len(ib))
+        return hit
+
+    def edge_one(self, e: Edge, a: OpConfig, b: OpConfig) -> float:
+        su, sv = self.node_shapes(e.src, a), self.node_shapes(e.dst, b)
+        if su is None or sv is None:
+            return INF
+        _, da, na = self.devinfo(a)
+        _, db, nb = self.devinfo(b)
+        if len(da) == 1 and da == db:
+            cls = 0
+        elif len(na | nb) == 1:
+            cls = 1
+        else:
+            cls = 2
+        both = self._req.get(e.tensor, False)
+        st = self.store
+        return self._comm_ids(st.shape_id(su.outputs[e.out]), st.shape_id(sv.inputs[e.inp]),
+                              cls) * (2 if both else 1)
+
+    # ------------------------------------------------------------------ plan-independent
+    def constant(self) -> float:
+        """Seconds every plan pays alike: optimizer updates, losses, gradient accumulations."""
+        sim, total = self.sim, 0.0
+        for n in self.index.nodes:
+            for ws in n.weights:
+                if ws.trainable:
+                    p = ParallelTensorShape.of(ws.shape)
+                    rows = p.sizes[0] if p.rank else 1
+                    total += sim.update_time(p, effective_degree(rows, self.n))
+        for t in self.index.outputs:
+            s = self.shapes[t]
+            total += sim.stream_time(3 * s.num_bytes(), effective_degree(s.dims[0], self.n))
+        seen: set[int] = set()
+        for n in reversed(self.index.nodes):
+            if not self._backward(n):
+                continue
+            for t in n.inputs:
+                if self._req.get(t, False):
+                    if t in seen:
+                        total += sim.stream_time(3 * self.shapes[t].num_bytes(), self.n)
+                    seen.add(t)
+        return total
+
+
+def peak_memory(mc: MappingCost, plan: dict[int, OpConfig]) -> list[float]:
+    """Bytes per device of a plan (as Simulator.memory computes it, without lifting)."""
+    mem = [0.0] * mc.n
+    for nid, cfg in plan.items():
+        _, m = mc.unary_one(nid, cfg)
+        for d in mc.devinfo(cfg)[0]:
+            mem[d] += m
+    return mem
+
+
+def ceil_log2(x: int) -> int:
+    return max(0, math.ceil(math.log2(max(x, 1))))
