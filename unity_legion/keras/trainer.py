@@ -18,6 +18,9 @@ from unity_legion.keras.progress import EpochProgress, resolve_verbose
 from unity_legion.operators.base import OperatorError
 
 
+_ANY = object()  # _ensure_executor: whichever executor the model has
+
+
 class Trainer:
     """The training half of keras.Model; the model half provides the graph and weights."""
 
@@ -79,10 +82,13 @@ class Trainer:
                             for ms, spec, name in zip(metric_lists, specs, self.output_names))
         resolved = self._resolve_strategy(strategy)  # fails before anything changes
         from unity_legion.executor.executor import Objective
+        from unity_legion.executor.rewritten import WeightTranslation
 
+        # a strategy with substitutions runs its rewritten graph (refused here if untrainable)
+        translation = WeightTranslation.of(self, resolved)
         self.optimizer = optimizers_mod.get(optimizer)
         self._objective = Objective(tuple(specs), metric_objs, weights)
-        self._ensure_executor()
+        self._ensure_executor(translation)
         self._executor.set_plan(resolved.plan(self))
         self._strategy = resolved
         self._executor.reset_optimizer_state()
@@ -160,22 +166,45 @@ class Trainer:
         """A multi-output model reports each output's metrics as "<output>_<metric>" (Keras 3)."""
         return dataclasses.replace(metric, name=f"{output}_{metric.name}") if n_out > 1 else metric
 
-    def _ensure_executor(self) -> None:
-        if self._executor is not None:
-            return
+    def _ensure_executor(self, translation: Any = _ANY) -> None:
+        """An executor for the model's graph, or (given a WeightTranslation) for the graph a
+        strategy's substitutions make; none given: keep the current one. A new executor starts from
+        the model's current weights (read from the executor it replaces)."""
+        current = self._executor
+        if current is not None:
+            if translation is _ANY:
+                return
+            if getattr(current, "substitutions", None) == (
+                    None if translation is None else translation.substitutions):
+                return
         from unity_legion.executor.executor import GraphExecutor
+        from unity_legion.executor.rewritten import RewrittenExecutor
 
         graph = self._require_built()  # type: ignore[attr-defined]
         values = {k: self._get_weight(k) for k in self._weight_keys()}  # type: ignore[attr-defined]
-        executor = GraphExecutor(graph, self._output_ids)
-        for key, value in values.items():
-            executor.set_weight(key, value)
+        if translation is None or translation is _ANY:
+            executor = GraphExecutor(graph, self._output_ids)
+            for key, value in values.items():
+                executor.set_weight(key, value)
+        else:
+            executor = RewrittenExecutor(translation, values)
         self._executor = executor
         self._host_weights.clear()
 
+    def _write_weights(self, values: dict[Any, np.ndarray]) -> None:
+        """Checked weights (by the model's keys) into the executor."""
+        if hasattr(self._executor, "set_weights"):
+            self._executor.set_weights(values)   # a rewritten graph's: all at once
+        else:
+            for key, arr in values.items():
+                self._executor.set_weight(key, arr)
+
+    def _frozen_weight_keys(self) -> list[Any]:
+        return [(layer._node_id, n) for layer in self.layers  # type: ignore[attr-defined]
+                if not layer.trainable for n in layer._present_weights()]
+
     def _sync_frozen(self) -> None:
-        frozen = [(layer._node_id, n) for layer in self.layers  # type: ignore[attr-defined]
-                  if not layer.trainable for n in layer._present_weights()]
+        frozen = self._frozen_weight_keys()
         if frozenset(frozen) != self._executor.frozen:
             self._executor.set_frozen(frozen)
 

@@ -228,12 +228,15 @@ class MappingCost:
         tab = self.store.comm
         hit = tab.get(key)
         if hit is None:
-            shapes = self.store.shapes
-            a, b = shapes[src], shapes[dst]
-            try:
-                ops = conversion(a, b)
-            except ParallelShapeError:
-                ops = None
+            conv = (src, dst)                 # the conversion, shared by the device classes
+            ops = tab.get(conv, False)
+            if ops is False:
+                shapes = self.store.shapes
+                try:
+                    ops = conversion(shapes[src], shapes[dst])
+                except ParallelShapeError:
+                    ops = None
+                tab[conv] = ops
             if ops is None:
                 hit = INF if strict else 0.0
             elif not ops or cls == 0:
@@ -243,7 +246,7 @@ class MappingCost:
                 # a representative device list of the class: the simulator only asks whether the
                 # devices are one, inside one node, or across nodes
                 devs = [0, 1] if cls == 1 else [0, self.per_node]
-                hit = self.sim.comm_time(op, a, devs)
+                hit = self.sim.comm_time(op, self.store.shapes[src], devs)
             tab[key] = hit
         return hit
 
@@ -291,20 +294,21 @@ class MappingCost:
         ib = self._ends(e.dst, rv)[1][e.inp]
         ua, inv_a = np.unique(ia, return_inverse=True)
         ub, inv_b = np.unique(ib, return_inverse=True)
-        comm = np.empty((3, len(ua), len(ub)))
-        for i, s in enumerate(ua.tolist()):
-            for j, d in enumerate(ub.tolist()):
-                if s < 0 or d < 0:
-                    comm[:, i, j] = INF
-                else:
-                    for c in range(3):
-                        comm[c, i, j] = self._comm_ids(s, d, c)
         sa, one_a, ma = self._geometry(e.src, ru)
         sb, one_b, mb = self._geometry(e.dst, rv)
         both = ma[:, None] | mb[None, :]
         cls = np.where(one_a[:, None] & one_b[None, :] & (sa[:, None] == sb[None, :]), 0,
                        np.where((both & (both - 1)) == 0, 1, 2))
-        hit = comm[cls, inv_a.reshape(-1)[:, None], inv_b.reshape(-1)[None, :]]
+        # price each distinct (class, producer piece, consumer piece) once
+        na, nb = len(ua), len(ub)
+        code = (cls * na + inv_a.reshape(-1)[:, None]) * nb + inv_b.reshape(-1)[None, :]
+        uc, inv = np.unique(code, return_inverse=True)
+        vals = np.empty(len(uc))
+        for k, c in enumerate(uc.tolist()):
+            cl, rem = divmod(c, na * nb)
+            s_, d_ = int(ua[rem // nb]), int(ub[rem % nb])
+            vals[k] = INF if s_ < 0 or d_ < 0 else self._comm_ids(s_, d_, cl)
+        hit = vals[inv.reshape(-1)]
         if self._req.get(e.tensor, False):
             hit = hit * 2
         hit = tab[key] = hit.reshape(len(ia), len(ib))

@@ -356,6 +356,7 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
     cost = cost or AnalyticCost()
     unity = UnitySearch(graph, outs, batch, machine, cost, opts)
     best, start, stopped = unity.run()
+    evaluated = unity.evaluated
     if best.key >= start.key:
         best = start  # a rewrite that did not pay is not kept
     devices = machine.num_devices
@@ -387,7 +388,7 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
     return SearchResult(strategy, chosen, res.step_time, baselines,
                         exp_strategy.source if exp_strategy.source != "expert" else "expert",
                         best.mapping.estimate, res.peak_memory, res.peak_memory <= cap,
-                        max(0.0, res.peak_memory - cap), savings, unity.evaluated, unity.pruned,
+                        max(0.0, res.peak_memory - cap), savings, evaluated, unity.pruned,
                         time.perf_counter() - began, stopped, best.graph)
 
 

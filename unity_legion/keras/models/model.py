@@ -215,11 +215,10 @@ class Model(Trainer):
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"weight {where}: contains NaN or infinite values")
             checked[key] = arr.astype(spec.shape.dtype.numpy)
-        for key, arr in checked.items():
-            if self._executor is not None:
-                self._executor.set_weight(key, arr)
-            else:
-                self._host_weights[key] = arr
+        if self._executor is not None:
+            self._write_weights(checked)
+        else:
+            self._host_weights.update(checked)
 
     def get_weights(self) -> list[np.ndarray]:
         return [self._get_weight(k) for k in self._weight_keys()]

@@ -1,0 +1,86 @@
+"""Benchmark Unity's search on the zoo's paper-size models, on simulated clusters (no GPU needed).
+
+    python scripts/bench_search.py                         # 8 x 8 H100 and the 4-V100 p3.8xlarge
+    python scripts/bench_search.py --models bert_large,dlrm --machines dgx-h100:8
+
+Per model and machine: the search's wall time, the simulated step time of data parallelism, of
+the expert strategy (Megatron-style inside a node for attention models, table-parallel
+embeddings for DLRM/XDL, data parallel otherwise) and of the strategy found, the speedups, the
+peak memory per device, and the substitutions applied. All three are priced by the same
+simulator (unity_legion.cost.Simulator, analytic roofline with the Hopper/V100 figures of the
+presets). The last line is one JSON object: per machine and model `search_s`, `dp_step_s`,
+`expert_step_s`, `found_step_s`, and per machine `geomean_speedup_vs_dp`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+from unity_legion.cost import machine_from
+from unity_legion.models import ZOO
+from unity_legion.search.unity import SearchOptions, search
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(ZOO), help="comma-separated zoo names")
+    p.add_argument("--machines", default="dgx-h100:8,p3.8xlarge:1",
+                   help="comma-separated PRESET:NODES")
+    p.add_argument("--per-device-batch", type=int, default=8,
+                   help="samples per device per step (global batch = this x devices)")
+    p.add_argument("--budget", type=int, default=SearchOptions().budget)
+    p.add_argument("--alpha", type=float, default=SearchOptions().alpha)
+    p.add_argument("--time-limit", type=float, default=SearchOptions().time_limit)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    opts = SearchOptions(budget=args.budget, alpha=args.alpha, time_limit=args.time_limit)
+    figures: dict[str, dict] = {}
+    header = (f"{'machine':14s} {'model':13s} {'search s':>8s} {'DP ms':>10s} {'expert ms':>10s} "
+              f"{'found ms':>10s} {'vs DP':>7s} {'vs exp':>7s} {'peak GiB':>8s} {'graphs':>6s}  "
+              f"substitutions")
+    print(header)
+    print("-" * len(header))
+    for spec in args.machines.split(","):
+        name, _, nodes = spec.partition(":")
+        machine = machine_from(name, int(nodes or 1))
+        batch = args.per_device_batch * machine.num_devices
+        per_model: dict[str, dict] = {}
+        for model_name in args.models.split(","):
+            model = ZOO[model_name].build()
+            t0 = time.perf_counter()
+            r = search(model, batch, machine, options=opts)
+            secs = time.perf_counter() - t0
+            dp, ex = r.baselines["data_parallel"], r.baselines["expert"]
+            subs = sorted({a.rule_name for a in r.strategy.substitutions})
+            per_model[model_name] = {"search_s": round(secs, 2), "dp_step_s": dp,
+                                     "expert_step_s": ex, "found_step_s": r.step_time,
+                                     "chosen": r.chosen, "peak_memory_bytes": r.peak_memory,
+                                     "fits": r.fits, "graphs_priced": r.evaluated,
+                                     "substitutions": subs}
+            print(f"{name + ':' + str(machine.nodes):14s} {model_name:13s} {secs:8.1f} "
+                  f"{dp * 1e3:10.3f} {ex * 1e3:10.3f} {r.step_time * 1e3:10.3f} "
+                  f"{dp / r.step_time:6.2f}x {ex / r.step_time:6.2f}x "
+                  f"{r.peak_memory / 2**30:8.2f} {r.evaluated:6d}  "
+                  f"{', '.join(subs) or '-'}{'' if r.fits else '  (does not fit)'}", flush=True)
+        speedups = [m["dp_step_s"] / m["found_step_s"] for m in per_model.values()]
+        geomean = math.exp(sum(math.log(s) for s in speedups) / len(speedups))
+        worst = max(m["search_s"] for m in per_model.values())
+        print(f"{name}:{machine.nodes} ({machine.num_devices} devices, batch {batch}): geomean "
+              f"speedup vs data parallel {geomean:.2f}x, slowest search {worst:.1f} s")
+        figures[f"{name}:{machine.nodes}"] = {"devices": machine.num_devices, "batch": batch,
+                                              "geomean_speedup_vs_dp": geomean,
+                                              "models": per_model}
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
