@@ -36,12 +36,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=SearchOptions().budget)
     p.add_argument("--alpha", type=float, default=SearchOptions().alpha)
     p.add_argument("--time-limit", type=float, default=SearchOptions().time_limit)
+    p.add_argument("--rule-set", choices=("builtin", "generated", "both"), default="builtin",
+                   help="algebraic rules: hand-written, generated (scripts/generate_substitutions.py) "
+                        "or both")
     return p.parse_args(argv)
+
+
+def rule_set(name: str):
+    """The rules for SearchOptions(rules=...): None is the built-in library."""
+    if name == "builtin":
+        return None
+    from unity_legion.substitutions import builtin_rules
+    from unity_legion.substitutions.generator import generated_rules
+    gen = generated_rules()
+    return tuple(gen) if name == "generated" else tuple(builtin_rules()) + tuple(gen)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    opts = SearchOptions(budget=args.budget, alpha=args.alpha, time_limit=args.time_limit)
+    opts = SearchOptions(budget=args.budget, alpha=args.alpha, time_limit=args.time_limit,
+                         rules=rule_set(args.rule_set))
     figures: dict[str, dict] = {}
     header = (f"{'machine':14s} {'model':13s} {'search s':>8s} {'DP ms':>10s} {'expert ms':>10s} "
               f"{'found ms':>10s} {'vs DP':>7s} {'vs exp':>7s} {'peak GiB':>8s} {'graphs':>6s}  "

@@ -8,6 +8,12 @@
     legate --cpus 2 scripts/train.py --model dlrm --model-arg tables=8 --model-arg embedding_dim=16
     legate --cpus 2 scripts/train.py --model bert_large --strategy megatron --explain
     legate --cpus 2 scripts/train.py --strategy my_strategy.json --draw pcg.svg
+    legate --cpus 2 scripts/train.py --budget 16 --export-strategy found.json   # search's options
+    legate --cpus 2 scripts/train.py --strategy data_parallel                   # no search
+
+By default the Unity search (substitutions + machine mapping) plans the strategy for the job's
+processors before training and prints what it found against data parallelism; --strategy names a
+builtin or a strategy file instead.
 
 Every model of unity_legion.models.ZOO trains at its small size unless --full-size is given;
 --model-arg KEY=VALUE (a Python literal) overrides one argument of the model's builder. Prints a
@@ -60,14 +66,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", default="auto", help="0, 1 (progress bar), 2 (a line per epoch)")
     p.add_argument("--save-weights", default=None, help="write the trained weights (.weights.npz)")
     s = p.add_argument_group("parallelisation")
-    s.add_argument("--strategy", default=None, metavar="NAME_OR_PATH",
-                   help="data_parallel (default), megatron, table_parallel, or a strategy JSON file")
+    s.add_argument("--strategy", default="search", metavar="NAME_OR_PATH",
+                   help="search (default: Unity's search for this job's processors), "
+                        "data_parallel, megatron, table_parallel, expert, or a strategy JSON file")
     s.add_argument("--export-strategy", default=None, metavar="PATH",
                    help="write the strategy used as JSON (edit it and pass it to --strategy)")
     s.add_argument("--explain", action="store_true",
                    help="print the strategy's table: degrees, devices, bytes per operator")
     s.add_argument("--draw", default=None, metavar="PATH",
                    help="draw the parallel computation graph (.png or .svg)")
+    from unity_legion.search.plan import add_search_flags
+
+    add_search_flags(p, planning=False)
     g = p.add_argument_group("Legate (when not given to the `legate` launcher)")
     g.add_argument("--cpus", type=int, default=None, help="CPU processors per rank")
     g.add_argument("--gpus", type=int, default=None, help="GPUs per rank")
@@ -151,12 +161,31 @@ def load_data(args: argparse.Namespace, entry: Any, model: Any
     return [data.x_train], [data.y_train], [data.x_test], [data.y_test]
 
 
-def predicted_forward(model: Any, args: argparse.Namespace) -> Any:
+def search_request(args: argparse.Namespace, rank0: bool) -> dict[str, Any]:
+    """compile()'s `search=` argument from the flags: Unity's search for this job at this batch
+    size (every rank runs it; with several ranks the budget alone bounds it, so that all ranks
+    find the same plan)."""
+    import dataclasses
+
+    from unity_legion.search.plan import options_from_args
+    from unity_legion.search.unity import SearchError
+    from unity_legion.substitutions import TasoFormatError
+
+    try:
+        opts = options_from_args(args)
+    except (SearchError, TasoFormatError, OSError) as exc:
+        raise SystemExit(f"train.py: {exc}") from None
+    fields = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    return fields | {"progress": rank0 and args.verbose != 0, "batch_size": args.batch_size}
+
+
+def predicted_forward(model: Any, strategy: Any, args: argparse.Namespace) -> Any:
     """explain()'s time column: each operator's forward on this machine's model (the "local"
     preset, analytic roofline; scripts/bench_simulator.py calibrates and checks it)."""
     from unity_legion.cost import AnalyticCost, preset
 
-    device, cost, graph = preset("local").device, AnalyticCost(), model.graph
+    device, cost = preset("local").device, AnalyticCost()
+    graph, _ = strategy.graph_for(model)
     shapes = graph.bind_batch(args.batch_size)
 
     def forward(node: Any, pcg: Any) -> float:
@@ -185,12 +214,21 @@ def main(argv: list[str] | None = None) -> int:
     classify = entry.loss == "sparse_categorical_crossentropy"
     from unity_legion.strategy import StrategyError
 
+    from unity_legion.search.plan import running_machine
+    from unity_legion.search.unity import SearchError
+
+    rank0 = machine.rank == 0
+    target = running_machine(machine.ranks, machine.processors, machine.preferred_kind)
     try:
         model.compile(optimizer=optimizer, loss=entry.loss,
-                      metrics=["accuracy" if classify else "mae"], strategy=args.strategy)
-    except StrategyError as exc:
+                      metrics=["accuracy" if classify else "mae"], strategy=args.strategy,
+                      search=search_request(args, rank0))
+    except (StrategyError, SearchError) as exc:
         raise SystemExit(f"train.py: {exc}") from None
-    rank0 = machine.rank == 0
+    if rank0 and model.search_result is not None:
+        print(f"search over {target.nodes} x {target.devices_per_node} {target.device.kind} "
+              f"device(s) ({target.name} figures):")
+        print(model.search_result.report())
     strategy = model.strategy
     if rank0:
         print(f"unity_legion: {args.model} on {args.dataset} ({len(x_train[0])} train / "
@@ -200,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.export_strategy:
             strategy.save(args.export_strategy)
         if args.explain:
-            print(strategy.explain(model, args.batch_size, predicted_forward(model, args)))
+            print(strategy.explain(model, args.batch_size,
+                                   predicted_forward(model, strategy, args), machine=target))
         if args.draw:
             strategy.draw(model, args.batch_size, args.draw)
     unpack = (lambda v: v if len(v) > 1 else v[0])

@@ -38,6 +38,7 @@ PINNED=(
     "scikit-learn"
     "matplotlib"
     "networkx"
+    "z3-solver==4.15.*"
     "pytest"
     "torch==2.13.0"
     "setuptools>=64"

@@ -9,7 +9,9 @@ import random
 import pytest
 
 from unity_legion.cost import Simulator, preset
+from unity_legion.cost.op_cost import AnalyticCost
 from unity_legion.models import ZOO
+from unity_legion.operators.activation import Activation
 from unity_legion.operators.concat import Concat
 from unity_legion.operators.elementwise import Add
 from unity_legion.operators.embedding import Embedding
@@ -18,6 +20,7 @@ from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.tensor import DataType, TensorShape
 from unity_legion.search import (Parallel, Series, best_mapping, brute_force_mapping,
                                  candidate_configs, plan_cost)
+from unity_legion.search.cache import MappingCache
 from unity_legion.search.decompose import GraphIndex
 from unity_legion.search.dp import setup
 from unity_legion.strategy.builtin import data_parallel
@@ -86,6 +89,7 @@ def _same(graph: ComputationGraph, batch: int, machine, **kw) -> None:
     bf = brute_force_mapping(graph, batch, machine, **kw)
     assert dp.estimate == pytest.approx(bf.estimate, rel=1e-9)
     mc = setup(graph, batch, machine, None, None, kw.get("allowed_axes"), None)
+    assert dp.stats["blocks_solved"] > 0
     assert plan_cost(mc, dp.configs, 0.0) + mc.constant() == pytest.approx(dp.estimate)
 
 
@@ -98,6 +102,14 @@ def _same(graph: ComputationGraph, batch: int, machine, **kw) -> None:
 ])
 def test_dp_equals_brute_force(name, graph, machine, axes) -> None:
     _same(graph, 64, machine, allowed_axes=axes)
+
+
+@pytest.mark.parametrize("name,graph,machine", [
+    ("branches-concat", branches("concat"), FOUR),
+    ("embedding", two_inputs(), FOUR),
+])
+def test_dp_equals_brute_force_with_uneven_splits(name, graph, machine) -> None:
+    _same(graph, 64, machine, allowed_axes=SMALL_AXES, uneven_splits=True)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -143,19 +155,23 @@ def test_wide_linear_goes_tensor_parallel() -> None:
 
 
 def test_memory_aware() -> None:
-    g = chain(width=2048, layers=3)
-    roomy = best_mapping(g, 64, FOUR)
+    # wide layers at a large batch: the fastest plan is data parallel (replicated weights),
+    # plans that shard the weights need less memory
+    g = chain(width=4096, layers=3)
+    roomy = best_mapping(g, 4096, FOUR)
     assert roomy.fits
     need = roomy.peak_memory
-    # a device that holds less than the fastest plan needs, but enough for a split plan
-    tight = dataclasses.replace(FOUR, device=dataclasses.replace(FOUR.device, memory=need * 0.6))
-    r = best_mapping(g, 64, tight)
-    assert r.fits and r.peak_memory <= need * 0.6
     tiny = dataclasses.replace(FOUR, device=dataclasses.replace(FOUR.device, memory=1024.0))
-    r = best_mapping(g, 64, tiny)
-    assert not r.fits and r.excess == pytest.approx(r.peak_memory - 1024.0)
-    assert "excess" in repr(r)
-    off = best_mapping(g, 64, tiny, memory_limit=False)
+    least = best_mapping(g, 4096, tiny)
+    assert not least.fits and least.excess == pytest.approx(least.peak_memory - 1024.0)
+    assert "excess" in repr(least)
+    assert least.peak_memory < need
+    # a device that holds less than the fastest plan needs, but enough for a sharded plan
+    cap = (need + least.peak_memory) / 2
+    tight = dataclasses.replace(FOUR, device=dataclasses.replace(FOUR.device, memory=cap))
+    r = best_mapping(g, 4096, tight)
+    assert r.fits and r.peak_memory <= cap and r.memory_weight > 0
+    off = best_mapping(g, 4096, tiny, memory_limit=False)
     assert not off.fits
 
 
@@ -179,3 +195,79 @@ def test_deterministic() -> None:
     a = best_mapping(g, 32, TWO_BY_TWO)
     b = best_mapping(g, 32, TWO_BY_TWO)
     assert a.configs == b.configs and a.estimate == b.estimate
+
+
+# --------------------------------------------------------------------------- cross-call cache
+
+def unfuse(graph: ComputationGraph, name: str) -> ComputationGraph:
+    """A copy of `graph` with node `name`'s fused activation split off (a Linear without it and
+    an Activation): a one-node rewrite like those of Unity's substitutions."""
+    g = ComputationGraph()
+    remap = {t: g.add_input(graph.tensors[t].shape, graph.tensors[t].name) for t in graph.inputs}
+    for n in graph.nodes:
+        ins = [remap[t] for t in n.inputs]
+        if n.name == name:
+            (t,) = g.add_node(dataclasses.replace(n.op, activation="linear"), ins, n.name)
+            outs: tuple[int, ...] = g.add_node(Activation(n.op.activation), [t], n.name + "_act")
+        else:
+            outs = g.add_node(n.op, ins, n.name)
+        remap.update(zip(n.outputs, outs))
+    return g
+
+
+def test_cache_gives_the_same_plans_and_hits() -> None:
+    g = ZOO["bert_large"].build_small().graph
+    layer = next(n.name for n in g.nodes
+                 if isinstance(n.op, Linear) and n.op.activation not in ("linear", None))
+    g2 = unfuse(g, layer)
+    cache = MappingCache()
+    for graph in (g, g, g2):
+        before = dataclasses.replace(cache.stats)
+        cached = best_mapping(graph, 32, TWO_BY_TWO, cache=cache)
+        fresh = best_mapping(graph, 32, TWO_BY_TWO)
+        assert cached.estimate == pytest.approx(fresh.estimate, rel=1e-12)
+        assert cached.configs == fresh.configs
+    # the rewritten graph reused the unchanged layers' blocks and tables
+    assert cache.stats.block_hits > before.block_hits
+    assert cache.stats.table_hits > before.table_hits
+    second = best_mapping(g, 32, TWO_BY_TWO, cache=cache)
+    assert second.stats["blocks_solved"] == 0 and second.stats["blocks_reused"] > 0
+
+
+def test_cache_is_bound_to_its_context() -> None:
+    cache = MappingCache()
+    best_mapping(chain(), 64, FOUR, cache=cache)
+    best_mapping(chain(), 64, FOUR, AnalyticCost(), cache=cache)     # an identical cost model
+    with pytest.raises(ValueError):
+        best_mapping(chain(), 64, TWO_BY_TWO, cache=cache)
+    with pytest.raises(ValueError):
+        best_mapping(chain(), 32, FOUR, cache=cache)
+
+
+def diamonds(branches_: int = 2, width: int = 1024) -> ComputationGraph:
+    """Identical branches, each with a diamond inside (a segment block whose boundary lies on
+    the branch's own devices: solved on one half of the machine, reused shifted on the other)."""
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, width)), "x")
+    outs = []
+    for i in range(branches_):
+        (a,) = g.add_node(Linear(width), [x], f"a{i}")
+        (p,) = g.add_node(Linear(width), [a], f"p{i}")
+        (q,) = g.add_node(Linear(width), [a], f"q{i}")
+        (t,) = g.add_node(Add(), [p, q], f"s{i}")
+        outs.append(t)
+    (t,) = g.add_node(Concat(), outs, "cat")
+    g.add_node(Linear(8), [t], "head")
+    return g
+
+
+def test_reused_blocks_are_moved_to_their_devices() -> None:
+    g = diamonds()
+    r = best_mapping(g, 8, TWO_BY_TWO, allowed_axes=SMALL_AXES)
+    assert r.stats["blocks_reused"] > 0
+    mc = setup(g, 8, TWO_BY_TWO, None, None, SMALL_AXES, None)
+    # the shifted plan is priced as the DP priced it (a wrong shift would overlap devices)
+    assert plan_cost(mc, r.configs, 0.0) + mc.constant() == pytest.approx(r.estimate)
+    at = {n.name: r.configs[n.id].view.start for n in g.nodes}
+    if at["a0"] // 2 != at["a1"] // 2:     # branches on different nodes: the same layout
+        assert at["q1"] - at["p1"] == at["q0"] - at["p0"]

@@ -325,7 +325,8 @@ def test_compile_with_a_path_a_name_and_a_bad_file(tmp_path) -> None:
     x = np.random.default_rng(0).normal(size=(BATCH, 12)).astype(np.float32)
     y = np.arange(BATCH) % 4
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
-    assert model.strategy.source == "data_parallel"
+    assert model.strategy.source == "search"        # the default: Unity's search
+    assert model.search_result is not None and model.search_result.step_time > 0
     from unity_legion.runtime import machine_info
 
     devices = machine_info().processors

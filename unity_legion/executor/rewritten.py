@@ -80,7 +80,8 @@ def _boxes(src: WeightSource | WeightRef, shape_of: Callable[[WeightRef], tuple[
     out, offset = [], 0
     for pieces, shape in parts:
         for ref, lb, ob in pieces:
-            out.append((ref, lb, ob[:ax] + ((ob[ax][0] + offset, ob[ax][1] + offset),) + ob[ax + 1:]))
+            shifted = (ob[ax][0] + offset, ob[ax][1] + offset)
+            out.append((ref, lb, ob[:ax] + (shifted,) + ob[ax + 1:]))
         offset += shape[ax]
     first = parts[0][1]
     return out, first[:ax] + (offset,) + first[ax + 1:]
@@ -141,11 +142,12 @@ class WeightTranslation:
         self.rewrite = rw
         self.substitutions = substitutions
         self.outputs = [rw.tensor_map[t] for t in outputs]
-        self.pieces = pieces
+        live = {n.id for n in rw.graph.subgraph_nodes(self.outputs)}  # the nodes that run
+        self.pieces = pieces = [p for p in pieces if p.new[0] in live]
         new_ids = {n.name: n.id for n in rw.graph.nodes}
         old_ids = {n.name: n.id for n in graph.nodes}
         self.sources: dict[WeightKey, WeightSource] = {
-            (new_ids[n], w): src for (n, w), src in rw.weight_map.items()}
+            (new_ids[n], w): src for (n, w), src in rw.weight_map.items() if new_ids[n] in live}
         self._old_name = {n.id: n.name for n in graph.nodes}
         self._old_id = old_ids
         self.by_old: dict[WeightKey, list[Piece]] = {}
@@ -156,7 +158,8 @@ class WeightTranslation:
         shapes = {(n.id, w.name): tuple(w.shape.dims) for n in graph.nodes for w in n.weights}
         # model weights the rewritten graph does not (wholly) hold keep a host copy
         self.partial = {k for k, s in shapes.items()
-                        if sum(_volume(p.old_box) for p in self.by_old.get(k, [])) != int(np.prod(s))}
+                        if sum(_volume(p.old_box) for p in self.by_old.get(k, []))
+                        != int(np.prod(s))}
 
     @classmethod
     def of(cls, model: Any, strategy: Any) -> "WeightTranslation | None":
@@ -230,9 +233,8 @@ class RewrittenExecutor:
         self.machine = self.inner.machine
         self.frozen: frozenset[WeightKey] = frozenset()
         self._tensor_map = translation.rewrite.tensor_map
-        self._held = {k for k, _ in self.inner.weight_specs()}
         self._base = {k: np.array(values[k], copy=True) for k in translation.partial if k in values}
-        for key, arr in translation.to_rewritten(values, self._held).items():
+        for key, arr in translation.to_rewritten(values).items():
             self.inner.set_weight(key, arr)
 
     # ------------------------------------------------------------------ weights
@@ -253,8 +255,10 @@ class RewrittenExecutor:
         a part of one is made again from the model's current weights; all are computed before
         any is written."""
         t = self.translation
-        affected = {p.new for k in values for p in t.by_old.get(k, []) if p.new in self._held}
-        needed = {o for n in affected for o in t.by_new[n]}
+        # sorted, never set order: reading and creating stores are Legate operations, and every
+        # rank must issue them in the same order (a set's order follows the process' hash seed)
+        affected = sorted({p.new for k in values for p in t.by_old.get(k, [])})
+        needed = sorted({o for n in affected for o in t.by_new[n]})
         current = {k: (values[k] if k in values else self.get_weight(k)) for k in needed}
         new = t.to_rewritten(current, affected)
         for k in values:

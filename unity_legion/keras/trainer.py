@@ -32,20 +32,25 @@ class Trainer:
         self._objective: Any = None
         self._pending_compile: Any = None  # compile() arguments waiting for the model's build
         self._strategy: Any = None         # the Strategy the executor runs (set by compile)
+        self.search_result: Any = None     # the last search compile() ran (SearchResult)
 
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None,
                 metrics: Any = None, strategy: Any = None, **kwargs: Any) -> None:
-        """Keras' compile, plus `strategy`: how to parallelise the model, a
+        """Keras' compile, plus `strategy`: how to parallelise the model. Default "search": Unity's
+        search (graph substitutions and machine mapping, unity_legion.search) plans it for the
+        running job's processors; `search=` takes its options (a SearchOptions or a dict of its
+        fields, plus "batch_size": the batch to plan for, default 32). Or a
         unity_legion.strategy.Strategy, a builtin's name ("data_parallel", "megatron",
-        "table_parallel") or the path of a strategy JSON file; default data parallel over every
-        processor. It is validated against the model and the running machine here, before
-        anything runs: a bad one raises StrategyError and leaves the model as it was."""
+        "table_parallel", "expert") or the path of a strategy JSON file. It is validated against
+        the model and the running machine here, before anything runs: a bad one raises
+        StrategyError and leaves the model as it was."""
         unsupported = {"weighted_metrics", "run_eagerly", "steps_per_execution", "jit_compile",
                        "auto_scale_loss"}
         for k in kwargs:
-            if k not in unsupported:
+            if k not in unsupported and k != "search":
                 raise TypeError(f"compile: unknown argument {k!r}")
+        _search_request(kwargs.get("search"), 1)  # bad options fail before anything changes
         if not _flatten(loss):
             raise ValueError("compile: a loss is required for training (e.g. "
                              "loss='sparse_categorical_crossentropy')")
@@ -80,7 +85,7 @@ class Trainer:
         metric_objs = tuple(tuple(self._output_metric(metrics_mod.get(m, spec), name, n_out)
                                   for m in ms)
                             for ms, spec, name in zip(metric_lists, specs, self.output_names))
-        resolved = self._resolve_strategy(strategy)  # fails before anything changes
+        resolved = self._resolve_strategy(strategy, kwargs.get("search"))  # fails first
         from unity_legion.executor.executor import Objective
         from unity_legion.executor.rewritten import WeightTranslation
 
@@ -99,17 +104,25 @@ class Trainer:
         """The Strategy compile() chose (None before compile); `model.strategy.save(path)`."""
         return self._strategy
 
-    def _resolve_strategy(self, strategy: Any) -> Any:
+    def _resolve_strategy(self, strategy: Any, search: Any = None) -> Any:
         from unity_legion.runtime import machine_info
         from unity_legion.strategy.builtin import BUILTINS, by_name
         from unity_legion.strategy.strategy import Strategy, StrategyError
 
         m = machine_info()
         if strategy is None:
-            strategy = "data_parallel"
+            strategy = "search"
         if not isinstance(strategy, Strategy):
             text = os.fspath(strategy)
-            if text in BUILTINS:
+            if text == "search":
+                from unity_legion.search.plan import running_machine
+                from unity_legion.search.unity import search as unity_search
+
+                opts, batch = _search_request(search, m.ranks)
+                target = running_machine(m.ranks, m.processors, m.preferred_kind)
+                self.search_result = unity_search(self, batch, target, options=opts)
+                strategy = self.search_result.strategy
+            elif text in BUILTINS:
                 strategy = by_name(text, self, m.processors, m.preferred_kind)
             elif os.path.exists(text):
                 strategy = Strategy.load(text)
@@ -427,6 +440,24 @@ class Trainer:
         callback_list.on_predict_end({})
         outs = [np.concatenate([c[k] for c in chunks]) for k in range(len(self._output_ids))]
         return outs if self._multi_output else outs[0]  # type: ignore[attr-defined]
+
+
+def _search_request(search: Any, ranks: int) -> tuple[Any, int]:
+    """(SearchOptions, batch) from compile's `search=` argument. Searches made for training
+    keep to rewrites whose weights map back to the model's (trainable_only)."""
+    import dataclasses
+
+    from unity_legion.search.plan import options
+
+    batch = 32
+    if isinstance(search, dict) and "batch_size" in search:
+        search = dict(search)
+        batch = search.pop("batch_size")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"compile: search batch_size must be a positive integer, got "
+                             f"{batch!r}")
+    opts = dataclasses.replace(options(search, ranks), trainable_only=True)
+    return opts, batch
 
 
 def _check_strategy_type(strategy: Any) -> None:

@@ -37,8 +37,12 @@ class MappingCache:
     degrees: dict[int, list] = field(default_factory=dict)          # key -> degree configs
     node_shapes: dict[tuple, Any] = field(default_factory=dict)     # (key, degrees) -> NodeShapes
     unary: dict[tuple, tuple] = field(default_factory=dict)         # (key, block shape) -> arrays
-    ends: dict[tuple, tuple] = field(default_factory=dict)          # (key, shape) -> edge ids
+    unary_one: dict[tuple, tuple] = field(default_factory=dict)     # (key, degrees, where) -> s, B
+    local: dict[tuple, Any] = field(default_factory=dict)           # (key, shape) -> placements
+    ends: dict[int, tuple] = field(default_factory=dict)            # key -> piece shape ids
+    pairs: dict[tuple, tuple] = field(default_factory=dict)         # edge keys -> piece prices
     edges: dict[tuple, Any] = field(default_factory=dict)           # (keys, relative) -> table
+    steps: dict[tuple, tuple] = field(default_factory=dict)         # (parallel op, shape) -> step
     comm: dict[tuple, float] = field(default_factory=dict)          # (shape ids, class) -> s
     blocks: dict[tuple, tuple] = field(default_factory=dict)        # signature -> solved block
     stats: CacheStats = field(default_factory=CacheStats)
@@ -66,5 +70,8 @@ class MappingCache:
             self.shapes.append(shape)
         return i
 
-    def clear_blocks(self) -> None:
-        self.blocks.clear()
+    def clear(self) -> None:
+        """Drop every table (e.g. to bound memory in a long search); the context stays bound."""
+        context = self.context
+        self.__init__()  # type: ignore[misc]
+        self.context = context

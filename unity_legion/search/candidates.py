@@ -17,7 +17,7 @@ from typing import Sequence
 from unity_legion.mappers.machine_view import MachineView
 from unity_legion.pcg.graph import Node
 from unity_legion.pcg.parallel_tensor import ParallelShapeError
-from unity_legion.pcg.pcg import PCGError, node_shapes
+from unity_legion.pcg.pcg import NodeShapes, PCGError, node_shapes
 from unity_legion.pcg.tensor import TensorShape
 from unity_legion.strategy.config import OpConfig
 
@@ -34,12 +34,14 @@ def degree_values(devices: int) -> list[int]:
 
 def candidate_configs(node: Node, input_shapes: Sequence[TensorShape], devices: int,
                       device_type: str, allowed_axes: set[str] | None = None,
-                      devices_per_node: int | None = None) -> list[OpConfig]:
+                      devices_per_node: int | None = None,
+                      shapes: dict | None = None) -> list[OpConfig]:
     """The legal degree assignments of `node` on up to `devices` devices: every axis of its
     `parallel_dims` (restricted to `allowed_axes`), each degree within the axis' extent, the
     product of degrees an allowed value (`degree_values`) that a view can hold (with
     `devices_per_node`: fits in one node or fills whole node rows), validated by `node_shapes`.
-    Deterministic (sorted by number of points, then degrees); the serial config comes first."""
+    Deterministic (sorted by number of points, then degrees); the serial config comes first.
+    `shapes`, if given, receives each legal candidate's NodeShapes by degrees (computed anyway)."""
     if devices < 1:
         raise ValueError(f"devices must be >= 1, got {devices}")
     allowed = set(degree_values(devices))
@@ -52,8 +54,12 @@ def candidate_configs(node: Node, input_shapes: Sequence[TensorShape], devices: 
         if i == len(dims):
             if points in allowed and _placeable(points, devices, devices_per_node):
                 cfg = OpConfig.of(dict(chosen), device_type=device_type)
-                if cfg.degrees not in found and _legal(node, input_shapes, cfg):
-                    found[cfg.degrees] = cfg
+                if cfg.degrees not in found:
+                    ns = _legal(node, input_shapes, cfg)
+                    if ns is not None:
+                        found[cfg.degrees] = cfg
+                        if shapes is not None:
+                            shapes[cfg.degrees] = ns
             return
         pd = dims[i]
         for d in sorted(allowed):
@@ -73,12 +79,11 @@ def _placeable(points: int, devices: int, per_node: int | None) -> bool:
     return points % per_node == 0 and points // per_node <= math.ceil(devices / per_node)
 
 
-def _legal(node: Node, inputs: Sequence[TensorShape], cfg: OpConfig) -> bool:
+def _legal(node: Node, inputs: Sequence[TensorShape], cfg: OpConfig) -> NodeShapes | None:
     try:
-        node_shapes(node.op, list(inputs), cfg)
+        return node_shapes(node.op, list(inputs), cfg)
     except (PCGError, ParallelShapeError, ValueError):
-        return False
-    return True
+        return None
 
 
 @dataclass(frozen=True, order=True)
@@ -114,21 +119,27 @@ class Resource:
                 return MachineView(device_type, start, (rows, j), (self.per_node, 1))
         return None
 
-    def splits(self) -> list[tuple["Resource", "Resource"]]:
-        """Halves of the resource: a multi-node block only by nodes (whole nodes keep the fast
-        intra-node links together and keep the number of distinct block shapes small), a block
-        inside one node by devices."""
-        if self.nodes >= 2:
-            a = self.nodes // 2
-            return [(Resource(self.node0, a, self.dev0, self.devs, self.per_node),
-                     Resource(self.node0 + a, self.nodes - a, self.dev0, self.devs,
-                              self.per_node))]
-        if self.devs >= 2:
-            a = self.devs // 2
-            return [(Resource(self.node0, self.nodes, self.dev0, a, self.per_node),
-                     Resource(self.node0, self.nodes, self.dev0 + a, self.devs - a,
-                              self.per_node))]
-        return []
+    def splits(self, uneven: bool = False) -> list[tuple["Resource", "Resource"]]:
+        """Ways to cut the resource in two: a multi-node block only by nodes (whole nodes keep
+        the fast intra-node links together and keep the number of distinct block shapes small),
+        a block inside one node by devices; in halves, and (`uneven`, for 4 or more) a quarter
+        vs the rest (a small branch beside a big one). The DP tries both orders."""
+        by_nodes = self.nodes >= 2
+        n = self.nodes if by_nodes else self.devs
+        cuts = [n // 2] + ([n // 4] if uneven and n >= 4 and n // 4 != n // 2 else [])
+        out = []
+        for a in cuts:
+            if a < 1:
+                continue
+            if by_nodes:
+                out.append((Resource(self.node0, a, self.dev0, self.devs, self.per_node),
+                            Resource(self.node0 + a, self.nodes - a, self.dev0, self.devs,
+                                     self.per_node)))
+            else:
+                out.append((Resource(self.node0, self.nodes, self.dev0, a, self.per_node),
+                            Resource(self.node0, self.nodes, self.dev0 + a, self.devs - a,
+                                     self.per_node)))
+        return out
 
     @property
     def offset(self) -> int:

@@ -8,13 +8,18 @@ one placed candidate config per node:
   added (a min-plus product of cost tables, in numpy); its segments are solved recursively as
   cost tables over their boundary nodes' configs;
 - a Parallel block takes the elementwise min of (a) every component on the same devices (costs
-  add) and (b) the resource halved (by nodes, or by devices within every node: 2-D views) between
-  a prefix and the rest of its components (costs max), recursively;
+  add) and (b) the resource cut in two (Resource.splits: by whole nodes, or by devices inside one
+  node; in halves, optionally also 1/4 : 3/4) between a prefix and the rest of its components (costs max),
+  recursively;
 - a leaf (a non-series-parallel connected block) eliminates all its nodes jointly (min-degree
   order): exact for its sum of costs, no machine split inside it.
 
-Results are memoised on (structure of the block: operators, shapes and edges, position-relative;
-resource; boundary nodes' structure and resources), so identical layers are solved once; the
+Results are memoised on a block's STRUCTURE (operator keys, position-relative edges, boundary
+operators), its resource's SHAPE and its boundary's resources RELATIVE to it (costs are invariant
+under moving everything by whole nodes / devices inside a node; blocks reading a graph input,
+which arrives on device 0, also key on whether they start there), and lambda. So identical layers,
+the same branch on another part of the machine, and (with a MappingCache) the same block in
+another graph are solved once; a reused solution is moved to its devices when expanded. The
 boundary configs are the axes of the stored table. Memory-aware as Unity: if the time-optimal plan
 does not fit the device memory, lambda is raised until it does; if none fits, the plan with the
 least memory is returned with fits=False and the excess in bytes.
@@ -109,9 +114,10 @@ class _Child:
 
 
 class _SeriesSolved(_Solved):
-    def __init__(self, table, bvars, own_cfgs, steps, children) -> None:
+    def __init__(self, table, bvars, own_cfgs, steps, children, offset) -> None:
         self.table, self.bvars = table, bvars
-        self.own_cfgs = own_cfgs          # node -> placed configs (its domain)
+        self.own_cfgs = own_cfgs          # node -> its domain, placed at device 0
+        self.offset = offset              # ... and moved by this many devices
         self.steps = steps                # (variable, its bucket of factors), elimination order
         self.children = children          # segments
 
@@ -123,7 +129,7 @@ class _SeriesSolved(_Solved):
                 sl = tuple(slice(None) if u == v else assign[u] for u in vs)
                 total = total + arr[sl]
             assign[v] = int(np.argmin(total))
-        out = {v: self.own_cfgs[v][assign[v]] for v in self.own_cfgs}
+        out = {v: shifted(self.own_cfgs[v][assign[v]], self.offset) for v in self.own_cfgs}
         for ch in self.children:
             out.update(ch.expand(assign))
         return out
@@ -150,8 +156,9 @@ class _ParallelSolved(_Solved):
 class MappingDP:
     """The DP over one graph, machine and cost; `solve(lam)` for one memory weight."""
 
-    def __init__(self, mc: MappingCost, whole: Resource) -> None:
+    def __init__(self, mc: MappingCost, whole: Resource, uneven: bool = False) -> None:
         self.mc, self.index, self.whole = mc, mc.index, whole
+        self.uneven = uneven              # also 1/4 : 3/4 machine splits (Resource.splits)
         self.lam = 0.0
         # signature -> (solved, base node ids, resource it was solved on); shared across calls
         # through the MappingCache (the signature holds lambda)
@@ -182,7 +189,7 @@ class MappingDP:
                  else None)
         return (tuple(mc.node_key(n) for n in nodes),
                 tuple((mc.node_key(b), bres[b].relative(res)) for b in bnd),
-                tuple(sorted(edges)), res.nodes, res.devs, where, self.lam)
+                tuple(sorted(edges)), res.nodes, res.devs, where, self.lam, self.uneven)
 
     def _child(self, nodes: tuple[int, ...], res: Resource, bres: dict[int, Resource]) -> _Child:
         bnd = self.index.boundary(nodes)
@@ -208,8 +215,8 @@ class MappingDP:
         mc, lam = self.mc, self.lam
         own = block.own_set
         where = {o: res for o in block.own} | bres
-        cfgs = {o: mc.placed(o, res) for o in block.own}
-        dims = {v: len(mc.placed(v, where[v])) for v in where}
+        cfgs = {o: mc.local(o, res).cfgs for o in block.own}     # at device 0: moved on expand
+        dims = {v: mc.count(v, where[v]) for v in where}
         factors: list[Factor] = []
         for o in block.own:
             t, m = mc.unary(o, res)
@@ -237,7 +244,7 @@ class MappingDP:
             factors.append((tuple(union[1:]), total.min(axis=0)))
             steps.append((v, bucket))
         table = _sum(factors, list(bnd), dims)
-        return _SeriesSolved(table, bnd, cfgs, steps, children)
+        return _SeriesSolved(table, bnd, cfgs, steps, children, res.offset)
 
     @staticmethod
     def _min_degree(own: Sequence[int], factors: list[Factor]) -> list[int]:
@@ -261,14 +268,14 @@ class MappingDP:
     def _parallel(self, block: Parallel, res: Resource, bnd: tuple[int, ...],
                   bres: dict[int, Resource]) -> _Solved:
         mc = self.mc
-        dims = {b: len(mc.placed(b, bres[b])) for b in bnd}
+        dims = {b: mc.count(b, bres[b]) for b in bnd}
         comps = block.components
         shared = [self._child(c, res, bres) for c in comps]
         options = [(_sum([(c.bvars, c.solved.table) for c in shared], bnd, dims), shared)]
         for j in range(1, len(comps)):
             first = tuple(sorted(n for c in comps[:j] for n in c))
             rest = tuple(sorted(n for c in comps[j:] for n in c))
-            for r1, r2 in res.splits():
+            for r1, r2 in res.splits(self.uneven):
                 for ra, rb in ((r1, r2), (r2, r1)):
                     a, b = self._child(first, ra, bres), self._child(rest, rb, bres)
                     tab = np.maximum(_aligned(a.bvars, a.solved.table, bnd),
@@ -331,13 +338,16 @@ def best_mapping(graph: ComputationGraph, batch: int, machine: MachineModel,
                  cost: CostModel | None = None, *, outputs: Sequence[int] | None = None,
                  allowed_axes: Callable[[Node], set[str] | None] | None = None,
                  device_type: str | None = None, memory_limit: bool = True,
-                 cache: MappingCache | None = None) -> MappingResult:
+                 cache: MappingCache | None = None, uneven_splits: bool = False
+                 ) -> MappingResult:
     """The best placed config per node of `graph` at `batch` on `machine` (see the module doc).
     `cache`: a MappingCache shared by calls with the same batch, machine, cost model and device
-    type (on different graphs): cost tables and solved blocks are reused by structure."""
+    type (on different graphs): cost tables and solved blocks are reused by structure.
+    `uneven_splits`: parallel branches may also get 1/4 : 3/4 of a resource (a larger search:
+    inception_v3 on 64 GPUs about 3% faster plans for about 30% more search time)."""
     started = time.perf_counter()
     mc = setup(graph, batch, machine, cost, outputs, allowed_axes, device_type, cache)
-    dp = MappingDP(mc, whole_resource(machine))
+    dp = MappingDP(mc, whole_resource(machine), uneven_splits)
     stats: dict[str, Any] = {}
     res = memory_aware(mc, dp.solve, lambda p: plan_cost(mc, p, 0.0), memory_limit, started,
                        stats)

@@ -26,7 +26,8 @@ of the machine, and the same layer in another graph (a MappingCache) share them.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,16 +35,27 @@ from unity_legion.cost.machine import MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, priced
 from unity_legion.cost.simulator import Simulator
 from unity_legion.pcg.graph import ComputationGraph, Node
-from unity_legion.pcg.parallel_ops import FusedParallelOp, conversion
+from unity_legion.pcg.parallel_ops import FusedParallelOp, Partition, Reduce, Replicate, conversion
 from unity_legion.pcg.parallel_tensor import (ParallelShapeError, ParallelTensorShape,
                                              effective_degree)
 from unity_legion.pcg.pcg import NodeShapes, node_shapes
 from unity_legion.search.cache import MappingCache
-from unity_legion.search.candidates import Resource, candidate_configs, place
+from unity_legion.search.candidates import Resource, candidate_configs, place, shifted
 from unity_legion.search.decompose import Edge, GraphIndex
 from unity_legion.strategy.config import OpConfig
 
 INF = float("inf")
+
+
+@dataclass(frozen=True, eq=False)
+class _Local:
+    """A node's candidates placed on a resource shape at device 0, and their geometry."""
+
+    cfgs: tuple[OpConfig, ...]
+    idx: np.ndarray          # index of each among the node's degree candidates
+    start: np.ndarray        # first device
+    single: np.ndarray       # one device
+    mask: np.ndarray         # nodes used, as a bitmask
 
 
 class MappingCost:
@@ -68,13 +80,17 @@ class MappingCost:
         self._in_set = set(graph.inputs)
         # structural tables live in the (possibly shared) cache; id-keyed ones here
         self.store = cache if cache is not None else MappingCache()
-        self.store.bind((batch, machine, cost if cost is not None else "analytic", device_type,
-                         optimizer_slots))
+        # the cost model by type and repr: AnalyticCost's equality would compare its private
+        # memo, and a fresh but identical model per call is fine
+        self.store.bind((batch, machine, type(self.cost).__qualname__, repr(self.cost),
+                         device_type, optimizer_slots))
         self._kid: dict[int, int] = {}
         self._reads_input: dict[int, bool] = {}
+        self._skid: dict[int, int] = {}
         self._placed: dict[tuple, list[OpConfig]] = {}
         self._devinfo: dict[OpConfig, tuple[list[int], frozenset[int], frozenset[int]]] = {}
-        self._geom: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._steps_ok: bool | None = None
+        self._steps_checked = 0
 
     # ------------------------------------------------------------------ graph facts
     def _gradients(self) -> tuple[dict[int, bool], dict[int, set[str]]]:
@@ -106,6 +122,7 @@ class MappingCost:
                     None if axes is None else tuple(sorted(axes)))
             k = self._kid[nid] = self.store.key_id(full)
             self._reads_input[nid] = any(full[5])
+            self._skid[nid] = self.store.key_id(("shapes",) + full[:2])
         return k
 
     def reads_input(self, nid: int) -> bool:
@@ -129,21 +146,52 @@ class MappingCost:
         if hit is None:
             n = self.index.by_id[nid]
             axes = self.allowed_axes(n) if self.allowed_axes else None
+            shapes: dict = {}
             hit = self.store.degrees[key] = candidate_configs(
-                n, self.inputs_of(n), self.n, self.device_type, axes, self.per_node)
+                n, self.inputs_of(n), self.n, self.device_type, axes, self.per_node, shapes)
+            self.node_key(nid)
+            for deg, ns in shapes.items():     # checked for legality already: keep them
+                self.store.node_shapes.setdefault((self._skid[nid], deg), ns)
         return hit
+
+    def local(self, nid: int, res: Resource) -> _Local:
+        """The node's candidates placed on a resource of `res`'s shape at device 0 (placement
+        depends on the shape only; elsewhere the views move by `res.offset`)."""
+        key = (self.node_key(nid), res.nodes, res.devs)
+        hit = self.store.local.get(key)
+        if hit is None:
+            origin = Resource(0, res.nodes, 0, res.devs, res.per_node)
+            idx, cfgs = [], []
+            for i, d in enumerate(self.degrees(nid)):
+                c = place(d, origin)
+                if c is not None:
+                    idx.append(i)
+                    cfgs.append(c)
+            info = [self.devinfo(c) for c in cfgs]
+            hit = self.store.local[key] = _Local(
+                tuple(cfgs), np.array(idx, dtype=np.int64),
+                np.array([c.view.start for c in cfgs], dtype=np.int64),
+                np.array([len(i[1]) == 1 for i in info], dtype=bool),
+                # node bitmasks (Python ints beyond 62 nodes, so that shifting cannot overflow)
+                np.array([sum(1 << m for m in i[2]) for i in info],
+                         dtype=np.int64 if self.machine.nodes <= 62 else object))
+        return hit
+
+    def count(self, nid: int, res: Resource) -> int:
+        return len(self.local(nid, res).cfgs)
 
     def placed(self, nid: int, res: Resource) -> list[OpConfig]:
         """The node's candidates placed on `res` (the DP's domain of the node there)."""
         key = (self.node_key(nid), res)
         hit = self._placed.get(key)
         if hit is None:
-            hit = [c for c in (place(d, res) for d in self.degrees(nid)) if c is not None]
-            self._placed[key] = hit
+            off = res.offset
+            hit = self._placed[key] = [shifted(c, off) for c in self.local(nid, res).cfgs]
         return hit
 
     def node_shapes(self, nid: int, cfg: OpConfig) -> NodeShapes | None:
-        key = (self.node_key(nid), cfg.degrees)
+        self.node_key(nid)
+        key = (self._skid[nid], cfg.degrees)     # shapes depend on the operator and inputs only
         tab = self.store.node_shapes
         if key not in tab:
             n = self.index.by_id[nid]
@@ -169,7 +217,8 @@ class MappingCost:
         hit = tab.get(key)
         if hit is None:
             self.store.stats.table_misses += 1
-            pairs = [self.unary_one(nid, c) for c in self.placed(nid, res)]
+            pairs = [self.unary_one(nid, shifted(c, res.offset))
+                     for c in self.local(nid, res).cfgs]
             hit = tab[key] = (np.array([p[0] for p in pairs], dtype=float),
                               np.array([p[1] for p in pairs], dtype=float))
         else:
@@ -177,6 +226,21 @@ class MappingCost:
         return hit
 
     def unary_one(self, nid: int, cfg: OpConfig) -> tuple[float, float]:
+        """(seconds, bytes per device) of one placed candidate. Memoised by what it depends
+        on: degrees, whether the view spans nodes (the gradient all-reduce's link), and for a
+        graph-input reader whether it is device 0 alone / inside node 0."""
+        devs, _, nodes = self.devinfo(cfg)
+        where: tuple = (len(nodes) > 1,)
+        if self.reads_input(nid):
+            where += (devs == [0], max(devs) < self.per_node)
+        key = (self.node_key(nid), cfg.degrees, where)
+        tab = self.store.unary_one
+        hit = tab.get(key)
+        if hit is None:
+            hit = tab[key] = self._unary_one(nid, cfg)
+        return hit
+
+    def _unary_one(self, nid: int, cfg: OpConfig) -> tuple[float, float]:
         n = self.index.by_id[nid]
         ns = self.node_shapes(nid, cfg)
         if ns is None:
@@ -243,41 +307,96 @@ class MappingCost:
                 hit = 0.0
             else:
                 op = ops[0] if len(ops) == 1 else FusedParallelOp(ops)
-                # a representative device list of the class: the simulator only asks whether the
-                # devices are one, inside one node, or across nodes
-                devs = [0, 1] if cls == 1 else [0, self.per_node]
-                hit = self.sim.comm_time(op, self.store.shapes[src], devs)
+                both = self._both_links(op, self.store.shapes[src])
+                if both is None:
+                    # a representative device list of the class: the simulator only asks
+                    # whether the devices are one, inside one node, or across nodes
+                    devs = [0, 1] if cls == 1 else [0, self.per_node]
+                    hit = self.sim.comm_time(op, self.store.shapes[src], devs)
+                else:
+                    tab[(src, dst, 1, strict)], tab[(src, dst, 2, strict)] = both
+                    hit = both[cls - 1]
             tab[key] = hit
         return hit
 
+    def _both_links(self, op: Any, shape: ParallelTensorShape) -> tuple[float, float] | None:
+        """The simulator's price of `op` inside a node and across nodes (Simulator._comm_time's
+        rule, with each step (parallel op, piece shape) memoised: conversions from one piece
+        shape share their first steps). Checked against the simulator on the first pairs priced;
+        None (price each class with the simulator) if they ever differ."""
+        if self._steps_ok is False:
+            return None
+        rt = self.machine.runtime
+        fold, sizes = 0.0, []
+        steps, sid = self.store.steps, self.store.shape_id(shape)
+        for o in (op.ops if isinstance(op, FusedParallelOp) else (op,)):
+            key = (o, sid)
+            step = steps.get(key)
+            if step is None:
+                cur = self.store.shapes[sid]
+                out = o.infer(cur)
+                if isinstance(o, Reduce) and rt.reduction == "fold":
+                    step = (self.store.shape_id(out), o.degree * rt.fold.time(cur.piece_bytes()),
+                            None)
+                else:
+                    if isinstance(o, (Partition, Replicate)):
+                        receivers = cur.num_pieces * (o.degree - 1)
+                    else:  # Combine, Reduce: each output piece receives k - 1 pieces
+                        receivers = out.num_pieces
+                    step = (self.store.shape_id(out), 0.0,
+                            o.bytes_moved(cur) / max(receivers, 1))
+                steps[key] = step
+            sid, f, size = step
+            fold += f
+            if size is not None:
+                sizes.append(size)
+        m = self.machine
+        out2 = (fold + sum(m.intra.time(b) for b in sizes),
+                fold + sum(m.inter.time(b) for b in sizes))
+        if self._steps_checked < 32:
+            self._steps_checked += 1
+            real = (self.sim.comm_time(op, shape, [0, 1]),
+                    self.sim.comm_time(op, shape, [0, self.per_node]))
+            if not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+                       for a, b in zip(out2, real)):
+                self._steps_ok = False
+            return real
+        return out2
+
     # ------------------------------------------------------------------ pairwise
-    def _ends(self, nid: int, res: Resource) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Interned shape ids of the node's output and input pieces, per placed candidate
-        (-1: the candidate is illegal)."""
-        key = (self.node_key(nid), res.nodes, res.devs)
+    def _ends(self, nid: int) -> tuple[list[tuple], list[tuple]]:
+        """Per output and input of the node: the distinct interned piece shapes over all its
+        degree candidates (-1: illegal) and each candidate's index among them."""
+        key = self.node_key(nid)
         hit = self.store.ends.get(key)
         if hit is None:
             n = self.index.by_id[nid]
             sid = self.store.shape_id
-            all_ns = [self.node_shapes(nid, c) for c in self.placed(nid, res)]
-            outs = [np.array([sid(ns.outputs[i]) if ns else -1 for ns in all_ns], dtype=np.int64)
+            all_ns = [self.node_shapes(nid, c) for c in self.degrees(nid)]
+
+            def uniq(ids: list[int]) -> tuple:
+                u, inv = np.unique(np.array(ids, dtype=np.int64), return_inverse=True)
+                return u, inv.reshape(-1)
+
+            outs = [uniq([sid(ns.outputs[i]) if ns else -1 for ns in all_ns])
                     for i in range(len(n.outputs))]
-            ins = [np.array([sid(ns.inputs[j]) if ns else -1 for ns in all_ns], dtype=np.int64)
+            ins = [uniq([sid(ns.inputs[j]) if ns else -1 for ns in all_ns])
                    for j in range(len(n.inputs))]
             hit = self.store.ends[key] = (outs, ins)
         return hit
 
-    def _geometry(self, nid: int, res: Resource) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per placed candidate: first device, whether it is one device, its nodes as a bitmask."""
-        key = (self.node_key(nid), res)
-        hit = self._geom.get(key)
+    def _pair(self, e: Edge) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The (class x producer piece x consumer piece) seconds of an edge (NaN: not priced
+        yet), shared by every resource pair; the pieces and each degree candidate's piece."""
+        key = (self.node_key(e.src), e.out, self.node_key(e.dst), e.inp)
+        hit = self.store.pairs.get(key)
         if hit is None:
-            cfgs = self.placed(nid, res)
-            start = np.array([c.view.start for c in cfgs], dtype=np.int64)
-            single = np.array([len(self.devinfo(c)[1]) == 1 for c in cfgs], dtype=bool)
-            mask = np.array([sum(1 << m for m in self.devinfo(c)[2]) for c in cfgs],
-                            dtype=np.int64)
-            hit = self._geom[key] = (start, single, mask)
+            ua, inv_a = self._ends(e.src)[0][e.out]
+            ub, inv_b = self._ends(e.dst)[1][e.inp]
+            comm = np.full((3, len(ua), len(ub)), np.nan)
+            comm[:, ua < 0, :] = INF
+            comm[:, :, ub < 0] = INF
+            hit = self.store.pairs[key] = (comm, ua, ub, inv_a, inv_b)
         return hit
 
     def edge(self, e: Edge, ru: Resource, rv: Resource) -> np.ndarray:
@@ -290,28 +409,29 @@ class MappingCost:
             self.store.stats.table_hits += 1
             return hit
         self.store.stats.table_misses += 1
-        ia = self._ends(e.src, ru)[0][e.out]
-        ib = self._ends(e.dst, rv)[1][e.inp]
-        ua, inv_a = np.unique(ia, return_inverse=True)
-        ub, inv_b = np.unique(ib, return_inverse=True)
-        sa, one_a, ma = self._geometry(e.src, ru)
-        sb, one_b, mb = self._geometry(e.dst, rv)
-        both = ma[:, None] | mb[None, :]
-        cls = np.where(one_a[:, None] & one_b[None, :] & (sa[:, None] == sb[None, :]), 0,
-                       np.where((both & (both - 1)) == 0, 1, 2))
-        # price each distinct (class, producer piece, consumer piece) once
-        na, nb = len(ua), len(ub)
-        code = (cls * na + inv_a.reshape(-1)[:, None]) * nb + inv_b.reshape(-1)[None, :]
-        uc, inv = np.unique(code, return_inverse=True)
-        vals = np.empty(len(uc))
-        for k, c in enumerate(uc.tolist()):
-            cl, rem = divmod(c, na * nb)
-            s_, d_ = int(ua[rem // nb]), int(ub[rem % nb])
-            vals[k] = INF if s_ < 0 or d_ < 0 else self._comm_ids(s_, d_, cl)
-        hit = vals[inv.reshape(-1)]
+        comm, ua, ub, inv_a, inv_b = self._pair(e)
+        la, lb = self.local(e.src, ru), self.local(e.dst, rv)
+        # device geometry on the two resources (placed at their offsets)
+        sa, sb = la.start + ru.offset, lb.start + rv.offset
+        both = (la.mask << ru.node0)[:, None] | (lb.mask << rv.node0)[None, :]
+        cls = np.where(la.single[:, None] & lb.single[None, :] & (sa[:, None] == sb[None, :]),
+                       0, np.where((both & (both - 1)) == 0, 1, 2))
+        ia, ib = inv_a[la.idx][:, None], inv_b[lb.idx][None, :]
+        hit = comm[cls, ia, ib]
+        missing = np.isnan(hit)
+        if missing.any():
+            # price each distinct (class, producer piece, consumer piece) once, lazily: a
+            # relative position needs only some device classes
+            nb = len(ub)
+            code = (cls * len(ua) + ia) * nb + ib
+            for c in np.unique(code[missing]).tolist():
+                cl, rem = divmod(c, len(ua) * nb)
+                i, j = divmod(rem, nb)
+                comm[cl, i, j] = self._comm_ids(int(ua[i]), int(ub[j]), cl)
+            hit = comm[cls, ia, ib]
         if self._req.get(e.tensor, False):
             hit = hit * 2
-        hit = tab[key] = hit.reshape(len(ia), len(ib))
+        tab[key] = hit
         return hit
 
     def edge_one(self, e: Edge, a: OpConfig, b: OpConfig) -> float:

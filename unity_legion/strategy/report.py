@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from unity_legion.pcg.pcg import PCG, PNode
 
 if TYPE_CHECKING:
+    from unity_legion.cost.simulator import SimResult
     from unity_legion.strategy.strategy import CostFn, Strategy
 
 
@@ -56,10 +57,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def explain(strategy: "Strategy", pcg: PCG, batch: int, cost: "CostFn | None" = None) -> str:
+def explain(strategy: "Strategy", pcg: PCG, batch: int, cost: "CostFn | None" = None,
+            sim: "SimResult | None" = None) -> str:
     """One row per operator: degrees, devices, parameter and activation bytes per device (the
     largest piece of its weights and outputs), predicted forward time (with a cost model), and
-    the parallel operators inserted before it; then the totals."""
+    the parallel operators inserted before it; then the totals. With a simulation of one
+    training step (`sim`), each row also shows the operator's compute (forward, backward,
+    update: one device's share), its communication (the parallel operators feeding it and its
+    gradient sums) and how long it waited for its inputs or devices within its span; the totals
+    add the step time, the peak memory and the devices' idle share."""
     rows = []
     total_time = 0.0
     for node in pcg.computations():
@@ -73,14 +79,25 @@ def explain(strategy: "Strategy", pcg: PCG, batch: int, cost: "CostFn | None" = 
             total_time += t
             time = _seconds(t)
         before = ", ".join(p.op.describe() for p in inserted_before(pcg, node)) or "-"
-        rows.append([node.name, node.op.op_type, _degrees(node), _devices(node),
-                     human_bytes(params), human_bytes(acts), time, before])
+        row = [node.name, node.op.op_type, _degrees(node), _devices(node),
+               human_bytes(params), human_bytes(acts), time]
+        if sim is not None:
+            br = sim.breakdown.get(node.name)
+            if br is None:
+                row += ["-", "-", "-"]
+            else:
+                waited = max(0.0, (br.end - br.start) - br.compute - br.communication)
+                row += [_seconds(br.compute), _seconds(br.communication), _seconds(waited)]
+        rows.append(row + [before])
     header = ["operator", "type", "degrees", "devices", "params/dev", "activations/dev",
-              "time", "parallel ops before"]
+              "time"]
+    if sim is not None:
+        header += ["compute", "comm", "waited"]
+    header += ["parallel ops before"]
     m = strategy.machine
     lines = [f"strategy {strategy.source!r} for model {strategy.model!r} (signature "
              f"{strategy.signature}) on {m.devices} {m.device_type} device(s), batch {batch}", ""]
-    lines += _table(header, rows, right={4, 5, 6})
+    lines += _table(header, rows, right={4, 5, 6} | ({7, 8, 9} if sim is not None else set()))
     prod = _producers(pcg)
     after = [prod[t] for t in pcg.outputs if t in prod and prod[t].is_parallel]
     lines.append("")
@@ -91,6 +108,11 @@ def explain(strategy: "Strategy", pcg: PCG, batch: int, cost: "CostFn | None" = 
     lines.append(f"total: {len(rows)} operators, {n_par} parallel operators moving "
                  f"{human_bytes(pcg.bytes_moved())} ({pcg.bytes_moved()} bytes) per forward"
                  + (f", predicted forward {_seconds(total_time)}" if cost is not None else ""))
+    if sim is not None:
+        idle = [sim.idle(d) / sim.step_time for d in range(len(sim.busy))] if sim.step_time else []
+        lines.append(f"simulated training step: {_seconds(sim.step_time)}, peak memory "
+                     f"{human_bytes(int(sim.peak_memory))} per device, devices idle "
+                     f"{100 * sum(idle) / max(len(idle), 1):.0f}% of the step on average")
     return "\n".join(lines) + "\n"
 
 

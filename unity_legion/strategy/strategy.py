@@ -283,10 +283,22 @@ class Strategy:
         except (PCGError, ParallelShapeError) as exc:
             raise StrategyError(str(exc)) from None
 
-    def explain(self, model: Any, batch: int, cost: CostFn | None = None) -> str:
+    def explain(self, model: Any, batch: int, cost: CostFn | None = None,
+                machine: Any = None, cost_model: Any = None) -> str:
+        """The per-operator table (report.explain); with a `machine` model
+        (unity_legion.cost.MachineModel) it simulates one training step there (with
+        `cost_model`, default the analytic roofline) and adds each operator's compute,
+        communication and waiting time, and the step time."""
         from unity_legion.strategy.report import explain
 
-        return explain(self, self.pcg(model, batch), batch, cost)
+        pcg = self.pcg(model, batch)
+        sim = None
+        if machine is not None:
+            from unity_legion.cost.simulator import Simulator
+
+            graph, _ = self.graph_for(model)
+            sim = Simulator(machine, cost_model).simulate_pcg(graph, pcg)
+        return explain(self, pcg, batch, cost, sim)
 
     def draw(self, model: Any, batch: int, path: str | os.PathLike[str]) -> None:
         from unity_legion.strategy.report import draw

@@ -1,0 +1,369 @@
+"""The whole pipeline: check the specs, enumerate, fingerprint, prune, prove with z3, cross-check
+in float32, and write the rule files (ours and TASO/FlexFlow JSON)."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .enumerate import (INPUTS, Candidate, _generalisations, canonical_pair, candidates,
+                        enumerate_terms, erased)
+from .evaluate import check_specs, evaluate, random_value
+from .prover import Prover
+from .specs import SPECS, OpSpec, by_name
+from .terms import Shape, Term, fmt, parse, parse_shape, shape_text, subterms, variables
+
+FORMAT = "unity_legion.generated_substitutions"
+DATA = Path(__file__).resolve().parent.parent / "data"
+OURS_FILE = DATA / "generated_rules.json"
+TASO_FILE = DATA / "generated_rules_taso.json"
+
+
+class GeneratedFormatError(ValueError):
+    """A generated rule file is malformed."""
+
+
+@dataclass(frozen=True)
+class GeneratedRule:
+    name: str
+    kind: str                         # "algebraic", "parallel" or "mixed"
+    lhs: Term
+    rhs: Term
+    shapes: tuple[tuple[str, Shape], ...]
+
+    def text(self) -> str:
+        return f"{fmt(self.lhs)} = {fmt(self.rhs)}"
+
+
+@dataclass
+class Generation:
+    k: int
+    rules: list[GeneratedRule]
+    unproven: list[tuple[str, str]]            # (rule text, why)
+    rejected: list[tuple[str, str]]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"candidates": self.stats["candidates"], "verified": len(self.rules),
+                "rejected": len(self.rejected), "unproven": len(self.unproven),
+                "generation_s": self.stats["generation_s"]}
+
+
+def kind_of(lhs: Term, rhs: Term, specs: Mapping[str, OpSpec]) -> str:
+    kinds = {specs[s[0]].kind for t in (lhs, rhs) for s in subterms(t) if not isinstance(s, str)}
+    return "mixed" if len(kinds) > 1 else kinds.pop()
+
+
+def cross_check(lhs: Term, rhs: Term, shapes: Mapping[str, Shape], specs: Mapping[str, OpSpec],
+                seeds: int = 2) -> str | None:
+    """None if both sides agree in float32 through the real kernels, else why not."""
+    for seed in range(seeds):
+        rng = np.random.default_rng(100 + seed)
+        env = {v: (random_value(s, rng, "f32"), s) for v, s in sorted(shapes.items())}
+        a, b = evaluate(lhs, env, specs, "f32"), evaluate(rhs, env, specs, "f32")
+        if a is None or b is None:
+            return "a side does not type-check"
+        if a[0].dtype != np.float32 or b[0].dtype != np.float32:
+            return f"not float32 ({a[0].dtype}, {b[0].dtype})"
+        if a[0].shape != b[0].shape:
+            return f"shapes {a[0].shape} and {b[0].shape} differ"
+        scale = max(1.0, float(np.abs(a[0]).max(initial=0.0)))
+        if not np.allclose(a[0], b[0], rtol=1e-4, atol=1e-4 * scale):
+            return f"values differ by {float(np.abs(a[0] - b[0]).max()):.3g}"
+    return None
+
+
+def generate(k: int = 3, specs: tuple[OpSpec, ...] = SPECS, time_limit: float = 600.0,
+             timeout_ms: int = 10_000, rlimit: int = 500_000, progress: bool = False,
+             inputs: Mapping[str, Shape] = INPUTS) -> Generation:
+    """Generate and verify the rules of up to `k` operators. Past `time_limit` seconds it warns
+    and stops cleanly with what it has (the statistics say where it stopped). Each proof is
+    bounded by z3's deterministic `rlimit` (so the output does not depend on the machine's load)
+    and, as a safety net, by `timeout_ms`."""
+    t0 = time.perf_counter()
+    deadline = t0 + time_limit
+    table = by_name(specs)
+    n_axioms = check_specs(specs)
+    bar = _Bar(progress)
+    with bar:
+        task = bar.add("enumerating", None)
+        e = enumerate_terms(k, specs, inputs, deadline=deadline,
+                            progress=lambda n, i, tot: bar.update(task, f"enumerating size {n}", i, tot))
+        stats: dict[str, Any] = {"k": k, "operators": [s.name for s in specs if s.enumerate],
+                                 "axioms": n_axioms, "terms": e.terms, "classes": len(e.classes),
+                                 "enumeration_s": round(e.seconds, 2)}
+        if not e.complete:
+            warnings.warn(f"k={k}: enumeration passed the {time_limit:.0f} s limit at size "
+                          f"{e.stopped_at}; stopping with the sizes done")
+            stats["stopped"] = f"enumeration at size {e.stopped_at}"
+        cands, pruned = candidates(e, inputs)
+        stats.update(pruned)
+        stats["candidates"] = pruned["pairs"]
+        stats["after_pruning"] = len(cands)
+        prover = Prover(specs, timeout_ms, rlimit)
+        rules: list[GeneratedRule] = []
+        unproven: list[tuple[str, str]] = []
+        rejected: list[tuple[str, str]] = []
+        task = bar.add("proving", len(cands))
+        for i, c in enumerate(cands):
+            text = f"{fmt(c.lhs)} = {fmt(c.rhs)}"
+            if time.perf_counter() > deadline:
+                warnings.warn(f"k={k}: passed the {time_limit:.0f} s limit after {i} of "
+                              f"{len(cands)} proofs; the rest are reported as unproven")
+                stats["stopped"] = f"proving after {i} of {len(cands)}"
+                unproven += [(f"{fmt(d.lhs)} = {fmt(d.rhs)}", "not attempted: time limit")
+                             for d in cands[i:]]
+                break
+            bar.update(task, f"proving ({len(rules)} verified)", i, len(cands))
+            proof = prover.prove(c.lhs, c.rhs, dict(c.shapes))
+            if proof.status == "unknown":
+                unproven.append((text, f"z3: {proof.reason}"))
+                continue
+            if proof.status == "refuted":
+                rejected.append((text, proof.reason))
+                continue
+            why = cross_check(c.lhs, c.rhs, dict(c.shapes), table)
+            if why is not None:
+                rejected.append((text, f"numerical cross-check: {why}"))
+                continue
+            kind = kind_of(c.lhs, c.rhs, table)
+            rules.append(GeneratedRule(f"gen_{kind}_{len(rules):04d}", kind, c.lhs, c.rhs, c.shapes))
+        bar.update(task, f"proving ({len(rules)} verified)", len(cands), len(cands))
+        # Unity's parallelisation form, one op wrapped in parallel ops: from op(pa(x), pb(y)) =
+        # part_d(op(x, y)), cancel the partition: op(x, y) = comb_d(op(pa(x), pb(y))). Such a rule
+        # is implied by two smaller ones, so the enumeration leaves it out; it is derived here
+        # (and proved and cross-checked like the rest) because the search reads this form.
+        derived = _parallelisations(rules, table) + _reductions(e, table, inputs)
+        forms = {erased(r.lhs, r.rhs) for r in rules}
+        kept = []
+        derived = [(*canonical_pair(lhs, rhs, inputs),) for lhs, rhs, _ in derived]
+        derived.sort(key=lambda p: (-len(variables(("pair",) + p)), repr(p)))  # general first
+        for lhs, rhs in derived:   # a candidate only if the fingerprints agree
+            shapes = tuple((v, inputs[v]) for v in variables(("pair", lhs, rhs)))
+            if erased(lhs, rhs) not in forms \
+                    and not any(g in forms for g in _generalisations(lhs, rhs)) \
+                    and _same_fingerprint(lhs, rhs, shapes, table):
+                forms.add(erased(lhs, rhs))
+                kept.append((lhs, rhs, shapes))
+        stats["derived_candidates"] = len(kept)
+        stats["candidates"] += len(kept)
+        for lhs, rhs, shapes in kept:
+            text = f"{fmt(lhs)} = {fmt(rhs)}"
+            if time.perf_counter() > deadline:
+                unproven.append((text, "not attempted: time limit"))
+                continue
+            proof = prover.prove(lhs, rhs, dict(shapes))
+            if proof.status != "proven":
+                (unproven if proof.status == "unknown" else rejected).append(
+                    (text, f"z3: {proof.reason}"))
+                continue
+            why = cross_check(lhs, rhs, dict(shapes), table)
+            if why is not None:
+                rejected.append((text, f"numerical cross-check: {why}"))
+                continue
+            rules.append(GeneratedRule(f"gen_parallelise_{len(rules):04d}", "mixed", lhs, rhs, shapes))
+    stats["by_kind"] = {kd: sum(r.kind == kd for r in rules) for kd in ("algebraic", "parallel", "mixed")}
+    stats["unproven_by_kind"] = _by_kind(unproven, table)
+    stats["verified"] = len(rules)
+    stats["generation_s"] = round(time.perf_counter() - t0, 2)
+    return Generation(k, rules, unproven, rejected, stats)
+
+
+def _parallelisations(rules: list[GeneratedRule], table) -> list[tuple[Term, Term, tuple]]:
+    out = []
+    for r in rules:
+        for a, b in ((r.lhs, r.rhs), (r.rhs, r.lhs)):
+            if (isinstance(b, str) or not b[0].startswith("part") or isinstance(b[1], str)
+                    or table[b[1][0]].kind != "algebraic" or isinstance(a, str)
+                    or table[a[0]].kind != "algebraic"):
+                continue
+            inner, wrapped = b[1], ("comb" + b[0][4:], a)
+            if sum(1 for t in subterms(wrapped) if not isinstance(t, str)) > 4:
+                continue
+            out.append((inner, wrapped, r.shapes))
+    return out
+
+
+def _same_fingerprint(lhs: Term, rhs: Term, shapes, table) -> bool:
+    from .terms import shape_key
+    rng = np.random.default_rng(7)
+    env = {v: (random_value(s, rng), s) for v, s in shapes}
+    a, b = evaluate(lhs, env, table), evaluate(rhs, env, table)
+    return (a is not None and b is not None and shape_key(a[1]) == shape_key(b[1])
+            and np.array_equal(a[0], b[0]))
+
+
+def _reductions(e, table, inputs) -> list[tuple[Term, Term, tuple]]:
+    """op(x, y) = red(op(pa(x), pb(y))) for every enumerated op on parallel inputs that leaves
+    partial sums (a reduction parallelisation: Replicate/Partition -> op -> Reduce)."""
+    def strip(t: Term) -> Term | None:
+        if isinstance(t, str):
+            return t
+        return strip(t[1]) if table[t[0]].kind == "parallel" and t[0] != "red" else None
+
+    out = []
+    for members in e.classes.values():
+        t = members[0][0]
+        if isinstance(t, str) or table[t[0]].kind != "algebraic" or e.shapes[t][4] != 2:
+            continue
+        args = [strip(a) for a in t[1:]]
+        if None in args or all(isinstance(a, str) for a in t[1:]):
+            continue
+        inner = (t[0],) + tuple(args)
+        vs = variables(("pair", inner, t))
+        out.append((inner, ("red", t), tuple((v, inputs[v]) for v in vs)))
+    out.sort(key=repr)
+    return out
+
+
+def _by_kind(items, table) -> dict[str, int]:
+    out = {"algebraic": 0, "parallel": 0, "mixed": 0}
+    for text, _ in items:
+        left, _, right = text.partition(" = ")
+        out[kind_of(parse(left)[0], parse(right)[0], table)] += 1
+    return out
+
+
+class _Bar:
+    """A rich progress bar (or nothing)."""
+
+    def __init__(self, on: bool) -> None:
+        self.p = None
+        if on:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+            self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), transient=False)
+
+    def __enter__(self):
+        if self.p:
+            self.p.__enter__()
+        return self
+
+    def __exit__(self, *a):
+        if self.p:
+            self.p.__exit__(*a)
+
+    def add(self, what: str, total):
+        return self.p.add_task(what, total=total) if self.p else None
+
+    def update(self, task, what: str, done: int, total: int) -> None:
+        if self.p:
+            self.p.update(task, description=what, completed=done, total=total)
+
+
+# --- files ---------------------------------------------------------------------------------
+
+def to_json(g: Generation) -> dict[str, Any]:
+    return {"format": FORMAT, "version": 1, "k": g.k, "stats": g.stats | {"summary": g.summary()},
+            "degree": "k (proved for every degree; enumerated with 2)",
+            "rules": [{"name": r.name, "kind": r.kind, "lhs": fmt(r.lhs), "rhs": fmt(r.rhs),
+                       "inputs": {v: shape_text(s) for v, s in r.shapes}} for r in g.rules],
+            "unproven": [{"rule": t, "why": w} for t, w in g.unproven],
+            "rejected": [{"rule": t, "why": w} for t, w in g.rejected]}
+
+
+def load_generated(source: str | Path | Mapping[str, Any],
+                   specs: tuple[OpSpec, ...] = SPECS) -> list[GeneratedRule]:
+    """The rules of a generated file (our format); a malformed file raises GeneratedFormatError
+    naming the rule and the field."""
+    if isinstance(source, Mapping):
+        data = source
+    else:
+        try:
+            data = json.loads(Path(source).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise GeneratedFormatError(f"{source}: cannot read a JSON rule file: {exc}") from None
+    if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+        raise GeneratedFormatError(f"not a generated rule file (field 'format' must be {FORMAT!r})")
+    items = data.get("rules")
+    if not isinstance(items, list):
+        raise GeneratedFormatError("field 'rules' must be a list")
+    table = by_name(specs)
+    out = []
+    for i, r in enumerate(items):
+        where = f"rule #{i}" + (f" ({r.get('name')!r})" if isinstance(r, Mapping) else "")
+        if not isinstance(r, Mapping):
+            raise GeneratedFormatError(f"{where}: expected an object")
+        for key in ("name", "kind", "lhs", "rhs", "inputs"):
+            if key not in r:
+                raise GeneratedFormatError(f"{where}: missing field {key!r}")
+        if r["kind"] not in ("algebraic", "parallel", "mixed"):
+            raise GeneratedFormatError(f"{where}.kind: {r['kind']!r} is not algebraic, parallel or mixed")
+        try:
+            lhs, rhs = parse(r["lhs"])[0], parse(r["rhs"])[0]
+            shapes = tuple((v, parse_shape(s)) for v, s in r["inputs"].items())
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise GeneratedFormatError(f"{where}: {exc}") from None
+        for t in (lhs, rhs):
+            for s in subterms(t):
+                if not isinstance(s, str) and s[0] not in table:
+                    raise GeneratedFormatError(f"{where}: unknown operator {s[0]!r}")
+        for t in (lhs, rhs):
+            for s in subterms(t):
+                if isinstance(s, str) and s not in dict(shapes):
+                    raise GeneratedFormatError(f"{where}: input {s!r} has no shape in 'inputs'")
+        out.append(GeneratedRule(r["name"], r["kind"], lhs, rhs, shapes))
+    return out
+
+
+def to_taso(rules: list[GeneratedRule], specs: tuple[OpSpec, ...] = SPECS) -> dict[str, Any]:
+    """The rules in the TASO/FlexFlow JSON format (rules whose side is a bare input, which the
+    format cannot map, are left out)."""
+    table = by_name(specs)
+    out = []
+    for r in rules:
+        if isinstance(r.lhs, str) or isinstance(r.rhs, str):
+            continue
+        ids = {v: -(i + 1) for i, v in enumerate(variables(("pair", r.lhs, r.rhs)))}
+        src, sroot = _taso_ops(r.lhs, ids, table)
+        dst, droot = _taso_ops(r.rhs, ids, table)
+        out.append({"_t": "Rule", "name": r.name, "srcOp": src, "dstOp": dst,
+                    "mappedOutput": [{"_t": "MapOutput", "srcOpId": sroot[0], "srcTsId": sroot[1],
+                                      "dstOpId": droot[0], "dstTsId": droot[1]}]})
+    return {"_t": "RuleCollection", "rule": out}
+
+
+def _taso_ops(t: Term, ids: dict[str, int], table) -> tuple[list, tuple[int, int]]:
+    ops: list = []
+    where: dict = {}
+
+    def ref(s: Term) -> tuple[int, int]:
+        if isinstance(s, str):
+            return (ids[s], 0)
+        spec = table[s[0]]
+        if spec.name.startswith("split"):   # both halves of one split are one operator
+            key = (spec.name[:6], s[1])
+            out = 1 if spec.name.endswith("r") else 0
+        else:
+            key, out = s, 0
+        if key not in where:
+            ins = [ref(a) for a in s[1:]]
+            typ, params = spec.taso
+            if typ == "OP_MATMUL" and _weight_like(s[2], table):
+                # a product with an input tensor (maybe through parallel ops): TASO's Linear,
+                # whose weight is its second input
+                typ, params = "OP_LINEAR", (("PM_ACTI", 0),)
+            ops.append({"_t": "Operator", "type": typ,
+                        "input": [{"_t": "Tensor", "opId": o, "tsId": x} for o, x in ins],
+                        "para": [{"_t": "Parameter", "key": k, "value": v} for k, v in params]})
+            where[key] = len(ops) - 1
+        return (where[key], out)
+
+    root = ref(t)
+    return ops, root
+
+
+def _weight_like(t: Term, table) -> bool:
+    return isinstance(t, str) or (table[t[0]].kind == "parallel" and _weight_like(t[1], table))
+
+
+def write(g: Generation, ours: Path = OURS_FILE, taso: Path = TASO_FILE) -> None:
+    ours.write_text(json.dumps(to_json(g), indent=1) + "\n")
+    taso.write_text(json.dumps(to_taso(g.rules), indent=1) + "\n")
