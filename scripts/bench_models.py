@@ -42,7 +42,8 @@ def bench_one(name: str, batch: int, warmup: int, steps: int) -> dict[str, float
     keras.utils.set_random_seed(0)
     model = entry.build_bench()
     xs, ys = entry.synthetic(model, batch, np.random.default_rng(0))
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=entry.loss)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=entry.loss,
+                  search={"batch_size": batch})   # the default strategy: Unity's search
     x = xs if len(xs) > 1 else xs[0]
     y = ys if len(ys) > 1 else ys[0]
     twin = TorchTwin(model)  # the weights before unity_legion trains them

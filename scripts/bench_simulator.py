@@ -56,7 +56,9 @@ class Case:
     model: str
     describe: str
     build: Callable[[], Any]              # -> keras model
-    plan: Callable[[Any, int], dict]      # (graph, processors) -> {node_id: OpConfig}
+    # (graph, processors) -> {node_id: OpConfig}; None: Unity's search plans it (on the
+    # calibrated local machine model, with the measured operator costs)
+    plan: Callable[[Any, int], dict] | None
     batch: int
 
 
@@ -107,9 +109,18 @@ def main() -> None:
         print(f"{r['strategy']:<18}{r['model']:<12}{r['real_ms']:>9.1f}{r['predicted_ms']:>9.1f}"
               f"{r['rel_error'] * 100:>7.1f}%{r['span_ms']:>8.1f}{r['work_ms']:>8.1f}"
               f"{r['cores']:>7.2f}  {r['plan']}")
+    # the search's strategy measured against data parallelism, per model (target: <= 1)
+    real = {r["strategy"]: r["real_ms"] for r in rows}
+    search_vs_dp = {k.split("/")[0]: round(v / real[k.split("/")[0] + "/data"], 4)
+                    for k, v in real.items()
+                    if k.endswith("/search") and k.split("/")[0] + "/data" in real}
+    if search_vs_dp:
+        print("measured step of the search's strategy / data parallel's: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in search_vs_dp.items()))
     summary = {"median_abs_rel_error": round(statistics.median(errs), 4) if errs else None,
                "max_abs_rel_error": round(max(errs), 4) if errs else None,
                "strategies": len(rows), "processors": procs, "ranks": machine_info.ranks,
+               "search_vs_data_parallel_measured": search_vs_dp,
                "per_strategy": rows}
     if args.cache is None:
         shutil.rmtree(cache, ignore_errors=True)
@@ -131,19 +142,33 @@ def run_family(family: list[Case], args: argparse.Namespace, procs: int, machine
         model = case.build()
         entry = ZOO[case.model]
         xs, ys = entry.synthetic(model, case.batch, rng)
-        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=entry.loss)
-        plan = case.plan(model.graph, procs)
-        model._executor.set_plan(plan)
+        if case.plan is None:
+            from unity_legion.search.unity import SearchOptions, search
+
+            found = search(model, case.batch, machine, cost, SearchOptions(budget=16))
+            strategy = found.strategy
+            case.describe = (f"search: {found.chosen}, "
+                             f"{len(strategy.substitutions)} substitution(s)")
+            model.compile(optimizer=keras.optimizers.SGD(0.01), loss=entry.loss,
+                          strategy=strategy)
+            graph, outputs = strategy.graph_for(model)
+            plan = strategy.plan(model)
+        else:
+            model.compile(optimizer=keras.optimizers.SGD(0.01), loss=entry.loss,
+                          strategy="data_parallel")
+            graph, outputs = model.graph, model._output_ids
+            plan = case.plan(model.graph, procs)
+            model._executor.set_plan(plan)
         x = xs if len(xs) > 1 else xs[0]
         y = ys if len(ys) > 1 else ys[0]
         for _ in range(args.warmup):
             model.train_on_batch(x, y)
-        prepared.append((case, model, plan, x, y))
+        prepared.append((case, model, plan, x, y, graph, outputs))
     real: dict[str, list[float]] = {c.name: [] for c in family}
     cores: dict[str, list[float]] = {c.name: [] for c in family}
     measure_cores()   # its tasks registered before anything is timed
     for _ in range(args.rounds):
-        for case, model, _, x, y in prepared:
+        for case, model, _, x, y, _, _ in prepared:
             model.train_on_batch(x, y)   # back in this model's steady state
             # the parallel capacity is a figure of the moment (other jobs share the cores): the
             # one each strategy's steps had, measured just before and just after them
@@ -154,13 +179,13 @@ def run_family(family: list[Case], args: argparse.Namespace, procs: int, machine
                 real[case.name].append(time.perf_counter() - t)
             cores[case.name].append(measure_cores(repeats=1, warmup=0))
     rows = []
-    for case, model, plan, _, _ in prepared:
+    for case, model, plan, _, _, graph, outputs in prepared:
         capacity = statistics.median(cores[case.name])
         cores_seen.append(capacity)
         sim = Simulator(replace(machine, runtime=replace(machine.runtime, cores=capacity)), cost,
                         optimizer_slots=0)
         t = time.perf_counter()
-        r = sim.simulate(model.graph, case.batch, plan, outputs=model._output_ids,
+        r = sim.simulate(graph, case.batch, plan, outputs=outputs,
                          default=data_parallel_config(procs, case.batch))
         sim_s = time.perf_counter() - t
         measured = statistics.median(real[case.name])
@@ -283,6 +308,7 @@ def build_cases(procs: int) -> list[Case]:
              mk("mlp_unify", mlp), branches_apart, 256),
         Case("mlp/mixed", "mlp_unify", "first layers sample, rest out, softmax serial",
              mk("mlp_unify", mlp), mixed_mlp, 256),
+        Case("mlp/search", "mlp_unify", "Unity's search", mk("mlp_unify", mlp), None, 256),
         Case("bert/data", "bert_large", "all sample-split", mk("bert_large", bert),
              data_parallel, 16),
         Case("bert/serial1", "bert_large", "all serial on the last processor",
@@ -292,12 +318,14 @@ def build_cases(procs: int) -> list[Case]:
                                                  or n.name.endswith("_output")), 16),
         Case("bert/head1", "bert_large", "sample, classifier serial on the last",
              mk("bert_large", bert), head_serial, 16),
+        Case("bert/search", "bert_large", "Unity's search", mk("bert_large", bert), None, 16),
         Case("resnext/data", "resnext50", "all sample-split", mk("resnext50", rx),
              data_parallel, 16),
         Case("resnext/serial0", "resnext50", "all serial on processor 0", mk("resnext50", rx),
              serial_on(0), 16),
         Case("resnext/head1", "resnext50", "sample, classifier serial on the last",
              mk("resnext50", rx), head_serial, 16),
+        Case("resnext/search", "resnext50", "Unity's search", mk("resnext50", rx), None, 16),
     ]
     return c
 

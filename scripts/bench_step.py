@@ -58,7 +58,8 @@ def main() -> None:
         h = keras.layers.Dense(wd, activation="relu")(h)
     model = keras.Model(inputs, keras.layers.Dense(widths[-1])(h))
     model.compile(optimizer=keras.optimizers.SGD(0.01),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  search={"batch_size": args.batch_size})   # the default: Unity's search
     unity = time_steps(lambda: model.train_on_batch(x, y), args.warmup, args.steps)
 
     threads = machine.cpus_per_rank if machine.cpus else 1

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -131,8 +130,6 @@ def test_script_regenerates_the_shipped_files_and_prints_the_statistics_line(tmp
 def _graph_of(term, shapes, rng):
     """A ComputationGraph computing `term` (a matmul by an input tensor is a Linear whose kernel
     is that tensor), its feeds and its weights; the term's dim 0 is the batch."""
-    import numpy as np
-
     from unity_legion.operators.activation import Activation
     from unity_legion.operators.concat import Concat
     from unity_legion.operators.elementwise import Add, Multiply

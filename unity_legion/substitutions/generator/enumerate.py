@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
@@ -143,7 +143,6 @@ def candidates(e: Enumeration, inputs: Mapping[str, Shape] = INPUTS) -> tuple[li
                 stats["redundant_common_subgraph"] += 1
                 continue
             lhs, rhs = canonical_pair(t, rep, inputs)
-            key = frozenset([(lhs, rhs), canonical_pair(rep, t, inputs)[::-1]])
             if (lhs, rhs) in seen or (rhs, lhs) in seen:
                 stats["redundant_renaming"] += 1
                 continue

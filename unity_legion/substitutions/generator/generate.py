@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .enumerate import (INPUTS, Candidate, _generalisations, canonical_pair, candidates,
+from .enumerate import (INPUTS, _generalisations, canonical_pair, candidates,
                         enumerate_terms, erased)
 from .evaluate import check_specs, evaluate, random_value
 from .prover import Prover

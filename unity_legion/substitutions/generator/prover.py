@@ -38,9 +38,7 @@ class Prover:
         self.dim = [z3.Function(f"dim{i}", self.T, z3.IntSort()) for i in (0, 1)]
         self.fn: dict[str, z3.FuncDeclRef] = {}
         for s in specs:
-            nparams = len(s.params([_probe_shape(s.name)] * s.arity)) if s.name.startswith("split") \
-                else (1 if s.kind == "parallel" else 0)
-            self.fn[s.name] = z3.Function(s.name, *([self.T] * s.arity + [z3.IntSort()] * nparams
+            self.fn[s.name] = z3.Function(s.name, *([self.T] * s.arity + [z3.IntSort()] * s.nparams
                                                     + [self.T]))
         self.axioms = self._dim_axioms(specs) + [a for s in specs for a in self._spec_axioms(s)]
         self._solver: z3.Solver | None = None
@@ -170,12 +168,6 @@ class Prover:
         if r == z3.sat:
             return Proof("refuted", secs, "z3 found a model of the axioms where the sides differ")
         return Proof("unknown", secs, str(s.reason_unknown()))
-
-
-def _probe_shape(name: str) -> Shape:
-    d = int(name[5])
-    pair = ("n", "m")
-    return (pair, pair, 1, 1, 1, 1) if d in (0, 1) else None
 
 
 def _names(e) -> set[str]:

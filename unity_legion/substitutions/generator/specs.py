@@ -22,12 +22,12 @@ A new operator = one more `OpSpec` in `SPECS` (and its axioms).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from .terms import DEGREE, Dim, Shape, flat, size
+from .terms import DEGREE, Shape, flat, size
 
 P = 1_000_003  # the fingerprint prime
 
@@ -42,6 +42,7 @@ class OpSpec:
     f32: Callable[[list, list], np.ndarray]
     dims: Callable[[list, list], tuple]            # (arg dims, params) -> (d0, d1), z3 terms
     params: Callable[[list], tuple] = lambda shapes: ()   # ("dim", Dim) | ("degree",)
+    nparams: int = 0               # how many integer parameters `params` gives
     axioms: tuple[str, ...] = ()
     taso: tuple[str, tuple[tuple[str, int], ...]] = ("OP_NOOP", ())
     ours: str | None = None
@@ -356,7 +357,7 @@ def _build() -> list[OpSpec]:
                    ours="concatenate", doc=f"concatenation along dim {d}"),
             OpSpec(sl, 1, "algebraic", _split_shape(d, False),
                    (lambda d: lambda v, s: np.split(v[0], [size(s[0][d][0])], axis=d)[0])(d),
-                   _k_split(d, False), _split_dims(d, False), _split_params(d),
+                   _k_split(d, False), _split_dims(d, False), _split_params(d), 1,
                    axioms=_ax(
                        f"{cat}({sl}({A}), {sr}(a)) = a",
                        f"{sl}(part{o}({A})) = part{o}({sl}(a))",
@@ -369,7 +370,7 @@ def _build() -> list[OpSpec]:
                    doc=f"first part of a split along dim {d} (at the seam of the concat that built the dim)"),
             OpSpec(sr, 1, "algebraic", _split_shape(d, True),
                    (lambda d: lambda v, s: np.split(v[0], [size(s[0][d][0])], axis=d)[1])(d),
-                   _k_split(d, True), _split_dims(d, True), _split_params(d),
+                   _k_split(d, True), _split_dims(d, True), _split_params(d), 1,
                    axioms=_ax(
                        f"{sr}(part{o}({A})) = part{o}({sr}(a))",
                        f"{sr}(repl({A})) = repl({sr}(a))",
@@ -400,7 +401,7 @@ def _build() -> list[OpSpec]:
         specs += [
             OpSpec(f"part{d}", 1, "parallel", _part_shape(d), _identity,
                    _k_parallel((lambda d: lambda: Partition(d, DEGREE))(d)),
-                   lambda ad, p: ad[0], _DEG,
+                   lambda ad, p: ad[0], _DEG, 1,
                    axioms=_ax(f"comb{d}(part{d}(a:n.m)) = a",
                               f"part{o}(part{d}(a:n.m)) = part{d}(part{o}(a))",
                               f"repl(part{d}(a:n.m)) = part{d}(repl(a))",
@@ -411,7 +412,7 @@ def _build() -> list[OpSpec]:
                    ours="partition", doc=f"Partition(dim {d}, degree k)"),
             OpSpec(f"comb{d}", 1, "parallel", _comb_shape(d), _identity,
                    _k_parallel((lambda d: lambda: Combine(d, DEGREE))(d)),
-                   lambda ad, p: ad[0], _DEG,
+                   lambda ad, p: ad[0], _DEG, 1,
                    axioms=_ax(f"part{d}(comb{d}(a:n.m/{'2.1' if d == 0 else '1.2'}.1.1)) = a",
                               f"repl(comb{d}(a:n.m/{'2.1' if d == 0 else '1.2'}.1.1)) = comb{d}(repl(a))",
                               f"red(comb{d}(a:n.m/{'2.1' if d == 0 else '1.2'}.2.1)) = comb{d}(red(a))"),
@@ -421,19 +422,19 @@ def _build() -> list[OpSpec]:
         ]
     specs += [
         OpSpec("repl", 1, "parallel", lambda a: _with(a, copy=a[5] * DEGREE), _identity,
-               _k_parallel(lambda: Replicate(DEGREE)), lambda ad, p: ad[0], _DEG,
+               _k_parallel(lambda: Replicate(DEGREE)), lambda ad, p: ad[0], _DEG, 1,
                axioms=_ax("red(repl(a:n.m/1.1.2.1)) = repl(red(a))",
                           "partial(repl(a:n.m)) = repl(partial(a))"),
                taso=("OP_REPLICATE", (("PM_PARALLEL_DEGREE", DEGREE),)), ours="replicate",
                doc="Replicate(degree k): k copies"),
         OpSpec("red", 1, "parallel", lambda a: _with(a, sum=a[4] // DEGREE) if a[4] % DEGREE == 0
-               else None, _identity, _k_parallel(lambda: Reduce(DEGREE)), lambda ad, p: ad[0], _DEG,
+               else None, _identity, _k_parallel(lambda: Reduce(DEGREE)), lambda ad, p: ad[0], _DEG, 1,
                axioms=_ax("red(partial(a:n.m)) = a", "partial(red(a:n.m/1.1.2.1)) = a"),
                taso=("OP_REDUCTION", (("PM_PARALLEL_DEGREE", DEGREE),)), ours="reduce",
                doc="Reduce(degree k): add groups of k partial sums"),
         # not enumerated: the prover's name for "the same value, cut into k partial sums"
         OpSpec("partial", 1, "parallel", lambda a: _with(a, sum=a[4] * DEGREE), _identity,
-               _identity, lambda ad, p: ad[0], _DEG, enumerate=False,
+               _identity, lambda ad, p: ad[0], _DEG, 1, enumerate=False,
                doc="k partial sums of the value (what a reduction-parallel op produces)"),
     ]
     return specs

@@ -148,7 +148,10 @@ def parse(text: str) -> tuple[Term, dict[str, Shape]]:
             shapes[name] = parse_shape(ann)
         return name
 
-    t = term()
+    try:
+        t = term()
+    except IndexError:
+        raise TermSyntaxError(f"{text!r}: unexpected end") from None
     if pos != len(toks):
         raise TermSyntaxError(f"{text!r}: trailing text")
     return t, shapes
