@@ -93,6 +93,7 @@ def test_shipped_file_loads_and_every_rule_cross_checks():
     assert json.loads(TASO_FILE.read_text()) == to_taso(rules)
     res = load_rules(TASO_FILE)
     assert len(res.rules) + len(res.parallel_rules) + len(res.skipped) == len(to_taso(rules)["rule"])
+    assert any(r.name.endswith("_rev") for r in res.rules)   # rules go both ways where they can
     assert all(isinstance(r, Rule) for r in generated_rules())
 
 
@@ -150,9 +151,11 @@ def _graph_of(term, shapes, rng):
             return env[t]
         if t in env:
             return env[t]
-        if t[0] == "matmul":
+        if t[0] in ("matmul", "linact"):
             assert isinstance(t[2], str)
-            op, ins = Linear(size(shapes[t[2]][1]), use_bias=False), [build(t[1])]
+            op = Linear(size(shapes[t[2]][1]), use_bias=False,
+                        activation="relu" if t[0] == "linact" else "linear")
+            ins = [build(t[1])]
             weights[(f"n{len(g.nodes)}", "kernel")] = vals[t[2]]
         else:
             op = {"add": Add(), "mul": Multiply(), "act": Activation("relu"),
@@ -190,8 +193,9 @@ def test_every_generated_search_rule_rewrites_its_left_side_exactly():
     assert len(rules) >= 50
     rng = np.random.default_rng(0)
     for rule in rules:
-        gen = ours[rule.name]
-        g, feeds, weights, root = _graph_of(gen.lhs, dict(gen.shapes), rng)
+        rev = rule.name.endswith("_rev")
+        gen = ours[rule.name[:-4] if rev else rule.name]
+        g, feeds, weights, root = _graph_of(gen.rhs if rev else gen.lhs, dict(gen.shapes), rng)
         matches = find_matches(g, rule)
         assert matches, f"{rule.name} ({gen.text()}) does not match its own left side"
         rw = apply(g, rule, matches[0])

@@ -29,6 +29,7 @@ SHIPPED = "gpu_h200_fp32.json"
 # A case counts as "large" when its forward time is this many floors: its efficiency, not the
 # launch floor, sets its time.
 LARGE = 8.0
+MIN_MEMORY_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ def fit(records: Sequence[Record], peak_flops: float = H200_FP32_PEAK,
     for r in records:
         families.setdefault(r.op_type, []).append(r)
     fractions = np.asarray(_grid(0.002, 1.0, 40))
+    # a bandwidth fraction below 5% is never physical; a family whose cases are all
+    # compute-bound would otherwise get any small value the data cannot rule out
+    memory_fractions = np.asarray(_grid(MIN_MEMORY_FRACTION, 1.0, 40))
     best: tuple[float, float, dict, dict] | None = None
     for floor in _grid(2e-6, 6e-5, 16):
         compute, memory, errs = {}, {}, []
@@ -95,11 +99,11 @@ def fit(records: Sequence[Record], peak_flops: float = H200_FP32_PEAK,
             nbytes = np.asarray([r.nbytes for r in rs])[:, None, None]
             real = np.asarray([r.forward_s for r in rs])[:, None, None]
             pred = floor + np.maximum(flops / (peak_flops * fractions[None, :, None]),
-                                      nbytes / (bandwidth * fractions[None, None, :]))
+                                      nbytes / (bandwidth * memory_fractions[None, None, :]))
             err = np.abs(np.log(pred / real))          # (cases, compute, memory)
             med = np.median(err, axis=0)
             i, j = np.unravel_index(int(np.argmin(med)), med.shape)
-            compute[fam], memory[fam] = float(fractions[i]), float(fractions[j])
+            compute[fam], memory[fam] = float(fractions[i]), float(memory_fractions[j])
             errs.extend(err[:, i, j].tolist())
         score = statistics.median(errs)
         if best is None or score < best[0]:

@@ -236,10 +236,10 @@ A100 = DeviceSpec("gpu", "A100-SXM4-80GB", 19.5 * TFLOPS, 312 * TFLOPS, 2039 * G
 HOPPER_EFFICIENCY = {"conv2d": 0.279, "linear": 0.529, "multi_head_attention": 0.529,
                      "batch_matmul": 0.529}
 HOPPER_MEMORY_EFFICIENCY = {
-    "activation": 1.0, "add": 1.0, "batch_norm": 0.238, "concatenate": 1.0, "conv2d": 0.092,
-    "dropout": 0.62, "embedding": 1.0, "global_avg_pool2d": 0.727, "layer_norm": 0.126,
-    "linear": 0.384, "multi_head_attention": 0.008, "pool2d": 0.126, "split": 1.0,
-    "zero_pad2d": 0.451}
+    "activation": 1.0, "add": 0.926, "batch_norm": 0.215, "concatenate": 1.0, "conv2d": 0.092,
+    "dropout": 0.584, "embedding": 1.0, "global_avg_pool2d": 0.681, "layer_norm": 0.116,
+    "linear": 0.341, "multi_head_attention": 0.05, "pool2d": 0.126, "split": 1.0,
+    "zero_pad2d": 0.464}
 HOPPER_BACKWARD_RATIO = {"activation": 1.68, "batch_norm": 1.51, "conv2d": 2.25, "embedding": 3.07,
                          "layer_norm": 3.13, "linear": 1.98, "multi_head_attention": 1.79,
                          "pool2d": 1.52}

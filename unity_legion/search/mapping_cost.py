@@ -58,6 +58,15 @@ class _Local:
     mask: np.ndarray         # nodes used, as a bitmask
 
 
+def _cost_identity(cost: CostModel) -> tuple:
+    """What a cache's tables depend on in a cost model: an analytic one by its figures (its
+    equality would compare its private memo, and a fresh but identical one per call is fine);
+    any other (a measuring one, whose repr shows its changing counters) by identity."""
+    if isinstance(cost, AnalyticCost):
+        return ("analytic", tuple(sorted(cost.efficiency.items())), cost.memory_efficiency)
+    return (type(cost).__qualname__, id(cost))
+
+
 class MappingCost:
     def __init__(self, graph: ComputationGraph, index: GraphIndex, batch: int,
                  machine: MachineModel, cost: CostModel | None = None, device_type: str = "gpu",
@@ -80,10 +89,8 @@ class MappingCost:
         self._in_set = set(graph.inputs)
         # structural tables live in the (possibly shared) cache; id-keyed ones here
         self.store = cache if cache is not None else MappingCache()
-        # the cost model by type and repr: AnalyticCost's equality would compare its private
-        # memo, and a fresh but identical model per call is fine
-        self.store.bind((batch, machine, type(self.cost).__qualname__, repr(self.cost),
-                         device_type, optimizer_slots))
+        self.store.bind((batch, machine, _cost_identity(self.cost), device_type,
+                         optimizer_slots))
         self._kid: dict[int, int] = {}
         self._reads_input: dict[int, bool] = {}
         self._skid: dict[int, int] = {}

@@ -18,7 +18,7 @@ import json
 from functools import lru_cache
 
 from .evaluate import SpecError, check_specs
-from .generate import (OURS_FILE, TASO_FILE, Generation, GeneratedFormatError, GeneratedRule,
+from .generate import (OURS_FILE, REVERSED, TASO_FILE, Generation, GeneratedFormatError, GeneratedRule,
                        cross_check, generate, load_generated, to_taso, write)
 from .prover import Prover
 from .specs import SPECS, OpSpec
@@ -41,7 +41,11 @@ def generated_rules() -> list:
     taso = {r["name"]: r for r in json.loads(TASO_FILE.read_text())["rule"]}
     out = []
     for rule in _taso_load().rules:
-        g = ours[rule.name]
+        if rule.name.endswith(REVERSED):
+            g = ours[rule.name[:-len(REVERSED)]]
+            g = dataclasses.replace(g, name=rule.name, lhs=g.rhs, rhs=g.lhs)
+        else:
+            g = ours[rule.name]
         if any(op.startswith("split") for t in (g.lhs, g.rhs) for op in ops(t)):
             continue
         out.append(_with_shape_guard(rule, g, taso[rule.name]))

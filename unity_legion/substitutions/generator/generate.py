@@ -23,6 +23,7 @@ FORMAT = "unity_legion.generated_substitutions"
 DATA = Path(__file__).resolve().parent.parent / "data"
 OURS_FILE = DATA / "generated_rules.json"
 TASO_FILE = DATA / "generated_rules_taso.json"
+REVERSED = "_rev"   # TASO rule name suffix: the rule read right to left
 
 
 class GeneratedFormatError(ValueError):
@@ -322,11 +323,17 @@ def to_taso(rules: list[GeneratedRule], specs: tuple[OpSpec, ...] = SPECS) -> di
         if isinstance(r.lhs, str) or isinstance(r.rhs, str):
             continue
         ids = {v: -(i + 1) for i, v in enumerate(variables(("pair", r.lhs, r.rhs)))}
-        src, sroot = _taso_ops(r.lhs, ids, table)
-        dst, droot = _taso_ops(r.rhs, ids, table)
-        out.append({"_t": "Rule", "name": r.name, "srcOp": src, "dstOp": dst,
-                    "mappedOutput": [{"_t": "MapOutput", "srcOpId": sroot[0], "srcTsId": sroot[1],
-                                      "dstOpId": droot[0], "dstTsId": droot[1]}]})
+        # a rewrite goes one way: both ways where neither side brings in a new input
+        ways = [(r.name, r.lhs, r.rhs)]
+        if set(variables(r.lhs)) == set(variables(r.rhs)):
+            ways.append((r.name + REVERSED, r.rhs, r.lhs))
+        for name, lhs, rhs in ways:
+            src, sroot = _taso_ops(lhs, ids, table)
+            dst, droot = _taso_ops(rhs, ids, table)
+            out.append({"_t": "Rule", "name": name, "srcOp": src, "dstOp": dst,
+                        "mappedOutput": [{"_t": "MapOutput", "srcOpId": sroot[0],
+                                          "srcTsId": sroot[1], "dstOpId": droot[0],
+                                          "dstTsId": droot[1]}]})
     return {"_t": "RuleCollection", "rule": out}
 
 
@@ -346,7 +353,9 @@ def _taso_ops(t: Term, ids: dict[str, int], table) -> tuple[list, tuple[int, int
         if key not in where:
             ins = [ref(a) for a in s[1:]]
             typ, params = spec.taso
-            if typ == "OP_MATMUL" and _weight_like(s[2], table):
+            if typ == "OP_MATMUL_ACT" and _weight_like(s[2], table):
+                typ, params = "OP_LINEAR", (("PM_ACTI", 2),)   # our opaque act is read as relu
+            elif typ == "OP_MATMUL" and _weight_like(s[2], table):
                 # a product with an input tensor (maybe through parallel ops): TASO's Linear,
                 # whose weight is its second input
                 typ, params = "OP_LINEAR", (("PM_ACTI", 0),)

@@ -154,6 +154,11 @@ def _matmul_shape(a: Shape, b: Shape) -> Shape | None:
     return (a[0], b[1], g0, h1, g1 * s * t, r)
 
 
+def _linact_shape(a: Shape, b: Shape) -> Shape | None:
+    out = _matmul_shape(a, b)
+    return out if out is not None and out[4] == 1 else None
+
+
 def _ew_shape(linear: bool):
     def shape(a: Shape, b: Shape) -> Shape | None:
         if not _same(a, b) or (not linear and a[4] > 1):
@@ -264,6 +269,17 @@ def _build() -> list[OpSpec]:
                ),
                taso=("OP_MATMUL", ()), ours="linear",
                doc="2-D matrix product (Linear with its weight as an input)"),
+        OpSpec("linact", 2, "algebraic", _linact_shape,
+               lambda v, s: _opaque((v[0] @ v[1]) % P), lambda v, s: _k_act([_k_matmul(v, s)], s),
+               lambda ad, p: (ad[0][0], ad[1][1]),
+               axioms=_ax(
+                   "linact(a:n.m, b:m.p) = act(matmul(a, b))",
+                   "linact(part0(a:n.m), repl(b:m.p)) = part0(linact(a, b))",
+                   "linact(repl(a:n.m), part1(b:m.p)) = part1(linact(a, b))",
+                   "linact(repl(a:n.m), repl(b:m.p)) = repl(linact(a, b))",
+               ),
+               taso=("OP_MATMUL_ACT", ()), ours="linear",
+               doc="matmul with a fused activation (Linear(activation=...))"),
         OpSpec("add", 2, "algebraic", _ew_shape(True), lambda v, s: (v[0] + v[1]) % P,
                _k_combine("add"), lambda ad, p: ad[0],
                axioms=_ax(
