@@ -45,7 +45,30 @@ class Sum:
 
 
 class Origin:
-    """Annotation: the global index of element 0 of the kernel's first store piece."""
+    """Annotation: the global index of element 0 of the kernel's first store piece. The
+    executor passes a `PieceOrigin` (a tuple) that also knows every other store's origin."""
+
+
+class PieceOrigin(tuple):
+    """The origin of a kernel's first store piece (a plain tuple of ints), with `of`: store
+    parameter name -> the origin of that store's piece (e.g. the output tile's position in a
+    kernel whose first store, its input, is read whole along the tiled dims)."""
+
+    of: dict[str, tuple[int, ...]]
+
+    def __new__(cls, first: Sequence[int], of: Mapping[str, tuple[int, ...]]) -> "PieceOrigin":
+        self = super().__new__(cls, tuple(first))
+        self.of = dict(of)
+        return self
+
+
+def origin_of(origin: Sequence[int], name: str, rank: int) -> tuple[int, ...]:
+    """The global origin of store `name`'s piece from a kernel's `origin` argument (zeros when
+    the kernel is called directly on whole arrays with a plain tuple)."""
+    of = getattr(origin, "of", None)
+    if of is not None and name in of:
+        return tuple(of[name])
+    return (0,) * rank
 
 
 _ROLE_OF = {In: Role.INPUT, Out: Role.OUTPUT, InOut: Role.INOUT, Sum: Role.SUM}

@@ -12,7 +12,9 @@ Kernels work on (batch, H, W, C) views and proceed in chunks of samples (bounded
 forward builds the im2col matrix from a strided window view of the padded input and multiplies
 it by the kernel (one batched matmul over groups); the kernel gradient is cols^T @ d_out; the
 input gradient multiplies d_out by the kernel^T and scatters the columns back with one strided
-add per kernel tap (col2im). Every piece has whole images, so no halo exchange is needed. As in
+add per kernel tap (col2im). Under a spatial split a point computes an output tile from the
+input window it needs (`Window`: strides, dilation and padding), the input being read whole along
+H and W by every point (replicated; no halo exchange). As in
 Linear, a fused activation keeps the pre-activation (saved "preact") and backward turns d_out
 into d_preact locally.
 
@@ -25,6 +27,12 @@ points holding input channel 0). With groups == 1 the input is read whole by eve
 piece holds whole groups and runs the same grouped kernels locally; it is offered up to the
 largest degree for which every degree tiles input and output channels into the same whole
 groups (any degree for a depthwise convolution with one filter per channel).
+"height" and "width" (ATTRIBUTE: the output's rows and columns, any kernel/stride/dilation/
+padding; width not with a fused softmax over a channels_first output's last dim): the output,
+preact and d_out are tiled, the input is read whole along H and W by every point (the PCG shows a
+Replicate before the convolution), kernels find their tile's position from their Origin; the
+input gradient is a partial sum over the tiles' (overlapping) windows and the weight gradients
+partial sums over tiles (ADD reductions).
 """
 
 from __future__ import annotations
@@ -37,13 +45,76 @@ import numpy as np
 from . import activation as act
 from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim, Ref,
                    SavedSpec, Sum, TensorShape, WeightSpec, ceil_div, dw, dx, dy, kernel,
-                   sample_dim, saved, tile_count, w, x, y)
+                   origin_of, sample_dim, saved, tile_count, w, x, y)
 from .spatial import (channel_dim, check_data_format, check_padding, image_shape, join_ints, nhwc,
-                      out_size_and_pads, pad_nhwc, pair, parse_ints, spatial_dims, tap, windows)
+                      out_size_and_pads, pair, parse_ints, spatial_dims, tap, windows)
 
 # Upper bound on the elements of one chunk's im2col matrix (the kernels' main scratch).
 _CHUNK_ELEMENTS = 1 << 23
 OUT, IN = "out", "in"  # launch axes: output channels, input (contracted) channels
+HEIGHT, WIDTH = "height", "width"  # launch axes: the output's rows and columns (spatial tiles)
+
+
+def spatial_axes(data_format: str) -> dict[int, str]:
+    """The dims of a rank-4 image batch the spatial axes split (the output's H and W)."""
+    return {2: HEIGHT, 3: WIDTH} if data_format == "channels_first" else {1: HEIGHT, 2: WIDTH}
+
+
+def tile_start(origin: tuple[int, ...], channels_first: bool) -> tuple[int, int]:
+    """(row, column) of an image piece's first pixel from its global origin."""
+    return (origin[2], origin[3]) if channels_first else (origin[1], origin[2])
+
+
+class Window:
+    """The part of a (padded) NHWC input that an output tile reads: output rows [oh0, oh0 + ho)
+    and columns [ow0, ow0 + wo) of a window (kh, kw) / stride (sh, sw) / dilation (dh, dw)
+    reduction read padded rows [oh0 * sh, (oh0 + ho - 1) * sh + (kh - 1) * dh + 1) (and the
+    same for columns). The whole input is every point's piece along H and W (read whole), so
+    this is the spatial tiles' halo, taken locally."""
+
+    def __init__(self, shape: tuple[int, ...], pads: tuple[int, ...], oh0: int, ow0: int,
+                 ho: int, wo: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> None:
+        _, self.h, self.w, _ = shape
+        pt, _, pl, _ = pads
+        # the window in unpadded coordinates (may reach into the padding on either side)
+        self.r0 = oh0 * sh - pt
+        self.r1 = oh0 * sh + (ho - 1) * sh + (kh - 1) * dh + 1 - pt if ho else self.r0
+        self.c0 = ow0 * sw - pl
+        self.c1 = ow0 * sw + (wo - 1) * sw + (kw - 1) * dw + 1 - pl if wo else self.c0
+        # the part of it inside the input
+        self.a0, self.a1 = max(self.r0, 0), min(self.r1, self.h)
+        self.b0, self.b1 = max(self.c0, 0), min(self.c1, self.w)
+
+    @property
+    def inside(self) -> bool:
+        return self.r0 >= 0 and self.r1 <= self.h and self.c0 >= 0 and self.c1 <= self.w
+
+    def _local(self) -> tuple[slice, slice, slice, slice]:
+        return (slice(None), slice(self.a0 - self.r0, self.a1 - self.r0),
+                slice(self.b0 - self.c0, self.b1 - self.c0), slice(None))
+
+    def _input(self) -> tuple[slice, slice, slice, slice]:
+        return (slice(None), slice(self.a0, self.a1), slice(self.b0, self.b1), slice(None))
+
+    def read(self, xs: np.ndarray, value: float = 0.0) -> np.ndarray:
+        """The window of NHWC `xs` padded with `value` (a view when it needs no padding)."""
+        if self.inside:
+            return xs[:, self.r0:self.r1, self.c0:self.c1]
+        out = np.full((xs.shape[0], self.r1 - self.r0, self.c1 - self.c0, xs.shape[3]), value,
+                      dtype=xs.dtype)
+        if self.a1 > self.a0 and self.b1 > self.b0:
+            out[self._local()] = xs[self._input()]
+        return out
+
+    def zeros(self, b: int, c: int, dtype: Any) -> np.ndarray:
+        return np.zeros((b, self.r1 - self.r0, self.c1 - self.c0, c), dtype=dtype)
+
+    def write(self, dxs: np.ndarray, dwin: np.ndarray) -> None:
+        """dxs (NHWC, the whole input's extent) = the window's gradient `dwin`, zero elsewhere
+        (padding dropped)."""
+        dxs[...] = 0
+        if self.a1 > self.a0 and self.b1 > self.b0:
+            dxs[self._input()] = dwin[self._local()]
 
 
 def _holds_bias(origin: tuple[int, ...], channels_first: bool, grouped: bool) -> bool:
@@ -107,14 +178,19 @@ class _Geometry:
         return g2.reshape(-1, self.groups, self.coutg).transpose(1, 0, 2)
 
 
+def _window(g: "_Geometry", xs: np.ndarray, start: tuple[int, int], ho: int, wo: int) -> Window:
+    return Window(xs.shape, g.pads, start[0], start[1], ho, wo, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw)
+
+
 def _forward_into(x: np.ndarray, k: np.ndarray, bias: np.ndarray | None, out: np.ndarray,
-                  geom: str, channels_first: bool) -> None:
-    """out (output layout) = conv(x) + bias."""
+                  geom: str, channels_first: bool, start: tuple[int, int] = (0, 0)) -> None:
+    """out (output layout) = conv(x) + bias; `out` is the output tile whose first pixel is at
+    `start` (row, column) of the whole output, `x` the whole input along H and W."""
     xs = nhwc(x, channels_first)
     os_ = nhwc(out, channels_first)
     g = _Geometry(geom, k.shape, xs.shape[3])
-    xp = pad_nhwc(xs, g.pads)
     ho, wo = os_.shape[1:3]
+    xp = _window(g, xs, start, ho, wo).read(xs)
     kg = g.grouped_kernel(k)
     for rows in _chunks(xs.shape[0], ho * wo * k.size // g.coutg):
         res = g.matmul(g.cols(xp, rows, ho, wo), kg)
@@ -134,28 +210,32 @@ def _d_preact(preact: np.ndarray, out: np.ndarray, d_out: np.ndarray, fn: str) -
 def conv2d_forward(x: In, kernel: In, bias: In, y: Out, origin: Origin, geom: str,
                    channels_first: bool, use_bias: bool, grouped: bool) -> None:
     add = use_bias and _holds_bias(origin, channels_first, grouped)
-    _forward_into(x, kernel, bias if add else None, y, geom, channels_first)
+    _forward_into(x, kernel, bias if add else None, y, geom, channels_first,
+                  tile_start(origin_of(origin, "y", 4), channels_first))
 
 
 @kernel
-def conv2d_forward_act(x: In, kernel: In, bias: In, preact: Out, y: Out, geom: str,
-                       channels_first: bool, use_bias: bool, fn: str) -> None:
-    _forward_into(x, kernel, bias if use_bias else None, preact, geom, channels_first)
+def conv2d_forward_act(x: In, kernel: In, bias: In, preact: Out, y: Out, origin: Origin,
+                       geom: str, channels_first: bool, use_bias: bool, fn: str) -> None:
+    _forward_into(x, kernel, bias if use_bias else None, preact, geom, channels_first,
+                  tile_start(origin_of(origin, "preact", 4), channels_first))
     y[...] = act.apply(fn, preact.astype(np.float64))
 
 
 @kernel
-def conv2d_backward_input(preact: In, y: In, dy: In, kernel: In, dx: Out, geom: str,
-                          channels_first: bool, fn: str) -> None:
+def conv2d_backward_input(preact: In, y: In, dy: In, kernel: In, dx: Out, origin: Origin,
+                          geom: str, channels_first: bool, fn: str) -> None:
+    """dx (the whole input's extent along H and W) from the output tile of dy: under a
+    spatial split each point writes its window's share, a partial sum of dx."""
     gs = nhwc(_d_preact(preact, y, dy, fn), channels_first)
     dxs = nhwc(dx, channels_first)
     b, h, w_, c = dxs.shape
     g = _Geometry(geom, kernel.shape, c)
-    pt, pb, pl, pr = g.pads
     ho, wo = gs.shape[1:3]
+    win = _window(g, dxs, tile_start(origin_of(origin, "dy", 4), channels_first), ho, wo)
     kgt = g.grouped_kernel(kernel)
     kgt = kgt.T if g.groups == 1 else kgt.transpose(0, 2, 1)
-    dxp = np.zeros((b, h + pt + pb, w_ + pl + pr, c), dtype=dx.dtype)
+    dxp = win.zeros(b, c, dx.dtype)
     for rows in _chunks(b, ho * wo * kernel.size // g.coutg):
         g2 = g.group_rows(gs[rows].reshape(-1, g.cout))
         dcols = g2 @ kgt                                   # (N, K) or (G, N, K/G-ish)
@@ -169,16 +249,18 @@ def conv2d_backward_input(preact: In, y: In, dy: In, kernel: In, dx: Out, geom: 
         for i in range(g.kh):
             for j in range(g.kw):
                 part[tap(i, j, g.sh, g.sw, g.dh, g.dw, ho, wo)] += dcols[:, :, :, i, j, :]
-    dxs[...] = dxp[:, pt:pt + h, pl:pl + w_]
+    win.write(dxs, dxp)
 
 
 def _weight_grads(x: np.ndarray, gout: np.ndarray, dkernel: np.ndarray, dbias: np.ndarray | None,
-                  geom: str, channels_first: bool) -> None:
+                  geom: str, channels_first: bool, start: tuple[int, int] = (0, 0)) -> None:
+    """Add the kernel's (and bias') gradient from the output tile `gout` at `start`: under a
+    spatial split, each point's share of a sum over the tiles."""
     xs = nhwc(x, channels_first)
     gs = nhwc(gout, channels_first)
     g = _Geometry(geom, dkernel.shape, xs.shape[3])
-    xp = pad_nhwc(xs, g.pads)
     ho, wo = gs.shape[1:3]
+    xp = _window(g, xs, start, ho, wo).read(xs)
     acc = None
     for rows in _chunks(xs.shape[0], ho * wo * dkernel.size // g.coutg):
         cols = g.cols(xp, rows, ho, wo)
@@ -192,9 +274,10 @@ def _weight_grads(x: np.ndarray, gout: np.ndarray, dkernel: np.ndarray, dbias: n
 
 
 @kernel
-def conv2d_backward_kernel(x: In, preact: In, y: In, dy: In, dkernel: Sum, geom: str,
-                           channels_first: bool, fn: str) -> None:
-    _weight_grads(x, _d_preact(preact, y, dy, fn), dkernel, None, geom, channels_first)
+def conv2d_backward_kernel(x: In, preact: In, y: In, dy: In, dkernel: Sum, origin: Origin,
+                           geom: str, channels_first: bool, fn: str) -> None:
+    _weight_grads(x, _d_preact(preact, y, dy, fn), dkernel, None, geom, channels_first,
+                  tile_start(origin_of(origin, "dy", 4), channels_first))
 
 
 @kernel
@@ -202,7 +285,8 @@ def conv2d_backward_kernel_bias(x: In, preact: In, y: In, dy: In, dkernel: Sum, 
                                 origin: Origin, geom: str, channels_first: bool, fn: str,
                                 grouped: bool) -> None:
     bias = dbias if _holds_bias(origin, channels_first, grouped) else None
-    _weight_grads(x, _d_preact(preact, y, dy, fn), dkernel, bias, geom, channels_first)
+    _weight_grads(x, _d_preact(preact, y, dy, fn), dkernel, bias, geom, channels_first,
+                  tile_start(origin_of(origin, "dy", 4), channels_first))
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -319,11 +403,23 @@ class Conv2D(Operator):
             dims.append(ParallelDim(OUT, DimKind.PARAMETER, out))
         if self.groups == 1 and not self.fused:  # an activation of a partial sum is wrong
             dims.append(ParallelDim(IN, DimKind.REDUCTION, c))
+        ho, wo = self._geometry(s)[3:5]
+        if ho > 1:
+            dims.append(ParallelDim(HEIGHT, DimKind.ATTRIBUTE, ho))
+        # a fused softmax normalises the last dim: the width of a channels_first output
+        if wo > 1 and not (self.activation == "softmax" and self.channels_first):
+            dims.append(ParallelDim(WIDTH, DimKind.ATTRIBUTE, wo))
         return tuple(dims)
 
     def _image(self, ref: Ref, axis: str) -> Arg:
-        """An image batch split by samples and, along its channels, by `axis`."""
+        """An image batch split by samples and, along its channels, by `axis` (its H and W
+        whole: the input and its gradient under a spatial split)."""
         return Arg.by_sample(ref, 4, {channel_dim(self.data_format): axis})
+
+    def _output(self, ref: Ref) -> Arg:
+        """The output (or its gradient, or preact): samples, OUT channels, spatial tiles."""
+        return Arg.by_sample(ref, 4, {channel_dim(self.data_format): OUT}
+                             | spatial_axes(self.data_format))
 
     def _input(self, ref: Ref) -> Arg:
         """The input (or its gradient): its channels are contracted (IN) with one group, and go
@@ -341,9 +437,9 @@ class Conv2D(Operator):
         args = {"x": self._input(x(0)), "kernel": self._kernel(w("kernel")),
                 # unused without bias: the kernel stands in
                 "bias": Arg(w("bias"), (OUT,)) if self.use_bias else self._kernel(w("kernel")),
-                "y": self._image(y(0), OUT)}
+                "y": self._output(y(0))}
         if self.fused:
-            return [Launch(conv2d_forward_act, args | {"preact": self._image(saved("preact"), OUT)},
+            return [Launch(conv2d_forward_act, args | {"preact": self._output(saved("preact"))},
                            scal | {"fn": self.activation})]
         return [Launch(conv2d_forward, args, scal | {"grouped": self.groups > 1})]
 
@@ -352,9 +448,9 @@ class Conv2D(Operator):
         scal = {"geom": self._geom(s), "channels_first": self.channels_first, "fn": self.activation}
         # without an activation the kernels read neither preact nor y: dy (already an argument)
         # stands in for both, so no extra store is mapped
-        d_out = self._image(dy(0), OUT)
-        pre = {"preact": self._image(saved("preact"), OUT) if self.fused else d_out,
-               "y": self._image(y(0), OUT) if self.fused else d_out, "dy": d_out}
+        d_out = self._output(dy(0))
+        pre = {"preact": self._output(saved("preact")) if self.fused else d_out,
+               "y": self._output(y(0)) if self.fused else d_out, "dy": d_out}
         launches = []
         if needs_input_grad[0]:
             launches.append(Launch(conv2d_backward_input,

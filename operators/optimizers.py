@@ -2,7 +2,10 @@
 
 Formulas follow Keras 3: decoupled weight decay (w -= lr * wd * w) before the update; SGD with
 momentum keeps a velocity; Adam keeps m and v with the bias correction folded into the step size.
-Refs: w("param") the parameter, dw("param") its gradient, saved(slot) each slot; all split by rows.
+Refs: w("param") the parameter, dw("param") its gradient, saved(slot) each slot; all split alike:
+by rows (ROWS) by default, or along any dims the caller names (`split`, e.g. the executor's
+"w<d>" axes tiling a weight as its operator tiles it, so the slots live where the weight's
+pieces live).
 Every rule zeroes the gradient it consumed, so the next step's ADD reductions start from zero
 without a separate fill (a fill is a launch, and launches are what multi-rank steps pay for).
 """
@@ -85,8 +88,25 @@ def rmsprop_update(param: InOut, grad: InOut, velocity: InOut, lr: float, rho: f
     grad[...] = 0
 
 
-def _rows(ref: Ref, rank: int) -> Arg:
-    return Arg(ref, (ROWS,) + (None,) * (rank - 1)) if rank else Arg(ref)
+Split = tuple[str | None, ...]
+
+
+def rows_split(rank: int) -> Split:
+    """The default split of an update: the leading dim by ROWS (nothing for a scalar)."""
+    return (ROWS,) + (None,) * (rank - 1) if rank else ()
+
+
+def weight_axis(dim: int) -> str:
+    """The launch axis of an update that tiles dim `dim` of its weight (as its operator does)."""
+    return f"w{dim}"
+
+
+def _rows(ref: Ref, rank: int, split: Split | None = None) -> Arg:
+    """`ref` split by `split` (default: rows); every store of an update is split alike."""
+    split = rows_split(rank) if split is None else tuple(split)
+    if len(split) not in (0, rank):
+        raise ValueError(f"an update split {split} does not match a rank-{rank} parameter")
+    return Arg(ref, split) if any(split) else Arg(ref)
 
 
 PARAM = Ref(RefKind.WEIGHT, "param")
@@ -103,7 +123,9 @@ class UpdateRule:
 
     slots: ClassVar[tuple[str, ...]] = ()
 
-    def launch(self, rank: int, lr: float, step: int) -> Launch:
+    def launch(self, rank: int, lr: float, step: int, split: Split | None = None) -> Launch:
+        """The update of a rank-`rank` parameter; `split` names the launch axis (or None)
+        tiling each dim of the parameter, its gradient and its slots (default: rows)."""
         raise NotImplementedError
 
 
@@ -117,13 +139,14 @@ class SGDRule(UpdateRule):
     def slots(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("velocity",) if self.momentum else ()
 
-    def launch(self, rank: int, lr: float, step: int) -> Launch:
+    def launch(self, rank: int, lr: float, step: int, split: Split | None = None) -> Launch:
         if not self.momentum:
-            return Launch(sgd_update, {"param": _rows(PARAM, rank), "grad": _rows(GRAD, rank)},
+            return Launch(sgd_update, {"param": _rows(PARAM, rank, split),
+                                       "grad": _rows(GRAD, rank, split)},
                           {"lr": lr, "weight_decay": self.weight_decay})
         return Launch(sgd_momentum_update,
-                      {"param": _rows(PARAM, rank), "grad": _rows(GRAD, rank),
-                       "velocity": _rows(slot("velocity"), rank)},
+                      {"param": _rows(PARAM, rank, split), "grad": _rows(GRAD, rank, split),
+                       "velocity": _rows(slot("velocity"), rank, split)},
                       {"lr": lr, "momentum": self.momentum, "nesterov": self.nesterov,
                        "weight_decay": self.weight_decay})
 
@@ -137,12 +160,12 @@ class AdamRule(UpdateRule):
 
     slots: ClassVar[tuple[str, ...]] = ("m", "v")
 
-    def launch(self, rank: int, lr: float, step: int) -> Launch:
+    def launch(self, rank: int, lr: float, step: int, split: Split | None = None) -> Launch:
         if step < 1:  # step 0 would make the bias correction 0/0: NaN in every weight
             raise ValueError(f"adam: step must count from 1 (Keras' iterations + 1), got {step}")
         return Launch(adam_update,
-                      {"param": _rows(PARAM, rank), "grad": _rows(GRAD, rank),
-                       "m": _rows(slot("m"), rank), "v": _rows(slot("v"), rank)},
+                      {"param": _rows(PARAM, rank, split), "grad": _rows(GRAD, rank, split),
+                       "m": _rows(slot("m"), rank, split), "v": _rows(slot("v"), rank, split)},
                       {"lr": lr, "beta_1": self.beta_1, "beta_2": self.beta_2,
                        "epsilon": self.epsilon, "step": step, "weight_decay": self.weight_decay})
 
@@ -155,9 +178,9 @@ class RMSpropRule(UpdateRule):
 
     slots: ClassVar[tuple[str, ...]] = ("velocity",)
 
-    def launch(self, rank: int, lr: float, step: int) -> Launch:
+    def launch(self, rank: int, lr: float, step: int, split: Split | None = None) -> Launch:
         return Launch(rmsprop_update,
-                      {"param": _rows(PARAM, rank), "grad": _rows(GRAD, rank),
-                       "velocity": _rows(slot("velocity"), rank)},
+                      {"param": _rows(PARAM, rank, split), "grad": _rows(GRAD, rank, split),
+                       "velocity": _rows(slot("velocity"), rank, split)},
                       {"lr": lr, "rho": self.rho, "epsilon": self.epsilon,
                        "weight_decay": self.weight_decay})

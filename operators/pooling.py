@@ -10,7 +10,10 @@ int32), so backward routes each gradient to exactly that input (PyTorch's choice
 average pooling backward spreads d_out / count over each window.
 
 Parallel forms: "sample" and "channels" (ATTRIBUTE: pooling is per channel, so the input, the
-output and the saved argmax are split alike); every piece holds whole images, so no halo.
+output and the saved argmax are split alike); "height" and "width" (ATTRIBUTE: the output's rows
+and columns; the output, argmax and d_out are tiled, the input is read whole along H and W by
+every point, as Conv2D's spatial split: each point pools its tile from the input window it needs
+and its input gradient is a partial sum over the tiles' windows, an ADD reduction).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, SavedSpec,
-                   TensorShape, dx, dy, kernel, saved, x, y)
-from .spatial import (by_channel, channel_dims, check_data_format, check_padding, image_shape,
-                      join_ints, nhwc, out_size_and_pads, pad_nhwc, pair, parse_ints, spatial_dims,
-                      tap)
+from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim,
+                   Ref, SavedSpec, TensorShape, dx, dy, kernel, origin_of, saved, x, y)
+from .conv2d import HEIGHT, WIDTH, Window, spatial_axes, tile_start
+from .spatial import (CHANNELS, by_channel, channel_dim, channel_dims, check_data_format,
+                      check_padding, image_shape, join_ints, nhwc, out_size_and_pads, pair,
+                      parse_ints, spatial_dims, tap)
 from unity_legion.pcg.tensor import DataType
 
 
@@ -33,12 +37,23 @@ def _geometry(geom: str) -> tuple[int, int, int, int, tuple[int, ...]]:
     return kh, kw, sh, sw, (pt, pb, pl, pr)
 
 
-@kernel
-def maxpool_forward(x: In, y: Out, argmax: Out, geom: str, channels_first: bool) -> None:
+def _window(geom: str, shape: tuple[int, ...], origin: tuple[int, ...], channels_first: bool,
+            ho: int, wo: int) -> Window:
+    """The input window the output tile at `origin` (its global origin) of ho x wo reads."""
     kh, kw, sh, sw, pads = _geometry(geom)
-    xp = pad_nhwc(nhwc(x, channels_first), pads, -np.inf)
+    oh0, ow0 = tile_start(origin, channels_first)
+    return Window(shape, pads, oh0, ow0, ho, wo, kh, kw, sh, sw, 1, 1)
+
+
+@kernel
+def maxpool_forward(x: In, y: Out, argmax: Out, origin: Origin, geom: str,
+                    channels_first: bool) -> None:
+    kh, kw, sh, sw, pads = _geometry(geom)
+    xs = nhwc(x, channels_first)
     ys, arg = nhwc(y, channels_first), nhwc(argmax, channels_first)
     ho, wo = ys.shape[1:3]
+    xp = _window(geom, xs.shape, origin_of(origin, "y", 4), channels_first, ho, wo).read(
+        xs, -np.inf)
     best = xp[tap(0, 0, sh, sw, 1, 1, ho, wo)].copy()
     arg[...] = 0
     for t in range(1, kh * kw):
@@ -50,24 +65,25 @@ def maxpool_forward(x: In, y: Out, argmax: Out, geom: str, channels_first: bool)
 
 
 @kernel
-def maxpool_backward(dy: In, argmax: In, dx: Out, geom: str, channels_first: bool) -> None:
-    kh, kw, sh, sw, (pt, pb, pl, pr) = _geometry(geom)
+def maxpool_backward(dy: In, argmax: In, dx: Out, origin: Origin, geom: str,
+                     channels_first: bool) -> None:
+    kh, kw, sh, sw, _ = _geometry(geom)
     gs, arg, dxs = nhwc(dy, channels_first), nhwc(argmax, channels_first), nhwc(dx, channels_first)
-    b, h, w_, c = dxs.shape
+    b, _, _, c = dxs.shape
     ho, wo = gs.shape[1:3]
-    dxp = np.zeros((b, h + pt + pb, w_ + pl + pr, c), dtype=dx.dtype)
+    win = _window(geom, dxs.shape, origin_of(origin, "dy", 4), channels_first, ho, wo)
+    dxp = win.zeros(b, c, dx.dtype)
     zero = dx.dtype.type(0)
     for t in range(kh * kw):
         dxp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)] += np.where(arg == t, gs, zero)
-    dxs[...] = dxp[:, pt:pt + h, pl:pl + w_]
+    win.write(dxs, dxp)
 
 
-def _counts(h: int, w_: int, kh: int, kw: int, sh: int, sw: int, pads: Sequence[int], ho: int,
+def _counts(h: int, w_: int, kh: int, kw: int, sh: int, sw: int, win: Window, ho: int,
             wo: int) -> np.ndarray:
-    """Real (non-padding) pixels per window, as (1, ho, wo, 1) float64."""
-    pt, pb, pl, pr = pads
-    ones = np.zeros((1, h + pt + pb, w_ + pl + pr, 1))
-    ones[:, pt:pt + h, pl:pl + w_] = 1.0
+    """Real (non-padding) pixels per window of the output tile `win` reads, as (1, ho, wo, 1)
+    float64."""
+    ones = win.read(np.ones((1, h, w_, 1)), 0.0)
     count = np.zeros((1, ho, wo, 1))
     for i in range(kh):
         for j in range(kw):
@@ -76,30 +92,31 @@ def _counts(h: int, w_: int, kh: int, kw: int, sh: int, sw: int, pads: Sequence[
 
 
 @kernel
-def avgpool_forward(x: In, y: Out, geom: str, channels_first: bool) -> None:
-    kh, kw, sh, sw, pads = _geometry(geom)
+def avgpool_forward(x: In, y: Out, origin: Origin, geom: str, channels_first: bool) -> None:
+    kh, kw, sh, sw, _ = _geometry(geom)
     xs, ys = nhwc(x, channels_first), nhwc(y, channels_first)
-    xp = pad_nhwc(xs, pads)
     ho, wo = ys.shape[1:3]
+    win = _window(geom, xs.shape, origin_of(origin, "y", 4), channels_first, ho, wo)
+    xp = win.read(xs)
     acc = xp[tap(0, 0, sh, sw, 1, 1, ho, wo)].astype(np.float64)
     for t in range(1, kh * kw):
         acc += xp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)]
-    acc /= _counts(xs.shape[1], xs.shape[2], kh, kw, sh, sw, pads, ho, wo)
+    acc /= _counts(xs.shape[1], xs.shape[2], kh, kw, sh, sw, win, ho, wo)
     ys[...] = acc
 
 
 @kernel
-def avgpool_backward(dy: In, dx: Out, geom: str, channels_first: bool) -> None:
-    kh, kw, sh, sw, pads = _geometry(geom)
-    pt, pb, pl, pr = pads
+def avgpool_backward(dy: In, dx: Out, origin: Origin, geom: str, channels_first: bool) -> None:
+    kh, kw, sh, sw, _ = _geometry(geom)
     gs, dxs = nhwc(dy, channels_first), nhwc(dx, channels_first)
     b, h, w_, c = dxs.shape
     ho, wo = gs.shape[1:3]
-    share = (gs / _counts(h, w_, kh, kw, sh, sw, pads, ho, wo)).astype(dx.dtype)
-    dxp = np.zeros((b, h + pt + pb, w_ + pl + pr, c), dtype=dx.dtype)
+    win = _window(geom, dxs.shape, origin_of(origin, "dy", 4), channels_first, ho, wo)
+    share = (gs / _counts(h, w_, kh, kw, sh, sw, win, ho, wo)).astype(dx.dtype)
+    dxp = win.zeros(b, c, dx.dtype)
     for t in range(kh * kw):
         dxp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)] += share
-    dxs[...] = dxp[:, pt:pt + h, pl:pl + w_]
+    win.write(dxs, dxp)
 
 
 @dataclass(frozen=True)
@@ -158,24 +175,33 @@ class Pool2D(Operator):
         return self.infer_outputs(inputs)[0].num_elements() * kh * kw
 
     def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
-        return channel_dims(inputs[0], self.data_format, self.name)
+        ho, wo = self._geometry(inputs[0])[:2]
+        spatial = tuple(ParallelDim(axis, DimKind.ATTRIBUTE, size)
+                        for axis, size in ((HEIGHT, ho), (WIDTH, wo)) if size > 1)
+        return channel_dims(inputs[0], self.data_format, self.name) + spatial
 
     def _arg(self, ref: Ref) -> Arg:
+        """The input (or its gradient): samples and channels; H and W whole."""
         return by_channel(ref, 4, self.data_format)
 
+    def _out(self, ref: Ref) -> Arg:
+        """The output, argmax, d_out: samples, channels and the spatial tiles."""
+        return Arg.by_sample(ref, 4, {channel_dim(self.data_format): CHANNELS}
+                             | spatial_axes(self.data_format))
+
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
-        args = {"x": self._arg(x(0)), "y": self._arg(y(0))}
+        args = {"x": self._arg(x(0)), "y": self._out(y(0))}
         if self.mode == "max":
-            return [Launch(maxpool_forward, args | {"argmax": self._arg(saved("argmax"))},
+            return [Launch(maxpool_forward, args | {"argmax": self._out(saved("argmax"))},
                            self._scalars(inputs[0]))]
         return [Launch(avgpool_forward, args, self._scalars(inputs[0]))]
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
-        args = {"dy": self._arg(dy(0)), "dx": self._arg(dx(0))}
+        args = {"dy": self._out(dy(0)), "dx": self._arg(dx(0))}
         if self.mode == "max":
-            return [Launch(maxpool_backward, args | {"argmax": self._arg(saved("argmax"))},
+            return [Launch(maxpool_backward, args | {"argmax": self._out(saved("argmax"))},
                            self._scalars(inputs[0]))]
         return [Launch(avgpool_backward, args, self._scalars(inputs[0]))]
 

@@ -9,7 +9,9 @@ embeddings for DLRM/XDL, data parallel otherwise) and of the strategy found, the
 peak memory per device, and the substitutions applied. All three are priced by the same
 simulator (unity_legion.cost.Simulator, analytic roofline with the Hopper/V100 figures of the
 presets). The last line is one JSON object: per machine and model `search_s`, `dp_step_s`,
-`expert_step_s`, `found_step_s`, and per machine `geomean_speedup_vs_dp`.
+`expert_step_s`, `found_step_s`, and per machine `geomean_speedup_vs_dp`. A second column of
+found step times comes from a search with another rule set (default: the rules generated and
+proved by scripts/generate_substitutions.py), as `<set>_rules_found_step_s`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rule-set", choices=("builtin", "generated", "both"), default="builtin",
                    help="algebraic rules: hand-written, generated (scripts/generate_substitutions.py) "
                         "or both")
+    p.add_argument("--compare-with", choices=("none", "builtin", "generated", "both"),
+                   default="generated",
+                   help="a second search per model with this rule set, shown in its own column "
+                        "(default: the generated rules)")
     return p.parse_args(argv)
 
 
@@ -56,10 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     opts = SearchOptions(budget=args.budget, alpha=args.alpha, time_limit=args.time_limit,
                          rules=rule_set(args.rule_set))
+    other = (None if args.compare_with == "none" else
+             SearchOptions(budget=args.budget, alpha=args.alpha, time_limit=args.time_limit,
+                           rules=rule_set(args.compare_with)))
+    other_col = f"{args.compare_with[:5]} ms" if other else ""
     figures: dict[str, dict] = {}
     header = (f"{'machine':14s} {'model':13s} {'search s':>8s} {'DP ms':>10s} {'expert ms':>10s} "
-              f"{'found ms':>10s} {'vs DP':>7s} {'vs exp':>7s} {'peak GiB':>8s} {'graphs':>6s}  "
-              f"substitutions")
+              f"{'found ms':>10s} {other_col:>10s} {'vs DP':>7s} {'vs exp':>7s} {'peak GiB':>8s} "
+              f"{'graphs':>6s}  substitutions")
     print(header)
     print("-" * len(header))
     for spec in args.machines.split(","):
@@ -79,8 +89,13 @@ def main(argv: list[str] | None = None) -> int:
                                      "chosen": r.chosen, "peak_memory_bytes": r.peak_memory,
                                      "fits": r.fits, "graphs_priced": r.evaluated,
                                      "substitutions": subs}
+            second = ""
+            if other is not None:
+                r2 = search(model, batch, machine, options=other)
+                per_model[model_name][f"{args.compare_with}_rules_found_step_s"] = r2.step_time
+                second = f"{r2.step_time * 1e3:10.3f}"
             print(f"{name + ':' + str(machine.nodes):14s} {model_name:13s} {secs:8.1f} "
-                  f"{dp * 1e3:10.3f} {ex * 1e3:10.3f} {r.step_time * 1e3:10.3f} "
+                  f"{dp * 1e3:10.3f} {ex * 1e3:10.3f} {r.step_time * 1e3:10.3f} {second:>10s} "
                   f"{dp / r.step_time:6.2f}x {ex / r.step_time:6.2f}x "
                   f"{r.peak_memory / 2**30:8.2f} {r.evaluated:6d}  "
                   f"{', '.join(subs) or '-'}{'' if r.fits else '  (does not fit)'}", flush=True)

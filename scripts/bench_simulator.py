@@ -145,7 +145,8 @@ def run_family(family: list[Case], args: argparse.Namespace, procs: int, machine
         if case.plan is None:
             from unity_legion.search.unity import SearchOptions, search
 
-            found = search(model, case.batch, machine, cost, SearchOptions(budget=16))
+            found = search(model, case.batch, machine, cost,
+                           SearchOptions(budget=16, optimizer_slots=0))  # SGD, as timed
             strategy = found.strategy
             case.describe = (f"search: {found.chosen}, "
                              f"{len(strategy.substitutions)} substitution(s)")

@@ -27,8 +27,9 @@ def capture_grad(grad: InOut, captured: InOut) -> None:
 class CaptureGrads(UpdateRule):
     slots: ClassVar[tuple[str, ...]] = ("captured",)
 
-    def launch(self, rank: int, lr: float, step: int) -> Launch:
-        split = (ROWS,) + (None,) * (rank - 1) if rank else ()
+    def launch(self, rank: int, lr: float, step: int, split=None) -> Launch:
+        if split is None:
+            split = (ROWS,) + (None,) * (rank - 1) if rank else ()
         return Launch(capture_grad, {"grad": Arg(GRAD, split),
                                      "captured": Arg(slot("captured"), split)})
 

@@ -91,6 +91,16 @@ CASES: dict[str, tuple[Operator, list[np.ndarray], dict[str, Any]]] = {
     "conv2d_groups": (Conv2D(6, 3, groups=2, padding="same"), [_r(3, 5, 5, 4)], {}),
     "conv2d_depthwise": (Conv2D(3, 3, groups=3, data_format="channels_first"),
                          [_r(B, 3, 5, 5)], {}),
+    # conv2d height / width (spatial tiles, the input read whole): 7 rows over 2, 3, 4 points
+    # (uneven), "same" padding reaching into both borders, dilation, strides, channels_first
+    "conv2d_spatial_same_dilated": (Conv2D(3, 3, padding="same", dilation_rate=(2, 1)),
+                                    [_r(3, 7, 5, 2, dtype=np.float64)], {}),
+    "conv2d_spatial_valid_strided_cf": (
+        Conv2D(2, (3, 2), strides=(2, 1), data_format="channels_first", use_bias=False),
+        [_r(2, 2, 9, 6, dtype=np.float64)], {}),
+    "conv2d_spatial_relu_same_strided": (Conv2D(2, 3, strides=2, padding="same",
+                                                activation="relu"),
+                                         [_r(2, 7, 7, 2, dtype=np.float64)], {}),
     # elementwise merges: sample, features
     "add3": (Add(), [_r(B, 7), _r(B, 7), _r(B, 7)], {}),
     "subtract_rank3": (Subtract(), [_r(B, 3, 7), _r(B, 3, 7)], {}),
@@ -140,6 +150,11 @@ CASES: dict[str, tuple[Operator, list[np.ndarray], dict[str, Any]]] = {
     "max_pool": (Pool2D("max", 2), [_r(B, 5, 5, 3)], {}),
     "avg_pool_same_channels_first": (Pool2D("avg", 3, 2, "same", "channels_first"),
                                      [_r(3, 3, 5, 4)], {}),
+    # pooling height / width: overlapping windows (stride < pool), 7 rows over 2, 3, 4 points
+    "max_pool_same_overlapping": (Pool2D("max", 3, 1, "same"), [_r(3, 7, 5, 2)], {}),
+    "avg_pool_same_overlapping": (Pool2D("avg", 3, 2, "same"), [_r(2, 7, 6, 3)], {}),
+    "max_pool_valid_strided_cf": (Pool2D("max", (3, 2), (2, 1), "valid", "channels_first"),
+                                  [_r(2, 2, 9, 6)], {}),
     "global_avg_pool": (GlobalAvgPool2D(), [_r(B, 3, 4, 3)], {}),
     "global_avg_pool_keepdims_cf": (GlobalAvgPool2D("channels_first", keepdims=True),
                                     [_r(B, 3, 4, 3)], {}),
@@ -164,7 +179,7 @@ AXES: dict[str, tuple[str, dict[str, DimKind]]] = {
     "linear": ("linear_bias", {"sample": S, "out": P, "in": R}),
     "embedding": ("embedding", {"sample": S, "columns": P, "rows": R}),
     "multi_head_attention": ("mha_self_dropout", {"sample": S, "heads": P}),
-    "conv2d": ("conv2d", {"sample": S, "out": P, "in": R}),
+    "conv2d": ("conv2d", {"sample": S, "out": P, "in": R, "height": A, "width": A}),
     "add": ("add3", {"sample": S, "features": A}),
     "subtract": ("subtract_rank3", {"sample": S, "features": A}),
     "multiply": ("multiply3", {"sample": S, "features": A}),
@@ -180,7 +195,7 @@ AXES: dict[str, tuple[str, dict[str, DimKind]]] = {
     "layer_norm": ("layer_norm", {"sample": S, "dim1": A}),
     "batch_norm": ("batch_norm", {"sample": S, "channels": A}),
     "batch_matmul": ("matmul", {"sample": S, "m": A, "n": A, "k": R}),
-    "pool2d": ("max_pool", {"sample": S, "channels": A}),
+    "pool2d": ("max_pool", {"sample": S, "channels": A, "height": A, "width": A}),
     "global_avg_pool2d": ("global_avg_pool", {"sample": S, "channels": A}),
     "zero_pad2d": ("zero_pad", {"sample": S, "channels": A}),
 }
@@ -203,9 +218,10 @@ def test_variants_declare_fewer_axes() -> None:
     assert _declared("linear_relu") == {"sample": S, "out": P}
     assert _declared("linear_softmax") == {"sample": S}
     assert _declared("embedding_bag_mean") == {"sample": S, "columns": P, "rows": R}
-    assert _declared("conv2d_relu_no_bias") == {"sample": S, "out": P}
-    assert _declared("conv2d_groups") == {"sample": S, "out": P}
-    assert _declared("conv2d_depthwise") == {"sample": S, "out": P}
+    hw = {"height": A, "width": A}
+    assert _declared("conv2d_relu_no_bias") == {"sample": S, "out": P} | hw
+    assert _declared("conv2d_groups") == {"sample": S, "out": P} | hw
+    assert _declared("conv2d_depthwise") == {"sample": S, "out": P} | hw
     assert _declared("add_rank1") == {"sample": S}
     assert _declared("activation_softmax_rank3") == {"sample": S, "dim1": A}
     assert _declared("activation_softmax_rank2") == {"sample": S}
@@ -218,6 +234,47 @@ def test_variants_declare_fewer_axes() -> None:
     assert _declared("layer_norm_rank4_no_scale") == {"sample": S, "dim1": A}
     assert _declared("matmul_normalize") == {"sample": S, "m": A, "n": A}
     assert _declared("matmul_dot_rank2") == {"sample": S, "k": R}
+
+
+def test_spatial_axes_of_conv2d_and_pool2d() -> None:
+    """height / width extents are the output's rows / columns; a 1-pixel output dim offers no
+    axis; a fused softmax over a channels_first output (its last dim is the width) keeps the
+    width whole."""
+    def axes(op: Operator, shape: tuple[int, ...]) -> dict[str, int | None]:
+        return {pd.axis: pd.size for pd in op.parallel_dims([TensorShape(shape)])
+                if pd.kind is A}
+
+    assert axes(Conv2D(2, 3, padding="same", strides=2), (1, 7, 5, 3)) == {"height": 4,
+                                                                           "width": 3}
+    assert axes(Conv2D(2, (3, 5)), (1, 7, 5, 3)) == {"height": 5}
+    assert axes(Conv2D(2, 1, activation="softmax", data_format="channels_first"),
+                (1, 3, 4, 5)) == {"height": 4}
+    assert axes(Conv2D(2, 1, activation="softmax"), (1, 4, 5, 3)) == {"height": 4, "width": 5}
+    assert axes(Pool2D("max", 2), (1, 7, 5, 3)) == {"channels": 3, "height": 3, "width": 2}
+    assert axes(Pool2D("avg", (1, 5)), (1, 7, 5, 3)) == {"channels": 3, "height": 7}
+
+
+def test_spatial_configurations_are_exercised() -> None:
+    """Uneven spatial splits (7 rows over 2 and 4 points) and mixed ones are among the checked
+    configurations."""
+    for name in ("conv2d_spatial_same_dilated", "max_pool_same_overlapping"):
+        op, inputs, _ = CASES[name]
+        configs = legal_configs(op, inputs)
+        for want in ({"height": 2}, {"height": 4}, {"height": 3}, {"width": 2},
+                     {"height": 2, "width": 2}, {"sample": 2, "height": 2}):
+            assert want in configs, (name, want)
+
+
+def test_spatial_split_replicates_the_input_in_the_pcg() -> None:
+    """Under a height split the conv's input is read whole by every point: a Replicate."""
+    from unity_legion.pcg.pcg import node_shapes
+    from unity_legion.strategy.config import OpConfig
+
+    s = TensorShape((2, 7, 5, 3))
+    ns = node_shapes(Conv2D(4, 3, padding="same"), [s], OpConfig.of({"height": 2}))
+    assert ns.inputs[0].copy_degree == 2 and ns.inputs[0].degrees == (1, 1, 1, 1)
+    assert ns.outputs[0].degrees == (1, 2, 1, 1) and ns.outputs[0].sum_degree == 1
+    assert ns.weights["kernel"].copy_degree == 2
 
 
 def test_grouped_conv_offers_only_degrees_keeping_whole_groups() -> None:
@@ -275,3 +332,77 @@ def test_linear_axes() -> None:
     # a fused activation cannot run on partial sums: no split of the input features
     assert all("in" not in c for c in legal_configs(Linear(6, activation="relu"),
                                                     [randn(RNG, 7, 5)]))
+
+
+_TWO_RANK_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+from legate.core import get_legate_runtime
+from parallel_check import check_configs
+from test_parallel_configs import CASES
+from unity_legion.executor.executor import GraphExecutor, Objective
+from unity_legion.mappers.machine_view import MachineView
+from unity_legion.operators.linear import Linear
+from unity_legion.operators.losses import MeanSquaredError
+from unity_legion.operators.optimizers import AdamRule, SGDRule
+from unity_legion.pcg import ComputationGraph, TensorShape
+from unity_legion.strategy.config import OpConfig
+
+rt = get_legate_runtime()
+assert rt.node_count == 2, rt.node_count
+for name in {cases!r}:
+    op, inputs, kwargs = CASES[name]
+    n = len(check_configs(op, inputs, **kwargs))
+    print("CASE-OK", rt.node_id, name, n, flush=True)
+
+def train(plan, rule):
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 5)), "x")
+    (h,) = g.add_node(Linear(6), [x], "first")
+    (o,) = g.add_node(Linear(3), [h], "second")
+    ex = GraphExecutor(g, [o])
+    ex.set_plan(plan)
+    rng = np.random.default_rng(0)
+    for key, spec in ex.weight_specs():
+        ex.set_weight(key, rng.standard_normal(spec.shape.dims).astype(np.float32))
+    xs = rng.standard_normal((6, 5)).astype(np.float32)
+    ys = rng.standard_normal((6, 3)).astype(np.float32)
+    obj = Objective((MeanSquaredError(),), ((),))
+    losses = [ex.train_step({{x: xs}}, [ys], obj, rule, 0.05, s).mean_loss for s in range(1, 5)]
+    return losses, {{k: ex.get_weight(k) for k, _ in ex.weight_specs()}}
+
+both = MachineView("cpu", 0, (2,), (1,))
+for rule in (AdamRule(), SGDRule(momentum=0.9)):
+    want, wv = train({{0: OpConfig(), 1: OpConfig()}}, rule)
+    got, gv = train({{0: OpConfig.of({{"out": 2}}, both), 1: OpConfig.of({{"in": 2}}, both)}}, rule)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for k in wv:
+        np.testing.assert_allclose(gv[k], wv[k], rtol=1e-5, atol=1e-6)
+print("RANK-OK", rt.node_id, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_spatial_configs_and_partitioned_optimizer_state_on_two_ranks(tmp_path) -> None:
+    """Over 2 ranks (one processor each): conv2d / pool2d spatial configurations equal the
+    serial run, and Adam / momentum training with tensor-parallel Linears (slots split like
+    their kernels) equals the serial run."""
+    import sys
+    from pathlib import Path
+
+    from launch import REPO, VENV_BIN
+
+    cases = ["conv2d_spatial_same_dilated", "conv2d_spatial_relu_same_strided",
+             "max_pool_same_overlapping", "avg_pool_same_overlapping"]
+    script = tmp_path / "two_ranks.py"
+    script.write_text(_TWO_RANK_SCRIPT.format(tests=str(Path(__file__).parent), cases=cases))
+    from launch import run_with_env
+    proc = run_with_env([str(VENV_BIN / "mpirun"), "-np", "2", "--oversubscribe", "--bind-to",
+                         "none", sys.executable, str(script)], REPO, "--cpus 1 --sysmem 1000",
+                        600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert sorted(ln.split()[1] for ln in proc.stdout.splitlines()
+                  if ln.startswith("RANK-OK")) == ["0", "1"], out[-4000:]
+    assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("CASE-OK")]) == 8

@@ -78,3 +78,103 @@ def test_a_plan_outside_the_machine_is_refused() -> None:
     with pytest.raises(ValueError, match=rf"operator 'only': uses cpu devices \[{n}, {n + 1}\) "
                                          rf"but the machine has {n}"):
         ex.set_plan({0: OpConfig.of({}, MachineView("cpu", n, (1,), (1,)))})
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizer state partitioned like its weight
+# ---------------------------------------------------------------------------------------------
+
+def _record_updates(monkeypatch) -> list[tuple[str, dict, dict, tuple[int, int]]]:
+    """Spy on the executor's launches: (kernel, split per store, degrees, processor span) of
+    every optimizer update."""
+    records: list[tuple[str, dict, dict, tuple[int, int]]] = []
+    where: list[tuple[int, int]] = []
+    real_placed, real_submit = exmod.placed, exmod.submit
+
+    @contextlib.contextmanager
+    def spy_placed(view):
+        where.append(view.span())
+        try:
+            with real_placed(view):
+                yield
+        finally:
+            where.pop()
+
+    def spy_submit(rt, launch, stores, degrees, reduced=None):
+        if launch.kernel.name.startswith("optimizers."):
+            records.append((launch.kernel.name,
+                            {n: a.split for n, a in launch.args.items()},
+                            {a: d for a, d in degrees.items() if d > 1}, where[-1]))
+        return real_submit(rt, launch, stores, degrees, reduced)
+
+    monkeypatch.setattr(exmod, "placed", spy_placed)
+    monkeypatch.setattr(exmod, "submit", spy_submit)
+    return records
+
+
+def _two_linears(first: OpConfig, second: OpConfig) -> tuple[GraphExecutor, int, int]:
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 5)), "x")
+    (h,) = g.add_node(Linear(4), [x], "first")
+    (o,) = g.add_node(Linear(3, use_bias=False), [h], "second")
+    ex = GraphExecutor(g, [o])
+    ex.set_plan({0: first, 1: second})
+    rng = np.random.default_rng(1)
+    for key, spec in ex.weight_specs():
+        ex.set_weight(key, rng.standard_normal(spec.shape.dims).astype(np.float32))
+    return ex, x, o
+
+
+@pytest.mark.parametrize("rule_name", ["adam", "momentum"])
+def test_optimizer_state_is_partitioned_like_its_weight(monkeypatch, rule_name: str) -> None:
+    """A Linear with {"out": 2} on processors [0:2] holds its kernel split by columns (and its
+    bias split) there: its update, slots included, runs over the same tiles on [0:2]. A weight
+    its operator holds whole (here: the second Linear, serial on processor 1) is updated by
+    rows over that operator's processors only, not over the whole job."""
+    _needs_two()
+    from unity_legion.executor.executor import Objective
+    from unity_legion.operators.losses import MeanSquaredError
+    from unity_legion.operators.optimizers import ROWS, AdamRule, SGDRule
+
+    rule = AdamRule() if rule_name == "adam" else SGDRule(momentum=0.9)
+    ex, x, o = _two_linears(OpConfig.of({"out": 2}, MachineView("cpu", 0, (2,), (1,))),
+                            OpConfig.of({}, MachineView("cpu", 1, (1,), (1,))))
+    records = _record_updates(monkeypatch)
+    rng = np.random.default_rng(2)
+    res = ex.train_step({x: rng.standard_normal((6, 5)).astype(np.float32)},
+                        [rng.standard_normal((6, 3)).astype(np.float32)],
+                        Objective((MeanSquaredError(),), ((),)), rule, 0.1, 1)
+    assert res.applied
+    slots = {"adam": ("m", "v"), "momentum": ("velocity",)}[rule_name]
+    stores = ("param", "grad") + slots
+    kernel_split, bias_split, second_split = (r[1] for r in records)
+    # first/kernel (5, 4): columns split 2 ways, as the forward's "out" splits it, on [0:2]
+    assert kernel_split == {s: (None, "w1") for s in stores}
+    assert records[0][2:] == ({"w1": 2}, (0, 2))
+    # first/bias (4,): split 2 ways on [0:2]
+    assert bias_split == {s: ("w0",) for s in stores}
+    assert records[1][2:] == ({"w0": 2}, (0, 2))
+    # second/kernel (4, 3), whole on processor 1: rows, one point, there
+    assert second_split == {s: (ROWS, None) for s in stores}
+    assert records[2][2:] == ({}, (1, 2))
+    # the layout the executor reports is the one it launched
+    assert ex.update_layout((0, "kernel"), 6)[:2] == ((None, "w1"), {"w1": 2})
+
+
+def test_data_parallel_weights_keep_the_rows_split_over_the_view(monkeypatch) -> None:
+    _needs_two()
+    from unity_legion.executor.executor import Objective
+    from unity_legion.operators.losses import MeanSquaredError
+    from unity_legion.operators.optimizers import ROWS, SGDRule
+
+    both = MachineView("cpu", 0, (2,), (1,))
+    ex, x, o = _two_linears(OpConfig.of({"sample": 2}, both), OpConfig.of({"in": 2}, both))
+    records = _record_updates(monkeypatch)
+    rng = np.random.default_rng(3)
+    ex.train_step({x: rng.standard_normal((6, 5)).astype(np.float32)},
+                  [rng.standard_normal((6, 3)).astype(np.float32)],
+                  Objective((MeanSquaredError(),), ((),)), SGDRule(momentum=0.5), 0.1, 1)
+    # replicated kernel and bias: rows over the view; the second kernel is split by rows ("in")
+    assert [(r[1]["param"], r[2], r[3]) for r in records] == [
+        ((ROWS, None), {ROWS: 2}, (0, 2)), ((ROWS,), {ROWS: 2}, (0, 2)),
+        (("w0", None), {"w0": 2}, (0, 2))]

@@ -268,17 +268,19 @@ def _data(model: keras.Model, entry_loss: str) -> tuple[list[np.ndarray], list[n
     return xs, ys
 
 
-def train_losses(build, loss: str, strategy_of, weights, xs, ys, lr: float, steps: int = 5
-                 ) -> list[float]:
+def train_losses(build, loss: str, strategy_of, weights, xs, ys, lr: float, steps: int = 5,
+                 optimizer=None) -> list[float]:
     model = build()
     model.set_weights(weights)
     strategy = strategy_of(model)
-    model.compile(optimizer=keras.optimizers.SGD(lr), loss=loss, strategy=strategy)
+    opt = keras.optimizers.SGD(lr) if optimizer is None else optimizer(lr)
+    model.compile(optimizer=opt, loss=loss, strategy=strategy)
     unpack = (lambda v: v if len(v) > 1 else v[0])
     return [float(model.train_on_batch(unpack(xs), unpack(ys))) for _ in range(steps)]
 
 
-def check_strategies_equal_serial(build, loss: str, lr: float = 0.05, seeds=(0, 1, 2)) -> None:
+def check_strategies_equal_serial(build, loss: str, lr: float = 0.05, seeds=(0, 1, 2),
+                                  optimizer=None) -> None:
     """5 SGD steps on one batch under data parallel, megatron and 3 random strategies give the
     serial run's losses. (A learning rate small enough that training is not chaotic: float32
     rounding differences between split and whole sums must not be amplified.)"""
@@ -289,7 +291,7 @@ def check_strategies_equal_serial(build, loss: str, lr: float = 0.05, seeds=(0, 
     ref_model = build()
     weights = ref_model.get_weights()
     xs, ys = _data(ref_model, loss)
-    want = train_losses(build, loss, serial, weights, xs, ys, lr)
+    want = train_losses(build, loss, serial, weights, xs, ys, lr, optimizer=optimizer)
     assert np.all(np.isfinite(want)) and want[0] != want[-1]
     strategies = {
         "data_parallel": lambda m: data_parallel(m, devices, kind),
@@ -297,13 +299,23 @@ def check_strategies_equal_serial(build, loss: str, lr: float = 0.05, seeds=(0, 
         **{f"random{s}": (lambda seed: lambda m: random_strategy(m, devices, seed, BATCH, kind))(s)
            for s in seeds}}
     for name, make in strategies.items():
-        got = train_losses(build, loss, make, weights, xs, ys, lr)
+        got = train_losses(build, loss, make, weights, xs, ys, lr, optimizer=optimizer)
         np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"strategy {name}")
 
 
 def test_training_mlp_under_strategies_equals_serial() -> None:
     check_strategies_equal_serial(lambda: ZOO["mlp"].build_small(), ZOO["mlp"].loss)
     check_strategies_equal_serial(lambda: split_mlp("train_tp"), "sparse_categorical_crossentropy")
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_training_with_optimizer_state_under_strategies_equals_serial(optimizer: str) -> None:
+    """Slots partitioned like their weights (tensor-parallel kernels updated over their own
+    tiles and processors) train as the serial run does."""
+    make = {"momentum": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
+            "adam": lambda lr: keras.optimizers.Adam(lr)}[optimizer]
+    check_strategies_equal_serial(lambda: split_mlp(f"opt_{optimizer}"),
+                                  "sparse_categorical_crossentropy", lr=0.01, optimizer=make)
 
 
 @pytest.mark.slow

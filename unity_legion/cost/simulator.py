@@ -14,7 +14,9 @@ A step is simulated as the executor (`GraphExecutor.train_step`) runs it:
    accumulate launch (data-parallel) for each further consumer of a tensor;
 6. per trainable weight: its gradient's replicas are summed (a ring all-reduce, or with the
    runtime's "fold" every one of c >= 2 partial copies folded whole: c x fold time; one copy is
-   written in place), then the optimizer update: one launch split by rows over all devices;
+   written in place), then the optimizer update: one launch over the weight's own tiles on
+   its operator's devices when the operator's configuration splits it (the slots live with
+   the pieces), otherwise split by rows over the operator's devices (`update_points`);
    then the operators' state updates (batch-norm statistics).
 
 Launches are issued one after another by one host thread (`RuntimeSpec.issue` each, or the
@@ -152,8 +154,20 @@ class Simulator:
         return self._grad_sync_time(ws, devices)
 
     def update_time(self, ws: ParallelTensorShape, points: int = 1) -> float:
-        """Seconds of one point of a weight's optimizer update split over `points` devices."""
+        """Seconds of one point of a weight's optimizer update: over its tiles when `ws` (its
+        parallel shape under its operator's configuration) is split, otherwise split by rows
+        over `points` devices."""
         return self._update_time(ws, points)
+
+    @staticmethod
+    def update_points(ws: ParallelTensorShape, devices: int) -> int:
+        """How many points the executor's update of weight `ws` runs on, for an operator on
+        `devices` devices: the weight's tiles when its configuration splits it, otherwise
+        its rows split over those devices (GraphExecutor.update_layout)."""
+        if ws.shard_degree > 1:
+            return ws.shard_degree
+        rows = ws.sizes[0] if ws.rank else 1
+        return effective_degree(rows, max(devices, 1)) if ws.rank else 1
 
     def stream_time(self, nbytes: float, points: int = 1) -> float:
         """Seconds of a memory-bound task over `nbytes` split over `points` devices."""
@@ -212,10 +226,14 @@ class Simulator:
         return dev.launch_overhead + nbytes / max(points, 1) / dev.mem_bandwidth
 
     def _update_time(self, ws: ParallelTensorShape, points: int = 1) -> float:
-        """One point of the optimizer update of a weight split by rows over `points` devices:
-        weight, gradient and slots each read and written."""
-        rows = ws.sizes[0] if ws.rank else 1
-        piece = ws.num_bytes() * (-(-rows // max(points, 1)) / max(rows, 1))
+        """One point of the optimizer update of a weight: one of its tiles when its operator
+        splits it (ws.shard_degree > 1; `points` is then ignored), otherwise a piece of its rows
+        split over `points` devices; weight, gradient and slots each read and written."""
+        if ws.shard_degree > 1:
+            piece = float(ws.piece_bytes())
+        else:
+            rows = ws.sizes[0] if ws.rank else 1
+            piece = ws.num_bytes() * (-(-rows // max(points, 1)) / max(rows, 1))
         return self._stream_time(piece * (2 + 2 + 2 * self.optimizer_slots))
 
     def _memory(self, graph: ComputationGraph, pcg: PCG) -> list[float]:
@@ -544,10 +562,10 @@ class _Plan:
                 sync_end = run(item.devs, grads_end, sync, s.net_free) if sync else grads_end
                 s.moved += sync
                 br.communication += sync
-                rows = ws.sizes[0] if ws.rank else 1
-                points = effective_degree(rows, self.n)
-                devs = self.all_devs[:points]
-                upd = sim._update_time(ws, points)
+                points = sim.update_points(ws, len(item.devs))
+                devs = item.devs[:points]
+                # more tiles than devices: the devices share them (as the executor's launch)
+                upd = sim._update_time(ws, points) * -(-points // max(len(devs), 1))
                 first, _ = host(1)
                 upd_end = run(devs, max(sync_end, first), upd, s.compute_free)
                 for d in devs:

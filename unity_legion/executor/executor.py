@@ -28,8 +28,10 @@ from unity_legion.operators.base import (SAMPLE, Launch, Ref, RefKind, Role, dx,
 from unity_legion.operators.glue import accumulate_launch
 from unity_legion.operators.losses import LossFunction
 from unity_legion.operators.metrics import Metric
-from unity_legion.operators.optimizers import GRAD, PARAM, ROWS, UpdateRule, slot
+from unity_legion.operators.optimizers import (GRAD, PARAM, ROWS, UpdateRule, rows_split, slot,
+                                               weight_axis)
 from unity_legion.pcg.graph import ComputationGraph, Node
+from unity_legion.pcg.pcg import node_shapes
 from unity_legion.pcg.tensor import DataType, TensorShape
 from unity_legion.runtime import machine_info, runtime
 from unity_legion.strategy.config import OpConfig
@@ -118,6 +120,7 @@ class GraphExecutor:
         self.frozen: frozenset[WeightKey] = frozenset()
         self.requires_grad = self._requires_grad(input_grads)
         self.plan: dict[int, OpConfig] = {}
+        self._layouts: dict[tuple[WeightKey, int], Any] = {}
 
     def set_plan(self, plan: Mapping[int, OpConfig]) -> None:
         """Per node id, its degrees and machine view; nodes not named run data-parallel. The
@@ -126,6 +129,7 @@ class GraphExecutor:
             cfg.view.check_fits(self.machine.processors,
                                 f"operator {self.graph.nodes[nid].name!r}")
         self.plan = dict(plan)
+        self._layouts.clear()
 
     # ------------------------------------------------------------------ weights
     def weight_specs(self) -> list[tuple[WeightKey, Any]]:
@@ -473,19 +477,51 @@ class GraphExecutor:
         for key, spec in self.weight_specs():
             if not self.trainable(key, spec):
                 continue
-            rank = spec.shape.rank
             refs = {PARAM: self.weights[key], GRAD: self.grads[key]}
             for s in rule.slots:
                 refs[slot(s)] = self.slots[(key, s)]
-            rows = spec.shape.dims[0] if rank else 1
-            self._launch(rule.launch(rank, lr, step), refs,
-                         {ROWS: effective_degree(rows, self.view.num_points)})
+            split, up_degrees, view = self.update_layout(key, batch)
+            self._launch(rule.launch(spec.shape.rank, lr, step, split), refs, up_degrees, view)
         self._grads_zeroed = True
         shapes = self._shapes(batch)
         for n in self.nodes:
             for launch in n.op.state_updates([shapes[t] for t in n.inputs]):
                 if not self._writes_frozen(n.id, launch):
                     self._launch(launch, node_refs[n.id], *self._node_plan(n, degrees))
+
+    def update_layout(self, key: WeightKey, batch: int
+                      ) -> tuple[tuple[str | None, ...], dict[str, int], MachineView | None]:
+        """How the optimizer update of weight `key` runs: (split per dim, degree per axis,
+        processors). A weight its operator's configuration tiles (a Linear's kernel split by
+        columns under "out") is updated over the same tiles on the operator's processors, so
+        its slots live where its pieces live; a weight every point holds whole (data
+        parallelism, or an operator without a plan) is split by rows over the operator's
+        processors (its launch's points; the whole job without a plan). The simulator prices
+        the same (`Simulator.update_points`)."""
+        cached = self._layouts.get((key, batch))
+        if cached is not None:
+            return cached
+        spec = dict(self.weight_specs())[key]
+        rank = spec.shape.rank
+        cfg = self.plan.get(key[0])
+        view = None if cfg is None else cfg.view
+        split: tuple[str | None, ...] = rows_split(rank)
+        degrees: dict[str, int] = {}
+        if cfg is not None and rank:
+            n = self.graph.nodes[key[0]]
+            shapes = self._shapes(batch)
+            ws = node_shapes(n.op, [shapes[t] for t in n.inputs], cfg).weights[key[1]]
+            if ws.shard_degree > 1:
+                split = tuple(weight_axis(d) if deg > 1 else None
+                              for d, deg in enumerate(ws.degrees))
+                degrees = {weight_axis(d): deg for d, deg in enumerate(ws.degrees) if deg > 1}
+        if not degrees and rank:
+            # the operator's processors: the points of its launch, at most its view's size
+            points = (self.view.num_points if cfg is None
+                      else min(max(cfg.num_points, 1), cfg.view.num_points))
+            degrees = {ROWS: effective_degree(spec.shape.dims[0], points)}
+        layout = self._layouts[(key, batch)] = (split, degrees, view)
+        return layout
 
     def _writes_frozen(self, node_id: int, launch: Launch) -> bool:
         return any(role is not Role.INPUT and launch.args[name].ref.kind is RefKind.WEIGHT

@@ -14,7 +14,7 @@ from legate.core import VariantCode
 from legate.core import types as ty
 from legate.core.task import ADD, InputStore, OutputStore, ReductionStore, task
 
-from unity_legion.operators.base import Kernel, Role
+from unity_legion.operators.base import Kernel, PieceOrigin, Role
 
 _P = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
@@ -94,7 +94,8 @@ def legate_task(k: Kernel, reduced: frozenset[str] = frozenset()) -> Any:
         for name, _ in k.scalars:
             call[name] = kwargs[name]
         if k.wants_origin:
-            call["origin"] = tuple(int(v) for v in kwargs[first_store].domain.lo)
+            of = {name: tuple(int(v) for v in kwargs[name].domain.lo) for name, _ in k.stores}
+            call["origin"] = PieceOrigin(of[first_store], of)
         k.fn(**call)
         for name, buf in partial.items():
             buf += call[name]

@@ -85,7 +85,8 @@ class Trainer:
         metric_objs = tuple(tuple(self._output_metric(metrics_mod.get(m, spec), name, n_out)
                                   for m in ms)
                             for ms, spec, name in zip(metric_lists, specs, self.output_names))
-        resolved = self._resolve_strategy(strategy, kwargs.get("search"))  # fails first
+        resolved = self._resolve_strategy(strategy, kwargs.get("search"),
+                                          optimizers_mod.get(optimizer))  # fails first
         from unity_legion.executor.executor import Objective
         from unity_legion.executor.rewritten import WeightTranslation
 
@@ -104,7 +105,7 @@ class Trainer:
         """The Strategy compile() chose (None before compile); `model.strategy.save(path)`."""
         return self._strategy
 
-    def _resolve_strategy(self, strategy: Any, search: Any = None) -> Any:
+    def _resolve_strategy(self, strategy: Any, search: Any = None, optimizer: Any = None) -> Any:
         from unity_legion.runtime import machine_info
         from unity_legion.strategy.builtin import BUILTINS, by_name
         from unity_legion.strategy.strategy import Strategy, StrategyError
@@ -119,6 +120,11 @@ class Trainer:
                 from unity_legion.search.unity import search as unity_search
 
                 opts, batch = _search_request(search, m.ranks)
+                if optimizer is not None and not (isinstance(search, dict) and
+                                                   "optimizer_slots" in search):
+                    # the optimizer's state per weight counts in memory and update time
+                    opts = dataclasses.replace(opts,
+                                               optimizer_slots=len(optimizer.rule().slots))
                 target = running_machine(m.ranks, m.processors, m.preferred_kind)
                 self.search_result = unity_search(self, batch, target, options=opts)
                 strategy = self.search_result.strategy

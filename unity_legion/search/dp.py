@@ -295,12 +295,13 @@ def whole_resource(machine: MachineModel) -> Resource:
 
 def setup(graph: ComputationGraph, batch: int, machine: MachineModel, cost: CostModel | None,
           outputs: Sequence[int] | None, allowed_axes: Callable[[Node], set[str] | None] | None,
-          device_type: str | None, cache: MappingCache | None = None) -> MappingCost:
+          device_type: str | None, cache: MappingCache | None = None,
+          optimizer_slots: int = 2) -> MappingCost:
     outs = list(outputs) if outputs is not None else [
         t for n in graph.nodes for t in n.outputs if not graph.consumers(t)]
     index = GraphIndex(graph, outs)
     return MappingCost(graph, index, batch, machine, cost, device_type or machine.device.kind,
-                       allowed_axes, cache=cache)
+                       allowed_axes, optimizer_slots=optimizer_slots, cache=cache)
 
 
 def memory_aware(mc: MappingCost, solve: Callable[[float], tuple[float, dict[int, OpConfig]]],
@@ -338,15 +339,17 @@ def best_mapping(graph: ComputationGraph, batch: int, machine: MachineModel,
                  cost: CostModel | None = None, *, outputs: Sequence[int] | None = None,
                  allowed_axes: Callable[[Node], set[str] | None] | None = None,
                  device_type: str | None = None, memory_limit: bool = True,
-                 cache: MappingCache | None = None, uneven_splits: bool = False
-                 ) -> MappingResult:
+                 cache: MappingCache | None = None, uneven_splits: bool = False,
+                 optimizer_slots: int = 2) -> MappingResult:
     """The best placed config per node of `graph` at `batch` on `machine` (see the module doc).
     `cache`: a MappingCache shared by calls with the same batch, machine, cost model and device
     type (on different graphs): cost tables and solved blocks are reused by structure.
     `uneven_splits`: parallel branches may also get 1/4 : 3/4 of a resource (a larger search:
-    inception_v3 on 64 GPUs about 3% faster plans for about 30% more search time)."""
+    inception_v3 on 64 GPUs about 3% faster plans for about 30% more search time).
+    `optimizer_slots`: state arrays per weight the optimizer keeps (SGD 0, momentum 1, Adam 2)."""
     started = time.perf_counter()
-    mc = setup(graph, batch, machine, cost, outputs, allowed_axes, device_type, cache)
+    mc = setup(graph, batch, machine, cost, outputs, allowed_axes, device_type, cache,
+               optimizer_slots)
     dp = MappingDP(mc, whole_resource(machine), uneven_splits)
     stats: dict[str, Any] = {}
     res = memory_aware(mc, dp.solve, lambda p: plan_cost(mc, p, 0.0), memory_limit, started,

@@ -3,15 +3,17 @@
 For a plan (a placed OpConfig per node) the estimated step time is
 
     sum over nodes  unary(node, config)              compute fwd + bwd (+ zero-fills), gradient
-                                                     all-reduce of its trainable weights, the
+                                                     all-reduce and optimizer update of its
+                                                     trainable weights (the update over the
+                                                     weight's tiles on the node's devices), the
                                                      transfer of graph inputs to it (from device 0)
                                                      and of model outputs to the loss (there and back)
   + sum over edges  pairwise(edge, producer config, consumer config)
                                                      the parallel ops `lift` inserts between the
                                                      producer's output and the consumer's input
                                                      (moved forward, and backward if it has a gradient)
-  + constant                                         optimizer updates, loss launches, gradient
-                                                     accumulations: independent of the plan
+  + constant                                         loss launches, gradient accumulations:
+                                                     independent of the plan
 
 with sums replaced by max where the DP splits the machine between parallel branches. Every term
 is priced with Simulator.comm_time / grad_sync_time / update_time / stream_time and the cost
@@ -263,7 +265,12 @@ class MappingCost:
                           for sv in n.op.saved(ins) if sv.zero))
         t = c.forward + fill + (c.backward if self._backward(n) else 0.0)
         for name in sorted(self._trainable.get(nid, ())):
-            t += sim.grad_sync_time(ns.weights[name], devs)
+            ws = ns.weights[name]
+            t += sim.grad_sync_time(ws, devs)
+            # the optimizer update runs on the node's devices, over the weight's own tiles
+            # (or its rows), as the executor runs it: it depends on the configuration
+            points = sim.update_points(ws, len(devs))
+            t += sim.update_time(ws, points) * -(-points // max(len(devs), 1))
         for j, tid in enumerate(n.inputs):            # graph inputs arrive whole on device 0
             if tid in self._in_set:
                 t += self._move(ParallelTensorShape.of(self.shapes[tid]), ns.inputs[j],
@@ -460,14 +467,9 @@ class MappingCost:
 
     # ------------------------------------------------------------------ plan-independent
     def constant(self) -> float:
-        """Seconds every plan pays alike: optimizer updates, losses, gradient accumulations."""
+        """Seconds every plan pays alike: losses, gradient accumulations (optimizer updates
+        depend on the plan: `_unary_one` prices them per node)."""
         sim, total = self.sim, 0.0
-        for n in self.index.nodes:
-            for ws in n.weights:
-                if ws.trainable:
-                    p = ParallelTensorShape.of(ws.shape)
-                    rows = p.sizes[0] if p.rank else 1
-                    total += sim.update_time(p, effective_degree(rows, self.n))
         for t in self.index.outputs:
             s = self.shapes[t]
             total += sim.stream_time(3 * s.num_bytes(), effective_degree(s.dims[0], self.n))

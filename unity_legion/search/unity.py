@@ -62,6 +62,7 @@ class SearchOptions:
     trainable_only: bool = False
     progress: bool = False
     everywhere_cap: int = 256        # applications of one rule in an "everywhere" rewrite
+    optimizer_slots: int = 2         # state arrays per weight (SGD 0, momentum 1, Adam 2)
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
@@ -194,7 +195,8 @@ class UnitySearch:
             kwargs["cache"] = self.cache
         return best_mapping(graph, self.batch, self.machine, self.cost, outputs=list(outputs),
                             allowed_axes=self._axes, device_type=self.machine.device.kind,
-                            memory_limit=self.options.memory_limit, **kwargs)
+                            memory_limit=self.options.memory_limit,
+                            optimizer_slots=self.options.optimizer_slots, **kwargs)
 
     def neighbours(self, cand: _Candidate) -> list[tuple[ComputationGraph, tuple[int, ...],
                                                          tuple[AppliedRule, ...]]]:
@@ -361,7 +363,7 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
         best = start  # a rewrite that did not pay is not kept
     devices = machine.num_devices
     dtype = machine.device.kind
-    sim = Simulator(machine, cost)
+    sim = Simulator(machine, cost, optimizer_slots=opts.optimizer_slots)
 
     def simulate(g: ComputationGraph, o: Sequence[int], plan: dict) -> Any:
         return sim.simulate(g, batch, plan, list(o))
