@@ -31,8 +31,10 @@ groups (any degree for a depthwise convolution with one filter per channel).
 padding; width not with a fused softmax over a channels_first output's last dim): the output,
 preact and d_out are tiled, the input is read whole along H and W by every point (the PCG shows a
 Replicate before the convolution), kernels find their tile's position from their Origin; the
-input gradient is a partial sum over the tiles' (overlapping) windows and the weight gradients
-partial sums over tiles (ADD reductions).
+input gradient is tiled by the same axes over the input's rows / columns, each point reading d_out
+whole and computing its tile from the output pixels whose windows reach it (`input_tile`: the
+same sums, in the same order, as unsplit); the weight gradients are partial sums over the tiles
+(ADD reductions).
 """
 
 from __future__ import annotations
@@ -109,12 +111,41 @@ class Window:
     def zeros(self, b: int, c: int, dtype: Any) -> np.ndarray:
         return np.zeros((b, self.r1 - self.r0, self.c1 - self.c0, c), dtype=dtype)
 
-    def write(self, dxs: np.ndarray, dwin: np.ndarray) -> None:
-        """dxs (NHWC, the whole input's extent) = the window's gradient `dwin`, zero elsewhere
-        (padding dropped)."""
+    def write(self, dxs: np.ndarray, dwin: np.ndarray, t0: int = 0, u0: int = 0) -> None:
+        """dxs (NHWC), the tile of the input whose first pixel is at row t0, column u0 = the
+        window's gradient `dwin` where they overlap, zero elsewhere (padding dropped)."""
         dxs[...] = 0
-        if self.a1 > self.a0 and self.b1 > self.b0:
-            dxs[self._input()] = dwin[self._local()]
+        a0, a1 = max(self.a0, t0), min(self.a1, t0 + dxs.shape[1])
+        b0, b1 = max(self.b0, u0), min(self.b1, u0 + dxs.shape[2])
+        if a1 > a0 and b1 > b0:
+            dxs[:, a0 - t0:a1 - t0, b0 - u0:b1 - u0] = dwin[:, a0 - self.r0:a1 - self.r0,
+                                                           b0 - self.c0:b1 - self.c0]
+
+
+def sources(r0: int, r1: int, out_size: int, k: int, stride: int, dilation: int, pad: int
+            ) -> slice:
+    """The output positions whose windows reach input positions [r0, r1) along one dim (output
+    o reads inputs o * stride - pad + i * dilation, i < k): what an input tile's gradient
+    needs of d_out."""
+    lo = max(0, ceil_div(r0 + pad - (k - 1) * dilation, stride))
+    hi = min(out_size, (r1 - 1 + pad) // stride + 1)
+    return slice(lo, max(lo, hi))
+
+
+def input_tile(dxs: np.ndarray, origin: tuple[int, ...], channels_first: bool, out_hw: tuple[int, int],
+               k: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int],
+               pads: tuple[int, ...]) -> tuple[tuple[int, int], tuple[slice, ...]] | None:
+    """For the input-gradient tile `dxs` (NHWC) at global `origin`: its (row, column) start and
+    the region of d_out (NHWC) that reaches it; None if none does (the tile is then zeroed).
+    Each input pixel then gets the contributions of the same output pixels, added in the same
+    tap order, as in the unsplit run (the tiles' sums are the serial sums, bit for bit)."""
+    t0, u0 = tile_start(origin, channels_first)
+    oh = sources(t0, t0 + dxs.shape[1], out_hw[0], k[0], strides[0], dilation[0], pads[0])
+    ow = sources(u0, u0 + dxs.shape[2], out_hw[1], k[1], strides[1], dilation[1], pads[2])
+    if oh.stop <= oh.start or ow.stop <= ow.start:
+        dxs[...] = 0
+        return None
+    return (t0, u0), (slice(None), oh, ow, slice(None))
 
 
 def _holds_bias(origin: tuple[int, ...], channels_first: bool, grouped: bool) -> bool:
@@ -224,15 +255,25 @@ def conv2d_forward_act(x: In, kernel: In, bias: In, preact: Out, y: Out, origin:
 
 @kernel
 def conv2d_backward_input(preact: In, y: In, dy: In, kernel: In, dx: Out, origin: Origin,
-                          geom: str, channels_first: bool, fn: str) -> None:
-    """dx (the whole input's extent along H and W) from the output tile of dy: under a
-    spatial split each point writes its window's share, a partial sum of dx."""
-    gs = nhwc(_d_preact(preact, y, dy, fn), channels_first)
+                          geom: str, channels_first: bool, fn: str, in_hw: str) -> None:
+    """A tile of dx (under a spatial split: rows / columns of the input) from the part of d_out
+    (read whole along H and W) whose windows reach it."""
     dxs = nhwc(dx, channels_first)
-    b, h, w_, c = dxs.shape
+    b, _, _, c = dxs.shape
     g = _Geometry(geom, kernel.shape, c)
+    dys = nhwc(dy, channels_first)
+    found = input_tile(dxs, origin_of(origin, "dx", 4), channels_first, dys.shape[1:3],
+                       (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.pads)
+    if found is None:
+        return
+    (t0, u0), region = found
+    # in the stores' own layout: a fused softmax normalises their last dim
+    native = (region[0], region[3], region[1], region[2]) if channels_first else region
+    gs = nhwc(_d_preact(preact[native], y[native], dy[native], fn), channels_first)
     ho, wo = gs.shape[1:3]
-    win = _window(g, dxs, tile_start(origin_of(origin, "dy", 4), channels_first), ho, wo)
+    h, w_ = parse_ints(in_hw)
+    win = Window((b, h, w_, c), g.pads, region[1].start, region[2].start, ho, wo, g.kh, g.kw,
+                 g.sh, g.sw, g.dh, g.dw)
     kgt = g.grouped_kernel(kernel)
     kgt = kgt.T if g.groups == 1 else kgt.transpose(0, 2, 1)
     dxp = win.zeros(b, c, dx.dtype)
@@ -249,7 +290,7 @@ def conv2d_backward_input(preact: In, y: In, dy: In, kernel: In, dx: Out, origin
         for i in range(g.kh):
             for j in range(g.kw):
                 part[tap(i, j, g.sh, g.sw, g.dh, g.dw, ho, wo)] += dcols[:, :, :, i, j, :]
-    win.write(dxs, dxp)
+    win.write(dxs, dxp, t0, u0)
 
 
 def _weight_grads(x: np.ndarray, gout: np.ndarray, dkernel: np.ndarray, dbias: np.ndarray | None,
@@ -426,6 +467,13 @@ class Conv2D(Operator):
         with their groups' outputs (OUT) with several."""
         return self._image(ref, IN if self.groups == 1 else OUT)
 
+    def _input_tiles(self, ref: Ref) -> Arg:
+        """The input's gradient as the backward computes it: also tiled by the spatial axes
+        (rows / columns of the input)."""
+        return Arg.by_sample(ref, 4, {channel_dim(self.data_format):
+                                      IN if self.groups == 1 else OUT}
+                             | spatial_axes(self.data_format))
+
     def _kernel(self, ref: Ref) -> Arg:
         return Arg(ref, (None, None, IN if self.groups == 1 else None, OUT))
 
@@ -453,9 +501,17 @@ class Conv2D(Operator):
                "y": self._output(y(0)) if self.fused else d_out, "dy": d_out}
         launches = []
         if needs_input_grad[0]:
+            # d_out (and preact, y) whole along H and W, dx tiled by the spatial axes: each
+            # point computes its input tile's gradient from the d_out rows that reach it
+            whole = self._image(dy(0), OUT)
+            h, w_ = self._geometry(s)[:2]
             launches.append(Launch(conv2d_backward_input,
-                                   pre | {"kernel": self._kernel(w("kernel")),
-                                          "dx": self._input(dx(0))}, scal))
+                                   {"preact": self._image(saved("preact"), OUT) if self.fused
+                                    else whole,
+                                    "y": self._image(y(0), OUT) if self.fused else whole,
+                                    "dy": whole, "kernel": self._kernel(w("kernel")),
+                                    "dx": self._input_tiles(dx(0))},
+                                   scal | {"in_hw": join_ints((h, w_))}))
         args = pre | {"x": self._input(x(0)), "dkernel": self._kernel(dw("kernel"))}
         if self.use_bias:
             launches.append(Launch(conv2d_backward_kernel_bias,

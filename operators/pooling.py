@@ -12,8 +12,9 @@ average pooling backward spreads d_out / count over each window.
 Parallel forms: "sample" and "channels" (ATTRIBUTE: pooling is per channel, so the input, the
 output and the saved argmax are split alike); "height" and "width" (ATTRIBUTE: the output's rows
 and columns; the output, argmax and d_out are tiled, the input is read whole along H and W by
-every point, as Conv2D's spatial split: each point pools its tile from the input window it needs
-and its input gradient is a partial sum over the tiles' windows, an ADD reduction).
+every point, as Conv2D's spatial split: each point pools its tile from the input window it needs;
+backward tiles the input gradient by the same axes over the input's rows / columns, each point
+reading d_out whole and adding, in the unsplit order, the contributions that reach its tile).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim,
                    Ref, SavedSpec, TensorShape, dx, dy, kernel, origin_of, saved, x, y)
-from .conv2d import HEIGHT, WIDTH, Window, spatial_axes, tile_start
+from .conv2d import HEIGHT, WIDTH, Window, input_tile, spatial_axes, tile_start
 from .spatial import (CHANNELS, by_channel, channel_dim, channel_dims, check_data_format,
                       check_padding, image_shape, join_ints, nhwc, out_size_and_pads, pair,
                       parse_ints, spatial_dims, tap)
@@ -64,19 +65,42 @@ def maxpool_forward(x: In, y: Out, argmax: Out, origin: Origin, geom: str,
     ys[...] = best
 
 
+def _input_grad_tile(dx: np.ndarray, dy: np.ndarray, origin: tuple[int, ...], geom: str,
+                     channels_first: bool, in_hw: str
+                     ) -> tuple[np.ndarray, Window, tuple[int, int], tuple[slice, ...]] | None:
+    """The NHWC tile of dx, the window of the d_out region reaching it, the tile's start and
+    that region (None: no output reaches the tile, which is zeroed)."""
+    kh, kw, sh, sw, pads = _geometry(geom)
+    dxs = nhwc(dx, channels_first)
+    found = input_tile(dxs, origin_of(origin, "dx", 4), channels_first,
+                       nhwc(dy, channels_first).shape[1:3], (kh, kw), (sh, sw), (1, 1), pads)
+    if found is None:
+        return None
+    start, region = found
+    h, w_ = parse_ints(in_hw)
+    ho, wo = region[1].stop - region[1].start, region[2].stop - region[2].start
+    win = Window((dxs.shape[0], h, w_, dxs.shape[3]), pads, region[1].start, region[2].start, ho,
+                 wo, kh, kw, sh, sw, 1, 1)
+    return dxs, win, start, region
+
+
 @kernel
 def maxpool_backward(dy: In, argmax: In, dx: Out, origin: Origin, geom: str,
-                     channels_first: bool) -> None:
+                     channels_first: bool, in_hw: str) -> None:
+    """A tile of dx (rows / columns of the input under a spatial split) from the region of
+    d_out (read whole along H and W) whose windows reach it."""
+    found = _input_grad_tile(dx, dy, origin, geom, channels_first, in_hw)
+    if found is None:
+        return
+    dxs, win, (t0, u0), region = found
     kh, kw, sh, sw, _ = _geometry(geom)
-    gs, arg, dxs = nhwc(dy, channels_first), nhwc(argmax, channels_first), nhwc(dx, channels_first)
-    b, _, _, c = dxs.shape
-    ho, wo = gs.shape[1:3]
-    win = _window(geom, dxs.shape, origin_of(origin, "dy", 4), channels_first, ho, wo)
+    gs, arg = nhwc(dy, channels_first)[region], nhwc(argmax, channels_first)[region]
+    b, ho, wo, c = gs.shape
     dxp = win.zeros(b, c, dx.dtype)
     zero = dx.dtype.type(0)
     for t in range(kh * kw):
         dxp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)] += np.where(arg == t, gs, zero)
-    win.write(dxs, dxp)
+    win.write(dxs, dxp, t0, u0)
 
 
 def _counts(h: int, w_: int, kh: int, kw: int, sh: int, sw: int, win: Window, ho: int,
@@ -106,17 +130,22 @@ def avgpool_forward(x: In, y: Out, origin: Origin, geom: str, channels_first: bo
 
 
 @kernel
-def avgpool_backward(dy: In, dx: Out, origin: Origin, geom: str, channels_first: bool) -> None:
+def avgpool_backward(dy: In, dx: Out, origin: Origin, geom: str, channels_first: bool,
+                     in_hw: str) -> None:
+    """As maxpool_backward: a tile of dx from the d_out region reaching it."""
+    found = _input_grad_tile(dx, dy, origin, geom, channels_first, in_hw)
+    if found is None:
+        return
+    dxs, win, (t0, u0), region = found
     kh, kw, sh, sw, _ = _geometry(geom)
-    gs, dxs = nhwc(dy, channels_first), nhwc(dx, channels_first)
-    b, h, w_, c = dxs.shape
-    ho, wo = gs.shape[1:3]
-    win = _window(geom, dxs.shape, origin_of(origin, "dy", 4), channels_first, ho, wo)
+    gs = nhwc(dy, channels_first)[region]
+    b, ho, wo, c = gs.shape
+    h, w_ = parse_ints(in_hw)
     share = (gs / _counts(h, w_, kh, kw, sh, sw, win, ho, wo)).astype(dx.dtype)
     dxp = win.zeros(b, c, dx.dtype)
     for t in range(kh * kw):
         dxp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)] += share
-    win.write(dxs, dxp)
+    win.write(dxs, dxp, t0, u0)
 
 
 @dataclass(frozen=True)
@@ -181,11 +210,13 @@ class Pool2D(Operator):
         return channel_dims(inputs[0], self.data_format, self.name) + spatial
 
     def _arg(self, ref: Ref) -> Arg:
-        """The input (or its gradient): samples and channels; H and W whole."""
+        """The input (forward), d_out and argmax (backward): samples and channels; H and W
+        whole."""
         return by_channel(ref, 4, self.data_format)
 
     def _out(self, ref: Ref) -> Arg:
-        """The output, argmax, d_out: samples, channels and the spatial tiles."""
+        """The output and argmax (forward), the input gradient (backward): samples, channels
+        and the spatial tiles."""
         return Arg.by_sample(ref, 4, {channel_dim(self.data_format): CHANNELS}
                              | spatial_axes(self.data_format))
 
@@ -199,11 +230,14 @@ class Pool2D(Operator):
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
-        args = {"dy": self._out(dy(0)), "dx": self._arg(dx(0))}
+        # d_out (and argmax) whole along H and W, dx tiled by the spatial axes (the input's
+        # rows / columns): each point computes its tile from the d_out region reaching it
+        args = {"dy": self._arg(dy(0)), "dx": self._out(dx(0))}
+        h, w_, _ = spatial_dims(inputs[0], self.data_format, self.name)
+        scal = self._scalars(inputs[0]) | {"in_hw": join_ints((h, w_))}
         if self.mode == "max":
-            return [Launch(maxpool_backward, args | {"argmax": self._out(saved("argmax"))},
-                           self._scalars(inputs[0]))]
-        return [Launch(avgpool_backward, args, self._scalars(inputs[0]))]
+            return [Launch(maxpool_backward, args | {"argmax": self._arg(saved("argmax"))}, scal)]
+        return [Launch(avgpool_backward, args, scal)]
 
 
 @kernel

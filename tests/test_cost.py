@@ -139,3 +139,30 @@ def test_machine_file_round_trips_calibration_and_rejects_bad_figures(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(MachineError, match=r"efficiency\['linear'\]"):
         MachineModel.load(path)
+
+
+def test_updates_are_priced_over_the_weights_own_tiles() -> None:
+    """The optimizer update runs as the executor runs it (GraphExecutor.update_layout): over a
+    weight's tiles when its operator's configuration splits it, otherwise by rows over the
+    operator's devices; the search's mapping cost prices it per node the same way."""
+    from unity_legion.cost.simulator import Simulator
+    from unity_legion.pcg.pcg import node_shapes
+
+    sim = Simulator(preset("dgx-h100"), optimizer_slots=2)
+    op, x = Linear(4096), TensorShape((64, 1024))
+    tp = node_shapes(op, [x], OpConfig.of({"out": 4})).weights["kernel"]
+    dp = node_shapes(op, [x], OpConfig.of({"sample": 4})).weights["kernel"]
+    assert tp.degrees == (1, 4) and dp.degrees == (1, 1)
+    assert Simulator.update_points(tp, 4) == 4          # the kernel's 4 column tiles
+    assert Simulator.update_points(dp, 4) == 4          # 1024 rows over the operator's 4 devices
+    assert Simulator.update_points(dp, 1) == 1          # a serial operator: on its one device
+    # a tile of a quarter of the kernel costs what a quarter of its rows costs
+    assert sim.update_time(tp, 4) == pytest.approx(sim.update_time(dp, 4))
+    assert sim.update_time(dp, 1) > sim.update_time(dp, 4)
+    # a serial operator pays its whole update on its device: a data-parallel plan is cheaper
+    g = ComputationGraph()
+    t = g.add_input(TensorShape((None, 1024)), "x")
+    (o,) = g.add_node(Linear(4096), [t], "fc")
+    serial = sim.simulate(g, 64, {0: OpConfig()}, [o])
+    wide = sim.simulate(g, 64, {0: OpConfig.of({"out": 8})}, [o])
+    assert wide.breakdown["fc"].compute < serial.breakdown["fc"].compute

@@ -178,3 +178,27 @@ def test_data_parallel_weights_keep_the_rows_split_over_the_view(monkeypatch) ->
     assert [(r[1]["param"], r[2], r[3]) for r in records] == [
         ((ROWS, None), {ROWS: 2}, (0, 2)), ((ROWS,), {ROWS: 2}, (0, 2)),
         (("w0", None), {"w0": 2}, (0, 2))]
+
+
+def test_the_simulator_prices_the_update_layout_the_executor_runs() -> None:
+    import math
+
+    from unity_legion.cost.simulator import Simulator
+    from unity_legion.pcg.pcg import node_shapes
+
+    _needs_two()
+    both, second = MachineView("cpu", 0, (2,), (1,)), MachineView("cpu", 1, (1,), (1,))
+    for first_cfg in (OpConfig.of({"out": 2}, both), OpConfig.of({"in": 2}, both),
+                      OpConfig.of({"sample": 2}, both), OpConfig.of({}, second)):
+        ex, _, _ = _two_linears(first_cfg, OpConfig.of({}, second))
+        n = ex.graph.nodes[0]
+        shapes = ex._shapes(6)
+        for key, _spec in ex.weight_specs():
+            if key[0] != 0:
+                continue
+            _split, degrees, view = ex.update_layout(key, 6)
+            ws = node_shapes(n.op, [shapes[t] for t in n.inputs], first_cfg).weights[key[1]]
+            devices = len(first_cfg.view.devices()[:first_cfg.num_points])
+            assert math.prod(degrees.values()) == Simulator.update_points(ws, devices), (
+                first_cfg, key)
+            assert view == first_cfg.view

@@ -326,10 +326,14 @@ def test_training_bert_under_strategies_equals_serial() -> None:
 @pytest.mark.slow
 def test_training_resnext_under_strategies_equals_serial() -> None:
     # 64x64 images: the last stage's batch norms see 2x2 positions per sample, not 1x1, so float32
-    # rounding is not amplified past the tolerance by statistics over 8 numbers
+    # rounding is not amplified past the tolerance by statistics over 8 numbers. lr 0.0005: at
+    # 0.001 the float32 rounding of one random strategy (random0: the stem conv split by width,
+    # whose weight gradient is a sum over tiles) tipped a near tie at step 2 and its losses left
+    # the tolerance from step 3 (7.5e-4); the same strategy stays within 3e-7 at lr 0.0005 and
+    # 0.002, and that conv's split gradients equal the serial ones to 1e-6 (float32)
     check_strategies_equal_serial(lambda: ZOO["resnext50"].build_small(image_size=64),
                                   ZOO["resnext50"].loss,
-                                  lr=0.001)
+                                  lr=0.0005)
 
 
 def test_compile_with_a_path_a_name_and_a_bad_file(tmp_path) -> None:
