@@ -2,7 +2,14 @@
 
     legate --cpus 2 --sysmem 4000 scripts/bench_simulator.py
 
-One rank only: the measurements read the clocks of this process's threads.
+    legate --launcher mpirun --nodes 1 --ranks-per-node 2 --cpus 1 --sysmem 2000 \
+        scripts/bench_simulator.py
+
+On several ranks the "local" machine model is ranks x processors per rank, with the link between
+ranks measured (see `unity_legion.cost.calibrate`); every rank runs this same script (the same
+Legate operations in the same order), the calibration and the operator costs are rank 0's,
+broadcast, the real step is rank 0's wall clock of train_on_batch (which reads the loss: the
+ranks meet every step), and only rank 0 prints.
 
 For each strategy (a {node_id: OpConfig} plan over a zoo model; nodes it does not name run
 data-parallel, as the executor runs them) it measures the real training step through Keras'
@@ -70,8 +77,12 @@ def main() -> None:
     from unity_legion.cost import MeasuredCost
     from unity_legion.cost.calibrate import local_calibration
 
+    from unity_legion.cost.measure import bcast
+
     procs = machine_info.processors
-    cache = args.cache or tempfile.mkdtemp(prefix="unity_legion_costs_")
+    # one cache directory for all ranks: rank 0's (it alone reads and writes it)
+    cache = args.cache or bcast(tempfile.mkdtemp(prefix="unity_legion_costs_")
+                                if machine_info.rank == 0 else None)
     t_start = time.perf_counter()
     cal = local_calibration(cache)
     assert cal is not None
@@ -100,7 +111,10 @@ def main() -> None:
           f"{machine.device.mem_bandwidth / 1e9:.1f} GB/s, task {machine.device.launch_overhead * 1e6:.0f} us, "
           f"issue {machine.runtime.issue * 1e6:.0f} us, sync {machine.runtime.sync * 1e6:.0f} us, "
           f"fold {machine.runtime.fold.bandwidth / 1e9 if machine.runtime.fold else 0:.2f} GB/s, "
-          f"cores {min(cores_seen):.2f}-{max(cores_seen):.2f} over the strategies)")
+          f"cores {min(cores_seen):.2f}-{max(cores_seen):.2f} over the strategies"
+          + (f"; {machine.nodes} nodes x {machine.devices_per_node}, between nodes "
+             f"{machine.inter.latency * 1e6:.0f} us + {machine.inter.bandwidth / 1e9:.2f} GB/s"
+             if machine.nodes > 1 else "") + ")")
     print(f"operator costs: {cost.misses} measured, {cost.hits} cached; load "
           f"{os.getloadavg()[0]:.1f}; {time.perf_counter() - t_start:.0f} s")
     print(f"{'strategy':<18}{'model':<12}{'real ms':>9}{'pred ms':>9}{'error':>8}"

@@ -42,8 +42,9 @@ The result (`Calibration`: the machine model and the efficiencies) is cached as 
 cache directory (`measure.cache_root`), keyed by the machine fingerprint, so a second run
 measures nothing. `local_machine()` returns the "local" preset with the measured figures (the
 cached ones; measuring first if `measure` and none are cached, else the preset's defaults).
-Only one-rank jobs are measured (the clocks read are this process's threads'; several ranks
-would need their figures summed across processes, which is not done).
+On several ranks (below) rank 0's figures are the model's: every rank's issuing thread, runtime
+and processors cost what rank 0's do (they issue the same launches); nothing is summed across
+processes.
 
 If the job has GPUs, nothing here applies (the probes are CPU tasks): `calibrate` refuses.
 """
@@ -64,7 +65,7 @@ import numpy as np
 
 from unity_legion.cost.machine import (PRESETS, LinkSpec, MachineError, MachineModel,
                                        RuntimeSpec)
-from unity_legion.cost.measure import cache_root, machine_fingerprint
+from unity_legion.cost.measure import bcast, cache_root, is_rank0, job_fingerprint, rank_comm
 from unity_legion.cost.op_cost import MEMORY_EFFICIENCY, AnalyticCost
 from unity_legion.operators.base import In, Out, Sum, kernel
 from unity_legion.pcg.tensor import TensorShape
@@ -106,7 +107,7 @@ class Calibration:
 
 
 def calibration_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    return cache_root(cache_dir) / f"machine-{machine_fingerprint()}.json"
+    return cache_root(cache_dir) / f"machine-{job_fingerprint()}.json"
 
 
 def cached_calibration(cache_dir: str | os.PathLike[str] | None = None) -> Calibration | None:
@@ -121,9 +122,14 @@ def local_calibration(cache_dir: str | os.PathLike[str] | None = None, measure: 
                       refresh: bool = False) -> Calibration | None:
     """The cached calibration; measured (and cached) first when there is none (or `refresh`)
     and `measure` is true; None when there is none and `measure` is false."""
-    cal = None if refresh else cached_calibration(cache_dir)
+    multi = rank_comm() is not None
+    cal = None if refresh or not is_rank0() else cached_calibration(cache_dir)
+    if multi:
+        cal = bcast(cal)     # rank 0's cache decides: every rank calibrates, or none does
     if cal is None and measure:
         cal = calibrate()
+        if not is_rank0():
+            return cal
         path = calibration_path(cache_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -235,6 +241,14 @@ class _Probe:
 
     @property
     def procs(self) -> int:
+        """Processors of the whole job (every rank's)."""
+        from unity_legion.runtime import machine_info
+
+        return machine_info().cpus
+
+    @property
+    def local(self) -> int:
+        """Processors of this rank (rank 0's are the job's first ones)."""
         from unity_legion.runtime import machine_info
 
         return machine_info().cpus_per_rank
@@ -282,9 +296,6 @@ def calibrate(repeats: int = 9) -> Calibration:
     if info.gpus:
         raise RuntimeError("calibrate: this job has GPUs; the local probes measure CPU "
                            "processors only (use a GPU preset)")
-    if info.ranks > 1:
-        raise RuntimeError("calibrate: needs a one-rank job (the clocks it reads are those of "
-                           "this process's threads)")
     pr = _Probe()
     procs = pr.procs
     probes: dict[str, float] = {}
@@ -301,9 +312,11 @@ def calibrate(repeats: int = 9) -> Calibration:
         _STAMPS.clear()
         pr.launch(probe_copy, {"a": (SAMPLE,), "b": (SAMPLE,)}, {"a": a, "b": b}, 1)
         pr.fence()
-        (cpu,) = [sec for tag, sec in _STAMPS if tag == "copy"]
-        return cpu
+        cpu = [sec for tag, sec in _STAMPS if tag == "copy"]
+        return cpu[0] if cpu else 1.0    # the task ran on another rank (rank 0's counts)
     bandwidth = 2 * 4 * elems / _median(stream, repeats)
+    if info.ranks > 1:
+        bandwidth = bcast(bandwidth)
     probes |= {"matmul_512_s": mm.forward_kernel, "stream_32MiB_s": 2 * 4 * elems / bandwidth}
 
     # --- parallel capacity: one processor busy, then all of them (wall time) ---------------------
@@ -320,9 +333,25 @@ def calibrate(repeats: int = 9) -> Calibration:
         for _ in range(2):
             pr.cpu_window(trivial)
         splits = [pr.cpu_window(trivial) for _ in range(max(3, repeats // 2))]
-        per_task.append(statistics.median(s.tasks for s in splits) / (20 * points))
+        # the points on this rank (the first ones: rank 0's processors come first)
+        per_task.append(statistics.median(s.tasks for s in splits)
+                        / (20 * min(points, pr.local)))
         per_analysis.append(statistics.median(s.runtime for s in splits) / 20)
         per_issue.append(statistics.median(s.host for s in splits) / 20)
+        if info.ranks > 1:
+            # several ranks: the runtime's cost per launch is what a launch waits for beyond
+            # the CPU: the wall clock of one launch, fenced, less an empty fence's (as
+            # `measure_op` prices an operator's launches there; see the module doc)
+            def one() -> None:
+                pr.launch(probe_three, {"a": rows, "b": rows, "c": rows}, stores, points)
+            empty, wall = [], []
+            for r in range(2 + repeats):   # interleaved: a change of load touches both alike
+                e, w = pr.timed(lambda: None), pr.timed(one)
+                if r >= 2:
+                    empty.append(e)
+                    wall.append(w)
+            per_analysis[-1] = max(statistics.median(wall) - statistics.median(empty)
+                                   - per_issue[-1] - per_task[-1], 0.0)
     task_overhead = statistics.fmean(per_task)
     analysis = statistics.fmean(per_analysis)
     issue = statistics.fmean(per_issue)
@@ -337,6 +366,23 @@ def calibrate(repeats: int = 9) -> Calibration:
         read(small)
         return time.perf_counter() - t
     sync = _median(blocking_read, repeats)
+    if info.ranks > 1:
+        # the loss read: a store every processor wrote its rows of, read whole on every rank
+        # (pieces cross between the ranks), beyond the launch's completion
+        src, loss = pr.store(16 * procs, 4), pr.store(16 * procs, 4)
+
+        def write_then(finish: Callable[[], None]) -> float:
+            pr.fence()
+            t = time.perf_counter()
+            pr.launch(probe_copy, {"a": rows, "b": rows}, {"a": src, "b": loss}, procs)
+            finish()
+            return time.perf_counter() - t
+        empty = _median(lambda: pr.timed(lambda: None), repeats)
+        then_read = _median(lambda: write_then(lambda: read(loss)), repeats)
+        then_fence = _median(lambda: write_then(pr.fence), repeats)
+        sync = max(sync, then_read - then_fence + empty)
+        probes |= {"read_after_launch_s": then_read, "fence_after_launch_s": then_fence,
+                   "empty_fence_s": empty}
 
     # --- moving data between processors (tilings that differ): CPU of all threads ----------------
     def moved(side: int) -> float:
@@ -352,12 +398,18 @@ def calibrate(repeats: int = 9) -> Calibration:
         return crossed - same
 
     sizes = (256, 1024)
-    extra = [moved(s) for s in sizes]
-    # each point reads 1/procs of the store, of which a share (procs-1)/procs sits elsewhere
-    moved_bytes = [4.0 * s * s * (procs - 1) / procs ** 2 for s in sizes]
-    lat, inv_bw = _fit_line(moved_bytes[0], extra[0], moved_bytes[1], extra[1])
-    intra = LinkSpec(1.0 / inv_bw, lat)
-    probes |= {f"move_extra_{s}_s": e for s, e in zip(sizes, extra)}
+    base = PRESETS["local"]
+    if info.ranks == 1:
+        extra = [moved(s) for s in sizes]
+        # each point reads 1/procs of the store, of which a share (procs-1)/procs sits elsewhere
+        moved_bytes = [4.0 * s * s * (procs - 1) / procs ** 2 for s in sizes]
+        lat, inv_bw = _fit_line(moved_bytes[0], extra[0], moved_bytes[1], extra[1])
+        intra = LinkSpec(1.0 / inv_bw, lat)
+        probes |= {f"move_extra_{s}_s": e for s, e in zip(sizes, extra)}
+        inter = base.inter
+    else:
+        intra = base.intra   # see the module doc
+        inter = _inter_link(pr, repeats, probes)
 
     # --- folding ADD-reduction copies: CPU of all threads -------------------------------------------
     def reduced(side: int, fold: bool) -> float:
@@ -374,6 +426,8 @@ def calibrate(repeats: int = 9) -> Calibration:
                 pr.launch(probe_write, {"acc": rows, "marker": (SAMPLE,)},
                           {"acc": acc, "marker": marker}, procs)
             pr.launch(probe_copy, {"a": rows, "b": rows}, {"a": acc, "b": out}, 1)
+        if info.ranks > 1:   # copies between ranks: what they wait for (wall clock)
+            return _median(lambda: pr.timed(once), repeats)
         return _median(lambda: pr.cpu_window(once).total, repeats)
 
     if procs > 1:
@@ -393,14 +447,53 @@ def calibrate(repeats: int = 9) -> Calibration:
     mem_eff = min(max(3 * add_shape.num_bytes() / (bandwidth * add.forward_kernel), 0.01), 1.0)
     probes |= {"add_256x4096_s": add.forward_kernel}
 
-    base = PRESETS["local"]
     device = replace(base.device, flops_fp32=flops, flops_bf16=flops, mem_bandwidth=bandwidth,
                      launch_overhead=task_overhead)
-    machine = replace(base, nodes=1, devices_per_node=procs, device=device, intra=intra,
+    source = "measured by unity_legion.cost.calibrate on this machine"
+    if info.ranks > 1:
+        source += f" ({info.ranks} ranks: per-rank figures, rank 0's)"
+    machine = replace(base, nodes=info.ranks, devices_per_node=pr.local, device=device,
+                      intra=intra, inter=inter,
                       runtime=RuntimeSpec(issue=issue, sync=sync, reduction="fold", fold=fold,
                                           cores=cores, analysis=analysis),
-                      source="measured by unity_legion.cost.calibrate on this machine")
-    return Calibration(machine, efficiency, mem_eff, probes)
+                      source=source)
+    cal = Calibration(machine, efficiency, mem_eff, probes)
+    return bcast(cal) if info.ranks > 1 else cal
+
+
+def _inter_link(pr: "_Probe", repeats: int, probes: dict[str, float]) -> LinkSpec:
+    """Latency and bandwidth of moving a store piece from rank 0's first processor to rank 1's
+    (wall clock, fenced: see the module doc); every rank runs it, rank 0's figure counts."""
+    from unity_legion.operators.base import SAMPLE
+
+    rows = (SAMPLE, None)
+    there = pr.local          # the first processor of rank 1
+    sizes = (128, 1024)
+
+    def extra(side: int) -> float:
+        src, x, y = pr.store(side, side), pr.store(side, side), pr.store(side, side)
+
+        def once(written_on: int) -> float:
+            # x written (only) on `written_on`, then read on rank 1's processor
+            pr.launch(probe_copy, {"a": rows, "b": rows}, {"a": src, "b": x}, 1,
+                      start=written_on)
+            pr.fence()
+            return pr.timed(lambda: pr.launch(probe_copy, {"a": rows, "b": rows},
+                                              {"a": x, "b": y}, 1, start=there))
+
+        moved, local = [], []
+        for r in range(2 + repeats):   # interleaved: a change of load touches both alike
+            m, l = once(0), once(there)
+            if r >= 2:
+                moved.append(m)
+                local.append(l)
+        return max(statistics.median(moved) - statistics.median(local), 0.0)
+
+    extras = [extra(s) for s in sizes]
+    nbytes = [4.0 * s * s for s in sizes]
+    lat, inv_bw = _fit_line(nbytes[0], extras[0], nbytes[1], extras[1])
+    probes |= {f"inter_move_{s}_s": e for s, e in zip(sizes, extras)}
+    return LinkSpec(1.0 / inv_bw, lat)
 
 
 def measure_cores(repeats: int = 3, warmup: int = 1) -> float:

@@ -34,6 +34,20 @@ a second search on the same machine measures nothing (`hits` / `misses` count it
 A device that is not this machine's (a GPU preset on a machine without GPUs, any device whose
 name does not start with "local") is priced by the fallback, `AnalyticCost`.
 
+Several ranks (`legate --launcher mpirun --ranks-per-node N`): every rank runs the same
+measuring code (the executor is SPMD: every rank must issue the same Legate operations in the
+same order); the points run on processor 0, which is rank 0's, so rank 0's clocks see the
+tasks, its issuing thread and its runtime's threads: the per-rank figures (each rank has its own
+issuing thread and Legion runtime, and issues every launch), but for the runtime's cost: there
+what a pass waits for beyond its CPU (the ranks' runtimes agreeing on each launch, messages
+between them: latency, not work) is what a step waits for, so the runtime cost is the pass's wall
+time less an empty fence's, the issuing thread's CPU and the tasks'. Rank 0's measurement is
+broadcast (mpi4py), so every rank holds the same figures; rank 0 alone decides what the disk
+cache holds (and writes it), so that all ranks measure the same operators in the same order,
+and every rank checks that it asks for the same operator as rank 0 (a clear error, not a
+deadlock, when they diverge). Measurements of a job of N > 1 ranks are keyed apart from
+one-rank ones (`job_fingerprint`).
+
 The executor is imported inside the measuring function only: importing this module (and
 `unity_legion.cost`) never imports legate.
 """
@@ -94,6 +108,46 @@ def machine_fingerprint() -> str:
         legate = "none"
     parts = [platform.machine(), model, str(os.cpu_count()), np.__version__, legate]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def job_ranks() -> int:
+    """Ranks of the running Legate job; 1 when legate has not started (nothing is started
+    here)."""
+    import sys
+
+    if "legate.core" not in sys.modules:
+        return 1
+    from unity_legion.runtime import machine_info
+
+    return machine_info().ranks
+
+
+def job_fingerprint() -> str:
+    """`machine_fingerprint`, and the job's ranks when there are several (per-rank figures of an
+    N-rank job are not those of a one-rank job)."""
+    ranks = job_ranks()
+    return machine_fingerprint() + (f"-{ranks}ranks" if ranks > 1 else "")
+
+
+def rank_comm() -> Any:
+    """MPI's world communicator when the job has several ranks (mpi4py, imported after legate,
+    as it must be), else None."""
+    if job_ranks() <= 1:
+        return None
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def bcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (itself on a one-rank job)."""
+    comm = rank_comm()
+    return obj if comm is None else comm.bcast(obj, root=0)
+
+
+def is_rank0() -> bool:
+    comm = rank_comm()
+    return comm is None or comm.Get_rank() == 0
 
 
 @dataclass(frozen=True)
@@ -184,7 +238,7 @@ class MeasuredCost:
     _memo: dict[str, Measurement] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.fingerprint = machine_fingerprint()
+        self.fingerprint = job_fingerprint()
         self.cache = CostCache(cache_root(self.cache_dir) / f"ops-{self.fingerprint}.json")
 
     def is_local(self, device: DeviceSpec) -> bool:
@@ -201,8 +255,16 @@ class MeasuredCost:
         needs = _needs(inputs, needs_input_grad)
         key = cost_key(op, inputs, config, needs, device_kind, self.fingerprint)
         m = self._memo.get(key)
+        multi = m is None and rank_comm() is not None
+        if multi:
+            # rank 0 decides from its cache; every rank must be asking for the same operator
+            first, entry = bcast((key, self.cache.get(key)) if is_rank0() else None)
+            if first != key:
+                raise RuntimeError("MeasuredCost: the ranks asked for different operators (they "
+                                   "must issue the same measurements in the same order); rank "
+                                   f"0: {first}, this rank: {key}")
         if m is None:
-            entry = self.cache.get(key)
+            entry = entry if multi else self.cache.get(key)
             if entry is not None:
                 try:
                     m = Measurement.from_dict(entry)
@@ -217,7 +279,8 @@ class MeasuredCost:
             return None
         m = measure_op(op, inputs, config, needs, self.repeats, self.warmup, device_kind)
         self._memo[key] = m
-        self.cache.put(key, asdict(m) | {"op": op.describe(), "config": str(config)})
+        if is_rank0():
+            self.cache.put(key, asdict(m) | {"op": op.describe(), "config": str(config)})
         return m
 
     def op_cost(self, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
@@ -376,7 +439,8 @@ def measure_op(op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
                needs_input_grad: Sequence[bool] | None = None, repeats: int = 5,
                warmup: int = 2, device_kind: str = "cpu", seed: int = 0) -> Measurement:
     """Run `op` forward and backward on this machine's processors under `config` (every point on
-    the first processor, one after another) and return the medians (see the module doc)."""
+    the first processor, one after another) and return the medians (see the module doc). On
+    several ranks every rank must call it alike; all get rank 0's figures."""
     from unity_legion.executor.executor import GraphExecutor
     from unity_legion.mappers.machine_view import MachineView
     from unity_legion.pcg.graph import ComputationGraph
@@ -384,9 +448,6 @@ def measure_op(op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
 
     rt = runtime()
     info = machine_info()
-    if info.ranks > 1:
-        raise RuntimeError("measure_op: measuring needs a one-rank job (the clocks it reads are "
-                           "those of this process's threads); measure on one rank")
     procs = info.gpus if device_kind == "gpu" else info.cpus
     if procs < 1:
         raise RuntimeError(f"measure_op: this job has no {device_kind} processors")
@@ -422,7 +483,9 @@ def measure_op(op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
     for r in range(warmup + repeats):
         fence()
         c0 = thread_cpu()
+        e0 = time.perf_counter()
         fence()                     # what an empty window costs the runtime's threads
+        e1 = time.perf_counter()
         c1 = thread_cpu()
         _RECORDS.clear()
         h0, t0 = time.thread_time(), time.perf_counter()
@@ -443,14 +506,23 @@ def measure_op(op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
         b_rec = list(_RECORDS)
         workers |= {rec[3] for rec in f_rec + b_rec}
         if r >= warmup:
-            runs.append((c0, c1, c2, c3, f_rec, b_rec, h1 - h0, h3 - h2, t1 - t0, t2 - t1))
+            runs.append((c0, c1, c2, c3, f_rec, b_rec, h1 - h0, h3 - h2, t1 - t0, t2 - t1,
+                         e1 - e0))
     tasks = points
     fwd, bwd, fwd_host, bwd_host, fwd_k, bwd_k, fwd_wall, bwd_wall, fwd_rt, bwd_rt = (
         [] for _ in range(10))
-    for c0, c1, c2, c3, f_rec, b_rec, hf, hb, wf, wb in runs:
+    for c0, c1, c2, c3, f_rec, b_rec, hf, hb, wf, wb, we in runs:
         idle = cpu_split(c0, c1, main, workers).runtime
         f, b = cpu_split(c1, c2, main, workers), cpu_split(c2, c3, main, workers)
-        if c0:
+        if c0 and info.ranks > 1:
+            # several ranks: what a pass waits for beyond its CPU (the ranks' runtimes agreeing
+            # on every launch, messages between them) is the runtime's cost, on the wall clock:
+            # the pass's wall time less an empty fence's, the issuing and the tasks
+            fwd.append(f.tasks / tasks)
+            bwd.append(b.tasks / tasks)
+            fwd_rt.append(max(wf - we - hf - f.tasks, 0.0))
+            bwd_rt.append(max(wb - we - hb - b.tasks, 0.0))
+        elif c0:
             fwd.append(f.tasks / tasks)
             bwd.append(b.tasks / tasks)
             fwd_rt.append(max(f.runtime - idle, 0.0))
@@ -468,9 +540,10 @@ def measure_op(op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
         fwd_wall.append(wf)
         bwd_wall.append(wb)
     med = statistics.median
-    return Measurement(med(fwd), med(bwd), med(fwd_host), med(bwd_host), med(fwd_rt),
-                       med(bwd_rt), med(fwd_k), med(bwd_k), med(fwd_wall), med(bwd_wall), n_fwd,
-                       n_bwd, points, repeats, procs)
+    m = Measurement(med(fwd), med(bwd), med(fwd_host), med(bwd_host), med(fwd_rt),
+                    med(bwd_rt), med(fwd_k), med(bwd_k), med(fwd_wall), med(bwd_wall), n_fwd,
+                    n_bwd, points, repeats, procs)
+    return bcast(m) if info.ranks > 1 else m
 
 
 def _per_point(records: Sequence[tuple[str, float, float, int]]) -> float:

@@ -1,0 +1,43 @@
+"""scripts/bench_simulator.py on 2 ranks (mpirun): the calibration, the operator measurements and
+the real steps run SPMD on both ranks without diverging, and rank 0 prints the summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from launch import REPO, VENV_BIN, run_with_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_simulator_on_two_ranks(tmp_path: Path) -> None:
+    argv = [str(VENV_BIN / "legate"), "--launcher", "mpirun", "--nodes", "1",
+            "--ranks-per-node", "2", "--cpus", "1", "--sysmem", "2000",
+            # ranks whose string sets iterate in different orders: they must still agree
+            str(REPO / "tests" / "rank_hash_seed.py"), "0,1",
+            str(REPO / "scripts" / "bench_simulator.py"),
+            "--only", "mlp/data,mlp/serial0", "--rounds", "1", "--steps", "2", "--warmup", "1",
+            "--repeats", "2", "--cache", str(tmp_path / "costs")]
+    proc = run_with_env(argv, tmp_path, "", timeout_s=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["ranks"] == 2 and summary["processors"] == 2
+    assert summary["strategies"] == 2
+    for key in ("median_abs_rel_error", "max_abs_rel_error"):
+        assert isinstance(summary[key], float) and math.isfinite(summary[key]), summary
+    for row in summary["per_strategy"]:
+        assert row["real_ms"] > 0 and row["predicted_ms"] > 0, row
+    # only rank 0 prints: one table, one summary
+    assert sum(1 for line in lines if line.startswith("strategy ")) == 1
+    assert sum(1 for line in lines if line.startswith("{")) == 1
+    # the calibration of a 2-rank job is cached apart from a one-rank one's (2 nodes x 1)
+    cals = list((tmp_path / "costs").glob("machine-*-2ranks.json"))
+    assert len(cals) == 1, list((tmp_path / "costs").iterdir())
+    machine = json.loads(cals[0].read_text())["machine"]
+    assert machine["nodes"] == 2 and machine["devices_per_node"] == 1
+    assert machine["inter"]["latency"] > 0
