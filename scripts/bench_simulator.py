@@ -14,15 +14,14 @@ ranks meet every step), and only rank 0 prints.
 For each strategy (a {node_id: OpConfig} plan over a zoo model; nodes it does not name run
 data-parallel, as the executor runs them) it measures the real training step through Keras'
 train_on_batch with the plan set on the model's executor (median of several steps after warm-up,
-taken in rounds over the strategies of a model so that a change of load on the machine touches
-all of them alike), and predicts it with the Simulator (SGD: no optimizer slots) on the "local"
+in rounds), and predicts it with the Simulator (SGD: no optimizer slots) on the "local"
 machine model measured by `unity_legion.cost.calibrate`, with `MeasuredCost`. The calibration
 and the operator costs are measured in this run (into a fresh cache) unless --cache names a
 cache directory to use; the machine's parallel capacity (`RuntimeSpec.cores`, which other jobs
 on the machine change from minute to minute) is measured just before and after each strategy's
-timed steps, and its median is the one that strategy is predicted with. Models run one
-after another, each timed and its operators measured while only it is alive (Legate's cost per
-launch grows with the stores alive).
+timed steps, and its median is the one that strategy is predicted with. Strategies run one
+after another, each timed and its operators measured while only its model is alive (Legate's
+cost per launch grows with the stores alive).
 
 Prints a table (strategy, real ms, predicted ms, error) and, on its LAST line, one JSON object:
 median_abs_rel_error, max_abs_rel_error (fractions), strategies (count) and per-strategy figures.
@@ -95,11 +94,12 @@ def main() -> None:
     cost = MeasuredCost(cache_dir=cache, repeats=args.repeats)
     rows: list[dict[str, Any]] = []
     cores_seen: list[float] = []
-    # one model family at a time: Legate's cost per launch grows with the stores and instances
-    # alive, so each family is timed and its operators measured while only it is alive
+    # one strategy's model at a time: Legate's cost per launch grows with the stores and
+    # instances alive (four ResNeXt models alive at once made each step ~2.5x slower than the
+    # simulator's one-model prediction), so each is timed and its operators measured alone
     families: dict[str, list[Case]] = {}
     for case in cases:
-        families.setdefault(case.model, []).append(case)
+        families.setdefault(case.name, []).append(case)
     for family in families.values():
         rows += run_family(family, args, procs, machine, cost, rng, cores_seen)
         gc.collect()
