@@ -510,7 +510,10 @@ class GraphExecutor:
         if cfg is not None and rank:
             n = self.graph.nodes[key[0]]
             shapes = self._shapes(batch)
-            ws = node_shapes(n.op, [shapes[t] for t in n.inputs], cfg).weights[key[1]]
+            shape_cfg = cfg
+            if cfg.degree(SAMPLE) > batch:  # a short last batch: the weight's tiles are the same
+                shape_cfg = OpConfig.of(cfg.as_dict() | {SAMPLE: max(batch, 1)}, cfg.view)
+            ws = node_shapes(n.op, [shapes[t] for t in n.inputs], shape_cfg).weights[key[1]]
             if ws.shard_degree > 1:
                 split = tuple(weight_axis(d) if deg > 1 else None
                               for d, deg in enumerate(ws.degrees))
