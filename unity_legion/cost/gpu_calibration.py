@@ -12,7 +12,6 @@ backward to forward time. The fitted figures are what the GPU presets of `machin
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from dataclasses import dataclass
 from importlib import resources

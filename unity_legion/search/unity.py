@@ -30,16 +30,17 @@ import itertools
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from unity_legion.cost.machine import MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel
 from unity_legion.cost.simulator import Simulator
 from unity_legion.pcg.graph import ComputationGraph, Node
+from unity_legion.search.cache import MappingCache
 from unity_legion.search.dp import MappingResult, best_mapping
 from unity_legion.strategy.builtin import data_parallel, expert
 from unity_legion.strategy.strategy import Strategy, as_graph
-from unity_legion.substitutions import (AppliedRule, ParallelRule, Rewrite, Rule,
+from unity_legion.substitutions import (AppliedRule, ParallelRule, Rule,
                                         SubstitutionError, allowed_axes, apply, builtin_rules,
                                         data_parallel_rules, find_matches, parallel_rules, replay)
 
@@ -180,7 +181,7 @@ class UnitySearch:
         if o.trainable_only:
             self.rules = [r for r in self.rules if _trainable(r)]
         self.family = {r.name: r.family for r in self.rules}
-        self.cache = _make_cache()
+        self.cache = MappingCache()   # shared by every graph this search prices
         self.evaluated = 0
         self.pruned = 0
 
@@ -190,13 +191,10 @@ class UnitySearch:
 
     def price(self, graph: ComputationGraph, outputs: Sequence[int]) -> MappingResult:
         self.evaluated += 1
-        kwargs: dict[str, Any] = {}
-        if self.cache is not None:
-            kwargs["cache"] = self.cache
         return best_mapping(graph, self.batch, self.machine, self.cost, outputs=list(outputs),
                             allowed_axes=self._axes, device_type=self.machine.device.kind,
                             memory_limit=self.options.memory_limit,
-                            optimizer_slots=self.options.optimizer_slots, **kwargs)
+                            optimizer_slots=self.options.optimizer_slots, cache=self.cache)
 
     def neighbours(self, cand: _Candidate) -> list[tuple[ComputationGraph, tuple[int, ...],
                                                          tuple[AppliedRule, ...]]]:
@@ -302,21 +300,6 @@ def _within(key: tuple[bool, float], best: tuple[bool, float], alpha: float) -> 
     return key[1] <= alpha * best[1] + 1e-12
 
 
-def _make_cache() -> Any:
-    """The DP's cross-graph cache, where this version of the DP has one."""
-    try:
-        from unity_legion.search import dp
-    except ImportError:  # pragma: no cover
-        return None
-    cls = getattr(dp, "MappingCache", None)
-    if cls is None:
-        try:
-            from unity_legion.search.cache import MappingCache as cls  # type: ignore[no-redef]
-        except ImportError:
-            return None
-    return cls()
-
-
 class _Progress:
     """A rich progress bar with the best cost so far (silent when off or not on a terminal)."""
 
@@ -369,7 +352,7 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
         return sim.simulate(g, batch, plan, list(o))
 
     found_strategy = Strategy.for_graph(
-        model, {_name(best.graph, n): c for n, c in best.mapping.configs.items()},
+        model, {best.mapping.names[n]: c for n, c in best.mapping.configs.items()},
         source="search", device_type=dtype, devices=devices, name=name,
         substitutions=best.history)
     results: dict[str, tuple[Any, Strategy]] = {
@@ -388,11 +371,7 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
     baselines = {k: v[0].step_time for k, v in results.items()}
     savings = unity.savings(best) if chosen == "search" else []
     return SearchResult(strategy, chosen, res.step_time, baselines,
-                        exp_strategy.source if exp_strategy.source != "expert" else "expert",
+                        exp_strategy.source,
                         best.mapping.estimate, res.peak_memory, res.peak_memory <= cap,
                         max(0.0, res.peak_memory - cap), savings, evaluated, unity.pruned,
                         time.perf_counter() - began, stopped, best.graph)
-
-
-def _name(graph: ComputationGraph, node_id: int) -> str:
-    return graph.nodes[node_id].name
