@@ -1,9 +1,18 @@
 """How well the simulator predicts real training steps on this machine.
 
-    legate --cpus 2 --sysmem 4000 scripts/bench_simulator.py
+    python scripts/bench_simulator.py               # 1 rank, --cpus 2 (each strategy its own job)
+    python scripts/bench_simulator.py --ranks 2     # 2 ranks x 1 CPU (mpirun, over loopback)
 
-    legate --launcher mpirun --nodes 1 --ranks-per-node 2 --cpus 1 --sysmem 2000 \
-        scripts/bench_simulator.py
+Run by plain Python (the environment of `.venv/unity_legion_env.sh`), the script is a driver: it
+imports no Legate and runs every strategy in a fresh Legate job of its own
+(`legate [--launcher mpirun --nodes 1 --ranks-per-node R] --cpus C --sysmem M` this script
+`--only NAME --rows-out FILE`), as a training job runs one model: in one long-lived runtime
+the steps of a model grow slower with every model trained before it, even after those are
+freed (ResNeXt's step drifted 12-44% over a run that way), which no one-job prediction can
+follow. The first job measures the calibration into the shared cost cache; the others read it
+and the operator costs measured so far. Started by a Legate launcher instead
+(`legate --cpus 2 --sysmem 4000 scripts/bench_simulator.py`), it runs the chosen strategies in
+this one job, one after another.
 
 On several ranks the "local" machine model is ranks x processors per rank, with the link between
 ranks measured (see `unity_legion.cost.calibrate`); every rank runs this same script (the same
@@ -19,9 +28,7 @@ machine model measured by `unity_legion.cost.calibrate`, with `MeasuredCost`. Th
 and the operator costs are measured in this run (into a fresh cache) unless --cache names a
 cache directory to use; the machine's parallel capacity (`RuntimeSpec.cores`, which other jobs
 on the machine change from minute to minute) is measured just before and after each strategy's
-timed steps, and its median is the one that strategy is predicted with. Strategies run one
-after another, each timed and its operators measured while only its model is alive (Legate's
-cost per launch grows with the stores alive).
+timed steps, and its median is the one that strategy is predicted with.
 
 Prints a table (strategy, real ms, predicted ms, error) and, on its LAST line, one JSON object:
 median_abs_rel_error, max_abs_rel_error (fractions), strategies (count) and per-strategy figures.
@@ -35,9 +42,12 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -53,6 +63,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cache", default=None,
                    help="cost cache directory to use (default: a fresh one, measured now)")
     p.add_argument("--only", default=None, help="comma-separated strategy names to run")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="driver: ranks of each job (1, or several over mpirun on this machine)")
+    p.add_argument("--cpus", type=int, default=None,
+                   help="driver: CPU processors per rank (default: 2 on one rank, else 1)")
+    p.add_argument("--sysmem", type=int, default=None,
+                   help="driver: MiB of system memory per rank (default: 4000 / ranks)")
+    p.add_argument("--rows-out", default=None, help=argparse.SUPPRESS)  # a job of the driver
     return p.parse_args()
 
 
@@ -68,8 +85,61 @@ class Case:
     batch: int
 
 
+def in_legate_job() -> bool:
+    """Started by a Legate launcher (its driver sets these for every rank it starts)."""
+    return any(k in os.environ for k in ("LEGATE_GLOBAL_RANK", "OMPI_COMM_WORLD_RANK"))
+
+
 def main() -> None:
     args = parse_args()
+    if in_legate_job():
+        run_here(args)
+    else:
+        drive(args)
+
+
+def drive(args: argparse.Namespace) -> None:
+    """Every strategy in a fresh Legate job of its own; one table and summary for all."""
+    names = [c.name for c in chosen_cases(args.only)]
+    if args.ranks < 1:
+        raise SystemExit(f"bench_simulator: --ranks must be >= 1, got {args.ranks}")
+    cpus = args.cpus or (2 if args.ranks == 1 else 1)
+    sysmem = args.sysmem or 4000 // args.ranks
+    legate = Path(sys.executable).parent / "legate"
+    launcher = ([] if args.ranks == 1 else
+                ["--launcher", "mpirun", "--nodes", "1", "--ranks-per-node", str(args.ranks)])
+    env = {k: v for k, v in os.environ.items() if k != "LEGATE_CONFIG"}  # the flags below rule
+    cache = args.cache or tempfile.mkdtemp(prefix="unity_legion_costs_")
+    t_start = time.perf_counter()
+    jobs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench_simulator_") as tmp:
+        for i, name in enumerate(names):
+            out = Path(tmp) / f"{i}.json"
+            argv = [str(legate), *launcher, "--cpus", str(cpus), "--sysmem", str(sysmem),
+                    os.path.abspath(__file__), "--only", name, "--cache", cache,
+                    "--rows-out", str(out), "--rounds", str(args.rounds),
+                    "--steps", str(args.steps), "--warmup", str(args.warmup),
+                    "--repeats", str(args.repeats)]
+            t = time.perf_counter()
+            proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if proc.returncode != 0 or not out.is_file():
+                sys.stderr.write(proc.stdout[-6000:])
+                raise SystemExit(f"bench_simulator: the job for {name} failed "
+                                 f"(exit {proc.returncode}): {' '.join(argv)}")
+            jobs.append(json.loads(out.read_text()))
+            print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    if args.cache is None:
+        shutil.rmtree(cache, ignore_errors=True)
+    report([row for job in jobs for row in job["rows"]], jobs[0]["machine"],
+           [c for job in jobs for c in job["cores_seen"]],
+           sum(j["misses"] for j in jobs), sum(j["hits"] for j in jobs),
+           time.perf_counter() - t_start, jobs[0]["processors"], jobs[0]["ranks"],
+           f"each strategy in a fresh job of {args.ranks} rank(s) x {cpus} CPU(s)", len(jobs))
+
+
+def run_here(args: argparse.Namespace) -> None:
+    """The chosen strategies one after another in this Legate job."""
     from unity_legion import runtime
 
     machine_info = runtime.machine_info()
@@ -86,10 +156,7 @@ def main() -> None:
     cal = local_calibration(cache)
     assert cal is not None
     machine = cal.machine
-    cases = build_cases(procs)
-    if args.only:
-        wanted = set(args.only.split(","))
-        cases = [c for c in cases if c.name in wanted]
+    cases = chosen_cases(args.only)
     rng = np.random.default_rng(0)
     cost = MeasuredCost(cache_dir=cache, repeats=args.repeats)
     rows: list[dict[str, Any]] = []
@@ -97,26 +164,54 @@ def main() -> None:
     # one strategy's model at a time: Legate's cost per launch grows with the stores and
     # instances alive (four ResNeXt models alive at once made each step ~2.5x slower than the
     # simulator's one-model prediction), so each is timed and its operators measured alone
-    families: dict[str, list[Case]] = {}
     for case in cases:
-        families.setdefault(case.name, []).append(case)
-    for family in families.values():
-        rows += run_family(family, args, procs, machine, cost, rng, cores_seen)
+        rows += run_cases([case], args, procs, machine, cost, rng, cores_seen)
         gc.collect()
     if machine_info.rank != 0:
         return
+    if args.cache is None:
+        shutil.rmtree(cache, ignore_errors=True)
+    described = (f"{machine_info} ({machine.name}: "
+                 f"{machine.device.flops_fp32 / 1e9:.0f} GFLOP/s, "
+                 f"{machine.device.mem_bandwidth / 1e9:.1f} GB/s, "
+                 f"task {machine.device.launch_overhead * 1e6:.0f} us, "
+                 f"issue {machine.runtime.issue * 1e6:.0f} us, "
+                 f"sync {machine.runtime.sync * 1e6:.0f} us, "
+                 f"fold {machine.runtime.fold.bandwidth / 1e9 if machine.runtime.fold else 0:.2f} GB/s"
+                 + (f"; {machine.nodes} nodes x {machine.devices_per_node}, between nodes "
+                    f"{machine.inter.latency * 1e6:.0f} us + {machine.inter.bandwidth / 1e9:.2f} GB/s"
+                    if machine.nodes > 1 else "") + ")")
+    if args.rows_out:   # a job of the driver: hand the figures back
+        with open(args.rows_out, "w") as f:
+            json.dump({"rows": rows, "machine": described, "cores_seen": cores_seen,
+                       "misses": cost.misses, "hits": cost.hits, "processors": procs,
+                       "ranks": machine_info.ranks}, f)
+        return
+    report(rows, described, cores_seen, cost.misses, cost.hits, time.perf_counter() - t_start,
+           procs, machine_info.ranks, "in one job", 1)
+
+
+def chosen_cases(only: str | None) -> list[Case]:
+    """The cases named in `only` (comma-separated; all when None), in the table's order."""
+    cases = build_cases()
+    if only is None:
+        return cases
+    wanted = only.split(",")
+    unknown = sorted(set(wanted) - {c.name for c in cases})
+    if unknown:
+        raise SystemExit(f"bench_simulator: unknown strategies {unknown}; "
+                         f"known: {[c.name for c in cases]}")
+    return [c for c in cases if c.name in wanted]
+
+
+def report(rows: list[dict[str, Any]], described: str, cores_seen: list[float], misses: int,
+           hits: int, seconds: float, procs: int, ranks: int, how: str, jobs: int) -> None:
+    """The table, then the summary as one JSON object on the last line."""
     errs = [abs(r["rel_error"]) for r in rows]
-    print(f"simulator vs real steps on {machine_info} ({machine.name}: "
-          f"{machine.device.flops_fp32 / 1e9:.0f} GFLOP/s, "
-          f"{machine.device.mem_bandwidth / 1e9:.1f} GB/s, task {machine.device.launch_overhead * 1e6:.0f} us, "
-          f"issue {machine.runtime.issue * 1e6:.0f} us, sync {machine.runtime.sync * 1e6:.0f} us, "
-          f"fold {machine.runtime.fold.bandwidth / 1e9 if machine.runtime.fold else 0:.2f} GB/s, "
-          f"cores {min(cores_seen):.2f}-{max(cores_seen):.2f} over the strategies"
-          + (f"; {machine.nodes} nodes x {machine.devices_per_node}, between nodes "
-             f"{machine.inter.latency * 1e6:.0f} us + {machine.inter.bandwidth / 1e9:.2f} GB/s"
-             if machine.nodes > 1 else "") + ")")
-    print(f"operator costs: {cost.misses} measured, {cost.hits} cached; load "
-          f"{os.getloadavg()[0]:.1f}; {time.perf_counter() - t_start:.0f} s")
+    print(f"simulator vs real steps on {described}; cores "
+          f"{min(cores_seen, default=0):.2f}-{max(cores_seen, default=0):.2f} over the strategies")
+    print(f"operator costs: {misses} measured, {hits} cached; load "
+          f"{os.getloadavg()[0]:.1f}; {seconds:.0f} s; {how}")
     print(f"{'strategy':<18}{'model':<12}{'real ms':>9}{'pred ms':>9}{'error':>8}"
           f"{'span':>8}{'work':>8}{'cores':>7}  plan")
     for r in rows:
@@ -133,18 +228,16 @@ def main() -> None:
             f"{k} {v:.3f}" for k, v in search_vs_dp.items()))
     summary = {"median_abs_rel_error": round(statistics.median(errs), 4) if errs else None,
                "max_abs_rel_error": round(max(errs), 4) if errs else None,
-               "strategies": len(rows), "processors": procs, "ranks": machine_info.ranks,
+               "strategies": len(rows), "processors": procs, "ranks": ranks, "jobs": jobs,
                "search_vs_data_parallel_measured": search_vs_dp,
                "per_strategy": rows}
-    if args.cache is None:
-        shutil.rmtree(cache, ignore_errors=True)
     print(json.dumps(summary))
 
 
-def run_family(family: list[Case], args: argparse.Namespace, procs: int, machine: Any,
+def run_cases(cases: list[Case], args: argparse.Namespace, procs: int, machine: Any,
                cost: Any, rng: np.random.Generator, cores_seen: list[float]) -> list[dict]:
-    """Real steps of each case of one model family (in rounds over the cases, the machine's
-    parallel capacity measured between rounds), then the simulator's prediction of each."""
+    """Real steps of each case (in rounds over the cases, the machine's parallel capacity
+    measured between rounds), then the simulator's prediction of each."""
     from unity_legion import keras
     from unity_legion.cost import Simulator
     from unity_legion.cost.calibrate import measure_cores
@@ -152,7 +245,7 @@ def run_family(family: list[Case], args: argparse.Namespace, procs: int, machine
     from unity_legion.pcg.pcg import data_parallel_config
 
     prepared = []
-    for case in family:
+    for case in cases:
         model = case.build()
         entry = ZOO[case.model]
         xs, ys = entry.synthetic(model, case.batch, rng)
@@ -179,8 +272,8 @@ def run_family(family: list[Case], args: argparse.Namespace, procs: int, machine
         for _ in range(args.warmup):
             model.train_on_batch(x, y)
         prepared.append((case, model, plan, x, y, graph, outputs))
-    real: dict[str, list[float]] = {c.name: [] for c in family}
-    cores: dict[str, list[float]] = {c.name: [] for c in family}
+    real: dict[str, list[float]] = {c.name: [] for c in cases}
+    cores: dict[str, list[float]] = {c.name: [] for c in cases}
     measure_cores()   # its tasks registered before anything is timed
     for _ in range(args.rounds):
         for case, model, _, x, y, _, _ in prepared:
@@ -299,9 +392,8 @@ def head_serial(graph: Any, procs: int) -> dict:
     return {last.id: _cfg({}, start=procs - 1)}
 
 
-def build_cases(procs: int) -> list[Case]:
-    from unity_legion.models import ZOO
-
+def build_cases() -> list[Case]:
+    """The strategies compared (no Legate imported: the driver lists them too)."""
     mlp = dict(input_dim=512, width=512, layers=3)
     bert = dict(vocab_size=512, max_positions=64, seq_len=32, layers=2, hidden=256, heads=4,
                 ffn=1024, classes=4, dropout=0.0)
@@ -309,7 +401,11 @@ def build_cases(procs: int) -> list[Case]:
               classes=10)
 
     def mk(name: str, kw: dict) -> Callable[[], Any]:
-        return lambda: ZOO[name].build(**kw)
+        def build() -> Any:
+            from unity_legion.models import ZOO
+
+            return ZOO[name].build(**kw)
+        return build
 
     c: list[Case] = [
         Case("mlp/data", "mlp_unify", "all sample-split", mk("mlp_unify", mlp), data_parallel, 256),

@@ -41,3 +41,29 @@ def test_bench_simulator_on_two_ranks(tmp_path: Path) -> None:
     machine = json.loads(cals[0].read_text())["machine"]
     assert machine["nodes"] == 2 and machine["devices_per_node"] == 1
     assert machine["inter"]["latency"] > 0
+
+
+def test_bench_simulator_driver_runs_each_strategy_in_its_own_job(tmp_path: Path) -> None:
+    """Run by plain Python, the script starts one Legate job per strategy; the first job's
+    calibration is cached and read by the next (one calibration file), and one table and one
+    summary come back."""
+    argv = [str(VENV_BIN / "python"), str(REPO / "scripts" / "bench_simulator.py"),
+            "--only", "mlp/data,mlp/serial0", "--rounds", "1", "--steps", "1", "--warmup", "1",
+            "--repeats", "2", "--cache", str(tmp_path / "costs")]
+    proc = run_with_env(argv, tmp_path, "", timeout_s=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["jobs"] == 2 and summary["strategies"] == 2, summary
+    assert summary["ranks"] == 1 and summary["processors"] == 2
+    assert [r["strategy"] for r in summary["per_strategy"]] == ["mlp/data", "mlp/serial0"]
+    assert sum(1 for line in lines if line.startswith("strategy ")) == 1
+    assert len(list((tmp_path / "costs").glob("machine-*.json"))) == 1
+
+
+def test_bench_simulator_driver_names_an_unknown_strategy(tmp_path: Path) -> None:
+    argv = [str(VENV_BIN / "python"), str(REPO / "scripts" / "bench_simulator.py"),
+            "--only", "mlp/data,mlp/nonsense"]
+    proc = run_with_env(argv, tmp_path, "", timeout_s=120)
+    assert proc.returncode != 0
+    assert "unknown strategies ['mlp/nonsense']" in proc.stderr
