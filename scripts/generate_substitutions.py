@@ -6,7 +6,8 @@
 Enumerates every graph of up to k operators over the specs
 (unity_legion/substitutions/generator/specs.py), pairs graphs of equal fingerprint, drops trivial
 and redundant pairs, proves each with z3 from the axioms, cross-checks each proven rule in float32
-through the real kernels, and writes the rule file in our format and in TASO/FlexFlow JSON. The last
+through the real kernels (each at its most general input shapes: a concat's inputs of their own
+widths), and writes the rule file in our format and in TASO/FlexFlow JSON. The last
 line printed is one JSON object: candidates, verified, rejected, unproven, generation_s.
 """
 
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
           f"candidate pairs, {s['after_pruning']} after pruning")
     print(f"verified {len(g.rules)} ({s['by_kind']}), unproven {len(g.unproven)} "
           f"({s['unproven_by_kind']}), rejected {len(g.rejected)}")
+    print(f"{s['generalised_shapes']} proved at more general input shapes than enumerated (inputs "
+          f"of one group given sizes of their own), {s['row_wise']} hold for softmax too")
     for t, why in g.unproven[:20]:
         print(f"  unproven: {t}  [{why}]")
     for t, why in g.rejected:

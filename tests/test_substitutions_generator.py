@@ -128,9 +128,10 @@ def test_script_regenerates_the_shipped_files_and_prints_the_statistics_line(tmp
 
 # --- the search's view: every generated Rule rewrites a real graph of its left side exactly ---
 
-def _graph_of(term, shapes, rng):
+def _graph_of(term, shapes, rng, fn="relu"):
     """A ComputationGraph computing `term` (a matmul by an input tensor is a Linear whose kernel
-    is that tensor), its feeds and its weights; the term's dim 0 is the batch."""
+    is that tensor; the opaque activation is `fn`), its feeds and its weights; the term's dim 0
+    is the batch."""
     from unity_legion.operators.activation import Activation
     from unity_legion.operators.concat import Concat
     from unity_legion.operators.elementwise import Add, Multiply
@@ -154,11 +155,11 @@ def _graph_of(term, shapes, rng):
         if t[0] in ("matmul", "linact"):
             assert isinstance(t[2], str)
             op = Linear(size(shapes[t[2]][1]), use_bias=False,
-                        activation="relu" if t[0] == "linact" else "linear")
+                        activation=fn if t[0] == "linact" else "linear")
             ins = [build(t[1])]
             weights[(f"n{len(g.nodes)}", "kernel")] = vals[t[2]]
         else:
-            op = {"add": Add(), "mul": Multiply(), "act": Activation("relu"),
+            op = {"add": Add(), "mul": Multiply(), "act": Activation(fn),
                   "concat1": Concat(-1)}[t[0]]
             ins = [build(a) for a in t[1:]]
         name = f"n{len(g.nodes)}"
@@ -193,9 +194,10 @@ def test_every_generated_search_rule_rewrites_its_left_side_exactly():
     assert len(rules) >= 50
     rng = np.random.default_rng(0)
     for rule in rules:
-        rev = rule.name.endswith("_rev")
-        gen = ours[rule.name[:-4] if rev else rule.name]
-        g, feeds, weights, root = _graph_of(gen.rhs if rev else gen.lhs, dict(gen.shapes), rng)
+        name, fn = _base_name(rule.name)
+        rev = name.endswith("_rev")
+        gen = ours[name[:-4] if rev else name]
+        g, feeds, weights, root = _graph_of(gen.rhs if rev else gen.lhs, dict(gen.shapes), rng, fn)
         matches = find_matches(g, rule)
         assert matches, f"{rule.name} ({gen.text()}) does not match its own left side"
         rw = apply(g, rule, matches[0])
@@ -205,3 +207,116 @@ def test_every_generated_search_rule_rewrites_its_left_side_exactly():
         new = _run(rw.graph, {rw.tensor_map[t]: v for t, v in feeds.items()}, w_new, batch)
         np.testing.assert_allclose(new[rw.tensor_map[root]], old[root], rtol=1e-9, atol=1e-9,
                                    err_msg=f"{rule.name}: {gen.text()}")
+
+
+def _base_name(name):
+    """(the generated rule's TASO name, the activation its opaque act stands for)."""
+    for fn in ("tanh", "sigmoid", "gelu", "softmax"):
+        if name.endswith("_" + fn):
+            return name[:-len(fn) - 1], fn
+    return name, "relu"
+
+
+def _rewrite_and_compare(g, feeds, weights, root, rule, batch=3):
+    import numpy as np
+
+    from unity_legion.substitutions import apply, find_matches
+    matches = find_matches(g, rule)
+    assert matches, rule.name
+    rw = apply(g, rule, matches[0])
+    w_new = {k: src.materialize(lambda n, w: weights[(n, w)]) for k, src in rw.weight_map.items()}
+    old = _run(g, feeds, weights, batch)
+    new = _run(rw.graph, {rw.tensor_map[t]: v for t, v in feeds.items()}, w_new, batch)
+    np.testing.assert_allclose(new[rw.tensor_map[root]], old[root], rtol=1e-9, atol=1e-9,
+                               err_msg=rule.name)
+    return rw
+
+
+def test_generalised_shapes_let_a_rule_match_a_concat_of_different_widths():
+    """The enumeration gives v and w one shape; the rule is proved (and shipped) with a width of
+    its own for each, so it carries no equal-shape guard and matches Inception's concats of
+    branches of different channel counts."""
+    import numpy as np
+
+    from unity_legion.operators.activation import Activation
+    from unity_legion.operators.concat import Concat
+    from unity_legion.pcg.graph import ComputationGraph
+    from unity_legion.pcg.tensor import DataType, TensorShape
+    from unity_legion.substitutions import find_matches
+    from unity_legion.substitutions.generator.generate import generalise
+
+    lhs, rhs = parse("concat1(act(v), act(w))")[0], parse("act(concat1(v, w))")[0]
+    general = dict(generalise(lhs, rhs, (("v", MP), ("w", MP)), by_name()))
+    assert general["v"][1] != general["w"][1] and general["v"][0] == general["w"][0]
+    shipped = {r.text(): dict(r.shapes) for r in load_generated(OURS_FILE)}
+    assert shipped["concat1(act(v), act(w)) = act(concat1(v, w))"] == general
+
+    rng = np.random.default_rng(3)
+    hoisted = set()
+    for fn in ("relu", "gelu"):
+        g = ComputationGraph()
+        a = g.add_input(TensorShape((None, 3), DataType.FLOAT64), "a")
+        b = g.add_input(TensorShape((None, 5), DataType.FLOAT64), "b")
+        ra = g.add_node(Activation(fn), [a], "ra")[0]
+        rb = g.add_node(Activation(fn), [b], "rb")[0]
+        root = g.add_node(Concat(-1), [ra, rb], "cat")[0]
+        feeds = {a: rng.standard_normal((3, 3)), b: rng.standard_normal((3, 5))}
+        for rule in generated_rules():
+            if rule.pattern[-1].op_type == "concatenate" and find_matches(g, rule):
+                rw = _rewrite_and_compare(g, feeds, {}, root, rule)
+                assert len(rw.graph.nodes) < len(g.nodes)   # one activation after the concat
+                hoisted.add(fn)
+    assert hoisted == {"relu", "gelu"}
+
+
+@pytest.mark.parametrize("fn", ["sigmoid", "gelu", "softmax"])
+def test_generated_unfuse_matches_a_linear_with_any_fused_activation(fn):
+    """The opaque activation stands for every elementwise one and, in a Linear's fusion, for
+    softmax (row-wise: only rules checked through the real softmax get it), e.g. a classifier
+    Dense(classes, softmax) unfused so its Linear can be split along the reduction."""
+    import numpy as np
+
+    from unity_legion.operators.linear import Linear
+    from unity_legion.pcg.graph import ComputationGraph
+    from unity_legion.pcg.tensor import DataType, TensorShape
+    from unity_legion.substitutions import find_matches
+
+    rng = np.random.default_rng(4)
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 6), DataType.FLOAT64), "x")
+    root = g.add_node(Linear(4, use_bias=True, activation=fn), [x], "fc")[0]
+    feeds = {x: rng.standard_normal((3, 6))}
+    weights = {("fc", "kernel"): rng.standard_normal((6, 4)), ("fc", "bias"): rng.standard_normal(4)}
+    unfused = []
+    for rule in generated_rules():
+        if len(rule.pattern) == 1 and find_matches(g, rule):
+            rw = _rewrite_and_compare(g, feeds, weights, root, rule)
+            ops = {n.op.op_type: n.op for n in rw.graph.nodes}
+            if ops.get("activation") is not None:
+                assert ops["activation"].fn == fn and ops["linear"].activation == "linear"
+                unfused.append(rule.name)
+    assert unfused, f"no generated rule unfuses a Linear with {fn}"
+
+
+def test_softmax_stands_for_act_only_where_the_rule_holds_row_wise():
+    from unity_legion.substitutions.generator.generate import row_wise
+    from unity_legion.substitutions.generator.specs import with_activation
+
+    table = by_name()
+    fuse = (parse("act(matmul(u, x))")[0], parse("linact(u, x)")[0], (("u", logical("p", "n")), ("x", NM)))
+    assert row_wise(*fuse, table)
+    # softmax over a concat of columns is not the concat of the softmaxes: the check catches it
+    lhs, rhs = parse("concat1(act(v), act(w))")[0], parse("act(concat1(v, w))")[0]
+    shapes = {"v": MP, "w": logical("m", "q")}
+    assert cross_check(lhs, rhs, shapes, table) is None
+    assert cross_check(lhs, rhs, shapes, with_activation(table, "softmax")) is not None
+    assert not row_wise(lhs, rhs, tuple(shapes.items()), table)
+    rules = load_generated(OURS_FILE)
+    assert any(r.row_wise for r in rules)
+    assert not any(r.row_wise and {"concat1", "transpose", "split1l", "rsum1"} & set(
+        op for t in (r.lhs, r.rhs) for op in _ops(t)) for r in rules)
+
+
+def _ops(t):
+    from unity_legion.substitutions.generator.terms import ops
+    return ops(t)

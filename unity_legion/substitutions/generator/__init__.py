@@ -6,8 +6,8 @@ evaluate.py   term evaluation and the spec self-check (an axiom that contradicts
               evaluation names its operator)
 enumerate.py  graphs of up to k operators, fingerprints, candidates, pruning
 prover.py     z3 proofs from the axioms
-generate.py   the pipeline and the rule files (ours: data/generated_rules.json; TASO/FlexFlow:
-              data/generated_rules_taso.json)
+generate.py   the pipeline (each rule proved at its most general input shapes) and the rule
+              files (ours: data/generated_rules.json; TASO/FlexFlow: data/generated_rules_taso.json)
 Pure Python: never imports legate.
 """
 
@@ -24,6 +24,9 @@ from .prover import Prover
 from .specs import SPECS, OpSpec
 from .terms import ops, variables
 
+# the activation the TASO file writes for the opaque `act` (OP_RELU, a Linear's PM_ACTI 2)
+OPAQUE_AS = "relu"
+
 
 @lru_cache(maxsize=1)
 def _taso_load():
@@ -34,29 +37,55 @@ def _taso_load():
 def generated_rules() -> list:
     """The shipped generated rules that map onto our operators, as `Rule` objects for
     `SearchOptions(rules=...)` (through the TASO loader; the rest stay in the generator's own
-    format, see `load_generated`)."""
+    format, see `load_generated`). A rule with the opaque activation comes once per elementwise
+    activation (named `<rule>_<fn>`, relu keeping the plain name) and, where it also holds for
+    a row-wise one (`GeneratedRule.row_wise`), for softmax."""
+    from ..exprs import ELEMENTWISE
     # a split in our rules cuts at the seam of the concat that built the dim; the TASO format
     # cannot say so (its split may cut anywhere), so rules with a split are not handed over
     ours = {r.name: r for r in load_generated(OURS_FILE)}
     taso = {r["name"]: r for r in json.loads(TASO_FILE.read_text())["rule"]}
     out = []
     for rule in _taso_load().rules:
-        if rule.name.endswith(REVERSED):
-            g = ours[rule.name[:-len(REVERSED)]]
-            g = dataclasses.replace(g, name=rule.name, lhs=g.rhs, rhs=g.lhs)
-        else:
-            g = ours[rule.name]
+        # the rule as written (a "_rev" rule reads it right to left): its TASO input ids
+        g = ours[rule.name[:-len(REVERSED)] if rule.name.endswith(REVERSED) else rule.name]
         if any(op.startswith("split") for t in (g.lhs, g.rhs) for op in ops(t)):
             continue
-        out.append(_with_shape_guard(rule, g, taso[rule.name]))
+        rule = _with_shape_guard(rule, g, taso[rule.name])
+        if not {"act", "linact"} & set(ops(g.lhs) + ops(g.rhs)):
+            out.append(rule)
+            continue
+        # the proof holds for any function in place of `act`; the file names one (relu)
+        fns = ELEMENTWISE + (("softmax",) if g.row_wise else ())
+        out += [rule if fn == OPAQUE_AS else _with_activation(rule, fn) for fn in fns]
     return out
 
 
+def _with_activation(rule, fn: str):
+    """`rule` with every activation the TASO file wrote for the opaque `act` made `fn`: in the
+    pattern (an Activation's fn, a Linear's fused activation) and in the replacement."""
+    from ..rule import AttrEq
+
+    def attrs(items: tuple) -> tuple:
+        return tuple((k, fn if k in ("fn", "activation") and v == OPAQUE_AS else v)
+                     for k, v in items)
+    pattern = tuple(dataclasses.replace(p, where=tuple(
+        AttrEq(c.attr, fn) if isinstance(c, AttrEq) and c.attr in ("fn", "activation")
+        and c.value == OPAQUE_AS else c for c in p.where)) for p in rule.pattern)
+    replacement = tuple(dataclasses.replace(t, build=dataclasses.replace(t.build, set=attrs(t.build.set)))
+                        for t in rule.replacement)
+    return dataclasses.replace(rule, name=f"{rule.name}_{fn}", pattern=pattern,
+                               replacement=replacement)
+
+
 def _with_shape_guard(rule, g: GeneratedRule, taso_rule: dict):
-    """The proof assumed the inputs of one shape group (x, y, z; v, w) have equal shapes: the
-    rule applies only where they do (`same_input_shapes` over the pattern inputs)."""
+    """Inputs the rule states with one shape (ones the generalisation could not give shapes of
+    their own, see `generate.generalise`) were proved equal-shaped: the rule applies only where
+    they are (`same_input_shapes` over the pattern inputs)."""
     from ..rule import Pred
-    names = variables(("pair", g.lhs, g.rhs))      # TASO input -1, -2, ... in this order
+    # TASO input -1, -2, ... in this order (`to_taso` numbers them on the rule as written, for
+    # its "_rev" reading too)
+    names = variables(("pair", g.lhs, g.rhs))
     shapes = dict(g.shapes)
     order: list[str] = []                          # the loader's In(i): data inputs of srcOp
     for op in taso_rule["srcOp"]:

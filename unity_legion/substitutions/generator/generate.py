@@ -16,14 +16,18 @@ from .enumerate import (INPUTS, _generalisations, canonical_pair, candidates,
                         enumerate_terms, erased)
 from .evaluate import check_specs, evaluate, random_value
 from .prover import Prover
-from .specs import SPECS, OpSpec, by_name
-from .terms import Shape, Term, fmt, parse, parse_shape, shape_text, subterms, variables
+from .specs import SPECS, OpSpec, by_name, with_activation
+from .terms import (FRESH, Shape, Term, flat, fmt, ops, parse, parse_shape, shape_key, shape_text,
+                    subterms, variables)
 
 FORMAT = "unity_legion.generated_substitutions"
 DATA = Path(__file__).resolve().parent.parent / "data"
 OURS_FILE = DATA / "generated_rules.json"
 TASO_FILE = DATA / "generated_rules_taso.json"
 REVERSED = "_rev"   # TASO rule name suffix: the rule read right to left
+# a rule over only these may also hold for a row-wise `act` (softmax over dim 1): no data movement
+# carries the activation across rows or columns (see `row_wise`)
+ROW_WISE_OPS = frozenset({"matmul", "linact", "act", "add", "mul"})
 
 
 class GeneratedFormatError(ValueError):
@@ -37,6 +41,7 @@ class GeneratedRule:
     lhs: Term
     rhs: Term
     shapes: tuple[tuple[str, Shape], ...]
+    row_wise: bool = False            # also holds with softmax for `act` (checked in float32)
 
     def text(self) -> str:
         return f"{fmt(self.lhs)} = {fmt(self.rhs)}"
@@ -109,6 +114,7 @@ def generate(k: int = 3, specs: tuple[OpSpec, ...] = SPECS, time_limit: float = 
         stats["after_pruning"] = len(cands)
         prover = Prover(specs, timeout_ms, rlimit)
         rules: list[GeneratedRule] = []
+        generalised = 0
         unproven: list[tuple[str, str]] = []
         rejected: list[tuple[str, str]] = []
         task = bar.add("proving", len(cands))
@@ -122,19 +128,14 @@ def generate(k: int = 3, specs: tuple[OpSpec, ...] = SPECS, time_limit: float = 
                              for d in cands[i:]]
                 break
             bar.update(task, f"proving ({len(rules)} verified)", i, len(cands))
-            proof = prover.prove(c.lhs, c.rhs, dict(c.shapes))
-            if proof.status == "unknown":
-                unproven.append((text, f"z3: {proof.reason}"))
+            status, shapes, why = _verify(prover, c.lhs, c.rhs, c.shapes, table)
+            if status != "proven":
+                (unproven if status == "unknown" else rejected).append((text, why))
                 continue
-            if proof.status == "refuted":
-                rejected.append((text, proof.reason))
-                continue
-            why = cross_check(c.lhs, c.rhs, dict(c.shapes), table)
-            if why is not None:
-                rejected.append((text, f"numerical cross-check: {why}"))
-                continue
+            generalised += shapes != c.shapes
             kind = kind_of(c.lhs, c.rhs, table)
-            rules.append(GeneratedRule(f"gen_{kind}_{len(rules):04d}", kind, c.lhs, c.rhs, c.shapes))
+            rules.append(GeneratedRule(f"gen_{kind}_{len(rules):04d}", kind, c.lhs, c.rhs, shapes,
+                                       row_wise(c.lhs, c.rhs, shapes, table)))
         bar.update(task, f"proving ({len(rules)} verified)", len(cands), len(cands))
         # Unity's parallelisation form, one op wrapped in parallel ops: from op(pa(x), pb(y)) =
         # part_d(op(x, y)), cancel the partition: op(x, y) = comb_d(op(pa(x), pb(y))). Such a rule
@@ -159,21 +160,81 @@ def generate(k: int = 3, specs: tuple[OpSpec, ...] = SPECS, time_limit: float = 
             if time.perf_counter() > deadline:
                 unproven.append((text, "not attempted: time limit"))
                 continue
-            proof = prover.prove(lhs, rhs, dict(shapes))
-            if proof.status != "proven":
-                (unproven if proof.status == "unknown" else rejected).append(
-                    (text, f"z3: {proof.reason}"))
+            status, general, why = _verify(prover, lhs, rhs, shapes, table)
+            if status != "proven":
+                (unproven if status == "unknown" else rejected).append((text, why))
                 continue
-            why = cross_check(lhs, rhs, dict(shapes), table)
-            if why is not None:
-                rejected.append((text, f"numerical cross-check: {why}"))
-                continue
-            rules.append(GeneratedRule(f"gen_parallelise_{len(rules):04d}", "mixed", lhs, rhs, shapes))
+            generalised += general != shapes
+            rules.append(GeneratedRule(f"gen_parallelise_{len(rules):04d}", "mixed", lhs, rhs,
+                                       general, row_wise(lhs, rhs, general, table)))
+    stats["generalised_shapes"] = generalised
+    stats["row_wise"] = sum(r.row_wise for r in rules)
     stats["by_kind"] = {kd: sum(r.kind == kd for r in rules) for kd in ("algebraic", "parallel", "mixed")}
     stats["unproven_by_kind"] = _by_kind(unproven, table)
     stats["verified"] = len(rules)
     stats["generation_s"] = round(time.perf_counter() - t0, 2)
     return Generation(k, rules, unproven, rejected, stats)
+
+
+def _verify(prover: Prover, lhs: Term, rhs: Term, shapes: tuple[tuple[str, Shape], ...],
+            table) -> tuple[str, tuple[tuple[str, Shape], ...], str]:
+    """(status, shapes, why): "proven" at the most general input shapes where that holds (see
+    `generalise`; the fingerprint, z3 and the float32 cross-check all at those shapes), else at
+    the enumeration's; or "unknown" (z3 gave up), "refuted" (z3 found a counter-model) or
+    "rejected" (proven, but the float32 cross-check disagrees)."""
+    general = generalise(lhs, rhs, shapes, table)
+    if general != shapes and _same_fingerprint(lhs, rhs, general, table) \
+            and prover.prove(lhs, rhs, dict(general)).status == "proven":
+        shapes = general
+    else:
+        proof = prover.prove(lhs, rhs, dict(shapes))
+        if proof.status != "proven":
+            return proof.status, shapes, (f"z3: {proof.reason}" if proof.status == "unknown"
+                                          else proof.reason)
+    why = cross_check(lhs, rhs, dict(shapes), table)
+    if why is not None:
+        return "rejected", shapes, f"numerical cross-check: {why}"
+    return "proven", shapes, ""
+
+
+def generalise(lhs: Term, rhs: Term, shapes: tuple[tuple[str, Shape], ...],
+               table) -> tuple[tuple[str, Shape], ...]:
+    """The input shapes with each dim shared by two inputs given a symbol of its own wherever
+    both sides still type-check to one shape. The enumeration gives all inputs of one group one
+    shape (x, y, z: n.m), so a rule found over two of them, say act(concat1(v, w)) =
+    concat1(act(v), act(w)), would otherwise hold (and be matched) only where they agree; stated
+    with v: m.p, w: m.q it holds for a concat of inputs of any widths."""
+    cur = dict(shapes)
+    used = {d for s in cur.values() for i in (0, 1) for d in flat(s[i])}
+    fresh = [d for d in FRESH if d not in used]
+    for v, _ in shapes:
+        for i in (0, 1):
+            count = sum(s[j] == cur[v][i] for s in cur.values() for j in (0, 1))
+            if not fresh or count < 2 or cur[v][i] == "1":
+                continue
+            trial = cur | {v: cur[v][:i] + (fresh[0],) + cur[v][i + 1:]}
+            if _type_checks(lhs, rhs, trial, table):
+                cur = trial
+                fresh.pop(0)
+    return tuple((v, cur[v]) for v, _ in shapes)
+
+
+def _type_checks(lhs: Term, rhs: Term, shapes: Mapping[str, Shape], table) -> bool:
+    from .evaluate import infer
+    a, b = infer(lhs, shapes, table), infer(rhs, shapes, table)
+    return a is not None and b is not None and shape_key(a) == shape_key(b)
+
+
+def row_wise(lhs: Term, rhs: Term, shapes: tuple[tuple[str, Shape], ...], table) -> bool:
+    """Whether the rule also holds with softmax (row-wise over dim 1, not elementwise) for the
+    opaque `act`: only rules of a Linear, its activation and elementwise sums/products qualify,
+    whose proofs use of act's axioms only its fusion into a Linear (the others move it across
+    data movement, absent here), which holds for softmax too; the float32 cross-check through
+    the real softmax confirms it."""
+    used = set(ops(lhs)) | set(ops(rhs))
+    if not used & {"act", "linact"} or not used <= ROW_WISE_OPS:
+        return False
+    return cross_check(lhs, rhs, dict(shapes), with_activation(table, "softmax")) is None
 
 
 def _parallelisations(rules: list[GeneratedRule], table) -> list[tuple[Term, Term, tuple]]:
@@ -192,7 +253,6 @@ def _parallelisations(rules: list[GeneratedRule], table) -> list[tuple[Term, Ter
 
 
 def _same_fingerprint(lhs: Term, rhs: Term, shapes, table) -> bool:
-    from .terms import shape_key
     rng = np.random.default_rng(7)
     env = {v: (random_value(s, rng), s) for v, s in shapes}
     a, b = evaluate(lhs, env, table), evaluate(rhs, env, table)
@@ -265,7 +325,8 @@ def to_json(g: Generation) -> dict[str, Any]:
     return {"format": FORMAT, "version": 1, "k": g.k, "stats": g.stats | {"summary": g.summary()},
             "degree": "k (proved for every degree; enumerated with 2)",
             "rules": [{"name": r.name, "kind": r.kind, "lhs": fmt(r.lhs), "rhs": fmt(r.rhs),
-                       "inputs": {v: shape_text(s) for v, s in r.shapes}} for r in g.rules],
+                       "inputs": {v: shape_text(s) for v, s in r.shapes}}
+                      | ({"row_wise": True} if r.row_wise else {}) for r in g.rules],
             "unproven": [{"rule": t, "why": w} for t, w in g.unproven],
             "rejected": [{"rule": t, "why": w} for t, w in g.rejected]}
 
@@ -310,7 +371,9 @@ def load_generated(source: str | Path | Mapping[str, Any],
             for s in subterms(t):
                 if isinstance(s, str) and s not in dict(shapes):
                     raise GeneratedFormatError(f"{where}: input {s!r} has no shape in 'inputs'")
-        out.append(GeneratedRule(r["name"], r["kind"], lhs, rhs, shapes))
+        if not isinstance(r.get("row_wise", False), bool):
+            raise GeneratedFormatError(f"{where}.row_wise: expected true or false")
+        out.append(GeneratedRule(r["name"], r["kind"], lhs, rhs, shapes, r.get("row_wise", False)))
     return out
 
 

@@ -22,7 +22,7 @@ A new operator = one more `OpSpec` in `SPECS` (and its axioms).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -85,11 +85,16 @@ def _k_matmul(v, s):
 ACT_FN = "tanh"  # the real activation the opaque `act` stands for in the cross-check
 
 
-def _k_act(v, s):
-    from unity_legion.operators.activation import activation_forward
-    y = np.empty_like(v[0])
-    activation_forward(x=v[0], y=y, fn=ACT_FN)
-    return y
+def _k_activation(fn: str):
+    def run(v, s):
+        from unity_legion.operators.activation import activation_forward
+        y = np.empty_like(v[0])
+        activation_forward(x=v[0], y=y, fn=fn)
+        return y
+    return run
+
+
+_k_act = _k_activation(ACT_FN)
 
 
 def _k_transpose(v, s):
@@ -461,3 +466,12 @@ SPECS: tuple[OpSpec, ...] = tuple(_build())
 
 def by_name(specs=SPECS) -> dict[str, OpSpec]:
     return {s.name: s for s in specs}
+
+
+def with_activation(table: dict[str, OpSpec], fn: str) -> dict[str, OpSpec]:
+    """`table` with the opaque `act` (alone and fused in `linact`) run in float32 as the real
+    activation `fn` (e.g. softmax, which reads whole rows of dim 1 and is no elementwise
+    function: a rule holds for it only where the cross-check through it says so)."""
+    act = _k_activation(fn)
+    return table | {"act": replace(table["act"], f32=act),
+                    "linact": replace(table["linact"], f32=lambda v, s: act([_k_matmul(v, s)], s))}

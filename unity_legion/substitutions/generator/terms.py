@@ -16,8 +16,11 @@ Term = Union[str, tuple]
 Dim = Union[str, tuple]
 Shape = tuple  # (d0, d1, deg0, deg1, sum, copy)
 
-# concrete sizes of the dimension symbols (distinct and even, so a degree-2 partition applies)
-SIZES = {"1": 1, "n": 2, "m": 4, "p": 6, "q": 8, "r": 10, "s": 12}
+# concrete sizes of the dimension symbols (distinct and even, so a degree-2 partition applies);
+# the enumeration's inputs use n, m, p, the rest give a rule's inputs sizes of their own
+SIZES = {"1": 1, "n": 2, "m": 4, "p": 6, "q": 8, "r": 10, "s": 12, "t": 14, "g": 16, "h": 18,
+         "j": 20}
+FRESH = ("q", "r", "s", "t", "g", "h", "j")
 DEGREE = 2   # the parallel degree of the enumeration; the prover treats it as a symbol k
 
 
