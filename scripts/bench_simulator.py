@@ -6,10 +6,9 @@
 Run by plain Python (the environment of `.venv/unity_legion_env.sh`), the script is a driver: it
 imports no Legate and runs every strategy in a fresh Legate job of its own
 (`legate [--launcher mpirun --nodes 1 --ranks-per-node R] --cpus C --sysmem M` this script
-`--only NAME --rows-out FILE`), as a training job runs one model: in one long-lived runtime
-the steps of a model grow slower with every model trained before it, even after those are
-freed (ResNeXt's step drifted 12-44% over a run that way), which no one-job prediction can
-follow. The first job measures the calibration into the shared cost cache; the others read it
+`--only NAME --rows-out FILE`), as a training job runs one model: nothing a strategy timed
+before leaves behind (in one long-lived runtime ResNeXt's step was seen to drift 12-44% slower
+over a run, after the earlier models were freed) can reach the next one. The first job measures the calibration into the shared cost cache; the others read it
 and the operator costs measured so far. Started by a Legate launcher instead
 (`legate --cpus 2 --sysmem 4000 scripts/bench_simulator.py`), it runs the chosen strategies in
 this one job, one after another.
