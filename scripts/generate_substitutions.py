@@ -7,8 +7,9 @@ Enumerates every graph of up to k operators over the specs
 (unity_legion/substitutions/generator/specs.py), pairs graphs of equal fingerprint, drops trivial
 and redundant pairs, proves each with z3 from the axioms, cross-checks each proven rule in float32
 through the real kernels (each at its most general input shapes: a concat's inputs of their own
-widths), and writes the rule file in our format and in TASO/FlexFlow JSON. The last
-line printed is one JSON object: candidates, verified, rejected, unproven, generation_s.
+widths; a rule with a Conv2D on 4-D images and kernels, see generator/lift.py), and writes the
+rule file in our format and in TASO/FlexFlow JSON. The last line printed is one JSON object:
+candidates, verified, rejected, unproven, generation_s.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
           f"({s['unproven_by_kind']}), rejected {len(g.rejected)}")
     print(f"{s['generalised_shapes']} proved at more general input shapes than enumerated (inputs "
           f"of one group given sizes of their own), {s['row_wise']} hold for softmax too")
+    if "conv" in s:
+        c = s["conv"]
+        print(f"conv pass (Conv2D over images and kernels): {c['terms']} graphs, "
+              f"{c['candidates']} candidate pairs with a convolution, {c['after_pruning']} after "
+              f"pruning, {c['verified']} verified")
     for t, why in g.unproven[:20]:
         print(f"  unproven: {t}  [{why}]")
     for t, why in g.rejected:

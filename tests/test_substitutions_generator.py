@@ -140,19 +140,33 @@ def _graph_of(term, shapes, rng, fn="relu"):
     from unity_legion.pcg.tensor import DataType, TensorShape
     from unity_legion.substitutions.generator.terms import size
 
+    from unity_legion.operators.conv2d import Conv2D
+    from unity_legion.substitutions.generator.lift import HW, KERNEL, KHW, roles, uses_conv
+
     g = ComputationGraph()
-    vals = {v: rng.standard_normal((size(s[0]), size(s[1]))) for v, s in shapes.items()}
+    # a conv rule's images are (batch, H, W, channels), its kernels (kh, kw, in, out)
+    role = roles(term) if uses_conv(term) else {}
+    vals = {v: rng.standard_normal(
+        (size(s[0]), size(s[1])) if v not in role else
+        (*KHW, size(s[0]), size(s[1])) if role[v] == KERNEL else
+        (size(s[0]), *HW, size(s[1]))) for v, s in shapes.items()}
     feeds, weights, env = {}, {}, {}
 
     def build(t):
         if isinstance(t, str):
             if t not in env:
-                env[t] = g.add_input(TensorShape((None, size(shapes[t][1])), DataType.FLOAT64), t)
+                env[t] = g.add_input(TensorShape((None,) + vals[t].shape[1:], DataType.FLOAT64), t)
                 feeds[env[t]] = vals[t]
             return env[t]
         if t in env:
             return env[t]
-        if t[0] in ("matmul", "linact"):
+        if t[0] in ("conv", "convact"):
+            assert isinstance(t[2], str)
+            op = Conv2D(size(shapes[t[2]][1]), KHW, padding="same", use_bias=False,
+                        activation=fn if t[0] == "convact" else "linear")
+            ins = [build(t[1])]
+            weights[(f"n{len(g.nodes)}", "kernel")] = vals[t[2]]
+        elif t[0] in ("matmul", "linact"):
             assert isinstance(t[2], str)
             op = Linear(size(shapes[t[2]][1]), use_bias=False,
                         activation=fn if t[0] == "linact" else "linear")
@@ -320,3 +334,119 @@ def test_softmax_stands_for_act_only_where_the_rule_holds_row_wise():
 def _ops(t):
     from unity_legion.substitutions.generator.terms import ops
     return ops(t)
+
+
+# --- Conv2D: specs, proofs, 4-D cross-check, and the search's merge of convolutions ----------
+
+IMG, KER = logical("n", "m"), logical("m", "p")
+
+
+def test_conv_spec_axioms_self_check_and_a_wrong_conv_is_named():
+    table = by_name()
+    assert {"conv", "convact"} <= set(table) and len(table["conv"].axioms) >= 10
+    check_specs()   # every conv axiom holds in the fingerprint's model
+    conv = table["conv"]
+    # associativity with matmul (a conv of a conv is no conv with the product kernel) is no law
+    bad = dataclasses.replace(conv, axioms=conv.axioms + (
+        "conv(conv(a:n.m, b:m.p), c:p.q) = conv(a, matmul(b, c))",))
+    with pytest.raises(SpecError, match="operator 'conv'"):
+        check_specs(tuple(bad if s.name == "conv" else s for s in SPECS))
+    affine = dataclasses.replace(conv, ref=lambda v, s: (v[0] @ v[1] + 1) % 1_000_003)
+    with pytest.raises(SpecError, match="operator 'conv'"):
+        check_specs(tuple(affine if s.name == "conv" else s for s in SPECS))
+
+
+MERGE = "concat1(conv(x, v), conv(x, w)) = conv(x, concat1(v, w))"
+IN_CHANNELS = "add(conv(x, v), conv(y, w)) = conv(concat1(x, y), concat0(v, w))"
+
+
+def test_generated_conv_rules_are_found_proven_and_cross_checked_on_4d_tensors(prover):
+    from unity_legion.substitutions.generator.lift import cross_check_4d
+    shipped = {r.text(): r for r in load_generated(OURS_FILE)}
+    for text in (MERGE, IN_CHANNELS, "conv(x, v) = comb0(conv(part0(x), repl(v)))",
+                 "conv(x, v) = comb1(conv(repl(x), part1(v)))",
+                 "conv(x, v) = red(conv(part1(x), part0(v)))", "act(conv(x, v)) = convact(x, v)"):
+        assert text in shipped, text
+        r = shipped[text]
+        assert _prove(prover, text, dict(r.shapes)) == "proven"
+        assert cross_check(r.lhs, r.rhs, dict(r.shapes), by_name()) is None
+    # the merged kernels are of their own widths (Inception's branches differ)
+    assert dict(shipped[MERGE].shapes)["v"][1] != dict(shipped[MERGE].shapes)["w"][1]
+    table = by_name()
+    false = [("conv(x, concat1(v, w)) = concat1(conv(x, w), conv(x, v))",
+              {"x": IMG, "v": KER, "w": KER}),                 # kernels swapped
+             ("conv(x, v) = matmul(x, v)", {"x": IMG, "v": KER}),   # a conv is no matmul
+             ("act(conv(add(x, y), v)) = add(convact(x, v), convact(y, v))",
+              {"x": IMG, "y": IMG, "v": KER})]
+    for text, shapes in false:
+        assert _prove(prover, text, shapes) != "proven", text
+    lhs, rhs = parse(false[0][0].split(" = ")[0])[0], parse(false[0][0].split(" = ")[1])[0]
+    assert "differ" in cross_check_4d(lhs, rhs, false[0][1], table)
+
+
+def _conv_graph(geometry, filters=(4, 5), use_bias=True, shared=True):
+    """Two Conv2D on one input (or on two inputs, summed) joined into a concat (an add)."""
+    import numpy as np
+
+    from unity_legion.operators.concat import Concat
+    from unity_legion.operators.conv2d import Conv2D
+    from unity_legion.operators.elementwise import Add
+    from unity_legion.pcg.graph import ComputationGraph
+    from unity_legion.pcg.tensor import DataType, TensorShape
+
+    rng = np.random.default_rng(5)
+    g = ComputationGraph()
+    a = g.add_input(TensorShape((None, 7, 6, 3), DataType.FLOAT64), "a")
+    b = a if shared else g.add_input(TensorShape((None, 7, 6, 3), DataType.FLOAT64), "b")
+    feeds = {t: rng.standard_normal((2, 7, 6, 3)) for t in dict.fromkeys((a, b))}
+    weights = {}
+    outs = []
+    for name, src, f, geo in zip(("c1", "c2"), (a, b), filters, geometry):
+        op = Conv2D(f, use_bias=use_bias, **geo)
+        outs.append(g.add_node(op, [src], name)[0])
+        kh, kw = op.kernel_size
+        weights[(name, "kernel")] = rng.standard_normal((kh, kw, 3, f))
+        if use_bias:
+            weights[(name, "bias")] = rng.standard_normal(f)
+    root = g.add_node(Concat(-1) if shared else Add(), outs, "join")[0]
+    return g, feeds, weights, root
+
+
+def _rules_named(text):
+    ours = {r.name: r.text() for r in load_generated(OURS_FILE)}
+    return [r for r in generated_rules() if ours.get(r.name) == text]
+
+
+@pytest.mark.parametrize("geo", [dict(kernel_size=3, padding="same"),
+                                 dict(kernel_size=(3, 1), strides=2, padding="valid",
+                                      dilation_rate=1)])
+def test_generated_merge_of_convolutions_sharing_an_input_rewrites_a_keras_graph(geo):
+    """Inception's branches: conv_a(x), conv_b(x) joined by a concat become one Conv2D with the
+    kernels (and biases) concatenated along the output channels: the same numbers."""
+    (rule,) = _rules_named(MERGE)
+    g, feeds, weights, root = _conv_graph([geo, geo])
+    rw = _rewrite_and_compare(g, feeds, weights, root, rule, batch=2)
+    convs = [n for n in rw.graph.nodes if n.op.op_type == "conv2d"]
+    assert len(convs) == 1 and convs[0].op.filters == 9 and convs[0].op.use_bias
+    src = rw.weight_map[(convs[0].name, "kernel")]
+    assert src.mode == "concat" and src.axis == 3
+    assert src.leaves() == [("c1", "kernel"), ("c2", "kernel")]
+    assert rw.weight_map[(convs[0].name, "bias")].axis == 0
+    # convolutions of other window geometries are other functions: no match
+    from unity_legion.substitutions import find_matches
+    g2, *_ = _conv_graph([dict(kernel_size=3, padding="same"), dict(kernel_size=5, padding="same")])
+    assert not find_matches(g2, rule)
+
+
+def test_generated_input_channel_merge_of_convolutions_needs_no_bias():
+    """conv(x, v) + conv(y, w) = conv(concat(x, y), [v; w]): the kernels join along their input
+    channels (axis 2); biases would add up, so only convolutions without one match."""
+    from unity_legion.substitutions import find_matches
+    (rule,) = _rules_named(IN_CHANNELS)
+    geo = dict(kernel_size=3, padding="same")
+    g, feeds, weights, root = _conv_graph([geo, geo], (4, 4), use_bias=False, shared=False)
+    rw = _rewrite_and_compare(g, feeds, weights, root, rule, batch=2)
+    (conv,) = [n for n in rw.graph.nodes if n.op.op_type == "conv2d"]
+    assert rw.weight_map[(conv.name, "kernel")].axis == 2
+    g2, *_ = _conv_graph([geo, geo], (4, 4), use_bias=True, shared=False)
+    assert not find_matches(g2, rule)

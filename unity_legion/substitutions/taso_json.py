@@ -6,12 +6,16 @@ Format: {"_t": "RuleCollection", "rule" (or "rules"): [{"_t": "Rule", "name", "s
 dst output stands for which src output.
 
 What becomes what:
-- operators we have (Linear, activations, identity, add/subtract/multiply, concat; split in a
-  pattern only, as the format has no split sizes) -> an algebraic `Rule`. TASO's Linear reads its
+- operators we have (Linear, Conv2D, activations, identity, add/subtract/multiply, concat; split
+  in a pattern only, as the format has no split sizes) -> an algebraic `Rule`. TASO's Linear reads its
   weight as a second input: that input must be a pattern input used by one Linear on each side,
   and the dst Linear is then the matched src Linear with the dst's activation (its kernel and
   bias carried over). Unless both read the same data tensor, it must have no bias (TASO's Linear
-  has none, and a bias does not follow every rewrite).
+  has none, and a bias does not follow every rewrite). OP_CONV2D likewise (one group,
+  channels_last, stated as PM_GROUP 1 and without window parameters: a rule for every window;
+  a rule's convolutions must agree in window geometry); a dst Conv2D's kernel may
+  also be an OP_CONCAT of src kernels, PM_AXIS 3 (output channels: the biases join too) or 2
+  (input channels: no bias), which becomes the kernel's weight map.
 - one compute op wrapped in parallel ops in dst -> a `ParallelRule` (which launch axis it
   enables; PM_PARALLEL_DIM counts from the innermost dim, FlexFlow's order, so the batch is dim
   PM_NUMDIM - 1 and a Partition/Combine rule needs PM_NUMDIM).
@@ -29,8 +33,8 @@ from typing import Any, Mapping
 from unity_legion.operators.base import DimKind, attribute_axis
 
 from .parallel import ParallelRule, parallel_rules
-from .rule import (AttrEq, Copy, In, New, OpPattern, OpTemplate, Out, Rule,
-                   SubstitutionError)
+from .rule import (AttrEq, Computed, Copy, In, New, OpPattern, OpTemplate, Out, Pred, Rule,
+                   SubstitutionError, WeightFrom)
 
 
 class TasoFormatError(SubstitutionError):
@@ -75,8 +79,31 @@ MERGE_TYPES = {"OP_EW_ADD": "add", "OP_EW_SUB": "subtract", "OP_EW_MUL": "multip
 # PM_ACTI: TASO's ActiMode (0..3) and FlexFlow's (10..14)
 ACTI = {0: "linear", 1: "sigmoid", 2: "relu", 3: "tanh",
         10: "linear", 11: "relu", 12: "sigmoid", 13: "tanh", 14: "gelu"}
-OP_TYPE_OF = {"OP_LINEAR": "linear", "OP_IDENTITY": "identity", "OP_CONCAT": "concatenate",
+OP_TYPE_OF = {"OP_LINEAR": "linear", "OP_CONV2D": "conv2d", "OP_IDENTITY": "identity",
+              "OP_CONCAT": "concatenate",
               "OP_SPLIT": "split", **{k: "activation" for k in ACTIVATION_TYPES}, **MERGE_TYPES}
+# operators whose second input is their weight (a pattern input): Linear's (in, out) kernel, a
+# Conv2D's (kh, kw, in, out) kernel (one group, channels_last, any kernel size, stride, padding)
+WEIGHTED = ("OP_LINEAR", "OP_CONV2D")
+# a dst Conv2D's kernel may be an OP_CONCAT of src kernels along input (2) or output (3) channels
+KERNEL_AXES = {2: 2, 3: 3, -1: 3}
+CONV_SAME = ("kernel_size", "strides", "padding", "dilation_rate", "use_bias")
+# window parameters this loader does not read: a rule that names them may hold only for them
+CONV_WINDOW = ("PM_KERNEL_H", "PM_KERNEL_W", "PM_STRIDE_H", "PM_STRIDE_W", "PM_PAD",
+               "PM_PADDING_H", "PM_PADDING_W", "PM_DILATION_H", "PM_DILATION_W")
+
+
+def _check_conv(o: "TasoOp") -> None:
+    """An OP_CONV2D is read only where its rule holds for every window (no window parameter)
+    and it states one group (PM_GROUP 1, as the generator writes): a grouped convolution obeys
+    other laws, and a file that leaves the group count out may mean either."""
+    if o.type != "OP_CONV2D":
+        return
+    if o.param("PM_GROUP") != 1:
+        raise _Skip("OP_CONV2D without PM_GROUP 1 (rules for ungrouped convolutions only)")
+    named = [k for k in CONV_WINDOW if o.param(k) is not None]
+    if named:
+        raise _Skip(f"OP_CONV2D with window parameters {named} (rules for every window only)")
 
 
 class _Skip(Exception):
@@ -197,6 +224,7 @@ def _parallel_rule(tr: TasoRule, known: Mapping[tuple[str, str], ParallelRule]) 
         raise _Skip("the wrapped operator differs from the source operator")
     if op.type not in OP_TYPE_OF:
         raise _Skip(f"unsupported operator {op.type}")
+    _check_conv(op)
     op_type = OP_TYPE_OF[op.type]
     # the parallel op on the data input (input 0) and the one reading the op's output
     pre = dop.inputs[0]
@@ -237,33 +265,49 @@ def _algebraic_rule(tr: TasoRule) -> Rule:
     for o in tr.src + tr.dst:
         if o.type not in OP_TYPE_OF:
             raise _Skip(f"unsupported operator {o.type}")
+        _check_conv(o)
     if any(o.type == "OP_SPLIT" for o in tr.dst):
         raise _Skip("a split in the replacement (the format has no split sizes)")
-    # TASO Linear weights: pattern inputs read as a Linear's second input
+    # TASO Linear / Conv2D weights: pattern inputs read as the op's second input
     weights: dict[int, int] = {}   # pattern input -> src op index of the Linear reading it
+    kernel_cats: set[int] = set()  # dst ops that concatenate src Conv2D kernels (no graph op)
     for side, ops in (("src", tr.src), ("dst", tr.dst)):
         uses: dict[int, int] = {}
         for i, o in enumerate(ops):
-            if o.type == "OP_LINEAR" and len(o.inputs) == 2:
+            if o.type in WEIGHTED and len(o.inputs) == 2:
                 w = o.inputs[1]
-                if w.op >= 0:
+                ws = [w]
+                if w.op >= 0 and side == "dst" and o.type == "OP_CONV2D" \
+                        and ops[w.op].type == "OP_CONCAT" \
+                        and all(t.op < 0 for t in ops[w.op].inputs):
+                    kernel_cats.add(w.op)
+                    ws = list(ops[w.op].inputs)
+                elif w.op >= 0:
                     raise _Skip("a Linear weight computed by other operators")
-                uses[w.op] = uses.get(w.op, 0) + 1
-                if side == "src":
-                    weights[w.op] = i
-            elif o.type == "OP_LINEAR" and len(o.inputs) != 1:
+                for t in ws:
+                    uses[t.op] = uses.get(t.op, 0) + 1
+                    if side == "src":
+                        weights[t.op] = i
+            elif o.type in WEIGHTED and len(o.inputs) != 1:
                 raise _Skip("a Linear with more than two inputs")
         if any(n > 1 for n in uses.values()):
             raise _Skip(f"a weight shared by two Linears in {side}")
-        for o in ops:
-            data = o.inputs[:1] if o.type == "OP_LINEAR" else o.inputs
+        for i, o in enumerate(ops):
+            if side == "dst" and i in kernel_cats:   # reads kernels, as kernels
+                continue
+            data = o.inputs[:1] if o.type in WEIGHTED else o.inputs
             if any(t.op < 0 and t.op in weights for t in data):
                 raise _Skip("a weight used as data")
         if side == "dst" and set(uses) - set(weights):
             raise _Skip("a dst Linear weight that no src Linear has")
+    for c in kernel_cats:
+        if any(tr.src[weights[t.op]].type != "OP_CONV2D" for t in tr.dst[c].inputs):
+            raise _Skip("a Conv2D kernel concatenated from a Linear's")
+        if any(t.op == c for o in tr.dst if o.type != "OP_CONV2D" for t in o.inputs):
+            raise _Skip("a concatenation of kernels used as data")
     data_ids: dict[int, int] = {}
     for o in tr.src:
-        for t in (o.inputs[:1] if o.type == "OP_LINEAR" else o.inputs):
+        for t in (o.inputs[:1] if o.type in WEIGHTED else o.inputs):
             if t.op < 0 and t.op not in data_ids:
                 data_ids[t.op] = len(data_ids)
 
@@ -275,14 +319,19 @@ def _algebraic_rule(tr: TasoRule) -> Rule:
         return Out(f"{side}{t.op}", t.ts)
 
     pattern = [_pattern_op(i, o, ref) for i, o in enumerate(tr.src)]
-    replacement = [_template(i, o, ref, weights, tr) for i, o in enumerate(tr.dst)]
+    replacement = [_template(i, o, ref, weights, tr) for i, o in enumerate(tr.dst)
+                   if i not in kernel_cats]
     if any(isinstance(x, tuple) for x in replacement):  # a dst Linear that needs no bias
         extra = {lb for x in replacement if isinstance(x, tuple) for lb in x[1]}
         replacement = [x[0] if isinstance(x, tuple) else x for x in replacement]
         pattern = [OpPattern(p.label, p.op_type, p.inputs, p.where + (AttrEq("use_bias", False),))
                    if p.label in extra else p for p in pattern]
     outputs = [(Out(f"src{so}", st), Out(f"dst{do}", dt)) for so, st, do, dt in tr.mapped]
-    return Rule(tr.name, "taso", "algebraic", tuple(pattern), tuple(replacement), tuple(outputs))
+    # one rule's convolutions are one function: the same window geometry (and bias or not)
+    convs = [f"src{i}" for i, o in enumerate(tr.src) if o.type == "OP_CONV2D"]
+    where = tuple(Pred("same_attrs", (a, b) + CONV_SAME) for a, b in zip(convs, convs[1:]))
+    return Rule(tr.name, "taso", "algebraic", tuple(pattern), tuple(replacement), tuple(outputs),
+                where)
 
 
 def _pattern_op(i: int, o: TasoOp, ref: Any) -> OpPattern:
@@ -290,12 +339,14 @@ def _pattern_op(i: int, o: TasoOp, ref: Any) -> OpPattern:
     where: list = []
     ins = o.inputs
     num_outputs = None
-    if o.type == "OP_LINEAR":
+    if o.type in WEIGHTED:
         acti = o.param("PM_ACTI", 0)
         if acti not in ACTI:
             raise _Skip(f"unknown PM_ACTI {acti}")
         where.append(AttrEq("activation", ACTI[acti]))
         ins = o.inputs[:1]
+        if o.type == "OP_CONV2D":   # the kernel concats and the channel axis assume these
+            where += [AttrEq("groups", 1), AttrEq("data_format", "channels_last")]
     elif o.type in ACTIVATION_TYPES:
         where.append(AttrEq("fn", ACTIVATION_TYPES[o.type]))
     elif o.type in ("OP_CONCAT", "OP_SPLIT"):
@@ -306,7 +357,7 @@ def _pattern_op(i: int, o: TasoOp, ref: Any) -> OpPattern:
         if o.type == "OP_SPLIT":
             num_outputs = o.param("PM_NUM_OUTPUTS", 2)
     n = o.param("PM_NUM_INPUTS")
-    if n is not None and n != len(ins) and o.type != "OP_LINEAR":
+    if n is not None and n != len(ins) and o.type not in WEIGHTED:
         raise _Skip(f"{o.type}: PM_NUM_INPUTS {n} but {len(ins)} inputs")
     return OpPattern(f"src{i}", typ, tuple(ref(t, "src") for t in ins), tuple(where), num_outputs)
 
@@ -314,12 +365,14 @@ def _pattern_op(i: int, o: TasoOp, ref: Any) -> OpPattern:
 def _template(i: int, o: TasoOp, ref: Any, weights: Mapping[int, int], tr: TasoRule) -> Any:
     typ = OP_TYPE_OF[o.type]
     label = f"dst{i}"
-    if o.type == "OP_LINEAR":
+    if o.type in WEIGHTED:
         acti = ACTI.get(o.param("PM_ACTI", 0))
         if acti is None:
             raise _Skip(f"unknown PM_ACTI {o.param('PM_ACTI')}")
         if len(o.inputs) != 2:
             raise _Skip("a dst Linear without a weight input")
+        if o.inputs[1].op >= 0:
+            return _merged_conv(label, o, acti, ref, weights, tr)
         src_i = weights[o.inputs[1].op]
         src_op = tr.src[src_i]
         t = OpTemplate(label, Copy(f"src{src_i}", (("activation", acti),)),
@@ -337,3 +390,24 @@ def _template(i: int, o: TasoOp, ref: Any, weights: Mapping[int, int], tr: TasoR
     else:
         build = New(typ)
     return OpTemplate(label, build, tuple(ref(t, "dst") for t in o.inputs))
+
+
+def _merged_conv(label: str, o: TasoOp, acti: str, ref: Any, weights: Mapping[int, int],
+                 tr: TasoRule) -> Any:
+    """A dst Conv2D whose kernel concatenates src Conv2D kernels: the first src Conv2D with the
+    joined kernel (Keras layout: output channels are axis 3, with the biases joined too; input
+    channels axis 2, without biases, which would add up) and the dst's activation."""
+    cat = tr.dst[o.inputs[1].op]
+    axis = KERNEL_AXES.get(cat.param("PM_AXIS"))
+    if axis is None:
+        raise _Skip(f"a Conv2D kernel concatenated along PM_AXIS {cat.param('PM_AXIS')}")
+    srcs = [f"src{weights[t.op]}" for t in cat.inputs]
+    set_: tuple = (("activation", acti),)
+    ws = [WeightFrom("kernel", tuple((lb, "kernel") for lb in srcs), axis=axis)]
+    if axis == 3:
+        set_ += (("filters", Computed("sum_attr", ("filters", *srcs))),)
+        ws.append(WeightFrom("bias", tuple((lb, "bias") for lb in srcs), axis=0))
+    t = OpTemplate(label, Copy(srcs[0], set_), (ref(o.inputs[0], "dst"),), tuple(ws),
+                   name_from=srcs[0])
+    same_data = all(tr.src[weights[x.op]].inputs[0] == o.inputs[0] for x in cat.inputs)
+    return t if axis == 3 and same_data else (t, set(srcs))

@@ -5,6 +5,8 @@ specs.py      one declarative OpSpec per operator family: typing (with parallel 
 evaluate.py   term evaluation and the spec self-check (an axiom that contradicts the reference
               evaluation names its operator)
 enumerate.py  graphs of up to k operators, fingerprints, candidates, pruning
+lift.py       Conv2D: its channel-structured 2-D model (why the proofs hold for real
+              convolutions), the image/kernel roles, the float32 cross-check on 4-D tensors
 prover.py     z3 proofs from the axioms
 generate.py   the pipeline (each rule proved at its most general input shapes) and the rule
               files (ours: data/generated_rules.json; TASO/FlexFlow: data/generated_rules_taso.json)
@@ -89,7 +91,7 @@ def _with_shape_guard(rule, g: GeneratedRule, taso_rule: dict):
     shapes = dict(g.shapes)
     order: list[str] = []                          # the loader's In(i): data inputs of srcOp
     for op in taso_rule["srcOp"]:
-        ins = op["input"][:1] if op["type"] == "OP_LINEAR" else op["input"]
+        ins = op["input"][:1] if op["type"] in ("OP_LINEAR", "OP_CONV2D") else op["input"]
         for t in ins:
             if t["opId"] < 0 and names[-t["opId"] - 1] not in order:
                 order.append(names[-t["opId"] - 1])

@@ -28,6 +28,11 @@ INPUTS: dict[str, Shape] = {
     "w": logical("m", "p"), "v": logical("m", "p"),
     "u": logical("p", "n"),
 }
+# the conv pass's inputs (see specs.CONV_PASS): images x, y and kernels v, w
+CONV_INPUTS: dict[str, Shape] = {
+    "x": logical("n", "m"), "y": logical("n", "m"),
+    "v": logical("m", "p"), "w": logical("m", "p"),
+}
 MAX_DEVICES = 4  # parallel layouts over more devices than this are not enumerated
 
 
@@ -51,8 +56,10 @@ def _fingerprint(value: np.ndarray, shape: Shape) -> tuple:
 
 def enumerate_terms(k: int, specs: tuple[OpSpec, ...] = SPECS, inputs: Mapping[str, Shape] = INPUTS,
                     seed: int = 0, deadline: float | None = None,
-                    progress: Callable[[int, int, int], None] | None = None) -> Enumeration:
-    """Every term with up to `k` operators built from class representatives."""
+                    progress: Callable[[int, int, int], None] | None = None,
+                    admit: Callable[[Term], bool] | None = None) -> Enumeration:
+    """Every term with up to `k` operators built from class representatives (and, with
+    `admit`, that it admits)."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     ops = [s for s in specs if s.enumerate]
@@ -86,6 +93,8 @@ def enumerate_terms(k: int, specs: tuple[OpSpec, ...] = SPECS, inputs: Mapping[s
             if shp is None or shp[2] * shp[3] * shp[4] * shp[5] > MAX_DEVICES:
                 continue
             t = (spec.name,) + args
+            if admit is not None and not admit(t):
+                continue
             val = spec.ref([values[a] for a in args], [shapes[a] for a in args])
             count += 1
             fp = _fingerprint(val, shp)

@@ -68,7 +68,11 @@ def kind_of(lhs: Term, rhs: Term, specs: Mapping[str, OpSpec]) -> str:
 
 def cross_check(lhs: Term, rhs: Term, shapes: Mapping[str, Shape], specs: Mapping[str, OpSpec],
                 seeds: int = 2) -> str | None:
-    """None if both sides agree in float32 through the real kernels, else why not."""
+    """None if both sides agree in float32 through the real kernels, else why not (a rule with
+    a convolution: on 4-D images and kernels, see lift.py)."""
+    from .lift import cross_check_4d, uses_conv
+    if uses_conv(lhs, rhs):
+        return cross_check_4d(lhs, rhs, shapes, specs, seeds)
     for seed in range(seeds):
         rng = np.random.default_rng(100 + seed)
         env = {v: (random_value(s, rng, "f32"), s) for v, s in sorted(shapes.items())}
@@ -167,6 +171,11 @@ def generate(k: int = 3, specs: tuple[OpSpec, ...] = SPECS, time_limit: float = 
             generalised += general != shapes
             rules.append(GeneratedRule(f"gen_parallelise_{len(rules):04d}", "mixed", lhs, rhs,
                                        general, row_wise(lhs, rhs, general, table)))
+        conv = _conv_pass(k, table, prover, deadline, bar, rules, unproven, rejected)
+        if conv:
+            stats["conv"] = conv
+            stats["candidates"] += conv["candidates"]
+            generalised += conv.pop("generalised")
     stats["generalised_shapes"] = generalised
     stats["row_wise"] = sum(r.row_wise for r in rules)
     stats["by_kind"] = {kd: sum(r.kind == kd for r in rules) for kd in ("algebraic", "parallel", "mixed")}
@@ -174,6 +183,73 @@ def generate(k: int = 3, specs: tuple[OpSpec, ...] = SPECS, time_limit: float = 
     stats["verified"] = len(rules)
     stats["generation_s"] = round(time.perf_counter() - t0, 2)
     return Generation(k, rules, unproven, rejected, stats)
+
+
+def _conv_pass(k: int, table: Mapping[str, OpSpec], prover: Prover, deadline: float, bar: "_Bar",
+               rules: list[GeneratedRule], unproven: list, rejected: list) -> dict[str, Any]:
+    """Enumerate the convolutions (specs.CONV_PASS over images and kernels, every term giving
+    each tensor one role, see lift.py), prove the candidates that involve a convolution, derive
+    their parallelisations like the main pass's, and append what is proven to `rules`.
+    Returns the pass's statistics ({} without a conv spec)."""
+    if "conv" not in table:
+        return {}
+    from dataclasses import replace
+
+    from .enumerate import CONV_INPUTS
+    from .lift import role_consistent, uses_conv
+    from .specs import CONV_PASS
+    ops = tuple(replace(table[n], enumerate=True) for n in CONV_PASS if n in table)
+    task = bar.add("conv pass", None)
+    e = enumerate_terms(k, ops, CONV_INPUTS, deadline=deadline, admit=role_consistent,
+                        progress=lambda n, i, tot: bar.update(task, f"conv pass size {n}", i, tot))
+    pairs = sum(uses_conv(t, members[0][0]) for members in e.classes.values()
+                for t, _ in members[1:])
+    cands, _ = candidates(e, CONV_INPUTS)
+    forms = {erased(r.lhs, r.rhs) for r in rules}
+    cands = [c for c in cands if uses_conv(c.lhs, c.rhs) and erased(c.lhs, c.rhs) not in forms]
+    out = {"terms": e.terms, "classes": len(e.classes), "candidates": pairs,
+           "after_pruning": len(cands), "verified": 0, "generalised": 0}
+    if not e.complete:
+        warnings.warn(f"k={k}: the conv pass passed the time limit at size {e.stopped_at}")
+        out["stopped"] = f"enumeration at size {e.stopped_at}"
+    first = len(rules)
+
+    def attempt(lhs: Term, rhs: Term, shapes, name: str | None) -> None:
+        text = f"{fmt(lhs)} = {fmt(rhs)}"
+        if time.perf_counter() > deadline:
+            unproven.append((text, "not attempted: time limit"))
+            return
+        status, general, why = _verify(prover, lhs, rhs, shapes, table)
+        if status != "proven":
+            (unproven if status == "unknown" else rejected).append((text, why))
+            return
+        out["generalised"] += general != shapes
+        kind = kind_of(lhs, rhs, table) if name is None else "mixed"
+        rules.append(GeneratedRule(f"gen_{name or kind}_{len(rules):04d}", kind, lhs, rhs,
+                                   general, row_wise(lhs, rhs, general, table)))
+        forms.add(erased(lhs, rhs))
+
+    for i, c in enumerate(cands):
+        bar.update(task, "conv pass: proving", i, len(cands))
+        attempt(c.lhs, c.rhs, c.shapes, None)
+    derived = _parallelisations(rules[first:], table) + [
+        d for d in _reductions(e, table, CONV_INPUTS) if uses_conv(d[0], d[1])]
+    derived = [(*canonical_pair(lhs, rhs, CONV_INPUTS),) for lhs, rhs, _ in derived]
+    derived.sort(key=lambda p: (-len(variables(("pair",) + p)), repr(p)))
+    kept, seen = [], set(forms)
+    for lhs, rhs in derived:   # a candidate only if the fingerprints agree
+        shapes = tuple((v, CONV_INPUTS[v]) for v in variables(("pair", lhs, rhs)))
+        if erased(lhs, rhs) not in seen \
+                and not any(g in seen for g in _generalisations(lhs, rhs)) \
+                and _same_fingerprint(lhs, rhs, shapes, table):
+            seen.add(erased(lhs, rhs))
+            kept.append((lhs, rhs, shapes))
+    out["candidates"] += len(kept)
+    out["derived_candidates"] = len(kept)
+    for lhs, rhs, shapes in kept:
+        attempt(lhs, rhs, shapes, "parallelise")
+    out["verified"] = len(rules) - first
+    return out
 
 
 def _verify(prover: Prover, lhs: Term, rhs: Term, shapes: tuple[tuple[str, Shape], ...],
@@ -380,6 +456,7 @@ def load_generated(source: str | Path | Mapping[str, Any],
 def to_taso(rules: list[GeneratedRule], specs: tuple[OpSpec, ...] = SPECS) -> dict[str, Any]:
     """The rules in the TASO/FlexFlow JSON format (rules whose side is a bare input, which the
     format cannot map, are left out)."""
+    from .lift import roles, uses_conv
     table = by_name(specs)
     out = []
     for r in rules:
@@ -390,9 +467,10 @@ def to_taso(rules: list[GeneratedRule], specs: tuple[OpSpec, ...] = SPECS) -> di
         ways = [(r.name, r.lhs, r.rhs)]
         if set(variables(r.lhs)) == set(variables(r.rhs)):
             ways.append((r.name + REVERSED, r.rhs, r.lhs))
+        role = roles(r.lhs, r.rhs) if uses_conv(r.lhs, r.rhs) else None
         for name, lhs, rhs in ways:
-            src, sroot = _taso_ops(lhs, ids, table)
-            dst, droot = _taso_ops(rhs, ids, table)
+            src, sroot = _taso_ops(lhs, ids, table, role)
+            dst, droot = _taso_ops(rhs, ids, table, role)
             out.append({"_t": "Rule", "name": name, "srcOp": src, "dstOp": dst,
                         "mappedOutput": [{"_t": "MapOutput", "srcOpId": sroot[0],
                                           "srcTsId": sroot[1], "dstOpId": droot[0],
@@ -400,7 +478,12 @@ def to_taso(rules: list[GeneratedRule], specs: tuple[OpSpec, ...] = SPECS) -> di
     return {"_t": "RuleCollection", "rule": out}
 
 
-def _taso_ops(t: Term, ids: dict[str, int], table) -> tuple[list, tuple[int, int]]:
+def _taso_ops(t: Term, ids: dict[str, int], table, role=None) -> tuple[list, tuple[int, int]]:
+    """`t` as TASO operators. In a conv rule (`role`: lift.roles) a concat or split of kernels
+    names the axis of our Conv2D kernel (kh, kw, in, out) its 2-D dim stands for: 2 (input
+    channels) or 3 (output channels); of images, as in the 2-D rules (the batch, or -1: the
+    channels of channels_last images)."""
+    from .lift import AXIS, KERNEL
     ops: list = []
     where: dict = {}
 
@@ -416,6 +499,9 @@ def _taso_ops(t: Term, ids: dict[str, int], table) -> tuple[list, tuple[int, int
         if key not in where:
             ins = [ref(a) for a in s[1:]]
             typ, params = spec.taso
+            if role is not None and role.get(s) == KERNEL and typ in ("OP_CONCAT", "OP_SPLIT"):
+                axis = AXIS[KERNEL][int(spec.name[len("concat") if typ == "OP_CONCAT" else 5])]
+                params = (("PM_AXIS", axis),) + params[1:]
             if typ == "OP_MATMUL_ACT" and _weight_like(s[2], table):
                 typ, params = "OP_LINEAR", (("PM_ACTI", 2),)   # our opaque act is read as relu
             elif typ == "OP_MATMUL" and _weight_like(s[2], table):

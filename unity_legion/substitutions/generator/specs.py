@@ -416,6 +416,7 @@ def _build() -> list[OpSpec]:
                    taso=("OP_REDUCE_SUM", (("PM_AXIS", d if d == 0 else -1),)), ours=None,
                    doc=f"sum over dim {d} (kept as size 1)"),
         ]
+    specs += _conv_specs()
     from unity_legion.pcg.parallel_ops import Combine, Partition, Reduce, Replicate
     for d in (0, 1):
         o = 1 - d
@@ -461,7 +462,64 @@ def _build() -> list[OpSpec]:
     return specs
 
 
+CONV_SCALE = 3  # the fingerprint's stand-in for the crop of a convolution (see lift.py)
+
+
+def _no_2d(v, s):
+    raise NotImplementedError("a convolution is cross-checked on 4-D tensors (generator/lift.py)")
+
+
+def _conv_specs() -> list[OpSpec]:
+    """Conv2D over the channel-structured 2-D view of lift.py: x (batch, channels) an image
+    batch, w (in channels, out channels) a kernel. Its axioms are the laws of a real convolution
+    (any kernel size, stride, padding, dilation; one group): bilinear, per sample, distributing
+    over concats of channels, and its parallel forms. Unlike matmul it is not associative, has
+    no transpose law and no law with a reduction over samples or channels (none is stated).
+    Not enumerated with the other operators: the conv pass (`CONV_PASS`) enumerates it with
+    images and kernels as inputs, and its rules are cross-checked on 4-D tensors."""
+    scaled = lambda v, s: (CONV_SCALE * ((v[0] @ v[1]) % P)) % P  # noqa: E731
+    return [
+        OpSpec("conv", 2, "algebraic", _matmul_shape, scaled, _no_2d,
+               lambda ad, p: (ad[0][0], ad[1][1]),
+               axioms=_ax(
+                   "conv(a:n.m, add(b:m.p, c:m.p)) = add(conv(a, b), conv(a, c))",
+                   "conv(add(a:n.m, b:n.m), c:m.p) = add(conv(a, c), conv(b, c))",
+                   "conv(concat0(a:n.m, b:p.m), c:m.q) = concat0(conv(a, c), conv(b, c))",
+                   "conv(a:n.m, concat1(b:m.p, c:m.q)) = concat1(conv(a, b), conv(a, c))",
+                   "conv(concat1(a:n.m, b:n.p), concat0(c:m.q, d:p.q)) = add(conv(a, c), conv(b, d))",
+                   # parallelisations: sample, output channels, input channels (reduction),
+                   # replicated, partial input
+                   "conv(part0(a:n.m), repl(b:m.p)) = part0(conv(a, b))",
+                   "conv(repl(a:n.m), part1(b:m.p)) = part1(conv(a, b))",
+                   "conv(part1(a:n.m), part0(b:m.p)) = partial(conv(a, b))",
+                   "conv(repl(a:n.m), repl(b:m.p)) = repl(conv(a, b))",
+                   "conv(partial(a:n.m), repl(b:m.p)) = partial(conv(a, b))",
+                   "conv(repl(a:n.m), partial(b:m.p)) = partial(conv(a, b))",
+               ),
+               taso=("OP_CONV2D", (("PM_GROUP", 1), ("PM_ACTI", 0))), ours="conv2d",
+               enumerate=False,
+               doc="Conv2D without activation (any kernel size, stride, padding; one group)"),
+        OpSpec("convact", 2, "algebraic", _linact_shape, lambda v, s: _opaque(scaled(v, s)),
+               _no_2d, lambda ad, p: (ad[0][0], ad[1][1]),
+               axioms=_ax(
+                   "convact(a:n.m, b:m.p) = act(conv(a, b))",
+                   "convact(part0(a:n.m), repl(b:m.p)) = part0(convact(a, b))",
+                   "convact(repl(a:n.m), part1(b:m.p)) = part1(convact(a, b))",
+                   "convact(repl(a:n.m), repl(b:m.p)) = repl(convact(a, b))",
+               ),
+               taso=("OP_CONV2D", (("PM_GROUP", 1), ("PM_ACTI", 2))), ours="conv2d",
+               enumerate=False,
+               doc="Conv2D with a fused activation (Conv2D(activation=...))"),
+    ]
+
+
 SPECS: tuple[OpSpec, ...] = tuple(_build())
+
+# The conv pass: the operators enumerated with the convolutions (no matmul, transpose or
+# reduction, which have no image/kernel meaning here) and its inputs, images x, y and kernels
+# v, w (see lift.py; every enumerated term must give each tensor one role).
+CONV_PASS = ("conv", "convact", "add", "act", "concat0", "split0l", "split0r", "concat1",
+             "split1l", "split1r", "part0", "comb0", "part1", "comb1", "repl", "red")
 
 
 def by_name(specs=SPECS) -> dict[str, OpSpec]:
