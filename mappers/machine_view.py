@@ -41,6 +41,16 @@ class MachineView:
             out = [base + i * s for base in out for i in range(d)]
         return out
 
+    def point_devices(self, points: int) -> list[int]:
+        """The device each of a launch's `points` points (row-major) runs on: point i on
+        devices()[i]; more points than devices share them in blocks (point i on
+        devices()[i * n // points]), as Legate spreads a launch over a processor range."""
+        devs = self.devices()
+        n = len(devs)
+        if points <= n:
+            return devs[:points]
+        return [devs[i * n // points] for i in range(points)]
+
     def span(self) -> tuple[int, int]:
         """The [lo, hi) device range this view touches."""
         devs = self.devices()

@@ -25,7 +25,10 @@ def placed(view: MachineView) -> Iterator[None]:
     """Launches inside run only on the processors of `view`'s contiguous span.
 
     Legate spreads a launch's points in blocks over the scope's processors, so a contiguous view
-    whose size equals the launch's point count puts point i on device start + i.
+    whose size equals the launch's point count puts point i on device start + i. A view that is
+    no contiguous range (strided, 2-D in another order) has no such scope: the executor issues
+    its launches a point (or a run of consecutive devices) at a time, each placed on the view
+    of its own devices (`MachineView.point_devices`).
     """
     lo, hi = view.span()
     with Scope(machine=_processors(view.device_type, lo, hi)):

@@ -13,8 +13,8 @@ forward builds the im2col matrix from a strided window view of the padded input 
 it by the kernel (one batched matmul over groups); the kernel gradient is cols^T @ d_out; the
 input gradient multiplies d_out by the kernel^T and scatters the columns back with one strided
 add per kernel tap (col2im). Under a spatial split a point computes an output tile from the
-input window it needs (`Window`: strides, dilation and padding), the input being read whole along
-H and W by every point (replicated; no halo exchange). As in
+input window it needs (`Window`: strides, dilation and padding), and that window (its tile plus
+the halo) is all it receives of the input. As in
 Linear, a fused activation keeps the pre-activation (saved "preact") and backward turns d_out
 into d_preact locally.
 
@@ -29,12 +29,15 @@ largest degree for which every degree tiles input and output channels into the s
 groups (any degree for a depthwise convolution with one filter per channel).
 "height" and "width" (ATTRIBUTE: the output's rows and columns, any kernel/stride/dilation/
 padding; width not with a fused softmax over a channels_first output's last dim): the output,
-preact and d_out are tiled, the input is read whole along H and W by every point (the PCG shows a
-Replicate before the convolution), kernels find their tile's position from their Origin; the
-input gradient is tiled by the same axes over the input's rows / columns, each point reading d_out
-whole and computing its tile from the output pixels whose windows reach it (`input_tile`: the
-same sums, in the same order, as unsplit); the weight gradients are partial sums over the tiles
-(ADD reductions).
+preact and d_out are tiled; each point receives only the input window its output tile reads
+(`Windowed` / `Reach`: the executor slices the tile plus its halo out of the input, one launch
+per spatial tile; uneven tiles, strides, dilation and "same" padding change only the window's
+bounds), and kernels find their tile's position from their Origin. The input gradient is tiled
+by the same axes over the input's rows / columns, each point receiving only the d_out (preact, y)
+region whose windows reach its tile and computing its tile from it (`input_tile`: the same sums,
+in the same order, as unsplit: no overlapping windows to add up); the weight gradients are
+partial sums over the tiles, each from its tile's input window (ADD reductions). The PCG still
+describes the input as replicated along H and W (a Replicate before the convolution).
 """
 
 from __future__ import annotations
@@ -48,8 +51,9 @@ from . import activation as act
 from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim, Ref,
                    SavedSpec, Sum, TensorShape, WeightSpec, ceil_div, dw, dx, dy, kernel,
                    origin_of, sample_dim, saved, tile_count, w, x, y)
-from .spatial import (channel_dim, check_data_format, check_padding, image_shape, join_ints, nhwc,
-                      out_size_and_pads, pair, parse_ints, spatial_dims, tap, windows)
+from .spatial import (Reach, Windowed, channel_dim, check_data_format, check_padding, image_shape,
+                      join_ints, nhwc, out_size_and_pads, pair, parse_ints, piece_start, sources,
+                      spatial_dims, tap, windows)
 
 # Upper bound on the elements of one chunk's im2col matrix (the kernels' main scratch).
 _CHUNK_ELEMENTS = 1 << 23
@@ -71,8 +75,9 @@ class Window:
     """The part of a (padded) NHWC input that an output tile reads: output rows [oh0, oh0 + ho)
     and columns [ow0, ow0 + wo) of a window (kh, kw) / stride (sh, sw) / dilation (dh, dw)
     reduction read padded rows [oh0 * sh, (oh0 + ho - 1) * sh + (kh - 1) * dh + 1) (and the
-    same for columns). The whole input is every point's piece along H and W (read whole), so
-    this is the spatial tiles' halo, taken locally."""
+    same for columns). `shape` is the whole input's; a point's piece of it is either the whole
+    input or exactly this window's part inside it (`Reach`: the executor slices it out), and
+    `read` tells which from the piece's size."""
 
     def __init__(self, shape: tuple[int, ...], pads: tuple[int, ...], oh0: int, ow0: int,
                  ho: int, wo: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> None:
@@ -95,17 +100,22 @@ class Window:
         return (slice(None), slice(self.a0 - self.r0, self.a1 - self.r0),
                 slice(self.b0 - self.c0, self.b1 - self.c0), slice(None))
 
-    def _input(self) -> tuple[slice, slice, slice, slice]:
-        return (slice(None), slice(self.a0, self.a1), slice(self.b0, self.b1), slice(None))
+    def at(self, xs: np.ndarray) -> tuple[int, int]:
+        """(row, column) of the first pixel of NHWC piece `xs`: the whole input, or the window's
+        part inside it."""
+        return (piece_start(xs.shape[1], self.h, self.a0),
+                piece_start(xs.shape[2], self.w, self.b0))
 
     def read(self, xs: np.ndarray, value: float = 0.0) -> np.ndarray:
-        """The window of NHWC `xs` padded with `value` (a view when it needs no padding)."""
+        """The window of NHWC piece `xs` padded with `value` (a view when it needs no
+        padding)."""
+        r, c = self.at(xs)
         if self.inside:
-            return xs[:, self.r0:self.r1, self.c0:self.c1]
+            return xs[:, self.r0 - r:self.r1 - r, self.c0 - c:self.c1 - c]
         out = np.full((xs.shape[0], self.r1 - self.r0, self.c1 - self.c0, xs.shape[3]), value,
                       dtype=xs.dtype)
         if self.a1 > self.a0 and self.b1 > self.b0:
-            out[self._local()] = xs[self._input()]
+            out[self._local()] = xs[:, self.a0 - r:self.a1 - r, self.b0 - c:self.b1 - c]
         return out
 
     def zeros(self, b: int, c: int, dtype: Any) -> np.ndarray:
@@ -122,16 +132,6 @@ class Window:
                                                            b0 - self.c0:b1 - self.c0]
 
 
-def sources(r0: int, r1: int, out_size: int, k: int, stride: int, dilation: int, pad: int
-            ) -> slice:
-    """The output positions whose windows reach input positions [r0, r1) along one dim (output
-    o reads inputs o * stride - pad + i * dilation, i < k): what an input tile's gradient
-    needs of d_out."""
-    lo = max(0, ceil_div(r0 + pad - (k - 1) * dilation, stride))
-    hi = min(out_size, (r1 - 1 + pad) // stride + 1)
-    return slice(lo, max(lo, hi))
-
-
 def input_tile(dxs: np.ndarray, origin: tuple[int, ...], channels_first: bool, out_hw: tuple[int, int],
                k: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int],
                pads: tuple[int, ...]) -> tuple[tuple[int, int], tuple[slice, ...]] | None:
@@ -146,6 +146,31 @@ def input_tile(dxs: np.ndarray, origin: tuple[int, ...], channels_first: bool, o
         dxs[...] = 0
         return None
     return (t0, u0), (slice(None), oh, ow, slice(None))
+
+
+def local_region(piece: np.ndarray, region: tuple[slice, ...], out_hw: tuple[int, int]
+                 ) -> tuple[slice, ...]:
+    """`region` (NHWC, of the whole d_out) inside NHWC piece `piece` of d_out: the whole d_out, or
+    exactly the region (the executor sliced it out: `Reach`)."""
+    r = piece_start(piece.shape[1], out_hw[0], region[1].start)
+    c = piece_start(piece.shape[2], out_hw[1], region[2].start)
+    return (region[0], slice(region[1].start - r, region[1].stop - r),
+            slice(region[2].start - c, region[2].stop - c), region[3])
+
+
+def halo_windows(data_format: str, in_hw: tuple[int, int], out_hw: tuple[int, int],
+                 k: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int],
+                 pads: tuple[int, ...], forward: bool) -> tuple[tuple[int, str, Reach], ...]:
+    """The windows of a spatially split launch's image argument, per spatial dim: forward, the
+    input rows / columns an output tile reads; else the d_out rows / columns whose windows reach
+    an input tile."""
+    out = []
+    for (dim, axis), i in zip(spatial_axes(data_format).items(), (0, 1)):
+        pad = pads[2 * i]
+        reach = (Reach(out_hw[i], in_hw[i], k[i], strides[i], dilation[i], pad, True) if forward
+                 else Reach(in_hw[i], out_hw[i], k[i], strides[i], dilation[i], pad, False))
+        out.append((dim, axis, reach))
+    return tuple(out)
 
 
 def _holds_bias(origin: tuple[int, ...], channels_first: bool, grouped: bool) -> bool:
@@ -209,19 +234,23 @@ class _Geometry:
         return g2.reshape(-1, self.groups, self.coutg).transpose(1, 0, 2)
 
 
-def _window(g: "_Geometry", xs: np.ndarray, start: tuple[int, int], ho: int, wo: int) -> Window:
-    return Window(xs.shape, g.pads, start[0], start[1], ho, wo, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw)
+def _window(g: "_Geometry", xs: np.ndarray, in_hw: tuple[int, int], start: tuple[int, int],
+            ho: int, wo: int) -> Window:
+    """The window of an input of in_hw (rows, columns) that the output tile at `start` reads."""
+    return Window((xs.shape[0], *in_hw, xs.shape[3]), g.pads, start[0], start[1], ho, wo, g.kh,
+                  g.kw, g.sh, g.sw, g.dh, g.dw)
 
 
 def _forward_into(x: np.ndarray, k: np.ndarray, bias: np.ndarray | None, out: np.ndarray,
-                  geom: str, channels_first: bool, start: tuple[int, int] = (0, 0)) -> None:
+                  geom: str, channels_first: bool, start: tuple[int, int], in_hw: str) -> None:
     """out (output layout) = conv(x) + bias; `out` is the output tile whose first pixel is at
-    `start` (row, column) of the whole output, `x` the whole input along H and W."""
+    `start` (row, column) of the whole output, `x` the input's piece: whole along H and W, or
+    (under a spatial split) the window the tile reads."""
     xs = nhwc(x, channels_first)
     os_ = nhwc(out, channels_first)
     g = _Geometry(geom, k.shape, xs.shape[3])
     ho, wo = os_.shape[1:3]
-    xp = _window(g, xs, start, ho, wo).read(xs)
+    xp = _window(g, xs, _pair(in_hw), start, ho, wo).read(xs)
     kg = g.grouped_kernel(k)
     for rows in _chunks(xs.shape[0], ho * wo * k.size // g.coutg):
         res = g.matmul(g.cols(xp, rows, ho, wo), kg)
@@ -237,42 +266,55 @@ def _d_preact(preact: np.ndarray, out: np.ndarray, d_out: np.ndarray, fn: str) -
     return g.astype(d_out.dtype)
 
 
+def _pair(text: str) -> tuple[int, int]:
+    h, w_ = parse_ints(text)
+    return h, w_
+
+
 @kernel
 def conv2d_forward(x: In, kernel: In, bias: In, y: Out, origin: Origin, geom: str,
-                   channels_first: bool, use_bias: bool, grouped: bool) -> None:
+                   channels_first: bool, use_bias: bool, grouped: bool, in_hw: str) -> None:
     add = use_bias and _holds_bias(origin, channels_first, grouped)
     _forward_into(x, kernel, bias if add else None, y, geom, channels_first,
-                  tile_start(origin_of(origin, "y", 4), channels_first))
+                  tile_start(origin_of(origin, "y", 4), channels_first), in_hw)
 
 
 @kernel
 def conv2d_forward_act(x: In, kernel: In, bias: In, preact: Out, y: Out, origin: Origin,
-                       geom: str, channels_first: bool, use_bias: bool, fn: str) -> None:
+                       geom: str, channels_first: bool, use_bias: bool, fn: str,
+                       in_hw: str) -> None:
     _forward_into(x, kernel, bias if use_bias else None, preact, geom, channels_first,
-                  tile_start(origin_of(origin, "preact", 4), channels_first))
+                  tile_start(origin_of(origin, "preact", 4), channels_first), in_hw)
     y[...] = act.apply(fn, preact.astype(np.float64))
 
 
 @kernel
 def conv2d_backward_input(preact: In, y: In, dy: In, kernel: In, dx: Out, origin: Origin,
-                          geom: str, channels_first: bool, fn: str, in_hw: str) -> None:
-    """A tile of dx (under a spatial split: rows / columns of the input) from the part of d_out
-    (read whole along H and W) whose windows reach it."""
+                          geom: str, channels_first: bool, fn: str, in_hw: str,
+                          out_hw: str) -> None:
+    """A tile of dx (under a spatial split: rows / columns of the input) from the region of d_out
+    whose windows reach it (d_out, preact and y: whole along H and W, or exactly that region)."""
+    _input_grad_into(preact, y, dy, kernel, dx, origin_of(origin, "dx", 4), geom,
+                     channels_first, fn, _pair(in_hw), _pair(out_hw))
+
+
+def _input_grad_into(preact: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel: np.ndarray,
+                     dx: np.ndarray, origin: tuple[int, ...], geom: str, channels_first: bool,
+                     fn: str, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
     dxs = nhwc(dx, channels_first)
     b, _, _, c = dxs.shape
     g = _Geometry(geom, kernel.shape, c)
-    dys = nhwc(dy, channels_first)
-    found = input_tile(dxs, origin_of(origin, "dx", 4), channels_first, dys.shape[1:3],
-                       (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.pads)
+    found = input_tile(dxs, origin, channels_first, out_hw, (g.kh, g.kw), (g.sh, g.sw),
+                       (g.dh, g.dw), g.pads)
     if found is None:
         return
     (t0, u0), region = found
+    local = local_region(nhwc(dy, channels_first), region, out_hw)
     # in the stores' own layout: a fused softmax normalises their last dim
-    native = (region[0], region[3], region[1], region[2]) if channels_first else region
+    native = (local[0], local[3], local[1], local[2]) if channels_first else local
     gs = nhwc(_d_preact(preact[native], y[native], dy[native], fn), channels_first)
     ho, wo = gs.shape[1:3]
-    h, w_ = parse_ints(in_hw)
-    win = Window((b, h, w_, c), g.pads, region[1].start, region[2].start, ho, wo, g.kh, g.kw,
+    win = Window((b, *in_hw, c), g.pads, region[1].start, region[2].start, ho, wo, g.kh, g.kw,
                  g.sh, g.sw, g.dh, g.dw)
     kgt = g.grouped_kernel(kernel)
     kgt = kgt.T if g.groups == 1 else kgt.transpose(0, 2, 1)
@@ -294,14 +336,15 @@ def conv2d_backward_input(preact: In, y: In, dy: In, kernel: In, dx: Out, origin
 
 
 def _weight_grads(x: np.ndarray, gout: np.ndarray, dkernel: np.ndarray, dbias: np.ndarray | None,
-                  geom: str, channels_first: bool, start: tuple[int, int] = (0, 0)) -> None:
+                  geom: str, channels_first: bool, start: tuple[int, int], in_hw: str) -> None:
     """Add the kernel's (and bias') gradient from the output tile `gout` at `start`: under a
-    spatial split, each point's share of a sum over the tiles."""
+    spatial split, each point's share of a sum over the tiles (`x`: whole along H and W, or the
+    window the tile reads)."""
     xs = nhwc(x, channels_first)
     gs = nhwc(gout, channels_first)
     g = _Geometry(geom, dkernel.shape, xs.shape[3])
     ho, wo = gs.shape[1:3]
-    xp = _window(g, xs, start, ho, wo).read(xs)
+    xp = _window(g, xs, _pair(in_hw), start, ho, wo).read(xs)
     acc = None
     for rows in _chunks(xs.shape[0], ho * wo * dkernel.size // g.coutg):
         cols = g.cols(xp, rows, ho, wo)
@@ -316,18 +359,18 @@ def _weight_grads(x: np.ndarray, gout: np.ndarray, dkernel: np.ndarray, dbias: n
 
 @kernel
 def conv2d_backward_kernel(x: In, preact: In, y: In, dy: In, dkernel: Sum, origin: Origin,
-                           geom: str, channels_first: bool, fn: str) -> None:
+                           geom: str, channels_first: bool, fn: str, in_hw: str) -> None:
     _weight_grads(x, _d_preact(preact, y, dy, fn), dkernel, None, geom, channels_first,
-                  tile_start(origin_of(origin, "dy", 4), channels_first))
+                  tile_start(origin_of(origin, "dy", 4), channels_first), in_hw)
 
 
 @kernel
 def conv2d_backward_kernel_bias(x: In, preact: In, y: In, dy: In, dkernel: Sum, dbias: Sum,
                                 origin: Origin, geom: str, channels_first: bool, fn: str,
-                                grouped: bool) -> None:
+                                grouped: bool, in_hw: str) -> None:
     bias = dbias if _holds_bias(origin, channels_first, grouped) else None
     _weight_grads(x, _d_preact(preact, y, dy, fn), dkernel, bias, geom, channels_first,
-                  tile_start(origin_of(origin, "dy", 4), channels_first))
+                  tile_start(origin_of(origin, "dy", 4), channels_first), in_hw)
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -477,12 +520,26 @@ class Conv2D(Operator):
     def _kernel(self, ref: Ref) -> Arg:
         return Arg(ref, (None, None, IN if self.groups == 1 else None, OUT))
 
+    def _windowed(self, arg: Arg, s: TensorShape, forward: bool) -> Windowed:
+        """`arg` (whole along H and W) read, under a spatial split, only through the window its
+        point's tile needs: forward, the input rows / columns an output tile reads; else the
+        d_out rows / columns reaching an input tile."""
+        h, w_, _, ho, wo, pads = self._geometry(s)
+        return Windowed(arg.ref, arg.split, halo_windows(
+            self.data_format, (h, w_), (ho, wo), self.kernel_size, self.strides,
+            self.dilation_rate, pads, forward))
+
+    def _hw_scalars(self, s: TensorShape) -> dict[str, str]:
+        h, w_, _, ho, wo, _ = self._geometry(s)
+        return {"in_hw": join_ints((h, w_)), "out_hw": join_ints((ho, wo))}
+
     # --- launches -----------------------------------------------------------------------------
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
         (s,) = inputs
         scal = {"geom": self._geom(s), "channels_first": self.channels_first,
-                "use_bias": self.use_bias}
-        args = {"x": self._input(x(0)), "kernel": self._kernel(w("kernel")),
+                "use_bias": self.use_bias, "in_hw": self._hw_scalars(s)["in_hw"]}
+        args = {"x": self._windowed(self._input(x(0)), s, True),
+                "kernel": self._kernel(w("kernel")),
                 # unused without bias: the kernel stands in
                 "bias": Arg(w("bias"), (OUT,)) if self.use_bias else self._kernel(w("kernel")),
                 "y": self._output(y(0))}
@@ -493,7 +550,8 @@ class Conv2D(Operator):
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         (s,) = inputs
-        scal = {"geom": self._geom(s), "channels_first": self.channels_first, "fn": self.activation}
+        scal = {"geom": self._geom(s), "channels_first": self.channels_first, "fn": self.activation,
+                "in_hw": self._hw_scalars(s)["in_hw"]}
         # without an activation the kernels read neither preact nor y: dy (already an argument)
         # stands in for both, so no extra store is mapped
         d_out = self._output(dy(0))
@@ -501,18 +559,20 @@ class Conv2D(Operator):
                "y": self._output(y(0)) if self.fused else d_out, "dy": d_out}
         launches = []
         if needs_input_grad[0]:
-            # d_out (and preact, y) whole along H and W, dx tiled by the spatial axes: each
-            # point computes its input tile's gradient from the d_out rows that reach it
-            whole = self._image(dy(0), OUT)
-            h, w_ = self._geometry(s)[:2]
+            # dx tiled by the spatial axes; each point reads the d_out (and preact, y) rows and
+            # columns whose windows reach its input tile, and computes its tile's gradient
+            def reach(ref: Ref) -> Windowed:
+                return self._windowed(self._image(ref, OUT), s, False)
+
+            d_out_win = reach(dy(0))
             launches.append(Launch(conv2d_backward_input,
-                                   {"preact": self._image(saved("preact"), OUT) if self.fused
-                                    else whole,
-                                    "y": self._image(y(0), OUT) if self.fused else whole,
-                                    "dy": whole, "kernel": self._kernel(w("kernel")),
+                                   {"preact": reach(saved("preact")) if self.fused else d_out_win,
+                                    "y": reach(y(0)) if self.fused else d_out_win,
+                                    "dy": d_out_win, "kernel": self._kernel(w("kernel")),
                                     "dx": self._input_tiles(dx(0))},
-                                   scal | {"in_hw": join_ints((h, w_))}))
-        args = pre | {"x": self._input(x(0)), "dkernel": self._kernel(dw("kernel"))}
+                                   scal | self._hw_scalars(s)))
+        args = pre | {"x": self._windowed(self._input(x(0)), s, True),
+                      "dkernel": self._kernel(dw("kernel"))}
         if self.use_bias:
             launches.append(Launch(conv2d_backward_kernel_bias,
                                    args | {"dbias": Arg(dw("bias"), (OUT,))},

@@ -11,10 +11,11 @@ average pooling backward spreads d_out / count over each window.
 
 Parallel forms: "sample" and "channels" (ATTRIBUTE: pooling is per channel, so the input, the
 output and the saved argmax are split alike); "height" and "width" (ATTRIBUTE: the output's rows
-and columns; the output, argmax and d_out are tiled, the input is read whole along H and W by
-every point, as Conv2D's spatial split: each point pools its tile from the input window it needs;
-backward tiles the input gradient by the same axes over the input's rows / columns, each point
-reading d_out whole and adding, in the unsplit order, the contributions that reach its tile).
+and columns; the output, argmax and d_out are tiled and, as Conv2D's spatial split, each point
+receives only the input window its tile pools (its tile plus the halo); backward tiles the input
+gradient by the same axes over the input's rows / columns, each point receiving only the d_out
+and argmax region whose windows reach its tile and adding, in the unsplit order, its
+contributions).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import numpy as np
 
 from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim,
                    Ref, SavedSpec, TensorShape, dx, dy, kernel, origin_of, saved, x, y)
-from .conv2d import HEIGHT, WIDTH, Window, input_tile, spatial_axes, tile_start
-from .spatial import (CHANNELS, by_channel, channel_dim, channel_dims, check_data_format,
+from .conv2d import (HEIGHT, WIDTH, Window, halo_windows, input_tile, local_region, spatial_axes,
+                     tile_start)
+from .spatial import (CHANNELS, Windowed, by_channel, channel_dim, channel_dims, check_data_format,
                       check_padding, image_shape, join_ints, nhwc, out_size_and_pads, pair,
                       parse_ints, spatial_dims, tap)
 from unity_legion.pcg.tensor import DataType
@@ -38,22 +40,30 @@ def _geometry(geom: str) -> tuple[int, int, int, int, tuple[int, ...]]:
     return kh, kw, sh, sw, (pt, pb, pl, pr)
 
 
-def _window(geom: str, shape: tuple[int, ...], origin: tuple[int, ...], channels_first: bool,
-            ho: int, wo: int) -> Window:
-    """The input window the output tile at `origin` (its global origin) of ho x wo reads."""
+def _hw(text: str) -> tuple[int, int]:
+    h, w_ = parse_ints(text)
+    return h, w_
+
+
+def _window(geom: str, xs: np.ndarray, in_hw: str, origin: tuple[int, ...],
+            channels_first: bool, ho: int, wo: int) -> Window:
+    """The window of the input (of in_hw rows, columns) that the output tile at `origin` (its
+    global origin) of ho x wo reads; NHWC `xs` is the point's piece of the input (whole along H
+    and W, or that window)."""
     kh, kw, sh, sw, pads = _geometry(geom)
     oh0, ow0 = tile_start(origin, channels_first)
-    return Window(shape, pads, oh0, ow0, ho, wo, kh, kw, sh, sw, 1, 1)
+    return Window((xs.shape[0], *_hw(in_hw), xs.shape[3]), pads, oh0, ow0, ho, wo, kh, kw, sh,
+                  sw, 1, 1)
 
 
 @kernel
 def maxpool_forward(x: In, y: Out, argmax: Out, origin: Origin, geom: str,
-                    channels_first: bool) -> None:
+                    channels_first: bool, in_hw: str) -> None:
     kh, kw, sh, sw, pads = _geometry(geom)
     xs = nhwc(x, channels_first)
     ys, arg = nhwc(y, channels_first), nhwc(argmax, channels_first)
     ho, wo = ys.shape[1:3]
-    xp = _window(geom, xs.shape, origin_of(origin, "y", 4), channels_first, ho, wo).read(
+    xp = _window(geom, xs, in_hw, origin_of(origin, "y", 4), channels_first, ho, wo).read(
         xs, -np.inf)
     best = xp[tap(0, 0, sh, sw, 1, 1, ho, wo)].copy()
     arg[...] = 0
@@ -66,30 +76,31 @@ def maxpool_forward(x: In, y: Out, argmax: Out, origin: Origin, geom: str,
 
 
 def _input_grad_tile(dx: np.ndarray, dy: np.ndarray, origin: tuple[int, ...], geom: str,
-                     channels_first: bool, in_hw: str
+                     channels_first: bool, in_hw: str, out_hw: str
                      ) -> tuple[np.ndarray, Window, tuple[int, int], tuple[slice, ...]] | None:
     """The NHWC tile of dx, the window of the d_out region reaching it, the tile's start and
-    that region (None: no output reaches the tile, which is zeroed)."""
+    that region inside the NHWC piece of d_out (whole along H and W, or exactly the region);
+    None: no output reaches the tile, which is zeroed."""
     kh, kw, sh, sw, pads = _geometry(geom)
     dxs = nhwc(dx, channels_first)
-    found = input_tile(dxs, origin_of(origin, "dx", 4), channels_first,
-                       nhwc(dy, channels_first).shape[1:3], (kh, kw), (sh, sw), (1, 1), pads)
+    found = input_tile(dxs, origin_of(origin, "dx", 4), channels_first, _hw(out_hw), (kh, kw),
+                       (sh, sw), (1, 1), pads)
     if found is None:
         return None
     start, region = found
-    h, w_ = parse_ints(in_hw)
+    h, w_ = _hw(in_hw)
     ho, wo = region[1].stop - region[1].start, region[2].stop - region[2].start
     win = Window((dxs.shape[0], h, w_, dxs.shape[3]), pads, region[1].start, region[2].start, ho,
                  wo, kh, kw, sh, sw, 1, 1)
-    return dxs, win, start, region
+    return dxs, win, start, local_region(nhwc(dy, channels_first), region, _hw(out_hw))
 
 
 @kernel
 def maxpool_backward(dy: In, argmax: In, dx: Out, origin: Origin, geom: str,
-                     channels_first: bool, in_hw: str) -> None:
+                     channels_first: bool, in_hw: str, out_hw: str) -> None:
     """A tile of dx (rows / columns of the input under a spatial split) from the region of
-    d_out (read whole along H and W) whose windows reach it."""
-    found = _input_grad_tile(dx, dy, origin, geom, channels_first, in_hw)
+    d_out (and argmax: whole along H and W, or exactly that region) whose windows reach it."""
+    found = _input_grad_tile(dx, dy, origin, geom, channels_first, in_hw, out_hw)
     if found is None:
         return
     dxs, win, (t0, u0), region = found
@@ -116,31 +127,32 @@ def _counts(h: int, w_: int, kh: int, kw: int, sh: int, sw: int, win: Window, ho
 
 
 @kernel
-def avgpool_forward(x: In, y: Out, origin: Origin, geom: str, channels_first: bool) -> None:
+def avgpool_forward(x: In, y: Out, origin: Origin, geom: str, channels_first: bool,
+                    in_hw: str) -> None:
     kh, kw, sh, sw, _ = _geometry(geom)
     xs, ys = nhwc(x, channels_first), nhwc(y, channels_first)
     ho, wo = ys.shape[1:3]
-    win = _window(geom, xs.shape, origin_of(origin, "y", 4), channels_first, ho, wo)
+    win = _window(geom, xs, in_hw, origin_of(origin, "y", 4), channels_first, ho, wo)
     xp = win.read(xs)
     acc = xp[tap(0, 0, sh, sw, 1, 1, ho, wo)].astype(np.float64)
     for t in range(1, kh * kw):
         acc += xp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)]
-    acc /= _counts(xs.shape[1], xs.shape[2], kh, kw, sh, sw, win, ho, wo)
+    acc /= _counts(*_hw(in_hw), kh, kw, sh, sw, win, ho, wo)
     ys[...] = acc
 
 
 @kernel
 def avgpool_backward(dy: In, dx: Out, origin: Origin, geom: str, channels_first: bool,
-                     in_hw: str) -> None:
+                     in_hw: str, out_hw: str) -> None:
     """As maxpool_backward: a tile of dx from the d_out region reaching it."""
-    found = _input_grad_tile(dx, dy, origin, geom, channels_first, in_hw)
+    found = _input_grad_tile(dx, dy, origin, geom, channels_first, in_hw, out_hw)
     if found is None:
         return
     dxs, win, (t0, u0), region = found
     kh, kw, sh, sw, _ = _geometry(geom)
     gs = nhwc(dy, channels_first)[region]
     b, ho, wo, c = gs.shape
-    h, w_ = parse_ints(in_hw)
+    h, w_ = _hw(in_hw)
     share = (gs / _counts(h, w_, kh, kw, sh, sw, win, ho, wo)).astype(dx.dtype)
     dxp = win.zeros(b, c, dx.dtype)
     for t in range(kh * kw):
@@ -184,8 +196,10 @@ class Pool2D(Operator):
 
     def _scalars(self, s: TensorShape) -> dict[str, Any]:
         pads = self._geometry(s)[3]
+        h, w_, _ = spatial_dims(s, self.data_format, self.name)
         return {"geom": join_ints(self.pool_size + self.strides + pads),
-                "channels_first": self.data_format == "channels_first"}
+                "channels_first": self.data_format == "channels_first",
+                "in_hw": join_ints((h, w_))}
 
     def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
         self.check_inputs(inputs)
@@ -214,6 +228,17 @@ class Pool2D(Operator):
         whole."""
         return by_channel(ref, 4, self.data_format)
 
+    def _windowed(self, ref: Ref, s: TensorShape, forward: bool) -> Windowed:
+        """`_arg(ref)` read, under a spatial split, only through the window its point's tile
+        needs: forward, the input rows / columns an output tile pools; else the d_out (argmax)
+        rows / columns reaching an input tile."""
+        h, w_, _ = spatial_dims(s, self.data_format, self.name)
+        ho, wo, _, pads = self._geometry(s)
+        arg = self._arg(ref)
+        return Windowed(arg.ref, arg.split, halo_windows(
+            self.data_format, (h, w_), (ho, wo), self.pool_size, self.strides, (1, 1), pads,
+            forward))
+
     def _out(self, ref: Ref) -> Arg:
         """The output and argmax (forward), the input gradient (backward): samples, channels
         and the spatial tiles."""
@@ -221,7 +246,7 @@ class Pool2D(Operator):
                              | spatial_axes(self.data_format))
 
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
-        args = {"x": self._arg(x(0)), "y": self._out(y(0))}
+        args = {"x": self._windowed(x(0), inputs[0], True), "y": self._out(y(0))}
         if self.mode == "max":
             return [Launch(maxpool_forward, args | {"argmax": self._out(saved("argmax"))},
                            self._scalars(inputs[0]))]
@@ -230,13 +255,15 @@ class Pool2D(Operator):
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
-        # d_out (and argmax) whole along H and W, dx tiled by the spatial axes (the input's
-        # rows / columns): each point computes its tile from the d_out region reaching it
-        args = {"dy": self._arg(dy(0)), "dx": self._out(dx(0))}
-        h, w_, _ = spatial_dims(inputs[0], self.data_format, self.name)
-        scal = self._scalars(inputs[0]) | {"in_hw": join_ints((h, w_))}
+        # dx tiled by the spatial axes (the input's rows / columns): each point receives the
+        # d_out (and argmax) region reaching its tile and computes its tile from it
+        s = inputs[0]
+        args = {"dy": self._windowed(dy(0), s, False), "dx": self._out(dx(0))}
+        ho, wo = self._geometry(s)[:2]
+        scal = self._scalars(s) | {"out_hw": join_ints((ho, wo))}
         if self.mode == "max":
-            return [Launch(maxpool_backward, args | {"argmax": self._arg(saved("argmax"))}, scal)]
+            return [Launch(maxpool_backward,
+                           args | {"argmax": self._windowed(saved("argmax"), s, False)}, scal)]
         return [Launch(avgpool_backward, args, scal)]
 
 

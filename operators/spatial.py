@@ -1,12 +1,15 @@
 """Helpers shared by the 2-D spatial operators (convolution, pooling, zero padding).
 
 Argument normalisation with Keras' conventions (an int or a pair; data_format channels_last or
-channels_first; padding "valid" or "same" with TF's rule), output-size arithmetic, and the views
-kernels use to work in (batch, H, W, C) order whatever the tensor's layout.
+channels_first; padding "valid" or "same" with TF's rule), output-size arithmetic, the views
+kernels use to work in (batch, H, W, C) order whatever the tensor's layout, and the halo reads of
+the spatial splits (`Reach`, `Windowed`): a point reads its tile's window of a store, not the
+whole image.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -157,3 +160,76 @@ def by_channel(ref: Ref, rank: int, data_format: str) -> Arg:
     if rank == 2:
         return Arg(ref, (SAMPLE, CHANNELS))
     return Arg.by_sample(ref, 4, {channel_dim(data_format): CHANNELS})
+
+
+# ---------------------------------------------------------------------------------------------
+# Halo reads under a spatial split
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reach:
+    """Along one spatial dim: which positions of a store a tile of a launch axis needs.
+
+    The axis tiles `size` positions as the executor tiles a dim (pieces of ceil(size / degree));
+    a window of `k` taps, `stride`, `dilation` and `pad` (before) links them to the `extent`
+    positions of the store read. forward: the axis tiles outputs and the store is the input
+    (output o reads inputs o * stride - pad + i * dilation, i < k); else the axis tiles inputs and
+    the store holds outputs (the outputs whose windows reach the tile, as `sources`)."""
+
+    size: int
+    extent: int
+    k: int
+    stride: int
+    dilation: int
+    pad: int
+    forward: bool
+
+    def span(self, t0: int, t1: int) -> tuple[int, int]:
+        """The positions [lo, hi) of the store that tile [t0, t1) needs, clipped to the store;
+        never empty (a tile that needs nothing gets one position it ignores: a store piece
+        cannot be empty)."""
+        if self.forward:
+            lo = t0 * self.stride - self.pad
+            hi = (t1 - 1) * self.stride + (self.k - 1) * self.dilation + 1 - self.pad
+            lo, hi = max(lo, 0), min(hi, self.extent)
+        else:
+            sl = sources(t0, t1, self.extent, self.k, self.stride, self.dilation, self.pad)
+            lo, hi = sl.start, sl.stop
+        if hi <= lo:
+            lo = min(max(lo, 0), self.extent - 1)
+            hi = lo + 1
+        return lo, hi
+
+    def tile_span(self, degree: int, index: int) -> tuple[int, int]:
+        """The store positions tile `index` of `degree` (the executor's tiling of `size`) needs."""
+        tile = ceil_div(self.size, degree)
+        t0 = index * tile
+        return self.span(t0, min(self.size, t0 + tile))
+
+
+@dataclass(frozen=True)
+class Windowed(Arg):
+    """A store argument read through windows: along each dim in `windows` (dim, launch axis,
+    reach) a point gets only the positions its tile of that axis needs (its tile plus the halo
+    of the window), not the whole dim. The split says None there: to the PCG the store is still
+    read whole by the axis' points (the executor slices each point's window out of it)."""
+
+    windows: tuple[tuple[int, str, Reach], ...] = ()
+
+
+def sources(r0: int, r1: int, out_size: int, k: int, stride: int, dilation: int, pad: int
+            ) -> slice:
+    """The output positions whose windows reach input positions [r0, r1) along one dim (output
+    o reads inputs o * stride - pad + i * dilation, i < k): what an input tile's gradient
+    needs of d_out."""
+    lo = max(0, ceil_div(r0 + pad - (k - 1) * dilation, stride))
+    hi = min(out_size, (r1 - 1 + pad) // stride + 1)
+    return slice(lo, max(lo, hi))
+
+
+def piece_start(piece: int, whole: int, lo: int) -> int:
+    """Where a store piece of `piece` positions starts along a dim of `whole` positions, when it
+    is either the whole dim or exactly the window [lo, ...) a `Reach` gave (a point reads a
+    window sliced out of the store, whose coordinates start at 0 again): equal sizes can only
+    mean the whole dim (a window inside it as long starts at 0)."""
+    return 0 if piece == whole else lo

@@ -91,7 +91,7 @@ CASES: dict[str, tuple[Operator, list[np.ndarray], dict[str, Any]]] = {
     "conv2d_groups": (Conv2D(6, 3, groups=2, padding="same"), [_r(3, 5, 5, 4)], {}),
     "conv2d_depthwise": (Conv2D(3, 3, groups=3, data_format="channels_first"),
                          [_r(B, 3, 5, 5)], {}),
-    # conv2d height / width (spatial tiles, the input read whole): 7 rows over 2, 3, 4 points
+    # conv2d height / width (spatial tiles, each point reading its window): 7 rows over 2-4 points
     # (uneven), "same" padding reaching into both borders, dilation, strides, channels_first
     "conv2d_spatial_same_dilated": (Conv2D(3, 3, padding="same", dilation_rate=(2, 1)),
                                     [_r(3, 7, 5, 2, dtype=np.float64)], {}),
@@ -266,7 +266,8 @@ def test_spatial_configurations_are_exercised() -> None:
 
 
 def test_spatial_split_replicates_the_input_in_the_pcg() -> None:
-    """Under a height split the conv's input is read whole by every point: a Replicate."""
+    """Under a height split the PCG describes the conv's input as read whole by every point (a
+    Replicate), though the executor hands each point only its window (test_spatial_halo)."""
     from unity_legion.pcg.pcg import node_shapes
     from unity_legion.strategy.config import OpConfig
 

@@ -100,12 +100,12 @@ def _record_updates(monkeypatch) -> list[tuple[str, dict, dict, tuple[int, int]]
         finally:
             where.pop()
 
-    def spy_submit(rt, launch, stores, degrees, reduced=None):
+    def spy_submit(rt, launch, stores, degrees, *rest):
         if launch.kernel.name.startswith("optimizers."):
             records.append((launch.kernel.name,
                             {n: a.split for n, a in launch.args.items()},
                             {a: d for a, d in degrees.items() if d > 1}, where[-1]))
-        return real_submit(rt, launch, stores, degrees, reduced)
+        return real_submit(rt, launch, stores, degrees, *rest)
 
     monkeypatch.setattr(exmod, "placed", spy_placed)
     monkeypatch.setattr(exmod, "submit", spy_submit)
@@ -202,3 +202,116 @@ def test_the_simulator_prices_the_update_layout_the_executor_runs() -> None:
             assert math.prod(degrees.values()) == Simulator.update_points(ws, devices), (
                 first_cfg, key)
             assert view == first_cfg.view
+
+
+# ---------------------------------------------------------------------------------------------
+# non-contiguous machine views: each point on its own device
+# ---------------------------------------------------------------------------------------------
+
+_STRIDED_SCRIPT = """
+import sys
+import threading
+sys.path.insert(0, {tests!r})
+import numpy as np
+from legate.core import VariantCode, get_legate_runtime
+from legate.core import types as ty
+from legate.core.task import OutputStore, task
+
+import unity_legion.operators.conv2d as conv_mod
+from op_check import randn, run_op
+from parallel_check import compare
+from unity_legion.executor.executor import GraphExecutor
+from unity_legion.mappers.machine_view import MachineView
+from unity_legion.mappers.placement import placed
+from unity_legion.operators.conv2d import Conv2D
+from unity_legion.strategy.config import OpConfig
+
+rt = get_legate_runtime()
+THREADS = []
+
+@task(variants=(VariantCode.CPU,))
+def whoami(out: OutputStore) -> None:
+    THREADS.append(threading.get_ident())
+    np.asarray(out)[...] = 0
+
+# each processor runs its tasks on its own thread: learn which, from a task placed on it alone
+proc_of = {{}}
+store = rt.create_store(ty.int64, (1,))
+for k in range(4):
+    with placed(MachineView("cpu", k, (1,), (1,))):
+        whoami(store)
+    rt.issue_execution_fence(block=True)
+    proc_of[THREADS[-1]] = k
+assert len(proc_of) == 4, proc_of
+
+seen = []
+lock = threading.Lock()
+def spy(name, key):
+    real = getattr(conv_mod, name)
+    def wrapper(*args):
+        with lock:
+            seen.append((name, key(*args), proc_of[threading.get_ident()]))
+        return real(*args)
+    setattr(conv_mod, name, wrapper)
+
+spy("_forward_into", lambda x, k, b, out, g, c, start, in_hw: (out.shape[0],) + tuple(start))
+spy("_weight_grads", lambda x, gout, dk, db, g, c, start, in_hw: (gout.shape[0],) + tuple(start))
+spy("_input_grad_into", lambda pre, y, dy, k, dx, origin, *rest: (dx.shape[0],) + tuple(origin[1:3]))
+
+def planned(config, view):
+    def make(*args, **kwargs):
+        ex = GraphExecutor(*args, **kwargs)
+        ex.set_plan({{0: OpConfig.of(config, view)}})
+        return ex
+    return make
+
+rng = np.random.default_rng(0)
+op = Conv2D(3, 3, padding="same")
+x = randn(rng, 3, 8, 6, 2, dtype=np.float64)
+serial = run_op(op, [x])
+cases = [
+    # devices [0, 2]: samples 0-1 on processor 0, sample 2 on processor 2
+    ({{"sample": 2}}, MachineView("cpu", 0, (2,), (2,)),
+     {{(2, 0, 0): 0, (1, 0, 0): 2}}),
+    # a 2-D view, devices [0, 2, 1, 3]: tile (i, j) is point 2i + j
+    ({{"height": 2, "width": 2}}, MachineView("cpu", 0, (2, 2), (1, 2)),
+     {{(3, 0, 0): 0, (3, 0, 3): 2, (3, 4, 0): 1, (3, 4, 3): 3}}),
+]
+for config, view, want in cases:
+    seen.clear()
+    got = run_op(op, [x], serial.weights, output_grads=serial.output_grads,
+                 executor=planned(config, view))
+    compare(serial, got, f"{{config}} on {{view.devices()}}")
+    for name in ("_forward_into", "_weight_grads", "_input_grad_into"):
+        ran = {{key: proc for n, key, proc in seen if n == name}}
+        assert len([1 for n, _, _ in seen if n == name]) == len(want), (name, seen)
+        assert ran == want, (config, name, ran, want)
+    print("VIEW-OK", view.devices(), flush=True)
+"""
+
+
+def test_a_strided_view_runs_each_point_on_its_device(tmp_path) -> None:
+    """A strided view (devices [0, 2]) and a 2-D view whose points are not in device order
+    ([0, 2, 1, 3]) run each launch point on the view's device for it, forward and backward (the
+    processor a kernel ran on is known by its thread), and equal the serial run. The old
+    placement ran the view's contiguous span, [0, 3) / [0, 4): point 1 on processor 1."""
+    import sys
+    from pathlib import Path
+
+    from launch import REPO, run_with_env
+
+    script = tmp_path / "strided.py"
+    script.write_text(_STRIDED_SCRIPT.format(tests=str(Path(__file__).parent)))
+    proc = run_with_env([sys.executable, str(script)], REPO, "--cpus 4 --sysmem 2000", 600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert [ln for ln in proc.stdout.splitlines() if ln.startswith("VIEW-OK")] == [
+        "VIEW-OK [0, 2]", "VIEW-OK [0, 2, 1, 3]"], out[-4000:]
+
+
+def test_point_devices_of_views() -> None:
+    assert MachineView("cpu", 0, (2,), (2,)).point_devices(2) == [0, 2]
+    assert MachineView("cpu", 0, (2, 2), (1, 2)).point_devices(4) == [0, 2, 1, 3]
+    assert MachineView("cpu", 1, (2,), (1,)).point_devices(1) == [1]
+    # more points than devices share them in blocks
+    assert MachineView("cpu", 0, (2,), (2,)).point_devices(4) == [0, 0, 2, 2]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import itertools
+from typing import Any, Mapping, Sequence
 
 from legate.core import ReductionOpKind, constant, dimension
 
 from unity_legion.executor.tasks import legate_task, scalar_type
 from unity_legion.operators.base import Arg, Launch, Role, ceil_div
+from unity_legion.operators.spatial import Windowed
 from unity_legion.pcg.parallel_tensor import effective_degree  # noqa: F401 (re-exported)
+
+# A box of launch points: (lower, upper) per launch-grid dim, upper exclusive.
+Box = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 class LaunchError(ValueError):
@@ -23,6 +28,80 @@ def launch_axes(launch: Launch) -> list[str]:
             if a is not None and a not in axes:
                 axes.append(a)
     return axes
+
+
+def grid_axes(launch: Launch, degrees: Mapping[str, int]) -> list[str]:
+    """The axes of the launch grid: those of degree above 1 (the others drop out: fewer launch
+    dimensions, the same pieces)."""
+    return [a for a in launch_axes(launch) if degrees.get(a, 1) > 1]
+
+
+def launch_grid(launch: Launch, degrees: Mapping[str, int]) -> tuple[int, ...]:
+    return tuple(degrees[a] for a in grid_axes(launch, degrees)) or (1,)
+
+
+def _windows(arg: Arg) -> tuple[tuple[int, str, Any], ...]:
+    return arg.windows if isinstance(arg, Windowed) else ()
+
+
+def window_axes(launch: Launch, degrees: Mapping[str, int]) -> list[str]:
+    """Grid axes along which some argument is read through windows (its tile plus halo)."""
+    axes = grid_axes(launch, degrees)
+    used = {axis for arg in launch.args.values() for _d, axis, _r in _windows(arg)}
+    return [a for a in axes if a in used]
+
+
+def launch_boxes(launch: Launch, degrees: Mapping[str, int]) -> list[Box] | None:
+    """How the launch must be issued: None, as one launch over its whole grid; else one launch
+    per box, a box per tile of the axes some argument is read through windows along (each
+    launch slices that argument to its tile's window). Boxes come in row-major order."""
+    axes = grid_axes(launch, degrees)
+    wax = window_axes(launch, degrees)
+    if not wax:
+        return None
+    grid = launch_grid(launch, degrees)
+    boxes = []
+    for tiles in itertools.product(*(range(degrees[a]) for a in wax)):
+        at = dict(zip(wax, tiles))
+        lower = tuple(at.get(a, 0) for a in axes)
+        upper = tuple(at[a] + 1 if a in at else g for a, g in zip(axes, grid))
+        boxes.append((lower, upper))
+    return boxes
+
+
+def partitioned_reductions(launch: Launch, degrees: Mapping[str, int],
+                           reduced: frozenset[str]) -> bool:
+    """Whether some store the launch reduces into (ADD) is tiled by a grid axis: then launches
+    of parts of the grid each reduce into some of its tiles."""
+    axes = grid_axes(launch, degrees)
+    return any((role is Role.SUM or name in reduced)
+               and any(a in axes for a in launch.args[name].split)
+               for name, role in launch.kernel.stores)
+
+
+def box_points(box: Box) -> list[tuple[int, ...]]:
+    """The launch points of a box, row-major."""
+    return list(itertools.product(*(range(lo, hi) for lo, hi in zip(*box))))
+
+
+def _windowed(store: Any, arg: Arg, axes: list[str], degrees: Mapping[str, int],
+              box: Box | None, what: str) -> Any:
+    """The store sliced, along each windowed dim whose axis is in the grid, to the window the
+    box's tile of that axis needs (the box fixes that axis to one tile). Without a box the
+    store is read whole along those dims, as the argument's split says (always correct: a
+    kernel tells a whole piece from a window by its size)."""
+    if box is None:
+        return store
+    for d, axis, reach in _windows(arg):
+        if axis not in axes:
+            continue
+        k = axes.index(axis)
+        if box[1][k] - box[0][k] != 1:
+            raise LaunchError(f"{what}: read through windows along {axis!r}, the launch must "
+                              f"fix that axis to one tile")
+        lo, hi = reach.tile_span(degrees[axis], box[0][k])
+        store = store.slice(d, slice(lo, hi))
+    return store
 
 
 def _partitioned(store: Any, arg: Arg, axes: list[str], degrees: Mapping[str, int],
@@ -76,22 +155,33 @@ def in_kernel_order(launch: Launch, names: frozenset[str]) -> list[str]:
 
 
 def submit(rt: Any, launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int],
-           reduced: frozenset[str] | None = None) -> None:
-    """Launch `launch` with its refs bound to `stores`, over a grid given by `degrees` per axis.
-    Outputs in `reduced` (default: `reduced_outputs`) are written by ADD reduction: the caller
-    must have zeroed them."""
+           reduced: frozenset[str] | None = None, box: Box | None = None) -> None:
+    """Launch `launch` with its refs bound to `stores`, over a grid given by `degrees` per axis
+    (only the points of `box`, when given). Outputs in `reduced` (default: `reduced_outputs`)
+    are written by ADD reduction: the caller must have zeroed them."""
     if reduced is None:
         reduced = reduced_outputs(launch, degrees)
     t = legate_task(launch.kernel, reduced)
-    # Axes of degree 1 drop out of the grid: fewer launch dimensions, the same pieces.
-    axes = [a for a in launch_axes(launch) if degrees.get(a, 1) > 1]
-    grid = tuple(degrees[a] for a in axes) or (1,)
-    mt = rt.create_manual_task(t.library, t.task_id, grid)
+    axes = grid_axes(launch, degrees)
+    grid = launch_grid(launch, degrees)
+    if box is None:
+        mt = rt.create_manual_task(t.library, t.task_id, grid)
+    else:
+        # A launch domain of a single point along one dim runs as a single task that maps
+        # every store whole, its partitions ignored (measured, Legate 25.11); with a trailing
+        # dim of extent 1 it stays an index launch whose points take their tiles.
+        lower, upper = _box_of(box, grid)
+        mt = rt.create_manual_task(t.library, t.task_id, upper + (1,), lower + (0,))
     parts = {}
-    for name, _role in launch.kernel.stores:
+    for name, role in launch.kernel.stores:
         arg = launch.args[name]
-        parts[name] = _partitioned(stores[arg.ref], arg, axes, degrees,
-                                   f"{launch.kernel.name}({name}={arg.ref})")
+        what = f"{launch.kernel.name}({name}={arg.ref})"
+        store = stores[arg.ref]
+        if _windows(arg):
+            if role is not Role.INPUT:
+                raise LaunchError(f"{what}: only an input can be read through windows")
+            store = _windowed(store, arg, axes, degrees, box, what)
+        parts[name] = _partitioned(store, arg, axes, degrees, what)
     # Legate binds inputs, outputs, reductions to the task's parameters of each kind in order.
     for name, role in launch.kernel.stores:
         if role in (Role.INPUT, Role.INOUT):
@@ -109,6 +199,14 @@ def submit(rt: Any, launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[
     for name, py_type in launch.kernel.scalars:
         mt.add_scalar_arg(launch.scalars[name], scalar_type(py_type))
     rt.submit(mt)
+
+
+def _box_of(box: Box, grid: Sequence[int]) -> Box:
+    lower, upper = tuple(box[0]), tuple(box[1])
+    if len(lower) != len(upper) or (lower and len(lower) != len(grid)) or any(
+            not 0 <= lo < hi <= g for lo, hi, g in zip(lower, upper, grid)):
+        raise LaunchError(f"launch box {box} does not fit the launch grid {tuple(grid)}")
+    return (lower, upper) if lower else ((0,), (1,))
 
 
 def _add(method: Any, part: Any, proj: Any) -> None:
