@@ -8,7 +8,10 @@ imports no Legate and runs every strategy in a fresh Legate job of its own
 (`legate [--launcher mpirun --nodes 1 --ranks-per-node R] --cpus C --sysmem M` this script
 `--only NAME --rows-out FILE`), as a training job runs one model: nothing a strategy timed
 before leaves behind (in one long-lived runtime ResNeXt's step was seen to drift 12-44% slower
-over a run, after the earlier models were freed) can reach the next one. The first job measures the calibration into the shared cost cache; the others read it
+over a run, after the earlier models were freed) can reach the next one. A searched strategy
+takes two jobs: one runs Unity's search (measuring the operators it prices) and saves the
+strategy, a fresh one times it (a job that had measured a hundred operators timed its steps
+20-50% slower). The first job measures the calibration into the shared cost cache; the others read it
 and the operator costs measured so far. Started by a Legate launcher instead
 (`legate --cpus 2 --sysmem 4000 scripts/bench_simulator.py`), it runs the chosen strategies in
 this one job, one after another.
@@ -69,6 +72,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sysmem", type=int, default=None,
                    help="driver: MiB of system memory per rank (default: 4000 / ranks)")
     p.add_argument("--rows-out", default=None, help=argparse.SUPPRESS)  # a job of the driver
+    p.add_argument("--searched", default=None,
+                   help="directory of the search's strategies: loaded from there when saved "
+                        "by an earlier run, otherwise saved there")
+    p.add_argument("--search-only", action="store_true",
+                   help="with --searched: search and save the strategies, time nothing")
     return p.parse_args()
 
 
@@ -99,7 +107,9 @@ def main() -> None:
 
 def drive(args: argparse.Namespace) -> None:
     """Every strategy in a fresh Legate job of its own; one table and summary for all."""
-    names = [c.name for c in chosen_cases(args.only)]
+    cases = chosen_cases(args.only)
+    names = [c.name for c in cases]
+    search_cases = {c.name for c in cases if c.plan is None}
     if args.ranks < 1:
         raise SystemExit(f"bench_simulator: --ranks must be >= 1, got {args.ranks}")
     cpus = args.cpus or (2 if args.ranks == 1 else 1)
@@ -112,22 +122,29 @@ def drive(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
     jobs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_simulator_") as tmp:
+        searched = str(Path(tmp) / "searched")
         for i, name in enumerate(names):
-            out = Path(tmp) / f"{i}.json"
-            argv = [str(legate), *launcher, "--cpus", str(cpus), "--sysmem", str(sysmem),
-                    os.path.abspath(__file__), "--only", name, "--cache", cache,
-                    "--rows-out", str(out), "--rounds", str(args.rounds),
-                    "--steps", str(args.steps), "--warmup", str(args.warmup),
-                    "--repeats", str(args.repeats)]
-            t = time.perf_counter()
-            proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            if proc.returncode != 0 or not out.is_file():
-                sys.stderr.write(proc.stdout[-6000:])
-                raise SystemExit(f"bench_simulator: the job for {name} failed "
-                                 f"(exit {proc.returncode}): {' '.join(argv)}")
-            jobs.append(json.loads(out.read_text()))
-            print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+            # a searched strategy: found (and its operators measured) in one job, timed in
+            # the next
+            for only_search in ([True, False] if name in search_cases else [False]):
+                out = Path(tmp) / f"{i}{'s' if only_search else ''}.json"
+                argv = [str(legate), *launcher, "--cpus", str(cpus), "--sysmem", str(sysmem),
+                        os.path.abspath(__file__), "--only", name, "--cache", cache,
+                        "--rows-out", str(out), "--rounds", str(args.rounds),
+                        "--steps", str(args.steps), "--warmup", str(args.warmup),
+                        "--repeats", str(args.repeats), "--searched", searched]
+                argv += ["--search-only"] if only_search else []
+                t = time.perf_counter()
+                proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True)
+                if proc.returncode != 0 or not out.is_file():
+                    sys.stderr.write(proc.stdout[-6000:])
+                    raise SystemExit(f"bench_simulator: the job for {name} failed "
+                                     f"(exit {proc.returncode}): {' '.join(argv)}")
+                jobs.append(json.loads(out.read_text()))   # a search's job: no rows
+                print(f"{name}{' (search)' if only_search else ''}: "
+                      f"{time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     if args.cache is None:
         shutil.rmtree(cache, ignore_errors=True)
     report([row for job in jobs for row in job["rows"]], jobs[0]["machine"],
@@ -233,6 +250,30 @@ def report(rows: list[dict[str, Any]], described: str, cores_seen: list[float], 
     print(json.dumps(summary))
 
 
+def searched_strategy(case: Case, model: Any, args: argparse.Namespace, machine: Any,
+                      cost: Any) -> tuple[Any, str]:
+    """The strategy Unity's search finds for `case` (SGD: no optimizer slots, as timed) and
+    its description. With --searched DIR, a strategy an earlier job found and saved there is
+    loaded instead; one found here is saved there, and with --search-only not returned: the
+    search measures many operators, and a job that did so times its steps slower (the drift
+    the driver's fresh jobs avoid), so the driver times a searched strategy in a job of its
+    own."""
+    from unity_legion.cost.measure import is_rank0
+    from unity_legion.search.unity import SearchOptions, search
+    from unity_legion.strategy.strategy import Strategy
+
+    saved = Path(args.searched) / (case.name.replace("/", "_") + ".json") if args.searched else None
+    if saved is not None and saved.is_file():
+        return Strategy.load(saved), saved.with_suffix(".txt").read_text()
+    found = search(model, case.batch, machine, cost, SearchOptions(budget=16, optimizer_slots=0))
+    describe = f"search: {found.chosen}, {len(found.strategy.substitutions)} substitution(s)"
+    if saved is not None and is_rank0():
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        found.strategy.save(saved)
+        saved.with_suffix(".txt").write_text(describe)
+    return (None if args.search_only else found.strategy), describe
+
+
 def run_cases(cases: list[Case], args: argparse.Namespace, procs: int, machine: Any,
                cost: Any, rng: np.random.Generator, cores_seen: list[float]) -> list[dict]:
     """Real steps of each case (in rounds over the cases, the machine's parallel capacity
@@ -249,13 +290,9 @@ def run_cases(cases: list[Case], args: argparse.Namespace, procs: int, machine: 
         entry = ZOO[case.model]
         xs, ys = entry.synthetic(model, case.batch, rng)
         if case.plan is None:
-            from unity_legion.search.unity import SearchOptions, search
-
-            found = search(model, case.batch, machine, cost,
-                           SearchOptions(budget=16, optimizer_slots=0))  # SGD, as timed
-            strategy = found.strategy
-            case.describe = (f"search: {found.chosen}, "
-                             f"{len(strategy.substitutions)} substitution(s)")
+            strategy, case.describe = searched_strategy(case, model, args, machine, cost)
+            if strategy is None:   # --search-only: found and saved, timed by the next job
+                continue
             model.compile(optimizer=keras.optimizers.SGD(0.01), loss=entry.loss,
                           strategy=strategy)
             graph, outputs = strategy.graph_for(model)
