@@ -123,7 +123,6 @@ def generate(k: int = 3, specs: tuple[OpSpec, ...] = SPECS, time_limit: float = 
         rejected: list[tuple[str, str]] = []
         task = bar.add("proving", len(cands))
         for i, c in enumerate(cands):
-            text = f"{fmt(c.lhs)} = {fmt(c.rhs)}"
             if time.perf_counter() > deadline:
                 warnings.warn(f"k={k}: passed the {time_limit:.0f} s limit after {i} of "
                               f"{len(cands)} proofs; the rest are reported as unproven")
@@ -132,45 +131,23 @@ def generate(k: int = 3, specs: tuple[OpSpec, ...] = SPECS, time_limit: float = 
                              for d in cands[i:]]
                 break
             bar.update(task, f"proving ({len(rules)} verified)", i, len(cands))
-            status, shapes, why = _verify(prover, c.lhs, c.rhs, c.shapes, table)
-            if status != "proven":
-                (unproven if status == "unknown" else rejected).append((text, why))
-                continue
-            generalised += shapes != c.shapes
-            kind = kind_of(c.lhs, c.rhs, table)
-            rules.append(GeneratedRule(f"gen_{kind}_{len(rules):04d}", kind, c.lhs, c.rhs, shapes,
-                                       row_wise(c.lhs, c.rhs, shapes, table)))
+            generalised += _prove_into(prover, c.lhs, c.rhs, c.shapes, table, None, rules,
+                                       unproven, rejected)
         bar.update(task, f"proving ({len(rules)} verified)", len(cands), len(cands))
         # Unity's parallelisation form, one op wrapped in parallel ops: from op(pa(x), pb(y)) =
         # part_d(op(x, y)), cancel the partition: op(x, y) = comb_d(op(pa(x), pb(y))). Such a rule
         # is implied by two smaller ones, so the enumeration leaves it out; it is derived here
         # (and proved and cross-checked like the rest) because the search reads this form.
         derived = _parallelisations(rules, table) + _reductions(e, table, inputs)
-        forms = {erased(r.lhs, r.rhs) for r in rules}
-        kept = []
-        derived = [(*canonical_pair(lhs, rhs, inputs),) for lhs, rhs, _ in derived]
-        derived.sort(key=lambda p: (-len(variables(("pair",) + p)), repr(p)))  # general first
-        for lhs, rhs in derived:   # a candidate only if the fingerprints agree
-            shapes = tuple((v, inputs[v]) for v in variables(("pair", lhs, rhs)))
-            if erased(lhs, rhs) not in forms \
-                    and not any(g in forms for g in _generalisations(lhs, rhs)) \
-                    and _same_fingerprint(lhs, rhs, shapes, table):
-                forms.add(erased(lhs, rhs))
-                kept.append((lhs, rhs, shapes))
+        kept = _new_candidates(derived, {erased(r.lhs, r.rhs) for r in rules}, inputs, table)
         stats["derived_candidates"] = len(kept)
         stats["candidates"] += len(kept)
         for lhs, rhs, shapes in kept:
-            text = f"{fmt(lhs)} = {fmt(rhs)}"
             if time.perf_counter() > deadline:
-                unproven.append((text, "not attempted: time limit"))
+                unproven.append((f"{fmt(lhs)} = {fmt(rhs)}", "not attempted: time limit"))
                 continue
-            status, general, why = _verify(prover, lhs, rhs, shapes, table)
-            if status != "proven":
-                (unproven if status == "unknown" else rejected).append((text, why))
-                continue
-            generalised += general != shapes
-            rules.append(GeneratedRule(f"gen_parallelise_{len(rules):04d}", "mixed", lhs, rhs,
-                                       general, row_wise(lhs, rhs, general, table)))
+            generalised += _prove_into(prover, lhs, rhs, shapes, table, "parallelise", rules,
+                                       unproven, rejected)
         conv = _conv_pass(k, table, prover, deadline, bar, rules, unproven, rejected)
         if conv:
             stats["conv"] = conv
@@ -215,41 +192,62 @@ def _conv_pass(k: int, table: Mapping[str, OpSpec], prover: Prover, deadline: fl
     first = len(rules)
 
     def attempt(lhs: Term, rhs: Term, shapes, name: str | None) -> None:
-        text = f"{fmt(lhs)} = {fmt(rhs)}"
         if time.perf_counter() > deadline:
-            unproven.append((text, "not attempted: time limit"))
+            unproven.append((f"{fmt(lhs)} = {fmt(rhs)}", "not attempted: time limit"))
             return
-        status, general, why = _verify(prover, lhs, rhs, shapes, table)
-        if status != "proven":
-            (unproven if status == "unknown" else rejected).append((text, why))
-            return
-        out["generalised"] += general != shapes
-        kind = kind_of(lhs, rhs, table) if name is None else "mixed"
-        rules.append(GeneratedRule(f"gen_{name or kind}_{len(rules):04d}", kind, lhs, rhs,
-                                   general, row_wise(lhs, rhs, general, table)))
-        forms.add(erased(lhs, rhs))
+        n = len(rules)
+        out["generalised"] += _prove_into(prover, lhs, rhs, shapes, table, name, rules,
+                                          unproven, rejected)
+        if len(rules) > n:
+            forms.add(erased(lhs, rhs))
 
     for i, c in enumerate(cands):
         bar.update(task, "conv pass: proving", i, len(cands))
         attempt(c.lhs, c.rhs, c.shapes, None)
     derived = _parallelisations(rules[first:], table) + [
         d for d in _reductions(e, table, CONV_INPUTS) if uses_conv(d[0], d[1])]
-    derived = [(*canonical_pair(lhs, rhs, CONV_INPUTS),) for lhs, rhs, _ in derived]
-    derived.sort(key=lambda p: (-len(variables(("pair",) + p)), repr(p)))
-    kept, seen = [], set(forms)
-    for lhs, rhs in derived:   # a candidate only if the fingerprints agree
-        shapes = tuple((v, CONV_INPUTS[v]) for v in variables(("pair", lhs, rhs)))
-        if erased(lhs, rhs) not in seen \
-                and not any(g in seen for g in _generalisations(lhs, rhs)) \
-                and _same_fingerprint(lhs, rhs, shapes, table):
-            seen.add(erased(lhs, rhs))
-            kept.append((lhs, rhs, shapes))
+    kept = _new_candidates(derived, set(forms), CONV_INPUTS, table)
     out["candidates"] += len(kept)
     out["derived_candidates"] = len(kept)
     for lhs, rhs, shapes in kept:
         attempt(lhs, rhs, shapes, "parallelise")
     out["verified"] = len(rules) - first
     return out
+
+
+def _prove_into(prover: Prover, lhs: Term, rhs: Term, shapes: tuple[tuple[str, Shape], ...],
+                table: Mapping[str, OpSpec], name: str | None, rules: list[GeneratedRule],
+                unproven: list, rejected: list) -> bool:
+    """Prove lhs = rhs (`_verify`) and record the outcome: a proven rule appended to `rules`
+    (named by its kind, or `name` for a derived parallelisation, which is "mixed"), else the
+    candidate in `unproven` (z3 gave up) or `rejected`. Whether the proof generalised the
+    shapes."""
+    status, general, why = _verify(prover, lhs, rhs, shapes, table)
+    if status != "proven":
+        (unproven if status == "unknown" else rejected).append((f"{fmt(lhs)} = {fmt(rhs)}", why))
+        return False
+    kind = kind_of(lhs, rhs, table) if name is None else "mixed"
+    rules.append(GeneratedRule(f"gen_{name or kind}_{len(rules):04d}", kind, lhs, rhs, general,
+                               row_wise(lhs, rhs, general, table)))
+    return general != shapes
+
+
+def _new_candidates(derived: list, forms: set, inputs: Mapping[str, Shape],
+                    table: Mapping[str, OpSpec]) -> list[tuple[Term, Term, tuple]]:
+    """The derived pairs worth proving, most general first: canonical, not already a form in
+    `forms` (nor a generalisation of one), and with equal fingerprints. Adds their forms to
+    `forms`."""
+    pairs = [(*canonical_pair(lhs, rhs, inputs),) for lhs, rhs, _ in derived]
+    pairs.sort(key=lambda p: (-len(variables(("pair",) + p)), repr(p)))
+    kept = []
+    for lhs, rhs in pairs:
+        shapes = tuple((v, inputs[v]) for v in variables(("pair", lhs, rhs)))
+        if erased(lhs, rhs) not in forms \
+                and not any(g in forms for g in _generalisations(lhs, rhs)) \
+                and _same_fingerprint(lhs, rhs, shapes, table):
+            forms.add(erased(lhs, rhs))
+            kept.append((lhs, rhs, shapes))
+    return kept
 
 
 def _verify(prover: Prover, lhs: Term, rhs: Term, shapes: tuple[tuple[str, Shape], ...],
