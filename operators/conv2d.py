@@ -34,7 +34,7 @@ preact and d_out are tiled; each point receives only the input window its output
 per spatial tile; uneven tiles, strides, dilation and "same" padding change only the window's
 bounds), and kernels find their tile's position from their Origin. The input gradient is tiled
 by the same axes over the input's rows / columns, each point receiving only the d_out (preact, y)
-region whose windows reach its tile and computing its tile from it (`input_tile`: the same sums,
+region whose windows reach its tile and computing its tile from it (`input_grad_window`: the same sums,
 in the same order, as unsplit: no overlapping windows to add up); the weight gradients are
 partial sums over the tiles, each from its tile's input window (ADD reductions). The PCG still
 describes the input as replicated along H and W (a Replicate before the convolution).
@@ -52,7 +52,8 @@ from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Ou
                    SavedSpec, Sum, TensorShape, WeightSpec, ceil_div, dw, dx, dy, kernel,
                    origin_of, sample_dim, saved, tile_count, w, x, y)
 from .spatial import (Reach, Windowed, channel_dim, check_data_format, check_padding, image_shape,
-                      join_ints, nhwc, out_size_and_pads, pair, parse_ints, piece_start, sources,
+                      join_ints, nhwc, out_size_and_pads, pair, parse_hw, parse_ints, piece_start,
+                      sources,
                       spatial_dims, tap, windows)
 
 # Upper bound on the elements of one chunk's im2col matrix (the kernels' main scratch).
@@ -132,20 +133,27 @@ class Window:
                                                            b0 - self.c0:b1 - self.c0]
 
 
-def input_tile(dxs: np.ndarray, origin: tuple[int, ...], channels_first: bool, out_hw: tuple[int, int],
-               k: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int],
-               pads: tuple[int, ...]) -> tuple[tuple[int, int], tuple[slice, ...]] | None:
-    """For the input-gradient tile `dxs` (NHWC) at global `origin`: its (row, column) start and
-    the region of d_out (NHWC) that reaches it; None if none does (the tile is then zeroed).
-    Each input pixel then gets the contributions of the same output pixels, added in the same
-    tap order, as in the unsplit run (the tiles' sums are the serial sums, bit for bit)."""
+def input_grad_window(dxs: np.ndarray, d_out: np.ndarray, origin: tuple[int, ...],
+                      channels_first: bool, in_hw: tuple[int, int], out_hw: tuple[int, int],
+                      k: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int],
+                      pads: tuple[int, ...]
+                      ) -> tuple[Window, tuple[int, int], tuple[slice, ...]] | None:
+    """For the input-gradient tile `dxs` (NHWC) at global `origin`: the window (of an input of
+    in_hw) of the d_out region that reaches it, the tile's (row, column) start, and that region
+    inside `d_out`, the point's NHWC piece of d_out (whole along H and W, or exactly the region);
+    None if no output reaches the tile (it is then zeroed). Each input pixel then gets the
+    contributions of the same output pixels, added in the same tap order, as in the unsplit run
+    (the tiles' sums are the serial sums, bit for bit)."""
     t0, u0 = tile_start(origin, channels_first)
     oh = sources(t0, t0 + dxs.shape[1], out_hw[0], k[0], strides[0], dilation[0], pads[0])
     ow = sources(u0, u0 + dxs.shape[2], out_hw[1], k[1], strides[1], dilation[1], pads[2])
     if oh.stop <= oh.start or ow.stop <= ow.start:
         dxs[...] = 0
         return None
-    return (t0, u0), (slice(None), oh, ow, slice(None))
+    win = Window((dxs.shape[0], *in_hw, dxs.shape[3]), pads, oh.start, ow.start,
+                 oh.stop - oh.start, ow.stop - ow.start, k[0], k[1], strides[0], strides[1],
+                 dilation[0], dilation[1])
+    return win, (t0, u0), local_region(d_out, (slice(None), oh, ow, slice(None)), out_hw)
 
 
 def local_region(piece: np.ndarray, region: tuple[slice, ...], out_hw: tuple[int, int]
@@ -250,7 +258,7 @@ def _forward_into(x: np.ndarray, k: np.ndarray, bias: np.ndarray | None, out: np
     os_ = nhwc(out, channels_first)
     g = _Geometry(geom, k.shape, xs.shape[3])
     ho, wo = os_.shape[1:3]
-    xp = _window(g, xs, _pair(in_hw), start, ho, wo).read(xs)
+    xp = _window(g, xs, parse_hw(in_hw), start, ho, wo).read(xs)
     kg = g.grouped_kernel(k)
     for rows in _chunks(xs.shape[0], ho * wo * k.size // g.coutg):
         res = g.matmul(g.cols(xp, rows, ho, wo), kg)
@@ -264,11 +272,6 @@ def _d_preact(preact: np.ndarray, out: np.ndarray, d_out: np.ndarray, fn: str) -
         return d_out
     g = act.grad(fn, preact.astype(np.float64), out.astype(np.float64), d_out.astype(np.float64))
     return g.astype(d_out.dtype)
-
-
-def _pair(text: str) -> tuple[int, int]:
-    h, w_ = parse_ints(text)
-    return h, w_
 
 
 @kernel
@@ -295,7 +298,7 @@ def conv2d_backward_input(preact: In, y: In, dy: In, kernel: In, dx: Out, origin
     """A tile of dx (under a spatial split: rows / columns of the input) from the region of d_out
     whose windows reach it (d_out, preact and y: whole along H and W, or exactly that region)."""
     _input_grad_into(preact, y, dy, kernel, dx, origin_of(origin, "dx", 4), geom,
-                     channels_first, fn, _pair(in_hw), _pair(out_hw))
+                     channels_first, fn, parse_hw(in_hw), parse_hw(out_hw))
 
 
 def _input_grad_into(preact: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel: np.ndarray,
@@ -304,18 +307,15 @@ def _input_grad_into(preact: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel: 
     dxs = nhwc(dx, channels_first)
     b, _, _, c = dxs.shape
     g = _Geometry(geom, kernel.shape, c)
-    found = input_tile(dxs, origin, channels_first, out_hw, (g.kh, g.kw), (g.sh, g.sw),
-                       (g.dh, g.dw), g.pads)
+    found = input_grad_window(dxs, nhwc(dy, channels_first), origin, channels_first, in_hw,
+                              out_hw, (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.pads)
     if found is None:
         return
-    (t0, u0), region = found
-    local = local_region(nhwc(dy, channels_first), region, out_hw)
+    win, (t0, u0), local = found
     # in the stores' own layout: a fused softmax normalises their last dim
     native = (local[0], local[3], local[1], local[2]) if channels_first else local
     gs = nhwc(_d_preact(preact[native], y[native], dy[native], fn), channels_first)
     ho, wo = gs.shape[1:3]
-    win = Window((b, *in_hw, c), g.pads, region[1].start, region[2].start, ho, wo, g.kh, g.kw,
-                 g.sh, g.sw, g.dh, g.dw)
     kgt = g.grouped_kernel(kernel)
     kgt = kgt.T if g.groups == 1 else kgt.transpose(0, 2, 1)
     dxp = win.zeros(b, c, dx.dtype)
@@ -344,7 +344,7 @@ def _weight_grads(x: np.ndarray, gout: np.ndarray, dkernel: np.ndarray, dbias: n
     gs = nhwc(gout, channels_first)
     g = _Geometry(geom, dkernel.shape, xs.shape[3])
     ho, wo = gs.shape[1:3]
-    xp = _window(g, xs, _pair(in_hw), start, ho, wo).read(xs)
+    xp = _window(g, xs, parse_hw(in_hw), start, ho, wo).read(xs)
     acc = None
     for rows in _chunks(xs.shape[0], ho * wo * dkernel.size // g.coutg):
         cols = g.cols(xp, rows, ho, wo)

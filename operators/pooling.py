@@ -27,22 +27,17 @@ import numpy as np
 
 from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim,
                    Ref, SavedSpec, TensorShape, dx, dy, kernel, origin_of, saved, x, y)
-from .conv2d import (HEIGHT, WIDTH, Window, halo_windows, input_tile, local_region, spatial_axes,
+from .conv2d import (HEIGHT, WIDTH, Window, halo_windows, input_grad_window, spatial_axes,
                      tile_start)
 from .spatial import (CHANNELS, Windowed, by_channel, channel_dim, channel_dims, check_data_format,
                       check_padding, image_shape, join_ints, nhwc, out_size_and_pads, pair,
-                      parse_ints, spatial_dims, tap)
+                      parse_hw, parse_ints, spatial_dims, tap)
 from unity_legion.pcg.tensor import DataType
 
 
 def _geometry(geom: str) -> tuple[int, int, int, int, tuple[int, ...]]:
     kh, kw, sh, sw, pt, pb, pl, pr = parse_ints(geom)
     return kh, kw, sh, sw, (pt, pb, pl, pr)
-
-
-def _hw(text: str) -> tuple[int, int]:
-    h, w_ = parse_ints(text)
-    return h, w_
 
 
 def _window(geom: str, xs: np.ndarray, in_hw: str, origin: tuple[int, ...],
@@ -52,7 +47,7 @@ def _window(geom: str, xs: np.ndarray, in_hw: str, origin: tuple[int, ...],
     and W, or that window)."""
     kh, kw, sh, sw, pads = _geometry(geom)
     oh0, ow0 = tile_start(origin, channels_first)
-    return Window((xs.shape[0], *_hw(in_hw), xs.shape[3]), pads, oh0, ow0, ho, wo, kh, kw, sh,
+    return Window((xs.shape[0], *parse_hw(in_hw), xs.shape[3]), pads, oh0, ow0, ho, wo, kh, kw, sh,
                   sw, 1, 1)
 
 
@@ -78,21 +73,15 @@ def maxpool_forward(x: In, y: Out, argmax: Out, origin: Origin, geom: str,
 def _input_grad_tile(dx: np.ndarray, dy: np.ndarray, origin: tuple[int, ...], geom: str,
                      channels_first: bool, in_hw: str, out_hw: str
                      ) -> tuple[np.ndarray, Window, tuple[int, int], tuple[slice, ...]] | None:
-    """The NHWC tile of dx, the window of the d_out region reaching it, the tile's start and
-    that region inside the NHWC piece of d_out (whole along H and W, or exactly the region);
-    None: no output reaches the tile, which is zeroed."""
+    """The NHWC tile of dx and, as `input_grad_window`, the window of the d_out region reaching
+    it, the tile's start and that region inside the NHWC piece of d_out; None: no output
+    reaches the tile, which is zeroed."""
     kh, kw, sh, sw, pads = _geometry(geom)
     dxs = nhwc(dx, channels_first)
-    found = input_tile(dxs, origin_of(origin, "dx", 4), channels_first, _hw(out_hw), (kh, kw),
-                       (sh, sw), (1, 1), pads)
-    if found is None:
-        return None
-    start, region = found
-    h, w_ = _hw(in_hw)
-    ho, wo = region[1].stop - region[1].start, region[2].stop - region[2].start
-    win = Window((dxs.shape[0], h, w_, dxs.shape[3]), pads, region[1].start, region[2].start, ho,
-                 wo, kh, kw, sh, sw, 1, 1)
-    return dxs, win, start, local_region(nhwc(dy, channels_first), region, _hw(out_hw))
+    found = input_grad_window(dxs, nhwc(dy, channels_first), origin_of(origin, "dx", 4),
+                              channels_first, parse_hw(in_hw), parse_hw(out_hw), (kh, kw),
+                              (sh, sw), (1, 1), pads)
+    return None if found is None else (dxs, *found)
 
 
 @kernel
@@ -137,7 +126,7 @@ def avgpool_forward(x: In, y: Out, origin: Origin, geom: str, channels_first: bo
     acc = xp[tap(0, 0, sh, sw, 1, 1, ho, wo)].astype(np.float64)
     for t in range(1, kh * kw):
         acc += xp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)]
-    acc /= _counts(*_hw(in_hw), kh, kw, sh, sw, win, ho, wo)
+    acc /= _counts(*parse_hw(in_hw), kh, kw, sh, sw, win, ho, wo)
     ys[...] = acc
 
 
@@ -152,7 +141,7 @@ def avgpool_backward(dy: In, dx: Out, origin: Origin, geom: str, channels_first:
     kh, kw, sh, sw, _ = _geometry(geom)
     gs = nhwc(dy, channels_first)[region]
     b, ho, wo, c = gs.shape
-    h, w_ = _hw(in_hw)
+    h, w_ = parse_hw(in_hw)
     share = (gs / _counts(h, w_, kh, kw, sh, sw, win, ho, wo)).astype(dx.dtype)
     dxp = win.zeros(b, c, dx.dtype)
     for t in range(kh * kw):

@@ -105,6 +105,12 @@ def parse_ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",")) if text else ()
 
 
+def parse_hw(text: str) -> tuple[int, int]:
+    """(rows, columns) from a kernel scalar written by `join_ints`."""
+    h, w = parse_ints(text)
+    return h, w
+
+
 def join_ints(values: Sequence[int]) -> str:
     return ",".join(str(int(v)) for v in values)
 

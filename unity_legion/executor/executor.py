@@ -235,7 +235,7 @@ class GraphExecutor:
         apart = self.machine.ranks > 1 and partitioned_reductions(launch, eff, reduced)
         for box in boxes or [((0,) * len(grid), grid)]:
             pts = box_points(box)
-            devs = [devices[_flat(p, grid)] for p in pts]
+            devs = [devices[int(np.ravel_multi_index(p, grid))] for p in pts]  # row-major
             if _consecutive(devs) and not (apart and len(pts) > 1):
                 with placed(MachineView.contiguous(base.device_type, devs[0], len(devs))):
                     submit(self.rt, launch, refs, eff, reduced, box)
@@ -571,14 +571,6 @@ def _consecutive(devices: Sequence[int]) -> bool:
     """Whether point i runs on device devices[0] + i: a launch over that processor range
     places its points so (one point per processor, in order)."""
     return list(devices) == list(range(devices[0], devices[0] + len(devices)))
-
-
-def _flat(point: Sequence[int], grid: Sequence[int]) -> int:
-    """The row-major index of a launch point in its grid (its machine-view point)."""
-    i = 0
-    for p, g in zip(point, grid):
-        i = i * g + p
-    return i
 
 
 def read(store: Any) -> np.ndarray:

@@ -132,7 +132,7 @@ def reduced_outputs(launch: Launch, degrees: Mapping[str, int]) -> frozenset[str
     """Outputs that several points of the launch write: their split misses a launch axis whose
     degree is above 1 (each point then writes a partial sum, added by an ADD reduction into a
     store the caller has zeroed). An in-place store cannot be shared so; that is an error."""
-    axes = [a for a in launch_axes(launch) if degrees.get(a, 1) > 1]
+    axes = grid_axes(launch, degrees)
     out = set()
     for name, role in launch.kernel.stores:
         if role in (Role.OUTPUT, Role.INOUT):
