@@ -181,7 +181,8 @@ def run_here(args: argparse.Namespace) -> None:
     # instances alive (four ResNeXt models alive at once made each step ~2.5x slower than the
     # simulator's one-model prediction), so each is timed and its operators measured alone
     for case in cases:
-        rows += run_cases([case], args, procs, machine, cost, rng, cores_seen)
+        row = run_case(case, args, procs, machine, cost, rng, cores_seen)
+        rows += [row] if row is not None else []
         gc.collect()
     if machine_info.rank != 0:
         return
@@ -274,73 +275,65 @@ def searched_strategy(case: Case, model: Any, args: argparse.Namespace, machine:
     return (None if args.search_only else found.strategy), describe
 
 
-def run_cases(cases: list[Case], args: argparse.Namespace, procs: int, machine: Any,
-               cost: Any, rng: np.random.Generator, cores_seen: list[float]) -> list[dict]:
-    """Real steps of each case (in rounds over the cases, the machine's parallel capacity
-    measured between rounds), then the simulator's prediction of each."""
+def run_case(case: Case, args: argparse.Namespace, procs: int, machine: Any, cost: Any,
+             rng: np.random.Generator, cores_seen: list[float]) -> dict | None:
+    """The case's real steps (in rounds, the machine's parallel capacity measured around each),
+    then the simulator's prediction; None for a search that is only saved (--search-only)."""
     from unity_legion import keras
     from unity_legion.cost import Simulator
     from unity_legion.cost.calibrate import measure_cores
     from unity_legion.models import ZOO
     from unity_legion.pcg.pcg import data_parallel_config
 
-    prepared = []
-    for case in cases:
-        model = case.build()
-        entry = ZOO[case.model]
-        xs, ys = entry.synthetic(model, case.batch, rng)
-        if case.plan is None:
-            strategy, case.describe = searched_strategy(case, model, args, machine, cost)
-            if strategy is None:   # --search-only: found and saved, timed by the next job
-                continue
-            model.compile(optimizer=keras.optimizers.SGD(0.01), loss=entry.loss,
-                          strategy=strategy)
-            graph, outputs = strategy.graph_for(model)
-            plan = strategy.plan(model)
-        else:
-            model.compile(optimizer=keras.optimizers.SGD(0.01), loss=entry.loss,
-                          strategy="data_parallel")
-            graph, outputs = model.graph, model._output_ids
-            plan = case.plan(model.graph, procs)
-            model._executor.set_plan(plan)
-        x = xs if len(xs) > 1 else xs[0]
-        y = ys if len(ys) > 1 else ys[0]
-        for _ in range(args.warmup):
-            model.train_on_batch(x, y)
-        prepared.append((case, model, plan, x, y, graph, outputs))
-    real: dict[str, list[float]] = {c.name: [] for c in cases}
-    cores: dict[str, list[float]] = {c.name: [] for c in cases}
+    model = case.build()
+    entry = ZOO[case.model]
+    xs, ys = entry.synthetic(model, case.batch, rng)
+    if case.plan is None:
+        strategy, case.describe = searched_strategy(case, model, args, machine, cost)
+        if strategy is None:   # --search-only: found and saved, timed by the next job
+            return None
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=entry.loss, strategy=strategy)
+        graph, outputs = strategy.graph_for(model)
+        plan = strategy.plan(model)
+    else:
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=entry.loss,
+                      strategy="data_parallel")
+        graph, outputs = model.graph, model._output_ids
+        plan = case.plan(model.graph, procs)
+        model._executor.set_plan(plan)
+    x = xs if len(xs) > 1 else xs[0]
+    y = ys if len(ys) > 1 else ys[0]
+    for _ in range(args.warmup):
+        model.train_on_batch(x, y)
+    real: list[float] = []
+    cores: list[float] = []
     measure_cores()   # its tasks registered before anything is timed
     for _ in range(args.rounds):
-        for case, model, _, x, y, _, _ in prepared:
-            model.train_on_batch(x, y)   # back in this model's steady state
-            # the parallel capacity is a figure of the moment (other jobs share the cores): the
-            # one each strategy's steps had, measured just before and just after them
-            cores[case.name].append(measure_cores(repeats=1, warmup=0))
-            for _ in range(args.steps):
-                t = time.perf_counter()
-                model.train_on_batch(x, y)
-                real[case.name].append(time.perf_counter() - t)
-            cores[case.name].append(measure_cores(repeats=1, warmup=0))
-    rows = []
-    for case, model, plan, _, _, graph, outputs in prepared:
-        capacity = statistics.median(cores[case.name])
-        cores_seen.append(capacity)
-        sim = Simulator(replace(machine, runtime=replace(machine.runtime, cores=capacity)), cost,
-                        optimizer_slots=0)
-        t = time.perf_counter()
-        r = sim.simulate(graph, case.batch, plan, outputs=outputs,
-                         default=data_parallel_config(procs, case.batch))
-        sim_s = time.perf_counter() - t
-        measured = statistics.median(real[case.name])
-        err = (r.step_time - measured) / measured
-        rows.append({"strategy": case.name, "model": case.model, "plan": case.describe,
-                     "real_ms": round(measured * 1e3, 2), "predicted_ms": round(r.step_time * 1e3, 2),
-                     "rel_error": round(err, 4), "launches": r.launches,
-                     "host_ms": round(r.host * 1e3, 2), "span_ms": round(r.span * 1e3, 2),
-                     "work_ms": round(r.work * 1e3, 2), "cores": round(capacity, 3),
-                     "simulate_s": round(sim_s, 3)})
-    return rows
+        model.train_on_batch(x, y)   # back in this model's steady state
+        # the parallel capacity is a figure of the moment (other jobs share the cores): the one
+        # the steps had, measured just before and just after them
+        cores.append(measure_cores(repeats=1, warmup=0))
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            model.train_on_batch(x, y)
+            real.append(time.perf_counter() - t)
+        cores.append(measure_cores(repeats=1, warmup=0))
+    capacity = statistics.median(cores)
+    cores_seen.append(capacity)
+    sim = Simulator(replace(machine, runtime=replace(machine.runtime, cores=capacity)), cost,
+                    optimizer_slots=0)
+    t = time.perf_counter()
+    r = sim.simulate(graph, case.batch, plan, outputs=outputs,
+                     default=data_parallel_config(procs, case.batch))
+    sim_s = time.perf_counter() - t
+    measured = statistics.median(real)
+    err = (r.step_time - measured) / measured
+    return {"strategy": case.name, "model": case.model, "plan": case.describe,
+            "real_ms": round(measured * 1e3, 2), "predicted_ms": round(r.step_time * 1e3, 2),
+            "rel_error": round(err, 4), "launches": r.launches,
+            "host_ms": round(r.host * 1e3, 2), "span_ms": round(r.span * 1e3, 2),
+            "work_ms": round(r.work * 1e3, 2), "cores": round(capacity, 3),
+            "simulate_s": round(sim_s, 3)}
 
 
 # ------------------------------------------------------------------------------------------------
