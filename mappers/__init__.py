@@ -1,5 +1,5 @@
-"""Machine views and their placement on Legate processors (the only place that does that)."""
+"""Placement of launches on Legate processors (the only place that turns machine views into
+processors). A machine view itself is plain data: `unity_legion.types.MachineView`.
 
-from unity_legion.mappers.machine_view import MachineView
-
-__all__ = ["MachineView"]
+`placement` imports legate, so it is not imported here: importing the package stays pure.
+"""

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 from legate.core import Scope, TaskTarget, get_legate_runtime
 
-from unity_legion.mappers.machine_view import MachineView
+from unity_legion.types import MachineView
 
 _TARGET = {"cpu": TaskTarget.CPU, "gpu": TaskTarget.GPU}
 

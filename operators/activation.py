@@ -1,5 +1,9 @@
 """Elementwise activations (and softmax over the last axis): a table used by the Activation
-operator and by operators that fuse an activation (Linear).
+operator and by operators that fuse an activation (Linear, Conv2D).
+
+Kernels run PyTorch's ATen CPU operators on views of their pieces (`apply_into`, `grad_into`),
+so results are PyTorch's, in the input's precision; `apply` / `grad` keep the numpy float64
+formulas (a reference, and the path for mixed dtypes).
 
 Parallel forms of the Activation operator: "sample" (the batch) and, as an elementwise function
 is per position, "features" (ATTRIBUTE: the last dim). Softmax needs whole rows of its last dim,
@@ -10,13 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 from scipy.special import erf
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, TensorShape,
-                   attribute_dims, dx, dy, kernel, x, y)
+from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, TasoName,
+                   TensorShape, attribute_dims, dx, dy, kernel, x, y)
+from ._aten import Into, aten, view
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 
@@ -62,19 +67,74 @@ def grad(name: str, z: np.ndarray, out: np.ndarray, g: np.ndarray) -> np.ndarray
     return _TABLE[name][1](z, out, g)
 
 
-def _compute(z: np.ndarray) -> np.ndarray:
-    """Activations are evaluated in float64 and rounded once: float32 results match PyTorch."""
-    return z.astype(np.float64, copy=False)
+# The kernels' form: PyTorch's ATen CPU operators on views of the pieces, written straight into
+# the output piece (numpy in float64 was 6-35x slower than PyTorch). name -> (forward(torch, z,
+# out), backward(torch, z, out, d_out, d_z)); z: pre-activation, out: the activation's output.
+_ATEN: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+    "relu": (lambda t, z, o: t.clamp_min(z, 0, out=o),
+             lambda t, z, o, g, d: t.ops.aten.threshold_backward.grad_input(g, z, 0,
+                                                                           grad_input=d)),
+    "tanh": (lambda t, z, o: t.tanh(z, out=o),
+             lambda t, z, o, g, d: t.ops.aten.tanh_backward.grad_input(g, o, grad_input=d)),
+    "sigmoid": (lambda t, z, o: t.sigmoid(z, out=o),
+                lambda t, z, o, g, d: t.ops.aten.sigmoid_backward.grad_input(g, o,
+                                                                             grad_input=d)),
+    "gelu": (lambda t, z, o: t.ops.aten.gelu.out(z, approximate="none", out=o),
+             lambda t, z, o, g, d: t.ops.aten.gelu_backward.grad_input(
+                 g, z, approximate="none", grad_input=d)),
+    "softmax": (lambda t, z, o: t.ops.aten._softmax.out(z, -1, False, out=o),
+                lambda t, z, o, g, d: t.ops.aten._softmax_backward_data.out(
+                    g, o, -1, g.dtype, grad_input=d)),
+}
+
+
+def _same_dtype(*arrays: np.ndarray) -> bool:
+    return all(a.dtype == arrays[0].dtype for a in arrays)
+
+
+def apply_into(name: str, z: np.ndarray, out: np.ndarray) -> None:
+    """out = name(z), in z's precision (as PyTorch computes it)."""
+    if name == "linear":
+        out[...] = z
+    elif not _same_dtype(z, out) or z.ndim == 0:
+        out[...] = apply(name, z.astype(np.float64))
+    else:
+        with aten() as torch:
+            o = Into(out)
+            _ATEN[name][0](torch, view(z), o.t)
+            o.done()
+
+
+def grad_into(name: str, z: np.ndarray, o: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:
+    """out = d_out's gradient `g` through the activation: d z from z, its output o and g."""
+    if name == "linear":
+        out[...] = g
+    elif not _same_dtype(z, o, g, out) or z.ndim == 0:
+        out[...] = grad(name, z.astype(np.float64), o.astype(np.float64), g.astype(np.float64))
+    else:
+        with aten() as torch:
+            d = Into(out)
+            _ATEN[name][1](torch, view(z), view(o), view(g), d.t)
+            d.done()
+
+
+def grad_of(name: str, z: np.ndarray, o: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The gradient through the activation as a new array (g itself for linear)."""
+    if name == "linear":
+        return g
+    out = np.empty(g.shape, g.dtype)
+    grad_into(name, z, o, g, out)
+    return out
 
 
 @kernel
 def activation_forward(x: In, y: Out, fn: str) -> None:
-    y[...] = apply(fn, _compute(x))
+    apply_into(fn, x, y)
 
 
 @kernel
 def activation_backward(x: In, y: In, dy: In, dx: Out, fn: str) -> None:
-    dx[...] = grad(fn, _compute(x), _compute(y), _compute(dy))
+    grad_into(fn, x, y, dy, dx)
 
 
 @dataclass(frozen=True)
@@ -83,6 +143,24 @@ class Activation(Operator):
 
     op_type = "activation"
     num_inputs = 1
+    # The functions by how they read their input ("linear" is the identity): elementwise ones
+    # act on each element alone; row-wise ones need whole rows of the last dim. Rules fuse,
+    # move and merge activations by these lists (in this order: it names the generated rules).
+    ELEMENTWISE_FNS: ClassVar[tuple[str, ...]] = ("relu", "tanh", "sigmoid", "gelu")
+    ROW_WISE_FNS: ClassVar[tuple[str, ...]] = ("softmax",)
+    taso_names = tuple(TasoName(f"OP_{fn.upper()}", (("fn", fn),))
+                       for fn in ("relu", "sigmoid", "tanh", "gelu"))
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls("relu"), (TensorShape((4, 6)),)),
+            (cls("relu"), (TensorShape((4, 5, 6)),)),
+            (cls("softmax"), (TensorShape((4, 5, 6)),)),
+        )
+
+    def is_elementwise(self) -> bool:
+        return self.fn not in self.ROW_WISE_FNS
 
     def __post_init__(self) -> None:
         if self.fn not in _TABLE:

@@ -41,7 +41,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from unity_legion.pcg.tensor import DataType
+from unity_legion.types import DataType
 
 from .base import (SAMPLE, Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out,
                    ParallelDim, Ref, SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel,
@@ -267,6 +267,14 @@ class MultiHeadAttention(Operator):
 
     op_type = "multi_head_attention"
     num_inputs = None
+    flops_efficiency = 0.5       # batched products per head, softmax between
+    backward_ratio = 2.0         # every product again twice: d_input and d_weight
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(2, 4), (TensorShape((4, 5, 6)), TensorShape((4, 5, 6)))),
+        )
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)

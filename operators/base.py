@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +291,15 @@ class OperatorError(ValueError):
     """An operator's attributes or input shapes are invalid."""
 
 
+@dataclass(frozen=True)
+class TasoName:
+    """A TASO / FlexFlow JSON operator type and the attributes it pins on our operator (OP_RELU
+    is an Activation with fn="relu"; OP_LINEAR pins nothing)."""
+
+    type: str
+    pins: tuple[tuple[str, Any], ...] = ()
+
+
 class Operator:
     """Base of operator attribute types. Subclasses are frozen dataclasses and define the rules.
 
@@ -303,6 +312,41 @@ class Operator:
     # Keras runs a layer like BatchNormalization in inference mode once all its weights are
     # frozen (layer.trainable = False); operators that behave so say True here.
     inference_when_frozen: ClassVar[bool] = False
+
+    # --- traits: what the substitutions, strategies, cost model and torch twin ask the operator
+    # instead of keeping their own lists of op types ------------------------------------------
+    # Each output element depends on the input elements at the same position only: such an
+    # operator commutes with concat, split, permute and reshape, and a tensor split by features
+    # passes it still split (Megatron). Where an attribute decides (an activation's function),
+    # the class overrides `is_elementwise`.
+    elementwise: ClassVar[bool] = False
+    # The output is the input's data, row-major, under another per-sample shape (no compute).
+    reshape_only: ClassVar[bool] = False
+    # The TASO / FlexFlow JSON operator types that read as this operator.
+    taso_names: ClassVar[tuple[TasoName, ...]] = ()
+    # The cost model fits kernel efficiencies and backward ratios per family; a class that names
+    # its op_type is its own family unless it states another (see __init_subclass__).
+    cost_family: ClassVar[str] = "operator"
+    # The analytic cost model's defaults, before any calibration: the fraction of peak FLOP/s a
+    # tuned kernel reaches (None: the memory-bound default; dense matrix work says more) and the
+    # backward / forward time ratio (None: 2 with weights, one product for the input gradient
+    # and one for the weights; 1 without).
+    flops_efficiency: ClassVar[float | None] = None
+    backward_ratio: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "op_type" in vars(cls) and "cost_family" not in vars(cls):
+            cls.cost_family = cls.op_type
+
+    def is_elementwise(self) -> bool:
+        return self.elementwise
+
+    @classmethod
+    def examples(cls) -> tuple[tuple["Operator", tuple[TensorShape, ...]], ...]:
+        """Representative instances with input shapes, in the ranks the model zoo uses: what
+        the search's parallelisation rules are read from (substitutions.parallel.catalogue)."""
+        return ()
 
     # --- shapes -------------------------------------------------------------------------------
     def check_inputs(self, inputs: Sequence[TensorShape]) -> None:

@@ -22,6 +22,11 @@ Backward: a launch adding the pieces' sums of dy and dy*x, a launch computing ea
 from them, and a launch (one point per piece of channels) turning the sums into
 d_gamma = sum(dy * x_hat) = rstd * (sum(dy*x) - mean * sum(dy)) and d_beta = sum(dy).
 
+Kernels run PyTorch's ATen CPU operators on views of their pieces: the moments from ATen's
+cascade sums, centred on the piece's mean, the backward sums from its batch-norm weight
+gradient, centred on a pivot (the first samples' mean), and the normalisation and dx as one or
+two fused per-channel multiply-adds; the sums reach "stats" in float64.
+
 Parallel forms: "sample", and "channels" (ATTRIBUTE: the feature axis; each channel's
 statistics are its own, so the input, the "stats" columns and every per-channel weight are
 split alike and no launch needs another piece's channels).
@@ -38,8 +43,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from unity_legion.pcg.tensor import DataType
+from unity_legion.types import DataType
 
+from ._aten import aten, view
 from .base import (Arg, DimKind, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
                    SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel, sample_dim, saved,
                    w, x, y)
@@ -74,12 +80,69 @@ def _mean_rstd(stats: np.ndarray, moving_mean: np.ndarray, moving_variance: np.n
     return mean, 1.0 / np.sqrt(var + epsilon), bool(n > 0)
 
 
+def _channels_second(torch: Any, a: np.ndarray, axis: int) -> Any | None:
+    """A piece as the (N, C, ...) tensor ATen's batch norm reads (a view), or None where its
+    layout is not one ATen's batch norm kernels take as they are: (N, C), or an image batch
+    contiguous in NCHW or NHWC."""
+    t = view(a).movedim(axis, 1)
+    if t.dim() == 2 or (t.dim() == 4 and (
+            t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last))):
+        return t
+    return None
+
+
+def _f64(t: Any) -> np.ndarray:
+    return t.reshape(-1).numpy().astype(np.float64)
+
+
+def _centered_sums(torch: Any, xt: Any, other: tuple[int, ...], n: int, weight: Any = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Any layout: the piece's mean m (x's dtype), sum(x - m) and sum((x - m) * w) with
+    w = weight, or x - m itself (sum of squares), in float64. Centring first keeps the sums'
+    rounding relative to the spread of x, not to its mean (a variance taken as
+    E[x^2] - E[x]^2 from plain sums loses every digit of a large mean)."""
+    m = torch.sum(xt, other, keepdim=True).div_(n)
+    c = xt - m
+    s1 = torch.sum(c, other)
+    c.mul_(c if weight is None else weight)
+    s2 = torch.sum(c, other)
+    return _f64(m), _f64(s1), _f64(s2)
+
+
+def _pivoted_dot(torch: Any, gt: Any, xt: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p, sum g * (x - p), sum g) per channel in float64, for (N, C, ...) tensors in one pass
+    of ATen's batch-norm weight gradient, with the pivot p = the first samples' mean of x: the
+    products' rounding stays relative to the spread of x around p, not to its mean."""
+    first = xt[:max(1, xt.shape[0] // 16)]
+    pivot = first.mean([d for d in range(xt.dim()) if d != 1])
+    _, dot, total = torch.ops.aten.native_batch_norm_backward(
+        gt, xt, None, None, None, pivot, torch.ones_like(pivot), True, 0.0, [False, True, True])
+    return _f64(pivot), _f64(dot), _f64(total)
+
+
 @kernel
 def batch_norm_moments(x: In, stats: Sum, axis: int) -> None:
+    """The piece's count, sum x and sum x^2 per channel (float64), from ATen's cascade sums of
+    x and of (x - m)^2 around the piece's mean m (as `_centered_sums`). ATen's batch-norm
+    statistics of a channels_last batch accumulate in float (relative errors of 1e-6, which a
+    deep network's batch norms over a few samples amplify a thousandfold)."""
     other = _other_axes(x.ndim, axis)
-    stats[_COUNT] += x.size // x.shape[axis]
-    stats[_SUM] += x.sum(axis=other, dtype=np.float64)
-    stats[_SUMSQ] += np.square(x, dtype=np.float64).sum(axis=other)
+    n = x.size // x.shape[axis]
+    stats[_COUNT] += n
+    if n == 0:
+        return
+    with aten() as torch:
+        xt = view(x)
+        total = torch.sum(xt, other, keepdim=True)
+        m = total / n
+        c = xt - m
+        c.mul_(c)
+        m2 = torch.sum(c, other)
+    total, m, m2 = _f64(total), _f64(m), _f64(m2)
+    # sum x^2 = sum (x - m)^2 + 2 m sum x - n m^2, exactly so in float64 for this m: the
+    # variance taken from these sums is that of the centred squares
+    stats[_SUM] += total
+    stats[_SUMSQ] += m2 + 2.0 * m * total - n * m * m
 
 
 @kernel
@@ -89,14 +152,31 @@ def batch_norm_forward(x: In, stats: In, gamma: In, beta: In, moving_mean: In,
     mean, rstd, _ = _mean_rstd(stats, moving_mean, moving_variance, epsilon)
     a = rstd * gamma if scale else rstd                  # y = x * a + b, per channel
     b = (beta - mean * a) if center else -mean * a
-    y[...] = x * _bcast(a, x.ndim, axis) + _bcast(b, x.ndim, axis)
+    with aten() as torch:  # one pass: y = b + x * a
+        torch.addcmul(view(_bcast(b.astype(x.dtype), x.ndim, axis)), view(x),
+                      view(_bcast(a.astype(x.dtype), x.ndim, axis)), out=view(y))
 
 
 @kernel
 def batch_norm_backward_sums(x: In, dy: In, stats: Sum, axis: int) -> None:
+    """The piece's sum dy and sum dy * x per channel (float64): sum dy (x - p) + p sum dy for a
+    pivot p near the mean (`_pivoted_dot`), in one pass over x and dy, accumulated as
+    PyTorch's own batch-norm backward accumulates them (gradients carry its rounding, not the
+    forward statistics every later layer depends on)."""
     other = _other_axes(x.ndim, axis)
-    stats[_SUM_DY] += dy.sum(axis=other, dtype=np.float64)
-    stats[_SUM_DYX] += (dy.astype(np.float64) * x).sum(axis=other)
+    n = x.size // x.shape[axis]
+    if n == 0:
+        return
+    with aten() as torch:
+        xt, gt = _channels_second(torch, x, axis), _channels_second(torch, dy, axis)
+        if xt is None or gt is None:
+            gv = view(dy)
+            sum_dy = _f64(torch.sum(gv, other))
+            m, _, s_dyc = _centered_sums(torch, view(x), other, n, gv)
+        else:
+            m, s_dyc, sum_dy = _pivoted_dot(torch, gt, xt)
+    stats[_SUM_DY] += sum_dy
+    stats[_SUM_DYX] += s_dyc + m * sum_dy      # sum dy x = sum dy (x - m) + m sum dy
 
 
 @kernel
@@ -106,7 +186,8 @@ def batch_norm_backward_input(x: In, dy: In, stats: In, gamma: In, moving_mean: 
     mean, rstd, from_batch = _mean_rstd(stats, moving_mean, moving_variance, epsilon)
     g = rstd * gamma if scale else rstd                  # d y / d x_hat * d x_hat / d x
     if not from_batch:
-        dx[...] = dy * _bcast(g, x.ndim, axis)
+        with aten() as torch:
+            torch.mul(view(dy), view(_bcast(g.astype(x.dtype), x.ndim, axis)), out=view(dx))
         return
     n = stats[_COUNT]
     mean_dy = stats[_SUM_DY] / n
@@ -114,8 +195,11 @@ def batch_norm_backward_input(x: In, dy: In, stats: In, gamma: In, moving_mean: 
     # dx = g * (dy - mean(dy) - x_hat * mean(dy * x_hat)), x_hat = (x - mean) * rstd
     c1 = g * rstd * mean_dy_xhat
     c0 = g * (mean * rstd * mean_dy_xhat - mean_dy)
-    dx[...] = (dy * _bcast(g, x.ndim, axis) - x * _bcast(c1, x.ndim, axis)
-               + _bcast(c0, x.ndim, axis))
+    per_channel = lambda v: view(_bcast(v.astype(x.dtype), x.ndim, axis))  # noqa: E731
+    with aten() as torch:  # dx = c0 + dy * g - x * c1: two passes
+        out = view(dx)
+        torch.addcmul(per_channel(c0), view(dy), per_channel(g), out=out)
+        out.addcmul_(view(x), per_channel(-c1))
 
 
 def _d_gamma(stats: np.ndarray, moving_mean: np.ndarray, moving_variance: np.ndarray,
@@ -180,6 +264,13 @@ class BatchNorm(Operator):
     op_type = "batch_norm"
     num_inputs = 1
     inference_when_frozen = True
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((4, 6)),)),
+            (cls(), (TensorShape((2, 8, 8, 3)),)),
+        )
 
     def __post_init__(self) -> None:
         if isinstance(self.axis, bool) or not isinstance(self.axis, (int, np.integer)):
@@ -288,12 +379,6 @@ class BatchNorm(Operator):
         launches = [Launch(batch_norm_backward_sums,
                            {"x": self._act(x(0), s), "dy": self._act(dy(0), s),
                             "stats": self._stats()}, {"axis": axis})]
-        if needs_input_grad[0]:
-            launches.append(Launch(batch_norm_backward_input, {
-                "x": self._act(x(0), s), "dy": self._act(dy(0), s),
-                "stats": self._stats(), "gamma": self._param("gamma"),
-                "dx": self._act(dx(0), s)} | self._moving(),
-                {"axis": axis, "epsilon": self.epsilon, "scale": self.scale}))
         stats = {"stats": self._stats()}
         eps = {"epsilon": self.epsilon}
         if self.scale and self.center:
@@ -305,6 +390,15 @@ class BatchNorm(Operator):
         elif self.center:
             launches.append(Launch(batch_norm_backward_beta,
                                    stats | {"dbeta": self._channel(dw("beta"))}))
+        # the input gradient last: it runs over the batch like the producer's backward that
+        # follows it, so the executor fuses them (the per-channel launches above do not split
+        # the batch)
+        if needs_input_grad[0]:
+            launches.append(Launch(batch_norm_backward_input, {
+                "x": self._act(x(0), s), "dy": self._act(dy(0), s),
+                "stats": self._stats(), "gamma": self._param("gamma"),
+                "dx": self._act(dx(0), s)} | self._moving(),
+                {"axis": axis, "epsilon": self.epsilon, "scale": self.scale}))
         return launches
 
     def state_updates(self, inputs: Sequence[TensorShape]) -> list[Launch]:

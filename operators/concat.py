@@ -16,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import (In, InOut, KeepsAxisWhole, Launch, Operator, OperatorError, Out, TensorShape,
-                   dx, dy, kernel, normalize_axis, x, y)
+from .base import (In, InOut, KeepsAxisWhole, Launch, Operator, OperatorError, Out, TasoName,
+                   TensorShape, dx, dy, kernel, normalize_axis, x, y)
 
 
 def _slab(rank: int, axis: int, start: int, size: int) -> tuple[slice, ...]:
@@ -45,6 +45,15 @@ class Concat(KeepsAxisWhole, Operator):
 
     op_type = "concatenate"
     num_inputs = None
+    taso_names = (TasoName("OP_CONCAT"),)
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(-1), (TensorShape((4, 6)), TensorShape((4, 2)))),
+            (cls(-1), (TensorShape((4, 5, 6)), TensorShape((4, 5, 2)))),
+            (cls(1), (TensorShape((4, 5, 6)), TensorShape((4, 3, 6)))),
+        )
 
     def __post_init__(self) -> None:
         if isinstance(self.axis, bool) or not isinstance(self.axis, (int, np.integer)):

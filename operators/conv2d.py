@@ -8,13 +8,15 @@ Layouts follow Keras: the input is (batch, H, W, C) (channels_last, the default)
 Padding "same" is TensorFlow's: output size ceil(in / stride), total padding
 max((out - 1) * stride + (k - 1) * dilation + 1 - in, 0), the odd pixel at the bottom / right.
 
-Kernels work on (batch, H, W, C) views and proceed in chunks of samples (bounded scratch):
-forward builds the im2col matrix from a strided window view of the padded input and multiplies
-it by the kernel (one batched matmul over groups); the kernel gradient is cols^T @ d_out; the
-input gradient multiplies d_out by the kernel^T and scatters the columns back with one strided
-add per kernel tap (col2im). Under a spatial split a point computes an output tile from the
-input window it needs (`Window`: strides, dilation and padding), and that window (its tile plus
-the halo) is all it receives of the input. As in
+Kernels run PyTorch's ATen convolution and its backward (oneDNN for float32, im2col for
+float64) on views of (batch, H, W, C) pieces: NCHW tensors with channels_last strides, the
+kernel (kh, kw, C / groups, filters) viewed as (filters, C / groups, kh, kw); ATen pads the
+window itself where its padding is symmetric (else it reads a padded copy of the window), and
+its results are copied into the output pieces (weight gradients added into their partial sums).
+A 1x1 convolution that widens the channels writes its output in place with one matrix product
+instead (ATen's new output would cost as much to copy as to compute). Under a spatial split a
+point computes an output tile from the input window it needs (`Window`: strides, dilation and
+padding), and that window (its tile plus the halo) is all it receives of the input. As in
 Linear, a fused activation keeps the pre-activation (saved "preact") and backward turns d_out
 into d_preact locally.
 
@@ -43,21 +45,23 @@ describes the input as replicated along H and W (a Replicate before the convolut
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from . import activation as act
 from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim, Ref,
-                   SavedSpec, Sum, TensorShape, WeightSpec, ceil_div, dw, dx, dy, kernel,
+                   SavedSpec, Sum, TasoName, TensorShape, WeightSpec, ceil_div, dw, dx, dy, kernel,
                    origin_of, sample_dim, saved, tile_count, w, x, y)
+from ._aten import aten, nchw, view
 from .spatial import (Reach, Windowed, channel_dim, check_data_format, check_padding, image_shape,
                       join_ints, nhwc, out_size_and_pads, pair, parse_hw, parse_ints, piece_start,
-                      sources,
-                      spatial_dims, tap, windows)
+                      sources, spatial_dims)
 
-# Upper bound on the elements of one chunk's im2col matrix (the kernels' main scratch).
-_CHUNK_ELEMENTS = 1 << 23
+# Kernels hand ATen chunks of samples whose im2col matrices hold at most this many elements
+# (bounds the scratch of one ATen call; paper-size images still run a few samples per call).
+_CHUNK_ELEMENTS = 1 << 26
 OUT, IN = "out", "in"  # launch axes: output channels, input (contracted) channels
 HEIGHT, WIDTH = "height", "width"  # launch axes: the output's rows and columns (spatial tiles)
 
@@ -118,19 +122,6 @@ class Window:
         if self.a1 > self.a0 and self.b1 > self.b0:
             out[self._local()] = xs[:, self.a0 - r:self.a1 - r, self.b0 - c:self.b1 - c]
         return out
-
-    def zeros(self, b: int, c: int, dtype: Any) -> np.ndarray:
-        return np.zeros((b, self.r1 - self.r0, self.c1 - self.c0, c), dtype=dtype)
-
-    def write(self, dxs: np.ndarray, dwin: np.ndarray, t0: int = 0, u0: int = 0) -> None:
-        """dxs (NHWC), the tile of the input whose first pixel is at row t0, column u0 = the
-        window's gradient `dwin` where they overlap, zero elsewhere (padding dropped)."""
-        dxs[...] = 0
-        a0, a1 = max(self.a0, t0), min(self.a1, t0 + dxs.shape[1])
-        b0, b1 = max(self.b0, u0), min(self.b1, u0 + dxs.shape[2])
-        if a1 > a0 and b1 > b0:
-            dxs[:, a0 - t0:a1 - t0, b0 - u0:b1 - u0] = dwin[:, a0 - self.r0:a1 - self.r0,
-                                                           b0 - self.c0:b1 - self.c0]
 
 
 def input_grad_window(dxs: np.ndarray, d_out: np.ndarray, origin: tuple[int, ...],
@@ -203,50 +194,93 @@ class _Geometry:
         self.kh, self.kw, self.cg, self.cout = kernel_shape
         self.groups = in_channels // self.cg
         self.coutg = self.cout // self.groups
+        self.spans = ((self.kh - 1) * self.dh + 1, (self.kw - 1) * self.dw + 1)
 
-    def cols(self, xp: np.ndarray, rows: slice, ho: int, wo: int) -> np.ndarray:
-        """im2col of samples `rows`: (N, kh*kw*C) with one group, else (G, N, kh*kw*C/G)."""
-        win = windows(xp[rows], self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, ho, wo)
-        b = win.shape[0]
-        n = b * ho * wo
-        if self.groups == 1:
-            return win.reshape(n, self.kh * self.kw * self.cg)
-        win = win.reshape(b, ho, wo, self.kh, self.kw, self.groups, self.cg)
-        return win.transpose(5, 0, 1, 2, 3, 4, 6).reshape(self.groups, n, -1)
+    def per_sample(self, ho: int, wo: int) -> int:
+        """Elements of one sample's im2col matrix (what the chunks bound)."""
+        return ho * wo * self.kh * self.kw * self.cg * self.groups
 
-    def grouped_kernel(self, k: np.ndarray) -> np.ndarray:
-        """The kernel as (K, Cout) with one group, else (G, K, Cout/G)."""
-        if self.groups == 1:
-            return k.reshape(-1, self.cout)
-        kg = k.reshape(self.kh, self.kw, self.cg, self.groups, self.coutg)
-        return kg.transpose(3, 0, 1, 2, 4).reshape(self.groups, -1, self.coutg)
-
-    def ungroup_kernel(self, kg: np.ndarray) -> np.ndarray:
-        """Inverse of grouped_kernel: back to (kh, kw, C/G, Cout)."""
-        if self.groups == 1:
-            return kg.reshape(self.kh, self.kw, self.cg, self.cout)
-        k = kg.reshape(self.groups, self.kh, self.kw, self.cg, self.coutg)
-        return k.transpose(1, 2, 3, 0, 4).reshape(self.kh, self.kw, self.cg, self.cout)
-
-    def matmul(self, cols: np.ndarray, kg: np.ndarray) -> np.ndarray:
-        """cols @ kernel as (N, Cout)."""
-        out = cols @ kg
-        if self.groups == 1:
-            return out
-        return out.transpose(1, 0, 2).reshape(out.shape[1], self.cout)
-
-    def group_rows(self, g2: np.ndarray) -> np.ndarray:
-        """(N, Cout) as (N, Cout) with one group, else (G, N, Cout/G)."""
-        if self.groups == 1:
-            return g2
-        return g2.reshape(-1, self.groups, self.coutg).transpose(1, 0, 2)
+    def conv_args(self, pad: tuple[int, int]) -> tuple[Any, ...]:
+        """ATen's convolution arguments after the weight: stride, padding, dilation,
+        transposed, output_padding, groups."""
+        return ((self.sh, self.sw), pad, (self.dh, self.dw), False, (0, 0), self.groups)
 
 
-def _window(g: "_Geometry", xs: np.ndarray, in_hw: tuple[int, int], start: tuple[int, int],
-            ho: int, wo: int) -> Window:
-    """The window of an input of in_hw (rows, columns) that the output tile at `start` reads."""
-    return Window((xs.shape[0], *in_hw, xs.shape[3]), g.pads, start[0], start[1], ho, wo, g.kh,
-                  g.kw, g.sh, g.sw, g.dh, g.dw)
+@lru_cache(maxsize=1024)
+def _geometry(text: str, kernel_shape: tuple[int, ...], in_channels: int) -> _Geometry:
+    return _Geometry(text, kernel_shape, in_channels)
+
+
+def implicit_pads(win: Window) -> tuple[int, int] | None:
+    """(rows, columns) of zero padding that ATen can add itself around the window's part inside
+    the input: the same on both sides of each dim; None where it is not (the window is then
+    read padded, a copy)."""
+    top, bottom = win.a0 - win.r0, win.r1 - win.a1
+    left, right = win.b0 - win.c0, win.c1 - win.b1
+    if top != bottom or left != right or win.a1 <= win.a0 or win.b1 <= win.b0:
+        return None
+    return top, left
+
+
+def reach(n: int, spare: int, out: int, span: int, stride: int, pad: int) -> int:
+    """How many positions ATen may be given instead of `n` (the `n` a window needs, followed by
+    `spare` more in the piece) with the same `out` outputs (window `span`, `stride`, `pad` on
+    each side): trailing positions no output reads change nothing, and a piece passed whole is
+    one dense block (channels_last) that ATen's fast kernels take as it is."""
+    most = out * stride - 1 + span - 2 * pad   # (most + 2 pad - span) // stride + 1 == out
+    return max(n, min(n + spare, most))
+
+
+@lru_cache(maxsize=4096)
+def _conv_read(geom: str, kernel_shape: tuple[int, ...], piece: tuple[int, ...],
+               out_hw: tuple[int, int], start: tuple[int, int], in_hw: str
+               ) -> tuple[_Geometry, Window, tuple[slice, slice] | None, tuple[Any, ...]]:
+    """For an output tile of out_hw at `start` read from an NHWC input piece of shape `piece`:
+    the geometry, the window, the rows and columns of the piece ATen reads and ATen's
+    convolution arguments. Where the window's padding is symmetric ATen reads a view of its
+    part inside the input (and the unread positions after it in the piece, see `reach`) and
+    pads it itself; else (None) the window padded, a copy. Kernels run many times on the same
+    shapes: this is worked out once."""
+    g = _geometry(geom, kernel_shape, piece[3])
+    ho, wo = out_hw
+    win = Window((piece[0], *parse_hw(in_hw), piece[3]), g.pads, start[0], start[1], ho, wo,
+                 g.kh, g.kw, g.sh, g.sw, g.dh, g.dw)
+    pads = implicit_pads(win)
+    if pads is None:
+        return g, win, None, g.conv_args((0, 0))
+    r = piece_start(piece[1], win.h, win.a0)
+    c = piece_start(piece[2], win.w, win.b0)
+    i0, j0 = win.a0 - r, win.b0 - c
+    rows = reach(win.a1 - win.a0, piece[1] - (win.a1 - r), ho, g.spans[0], g.sh, pads[0])
+    cols = reach(win.b1 - win.b0, piece[2] - (win.b1 - c), wo, g.spans[1], g.sw, pads[1])
+    return g, win, (slice(i0, i0 + rows), slice(j0, j0 + cols)), g.conv_args(pads)
+
+
+def _conv_input(xs: np.ndarray, k: np.ndarray, out_hw: tuple[int, int], geom: str,
+                start: tuple[int, int], in_hw: str
+                ) -> tuple[_Geometry, np.ndarray, tuple[Any, ...]]:
+    """The geometry, what ATen reads of NHWC input piece `xs` for the output tile of out_hw at
+    `start` (a view, or the padded window) and the convolution arguments."""
+    g, win, box, args = _conv_read(geom, k.shape, xs.shape, out_hw, start, in_hw)
+    xin = win.read(xs) if box is None else xs[:, box[0], box[1]]
+    return g, xin, args
+
+
+def _widening_matmul(a: np.ndarray, w2: np.ndarray, out: np.ndarray,
+                     bias: np.ndarray | None = None) -> bool:
+    """out (NHWC) = a (NHWC) @ w2 (+ bias) for a 1x1 convolution of stride 1 and one group
+    whose output has more channels than its input, as one matrix product written in place
+    (numpy's BLAS); False (nothing done) where the arrays are not dense blocks or the product
+    does not widen. ATen's convolution is the faster kernel otherwise, but its result is a new
+    tensor that a widening convolution would spend much of its time copying."""
+    if not (w2.shape[0] < w2.shape[1] and a.flags.c_contiguous and out.flags.c_contiguous
+            and a.shape[:3] == out.shape[:3] and a.dtype == out.dtype == w2.dtype):
+        return False
+    o2 = out.reshape(-1, out.shape[3])
+    np.matmul(a.reshape(-1, a.shape[3]), w2, out=o2)
+    if bias is not None:
+        o2 += bias
+    return True
 
 
 def _forward_into(x: np.ndarray, k: np.ndarray, bias: np.ndarray | None, out: np.ndarray,
@@ -256,22 +290,20 @@ def _forward_into(x: np.ndarray, k: np.ndarray, bias: np.ndarray | None, out: np
     (under a spatial split) the window the tile reads."""
     xs = nhwc(x, channels_first)
     os_ = nhwc(out, channels_first)
-    g = _Geometry(geom, k.shape, xs.shape[3])
-    ho, wo = os_.shape[1:3]
-    xp = _window(g, xs, parse_hw(in_hw), start, ho, wo).read(xs)
-    kg = g.grouped_kernel(k)
-    for rows in _chunks(xs.shape[0], ho * wo * k.size // g.coutg):
-        res = g.matmul(g.cols(xp, rows, ho, wo), kg)
-        if bias is not None:
-            res += bias
-        os_[rows] = res.reshape(-1, ho, wo, g.cout)
+    g, xin, args = _conv_input(xs, k, os_.shape[1:3], geom, start, in_hw)
+    if g.kh == g.kw == g.sh == g.sw == g.groups == 1 and _widening_matmul(
+            xin, k.reshape(g.cg, g.cout), os_, bias):
+        return
+    with aten() as torch:
+        b_ = None if bias is None else view(bias)
+        w_ = view(k).permute(3, 2, 0, 1)               # (out, in / groups, kh, kw)
+        yt = nchw(os_)
+        for rows in _chunks(xs.shape[0], g.per_sample(*os_.shape[1:3])):
+            yt[rows].copy_(torch.convolution(nchw(xin[rows]), w_, b_, *args))
 
 
 def _d_preact(preact: np.ndarray, out: np.ndarray, d_out: np.ndarray, fn: str) -> np.ndarray:
-    if fn == "linear":
-        return d_out
-    g = act.grad(fn, preact.astype(np.float64), out.astype(np.float64), d_out.astype(np.float64))
-    return g.astype(d_out.dtype)
+    return act.grad_of(fn, preact, out, d_out)
 
 
 @kernel
@@ -288,7 +320,7 @@ def conv2d_forward_act(x: In, kernel: In, bias: In, preact: Out, y: Out, origin:
                        in_hw: str) -> None:
     _forward_into(x, kernel, bias if use_bias else None, preact, geom, channels_first,
                   tile_start(origin_of(origin, "preact", 4), channels_first), in_hw)
-    y[...] = act.apply(fn, preact.astype(np.float64))
+    act.apply_into(fn, preact, y)
 
 
 @kernel
@@ -301,38 +333,105 @@ def conv2d_backward_input(preact: In, y: In, dy: In, kernel: In, dx: Out, origin
                      channels_first, fn, parse_hw(in_hw), parse_hw(out_hw))
 
 
+def grad_box(tile: tuple[int, ...], t0: int, u0: int, r0: int, c0: int, rows: int, cols: int
+             ) -> tuple[tuple[slice, ...] | None, tuple[tuple[slice, ...], ...]]:
+    """Where the gradient of input rows [r0, r0 + rows) x columns [c0, c0 + cols) goes in an
+    NHWC tile of shape `tile` whose first pixel is (t0, u0): the tile's slices it covers and
+    the slices of the rest of the tile (to zero); (None, ()) if it does not lie inside the
+    tile (it is then computed aside, see `crop_into`)."""
+    i0, j0 = r0 - t0, c0 - u0
+    i1, j1 = i0 + rows, j0 + cols
+    if i0 < 0 or j0 < 0 or i1 > tile[1] or j1 > tile[2]:
+        return None, ()
+    every = slice(None)
+    frame = [(every, slice(0, i0)), (every, slice(i1, None)), (every, slice(i0, i1), slice(0, j0)),
+             (every, slice(i0, i1), slice(j1, None))]
+    sizes = (i0, tile[1] - i1, j0, tile[2] - j1)
+    return ((every, slice(i0, i1), slice(j0, j1)),
+            tuple(f for f, n in zip(frame, sizes) if n > 0))
+
+
+def crop_into(dxs: np.ndarray, t0: int, u0: int, grad: np.ndarray, r0: int, c0: int) -> None:
+    """dxs (NHWC tile at (t0, u0)) = `grad` (NHWC, the gradient of input rows / columns from
+    (r0, c0), padding positions included) where they overlap, zero elsewhere."""
+    dxs[...] = 0
+    a0, a1 = max(r0, t0), min(r0 + grad.shape[1], t0 + dxs.shape[1])
+    b0, b1 = max(c0, u0), min(c0 + grad.shape[2], u0 + dxs.shape[2])
+    if a1 > a0 and b1 > b0:
+        dxs[:, a0 - t0:a1 - t0, b0 - u0:b1 - u0] = grad[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0]
+
+
+@lru_cache(maxsize=4096)
+def _grad_read(geom: str, kernel_shape: tuple[int, ...], tile: tuple[int, ...],
+               d_out: tuple[int, ...], t0: int, u0: int, in_hw: tuple[int, int],
+               out_hw: tuple[int, int]) -> tuple[Any, ...] | None:
+    """For an input-gradient tile (NHWC shape `tile`, first pixel (t0, u0)) and the NHWC shape
+    of the d_out piece: None if no output reaches the tile; else the geometry, the d_out
+    region reaching it (slices of the piece), the input rows / columns whose gradient ATen
+    computes (r0, c0, rows, cols: the window's part inside the input, padded by ATen
+    symmetrically, with the unread positions after it in the tile, see `reach`; or the whole
+    padded window), where they go in the tile (`grad_box`) and the convolution arguments.
+    Worked out once per shape (kernels run many times on the same shapes)."""
+    g = _geometry(geom, kernel_shape, tile[3])
+    oh = sources(t0, t0 + tile[1], out_hw[0], g.kh, g.sh, g.dh, g.pads[0])
+    ow = sources(u0, u0 + tile[2], out_hw[1], g.kw, g.sw, g.dw, g.pads[2])
+    if oh.stop <= oh.start or ow.stop <= ow.start:
+        return None
+    ho, wo = oh.stop - oh.start, ow.stop - ow.start
+    win = Window((tile[0], *in_hw, tile[3]), g.pads, oh.start, ow.start, ho, wo, g.kh, g.kw,
+                 g.sh, g.sw, g.dh, g.dw)
+    r = piece_start(d_out[1], out_hw[0], oh.start)
+    c = piece_start(d_out[2], out_hw[1], ow.start)
+    local = (slice(None), slice(oh.start - r, oh.stop - r), slice(ow.start - c, ow.stop - c),
+             slice(None))
+    pads = implicit_pads(win)
+    if pads is None:
+        pad, r0, c0 = (0, 0), win.r0, win.c0
+        rows, cols = win.r1 - win.r0, win.c1 - win.c0
+    else:
+        pad, r0, c0 = pads, win.a0, win.b0
+        rows = reach(win.a1 - win.a0, t0 + tile[1] - win.a1, ho, g.spans[0], g.sh, pad[0])
+        cols = reach(win.b1 - win.b0, u0 + tile[2] - win.b1, wo, g.spans[1], g.sw, pad[1])
+    box, frame = grad_box(tile, t0, u0, r0, c0, rows, cols)
+    return g, local, (r0, c0, rows, cols), box, frame, g.conv_args(pad)
+
+
 def _input_grad_into(preact: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel: np.ndarray,
                      dx: np.ndarray, origin: tuple[int, ...], geom: str, channels_first: bool,
                      fn: str, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+    """dx's tile at `origin` from the d_out (preact, y) region whose windows reach it: each
+    input pixel gets the contributions of the same output pixels as unsplit
+    (`input_grad_window`)."""
     dxs = nhwc(dx, channels_first)
     b, _, _, c = dxs.shape
-    g = _Geometry(geom, kernel.shape, c)
-    found = input_grad_window(dxs, nhwc(dy, channels_first), origin, channels_first, in_hw,
-                              out_hw, (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.pads)
-    if found is None:
+    t0, u0 = tile_start(origin, channels_first)
+    plan = _grad_read(geom, kernel.shape, dxs.shape, nhwc(dy, channels_first).shape, t0, u0,
+                      tuple(in_hw), tuple(out_hw))
+    if plan is None:
+        dxs[...] = 0
         return
-    win, (t0, u0), local = found
+    g, local, (r0, c0, rows, cols), box, frame, args = plan
     # in the stores' own layout: a fused softmax normalises their last dim
     native = (local[0], local[3], local[1], local[2]) if channels_first else local
     gs = nhwc(_d_preact(preact[native], y[native], dy[native], fn), channels_first)
-    ho, wo = gs.shape[1:3]
-    kgt = g.grouped_kernel(kernel)
-    kgt = kgt.T if g.groups == 1 else kgt.transpose(0, 2, 1)
-    dxp = win.zeros(b, c, dx.dtype)
-    for rows in _chunks(b, ho * wo * kernel.size // g.coutg):
-        g2 = g.group_rows(gs[rows].reshape(-1, g.cout))
-        dcols = g2 @ kgt                                   # (N, K) or (G, N, K/G-ish)
-        nb = rows.stop - rows.start
-        if g.groups == 1:
-            dcols = dcols.reshape(nb, ho, wo, g.kh, g.kw, c)
-        else:
-            dcols = dcols.reshape(g.groups, nb, ho, wo, g.kh, g.kw, g.cg)
-            dcols = dcols.transpose(1, 2, 3, 4, 5, 0, 6).reshape(nb, ho, wo, g.kh, g.kw, c)
-        part = dxp[rows]
-        for i in range(g.kh):
-            for j in range(g.kw):
-                part[tap(i, j, g.sh, g.sw, g.dh, g.dw, ho, wo)] += dcols[:, :, :, i, j, :]
-    win.write(dxs, dxp, t0, u0)
+    if box is None:
+        target = np.empty((b, rows, cols, c), dx.dtype)
+    else:
+        for sl in frame:
+            dxs[sl] = 0
+        target = dxs[box]
+        if g.kh == g.kw == g.sh == g.sw == g.groups == 1 and _widening_matmul(
+                gs, kernel.reshape(g.cg, g.cout).T, target):
+            return
+    with aten() as torch:
+        w_ = view(kernel).permute(3, 2, 0, 1)
+        tt = nchw(target)  # also stands in for the input: only its shape is read
+        for sl in _chunks(b, g.per_sample(*gs.shape[1:3])):
+            gi = torch.ops.aten.convolution_backward(nchw(gs[sl]), tt[sl], w_, None, *args,
+                                                     (True, False, False))[0]
+            tt[sl].copy_(gi)
+    if box is None:
+        crop_into(dxs, t0, u0, target, r0, c0)
 
 
 def _weight_grads(x: np.ndarray, gout: np.ndarray, dkernel: np.ndarray, dbias: np.ndarray | None,
@@ -342,19 +441,20 @@ def _weight_grads(x: np.ndarray, gout: np.ndarray, dkernel: np.ndarray, dbias: n
     window the tile reads)."""
     xs = nhwc(x, channels_first)
     gs = nhwc(gout, channels_first)
-    g = _Geometry(geom, dkernel.shape, xs.shape[3])
-    ho, wo = gs.shape[1:3]
-    xp = _window(g, xs, parse_hw(in_hw), start, ho, wo).read(xs)
-    acc = None
-    for rows in _chunks(xs.shape[0], ho * wo * dkernel.size // g.coutg):
-        cols = g.cols(xp, rows, ho, wo)
-        g2 = gs[rows].reshape(-1, g.cout)
-        part = (cols.T if g.groups == 1 else cols.transpose(0, 2, 1)) @ g.group_rows(g2)
-        acc = part if acc is None else acc + part
-        if dbias is not None:
-            dbias += g2.sum(axis=0)
-    if acc is not None:
-        dkernel += g.ungroup_kernel(acc)
+    g, xin, args = _conv_input(xs, dkernel, gs.shape[1:3], geom, start, in_hw)
+    with aten() as torch:
+        db = None if dbias is None else view(dbias)
+        dk = view(dkernel).permute(3, 2, 0, 1)         # (out, in / groups, kh, kw)
+        bias_sizes = None if dbias is None else [g.cout]
+        # stands in for the weight, whose values the weight gradient does not read
+        w_ = torch.empty(dk.shape, dtype=dk.dtype)
+        for rows in _chunks(xs.shape[0], g.per_sample(*gs.shape[1:3])):
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                nchw(gs[rows]), nchw(xin[rows]), w_, bias_sizes, *args,
+                (False, True, dbias is not None))
+            dk.add_(gw)
+            if db is not None:
+                db.add_(gb)
 
 
 @kernel
@@ -395,6 +495,14 @@ class Conv2D(Operator):
 
     op_type = "conv2d"
     num_inputs = 1
+    taso_names = (TasoName("OP_CONV2D"),)
+    flops_efficiency = 0.5       # im2col-style products: compute-bound, less regular
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(4, 3), (TensorShape((2, 8, 8, 3)),)),
+        )
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)

@@ -113,6 +113,14 @@ class Dropout(Operator):
 
     op_type = "dropout"
     num_inputs = 1
+    elementwise = True
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(0.5), (TensorShape((4, 6)),)),
+            (cls(0.5), (TensorShape((4, 5, 6)),)),
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rate", check_rate(self.rate))

@@ -14,8 +14,8 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, TensorShape,
-                   dx, dy, features_dims, kernel, same_float, x, y)
+from .base import (Arg, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, TasoName,
+                   TensorShape, dx, dy, features_dims, kernel, same_float, x, y)
 
 _UFUNC = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply}
 
@@ -46,6 +46,7 @@ class _Merge(Operator):
     max_inputs: ClassVar[int | None] = None
 
     num_inputs = None
+    elementwise = True
 
     def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
         n = len(inputs)
@@ -82,6 +83,14 @@ def _copy(i: int, r: int, negate: bool = False) -> Launch:
 class Add(_Merge):
     op_type = "add"
     fn = "add"
+    taso_names = (TasoName("OP_EW_ADD"),)
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((4, 6)), TensorShape((4, 6)))),
+            (cls(), (TensorShape((4, 5, 6)), TensorShape((4, 5, 6)))),
+        )
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         r = inputs[0].rank
@@ -93,6 +102,13 @@ class Subtract(_Merge):
     op_type = "subtract"
     fn = "subtract"
     max_inputs = 2
+    taso_names = (TasoName("OP_EW_SUB"),)
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((4, 6)), TensorShape((4, 6)))),
+        )
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         r = inputs[0].rank
@@ -103,6 +119,13 @@ class Subtract(_Merge):
 class Multiply(_Merge):
     op_type = "multiply"
     fn = "multiply"
+    taso_names = (TasoName("OP_EW_MUL"),)
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((4, 6)), TensorShape((4, 6)))),
+        )
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         # d x_i = d_out * prod_{j != i} x_j, as a chain (no division: inputs may hold zeros)

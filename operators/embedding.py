@@ -10,7 +10,8 @@ Indices are integers; float inputs are truncated to integers as Keras casts them
 gradient). Out-of-range indices are rejected at the edge by `check_input_values` before any
 launch, since a kernel cannot raise without aborting the process; the kernels still clip indices
 so a stray value can never crash a task. The weight gradient is an ADD reduction over sample
-pieces: each piece scatters its rows with np.add.at (repeated indices accumulate).
+pieces: each piece adds its rows' gradients into the rows its batch used, and only those, with
+ATen's index_add_ (repeated indices accumulate).
 
 Parallel forms (launch axes): "sample" (the batch); "columns" (PARAMETER: the table's columns
 and the output's last dim; the indices are read whole); "rows" (REDUCTION: the table's rows, for
@@ -26,9 +27,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._aten import aten, view
 from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim, Ref,
                    Sum, TensorShape, WeightSpec, dw, dx, dy, kernel, sample_dim, w, x, y)
-from unity_legion.pcg.tensor import DataType
+from unity_legion.types import DataType
 
 
 COMBINERS = (None, "sum", "mean")
@@ -50,27 +52,34 @@ def _indices(x: np.ndarray, first: int, rows: int, total: int
 @kernel
 def embedding_forward(embeddings: In, x: In, y: Out, origin: Origin, input_dim: int) -> None:
     idx, held = _indices(x, origin[0], embeddings.shape[0], input_dim)
-    np.take(embeddings, idx, axis=0, out=y)
+    np.take(embeddings, idx, axis=0, out=y, mode="clip")  # "raise" would buffer the output
     if held is not None:
         y[~held] = 0  # another piece's rows: this point's partial sum is zero there
+
+
+def _scatter_rows(dembeddings: np.ndarray, idx: np.ndarray, held: np.ndarray | None,
+                  rows: Any) -> None:
+    """dembeddings[idx[i]] += rows[i] for each lookup this piece holds (repeated indices
+    accumulate): ATen's index_add_ touches only the rows the batch used."""
+    with aten() as torch:
+        index = view(np.ascontiguousarray(idx.reshape(-1)))
+        if held is not None:
+            keep = view(np.ascontiguousarray(held.reshape(-1)))
+            index, rows = index[keep], rows[keep]
+        view(dembeddings).index_add_(0, index, rows)
 
 
 @kernel
 def embedding_backward(dembeddings: Sum, x: In, dy: In, origin: Origin, input_dim: int) -> None:
     idx, held = _indices(x, origin[0], dembeddings.shape[0], input_dim)
-    rows = dy.reshape(-1, dembeddings.shape[1])
-    if held is None:
-        np.add.at(dembeddings, idx.ravel(), rows)
-    else:
-        keep = held.ravel()
-        np.add.at(dembeddings, idx.ravel()[keep], rows[keep])
+    _scatter_rows(dembeddings, idx, held, view(dy).reshape(-1, dembeddings.shape[1]))
 
 
 @kernel
 def embedding_bag_forward(embeddings: In, x: In, y: Out, origin: Origin, mean: bool,
                           input_dim: int) -> None:
     idx, held = _indices(x, origin[0], embeddings.shape[0], input_dim)
-    rows = np.take(embeddings, idx, axis=0)
+    rows = np.take(embeddings, idx, axis=0, mode="clip")
     if held is not None:
         rows[~held] = 0
     np.sum(rows, axis=-2, out=y)
@@ -82,14 +91,14 @@ def embedding_bag_forward(embeddings: In, x: In, y: Out, origin: Origin, mean: b
 def embedding_bag_backward(dembeddings: Sum, x: In, dy: In, origin: Origin, mean: bool,
                            input_dim: int) -> None:
     idx, held = _indices(x, origin[0], dembeddings.shape[0], input_dim)
-    width = dembeddings.shape[1]
-    g = dy / x.shape[-1] if mean and x.shape[-1] else dy
-    per_index = np.broadcast_to(g[..., None, :], x.shape + (width,)).reshape(-1, width)
-    if held is None:
-        np.add.at(dembeddings, idx.ravel(), per_index)
-    else:
-        keep = held.ravel()
-        np.add.at(dembeddings, idx.ravel()[keep], per_index[keep])
+    width, bag = dembeddings.shape[1], x.shape[-1]
+    with aten() as torch:
+        g = view(dy)
+        if mean and bag:
+            g = g / bag
+        # each bag's gradient, once per index of the bag
+        per_index = g.unsqueeze(-2).expand(*x.shape, width).reshape(-1, width)
+        _scatter_rows(dembeddings, idx, held, per_index)
 
 
 @kernel
@@ -107,6 +116,13 @@ class Embedding(Operator):
 
     op_type = "embedding"
     num_inputs = 1
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(10, 4), (TensorShape((4, 3), DataType.INT32),)),
+            (cls(10, 4, combiner="sum"), (TensorShape((4, 3), DataType.INT32),)),
+        )
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "output_dim"):

@@ -15,6 +15,9 @@ normalised (if any; e.g. the positions of a (batch, positions, features) input):
 whole in every piece; gamma and beta span only the normalised dims, so they are read whole and
 their gradients are ADD reductions over that axis as over samples.
 
+Kernels run PyTorch's ATen layer norm (forward and backward) on views of their pieces where
+the normalised dims are the last ones (the usual case); other axes take a numpy path.
+
 Axes are kept sorted: gamma and beta have the normalised dims in increasing axis order (Keras
 reshapes an unsorted list's parameters in its given order; sorting avoids that corner).
 """
@@ -26,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._aten import aten, view
 from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, SavedSpec, Sum,
                    TensorShape, WeightSpec, attribute_dims, dw, dx, dy, kernel, saved, w, x, y)
 
@@ -47,11 +51,30 @@ def _x_hat(x: np.ndarray, mean: np.ndarray, rstd: np.ndarray) -> np.ndarray:
     return (x.astype(np.float64) - mean) * rstd.astype(np.float64)
 
 
+def _trailing(ax: tuple[int, ...], ndim: int) -> tuple[int, ...] | None:
+    """The normalised dims when they are the last ones (ATen's layer norm normalises trailing
+    dims), else None."""
+    return ax if ax == tuple(range(ndim - len(ax), ndim)) else None
+
+
+def _contiguous(*arrays: np.ndarray) -> bool:
+    return all(a.flags.c_contiguous for a in arrays)
+
+
 @kernel
 def layer_norm_forward(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out, axes: str,
                        epsilon: float, scale: bool, center: bool) -> None:
-    # moments in float64: float32 sums over large groups lose digits (var is a difference)
     ax = _axes(axes)
+    if _trailing(ax, x.ndim) and _contiguous(x, mean, rstd):
+        with aten() as torch:  # ATen: statistics accumulated in double, centred
+            out, m, r = torch.ops.aten.native_layer_norm(
+                view(x), x.shape[x.ndim - len(ax):], view(gamma) if scale else None,
+                view(beta) if center else None, epsilon)
+            view(y).copy_(out)
+            view(mean).copy_(m.view(mean.shape))
+            view(rstd).copy_(r.view(rstd.shape))
+        return
+    # other axes: numpy, moments in float64 (float32 sums over large groups lose digits)
     x64 = x.astype(np.float64)
     m = x64.mean(axis=ax, keepdims=True)
     c = x64 - m
@@ -70,6 +93,13 @@ def layer_norm_forward(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out,
 def layer_norm_backward_input(x: In, gamma: In, mean: In, rstd: In, dy: In, dx: Out, axes: str,
                               scale: bool) -> None:
     ax = _axes(axes)
+    if _trailing(ax, x.ndim) and _contiguous(x, mean, rstd, dy):
+        with aten() as torch:
+            d, _, _ = torch.ops.aten.native_layer_norm_backward(
+                view(dy), view(x), x.shape[x.ndim - len(ax):], view(mean), view(rstd),
+                view(gamma) if scale else None, None, [True, False, False])
+            view(dx).copy_(d)
+        return
     xh = _x_hat(x, mean, rstd)
     g = dy.astype(np.float64)
     if scale:
@@ -82,24 +112,45 @@ def _other_axes(ndim: int, ax: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d for d in range(ndim) if d not in ax)
 
 
+def _add_param_grads(x: np.ndarray, mean: np.ndarray, rstd: np.ndarray, dy: np.ndarray,
+                     dgamma: np.ndarray | None, dbeta: np.ndarray | None, ax: tuple[int, ...]
+                     ) -> None:
+    """dgamma += sum dy * x_hat, dbeta += sum dy over every dim but the normalised ones."""
+    if _trailing(ax, x.ndim) and _contiguous(x, mean, rstd, dy):
+        with aten() as torch:
+            # the gradients' pieces stand in for the weight and bias: only their shapes are read
+            stand_in = view(dgamma if dgamma is not None else dbeta)
+            _, gg, gb = torch.ops.aten.native_layer_norm_backward(
+                view(dy), view(x), x.shape[x.ndim - len(ax):], view(mean), view(rstd),
+                stand_in, stand_in, [False, dgamma is not None, dbeta is not None])
+            if dgamma is not None:
+                view(dgamma).add_(gg.view(dgamma.shape))
+            if dbeta is not None:
+                view(dbeta).add_(gb.view(dbeta.shape))
+        return
+    other = _other_axes(x.ndim, ax)
+    if dgamma is not None:
+        dgamma += (dy * _x_hat(x, mean, rstd)).sum(axis=other).reshape(dgamma.shape)
+    if dbeta is not None:
+        dbeta += dy.sum(axis=other).reshape(dbeta.shape)
+
+
 @kernel
 def layer_norm_backward_gamma_beta(x: In, mean: In, rstd: In, dy: In, dgamma: Sum, dbeta: Sum,
                                    axes: str) -> None:
-    ax = _axes(axes)
-    other = _other_axes(x.ndim, ax)
-    dgamma += (dy * _x_hat(x, mean, rstd)).sum(axis=other).reshape(dgamma.shape)
-    dbeta += dy.sum(axis=other).reshape(dbeta.shape)
+    _add_param_grads(x, mean, rstd, dy, dgamma, dbeta, _axes(axes))
 
 
 @kernel
 def layer_norm_backward_gamma(x: In, mean: In, rstd: In, dy: In, dgamma: Sum, axes: str) -> None:
-    other = _other_axes(x.ndim, _axes(axes))
-    dgamma += (dy * _x_hat(x, mean, rstd)).sum(axis=other).reshape(dgamma.shape)
+    _add_param_grads(x, mean, rstd, dy, dgamma, None, _axes(axes))
 
 
 @kernel
 def layer_norm_backward_beta(dy: In, dbeta: Sum, axes: str) -> None:
-    dbeta += dy.sum(axis=_other_axes(dy.ndim, _axes(axes))).reshape(dbeta.shape)
+    other = _other_axes(dy.ndim, _axes(axes))
+    with aten() as torch:
+        view(dbeta).add_(torch.sum(view(dy), other).view(dbeta.shape))
 
 
 def check_axes(axis: Any, what: str) -> tuple[int, ...]:
@@ -141,6 +192,13 @@ class LayerNorm(Operator):
 
     op_type = "layer_norm"
     num_inputs = 1
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((4, 6)),)),
+            (cls(), (TensorShape((4, 5, 6)),)),
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axes", check_axes(self.axes, self.op_type))

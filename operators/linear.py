@@ -20,8 +20,8 @@ import numpy as np
 
 from . import activation as act
 from .base import (SAMPLE, Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out,
-                   ParallelDim, SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel, saved,
-                   w, x, y)
+                   ParallelDim, SavedSpec, Sum, TasoName, TensorShape, WeightSpec, dw, dx, dy,
+                   kernel, saved, w, x, y)
 
 OUT, IN = "out", "in"  # launch axes: output features, input (contracted) features
 
@@ -33,8 +33,7 @@ def _rows(a: np.ndarray) -> np.ndarray:
 def _d_preact(preact: np.ndarray, out: np.ndarray, d_out: np.ndarray, fn: str) -> np.ndarray:
     if fn == "linear":
         return _rows(d_out)
-    g = act.grad(fn, preact.astype(np.float64), out.astype(np.float64), d_out.astype(np.float64))
-    return _rows(g.astype(d_out.dtype))
+    return _rows(act.grad_of(fn, preact, out, d_out))
 
 
 @kernel
@@ -57,7 +56,7 @@ def linear_forward_act(x: In, kernel: In, bias: In, preact: Out, y: Out, fn: str
     np.matmul(_rows(x), kernel, out=p)
     if use_bias:
         p += bias
-    y[...] = act.apply(fn, preact.astype(np.float64))
+    act.apply_into(fn, preact, y)
 
 
 @kernel
@@ -102,6 +101,16 @@ class Linear(Operator):
 
     op_type = "linear"
     num_inputs = 1
+    taso_names = (TasoName("OP_LINEAR"),)
+    flops_efficiency = 0.7       # dense matrix products: compute-bound
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(8), (TensorShape((4, 6)),)),
+            (cls(8), (TensorShape((4, 5, 6)),)),
+            (cls(8, activation="relu"), (TensorShape((4, 6)),)),
+        )
 
     def __post_init__(self) -> None:
         if isinstance(self.out_features, bool) or not isinstance(self.out_features, (int, np.integer)) \

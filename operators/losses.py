@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 
 from .base import (Arg, In, Launch, OperatorError, Out, TensorShape, dx, kernel, x, y)
-from unity_legion.pcg.tensor import DataType
+from unity_legion.types import DataType
 
 EPSILON = 1e-7  # Keras' backend epsilon
 

@@ -98,6 +98,14 @@ class BatchMatmul(Operator):
 
     op_type = "batch_matmul"
     num_inputs = 2
+    flops_efficiency = 0.6       # batched dense products: compute-bound
+    backward_ratio = 2.0         # no weights, yet two products: d_a and d_b
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((4, 5, 6)), TensorShape((4, 6, 3)))),
+        )
 
     def _mkn(self, inputs: Sequence[TensorShape]) -> tuple[int, int, int, int]:
         """(m, k of a, k of b, n), checked."""

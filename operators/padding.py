@@ -74,6 +74,12 @@ class ZeroPad2D(Operator):
     op_type = "zero_pad2d"
     num_inputs = 1
 
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((2, 8, 8, 3)),)),
+        )
+
     def __post_init__(self) -> None:
         pads = self.pads
         if isinstance(pads, (tuple, list)) and len(pads) == 4:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .base import (FEATURES, Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
-                   TensorShape, dx, dy, features_dims, kernel, x, y)
+                   TasoName, TensorShape, dx, dy, features_dims, kernel, x, y)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -54,6 +54,12 @@ class Permute(Operator):
 
     op_type = "permute"
     num_inputs = 1
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls((2, 1)), (TensorShape((4, 5, 6)),)),
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dims", check_permutation(self.dims))
@@ -106,6 +112,15 @@ class Identity(Operator):
 
     op_type = "identity"
     num_inputs = 1
+    elementwise = True
+    taso_names = (TasoName("OP_IDENTITY"),)
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((4, 6)),)),
+            (cls(), (TensorShape((4, 5, 6)),)),
+        )
 
     def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
         self.check_inputs(inputs)

@@ -4,10 +4,13 @@ Windows, strides and "same" padding follow Keras / TensorFlow: "same" gives ceil
 outputs with the odd padding pixel at the bottom / right; max pooling never picks a padding
 pixel, and average pooling divides by the number of real (non-padding) pixels in each window.
 
-Kernels loop over the window's taps with strided slices of a (batch, H, W, C) view:
-max pooling keeps, per output, the index of the first tap holding the maximum (saved "argmax",
-int32), so backward routes each gradient to exactly that input (PyTorch's choice on ties, too);
-average pooling backward spreads d_out / count over each window.
+Kernels run PyTorch's ATen pooling operators on views of (batch, H, W, C) pieces (NCHW tensors
+with channels_last strides), ATen padding the window itself where its padding is symmetric and
+at most half the window, else on a padded copy of the window. Max pooling keeps, per output,
+where the first maximum of its window was (saved "argmax", int64: a flat index row * W + column
+into the input's unpadded plane, the same whatever the split), so backward routes each gradient
+to exactly that input (PyTorch's choice on ties, too); average pooling backward spreads
+d_out / count over each window.
 
 Parallel forms: "sample" and "channels" (ATTRIBUTE: pooling is per channel, so the input, the
 output and the saved argmax are split alike); "height" and "width" (ATTRIBUTE: the output's rows
@@ -21,23 +24,29 @@ contributions).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
 
 from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim,
                    Ref, SavedSpec, TensorShape, dx, dy, kernel, origin_of, saved, x, y)
-from .conv2d import (HEIGHT, WIDTH, Window, halo_windows, input_grad_window, spatial_axes,
-                     tile_start)
+from ._aten import Into, aten, nchw, view
+from .conv2d import (HEIGHT, WIDTH, Window, crop_into, grad_box, halo_windows, implicit_pads,
+                     input_grad_window, reach, spatial_axes, tile_start)
 from .spatial import (CHANNELS, Windowed, by_channel, channel_dim, channel_dims, check_data_format,
                       check_padding, image_shape, join_ints, nhwc, out_size_and_pads, pair,
                       parse_hw, parse_ints, spatial_dims, tap)
-from unity_legion.pcg.tensor import DataType
+from unity_legion.types import DataType
 
 
+@lru_cache(maxsize=1024)
 def _geometry(geom: str) -> tuple[int, int, int, int, tuple[int, ...]]:
     kh, kw, sh, sw, pt, pb, pl, pr = parse_ints(geom)
     return kh, kw, sh, sw, (pt, pb, pl, pr)
+
+
+_hw = lru_cache(maxsize=1024)(parse_hw)
 
 
 def _window(geom: str, xs: np.ndarray, in_hw: str, origin: tuple[int, ...],
@@ -47,27 +56,108 @@ def _window(geom: str, xs: np.ndarray, in_hw: str, origin: tuple[int, ...],
     and W, or that window)."""
     kh, kw, sh, sw, pads = _geometry(geom)
     oh0, ow0 = tile_start(origin, channels_first)
-    return Window((xs.shape[0], *parse_hw(in_hw), xs.shape[3]), pads, oh0, ow0, ho, wo, kh, kw, sh,
+    return Window((xs.shape[0], *_hw(in_hw), xs.shape[3]), pads, oh0, ow0, ho, wo, kh, kw, sh,
                   sw, 1, 1)
+
+
+def _to_nchw(t: Any) -> Any:
+    return t.permute(0, 3, 1, 2)
+
+
+def _aten_pads(win: Window, kh: int, kw: int) -> tuple[int, int] | None:
+    """The padding ATen's pooling adds itself around the window's part inside the input: the
+    same on both sides and at most half the window (ATen's limit); None otherwise (the window
+    is then read padded, a copy)."""
+    pads = implicit_pads(win)
+    if pads is None or pads[0] > kh // 2 or pads[1] > kw // 2:
+        return None
+    return pads
+
+
+def _pool_input(win: Window, xs: np.ndarray, out_hw: tuple[int, int], k: tuple[int, int],
+                s: tuple[int, int], value: float
+                ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """What ATen pools for window `win` of NHWC piece `xs`: the array, the padding ATen adds
+    and the global (row, column) of the array's first pixel. A view of the window's part
+    inside the input (with unread positions after it, see `reach`), or the window padded with
+    `value` (a copy)."""
+    pads = _aten_pads(win, *k)
+    if pads is None:
+        return win.read(xs, value), (0, 0), (win.r0, win.c0)
+    r, c = win.at(xs)
+    i0, j0 = win.a0 - r, win.b0 - c
+    rows = reach(win.a1 - win.a0, xs.shape[1] - (win.a1 - r), out_hw[0], k[0], s[0], pads[0])
+    cols = reach(win.b1 - win.b0, xs.shape[2] - (win.b1 - c), out_hw[1], k[1], s[1], pads[1])
+    return xs[:, i0:i0 + rows, j0:j0 + cols], pads, (win.a0, win.b0)
+
+
+def _grad_region(win: Window, dxs: np.ndarray, t0: int, u0: int, out_hw: tuple[int, int],
+                 k: tuple[int, int], s: tuple[int, int]
+                 ) -> tuple[np.ndarray, bool, tuple[int, int], tuple[int, int]]:
+    """Where ATen writes the input gradient of the d_out region of window `win` for the NHWC
+    tile `dxs` at (t0, u0): the array (a view of the tile, the rest of the tile zeroed, or a new
+    array to crop from), whether it is aside, ATen's padding and the array's global first
+    (row, column). As `_pool_input`: the window's part inside the input padded by ATen, or the
+    whole padded window."""
+    pads = _aten_pads(win, *k)
+    if pads is None:
+        pad, r0, c0 = (0, 0), win.r0, win.c0
+        rows, cols = win.r1 - win.r0, win.c1 - win.c0
+    else:
+        pad, r0, c0 = pads, win.a0, win.b0
+        rows = reach(win.a1 - win.a0, t0 + dxs.shape[1] - win.a1, out_hw[0], k[0], s[0], pad[0])
+        cols = reach(win.b1 - win.b0, u0 + dxs.shape[2] - win.b1, out_hw[1], k[1], s[1], pad[1])
+    box, frame = grad_box(dxs.shape, t0, u0, r0, c0, rows, cols)
+    if box is None:
+        return np.empty((dxs.shape[0], rows, cols, dxs.shape[3]), dxs.dtype), True, pad, (r0, c0)
+    for sl in frame:
+        dxs[sl] = 0
+    return dxs[box], False, pad, (r0, c0)
+
+
+def _plane_index(torch: Any, idx: Any, start: tuple[int, int], width: int, whole: tuple[int, int],
+                 clamp: bool = False) -> Any:
+    """Flat indices (row * width + column) into an array whose first pixel is global `start`
+    as flat indices into the whole input plane (`whole`: rows, columns); `clamp`: indices of
+    padding positions move to the nearest real pixel."""
+    if start == (0, 0) and width == whole[1] and not clamp:
+        return idx
+    row = torch.div(idx, width, rounding_mode="floor")
+    col = idx - row * width + start[1]
+    row += start[0]
+    if clamp:
+        row.clamp_(0, whole[0] - 1)
+        col.clamp_(0, whole[1] - 1)
+    return row * whole[1] + col
 
 
 @kernel
 def maxpool_forward(x: In, y: Out, argmax: Out, origin: Origin, geom: str,
                     channels_first: bool, in_hw: str) -> None:
-    kh, kw, sh, sw, pads = _geometry(geom)
+    """y = the window maxima (ATen: the first maximum in the window's row-major order) and
+    argmax = where each was, as a flat index row * W + column into the input's (unpadded)
+    plane: the same for any split, so backward finds the pixel from any piece."""
+    kh, kw, sh, sw, _ = _geometry(geom)
     xs = nhwc(x, channels_first)
     ys, arg = nhwc(y, channels_first), nhwc(argmax, channels_first)
     ho, wo = ys.shape[1:3]
-    xp = _window(geom, xs, in_hw, origin_of(origin, "y", 4), channels_first, ho, wo).read(
-        xs, -np.inf)
-    best = xp[tap(0, 0, sh, sw, 1, 1, ho, wo)].copy()
-    arg[...] = 0
-    for t in range(1, kh * kw):
-        v = xp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)]
-        better = v > best  # strictly: the first maximum wins ties
-        np.copyto(best, v, where=better)
-        np.copyto(arg, t, where=better)
-    ys[...] = best
+    win = _window(geom, xs, in_hw, origin_of(origin, "y", 4), channels_first, ho, wo)
+    xin, pad, start = _pool_input(win, xs, (ho, wo), (kh, kw), (sh, sw), -np.inf)
+    whole = _hw(in_hw)
+    clamp = pad == (0, 0) and not win.inside
+    with aten() as torch:
+        yt = Into(ys, _to_nchw)
+        # ATen's indices are into xin's plane: the input's plane when xin is whole rows of it
+        direct = start == (0, 0) and xin.shape[2] == whole[1] and not clamp
+        it = Into(arg, _to_nchw) if direct else None
+        idx = it.t if direct else torch.empty_like(yt.t, dtype=torch.int64)
+        torch.ops.aten.max_pool2d_with_indices.out(nchw(xin), (kh, kw), (sh, sw), pad, (1, 1),
+                                                   False, out=yt.t, indices=idx)
+        yt.done()
+        if direct:
+            it.done()
+        else:
+            nchw(arg).copy_(_plane_index(torch, idx, start, xin.shape[2], whole, clamp))
 
 
 def _input_grad_tile(dx: np.ndarray, dy: np.ndarray, origin: tuple[int, ...], geom: str,
@@ -79,7 +169,7 @@ def _input_grad_tile(dx: np.ndarray, dy: np.ndarray, origin: tuple[int, ...], ge
     kh, kw, sh, sw, pads = _geometry(geom)
     dxs = nhwc(dx, channels_first)
     found = input_grad_window(dxs, nhwc(dy, channels_first), origin_of(origin, "dx", 4),
-                              channels_first, parse_hw(in_hw), parse_hw(out_hw), (kh, kw),
+                              channels_first, _hw(in_hw), _hw(out_hw), (kh, kw),
                               (sh, sw), (1, 1), pads)
     return None if found is None else (dxs, *found)
 
@@ -88,19 +178,29 @@ def _input_grad_tile(dx: np.ndarray, dy: np.ndarray, origin: tuple[int, ...], ge
 def maxpool_backward(dy: In, argmax: In, dx: Out, origin: Origin, geom: str,
                      channels_first: bool, in_hw: str, out_hw: str) -> None:
     """A tile of dx (rows / columns of the input under a spatial split) from the region of
-    d_out (and argmax: whole along H and W, or exactly that region) whose windows reach it."""
+    d_out (and argmax: whole along H and W, or exactly that region) whose windows reach it:
+    each gradient goes to the pixel argmax names (ATen adds them up)."""
     found = _input_grad_tile(dx, dy, origin, geom, channels_first, in_hw, out_hw)
     if found is None:
         return
     dxs, win, (t0, u0), region = found
     kh, kw, sh, sw, _ = _geometry(geom)
     gs, arg = nhwc(dy, channels_first)[region], nhwc(argmax, channels_first)[region]
-    b, ho, wo, c = gs.shape
-    dxp = win.zeros(b, c, dx.dtype)
-    zero = dx.dtype.type(0)
-    for t in range(kh * kw):
-        dxp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)] += np.where(arg == t, gs, zero)
-    win.write(dxs, dxp, t0, u0)
+    target, aside, pad, (r0, c0) = _grad_region(win, dxs, t0, u0, gs.shape[1:3], (kh, kw),
+                                                (sh, sw))
+    h, w_ = _hw(in_hw)
+    with aten() as torch:
+        idx = view(arg)
+        if (r0, c0) != (0, 0) or target.shape[2] != w_:  # into the target's own plane
+            row = torch.div(idx, w_, rounding_mode="floor")
+            idx = (row - r0) * target.shape[2] + (idx - row * w_ - c0)
+        tt = Into(target, _to_nchw)  # also stands in for the input: only its shape is read
+        torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+            nchw(gs), tt.t, (kh, kw), (sh, sw), pad, (1, 1), False, idx.permute(0, 3, 1, 2),
+            grad_input=tt.t)
+        tt.done()
+    if aside:
+        crop_into(dxs, t0, u0, target, r0, c0)
 
 
 def _counts(h: int, w_: int, kh: int, kw: int, sh: int, sw: int, win: Window, ho: int,
@@ -122,18 +222,25 @@ def avgpool_forward(x: In, y: Out, origin: Origin, geom: str, channels_first: bo
     xs, ys = nhwc(x, channels_first), nhwc(y, channels_first)
     ho, wo = ys.shape[1:3]
     win = _window(geom, xs, in_hw, origin_of(origin, "y", 4), channels_first, ho, wo)
-    xp = win.read(xs)
-    acc = xp[tap(0, 0, sh, sw, 1, 1, ho, wo)].astype(np.float64)
-    for t in range(1, kh * kw):
-        acc += xp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)]
-    acc /= _counts(*parse_hw(in_hw), kh, kw, sh, sw, win, ho, wo)
-    ys[...] = acc
+    xin, pad, _ = _pool_input(win, xs, (ho, wo), (kh, kw), (sh, sw), 0.0)
+    with aten() as torch:
+        yt = Into(ys, _to_nchw)
+        if pad != (0, 0) or win.inside:  # ATen divides by the real pixels (Keras' rule)
+            torch.ops.aten.avg_pool2d.out(nchw(xin), (kh, kw), (sh, sw), pad, False, False,
+                                          None, out=yt.t)
+        else:  # the window padded by a copy: window sums over the real pixels' counts
+            total = torch.ops.aten.avg_pool2d(nchw(xin), (kh, kw), (sh, sw), (0, 0), False,
+                                              True, 1)
+            count = view(_counts(*_hw(in_hw), kh, kw, sh, sw, win, ho, wo)).permute(0, 3, 1, 2)
+            torch.div(total, count.to(total.dtype), out=yt.t)
+        yt.done()
 
 
 @kernel
 def avgpool_backward(dy: In, dx: Out, origin: Origin, geom: str, channels_first: bool,
                      in_hw: str, out_hw: str) -> None:
-    """As maxpool_backward: a tile of dx from the d_out region reaching it."""
+    """As maxpool_backward: a tile of dx from the d_out region reaching it (each window's
+    d_out spread over its real pixels)."""
     found = _input_grad_tile(dx, dy, origin, geom, channels_first, in_hw, out_hw)
     if found is None:
         return
@@ -141,12 +248,21 @@ def avgpool_backward(dy: In, dx: Out, origin: Origin, geom: str, channels_first:
     kh, kw, sh, sw, _ = _geometry(geom)
     gs = nhwc(dy, channels_first)[region]
     b, ho, wo, c = gs.shape
-    h, w_ = parse_hw(in_hw)
-    share = (gs / _counts(h, w_, kh, kw, sh, sw, win, ho, wo)).astype(dx.dtype)
-    dxp = win.zeros(b, c, dx.dtype)
-    for t in range(kh * kw):
-        dxp[tap(t // kw, t % kw, sh, sw, 1, 1, ho, wo)] += share
-    win.write(dxs, dxp, t0, u0)
+    target, aside, pad, (r0, c0) = _grad_region(win, dxs, t0, u0, (ho, wo), (kh, kw), (sh, sw))
+    with aten() as torch:
+        tt = Into(target, _to_nchw)  # also stands in for the input: only its shape is read
+        g = nchw(gs)
+        if pad == (0, 0) and not win.inside:  # the padded window: d_out / real pixels, summed
+            count = _counts(*_hw(in_hw), kh, kw, sh, sw, win, ho, wo)
+            g = g / view(count).permute(0, 3, 1, 2).to(g.dtype)
+            torch.ops.aten.avg_pool2d_backward.grad_input(g, tt.t, (kh, kw), (sh, sw), pad,
+                                                          False, True, 1, grad_input=tt.t)
+        else:
+            torch.ops.aten.avg_pool2d_backward.grad_input(g, tt.t, (kh, kw), (sh, sw), pad,
+                                                          False, False, None, grad_input=tt.t)
+        tt.done()
+    if aside:
+        crop_into(dxs, t0, u0, target, r0, c0)
 
 
 @dataclass(frozen=True)
@@ -161,6 +277,12 @@ class Pool2D(Operator):
 
     op_type = "pool2d"
     num_inputs = 1
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls("max"), (TensorShape((2, 8, 8, 3)),)),
+        )
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -200,7 +322,8 @@ class Pool2D(Operator):
         if self.mode != "max":
             return ()
         out = self.infer_outputs(inputs)[0]
-        return (SavedSpec("argmax", TensorShape(out.dims, DataType.INT32)),)
+        # int64: ATen's own index type, written and read by its kernels as they are
+        return (SavedSpec("argmax", TensorShape(out.dims, DataType.INT64)),)
 
     def flops(self, inputs: Sequence[TensorShape]) -> int:
         kh, kw = self.pool_size
@@ -259,7 +382,8 @@ class Pool2D(Operator):
 @kernel
 def global_avgpool_forward(x: In, y: Out, channels_first: bool) -> None:
     axes = (2, 3) if channels_first else (1, 2)
-    y[...] = x.mean(axis=axes, dtype=np.float64).reshape(y.shape)
+    with aten() as torch:
+        view(y).copy_(torch.mean(view(x), axes, keepdim=y.ndim == 4))
 
 
 @kernel
@@ -279,6 +403,12 @@ class GlobalAvgPool2D(Operator):
 
     op_type = "global_avg_pool2d"
     num_inputs = 1
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((2, 8, 8, 3)),)),
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_format", check_data_format(self.data_format, self.op_type))

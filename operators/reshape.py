@@ -43,6 +43,7 @@ class _PerSampleReshape(Operator):
     """Shared launches: output and input split by samples; no weights."""
 
     num_inputs = 1
+    reshape_only = True
 
     def bytes_accessed(self, inputs: Sequence[TensorShape]) -> int:
         return 2 * inputs[0].num_bytes()
@@ -85,6 +86,12 @@ class Flatten(_PerSampleReshape):
     channels_first: bool = False
 
     op_type = "flatten"
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((4, 5, 6)),)),
+        )
 
     def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
         self.check_inputs(inputs)
@@ -134,6 +141,13 @@ class Reshape(_PerSampleReshape):
     target_shape: tuple[int, ...]
 
     op_type = "reshape"
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls((3, 2)), (TensorShape((4, 6)),)),
+            (cls((5, 3, 2)), (TensorShape((4, 5, 6)),)),
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_shape", check_target_shape(self.target_shape))

@@ -1,8 +1,11 @@
 """Softmax over any non-batch axis or axes (Keras Softmax layer; the Activation operator's
 softmax is over the last axis only).
 
-    y = exp(x - max(x)) / sum(exp(x - max(x)))        over `axes`, computed in float64
+    y = exp(x - max(x)) / sum(exp(x - max(x)))        over `axes`
     dx = y * (dy - sum(dy * y))                       (backward reads the output, saves nothing)
+
+Kernels run ATen's softmax and its backward on views of their pieces (one axis, or trailing
+axes merged into one); axes neither take a numpy path in float64.
 
 The batch axis is never normalised over, so a batch split needs no communication.
 
@@ -17,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._aten import Into, aten, view
 from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, TensorShape,
                    attribute_dims, dx, dy, kernel, x, y)
 
@@ -25,9 +29,30 @@ def _axes(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+def _one_dim(ax: tuple[int, ...], *arrays: np.ndarray) -> tuple[list[Any], int] | None:
+    """The arrays as tensors in which the softmax axes are one dim, and that dim: one axis as
+    it is, several consecutive trailing axes merged (contiguous arrays); else None. The last
+    array is the output: an `Into` (ATen's softmax writes a strided output as a dense one)."""
+    *ins, out = arrays
+    if len(ax) == 1:
+        return [view(a) for a in ins] + [Into(out)], ax[0]
+    ndim = arrays[0].ndim
+    if ax == tuple(range(ndim - len(ax), ndim)) and all(a.flags.c_contiguous for a in arrays):
+        return [view(a).flatten(ax[0]) for a in ins] + [Into(out, lambda t: t.flatten(ax[0]))], \
+            ax[0]
+    return None
+
+
 @kernel
 def softmax_forward(x: In, y: Out, axes: str) -> None:
     ax = _axes(axes)
+    with aten() as torch:  # ATen's softmax, in x's precision
+        found = _one_dim(ax, x, y)
+        if found is not None:
+            (xt, yt), d = found
+            torch.ops.aten._softmax.out(xt, d, False, out=yt.t)
+            yt.done()
+            return
     z = x.astype(np.float64)
     z -= z.max(axis=ax, keepdims=True)
     e = np.exp(z)
@@ -37,6 +62,13 @@ def softmax_forward(x: In, y: Out, axes: str) -> None:
 @kernel
 def softmax_backward(y: In, dy: In, dx: Out, axes: str) -> None:
     ax = _axes(axes)
+    with aten() as torch:
+        found = _one_dim(ax, y, dy, dx)
+        if found is not None:
+            (yt, gt, dt), d = found
+            torch.ops.aten._softmax_backward_data.out(gt, yt, d, gt.dtype, grad_input=dt.t)
+            dt.done()
+            return
     o, g = y.astype(np.float64), dy.astype(np.float64)
     dx[...] = o * (g - (g * o).sum(axis=ax, keepdims=True))
 
@@ -56,6 +88,13 @@ class Softmax(Operator):
 
     op_type = "softmax"
     num_inputs = 1
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((4, 6)),)),
+            (cls(), (TensorShape((4, 5, 6)),)),
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axes", check_softmax_axis(self.axes))

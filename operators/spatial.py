@@ -115,15 +115,6 @@ def join_ints(values: Sequence[int]) -> str:
     return ",".join(str(int(v)) for v in values)
 
 
-def windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int,
-            wo: int) -> np.ndarray:
-    """A read-only (b, ho, wo, kh, kw, C) view of the sliding windows of a padded NHWC array."""
-    b, _, _, c = xp.shape
-    s0, s1, s2, s3 = xp.strides
-    return np.lib.stride_tricks.as_strided(
-        xp, (b, ho, wo, kh, kw, c), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False)
-
-
 def tap(i: int, j: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int
         ) -> tuple[slice, slice, slice, slice]:
     """The NHWC slice of a padded input that kernel tap (i, j) meets over all output positions."""

@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import (In, InOut, KeepsAxisWhole, Launch, Operator, OperatorError, Out, TensorShape,
-                   dx, dy, kernel, normalize_axis, x, y)
+from .base import (In, InOut, KeepsAxisWhole, Launch, Operator, OperatorError, Out, TasoName,
+                   TensorShape, dx, dy, kernel, normalize_axis, x, y)
 
 
 def _slab(axis: int, start: int, size: int) -> tuple[slice, ...]:
@@ -71,6 +71,15 @@ class Split(KeepsAxisWhole, Operator):
 
     op_type = "split"
     num_inputs = 1
+    taso_names = (TasoName("OP_SPLIT"),)
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(2, -1), (TensorShape((4, 6)),)),
+            (cls(2, -1), (TensorShape((4, 5, 6)),)),
+            (cls(2, 1), (TensorShape((4, 6, 5)),)),
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", check_splits(self.splits))

@@ -5,7 +5,7 @@
 
 Each model is built at its benchmark size (unity_legion.models.ZOO[name].bench: widths of
 hundreds to a thousand), trained with SGD on
-one synthetic batch; PyTorch runs the same graph with the same weights (scripts/torch_twin.py)
+one synthetic batch; PyTorch runs the same graph with the same weights (unity_legion.testing.torch_twin)
 with as many threads as Legate has CPU processors per rank. Prints a table and, on its last line,
 one JSON object with, per model, unity_step_s, torch_step_s and ratio_vs_torch (unity / torch).
 """
@@ -19,7 +19,7 @@ import statistics
 import numpy as np
 import torch  # imported before Legate starts (see LEGATE_NOTES)
 from bench_step import time_steps
-from torch_twin import TorchTwin, torch_loss
+from unity_legion.testing.torch_twin import TorchTwin, torch_loss
 
 MODELS = "mlp_unify,bert_large,dlrm,xdl,candle_uno,resnext50,inception_v3"
 

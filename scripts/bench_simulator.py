@@ -17,8 +17,8 @@ and the operator costs measured so far. Started by a Legate launcher instead
 this one job, one after another.
 
 On several ranks the "local" machine model is ranks x processors per rank, with the link between
-ranks measured (see `unity_legion.cost.calibrate`); every rank runs this same script (the same
-Legate operations in the same order), the calibration and the operator costs are rank 0's,
+ranks measured (see `unity_legion.profiling.calibrate`); every rank runs this same script (the
+same Legate operations in the same order), the calibration and the operator costs are rank 0's,
 broadcast, the real step is rank 0's wall clock of train_on_batch (which reads the loss: the
 ranks meet every step), and only rank 0 prints.
 
@@ -26,11 +26,12 @@ For each strategy (a {node_id: OpConfig} plan over a zoo model; nodes it does no
 data-parallel, as the executor runs them) it measures the real training step through Keras'
 train_on_batch with the plan set on the model's executor (median of several steps after warm-up,
 in rounds), and predicts it with the Simulator (SGD: no optimizer slots) on the "local"
-machine model measured by `unity_legion.cost.calibrate`, with `MeasuredCost`. The calibration
-and the operator costs are measured in this run (into a fresh cache) unless --cache names a
-cache directory to use; the machine's parallel capacity (`RuntimeSpec.cores`, which other jobs
-on the machine change from minute to minute) is measured just before and after each strategy's
-timed steps, and its median is the one that strategy is predicted with.
+machine model measured by `unity_legion.profiling.calibrate`, with `MeasuredCost` (measuring
+through `unity_legion.profiling.LocalMeasurer`). The calibration and the operator costs are
+measured in this run (into a fresh cache) unless --cache names a cache directory to use; the
+machine's parallel capacity (`RuntimeSpec.cores`, which other jobs on the machine change from
+minute to minute) is measured just before and after each strategy's timed steps, and its median
+is the one that strategy is predicted with.
 
 Prints a table (strategy, real ms, predicted ms, error) and, on its LAST line, one JSON object:
 median_abs_rel_error, max_abs_rel_error (fractions), strategies (count) and per-strategy figures.
@@ -159,10 +160,8 @@ def run_here(args: argparse.Namespace) -> None:
     from unity_legion import runtime
 
     machine_info = runtime.machine_info()
-    from unity_legion.cost import MeasuredCost
-    from unity_legion.cost.calibrate import local_calibration
-
-    from unity_legion.cost.measure import bcast
+    from unity_legion.profiling import local_calibration, measured_cost
+    from unity_legion.runtime import bcast
 
     procs = machine_info.processors
     # one cache directory for all ranks: rank 0's (it alone reads and writes it)
@@ -174,7 +173,7 @@ def run_here(args: argparse.Namespace) -> None:
     machine = cal.machine
     cases = chosen_cases(args.only)
     rng = np.random.default_rng(0)
-    cost = MeasuredCost(cache_dir=cache, repeats=args.repeats)
+    cost = measured_cost(cache, repeats=args.repeats)
     rows: list[dict[str, Any]] = []
     cores_seen: list[float] = []
     # one strategy's model at a time: Legate's cost per launch grows with the stores and
@@ -259,7 +258,7 @@ def searched_strategy(case: Case, model: Any, args: argparse.Namespace, machine:
     search measures many operators, and a job that did so times its steps slower (the drift
     the driver's fresh jobs avoid), so the driver times a searched strategy in a job of its
     own."""
-    from unity_legion.cost.measure import is_rank0
+    from unity_legion.runtime import is_rank0
     from unity_legion.search.unity import SearchOptions, search
     from unity_legion.strategy.strategy import Strategy
 
@@ -281,7 +280,7 @@ def run_case(case: Case, args: argparse.Namespace, procs: int, machine: Any, cos
     then the simulator's prediction; None for a search that is only saved (--search-only)."""
     from unity_legion import keras
     from unity_legion.cost import Simulator
-    from unity_legion.cost.calibrate import measure_cores
+    from unity_legion.profiling import measure_cores
     from unity_legion.models import ZOO
     from unity_legion.pcg.pcg import data_parallel_config
 
@@ -341,7 +340,7 @@ def run_case(case: Case, args: argparse.Namespace, procs: int, machine: Any, cos
 # ------------------------------------------------------------------------------------------------
 
 def _cfg(degrees: dict[str, int], start: int = 0) -> Any:
-    from unity_legion.strategy.config import OpConfig
+    from unity_legion.types import OpConfig
 
     return OpConfig.of(degrees, start=start)
 

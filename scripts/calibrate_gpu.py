@@ -14,19 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_twin import REGISTRY, _RESHAPES  # noqa: E402
-
-from unity_legion.models.zoo import ZOO  # noqa: E402
-from unity_legion.pcg.pcg import node_shapes  # noqa: E402
-from unity_legion.cost.op_cost import piece_bytes  # noqa: E402
-from unity_legion.strategy.config import OpConfig  # noqa: E402
+from unity_legion.cost.op_cost import piece_bytes
+from unity_legion.models.zoo import ZOO
+from unity_legion.pcg.pcg import node_shapes
+from unity_legion.testing.torch_twin import run_node, supports
+from unity_legion.types import OpConfig
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bool": torch.bool, "int64": torch.int64, "int32": torch.int32}
 
@@ -71,7 +68,7 @@ def measure_case(op, inputs, weights, repeats: int) -> tuple[float, float]:
     w = {k: v.detach().requires_grad_(True) for k, v in w.items()}
 
     def fwd():
-        return REGISTRY[op.op_type](op, xs, w, True, list(inputs))
+        return run_node(op, xs, w, True, list(inputs))
 
     for _ in range(3):
         fwd()
@@ -117,7 +114,7 @@ def main() -> None:
             shapes = model.graph.bind_batch(batch)
             for node in model.graph.nodes:
                 op = node.op
-                if op.op_type in _RESHAPES or op.op_type not in REGISTRY:
+                if op.reshape_only or not supports(op):
                     continue
                 inputs = [shapes[t] for t in node.inputs]
                 key = (repr(op), tuple(repr(s) for s in inputs))

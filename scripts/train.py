@@ -71,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "data_parallel, megatron, table_parallel, expert, or a strategy JSON file")
     s.add_argument("--export-strategy", default=None, metavar="PATH",
                    help="write the strategy used as JSON (edit it and pass it to --strategy)")
+    s.add_argument("--profile", action="store_true",
+                   help="after training, profile one real training step: per operator its "
+                        "kernel, host and waiting time next to the simulator's prediction, "
+                        "and each processor's timeline (measured above simulated) drawn to "
+                        "--profile-out")
+    s.add_argument("--profile-out", default="profile.png", metavar="PATH",
+                   help="where --profile draws the timelines (default profile.png)")
     s.add_argument("--explain", action="store_true",
                    help="print the strategy's table: degrees, devices, bytes per operator")
     s.add_argument("--draw", default=None, metavar="PATH",
@@ -248,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
                         epochs=args.epochs, validation_split=args.validation_split,
                         verbose=args.verbose if rank0 else 0)
     train_s = time.perf_counter() - t0
+    if args.profile:
+        model.profile_step(unpack(x_train), unpack(y_train), batch_size=args.batch_size,
+                           path=args.profile_out)
+        if rank0:
+            print(f"profile: timelines written to {args.profile_out}")
     test_loss, test_metric = model.evaluate(unpack(x_test), unpack(y_test), batch_size=256,
                                             verbose=0)
     if args.save_weights:

@@ -26,7 +26,8 @@ MARK_END="# <<< unity_legion environment <<<"
 # Pins (see shared/LEGATE_NOTES.md): legate 25.11 is the last wheel with UCX
 # networking; cupynumeric 25.11 breaks on numpy 2.4; legate needs
 # libcudart.so.12 without depending on it.  Keep in sync with pyproject.toml.
-# torch==2.13.0 is the test oracle (a CPU wheel that lies on this machine).
+# torch==2.13.0 (the CPU wheel that lies on this machine): operator kernels call its ATen CPU
+# operators, and the tests compare with it.
 PINNED=(
     "legate==25.11.0"
     "nvidia-cupynumeric==25.11.0"

@@ -16,7 +16,7 @@ import torch
 from unity_legion.executor.executor import GraphExecutor
 from unity_legion.operators.base import SAMPLE, Operator
 from unity_legion.pcg.graph import ComputationGraph
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 RTOL = 1e-4
 ATOL = 1e-5

@@ -16,10 +16,8 @@ import numpy as np
 
 from op_check import OpRun, assert_close, run_op, run_op_outputs
 from unity_legion.executor.executor import GraphExecutor
-from unity_legion.mappers.machine_view import MachineView
 from unity_legion.operators.base import Operator
-from unity_legion.pcg.tensor import DataType, TensorShape
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import DataType, MachineView, OpConfig, TensorShape
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 

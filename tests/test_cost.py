@@ -14,8 +14,7 @@ from unity_legion.models import ZOO
 from unity_legion.operators.linear import Linear
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.pcg import data_parallel_config
-from unity_legion.pcg.tensor import TensorShape
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import OpConfig, TensorShape
 
 
 def test_presets_and_sizes() -> None:

@@ -1,5 +1,6 @@
-"""Measured operator costs (their disk cache), the calibration of the "local" machine, the runtime
-part of machine files, and what the simulator makes of a CPU machine's runtime."""
+"""Measured operator costs (their disk cache; measured through unity_legion.profiling), the
+calibration of the "local" machine, the runtime part of machine files, and what the simulator makes
+of a CPU machine's runtime."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ import pytest
 
 from unity_legion.cost import (PRESETS, AnalyticCost, LinkSpec, MachineError, MachineModel,
                                MeasuredCost, RuntimeSpec, Simulator, preset)
-from unity_legion.cost import calibrate as cal
 from unity_legion.cost import measure
+from unity_legion.cost.calibration import Calibration
+from unity_legion.cost.measure import Measurement
+from unity_legion.profiling import calibrate as cal
+from unity_legion.profiling import measure as profiling_measure
+from unity_legion.profiling import measured_cost
 from unity_legion.operators.linear import Linear
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.pcg import data_parallel_config
-from unity_legion.pcg.tensor import TensorShape
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import OpConfig, TensorShape
 
 LOCAL = PRESETS["local"].device
 X = [TensorShape((16, 32))]
@@ -33,7 +37,7 @@ def _no_measuring(*args, **kwargs):
 # ------------------------------------------------------------------------------------------------
 
 def test_second_measurement_is_a_cache_hit_and_runs_nothing(tmp_path, monkeypatch) -> None:
-    cost = MeasuredCost(cache_dir=tmp_path, repeats=1, warmup=1)
+    cost = measured_cost(tmp_path, repeats=1, warmup=1)
     first = cost.op_cost(Linear(32), X, OpConfig(), LOCAL)
     assert (cost.misses, cost.hits) == (1, 0)
     assert first.forward > 0 and first.backward > 0 and first.issue_forward > 0
@@ -43,8 +47,8 @@ def test_second_measurement_is_a_cache_hit_and_runs_nothing(tmp_path, monkeypatc
     assert cost.op_cost(Linear(32), X, OpConfig(), LOCAL) == first   # from memory
     assert (cost.misses, cost.hits) == (1, 1)
 
-    monkeypatch.setattr(measure, "measure_op", _no_measuring)
-    again = MeasuredCost(cache_dir=tmp_path)                        # a new search: from disk
+    monkeypatch.setattr(profiling_measure, "measure_op", _no_measuring)
+    again = measured_cost(tmp_path)                                 # a new search: from disk
     assert again.op_cost(Linear(32), X, OpConfig(), LOCAL) == first
     assert (again.misses, again.hits) == (0, 1)
     (path,) = tmp_path.glob("ops-*.json")
@@ -63,7 +67,7 @@ def test_second_measurement_is_a_cache_hit_and_runs_nothing(tmp_path, monkeypatc
 
 
 def test_a_damaged_cache_file_is_measured_again(tmp_path) -> None:
-    cost = MeasuredCost(cache_dir=tmp_path, repeats=1, warmup=0)
+    cost = measured_cost(tmp_path, repeats=1, warmup=0)
     cost.cache.path.parent.mkdir(parents=True, exist_ok=True)
     cost.cache.path.write_text("{not json")
     assert cost.op_cost(Linear(8), [TensorShape((4, 8))], OpConfig(), LOCAL).forward > 0
@@ -72,7 +76,7 @@ def test_a_damaged_cache_file_is_measured_again(tmp_path) -> None:
 
 
 def test_measured_cost_grows_with_the_piece_size(tmp_path) -> None:
-    cost = MeasuredCost(cache_dir=tmp_path, repeats=5, warmup=1)
+    cost = measured_cost(tmp_path, repeats=5, warmup=1)
     small = cost.measurement(Linear(256), [TensorShape((8, 256))], OpConfig())
     big = cost.measurement(Linear(256), [TensorShape((2048, 256))], OpConfig())
     assert small is not None and big is not None
@@ -84,8 +88,8 @@ def test_measured_cost_grows_with_the_piece_size(tmp_path) -> None:
 
 
 def test_devices_that_are_not_this_machine_fall_back_to_analytic(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(measure, "measure_op", _no_measuring)
-    cost = MeasuredCost(cache_dir=tmp_path)
+    monkeypatch.setattr(profiling_measure, "measure_op", _no_measuring)
+    cost = measured_cost(tmp_path)
     gpu = preset("dgx-h100").device
     got = cost.op_cost(Linear(1024), [TensorShape((64, 1024))], OpConfig.of({"sample": 4}), gpu)
     want = AnalyticCost().op_cost(Linear(1024), [TensorShape((64, 1024))],
@@ -104,16 +108,61 @@ def test_devices_that_are_not_this_machine_fall_back_to_analytic(tmp_path, monke
 def test_cache_dir_comes_from_the_environment(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(measure.CACHE_ENV, str(tmp_path / "c"))
     assert measure.cache_root() == tmp_path / "c"
-    assert MeasuredCost().cache.path.parent == tmp_path / "c"
+    assert MeasuredCost(measure=False).cache.path.parent == tmp_path / "c"
     monkeypatch.delenv(measure.CACHE_ENV)
     assert measure.cache_root().parts[-3:] == (".cache", "unity_legion", "costs")
 
 
 def test_cost_package_does_not_import_legate() -> None:
-    code = ("import sys, unity_legion.cost, unity_legion.cost.measure, unity_legion.cost.calibrate;"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('legate', 'cupynumeric')];"
+    # nor does importing the profiling package: its functions import the executor
+    code = ("import sys, unity_legion.cost, unity_legion.cost.measure, "
+            "unity_legion.cost.calibration, unity_legion.profiling;"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('legate', 'cupynumeric')"
+            " or m.startswith('unity_legion.executor')];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _FakeMeasurer:
+    """An OpMeasurer that runs nothing: MeasuredCost asks whatever it is handed."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple] = []
+
+    def fingerprint(self) -> str:
+        return "fake"
+
+    def gpus(self) -> int:
+        return 0
+
+    def ranks(self) -> int:
+        return 1
+
+    def is_rank0(self) -> bool:
+        return True
+
+    def share(self, obj):
+        return obj
+
+    def measure(self, op, inputs, config, needs, repeats, warmup, device_kind) -> Measurement:
+        self.asked.append((op.describe(), tuple(needs), repeats, warmup, device_kind))
+        return Measurement(1e-3, 2e-3, 1e-4, 2e-4, 1e-5, 2e-5, 9e-4, 1.9e-3, 2e-3, 3e-3,
+                           1, 2, 1, repeats, 1)
+
+
+def test_the_measurer_is_injected_and_its_figures_cached(tmp_path) -> None:
+    fake = _FakeMeasurer()
+    cost = MeasuredCost(cache_dir=tmp_path, repeats=3, warmup=1, measurer=fake)
+    got = cost.op_cost(Linear(32), X, OpConfig(), LOCAL)
+    assert fake.asked == [(Linear(32).describe(), (True,), 3, 1, "cpu")]
+    assert (got.forward, got.backward, got.issue_forward) == (1e-3, 2e-3, 1e-4)
+    assert cost.cache.path == tmp_path / "ops-fake.json"
+    again = MeasuredCost(cache_dir=tmp_path, measurer=_FakeMeasurer())
+    assert again.op_cost(Linear(32), X, OpConfig(), LOCAL) == got and again.hits == 1
+    # a "local" GPU is measured only where the measurer has GPUs
+    assert not cost.is_local(replace(LOCAL, kind="gpu"))
+    with pytest.raises(ValueError, match="needs a measurer"):
+        MeasuredCost(cache_dir=tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -136,7 +185,7 @@ def test_calibration_measures_positive_figures_and_is_cached(tmp_path, monkeypat
     # cached: a second call measures nothing and gives the same machine
     monkeypatch.setattr(cal, "calibrate", _no_measuring)
     assert cal.local_machine(tmp_path) == m
-    assert cal.Calibration.from_json(c.to_json()) == c
+    assert Calibration.from_json(c.to_json()) == c
 
 
 def test_local_machine_without_a_calibration(tmp_path) -> None:
@@ -149,13 +198,13 @@ def test_bad_calibration_files_are_ignored_or_named(tmp_path) -> None:
     path.write_text("[1, 2]")
     assert cal.cached_calibration(tmp_path) is None
     with pytest.raises(MachineError, match="not a unity_legion calibration"):
-        cal.Calibration.from_json("[1, 2]")
+        Calibration.from_json("[1, 2]")
     with pytest.raises(MachineError, match="not valid JSON"):
-        cal.Calibration.from_json("{")
-    good = json.loads(cal.Calibration(PRESETS["local"]).to_json())
+        Calibration.from_json("{")
+    good = json.loads(Calibration(PRESETS["local"]).to_json())
     del good["machine"]["runtime"]["fold"]
     with pytest.raises(MachineError, match="'fold' needs a 'fold' link"):
-        cal.Calibration.from_json(json.dumps(good))
+        Calibration.from_json(json.dumps(good))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from grad_capture import CaptureGrads, captured_grads
 from unity_legion.executor.executor import GraphExecutor, Objective
 from unity_legion.operators import losses as L
 from unity_legion.operators.linear import Linear
-from unity_legion.pcg import ComputationGraph, TensorShape
+from unity_legion.pcg import ComputationGraph
+from unity_legion.types import TensorShape
 
 EPS = 1e-7
 RTOL = 1e-4

@@ -11,7 +11,8 @@ from unity_legion.operators import metrics as M
 from unity_legion.operators.base import OperatorError
 from unity_legion.operators.linear import Linear
 from unity_legion.operators.losses import MeanSquaredError, SparseCategoricalCrossentropy
-from unity_legion.pcg import ComputationGraph, TensorShape
+from unity_legion.pcg import ComputationGraph
+from unity_legion.types import TensorShape
 
 
 def run(kernel, pred: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -3,9 +3,6 @@ no weight is allocated), and trains scaled down with a finite, decreasing loss."
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,9 +10,7 @@ import torch
 from unity_legion import keras
 from unity_legion.models import ZOO
 from unity_legion.models.zoo import FULL_SIZE_TOTAL_PARAMS, trainable_params
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from torch_twin import TorchTwin, torch_loss  # noqa: E402  (the benchmarks' PyTorch twin)
+from unity_legion.testing.torch_twin import TorchTwin, torch_loss
 
 # Counts at paper size. Published: BERT-Large with pooler (Devlin et al.), torchvision's
 # resnext50_32x4d and inception_v3 (its 27,161,264 less the 3,326,696 of the auxiliary head).

@@ -21,7 +21,7 @@ from unity_legion.operators import attention
 from unity_legion.operators.attention import MultiHeadAttention as MHA
 from unity_legion.operators.attention import keep_scale
 from unity_legion.operators.base import OperatorError
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 SEED = 4242
 

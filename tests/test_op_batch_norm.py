@@ -19,7 +19,7 @@ from unity_legion.operators.linear import Linear
 from unity_legion.operators.losses import MeanSquaredError
 from unity_legion.operators.optimizers import SGDRule
 from unity_legion.pcg.graph import ComputationGraph
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 
 def torch_bn(x: torch.Tensor, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,

@@ -14,7 +14,7 @@ from unity_legion import keras
 from unity_legion.operators.base import OperatorError
 from unity_legion.operators.conv2d import Conv2D as Conv2DOp
 from unity_legion.operators.spatial import out_size_and_pads
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 TORCH_ACT = {"linear": lambda t: t, "relu": torch.relu, "tanh": torch.tanh,
              "sigmoid": torch.sigmoid, "softmax": lambda t: torch.softmax(t, -1)}

@@ -15,7 +15,7 @@ from unity_legion.operators.base import OperatorError
 from unity_legion.operators.dropout import Dropout as DropoutOp
 from unity_legion.operators.dropout import dropout_forward, keep_mask
 from unity_legion.pcg.graph import ComputationGraph
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 def _nonzero(rng: np.random.Generator, *shape: int) -> np.ndarray:

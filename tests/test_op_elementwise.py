@@ -12,7 +12,7 @@ from unity_legion.operators.base import OperatorError
 from unity_legion.operators.elementwise import Add as AddOp
 from unity_legion.operators.elementwise import Multiply as MultiplyOp
 from unity_legion.operators.elementwise import Subtract as SubtractOp
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 
 @pytest.mark.parametrize("batch,n", [(1, 2), (3, 3), (13, 2), (9, 4)])

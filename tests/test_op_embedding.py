@@ -15,7 +15,7 @@ from unity_legion import keras
 from unity_legion.keras.layers import Concatenate, Dense, Embedding, Flatten, Input
 from unity_legion.operators.base import OperatorError
 from unity_legion.operators.embedding import Embedding as EmbeddingOp
-from unity_legion.pcg.tensor import DataType
+from unity_legion.types import DataType
 
 
 @pytest.mark.parametrize("dtype,shape", [(np.int32, (13, 7)), (np.int64, (3, 2, 5)),
@@ -136,7 +136,7 @@ def test_embedding_bag_float64_and_float_indices() -> None:
 
 
 def test_embedding_bag_costs() -> None:
-    from unity_legion.pcg.tensor import TensorShape
+    from unity_legion.types import TensorShape
     s = TensorShape((8, 5), DataType.INT64)
     op = EmbeddingOp(100, 4, combiner="sum")
     assert op.infer_outputs([s])[0].dims == (8, 4)

@@ -16,7 +16,7 @@ from unity_legion import keras
 from unity_legion.keras.layers import Input, LayerNormalization
 from unity_legion.operators.base import OperatorError
 from unity_legion.operators.layer_norm import LayerNorm
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 
 def torch_layer_norm(axes: tuple[int, ...], epsilon: float, rank: int):

@@ -16,7 +16,7 @@ from unity_legion import keras
 from unity_legion.keras.layers import Dot, Input
 from unity_legion.operators.base import OperatorError
 from unity_legion.operators.matmul import NORM_EPSILON, BatchMatmul
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 
 def t_normalize(v: torch.Tensor, dim: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from op_check import FixedSplitExecutor, check_op, randn
 from unity_legion import keras
 from unity_legion.operators.base import OperatorError
 from unity_legion.operators.padding import ZeroPad2D, check_pads
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 def torch_pad(x: torch.Tensor, pads, channels_first: bool) -> torch.Tensor:

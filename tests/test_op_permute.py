@@ -17,7 +17,7 @@ from unity_legion.operators.base import OperatorError
 from unity_legion.operators.permute import Identity as IdentityOp
 from unity_legion.operators.permute import Permute as PermuteOp
 from unity_legion.operators.softmax import Softmax as SoftmaxOp
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 
 def _split(degree: int) -> Any:

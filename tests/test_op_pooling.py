@@ -14,7 +14,7 @@ from unity_legion import keras
 from unity_legion.operators.base import OperatorError
 from unity_legion.operators.pooling import GlobalAvgPool2D, Pool2D
 from unity_legion.operators.spatial import out_size_and_pads
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 def torch_pool(x: torch.Tensor, mode: str, pool, strides, padding: str,

@@ -15,7 +15,7 @@ from unity_legion import keras
 from unity_legion.keras.layers import Dense, Flatten, Input, Reshape, Split
 from unity_legion.operators.base import OperatorError
 from unity_legion.operators.split import Split as SplitOp
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 def _torch_split(sizes: list[int], axis: int):

@@ -19,7 +19,8 @@ from unity_legion.executor.executor import GraphExecutor, Objective
 from unity_legion.operators import optimizers as O
 from unity_legion.operators.linear import Linear
 from unity_legion.operators.losses import SparseCategoricalCrossentropy
-from unity_legion.pcg import ComputationGraph, TensorShape
+from unity_legion.pcg import ComputationGraph
+from unity_legion.types import TensorShape
 
 
 class KerasRef:

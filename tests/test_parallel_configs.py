@@ -40,7 +40,7 @@ from unity_legion.operators.reshape import Flatten, Reshape
 from unity_legion.operators.softmax import Softmax
 from unity_legion.operators.split import Split
 from unity_legion.pcg.graph import ComputationGraph
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 RNG = np.random.default_rng(0)
 B = 5  # an odd batch: 2, 3 and 4 pieces of it are uneven
@@ -269,7 +269,7 @@ def test_spatial_split_replicates_the_input_in_the_pcg() -> None:
     """Under a height split the PCG describes the conv's input as read whole by every point (a
     Replicate), though the executor hands each point only its window (test_spatial_halo)."""
     from unity_legion.pcg.pcg import node_shapes
-    from unity_legion.strategy.config import OpConfig
+    from unity_legion.types import OpConfig
 
     s = TensorShape((2, 7, 5, 3))
     ns = node_shapes(Conv2D(4, 3, padding="same"), [s], OpConfig.of({"height": 2}))
@@ -343,12 +343,11 @@ from legate.core import get_legate_runtime
 from parallel_check import check_configs
 from test_parallel_configs import CASES
 from unity_legion.executor.executor import GraphExecutor, Objective
-from unity_legion.mappers.machine_view import MachineView
 from unity_legion.operators.linear import Linear
 from unity_legion.operators.losses import MeanSquaredError
 from unity_legion.operators.optimizers import AdamRule, SGDRule
-from unity_legion.pcg import ComputationGraph, TensorShape
-from unity_legion.strategy.config import OpConfig
+from unity_legion.pcg import ComputationGraph
+from unity_legion.types import MachineView, OpConfig, TensorShape
 
 rt = get_legate_runtime()
 assert rt.node_count == 2, rt.node_count

@@ -10,8 +10,7 @@ from unity_legion.operators.linear import Linear
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.parallel_ops import Combine, FusedParallelOp, Partition, Reduce, Replicate
 from unity_legion.pcg.pcg import PCGError, data_parallel_config, lift, node_shapes
-from unity_legion.pcg.tensor import TensorShape
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import OpConfig, TensorShape
 
 
 def mlp() -> tuple[ComputationGraph, list[int]]:

@@ -8,8 +8,7 @@ import pytest
 
 from unity_legion.pcg.parallel_ops import (Combine, FusedParallelOp, Partition, Reduce, Replicate,
                                            conversion)
-from unity_legion.pcg.parallel_tensor import ParallelShapeError, ParallelTensorShape
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import ParallelShapeError, ParallelTensorShape, TensorShape
 
 X = TensorShape((12, 10))  # 480 bytes in float32
 

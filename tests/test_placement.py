@@ -11,13 +11,13 @@ from legate.core import types as ty
 from legate.core.task import OutputStore, task
 
 import unity_legion.executor.executor as exmod
+import unity_legion.executor.fusion as fusion_mod
 from unity_legion.executor.executor import GraphExecutor
-from unity_legion.mappers.machine_view import MachineView
 from unity_legion.mappers.placement import placed
 from unity_legion.operators.linear import Linear
-from unity_legion.pcg import ComputationGraph, TensorShape
+from unity_legion.pcg import ComputationGraph
 from unity_legion.runtime import machine_info
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import MachineView, OpConfig, TensorShape
 
 _SEEN: list[str] = []
 
@@ -64,6 +64,7 @@ def test_an_operator_planned_on_processor_1_launches_only_there(monkeypatch) -> 
     for key, spec in ex.weight_specs():
         ex.set_weight(key, rng.standard_normal(spec.shape.dims).astype(np.float32))
     monkeypatch.setattr(exmod, "placed", spy)
+    monkeypatch.setattr(fusion_mod, "placed", spy)   # fused groups are placed there
     ex.predict_step({x: rng.standard_normal((6, 4)).astype(np.float32)})
     # forward: "first" data-parallel over both processors, "second" alone on processor 1
     assert views == [(0, 2), (1, 2)]
@@ -88,27 +89,17 @@ def _record_updates(monkeypatch) -> list[tuple[str, dict, dict, tuple[int, int]]
     """Spy on the executor's launches: (kernel, split per store, degrees, processor span) of
     every optimizer update."""
     records: list[tuple[str, dict, dict, tuple[int, int]]] = []
-    where: list[tuple[int, int]] = []
-    real_placed, real_submit = exmod.placed, exmod.submit
+    real_issue = exmod.GraphExecutor._issue
 
-    @contextlib.contextmanager
-    def spy_placed(view):
-        where.append(view.span())
-        try:
-            with real_placed(view):
-                yield
-        finally:
-            where.pop()
-
-    def spy_submit(rt, launch, stores, degrees, *rest):
+    def spy_issue(self, launch, stores, degrees, reduced, where, *rest):
         if launch.kernel.name.startswith("optimizers."):
             records.append((launch.kernel.name,
                             {n: a.split for n, a in launch.args.items()},
-                            {a: d for a, d in degrees.items() if d > 1}, where[-1]))
-        return real_submit(rt, launch, stores, degrees, *rest)
+                            {a: d for a, d in degrees.items() if d > 1}, where.span(),
+                            tuple(stores[launch.args["param"].ref].shape)))
+        return real_issue(self, launch, stores, degrees, reduced, where, *rest)
 
-    monkeypatch.setattr(exmod, "placed", spy_placed)
-    monkeypatch.setattr(exmod, "submit", spy_submit)
+    monkeypatch.setattr(exmod.GraphExecutor, "_issue", spy_issue)
     return records
 
 
@@ -147,16 +138,18 @@ def test_optimizer_state_is_partitioned_like_its_weight(monkeypatch, rule_name: 
     assert res.applied
     slots = {"adam": ("m", "v"), "momentum": ("velocity",)}[rule_name]
     stores = ("param", "grad") + slots
-    kernel_split, bias_split, second_split = (r[1] for r in records)
+    # updates go grouped by layout (so they fuse), not in weight order: find each by its shape
+    by_shape = {r[4]: r for r in records}
+    assert len(by_shape) == len(records) == 3
     # first/kernel (5, 4): columns split 2 ways, as the forward's "out" splits it, on [0:2]
-    assert kernel_split == {s: (None, "w1") for s in stores}
-    assert records[0][2:] == ({"w1": 2}, (0, 2))
+    assert by_shape[(5, 4)][1] == {s: (None, "w1") for s in stores}
+    assert by_shape[(5, 4)][2:4] == ({"w1": 2}, (0, 2))
     # first/bias (4,): split 2 ways on [0:2]
-    assert bias_split == {s: ("w0",) for s in stores}
-    assert records[1][2:] == ({"w0": 2}, (0, 2))
+    assert by_shape[(4,)][1] == {s: ("w0",) for s in stores}
+    assert by_shape[(4,)][2:4] == ({"w0": 2}, (0, 2))
     # second/kernel (4, 3), whole on processor 1: rows, one point, there
-    assert second_split == {s: (ROWS, None) for s in stores}
-    assert records[2][2:] == ({}, (1, 2))
+    assert by_shape[(4, 3)][1] == {s: (ROWS, None) for s in stores}
+    assert by_shape[(4, 3)][2:4] == ({}, (1, 2))
     # the layout the executor reports is the one it launched
     assert ex.update_layout((0, "kernel"), 6)[:2] == ((None, "w1"), {"w1": 2})
 
@@ -175,9 +168,9 @@ def test_data_parallel_weights_keep_the_rows_split_over_the_view(monkeypatch) ->
                   [rng.standard_normal((6, 3)).astype(np.float32)],
                   Objective((MeanSquaredError(),), ((),)), SGDRule(momentum=0.5), 0.1, 1)
     # replicated kernel and bias: rows over the view; the second kernel is split by rows ("in")
-    assert [(r[1]["param"], r[2], r[3]) for r in records] == [
-        ((ROWS, None), {ROWS: 2}, (0, 2)), ((ROWS,), {ROWS: 2}, (0, 2)),
-        (("w0", None), {"w0": 2}, (0, 2))]
+    assert sorted((r[4], r[1]["param"], r[2], r[3]) for r in records) == sorted([
+        ((5, 4), (ROWS, None), {ROWS: 2}, (0, 2)), ((4,), (ROWS,), {ROWS: 2}, (0, 2)),
+        ((4, 3), ("w0", None), {"w0": 2}, (0, 2))])
 
 
 def test_the_simulator_prices_the_update_layout_the_executor_runs() -> None:
@@ -221,10 +214,9 @@ import unity_legion.operators.conv2d as conv_mod
 from op_check import randn, run_op
 from parallel_check import compare
 from unity_legion.executor.executor import GraphExecutor
-from unity_legion.mappers.machine_view import MachineView
 from unity_legion.mappers.placement import placed
 from unity_legion.operators.conv2d import Conv2D
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import MachineView, OpConfig
 
 rt = get_legate_runtime()
 THREADS = []

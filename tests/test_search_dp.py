@@ -17,13 +17,13 @@ from unity_legion.operators.elementwise import Add
 from unity_legion.operators.embedding import Embedding
 from unity_legion.operators.linear import Linear
 from unity_legion.pcg.graph import ComputationGraph
-from unity_legion.pcg.tensor import DataType, TensorShape
 from unity_legion.search import (Parallel, Series, best_mapping, brute_force_mapping,
                                  candidate_configs, plan_cost)
 from unity_legion.search.cache import MappingCache
 from unity_legion.search.decompose import GraphIndex
 from unity_legion.search.dp import setup
 from unity_legion.strategy.builtin import data_parallel
+from unity_legion.types import DataType, TensorShape
 
 FOUR = preset("dgx-h100", 1, 4)          # one node of 4 GPUs
 TWO_BY_TWO = preset("dgx-h100", 2, 2)    # 2 nodes x 2 GPUs: node and device splits

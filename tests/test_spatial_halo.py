@@ -25,7 +25,7 @@ from unity_legion.operators.base import ceil_div, origin_of
 from unity_legion.operators.conv2d import Conv2D
 from unity_legion.operators.pooling import Pool2D
 from unity_legion.operators.spatial import Reach, Windowed, out_size_and_pads
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 RNG = np.random.default_rng(11)
 

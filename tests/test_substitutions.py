@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,12 @@ from unity_legion.operators.permute import Identity, Permute
 from unity_legion.operators.reshape import Flatten, Reshape
 from unity_legion.operators.split import Split
 from unity_legion.pcg.graph import ComputationGraph
-from unity_legion.pcg.tensor import DataType, TensorShape
 from unity_legion.substitutions import (AppliedRule, Copy, In, New, OpPattern, OpTemplate, Out,
                                         Rule, SubstitutionError, TasoFormatError, WeightSource,
                                         all_matches, apply, builtin_rules, families, find_matches, load_rules,
                                         replay)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from torch_twin import REGISTRY, _RESHAPES  # noqa: E402  (the PyTorch twin's operator table)
+from unity_legion.testing.torch_twin import run_node
+from unity_legion.types import DataType, TensorShape
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "unity_legion/substitutions/data/example_rules.json"
 RULES = {r.name: r for r in builtin_rules()}
@@ -46,15 +43,8 @@ def run_graph(g: ComputationGraph, feeds: dict[int, np.ndarray],
     shapes = g.bind_batch(BATCH)
     env = {t: torch.tensor(v) for t, v in feeds.items()}
     for n in g.nodes:
-        xs = [env[t] for t in n.inputs]
-        if n.op.op_type in _RESHAPES:
-            x = xs[0]
-            if getattr(n.op, "channels_first", False) and x.dim() > 2:
-                x = x.movedim(1, -1)
-            outs = [x.reshape(shapes[n.outputs[0]].dims)]
-        else:
-            w = {ws.name: torch.tensor(weights[(n.name, ws.name)]) for ws in n.weights}
-            outs = REGISTRY[n.op.op_type](n.op, xs, w, False, [shapes[t] for t in n.inputs])
+        w = {ws.name: torch.tensor(weights[(n.name, ws.name)]) for ws in n.weights}
+        outs = run_node(n.op, [env[t] for t in n.inputs], w, False, [shapes[t] for t in n.inputs])
         env.update(zip(n.outputs, outs))
     return {t: v.detach().numpy() for t, v in env.items()}
 

@@ -137,19 +137,19 @@ def _graph_of(term, shapes, rng, fn="relu"):
     from unity_legion.operators.elementwise import Add, Multiply
     from unity_legion.operators.linear import Linear
     from unity_legion.pcg.graph import ComputationGraph
-    from unity_legion.pcg.tensor import DataType, TensorShape
     from unity_legion.substitutions.generator.terms import size
 
     from unity_legion.operators.conv2d import Conv2D
     from unity_legion.substitutions.generator.lift import HW, KERNEL, KHW, roles, uses_conv
+    from unity_legion.types import DataType, TensorShape
 
     g = ComputationGraph()
     # a conv rule's images are (batch, H, W, channels), its kernels (kh, kw, in, out)
     role = roles(term) if uses_conv(term) else {}
     vals = {v: rng.standard_normal(
-        (size(s[0]), size(s[1])) if v not in role else
-        (*KHW, size(s[0]), size(s[1])) if role[v] == KERNEL else
-        (size(s[0]), *HW, size(s[1]))) for v, s in shapes.items()}
+        (size(s.d0), size(s.d1)) if v not in role else
+        (*KHW, size(s.d0), size(s.d1)) if role[v] == KERNEL else
+        (size(s.d0), *HW, size(s.d1))) for v, s in shapes.items()}
     feeds, weights, env = {}, {}, {}
 
     def build(t):
@@ -162,13 +162,13 @@ def _graph_of(term, shapes, rng, fn="relu"):
             return env[t]
         if t[0] in ("conv", "convact"):
             assert isinstance(t[2], str)
-            op = Conv2D(size(shapes[t[2]][1]), KHW, padding="same", use_bias=False,
+            op = Conv2D(size(shapes[t[2]].d1), KHW, padding="same", use_bias=False,
                         activation=fn if t[0] == "convact" else "linear")
             ins = [build(t[1])]
             weights[(f"n{len(g.nodes)}", "kernel")] = vals[t[2]]
         elif t[0] in ("matmul", "linact"):
             assert isinstance(t[2], str)
-            op = Linear(size(shapes[t[2]][1]), use_bias=False,
+            op = Linear(size(shapes[t[2]].d1), use_bias=False,
                         activation=fn if t[0] == "linact" else "linear")
             ins = [build(t[1])]
             weights[(f"n{len(g.nodes)}", "kernel")] = vals[t[2]]
@@ -186,15 +186,14 @@ def _graph_of(term, shapes, rng, fn="relu"):
 
 def _run(g, feeds, weights, batch):
     import torch
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from torch_twin import REGISTRY
+
+    from unity_legion.testing.torch_twin import run_node
     shapes = g.bind_batch(batch)
     env = {t: torch.tensor(v) for t, v in feeds.items()}
     for n in g.nodes:
         xs = [env[t] for t in n.inputs]
         w = {ws.name: torch.tensor(weights[(n.name, ws.name)]) for ws in n.weights}
-        env.update(zip(n.outputs, REGISTRY[n.op.op_type](n.op, xs, w, False,
-                                                          [shapes[t] for t in n.inputs])))
+        env.update(zip(n.outputs, run_node(n.op, xs, w, False, [shapes[t] for t in n.inputs])))
     return {t: v.detach().numpy() for t, v in env.items()}
 
 
@@ -255,13 +254,13 @@ def test_generalised_shapes_let_a_rule_match_a_concat_of_different_widths():
     from unity_legion.operators.activation import Activation
     from unity_legion.operators.concat import Concat
     from unity_legion.pcg.graph import ComputationGraph
-    from unity_legion.pcg.tensor import DataType, TensorShape
     from unity_legion.substitutions import find_matches
     from unity_legion.substitutions.generator.generate import generalise
+    from unity_legion.types import DataType, TensorShape
 
     lhs, rhs = parse("concat1(act(v), act(w))")[0], parse("act(concat1(v, w))")[0]
     general = dict(generalise(lhs, rhs, (("v", MP), ("w", MP)), by_name()))
-    assert general["v"][1] != general["w"][1] and general["v"][0] == general["w"][0]
+    assert general["v"].d1 != general["w"].d1 and general["v"].d0 == general["w"].d0
     shipped = {r.text(): dict(r.shapes) for r in load_generated(OURS_FILE)}
     assert shipped["concat1(act(v), act(w)) = act(concat1(v, w))"] == general
 
@@ -292,8 +291,8 @@ def test_generated_unfuse_matches_a_linear_with_any_fused_activation(fn):
 
     from unity_legion.operators.linear import Linear
     from unity_legion.pcg.graph import ComputationGraph
-    from unity_legion.pcg.tensor import DataType, TensorShape
     from unity_legion.substitutions import find_matches
+    from unity_legion.types import DataType, TensorShape
 
     rng = np.random.default_rng(4)
     g = ComputationGraph()
@@ -371,7 +370,7 @@ def test_generated_conv_rules_are_found_proven_and_cross_checked_on_4d_tensors(p
         assert _prove(prover, text, dict(r.shapes)) == "proven"
         assert cross_check(r.lhs, r.rhs, dict(r.shapes), by_name()) is None
     # the merged kernels are of their own widths (Inception's branches differ)
-    assert dict(shipped[MERGE].shapes)["v"][1] != dict(shipped[MERGE].shapes)["w"][1]
+    assert dict(shipped[MERGE].shapes)["v"].d1 != dict(shipped[MERGE].shapes)["w"].d1
     table = by_name()
     false = [("conv(x, concat1(v, w)) = concat1(conv(x, w), conv(x, v))",
               {"x": IMG, "v": KER, "w": KER}),                 # kernels swapped
@@ -392,7 +391,7 @@ def _conv_graph(geometry, filters=(4, 5), use_bias=True, shared=True):
     from unity_legion.operators.conv2d import Conv2D
     from unity_legion.operators.elementwise import Add
     from unity_legion.pcg.graph import ComputationGraph
-    from unity_legion.pcg.tensor import DataType, TensorShape
+    from unity_legion.types import DataType, TensorShape
 
     rng = np.random.default_rng(5)
     g = ComputationGraph()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from unity_legion import keras
-from unity_legion.strategy import OpConfig, Strategy, StrategyError
+from unity_legion.strategy import Strategy, StrategyError
 from unity_legion.substitutions import AppliedRule
+from unity_legion.types import OpConfig
 
 L = keras.layers
 STEPS = 5

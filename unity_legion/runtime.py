@@ -5,9 +5,11 @@ Importing this module does not start anything; `runtime()` does, the first time 
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -119,12 +121,44 @@ def runtime() -> Any:
     rt = get_legate_runtime()
     global _started
     _started = True
+    _collect_on_this_thread_only()
     # Realm takes SIGINT at start-up; give Ctrl-C back to Python so training stops cleanly.
     if previous in (signal.default_int_handler, signal.SIG_DFL, None):
         signal.signal(signal.SIGINT, signal.default_int_handler)
     else:
         signal.signal(signal.SIGINT, previous)
     return rt
+
+
+def _collect_on_this_thread_only() -> None:
+    """Turn off Python's automatic cyclic garbage collection: `collect_garbage` runs it on
+    the thread that started Legate instead.
+
+    Why: an automatic collection runs in whichever thread allocates when a threshold is
+    crossed, and Legate's processor threads run Python tasks (our kernels, and Legate's own
+    wrapper code around them, which allocates). A collection there may free an unreachable
+    Legate store made by the main thread, and freeing a store inside a leaf task makes Legion
+    abort the process ("Illegal discard operation call performed in leaf task", seen with
+    `--cpus 4` and models trained one after another). Turning collection off only inside
+    kernel bodies, as before, left the wrapper's allocations open to it."""
+    global _gc_thread
+    gc.disable()
+    _gc_thread = threading.get_ident()
+
+
+_gc_thread: int | None = None
+
+
+def collect_garbage() -> None:
+    """Run the cyclic collection that is due, as Python's thresholds would have, on the
+    thread that started Legate (a no-op on another thread). The executor calls it between
+    steps."""
+    if _gc_thread != threading.get_ident():
+        return
+    c0, c1, c2 = gc.get_count()
+    t0, t1, t2 = gc.get_threshold()
+    if t0 and c0 > t0:
+        gc.collect(2 if c2 > t2 else 1 if c1 > t1 else 0)
 
 
 @cache
@@ -136,3 +170,44 @@ def machine_info() -> MachineInfo:
     gpus = m.count(TaskTarget.GPU) if TaskTarget.GPU in m.valid_targets else 0
     cpus = m.count(TaskTarget.CPU) if TaskTarget.CPU in m.valid_targets else 0
     return MachineInfo(ranks=rt.node_count, rank=rt.node_id, cpus=cpus, gpus=gpus)
+
+
+# ------------------------------------------------------------------------------------------------
+# The job's ranks (MPI): what the profiling code agrees on between ranks. Nothing here starts
+# Legate: before it has started the job is one rank.
+# ------------------------------------------------------------------------------------------------
+
+def job_ranks() -> int:
+    """Ranks of the running Legate job; 1 when legate has not started (nothing is started
+    here)."""
+    if "legate.core" not in sys.modules:
+        return 1
+    return machine_info().ranks
+
+
+def job_gpus() -> int:
+    """GPUs of the running Legate job; 0 when legate has not started (nothing is started here)."""
+    if "legate.core" not in sys.modules:
+        return 0
+    return machine_info().gpus
+
+
+def rank_comm() -> Any:
+    """MPI's world communicator when the job has several ranks (mpi4py, imported after legate,
+    as it must be), else None."""
+    if job_ranks() <= 1:
+        return None
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def bcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (itself on a one-rank job)."""
+    comm = rank_comm()
+    return obj if comm is None else comm.bcast(obj, root=0)
+
+
+def is_rank0() -> bool:
+    comm = rank_comm()
+    return comm is None or comm.Get_rank() == 0

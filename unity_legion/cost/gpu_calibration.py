@@ -20,6 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from unity_legion.operators.registry import by_op_type
+
 # Peak figures of the GPU the shipped measurements come from (NVIDIA H200 SXM data sheet:
 # 67 TFLOP/s fp32 without tensor cores, 4.8 TB/s HBM3e).
 H200_FP32_PEAK = 67e12
@@ -77,6 +79,13 @@ def _grid(lo: float, hi: float, n: int) -> list[float]:
     return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
 
 
+def family_of(op_type: str) -> str:
+    """The cost family a measured op type belongs to (its operator says; an op type no operator
+    has is a family of its own)."""
+    cls = by_op_type().get(op_type)
+    return cls.cost_family if cls is not None else op_type
+
+
 def fit(records: Sequence[Record], peak_flops: float = H200_FP32_PEAK,
         bandwidth: float = H200_BANDWIDTH) -> Calibration:
     """Per family, the (compute, memory) fractions minimising the median |log error| of the
@@ -85,7 +94,7 @@ def fit(records: Sequence[Record], peak_flops: float = H200_FP32_PEAK,
         raise ValueError("no measurements to fit")
     families: dict[str, list[Record]] = {}
     for r in records:
-        families.setdefault(r.op_type, []).append(r)
+        families.setdefault(family_of(r.op_type), []).append(r)
     fractions = np.asarray(_grid(0.002, 1.0, 40))
     # a bandwidth fraction below 5% is never physical; a family whose cases are all
     # compute-bound would otherwise get any small value the data cannot rule out

@@ -16,8 +16,8 @@ Presets and where their figures come from (vendor data sheets; dense, no sparsit
   sheet), NVLink 4 through NVSwitch (900 GB/s per GPU, 450 each way), one 400 Gbit/s NDR NIC per
   GPU (DGX H100 user guide).
 - "local": this machine's CPU processors as devices, with figures measured by
-  `unity_legion.cost.calibrate` (see there); the default figures below are those measured on the
-  2-core development machine and are replaced by a measurement when one is cached.
+  `unity_legion.profiling.calibrate` (see there); the default figures below are those measured on
+  the 2-core development machine and are replaced by a measurement when one is cached.
 Latencies are effective per-message costs of a collective library, not wire latencies: 5 us
 inside a node, 10 us between nodes (typical NCCL small-message figures).
 
@@ -232,7 +232,9 @@ A100 = DeviceSpec("gpu", "A100-SXM4-80GB", 19.5 * TFLOPS, 312 * TFLOPS, 2039 * G
 # data/gpu_h200_fp32.json). The H100 shares the H200's SMs and clocks; only its memory is slower,
 # and these are fractions of each card's own peaks. Memory-bound families' compute fractions only
 # keep their (tiny) flops from deciding; the floor of 30 us per kernel includes the framework's
-# dispatch, as a Legate GPU task's start-up would.
+# dispatch, as a Legate GPU task's start-up would. Keys are cost families, as the operators name
+# them (`Operator.cost_family`; tests/test_cost.py checks every key is one): measured data, so
+# written out here rather than derived.
 HOPPER_EFFICIENCY = {"conv2d": 0.279, "linear": 0.529, "multi_head_attention": 0.529,
                      "batch_matmul": 0.529}
 HOPPER_MEMORY_EFFICIENCY = {
@@ -272,7 +274,8 @@ PRESETS: dict[str, MachineModel] = {
                              "through NVSwitch, one 400 Gbit/s NIC per GPU); kernel efficiencies "
                              "measured on an H200"),
     "local": MachineModel("local", 1, 2, LOCAL_CPU, LinkSpec(3 * GB, 7e-5), LinkSpec(1 * GB, 1e-4),
-                          "measured on this machine (unity_legion.cost.calibrate)", LOCAL_RUNTIME),
+                          "measured on this machine (unity_legion.profiling.calibrate)",
+                          LOCAL_RUNTIME),
 }
 
 

@@ -6,10 +6,11 @@ splits the work: samples, output or input features, heads); the bytes a point to
 pieces of inputs, outputs and weights (from the PCG's parallel shapes, so a replicated input
 counts whole). time = max(flops / (peak x efficiency), bytes / bandwidth) + launches x overhead.
 
-Efficiency factors per operator family (the fraction of peak a well-tuned kernel reaches) are
-documented in EFFICIENCY below and can be calibrated from measurements (cost/calibrate.py). The
-backward pass costs BACKWARD_RATIO times the forward (2 for operators with weights: one product
-for the input gradient, one for the weights; 1 for the rest).
+Efficiency factors per operator family (`Operator.cost_family`: the fraction of peak a
+well-tuned kernel reaches) default to the operators' own `flops_efficiency` (EFFICIENCY below
+collects them) and can be calibrated from measurements (profiling/calibrate.py). The backward pass
+costs the operator's `backward_ratio` times the forward (by default 2 for operators with
+weights: one product for the input gradient, one for the weights; 1 for the rest).
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from typing import Mapping, Protocol, Sequence
 
 from unity_legion.cost.machine import DeviceSpec
 from unity_legion.operators.base import Operator
+from unity_legion.operators.registry import OPERATORS
 from unity_legion.pcg.pcg import NodeShapes, node_shapes
-from unity_legion.pcg.tensor import TensorShape
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import OpConfig, TensorShape
 
-# Fraction of peak FLOP/s reached, per op_type (dense matrix work is compute-bound and efficient;
-# the rest is memory-bound, where the bandwidth term decides). Defaults, before calibration.
-EFFICIENCY: dict[str, float] = {
-    "linear": 0.7, "conv2d": 0.5, "batch_matmul": 0.6, "multi_head_attention": 0.5,
-}
+# Fraction of peak FLOP/s reached, per cost family, before calibration: what the operators of
+# the family state (dense matrix work is compute-bound and efficient); the rest is memory-bound,
+# where the bandwidth term decides, and takes DEFAULT_EFFICIENCY.
+EFFICIENCY: dict[str, float] = {cls.cost_family: cls.flops_efficiency for cls in OPERATORS
+                                if cls.flops_efficiency is not None}
 DEFAULT_EFFICIENCY = 0.3
 MEMORY_EFFICIENCY = 0.7      # fraction of peak bandwidth streaming kernels reach
 
@@ -78,16 +79,16 @@ class AnalyticCost:
     memory_efficiency: float = MEMORY_EFFICIENCY
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def factor(self, op_type: str, device: DeviceSpec | None = None) -> float:
-        """Fraction of peak FLOP/s: this model's override, else the device's calibration, else
-        the family default."""
-        if op_type in self.efficiency:
-            return self.efficiency[op_type]
+    def factor(self, family: str, device: DeviceSpec | None = None) -> float:
+        """Fraction of peak FLOP/s of a cost family: this model's override, else the device's
+        calibration, else the family default."""
+        if family in self.efficiency:
+            return self.efficiency[family]
         fitted = dict(device.efficiency) if device is not None else {}
-        return fitted.get(op_type, EFFICIENCY.get(op_type, DEFAULT_EFFICIENCY))
+        return fitted.get(family, EFFICIENCY.get(family, DEFAULT_EFFICIENCY))
 
-    def memory_factor(self, op_type: str, device: DeviceSpec) -> float:
-        return dict(device.memory_efficiency).get(op_type, self.memory_efficiency)
+    def memory_factor(self, family: str, device: DeviceSpec) -> float:
+        return dict(device.memory_efficiency).get(family, self.memory_efficiency)
 
     def op_cost(self, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
                 device: DeviceSpec, needs_input_grad: Sequence[bool] | None = None) -> OpCost:
@@ -107,20 +108,17 @@ class AnalyticCost:
         nbytes = piece_bytes(shapes)
         fwd_launches = len(op.forward(list(inputs), training=True))
         bwd_launches = len(op.backward(list(inputs), list(needs)))
-        compute = flops / (device.flops_fp32 * self.factor(op.op_type, device))
-        memory = nbytes / (device.mem_bandwidth * self.memory_factor(op.op_type, device))
+        compute = flops / (device.flops_fp32 * self.factor(op.cost_family, device))
+        memory = nbytes / (device.mem_bandwidth * self.memory_factor(op.cost_family, device))
         fwd = max(compute, memory)
         weighted = bool(op.weights(list(inputs)))
-        ratio = dict(device.backward_ratio).get(
-            op.op_type, BACKWARD_RATIO.get(op.op_type, 2.0 if weighted else 1.0))
+        own = op.backward_ratio if op.backward_ratio is not None else (2.0 if weighted else 1.0)
+        ratio = dict(device.backward_ratio).get(op.cost_family, own)
         if weighted and not any(needs):  # weight gradients only: one product of two
             ratio /= 2
         return OpCost(fwd + fwd_launches * device.launch_overhead,
                       ratio * fwd + bwd_launches * device.launch_overhead,
                       fwd_launches, bwd_launches)
-
-
-BACKWARD_RATIO: dict[str, float] = {"multi_head_attention": 2.0, "batch_matmul": 2.0}
 
 
 def priced(model: CostModel, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,

@@ -19,15 +19,16 @@ A step is simulated as the executor (`GraphExecutor.train_step`) runs it:
    the pieces), otherwise split by rows over the operator's devices (`update_points`);
    then the operators' state updates (batch-norm statistics).
 
+7. the executor waits for all of the step's work before it returns (`GraphExecutor._drain`).
+
 Launches are issued one after another by one host thread (`RuntimeSpec.issue` each, or the
 operator's measured issuing time), then analysed and mapped one after another by the runtime's
 own thread (Legion's utility processor: `RuntimeSpec.analysis` each, or the measured time): a
 launch's tasks start when it is analysed, their inputs are ready and their devices are free.
 Tasks are scheduled onto per-device compute timelines and per-device network timelines, so
 communication overlaps computation wherever the dependencies allow. Two steps are simulated back
-to back (the second step's forward waits for the first step's updates of its weights, its
-issuing overlaps the first step's backward); the step time is the period between their loss
-reads, which is what a loop of train_on_batch calls measures.
+to back; the step time is the period between their final waits, which is what a loop of
+train_on_batch calls measures.
 
 Where the host thread, the processors and the runtime's threads share the machine's cores
 (`RuntimeSpec.cores` > 0: a CPU machine, costs in seconds of one thread alone), they are
@@ -54,10 +55,8 @@ from unity_legion.cost.op_cost import AnalyticCost, CostModel, OpCost, priced
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.parallel_ops import (FusedParallelOp, ParallelOp, Partition, Reduce,
                                            Replicate, conversion)
-from unity_legion.pcg.parallel_tensor import (ParallelShapeError, ParallelTensorShape,
-                                             effective_degree)
 from unity_legion.pcg.pcg import PCG, PNode, lift
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import OpConfig, ParallelShapeError, ParallelTensorShape, effective_degree
 
 
 @dataclass
@@ -79,6 +78,9 @@ class SimResult:
     runtime: float = 0.0                       # seconds of the runtime's analysis thread
     span: float = 0.0                          # the period the timelines alone give
     work: float = 0.0                          # host + device + copy seconds per step
+    # with Simulator.trace: the last step's tasks, (device (-1: the host's issuing), start,
+    # end, operator, phase) in seconds of the simulated timelines (the profiler draws them)
+    tasks: list[tuple[int, float, float, str, str]] = field(default_factory=list)
 
     @property
     def peak_memory(self) -> float:
@@ -96,7 +98,10 @@ class SimulationError(ValueError):
 class Simulator:
     """optimizer_slots: slots per weight the update touches (SGD 0, SGD with momentum 1, Adam 2);
     metrics: metric launches per model output (compile(metrics=...)); steps: simulated back to
-    back (2: the steady-state period; 1: a single step from idle devices)."""
+    back (2: the steady-state period; 1: a single step from idle devices); trace: keep the
+    last step's tasks (SimResult.tasks)."""
+
+    trace = False
 
     def __init__(self, machine: MachineModel, cost: CostModel | None = None,
                  optimizer_slots: int = 2, metrics: int = 0, steps: int = 2) -> None:
@@ -125,6 +130,7 @@ class Simulator:
         state = _State(n)
         cores = m.runtime.cores
         state.record = cores > 0
+        state.tasks = [] if self.trace else None
         syncs: list[float] = []
         for _ in range(self.steps):
             state.new_step()
@@ -139,7 +145,8 @@ class Simulator:
         if cores > 0:
             step = max(_time_sliced(state.intervals, lo, hi, cores), work / cores)
         return SimResult(step, self._memory(graph, pcg), state.breakdown, state.busy,
-                         state.launches, state.host_busy, state.util_busy, span, work)
+                         state.launches, state.host_busy, state.util_busy, span, work,
+                         state.tasks or [])
 
     # ------------------------------------------------------------------ public pieces
     # The search's decomposed cost tables (unity_legion.search.mapping_cost) price transfers,
@@ -270,8 +277,11 @@ class _State:
         self.breakdown: dict[str, OpBreakdown] = {}
         self.record = False         # keep busy intervals (machines whose threads share cores)
         self.intervals: list[tuple[float, float]] = []
+        self.tasks: list[tuple[int, float, float, str, str]] | None = None   # Simulator.trace
 
     def new_step(self) -> None:
+        if self.tasks is not None:
+            self.tasks = []
         self.busy = [0.0] * len(self.busy)
         self.breakdown = {}
         self.host_busy = 0.0
@@ -419,12 +429,17 @@ class _Plan:
 
     # ------------------------------------------------------------------ one step
     def run_step(self, s: _State) -> float:
-        """Simulate one step onto the timelines of `s`; returns when the loss read returns."""
+        """Simulate one step onto the timelines of `s`; returns when its final wait returns."""
         sim, pcg = self.sim, self.pcg
         rt = sim.machine.runtime
         issue = rt.issue
 
         record = s.intervals.append if s.record else None
+        tasks = s.tasks
+
+        def trace(devs: Sequence[int], start: float, end: float, name: str, phase: str) -> None:
+            if tasks is not None and end > start:
+                tasks.extend((d, start, end, name, phase) for d in devs)
 
         def host(launches: int, seconds: float | None = None, runtime: float | None = None
                  ) -> tuple[float, float]:
@@ -434,6 +449,7 @@ class _Plan:
             n = max(launches, 1)
             total = launches * issue if seconds is None else seconds
             first = s.host + total / n
+            trace([-1], s.host, s.host + total, "", "host")
             if record and total > 0:
                 record((s.host, s.host + total))
             s.host += total
@@ -495,6 +511,7 @@ class _Plan:
                     s.busy[d] += dur
                     if record:
                         record((end - dur, end))
+                trace(item.devs, end - dur, end, node.name, "forward")
                 br = s.breakdown.setdefault(node.name, OpBreakdown(start=begin))
                 br.compute += dur
             for t in node.outputs:
@@ -510,13 +527,13 @@ class _Plan:
             launches = 1 + self.sim.metrics
             first, _ = host(launches)
             end = run(self.all_devs, max(t0, first), loss * launches, s.compute_free)
+            trace(self.all_devs, end - loss * launches, end, "(loss and metrics)", "loss")
             for d in self.all_devs:
                 s.busy[d] += loss * launches
             grad_ready[produced] = end + comm
             losses_end = max(losses_end, end)
         s.host = max(s.host, losses_end) + rt.sync
         s.host_busy += rt.sync
-        synced = s.host
         # backward, in reverse; gradients flow from consumers to producers
         updates: list[tuple[_Node, float]] = []
         for item in reversed(self.nodes):
@@ -542,11 +559,13 @@ class _Plan:
                     s.busy[d] += c.backward
                     if record:
                         record((end - c.backward, end))
+                trace(item.devs, end - c.backward, end, node.name, "backward")
                 br = s.breakdown[node.name]
                 br.compute += c.backward
                 if item.accumulates:
                     acc = item.acc_time
                     end = run(self.all_devs, end, acc, s.compute_free)
+                    trace(self.all_devs, end - acc, end, node.name, "backward")
                     for d in self.all_devs:
                         s.busy[d] += acc
                 br.end = max(br.end, end)
@@ -568,6 +587,7 @@ class _Plan:
                 upd = sim._update_time(ws, points) * -(-points // max(len(devs), 1))
                 first, _ = host(1)
                 upd_end = run(devs, max(sync_end, first), upd, s.compute_free)
+                trace(devs, upd_end - upd, upd_end, item.pnode.name, "update")
                 for d in devs:
                     s.busy[d] += upd
                 br.compute += upd
@@ -578,7 +598,11 @@ class _Plan:
                 first, _ = host(item.state_launches)
                 run(item.devs, first, sim.machine.device.launch_overhead * item.state_launches,
                     s.compute_free)
-        return synced
+        # the executor ends every step waiting for all of its work (GraphExecutor._drain):
+        # the next step's issuing starts after it
+        s.host = max(s.compute_free + s.net_free + [s.host]) + rt.sync
+        s.host_busy += rt.sync
+        return s.host
 
 
 def _time_sliced(intervals: Sequence[tuple[float, float]], lo: float, hi: float,

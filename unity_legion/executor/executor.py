@@ -13,16 +13,17 @@ makes Legate move the data: that is how the PCG's Partition, Combine, Replicate 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from legate.core import types as ty
 
-from unity_legion.executor.launcher import (box_points, effective_degree, in_kernel_order,
+from unity_legion.executor.fusion import FusionQueue
+from unity_legion.executor.launcher import (bind, box_points, effective_degree, in_kernel_order,
                                            launch_axes, launch_boxes, launch_grid,
                                            partitioned_reductions, reduced_outputs, submit)
-from unity_legion.mappers.machine_view import MachineView
 from unity_legion.mappers.placement import placed
 from unity_legion.operators.base import (SAMPLE, Launch, Ref, RefKind, Role, dx, dy, saved, w, x,
                                          y)
@@ -33,15 +34,16 @@ from unity_legion.operators.optimizers import (GRAD, PARAM, ROWS, UpdateRule, ro
                                                weight_axis)
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.pcg import node_shapes
-from unity_legion.pcg.tensor import DataType, TensorShape
-from unity_legion.runtime import machine_info, runtime
-from unity_legion.strategy.config import OpConfig
+from unity_legion.runtime import collect_garbage, machine_info, runtime
+from unity_legion.types import DataType, MachineView, OpConfig, TensorShape
 
 _LEGATE_TYPE = {DataType.FLOAT32: ty.float32, DataType.FLOAT64: ty.float64,
                 DataType.INT32: ty.int32, DataType.INT64: ty.int64, DataType.BOOL: ty.bool_}
 _DATA_TYPE = {v: k for k, v in _LEGATE_TYPE.items()}
 
 WeightKey = tuple[int, str]  # (node id, weight name)
+LOSS_LABEL = "(loss and metrics)"   # the profiler's name for the objective's launches
+
 
 
 @dataclass
@@ -114,8 +116,12 @@ class GraphExecutor:
         self._seed_rng = np.random.default_rng(seed + 7919)
         self._pool: dict[tuple[Any, ...], Any] = {}
         self._shape_cache: dict[int, dict[int, TensorShape]] = {}
-        self._keepalive: list[Any] = []   # buffers attached to this step's stores
-        self._buffers: list[Any] = []     # buffers attached to weight stores
+        # Stores attached to numpy buffers (read-only: see _store_from) with their buffers, and
+        # buffers copied into stores: dropped at the next call, when no task can use them (every
+        # public call ends with its work done: see _drain).
+        self._attached: list[tuple[np.ndarray, Any]] = []
+        self._uploads: list[Any] = []
+        self._uploads_kept: list[np.ndarray] = []   # several ranks: see _store_from
         self._input_grads = input_grads
         self._grads_zeroed = False   # True after an update: its kernels zeroed every gradient
         self.frozen: frozenset[WeightKey] = frozenset()
@@ -129,6 +135,13 @@ class GraphExecutor:
         # where results are read back every step (separate launches then ran one after the
         # other: 105 vs 60 ms for a conv's forward+backward read back each time; measured).
         self.halo_reads = True
+        # Consecutive launches over the same grid and processors run as one fused task
+        # (fusion.py); False: every launch is a task of its own (the measuring code's choice).
+        self.fusion = os.environ.get("UNITY_LEGION_FUSION", "1") != "0"
+        self._queue = FusionQueue(self.rt)
+        # Off (None) by default; set_profiler: a step's tasks record their kernels' intervals
+        # and each operator's issuing time is measured (unity_legion/executor/profile.py).
+        self.profiler: Any = None
 
     def set_plan(self, plan: Mapping[int, OpConfig]) -> None:
         """Per node id, its degrees and machine view; nodes not named run data-parallel. The
@@ -144,6 +157,8 @@ class GraphExecutor:
         return [((n.id, ws.name), ws) for n in self.nodes for ws in n.weights]
 
     def set_weight(self, key: WeightKey, value: np.ndarray) -> None:
+        """Replace a weight's values (a copy into a new store; the buffer goes at the next
+        step)."""
         spec = dict(self.weight_specs())[key]
         arr = np.ascontiguousarray(value, dtype=spec.shape.dtype.numpy)
         if arr.shape != spec.shape.dims:
@@ -152,6 +167,7 @@ class GraphExecutor:
         self.weights[key] = self._store_from(arr, persistent=True)
 
     def get_weight(self, key: WeightKey) -> np.ndarray:
+        self.flush()
         return read(self.weights[key])
 
     def set_frozen(self, keys: Iterable[WeightKey]) -> None:
@@ -184,6 +200,7 @@ class GraphExecutor:
                         self.slots[(key, s)] = self._zeros(spec.shape)
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
+        self.flush()
         return {f"{self.graph.nodes[k[0]].name}/{k[1]}/{s}": read(v) for (k, s), v in self.slots.items()}
 
     # ------------------------------------------------------------------ plan
@@ -213,15 +230,13 @@ class GraphExecutor:
         # partial sums land in a zeroed store; zeroed in the kernel's order, the same on every
         # rank (a frozenset's order is not: it follows each process's hash seed)
         for name in in_kernel_order(launch, reduced):
-            store = refs[launch.args[name].ref]
-            store.fill(0 if _DATA_TYPE[store.type].is_integer else 0.0)
+            self.fill(refs[launch.args[name].ref])
         base = view or self.view
         points = math.prod(eff.values())
         boxes = launch_boxes(launch, eff) if self.halo_reads else None
         if boxes is None and _consecutive(base.devices()[:min(points, base.num_points)]):
             # the common case: one launch, its points spread in blocks over a processor range
-            with placed(self._view_for(points, view)):
-                submit(self.rt, launch, refs, eff, reduced)
+            self._issue(launch, refs, eff, reduced, self._view_for(points, view))
             return
         # Points that must run apart: per tile of the axes an argument is read through windows
         # along (each such launch slices that argument to its window), or on the devices of a
@@ -237,21 +252,97 @@ class GraphExecutor:
             pts = box_points(box)
             devs = [devices[int(np.ravel_multi_index(p, grid))] for p in pts]  # row-major
             if _consecutive(devs) and not (apart and len(pts) > 1):
-                with placed(MachineView.contiguous(base.device_type, devs[0], len(devs))):
-                    submit(self.rt, launch, refs, eff, reduced, box)
+                self._issue(launch, refs, eff, reduced,
+                            MachineView.contiguous(base.device_type, devs[0], len(devs)), box)
                 continue
             for p, dev in zip(pts, devs):
-                with placed(MachineView.contiguous(base.device_type, dev, 1)):
-                    submit(self.rt, launch, refs, eff, reduced,
-                           (p, tuple(i + 1 for i in p)))
+                self._issue(launch, refs, eff, reduced,
+                            MachineView.contiguous(base.device_type, dev, 1),
+                            (p, tuple(i + 1 for i in p)))
+
+    def _issue(self, launch: Launch, refs: Mapping[Ref, Any], degrees: Mapping[str, int],
+               reduced: frozenset[str], where: MachineView, box: Any = None) -> None:
+        """One launch over the grid `degrees` gives (only the points of `box`, when given) on
+        the processors `where`: it joins the fused group being collected where it can, else
+        goes alone (a box slices stores to windows: never fused)."""
+        if self.fusion and box is None:
+            bound = bind(launch, refs, degrees, reduced)
+            if self._queue.fits_alone(bound):
+                scalars = [(launch.scalars[n], t) for n, t in launch.kernel.scalars]
+                self._queue.add(launch.kernel, bound, reduced, scalars,
+                                launch_grid(launch, degrees), where)
+                return
+        self.flush()
+        uid = -1 if self.profiler is None else self.profiler.task([self.profiler.label])
+        with placed(where):
+            submit(self.rt, launch, refs, degrees, reduced, box, uid)
+
+    def flush(self) -> None:
+        """Submit the fused group being collected (before anything reads a store, and at the
+        end of every step: nothing stays pending between calls)."""
+        self._queue.flush()
+
+    def fill(self, store: Any) -> None:
+        """Zero `store`, after every launch issued so far that uses it."""
+        if self._queue.uses(store):
+            self.flush()
+        store.fill(0 if _DATA_TYPE[store.type].is_integer else 0.0)
+
+    # ------------------------------------------------------------------ profiling
+    def set_profiler(self, profiler: Any) -> None:
+        """Profile what follows with `profiler` (executor.profile.Profiler), or stop (None)."""
+        self.profiler = self._queue.profiler = profiler
+
+    def _mark(self, name: str | None, phase: str) -> None:
+        """What the host does from now on, for the profiler: issue operator `name`'s `phase`
+        (None: wait for results)."""
+        if self.profiler is not None:
+            self.profiler.switch(name, phase)
 
     # ------------------------------------------------------------------ stores
     def _store_from(self, arr: np.ndarray, persistent: bool = False) -> Any:
-        """A store over a copy of `arr`; the copy lives as long as the step (or the executor)."""
+        """A store with `arr`'s values: for this step's tasks to read (attached to a private
+        copy that lives until the next step ends), or `persistent`: a store of its own that
+        tasks may also write (a weight, a gradient seed), filled by a copy.
+
+        Why not attach everything: a task that uses a store attached writable makes Legate's
+        submit wait for that task to finish (measured, Legate 25.11: 33 ms per submit of a 30 ms
+        task, 0.1 ms with the store attached read-only or copied in), so every launch touching a
+        weight ran synchronously and the issuing thread never got ahead."""
         arr = np.array(arr, order="C", copy=True)
-        store = self._store_from_buffer(arr)
-        (self._buffers if persistent else self._keepalive).append(arr)
-        return store
+        if self.machine.ranks > 1:
+            # over several ranks Legate's mapper aborts mapping that copy (map_copy, Legate
+            # 25.11): attach writable as before, the buffer kept as long as the executor
+            self._uploads_kept.append(arr)
+            return self._store_from_buffer(arr, read_only=False)
+        src = self._store_from_buffer(arr)
+        if not persistent:
+            self._attached.append((arr, src))
+            return src
+        dst = self.rt.create_store(src.type, src.shape)
+        self.rt.issue_copy(dst, src)
+        self._uploads.append((arr, src))
+        return dst
+
+    def _new_step(self) -> None:
+        """Start a call: the previous one drained its work, so stores and buffers it left
+        can go, and garbage is collected (on this thread only: runtime.collect_garbage)."""
+        self._attached.clear()
+        self._uploads.clear()
+        collect_garbage()
+
+    def _drain(self) -> None:
+        """Submit what is pending and wait until every task issued so far has run.
+
+        Why every public call ends so: freeing a Legate store (a model dropped, a weight
+        replaced, the garbage collector) issues a Legion operation from a destructor that
+        holds the GIL, and that operation may wait for earlier tasks; our tasks are Python and
+        need the GIL to run, so the process hangs (seen: the collector freeing earlier models'
+        stores while a fit's last tasks were pending). With nothing pending between calls,
+        nothing freed there can wait on a task. Inside a call launches stay asynchronous."""
+        self.flush()
+        self._mark(None, "sync")
+        self.rt.issue_execution_fence(block=True)
 
     def upload(self, arr: np.ndarray, copy: bool = True) -> Staged:
         """Stage an array in a store for later steps to read slices of (copy=False: the caller
@@ -262,10 +353,12 @@ class GraphExecutor:
     def _as_store(self, feed: Feed) -> Any:
         return feed.store() if isinstance(feed, StagedRows) else self._store_from(feed)
 
-    def _store_from_buffer(self, arr: np.ndarray) -> Any:
+    def _store_from_buffer(self, arr: np.ndarray, read_only: bool = True) -> Any:
         if arr.ndim == 0:
             arr = arr.reshape(1)
-        return self.rt.create_store_from_buffer(_LEGATE_TYPE[DataType.of(arr.dtype)], arr.shape, arr, False)
+        # read-only: tasks never write an attached buffer (see _store_from)
+        return self.rt.create_store_from_buffer(_LEGATE_TYPE[DataType.of(arr.dtype)], arr.shape,
+                                                arr, read_only)
 
     def _scratch(self, *key: Any, shape: TensorShape, zero: bool = False) -> Any:
         """A store reused by every step that asks for the same purpose and shape: creating a
@@ -308,6 +401,7 @@ class GraphExecutor:
         env: dict[int, Any] = {t: self._as_store(a) for t, a in feeds.items()}
         node_refs: dict[int, dict[Ref, Any]] = {}
         for n in self.nodes:
+            self._mark(n.name, "forward")
             in_shapes = [shapes[t] for t in n.inputs]
             refs: dict[Ref, Any] = {x(i): env[t] for i, t in enumerate(n.inputs)}
             for i, t in enumerate(n.outputs):
@@ -317,7 +411,7 @@ class GraphExecutor:
             for sv in n.op.saved(in_shapes):
                 refs[saved(sv.name)] = self._scratch("saved", n.id, sv.name, shape=sv.shape)
                 if sv.zero:  # a Sum target of this step's launches
-                    refs[saved(sv.name)].fill(0 if sv.shape.dtype.is_integer else 0.0)
+                    self.fill(refs[saved(sv.name)])
             n_degrees, n_view = self._node_plan(n, degrees)
             for launch in n.op.forward(in_shapes, training and not self._runs_as_inference(n)):
                 if "seed" in launch.scalars:
@@ -345,6 +439,7 @@ class GraphExecutor:
         metric_stores: dict[str, list[Any]] = {}
         weights = objective.loss_weights or (1.0,) * len(self.outputs)
         for k, (t, target) in enumerate(zip(self.outputs, targets)):
+            self._mark(LOSS_LABEL, "loss")
             pred_shape = shapes[t]
             target_store = self._as_store(target)
             target_shape = TensorShape(tuple(target_store.shape), _DATA_TYPE[target_store.type])
@@ -384,16 +479,20 @@ class GraphExecutor:
         batch = _batch_of(feeds)
         targets = self._checked_targets(objective, targets, batch)
         degrees = self.degrees_for(batch)
-        self._keepalive = []
+        self._new_step()
         env, node_refs = self._forward(feeds, True, batch, degrees)
         loss_stores, grad_stores, metric_stores = self._objective(objective, env, targets, batch,
                                                                   degrees, with_grad=True)
+        self.flush()
+        self._mark(None, "sync")
         result = self._read_objective(batch, loss_stores, metric_stores)
         if not np.all(np.isfinite(result.loss)):
             result.applied = False
+            self._drain()
             return result
         self._backward(env, node_refs, grad_stores, batch, degrees)
         self._update(rule, lr, step, node_refs, batch, degrees)
+        self._drain()
         return result
 
     def evaluate_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
@@ -401,10 +500,11 @@ class GraphExecutor:
         batch = _batch_of(feeds)
         targets = self._checked_targets(objective, targets, batch)
         degrees = self.degrees_for(batch)
-        self._keepalive = []
+        self._new_step()
         env, _ = self._forward(feeds, False, batch, degrees)
         loss_stores, _, metric_stores = self._objective(objective, env, targets, batch, degrees,
                                                         with_grad=False)
+        self._drain()
         return self._read_objective(batch, loss_stores, metric_stores)
 
     def _checked_targets(self, objective: Objective, targets: Sequence[Feed], batch: int
@@ -427,8 +527,9 @@ class GraphExecutor:
 
     def predict_step(self, feeds: Mapping[int, Feed]) -> list[np.ndarray]:
         batch = _batch_of(feeds)
-        self._keepalive = []
+        self._new_step()
         env, _ = self._forward(feeds, False, batch, self.degrees_for(batch))
+        self._drain()
         return [read(env[t]) for t in self.outputs]
 
     def gradients(self, feeds: Mapping[int, np.ndarray], output_grads: Sequence[np.ndarray],
@@ -438,11 +539,14 @@ class GraphExecutor:
         gradients of the outputs: the per-operator check against another framework."""
         batch = _batch_of(feeds)
         degrees = self.degrees_for(batch)
-        self._keepalive = []
+        self._new_step()
         env, node_refs = self._forward(feeds, training, batch, degrees)
-        seeds = [self._store_from(np.asarray(g, dtype=self.graph.tensors[t].shape.dtype.numpy))
+        # persistent: a seed may be added into (an output that also feeds another node)
+        seeds = [self._store_from(np.asarray(g, dtype=self.graph.tensors[t].shape.dtype.numpy),
+                                  persistent=True)
                  for t, g in zip(self.outputs, output_grads)]
         grads = self._backward(env, node_refs, seeds, batch, degrees)
+        self._drain()
         outs = [read(env[t]) for t in self.outputs]
         in_grads = {t: read(grads[t]) for t in self.graph.inputs if t in grads}
         w_grads = {k: read(g) for k, g in self.grads.items()
@@ -468,11 +572,12 @@ class GraphExecutor:
                 if g is None:
                     self.grads[key] = self._zeros(spec.shape)
                 elif not self._grads_zeroed:
-                    g.fill(0.0)
+                    self.fill(g)
         self._grads_zeroed = False
         for n in reversed(self.nodes):
             if not any(t in grads for t in n.outputs):
                 continue
+            self._mark(n.name, "backward")
             in_shapes = [shapes[t] for t in n.inputs]
             refs = dict(node_refs[n.id])
             for i, t in enumerate(n.outputs):
@@ -509,18 +614,28 @@ class GraphExecutor:
         """Apply `rule` to every trainable weight (the rule's kernels also zero the gradients),
         then every operator's state updates (launches writing a frozen weight are skipped)."""
         self._ensure_slots(rule)
+        updates = []
         for key, spec in self.weight_specs():
             if not self.trainable(key, spec):
                 continue
+            split, up_degrees, view = self.update_layout(key, batch)
+            where = view or self.view
+            # updates are independent: those over the same grid and processors go together,
+            # so they fuse into one task (a sort key the same on every rank: no hashing)
+            order = (where.device_type, where.start, where.num_points,
+                     tuple(sorted(up_degrees.items())))
+            updates.append((order, key, spec, split, up_degrees, view))
+        for _order, key, spec, split, up_degrees, view in sorted(updates, key=lambda u: u[0]):
+            self._mark(self.graph.nodes[key[0]].name, "update")
             refs = {PARAM: self.weights[key], GRAD: self.grads[key]}
             for s in rule.slots:
                 refs[slot(s)] = self.slots[(key, s)]
-            split, up_degrees, view = self.update_layout(key, batch)
             self._launch(rule.launch(spec.shape.rank, lr, step, split), refs, up_degrees, view)
         self._grads_zeroed = True
         shapes = self._shapes(batch)
         for n in self.nodes:
             for launch in n.op.state_updates([shapes[t] for t in n.inputs]):
+                self._mark(n.name, "update")
                 if not self._writes_frozen(n.id, launch):
                     self._launch(launch, node_refs[n.id], *self._node_plan(n, degrees))
 
@@ -565,6 +680,61 @@ class GraphExecutor:
         return any(role is not Role.INPUT and launch.args[name].ref.kind is RefKind.WEIGHT
                    and (node_id, launch.args[name].ref.key) in self.frozen
                    for name, role in launch.kernel.stores)
+
+    # ================================================================== profiling API
+    # The public face that code timing the executor (unity_legion.profiling: measuring
+    # operators, calibrating the local machine) uses: stores, one launch, one forward or
+    # backward pass without the objective, a fence. Nothing here starts a step or drains at
+    # the end: the caller fences (`fence`) where it times. Set `fusion = False` first to have
+    # every launch run as a task of its own (as each is priced).
+
+    def new_store(self, shape: TensorShape, value: float | None = None) -> Any:
+        """A new store of `shape`, uninitialised, or every element `value`."""
+        store = self._new(shape)
+        if value is not None:
+            store.fill(value)
+        return store
+
+    def store_of(self, arr: np.ndarray) -> Any:
+        """A store of its own holding a copy of `arr`'s values, that tasks may also write (a
+        weight, a gradient seed); it lives as long as the caller holds it."""
+        return self._store_from(arr, persistent=True)
+
+    def launch(self, launch: Launch, refs: Mapping[Ref, Any], degrees: Mapping[str, int],
+               view: MachineView | None = None) -> None:
+        """Issue one launch as an operator's are issued: `refs` gives the store of every
+        reference its arguments name, `degrees` the degree per launch axis, `view` the
+        processors (default: the whole job's); its ADD-reduction targets are zeroed first."""
+        self._launch(launch, refs, degrees, view)
+
+    def forward_pass(self, feeds: Mapping[int, Feed], batch: int,
+                     degrees: Mapping[str, int] | None = None, training: bool = True
+                     ) -> tuple[dict[int, Any], dict[int, dict[Ref, Any]]]:
+        """Issue one forward pass of the graph over `feeds` (graph input id -> array or staged
+        rows) of `batch` samples, without the objective: (tensor id -> store, the per-node
+        references `backward_pass` needs). `degrees`: default `degrees_for(batch)`."""
+        if degrees is None:
+            degrees = self.degrees_for(batch)
+        return self._forward(feeds, training, batch, degrees)
+
+    def backward_pass(self, env: Mapping[int, Any], node_refs: Mapping[int, dict[Ref, Any]],
+                      output_grads: Sequence[Any], batch: int,
+                      degrees: Mapping[str, int] | None = None, grads_zeroed: bool = False
+                      ) -> dict[int, Any]:
+        """Issue one backward pass after `forward_pass` (its two results), seeded by
+        `output_grads` (stores, one per graph output, e.g. from `store_of`): tensor id ->
+        gradient store; weight gradients land in `self.grads`. `grads_zeroed`: the weight
+        gradients are taken as zero already (as after an update), so none is zero-filled."""
+        if degrees is None:
+            degrees = self.degrees_for(batch)
+        if grads_zeroed:
+            self._grads_zeroed = True
+        return self._backward(env, node_refs, output_grads, batch, degrees)
+
+    def fence(self) -> None:
+        """Submit what is pending and block until every task issued so far has run."""
+        self.flush()
+        self.rt.issue_execution_fence(block=True)
 
 
 def _consecutive(devices: Sequence[int]) -> bool:

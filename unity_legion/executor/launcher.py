@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from legate.core import ReductionOpKind, constant, dimension
 
-from unity_legion.executor.tasks import legate_task, scalar_type
+from unity_legion.executor.tasks import Access, Program, program_task, scalar_type, single
 from unity_legion.operators.base import Arg, Launch, Role, ceil_div
 from unity_legion.operators.spatial import Windowed
-from unity_legion.pcg.parallel_tensor import effective_degree  # noqa: F401 (re-exported)
+from unity_legion.types import effective_degree  # noqa: F401 (re-exported)
 
 # A box of launch points: (lower, upper) per launch-grid dim, upper exclusive.
 Box = tuple[tuple[int, ...], tuple[int, ...]]
@@ -85,7 +86,7 @@ def box_points(box: Box) -> list[tuple[int, ...]]:
 
 
 def _windowed(store: Any, arg: Arg, axes: list[str], degrees: Mapping[str, int],
-              box: Box | None, what: str) -> Any:
+              box: Box | None, what: Any) -> Any:
     """The store sliced, along each windowed dim whose axis is in the grid, to the window the
     box's tile of that axis needs (the box fixes that axis to one tile). Without a box the
     store is read whole along those dims, as the argument's split says (always correct: a
@@ -104,28 +105,67 @@ def _windowed(store: Any, arg: Arg, axes: list[str], degrees: Mapping[str, int],
     return store
 
 
-def _partitioned(store: Any, arg: Arg, axes: list[str], degrees: Mapping[str, int],
-                 what: str) -> tuple[Any, tuple[Any, ...] | None]:
-    """The store (whole) or its tiling, and the projection from launch points to tiles. A dim
-    whose axis is not in `axes` (degree 1) is whole."""
+# A projection from launch points to a store's tiles: per store dim, the launch-grid dim that
+# picks its tile, or None (the dim is whole: constant 0). None for the whole projection: the
+# store is not partitioned (broadcast to every point).
+Projection = tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class BoundArg:
+    """One store argument of a launch as Legate receives it: the store (sliced to its window
+    where read through one), its tile shape and projection (both None: the whole store)."""
+
+    name: str                     # the kernel's parameter
+    role: Role
+    reduced: bool                 # an OUTPUT several points write: an ADD reduction
+    store: Any
+    tile: tuple[int, ...] | None
+    proj: Projection | None
+
+    @property
+    def is_reduction(self) -> bool:
+        return self.role is Role.SUM or self.reduced
+
+    @property
+    def reads(self) -> bool:
+        return self.role in (Role.INPUT, Role.INOUT)
+
+    @property
+    def writes(self) -> bool:
+        return self.role in (Role.OUTPUT, Role.INOUT) and not self.reduced
+
+
+def _partitioned(shape: tuple[int, ...], arg: Arg, axes: list[str], degrees: Mapping[str, int],
+                 what: Any) -> tuple[tuple[int, ...] | None, Projection | None]:
+    """The tile shape and projection of a store of `shape` as `arg` splits it (None, None:
+    whole). A dim whose axis is not in `axes` (degree 1) is whole."""
     if not any(a in axes for a in arg.split):
-        return store, None
-    shape = tuple(store.shape)
+        return None, None
     if len(arg.split) != len(shape):
         raise LaunchError(f"{what}: split {arg.split} does not match store of shape {shape}")
     tile = []
-    proj = []
+    proj: list[int | None] = []
     for d, (size, axis) in enumerate(zip(shape, arg.split)):
         if axis not in axes:
             tile.append(max(size, 1))
-            proj.append(constant(0))
+            proj.append(None)
         else:
             deg = degrees[axis]
             tile.append(max(ceil_div(size, deg), 1))
             if ceil_div(size, tile[-1]) != deg and size > 0:
                 raise LaunchError(f"{what}: dim {d} of size {size} does not tile into {deg} pieces")
-            proj.append(dimension(axes.index(axis)))
-    return store.partition_by_tiling(tuple(tile)), tuple(proj)
+            proj.append(axes.index(axis))
+    return tuple(tile), tuple(proj)
+
+
+def legate_partition(store: Any, tile: tuple[int, ...] | None, proj: Projection | None
+                     ) -> tuple[Any, tuple[Any, ...] | None]:
+    """The Legate partition and projection functor tuple of a bound argument."""
+    if tile is None or proj is None:
+        return store, None
+    return (store.partition_by_tiling(tile),
+            tuple(constant(0) if g is None else dimension(g) for g in proj))
 
 
 def reduced_outputs(launch: Launch, degrees: Mapping[str, int]) -> frozenset[str]:
@@ -154,16 +194,60 @@ def in_kernel_order(launch: Launch, names: frozenset[str]) -> list[str]:
     return [name for name, _role in launch.kernel.stores if name in names]
 
 
+class _What:
+    """An argument's name for error messages, formatted only when one is raised."""
+
+    __slots__ = ("launch", "name")
+
+    def __init__(self, launch: Launch, name: str) -> None:
+        self.launch, self.name = launch, name
+
+    def __str__(self) -> str:
+        return f"{self.launch.kernel.name}({self.name}={self.launch.args[self.name].ref})"
+
+
+def bind(launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int],
+         reduced: frozenset[str] | None = None, box: Box | None = None) -> list[BoundArg]:
+    """The launch's store arguments bound to `stores` over the grid `degrees` gives (the
+    points of `box`, when given, for windows), in the kernel's order."""
+    if reduced is None:
+        reduced = reduced_outputs(launch, degrees)
+    axes = grid_axes(launch, degrees)
+    bound = []
+    for name, role in launch.kernel.stores:
+        arg = launch.args[name]
+        what = _What(launch, name)
+        store = stores[arg.ref]
+        if isinstance(arg, Windowed) and arg.windows:
+            if role is not Role.INPUT:
+                raise LaunchError(f"{what}: only an input can be read through windows")
+            store = _windowed(store, arg, axes, degrees, box, what)
+        tile, proj = _partitioned(tuple(store.shape), arg, axes, degrees, what)
+        bound.append(BoundArg(name, role, name in reduced, store, tile, proj))
+    return bound
+
+
 def submit(rt: Any, launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int],
-           reduced: frozenset[str] | None = None, box: Box | None = None) -> None:
+           reduced: frozenset[str] | None = None, box: Box | None = None, uid: int = -1
+           ) -> None:
     """Launch `launch` with its refs bound to `stores`, over a grid given by `degrees` per axis
     (only the points of `box`, when given). Outputs in `reduced` (default: `reduced_outputs`)
     are written by ADD reduction: the caller must have zeroed them."""
     if reduced is None:
         reduced = reduced_outputs(launch, degrees)
-    t = legate_task(launch.kernel, reduced)
-    axes = grid_axes(launch, degrees)
-    grid = launch_grid(launch, degrees)
+    bound = bind(launch, stores, degrees, reduced, box)
+    scalars = [(launch.scalars[n], t) for n, t in launch.kernel.scalars]
+    submit_program(rt, single(launch.kernel, reduced), [(b.store, b.tile, b.proj) for b in bound],
+                   scalars, launch_grid(launch, degrees), box, uid)
+
+
+def submit_program(rt: Any, program: Program, slots: Sequence[tuple[Any, Any, Any]],
+                   scalars: Sequence[tuple[Any, type]], grid: tuple[int, ...],
+                   box: Box | None = None, uid: int = -1) -> None:
+    """Launch `program` over `grid` (only the points of `box`, when given) with its slots bound
+    to (store, tile, projection) each and its scalars (value, Python type) in order. `uid` >= 0:
+    its tasks record their kernels' intervals under that id (tasks.TRACE)."""
+    t = program_task(program)
     if box is None:
         mt = rt.create_manual_task(t.library, t.task_id, grid)
     else:
@@ -172,32 +256,24 @@ def submit(rt: Any, launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[
         # dim of extent 1 it stays an index launch whose points take their tiles.
         lower, upper = _box_of(box, grid)
         mt = rt.create_manual_task(t.library, t.task_id, upper + (1,), lower + (0,))
-    parts = {}
-    for name, role in launch.kernel.stores:
-        arg = launch.args[name]
-        what = f"{launch.kernel.name}({name}={arg.ref})"
-        store = stores[arg.ref]
-        if _windows(arg):
-            if role is not Role.INPUT:
-                raise LaunchError(f"{what}: only an input can be read through windows")
-            store = _windowed(store, arg, axes, degrees, box, what)
-        parts[name] = _partitioned(store, arg, axes, degrees, what)
+    parts = [legate_partition(*slot) for slot in slots]
     # Legate binds inputs, outputs, reductions to the task's parameters of each kind in order.
-    for name, role in launch.kernel.stores:
-        if role in (Role.INPUT, Role.INOUT):
-            _add(mt.add_input, *parts[name])
-    for name, role in launch.kernel.stores:
-        if role in (Role.OUTPUT, Role.INOUT) and name not in reduced:
-            _add(mt.add_output, *parts[name])
-    for name, role in launch.kernel.stores:
-        if role is Role.SUM or name in reduced:
-            part, proj = parts[name]
+    for i, access in enumerate(program.access):
+        if access.reads:
+            _add(mt.add_input, *parts[i])
+    for i, access in enumerate(program.access):
+        if access.writes:
+            _add(mt.add_output, *parts[i])
+    for i, access in enumerate(program.access):
+        if access is Access.REDUCE:
+            part, proj = parts[i]
             if proj is None:
                 mt.add_reduction(part, ReductionOpKind.ADD)
             else:
                 mt.add_reduction(part, ReductionOpKind.ADD, proj)
-    for name, py_type in launch.kernel.scalars:
-        mt.add_scalar_arg(launch.scalars[name], scalar_type(py_type))
+    for value, py_type in scalars:
+        mt.add_scalar_arg(value, scalar_type(py_type))
+    mt.add_scalar_arg(uid, scalar_type(int))
     rt.submit(mt)
 
 

@@ -1,13 +1,21 @@
-"""Turn an operator's numpy kernel into a registered Legate task (once per kernel)."""
+"""Turn operator kernels into registered Legate tasks: one kernel, or a fused group of kernels
+run one after another on each point's pieces (FlexFlow's FusedOp), registered once per shape.
+
+A task is a `Program`: steps (a kernel and the task store each of its parameters names) over
+store slots, each slot with one access (read, write, read-write or ADD reduction) for the whole
+task. The body converts every slot to a numpy view once, then runs the kernels in order: a slot
+a step writes is what a later step reads, on the same piece, without going back to Legate.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import gc
+import enum
 import inspect
 import threading
+import time
+from dataclasses import dataclass
 from functools import cache
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from legate.core import VariantCode
@@ -18,92 +26,149 @@ from unity_legion.operators.base import Kernel, PieceOrigin, Role
 
 _P = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
-# Legate maps a manual launch's inputs, outputs, reductions and scalars to the task's parameters
-# of each kind in order; an in-place store is both an input and an output.
 _SCALAR_TYPE = {int: ty.int64, float: ty.float64, bool: ty.bool_, str: ty.string_type}
 
 
-def _store_params(k: Kernel, reduced: frozenset[str]) -> list[inspect.Parameter]:
-    params = []
+class Access(enum.Enum):
+    """How a task holds one store slot for all of its steps."""
+
+    READ = "read"
+    WRITE = "write"          # every step that reads it comes after one that wrote it
+    READ_WRITE = "read_write"
+    REDUCE = "reduce"        # ADD reduction: steps only add into it
+
+    @property
+    def reads(self) -> bool:
+        return self in (Access.READ, Access.READ_WRITE)
+
+    @property
+    def writes(self) -> bool:
+        return self in (Access.WRITE, Access.READ_WRITE)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel of a task: the slot of each of its store parameters (in the kernel's order)
+    and which OUTPUT parameters several points write (run into a zeroed temporary, added)."""
+
+    kernel: Kernel
+    slots: tuple[int, ...]
+    reduced: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Program:
+    """The shape of a task: its steps and each slot's access. Hashable: one registration each."""
+
+    steps: tuple[Step, ...]
+    access: tuple[Access, ...]
+
+    def scalar_params(self) -> list[tuple[str, type]]:
+        # the trailing "_uid": the profiler's id of the launch (-1: not profiled; see TRACE)
+        return [(f"k{j}_{name}", t) for j, s in enumerate(self.steps)
+                for name, t in s.kernel.scalars] + [("_uid", int)]
+
+    @property
+    def name(self) -> str:
+        first = self.steps[0]
+        base = first.kernel.name.replace(".", "_") + "".join(
+            f"__sum_{n}" for n in sorted(first.reduced))
+        return base if len(self.steps) == 1 else f"fused{len(self.steps)}__{base}"
+
+
+def single(k: Kernel, reduced: frozenset[str] = frozenset()) -> Program:
+    """The program of one kernel: a slot per store parameter."""
+    access = []
     for name, role in k.stores:
-        if role is Role.INPUT:
-            params.append(inspect.Parameter(name, _P, annotation=InputStore))
-        elif role is Role.OUTPUT and name in reduced:
-            params.append(inspect.Parameter(name, _P, annotation=ReductionStore[ADD]))
+        if role is Role.SUM or name in reduced:
+            access.append(Access.REDUCE)
+        elif role is Role.INPUT:
+            access.append(Access.READ)
         elif role is Role.OUTPUT:
-            params.append(inspect.Parameter(name, _P, annotation=OutputStore))
-        elif role is Role.INOUT:
-            params.append(inspect.Parameter(name + "__read", _P, annotation=InputStore))
-            params.append(inspect.Parameter(name, _P, annotation=OutputStore))
+            access.append(Access.WRITE)
         else:
-            params.append(inspect.Parameter(name, _P, annotation=ReductionStore[ADD]))
-    return params
+            access.append(Access.READ_WRITE)
+    return Program((Step(k, tuple(range(len(k.stores))), reduced),), tuple(access))
 
 
-_gc_lock = threading.Lock()
-_gc_depth = 0
-_gc_was_enabled = False
+def legate_task(k: Kernel, reduced: frozenset[str] = frozenset()) -> Any:
+    """A Legate task running kernel `k` on the local pieces of its stores. `reduced` names
+    outputs that several points of the launch write (their split misses a launch axis, e.g.
+    the partial sums of a Linear split by input features): the task gets them as ADD
+    reductions, runs the kernel into a zeroed temporary and adds that, so kernels always
+    assign their outputs and never need to know."""
+    return program_task(single(k, reduced))
 
 
-@contextlib.contextmanager
-def _no_collection() -> Iterator[None]:
-    """No cyclic garbage collection while any task runs: a collection started inside a task could
-    free an unreachable Legate store there, which Legion forbids in a leaf task (the process
-    aborts). The main thread collects as usual between launches."""
-    global _gc_depth, _gc_was_enabled
-    with _gc_lock:
-        if _gc_depth == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_depth += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_depth -= 1
-            if _gc_depth == 0 and _gc_was_enabled:
-                gc.enable()
+_registered = 0
+
+# Kernel intervals of profiled launches (uid >= 0), appended by the task bodies on their
+# processors' threads (list.append is atomic under the GIL): (uid, step index, thread ident,
+# start, end), time.perf_counter seconds. unity_legion.executor.profile reads and clears it.
+TRACE: list[tuple[int, int, int, float, float]] = []
 
 
 @cache
-def legate_task(k: Kernel, reduced: frozenset[str] = frozenset()) -> Any:
-    """A Legate task running kernel `k` on the local pieces of its stores.
-
-    `reduced` names outputs that several points of the launch write (their split misses a launch
-    axis, e.g. the partial sums of a Linear split by input features): the task gets them as ADD
-    reductions, runs the kernel into a zeroed temporary and adds that, so kernels always assign
-    their outputs and never need to know."""
-    store_params = _store_params(k, reduced)
-    scalar_params = [inspect.Parameter(n, _P, annotation=t) for n, t in k.scalars]
-    first_store = k.stores[0][0]
-    params = store_params + scalar_params
+def program_task(program: Program) -> Any:
+    """The registered Legate task that runs `program`. Legate binds a launch's inputs,
+    outputs and reductions to the task's parameters of each kind in order: the executor adds
+    the slots that read (slot order), then those that write, then the reductions, then the
+    scalars in `scalar_params` order."""
+    access = program.access
+    reads = [i for i, a in enumerate(access) if a.reads]
+    writes = [i for i, a in enumerate(access) if a.writes]
+    reduces = [i for i, a in enumerate(access) if a is Access.REDUCE]
+    params = ([inspect.Parameter(f"r{i}", _P, annotation=InputStore) for i in reads]
+              + [inspect.Parameter(f"w{i}", _P, annotation=OutputStore) for i in writes]
+              + [inspect.Parameter(f"a{i}", _P, annotation=ReductionStore[ADD]) for i in reduces])
+    scalars = program.scalar_params()
+    params += [inspect.Parameter(n, _P, annotation=t) for n, t in scalars]
     signature = inspect.Signature(params, return_annotation=None)
+    # the physical store a slot's array comes from: the written one where there is one (a
+    # read-write slot maps one instance for both)
+    source = {i: (f"w{i}" if a.writes else f"a{i}" if a is Access.REDUCE else f"r{i}")
+              for i, a in enumerate(access)}
+    steps = program.steps
 
     def body(*args: Any, **kw: Any) -> None:
-        with _no_collection():
-            _run(*args, **kw)
-
-    def _run(*args: Any, **kw: Any) -> None:
-        kwargs = signature.bind(*args, **kw).arguments
-        call: dict[str, Any] = {}
-        for name, role in k.stores:
-            call[name] = np.asarray(kwargs[name])
-        partial = {name: call[name] for name, _ in k.stores if name in reduced}
-        for name, buf in partial.items():
-            call[name] = np.zeros_like(buf)
-        for name, _ in k.scalars:
-            call[name] = kwargs[name]
-        if k.wants_origin:
-            of = {name: tuple(int(v) for v in kwargs[name].domain.lo) for name, _ in k.stores}
-            call["origin"] = PieceOrigin(of[first_store], of)
-        k.fn(**call)
-        for name, buf in partial.items():
-            buf += call[name]
+        given = signature.bind(*args, **kw).arguments
+        stores = [given[source[i]] for i in range(len(access))]
+        arrays = [np.asarray(s) for s in stores]
+        origins: list[tuple[int, ...] | None] = [None] * len(access)
+        uid = given["_uid"]
+        for j, step in enumerate(steps):
+            if uid >= 0:
+                t0 = time.perf_counter()
+            k = step.kernel
+            call: dict[str, Any] = {}
+            partial: list[tuple[int, np.ndarray]] = []
+            for (name, _role), slot in zip(k.stores, step.slots):
+                if name in step.reduced:
+                    buf = np.zeros_like(arrays[slot])
+                    partial.append((slot, buf))
+                    call[name] = buf
+                else:
+                    call[name] = arrays[slot]
+            for name, _t in k.scalars:
+                call[name] = given[f"k{j}_{name}"]
+            if k.wants_origin:
+                of = {}
+                for (name, _role), slot in zip(k.stores, step.slots):
+                    if origins[slot] is None:
+                        origins[slot] = tuple(int(v) for v in stores[slot].domain.lo)
+                    of[name] = origins[slot]
+                call["origin"] = PieceOrigin(of[k.stores[0][0]], of)
+            k.fn(**call)
+            for slot, buf in partial:
+                arrays[slot] += buf
+            if uid >= 0:
+                TRACE.append((uid, j, threading.get_ident(), t0, time.perf_counter()))
 
     body.__signature__ = signature  # type: ignore[attr-defined]
     body.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
-    suffix = "".join(f"__sum_{n}" for n in sorted(reduced))
-    body.__name__ = body.__qualname__ = k.name.replace(".", "_") + suffix
+    global _registered
+    _registered += 1  # task names must be unique; programs of the same first kernel are not
+    body.__name__ = body.__qualname__ = f"{program.name}__{_registered}"
     return task(variants=(VariantCode.CPU,))(body)
 
 

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 def as_list(data: Any, names: Sequence[str], what: str) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from unity_legion.operators import losses as ops
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 
 class Loss:

@@ -401,6 +401,62 @@ class Trainer:
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
+    def profile_step(self, x: Any = None, y: Any = None, batch_size: int | None = None,
+                     path: str | None = None, verbose: bool = True) -> Any:
+        """Run ONE real training step (on the first `batch_size` samples, default 32; it
+        updates the weights like train_on_batch) with profiling on, after one unprofiled
+        warm-up step, and return its unity_legion.executor.profile.StepProfile: per operator
+        its kernel, host-issuing and waiting time, next to the simulator's figures for the same
+        plan on this job's machine model (the "local" preset on CPUs). verbose: print the
+        table; `path`: also draw each processor's timeline, measured above simulated."""
+        from unity_legion.executor.profile import profile_train_step
+
+        self._require_compiled("profile_step")
+        xs, ys = self._prepare_x(x), self._prepare_y(y)
+        data_utils.check_lengths(xs, ys)
+        batch = min(data_utils.check_batch_size(batch_size), len(xs[0]))
+        xs, ys = [a[:batch] for a in xs], [a[:batch] for a in ys]
+        self._sync_frozen()
+        feeds = dict(zip(self._input_ids, xs))
+        prof = None
+        for profiled in (False, True):
+            args = (feeds, ys, self._objective, self.optimizer.rule(),
+                    self.optimizer.learning_rate, self.optimizer.iterations + 1)
+            if profiled:
+                prof = profile_train_step(self._executor, *args)
+                result = prof.result
+            else:
+                result = self._executor.train_step(*args)
+            if result.applied:
+                self.optimizer.iterations += 1
+        assert prof is not None
+        self._simulate_profile(prof, batch)
+        if verbose and self._rank() == 0:
+            print(prof.table())
+        if path is not None and self._rank() == 0:
+            prof.draw(path)
+        return prof
+
+    def _simulate_profile(self, prof: Any, batch: int) -> None:
+        """The simulator's step for the plan the executor runs, into `prof`."""
+        from unity_legion.cost.simulator import Simulator
+        from unity_legion.runtime import machine_info
+        from unity_legion.search.plan import running_machine
+
+        m = machine_info()
+        machine = running_machine(m.ranks, m.processors, m.preferred_kind)
+        graph, _ = self._strategy.graph_for(self)
+        pcg = self._strategy.pcg(self, batch)
+        slots = len(self.optimizer.rule().slots)
+        metrics = max((len(ms) for ms in self._objective.metrics), default=0)
+        steady = Simulator(machine, optimizer_slots=slots, metrics=metrics).simulate_pcg(graph, pcg)
+        one = Simulator(machine, optimizer_slots=slots, metrics=metrics, steps=1)
+        one.trace = True
+        traced = one.simulate_pcg(graph, pcg)
+        prof.sim_tasks = list(traced.tasks)
+        prof.sim_step = steady.step_time
+        prof.sim_span = max((t[2] for t in traced.tasks), default=0.0)
+
     def train_on_batch(self, x: Any = None, y: Any = None, return_dict: bool = False) -> Any:
         """One optimizer step on exactly this batch; returns the loss (and metrics)."""
         self._require_compiled("train_on_batch")

@@ -1,19 +1,9 @@
-"""Computation graphs and (later) parallel computation graphs. Pure Python: never imports legate.
+"""Computation graphs and parallel computation graphs. Pure Python: never imports legate.
 
-`tensor` is imported eagerly; the graph lazily, because operators (which the graph uses) import
-`unity_legion.pcg.tensor` themselves.
+The graph is built from operators (`unity_legion.operators`); its tensor shapes, parallel shapes
+and configurations are the plain data of `unity_legion.types`.
 """
 
-from typing import Any
+from unity_legion.pcg.graph import ComputationGraph, GraphError, Node, Tensor
 
-from unity_legion.pcg.tensor import DataType, TensorShape
-
-__all__ = ["ComputationGraph", "DataType", "GraphError", "Node", "Tensor", "TensorShape"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("ComputationGraph", "GraphError", "Node", "Tensor"):
-        from unity_legion.pcg import graph
-
-        return getattr(graph, name)
-    raise AttributeError(f"module 'unity_legion.pcg' has no attribute {name!r}")
+__all__ = ["ComputationGraph", "GraphError", "Node", "Tensor"]

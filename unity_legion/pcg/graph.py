@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from unity_legion.operators.base import Operator, OperatorError, WeightSpec
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class GraphError(ValueError):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from unity_legion.pcg.parallel_tensor import ParallelShapeError, ParallelTensorShape, _check_degree
+from unity_legion.types.parallel_tensor import ParallelShapeError, ParallelTensorShape, _check_degree
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,8 @@ from typing import Mapping, Sequence
 from unity_legion.operators.base import SAMPLE, Arg, Launch, Operator, RefKind
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.parallel_ops import FusedParallelOp, ParallelOp, conversion
-from unity_legion.pcg.parallel_tensor import (ParallelShapeError, ParallelTensorShape,
-                                             effective_degree)
-from unity_legion.pcg.tensor import TensorShape
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import (OpConfig, ParallelShapeError, ParallelTensorShape, TensorShape,
+                                effective_degree)
 
 
 class PCGError(ValueError):

@@ -20,7 +20,7 @@ from unity_legion.search.candidates import Resource
 from unity_legion.search.decompose import Parallel
 from unity_legion.search.dp import MappingResult, memory_aware, plan_cost, setup, whole_resource
 from unity_legion.search.mapping_cost import MappingCost
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import OpConfig
 
 MAX_PLANS = 2_000_000
 

@@ -14,12 +14,9 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from unity_legion.mappers.machine_view import MachineView
 from unity_legion.pcg.graph import Node
-from unity_legion.pcg.parallel_tensor import ParallelShapeError
 from unity_legion.pcg.pcg import NodeShapes, PCGError, node_shapes
-from unity_legion.pcg.tensor import TensorShape
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import MachineView, OpConfig, ParallelShapeError, TensorShape
 
 
 def degree_values(devices: int) -> list[int]:

@@ -40,8 +40,8 @@ from unity_legion.search.cache import MappingCache
 from unity_legion.search.candidates import Resource, shifted
 from unity_legion.search.decompose import Edge, GraphIndex, Parallel, Series
 from unity_legion.search.mapping_cost import MappingCost, peak_memory
-from unity_legion.strategy.config import OpConfig
 from unity_legion.strategy.strategy import Strategy
+from unity_legion.types import OpConfig
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,11 @@ from unity_legion.cost.op_cost import AnalyticCost, CostModel, priced
 from unity_legion.cost.simulator import Simulator
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.parallel_ops import FusedParallelOp, Partition, Reduce, Replicate, conversion
-from unity_legion.pcg.parallel_tensor import (ParallelShapeError, ParallelTensorShape,
-                                             effective_degree)
 from unity_legion.pcg.pcg import NodeShapes, node_shapes
 from unity_legion.search.cache import MappingCache
 from unity_legion.search.candidates import Resource, candidate_configs, place, shifted
 from unity_legion.search.decompose import Edge, GraphIndex
-from unity_legion.strategy.config import OpConfig
+from unity_legion.types import OpConfig, ParallelShapeError, ParallelTensorShape, effective_degree
 
 INF = float("inf")
 

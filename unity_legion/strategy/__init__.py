@@ -1,15 +1,14 @@
 """Strategies: a parallel configuration and machine view per operator. Pure Python.
 
-`Strategy` (JSON in/out, validation, explain/draw) and the builtins are loaded on first use:
-`config` is imported by the PCG, which `strategy` itself imports.
+A configuration itself (`OpConfig`) is plain data of `unity_legion.types`. `Strategy` (JSON in/out,
+validation, explain/draw) and the builtins are loaded on first use, so that importing the
+package for `StrategyError` does not load the substitutions and the PCG.
 """
 
 from typing import Any
 
-from unity_legion.strategy.config import OpConfig
-
-__all__ = ["BUILTINS", "MachineSpec", "OpConfig", "Strategy", "StrategyError", "by_name",
-           "data_parallel", "graph_signature", "megatron", "random_strategy", "table_parallel"]
+__all__ = ["BUILTINS", "MachineSpec", "Strategy", "StrategyError", "by_name", "data_parallel",
+           "graph_signature", "megatron", "random_strategy", "table_parallel"]
 
 _LAZY = {"MachineSpec": "strategy", "Strategy": "strategy", "StrategyError": "strategy",
          "graph_signature": "strategy", "BUILTINS": "builtin", "by_name": "builtin",

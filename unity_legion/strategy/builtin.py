@@ -14,21 +14,15 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from unity_legion.mappers.machine_view import MachineView
 from unity_legion.operators.base import SAMPLE, ParallelDim
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.pcg import PCGError, node_shapes
-from unity_legion.pcg.parallel_tensor import ParallelShapeError
-from unity_legion.pcg.tensor import TensorShape
-from unity_legion.strategy.config import OpConfig
 from unity_legion.strategy.strategy import (MachineSpec, Strategy, StrategyError, as_graph,
                                             graph_signature)
+from unity_legion.types import MachineView, OpConfig, ParallelShapeError, TensorShape
 
 # Megatron's column- and row-parallel axes of a Linear, and attention's heads axis.
 OUT, IN, HEADS, COLUMNS = "out", "in", "heads", "columns"
-# Operators a column-parallel output may pass through on its way to the row-parallel Linear:
-# they act on each element alone, so they can keep the features split.
-ELEMENTWISE = frozenset({"activation", "dropout", "identity"})
 
 
 def _check_devices(devices: int) -> int:
@@ -107,8 +101,9 @@ def _linear_partner(graph: ComputationGraph, node: Node) -> tuple[Node, list[Nod
         c = consumers[0]
         if c.op.op_type == "linear":
             return c, middle
-        if (c.op.op_type not in ELEMENTWISE or getattr(c.op, "fn", None) == "softmax"
-                or len(c.inputs) != 1 or len(c.outputs) != 1):
+        # a column-parallel output passes an operator that acts on each element alone with its
+        # features still split (Operator.is_elementwise)
+        if not c.op.is_elementwise() or len(c.inputs) != 1 or len(c.outputs) != 1:
             return None
         middle.append(c)
         tensor = c.outputs[0]

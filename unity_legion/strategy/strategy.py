@@ -33,14 +33,12 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from unity_legion.mappers.machine_view import MachineView
 from unity_legion.operators.base import SAMPLE
 from unity_legion.pcg.graph import ComputationGraph, Node
-from unity_legion.pcg.parallel_tensor import ParallelShapeError
 from unity_legion.pcg.pcg import PCG, PCGError, PNode, check_axes, data_parallel_config, lift
-from unity_legion.strategy.config import OpConfig
 from unity_legion.substitutions.apply import AppliedRule, Rewrite, replay
 from unity_legion.substitutions.rule import SubstitutionError
+from unity_legion.types import MachineView, OpConfig, ParallelShapeError
 
 SCHEMA = "unity_legion.strategy"
 VERSION = 1

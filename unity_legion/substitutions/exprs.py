@@ -6,27 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from unity_legion.operators.activation import Activation
-from unity_legion.operators.concat import Concat
-from unity_legion.operators.conv2d import Conv2D
-from unity_legion.operators.dropout import Dropout
-from unity_legion.operators.elementwise import Add, Multiply, Subtract
-from unity_legion.operators.linear import Linear
-from unity_legion.operators.permute import Identity, Permute
-from unity_legion.operators.reshape import Flatten, Reshape
-from unity_legion.operators.split import Split
+from unity_legion.operators.base import Operator
+from unity_legion.operators.registry import by_op_type
 from unity_legion.pcg.graph import ComputationGraph, Node
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 from .rule import AttrOf, Computed, SubstitutionError
 
-# Operator classes a `New` builder may construct, by op_type.
-OPERATOR_TYPES: dict[str, type] = {c.op_type: c for c in (
-    Activation, Add, Subtract, Multiply, Concat, Split, Linear, Conv2D, Permute, Identity,
-    Reshape, Flatten, Dropout)}
-
-# Activations that act on each element alone (so they commute with concat, split, permute...).
-ELEMENTWISE = ("relu", "tanh", "sigmoid", "gelu")
+# Operator classes a `New` builder may construct, by op_type: every operator of the registry.
+OPERATOR_TYPES: Mapping[str, type[Operator]] = by_op_type()
 
 
 @dataclass(frozen=True)

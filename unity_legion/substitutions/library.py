@@ -2,20 +2,24 @@
 
 Only rewrites that are exact for our operators are here: each is checked numerically in
 tests/test_substitutions.py on a random graph. Activations that commute with data movement are
-the elementwise ones (`ELEMENTWISE`); softmax reads whole rows, so it never moves past a concat,
-split, permute or reshape, and a Linear fused with softmax is never merged or split.
+the elementwise ones (`Activation.ELEMENTWISE_FNS`); softmax reads whole rows (row-wise), so it
+never moves past a concat, split, permute or reshape, and a Linear fused with softmax is never
+merged or split.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from .exprs import ELEMENTWISE
+from unity_legion.operators.activation import Activation
+
 from .rule import (AttrEq, AttrIn, AttrOf, Computed, Copy, In, New, OpPattern, OpTemplate, Out,
                    Pred, Rule, WeightFrom)
 
+# Activations that commute with data movement (concat, split, permute, reshape).
+ELEMENTWISE = Activation.ELEMENTWISE_FNS
 # Activations a Linear or Conv2D may fuse (the Activation table less the identity "linear").
-FUSABLE = ELEMENTWISE + ("softmax",)
+FUSABLE = ELEMENTWISE + Activation.ROW_WISE_FNS
 # A Linear whose columns are independent of each other: merging or splitting them is exact.
 COLUMNWISE = ELEMENTWISE + ("linear",)
 

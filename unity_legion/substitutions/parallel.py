@@ -14,26 +14,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
 
-from unity_legion.operators.activation import Activation
-from unity_legion.operators.attention import MultiHeadAttention
 from unity_legion.operators.base import DimKind, Operator
-from unity_legion.operators.batch_norm import BatchNorm
-from unity_legion.operators.concat import Concat
-from unity_legion.operators.conv2d import Conv2D
-from unity_legion.operators.dropout import Dropout
-from unity_legion.operators.elementwise import Add, Multiply, Subtract
-from unity_legion.operators.embedding import Embedding
-from unity_legion.operators.layer_norm import LayerNorm
-from unity_legion.operators.linear import Linear
-from unity_legion.operators.matmul import BatchMatmul
-from unity_legion.operators.padding import ZeroPad2D
-from unity_legion.operators.permute import Identity, Permute
-from unity_legion.operators.pooling import GlobalAvgPool2D, Pool2D
-from unity_legion.operators.reshape import Flatten, Reshape
-from unity_legion.operators.softmax import Softmax
-from unity_legion.operators.split import Split
+from unity_legion.operators.registry import OPERATORS
 from unity_legion.pcg.graph import ComputationGraph, Node
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import TensorShape
 
 
 @dataclass(frozen=True)
@@ -54,37 +38,11 @@ class ParallelRule:
         return f"{a} -> {self.op_type}[{self.axis}: {self.dim_kind.value}] -> {b}"
 
 
-def _s(*dims: int, dtype: DataType = DataType.FLOAT32) -> TensorShape:
-    return TensorShape(tuple(dims), dtype)
-
-
 def catalogue() -> list[tuple[Operator, tuple[TensorShape, ...]]]:
-    """One or more representative instances of every operator class (with input shapes), in
-    the ranks the model zoo uses: the source of the built-in parallel rules."""
-    ints = DataType.INT32
-    return [
-        (Linear(8), (_s(4, 6),)), (Linear(8), (_s(4, 5, 6),)), (Linear(8, activation="relu"), (_s(4, 6),)),
-        (Conv2D(4, 3), (_s(2, 8, 8, 3),)),
-        (Activation("relu"), (_s(4, 6),)), (Activation("relu"), (_s(4, 5, 6),)),
-        (Activation("softmax"), (_s(4, 5, 6),)),
-        (Add(), (_s(4, 6), _s(4, 6))), (Subtract(), (_s(4, 6), _s(4, 6))),
-        (Multiply(), (_s(4, 6), _s(4, 6))), (Add(), (_s(4, 5, 6), _s(4, 5, 6))),
-        (Concat(-1), (_s(4, 6), _s(4, 2))), (Concat(-1), (_s(4, 5, 6), _s(4, 5, 2))),
-        (Concat(1), (_s(4, 5, 6), _s(4, 3, 6))),
-        (Split(2, -1), (_s(4, 6),)), (Split(2, -1), (_s(4, 5, 6),)), (Split(2, 1), (_s(4, 6, 5),)),
-        (Permute((2, 1)), (_s(4, 5, 6),)), (Identity(), (_s(4, 6),)), (Identity(), (_s(4, 5, 6),)),
-        (Reshape((3, 2)), (_s(4, 6),)), (Reshape((5, 3, 2)), (_s(4, 5, 6),)),
-        (Flatten(), (_s(4, 5, 6),)),
-        (Dropout(0.5), (_s(4, 6),)), (Dropout(0.5), (_s(4, 5, 6),)),
-        (Softmax(), (_s(4, 6),)), (Softmax(), (_s(4, 5, 6),)),
-        (LayerNorm(), (_s(4, 6),)), (LayerNorm(), (_s(4, 5, 6),)),
-        (BatchNorm(), (_s(4, 6),)), (BatchNorm(), (_s(2, 8, 8, 3),)),
-        (Embedding(10, 4), (_s(4, 3, dtype=ints),)), (Embedding(10, 4, combiner="sum"), (_s(4, 3, dtype=ints),)),
-        (MultiHeadAttention(2, 4), (_s(4, 5, 6), _s(4, 5, 6))),
-        (BatchMatmul(), (_s(4, 5, 6), _s(4, 6, 3))),
-        (Pool2D("max"), (_s(2, 8, 8, 3),)), (GlobalAvgPool2D(), (_s(2, 8, 8, 3),)),
-        (ZeroPad2D(), (_s(2, 8, 8, 3),)),
-    ]
+    """One or more representative instances of every operator class (with input shapes): each
+    class's own `examples()`, in the registry's order. The source of the built-in parallel
+    rules."""
+    return [example for cls in OPERATORS for example in cls.examples()]
 
 
 def rules_of(op: Operator, inputs: Sequence[TensorShape]) -> list[ParallelRule]:

@@ -14,8 +14,7 @@ import numpy as np
 
 from unity_legion.pcg.parallel_ops import (Combine, FusedParallelOp, ParallelOp, Partition, Reduce,
                                            Replicate)
-from unity_legion.pcg.parallel_tensor import ParallelTensorShape
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import ParallelTensorShape, TensorShape
 
 Key = tuple[int, ...]
 

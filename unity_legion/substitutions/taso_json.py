@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from unity_legion.operators.base import DimKind, attribute_axis
+from unity_legion.operators.registry import by_taso_type
 
 from .parallel import ParallelRule, parallel_rules
 from .rule import (AttrEq, Computed, Copy, In, New, OpPattern, OpTemplate, Out, Pred, Rule,
@@ -74,14 +75,13 @@ class LoadResult:
 
 PARALLEL_TYPES = {"OP_PARTITION", "OP_REPARTITION", "OP_COMBINE", "OP_REPLICATE", "OP_REDUCE",
                   "OP_REDUCTION", "OP_FUSED_PARALLEL", "OP_PIPELINE"}
-ACTIVATION_TYPES = {"OP_RELU": "relu", "OP_SIGMOID": "sigmoid", "OP_TANH": "tanh", "OP_GELU": "gelu"}
-MERGE_TYPES = {"OP_EW_ADD": "add", "OP_EW_SUB": "subtract", "OP_EW_MUL": "multiply"}
 # PM_ACTI: TASO's ActiMode (0..3) and FlexFlow's (10..14)
 ACTI = {0: "linear", 1: "sigmoid", 2: "relu", 3: "tanh",
         10: "linear", 11: "relu", 12: "sigmoid", 13: "tanh", 14: "gelu"}
-OP_TYPE_OF = {"OP_LINEAR": "linear", "OP_CONV2D": "conv2d", "OP_IDENTITY": "identity",
-              "OP_CONCAT": "concatenate",
-              "OP_SPLIT": "split", **{k: "activation" for k in ACTIVATION_TYPES}, **MERGE_TYPES}
+# The TASO operator types we read, from the operators' own `taso_names`: our op type for each,
+# and the attributes the TASO type pins on it (OP_RELU: an activation with fn="relu").
+OP_TYPE_OF = {t: cls.op_type for t, (cls, _) in by_taso_type().items()}
+PINS = {t: name.pins for t, (_, name) in by_taso_type().items()}
 # operators whose second input is their weight (a pattern input): Linear's (in, out) kernel, a
 # Conv2D's (kh, kw, in, out) kernel (one group, channels_last, any kernel size, stride, padding)
 WEIGHTED = ("OP_LINEAR", "OP_CONV2D")
@@ -336,7 +336,7 @@ def _algebraic_rule(tr: TasoRule) -> Rule:
 
 def _pattern_op(i: int, o: TasoOp, ref: Any) -> OpPattern:
     typ = OP_TYPE_OF[o.type]
-    where: list = []
+    where: list = [AttrEq(attr, value) for attr, value in PINS[o.type]]
     ins = o.inputs
     num_outputs = None
     if o.type in WEIGHTED:
@@ -347,8 +347,6 @@ def _pattern_op(i: int, o: TasoOp, ref: Any) -> OpPattern:
         ins = o.inputs[:1]
         if o.type == "OP_CONV2D":   # the kernel concats and the channel axis assume these
             where += [AttrEq("groups", 1), AttrEq("data_format", "channels_last")]
-    elif o.type in ACTIVATION_TYPES:
-        where.append(AttrEq("fn", ACTIVATION_TYPES[o.type]))
     elif o.type in ("OP_CONCAT", "OP_SPLIT"):
         axis = o.param("PM_AXIS")
         if axis is None or axis == 0:
@@ -380,15 +378,13 @@ def _template(i: int, o: TasoOp, ref: Any, weights: Mapping[int, int], tr: TasoR
         if src_op.inputs[0] != o.inputs[0]:  # a different data input: the bias may not follow
             return (t, {f"src{src_i}"})
         return t
-    if o.type in ACTIVATION_TYPES:
-        build = New("activation", (("fn", ACTIVATION_TYPES[o.type]),))
-    elif o.type == "OP_CONCAT":
+    if o.type == "OP_CONCAT":
         axis = o.param("PM_AXIS")
         if axis is None or axis == 0:
             raise _Skip("OP_CONCAT along the batch axis (or without PM_AXIS)")
-        build = New("concatenate", (("axis", axis),))
+        build = New(typ, PINS[o.type] + (("axis", axis),))
     else:
-        build = New(typ)
+        build = New(typ, PINS[o.type])
     return OpTemplate(label, build, tuple(ref(t, "dst") for t in o.inputs))
 
 

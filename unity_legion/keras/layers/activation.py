@@ -8,7 +8,7 @@ from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.activation import Activation as ActivationOp
 from unity_legion.operators.activation import check_activation
 from unity_legion.operators.base import Operator
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class Activation(Layer):

@@ -7,7 +7,7 @@ from typing import Sequence
 from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator
 from unity_legion.operators.elementwise import Add as AddOp
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class Add(Layer):

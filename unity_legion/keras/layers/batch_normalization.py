@@ -16,7 +16,7 @@ from unity_legion import initializers
 from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.operators.batch_norm import BatchNorm
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class BatchNormalization(Layer):

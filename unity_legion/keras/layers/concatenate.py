@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.operators.concat import Concat
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class Concatenate(Layer):

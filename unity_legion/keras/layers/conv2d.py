@@ -14,7 +14,7 @@ from unity_legion import initializers
 from unity_legion.keras.layers.layer import Layer, check_positive_int
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.operators.conv2d import Conv2D as Conv2DOp
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class Conv2D(Layer):

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.operators.matmul import BatchMatmul
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 def _is_int(v: Any) -> bool:

@@ -14,7 +14,7 @@ from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.operators.dropout import Dropout as DropoutOp
 from unity_legion.operators.dropout import check_rate
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class Dropout(Layer):

@@ -19,7 +19,7 @@ from unity_legion.keras.layers.layer import Layer, check_positive_int
 from unity_legion.operators.base import Operator
 from unity_legion.operators.embedding import COMBINERS
 from unity_legion.operators.embedding import Embedding as EmbeddingOp
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class Embedding(Layer):

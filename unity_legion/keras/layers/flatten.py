@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator
 from unity_legion.operators.reshape import Flatten as FlattenOp
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 _FORMATS = ("channels_last", "channels_first")
 

@@ -7,7 +7,7 @@ from typing import Sequence
 from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator
 from unity_legion.operators.permute import Identity as IdentityOp
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class Identity(Layer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from unity_legion.keras.layers.layer import KerasTensor, unique_name
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 
 class InputSpec(KerasTensor):

@@ -8,7 +8,7 @@ import re
 from typing import Any, Sequence
 
 from unity_legion.operators.base import Operator, OperatorError
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types import DataType, TensorShape
 
 _counters: dict[str, itertools.count] = {}
 

@@ -15,7 +15,7 @@ from unity_legion import initializers
 from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.operators.layer_norm import LayerNorm
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class LayerNormalization(Layer):

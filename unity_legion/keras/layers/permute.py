@@ -9,7 +9,7 @@ from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.operators.permute import Permute as PermuteOp
 from unity_legion.operators.permute import check_permutation
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class Permute(Layer):

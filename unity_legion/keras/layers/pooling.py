@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Sequence
 from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.operators.pooling import GlobalAvgPool2D, Pool2D
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class _Pooling2D(Layer):

@@ -8,7 +8,7 @@ from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.operators.reshape import Reshape as ReshapeOp
 from unity_legion.operators.reshape import check_target_shape
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class Reshape(Layer):

@@ -9,7 +9,7 @@ from unity_legion.keras.layers.layer import Layer
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.operators.softmax import Softmax as SoftmaxOp
 from unity_legion.operators.softmax import check_softmax_axis
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class Softmax(Layer):

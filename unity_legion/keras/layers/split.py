@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from unity_legion.keras.layers.layer import KerasTensor, Layer
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.operators.split import Split as SplitOp
-from unity_legion.pcg.tensor import TensorShape
+from unity_legion.types import TensorShape
 
 
 class Split(Layer):

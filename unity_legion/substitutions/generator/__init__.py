@@ -42,7 +42,8 @@ def generated_rules() -> list:
     format, see `load_generated`). A rule with the opaque activation comes once per elementwise
     activation (named `<rule>_<fn>`, relu keeping the plain name) and, where it also holds for
     a row-wise one (`GeneratedRule.row_wise`), for softmax."""
-    from ..exprs import ELEMENTWISE
+    from unity_legion.operators.activation import Activation
+
     # a split in our rules cuts at the seam of the concat that built the dim; the TASO format
     # cannot say so (its split may cut anywhere), so rules with a split are not handed over
     ours = {r.name: r for r in load_generated(OURS_FILE)}
@@ -58,7 +59,7 @@ def generated_rules() -> list:
             out.append(rule)
             continue
         # the proof holds for any function in place of `act`; the file names one (relu)
-        fns = ELEMENTWISE + (("softmax",) if g.row_wise else ())
+        fns = Activation.ELEMENTWISE_FNS + (Activation.ROW_WISE_FNS if g.row_wise else ())
         out += [rule if fn == OPAQUE_AS else _with_activation(rule, fn) for fn in fns]
     return out
 

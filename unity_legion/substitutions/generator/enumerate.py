@@ -90,7 +90,7 @@ def enumerate_terms(k: int, specs: tuple[OpSpec, ...] = SPECS, inputs: Mapping[s
             if progress is not None and i % 5000 == 0:
                 progress(n, i, len(todo))
             shp = spec.shape(*[shapes[a] for a in args])
-            if shp is None or shp[2] * shp[3] * shp[4] * shp[5] > MAX_DEVICES:
+            if shp is None or shp.devices > MAX_DEVICES:
                 continue
             t = (spec.name,) + args
             if admit is not None and not admit(t):

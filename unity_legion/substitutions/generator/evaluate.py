@@ -54,7 +54,7 @@ def evaluate(t: Term, env: Mapping[str, tuple[np.ndarray, Shape]], specs: Mappin
 
 
 def random_value(shape: Shape, rng: np.random.Generator, mode: str = "ref") -> np.ndarray:
-    dims = (size(shape[0]), size(shape[1]))
+    dims = (size(shape.d0), size(shape.d1))
     if mode == "ref":
         return rng.integers(0, P, size=dims, dtype=np.int64)
     return rng.standard_normal(dims).astype(np.float32)

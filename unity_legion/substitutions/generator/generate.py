@@ -279,14 +279,14 @@ def generalise(lhs: Term, rhs: Term, shapes: tuple[tuple[str, Shape], ...],
     concat1(act(v), act(w)), would otherwise hold (and be matched) only where they agree; stated
     with v: m.p, w: m.q it holds for a concat of inputs of any widths."""
     cur = dict(shapes)
-    used = {d for s in cur.values() for i in (0, 1) for d in flat(s[i])}
+    used = {d for s in cur.values() for i in (0, 1) for d in flat(s.dim(i))}
     fresh = [d for d in FRESH if d not in used]
     for v, _ in shapes:
         for i in (0, 1):
-            count = sum(s[j] == cur[v][i] for s in cur.values() for j in (0, 1))
-            if not fresh or count < 2 or cur[v][i] == "1":
+            count = sum(s.dim(j) == cur[v].dim(i) for s in cur.values() for j in (0, 1))
+            if not fresh or count < 2 or cur[v].dim(i) == "1":
                 continue
-            trial = cur | {v: cur[v][:i] + (fresh[0],) + cur[v][i + 1:]}
+            trial = cur | {v: cur[v].with_dim(i, fresh[0])}
             if _type_checks(lhs, rhs, trial, table):
                 cur = trial
                 fresh.pop(0)
@@ -345,7 +345,7 @@ def _reductions(e, table, inputs) -> list[tuple[Term, Term, tuple]]:
     out = []
     for members in e.classes.values():
         t = members[0][0]
-        if isinstance(t, str) or table[t[0]].kind != "algebraic" or e.shapes[t][4] != 2:
+        if isinstance(t, str) or table[t[0]].kind != "algebraic" or e.shapes[t].sum_degree != 2:
             continue
         args = [strip(a) for a in t[1:]]
         if None in args or all(isinstance(a, str) for a in t[1:]):

@@ -93,7 +93,7 @@ def _conv(x: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 def random_4d(shape: Shape, role: str, rng: np.random.Generator) -> np.ndarray:
-    d0, d1 = size(shape[0]), size(shape[1])
+    d0, d1 = size(shape.d0), size(shape.d1)
     dims = (d0, *HW, d1) if role == IMAGE else (*KHW, d0, d1)
     return rng.standard_normal(dims).astype(np.float32)
 
@@ -121,7 +121,7 @@ def evaluate_4d(t: Term, env: Mapping[str, np.ndarray], shapes: Mapping[str, Sha
         return np.concatenate(args, axis=AXIS[role[t]][int(op[-1])])
     if op.startswith("split"):
         d = int(op[5])
-        cut = size(infer(t[1], shapes, table)[d][0])
+        cut = size(infer(t[1], shapes, table).dim(d)[0])
         parts = np.split(args[0], [cut], axis=AXIS[role[t]][d])
         return parts[1 if op.endswith("r") else 0]
     if table[op].kind == "parallel":

@@ -67,7 +67,7 @@ class Prover:
             guards = []
             for v in sorted(shapes):
                 for i in (0, 1):
-                    self._bind_dim(shapes[v][i], self.dim[i](tvars[v]), sym, guards)
+                    self._bind_dim(shapes[v].dim(i), self.dim[i](tvars[v]), sym, guards)
             extra: list = []
             table = dict(shapes)
             lz = self._term(lt, tvars, table, k, sym, guards, extra)
@@ -155,7 +155,7 @@ class Prover:
         s.add(k >= 2)
         for v, shp in sorted(shapes.items()):
             for i in (0, 1):
-                s.add(self.dim[i](consts[v]) == self._dim_expr(shp[i], sym))
+                s.add(self.dim[i](consts[v]) == self._dim_expr(shp.dim(i), sym))
         for e in sym.values():
             s.add(e >= 1)
         s.add(self.ground(lhs, shapes, consts, k, sym) != self.ground(rhs, shapes, consts, k, sym))

@@ -23,7 +23,7 @@ A new operator = one more `OpSpec` in `SPECS` (and its axioms).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -53,14 +53,7 @@ class OpSpec:
 # --- layout helpers ------------------------------------------------------------------------
 
 def _same(a: Shape, b: Shape) -> bool:
-    return flat(a[0]) == flat(b[0]) and flat(a[1]) == flat(b[1]) and a[2:] == b[2:]
-
-
-def _with(s: Shape, **kw: Any) -> Shape:
-    names = ("d0", "d1", "g0", "g1", "sum", "copy")
-    vals = dict(zip(names, s))
-    vals.update(kw)
-    return tuple(vals[n] for n in names)
+    return flat(a.d0) == flat(b.d0) and flat(a.d1) == flat(b.d1) and a.layout == b.layout
 
 
 # --- float32 helpers through the real kernels ----------------------------------------------
@@ -119,7 +112,7 @@ def _k_concat(axis):
 def _k_split(axis, right):
     def run(v, s):
         from unity_legion.operators.split import split_forward
-        cut = size(s[0][axis][0])
+        cut = size(s[0].dim(axis)[0])
         shp = list(v[0].shape)
         shp[axis] = shp[axis] - cut if right else cut
         y = np.empty(shp, v[0].dtype)
@@ -133,7 +126,8 @@ def _k_parallel(make):
     def run(v, s):
         from unity_legion.substitutions import parallel_ref as pr
         x = v[0].astype(np.float64)
-        t = pr.distribute(x, (s[0][2], s[0][3]), s[0][4], s[0][5], np.random.default_rng(1))
+        t = pr.distribute(x, (s[0].deg0, s[0].deg1), s[0].sum_degree, s[0].copy_degree,
+                          np.random.default_rng(1))
         return pr.value(pr.run(make(), t)).astype(np.float32)
     return run
 
@@ -146,84 +140,74 @@ def _opaque(x: np.ndarray) -> np.ndarray:
 # --- the specs -----------------------------------------------------------------------------
 
 def _matmul_shape(a: Shape, b: Shape) -> Shape | None:
-    if flat(a[1]) != flat(b[0]):
+    if flat(a.d1) != flat(b.d0):
         return None
-    g0, g1, s, c = a[2:]
-    h0, h1, t, e = b[2:]
+    g0, g1, s, c = a.layout
+    h0, h1, t, e = b.layout
     # devices: (row shard g0, column shard h1, contracted shard g1, partial source s|t, copies r)
     if g1 != h0 or (s > 1 and t > 1) or c % (h1 * t):
         return None
     r = c // (h1 * t)
     if e != g0 * s * r:
         return None
-    return (a[0], b[1], g0, h1, g1 * s * t, r)
+    return Shape(a.d0, b.d1, g0, h1, g1 * s * t, r)
 
 
 def _linact_shape(a: Shape, b: Shape) -> Shape | None:
     out = _matmul_shape(a, b)
-    return out if out is not None and out[4] == 1 else None
+    return out if out is not None and out.sum_degree == 1 else None
 
 
 def _ew_shape(linear: bool):
     def shape(a: Shape, b: Shape) -> Shape | None:
-        if not _same(a, b) or (not linear and a[4] > 1):
+        if not _same(a, b) or (not linear and a.sum_degree > 1):
             return None
         return a
     return shape
 
 
 def _act_shape(a: Shape) -> Shape | None:
-    return a if a[4] == 1 else None
+    return a if a.sum_degree == 1 else None
 
 
 def _concat_shape(d: int):
     def shape(a: Shape, b: Shape) -> Shape | None:
         o = 1 - d
-        if flat(a[o]) != flat(b[o]) or a[2:] != b[2:] or a[2 + d] != 1:
+        if flat(a.dim(o)) != flat(b.dim(o)) or a.layout != b.layout or a.degree(d) != 1:
             return None
-        out = list(a)
-        out[d] = (a[d], b[d])
-        return tuple(out)
+        return a.with_dim(d, (a.dim(d), b.dim(d)))
     return shape
 
 
 def _split_shape(d: int, right: bool):
     def shape(a: Shape) -> Shape | None:
-        if isinstance(a[d], str) or a[2 + d] != 1:
+        if isinstance(a.dim(d), str) or a.degree(d) != 1:
             return None
-        out = list(a)
-        out[d] = a[d][1 if right else 0]
-        return tuple(out)
+        return a.with_dim(d, a.dim(d)[1 if right else 0])
     return shape
 
 
 def _rsum_shape(d: int):
     def shape(a: Shape) -> Shape | None:
-        out = list(a)
-        out[d] = "1"
-        out[2 + d] = 1
-        out[4] = a[4] * a[2 + d]   # summing a partitioned dim leaves one partial sum per shard
-        return tuple(out)
+        # summing a partitioned dim leaves one partial sum per shard
+        return replace(a.with_dim(d, "1").with_degree(d, 1),
+                       sum_degree=a.sum_degree * a.degree(d))
     return shape
 
 
 def _part_shape(d: int):
     def shape(a: Shape) -> Shape | None:
-        if size(a[d]) % (a[2 + d] * DEGREE):
+        if size(a.dim(d)) % (a.degree(d) * DEGREE):
             return None
-        out = list(a)
-        out[2 + d] *= DEGREE
-        return tuple(out)
+        return a.with_degree(d, a.degree(d) * DEGREE)
     return shape
 
 
 def _comb_shape(d: int):
     def shape(a: Shape) -> Shape | None:
-        if a[2 + d] % DEGREE:
+        if a.degree(d) % DEGREE:
             return None
-        out = list(a)
-        out[2 + d] //= DEGREE
-        return tuple(out)
+        return a.with_degree(d, a.degree(d) // DEGREE)
     return shape
 
 
@@ -240,7 +224,7 @@ def _split_dims(d: int, right: bool):
 
 
 def _split_params(d: int):
-    return lambda shapes: (("dim", shapes[0][d][0]),)
+    return lambda shapes: (("dim", shapes[0].dim(d)[0]),)
 
 
 _DEG = lambda shapes: (("degree",),)  # noqa: E731
@@ -333,7 +317,7 @@ def _build() -> list[OpSpec]:
                ),
                taso=("OP_RELU", ()), ours="activation",
                doc="an opaque elementwise function (any of relu, tanh, sigmoid, gelu)"),
-        OpSpec("transpose", 1, "algebraic", lambda a: (a[1], a[0], a[3], a[2], a[4], a[5]),
+        OpSpec("transpose", 1, "algebraic", lambda a: a.transposed(),
                lambda v, s: np.ascontiguousarray(v[0].T), _k_transpose,
                lambda ad, p: (ad[0][1], ad[0][0]),
                axioms=_ax(
@@ -377,7 +361,7 @@ def _build() -> list[OpSpec]:
                    taso=("OP_CONCAT", (("PM_AXIS", d if d == 0 else -1), ("PM_NUM_INPUTS", 2))),
                    ours="concatenate", doc=f"concatenation along dim {d}"),
             OpSpec(sl, 1, "algebraic", _split_shape(d, False),
-                   (lambda d: lambda v, s: np.split(v[0], [size(s[0][d][0])], axis=d)[0])(d),
+                   (lambda d: lambda v, s: np.split(v[0], [size(s[0].dim(d)[0])], axis=d)[0])(d),
                    _k_split(d, False), _split_dims(d, False), _split_params(d), 1,
                    axioms=_ax(
                        f"{cat}({sl}({A}), {sr}(a)) = a",
@@ -390,7 +374,7 @@ def _build() -> list[OpSpec]:
                    ours="split",
                    doc=f"first part of a split along dim {d} (at the seam of the concat that built the dim)"),
             OpSpec(sr, 1, "algebraic", _split_shape(d, True),
-                   (lambda d: lambda v, s: np.split(v[0], [size(s[0][d][0])], axis=d)[1])(d),
+                   (lambda d: lambda v, s: np.split(v[0], [size(s[0].dim(d)[0])], axis=d)[1])(d),
                    _k_split(d, True), _split_dims(d, True), _split_params(d), 1,
                    axioms=_ax(
                        f"{sr}(part{o}({A})) = part{o}({sr}(a))",
@@ -443,19 +427,21 @@ def _build() -> list[OpSpec]:
                    ours="combine", doc=f"Combine(dim {d}, degree k)"),
         ]
     specs += [
-        OpSpec("repl", 1, "parallel", lambda a: _with(a, copy=a[5] * DEGREE), _identity,
-               _k_parallel(lambda: Replicate(DEGREE)), lambda ad, p: ad[0], _DEG, 1,
+        OpSpec("repl", 1, "parallel", lambda a: replace(a, copy_degree=a.copy_degree * DEGREE),
+               _identity, _k_parallel(lambda: Replicate(DEGREE)), lambda ad, p: ad[0], _DEG, 1,
                axioms=_ax("red(repl(a:n.m/1.1.2.1)) = repl(red(a))",
                           "partial(repl(a:n.m)) = repl(partial(a))"),
                taso=("OP_REPLICATE", (("PM_PARALLEL_DEGREE", DEGREE),)), ours="replicate",
                doc="Replicate(degree k): k copies"),
-        OpSpec("red", 1, "parallel", lambda a: _with(a, sum=a[4] // DEGREE) if a[4] % DEGREE == 0
-               else None, _identity, _k_parallel(lambda: Reduce(DEGREE)), lambda ad, p: ad[0], _DEG, 1,
+        OpSpec("red", 1, "parallel",
+               lambda a: replace(a, sum_degree=a.sum_degree // DEGREE)
+               if a.sum_degree % DEGREE == 0 else None, _identity, _k_parallel(lambda: Reduce(DEGREE)), lambda ad, p: ad[0], _DEG, 1,
                axioms=_ax("red(partial(a:n.m)) = a", "partial(red(a:n.m/1.1.2.1)) = a"),
                taso=("OP_REDUCTION", (("PM_PARALLEL_DEGREE", DEGREE),)), ours="reduce",
                doc="Reduce(degree k): add groups of k partial sums"),
         # not enumerated: the prover's name for "the same value, cut into k partial sums"
-        OpSpec("partial", 1, "parallel", lambda a: _with(a, sum=a[4] * DEGREE), _identity,
+        OpSpec("partial", 1, "parallel", lambda a: replace(a, sum_degree=a.sum_degree * DEGREE),
+               _identity,
                _identity, lambda ad, p: ad[0], _DEG, 1, enumerate=False,
                doc="k partial sums of the value (what a reduction-parallel op produces)"),
     ]

@@ -2,19 +2,62 @@
 
 A term is a variable name (str) or a tuple ``(op, arg, ...)``. A dimension is a symbol (``"n"``,
 ``"m"``, ``"p"``, ``"1"``) or a pair ``(left, right)``: the dimension a concat built, which a split
-cuts again at the same seam. A shape is ``(d0, d1, deg0, deg1, sum, copy)``: two logical dims and
-the parallel layout (shard degree per dim, partial-sum degree, copy degree), as in
-``pcg.parallel_tensor``. Text: ``matmul(x, concat1(w, v))``; an annotated variable ``x:n.m`` (or
-``x:n.m/2.1.1.1`` with a parallel layout) in an axiom.
+cuts again at the same seam. A `Shape` is two logical dims and their parallel layout (shard degree
+per dim, partial-sum degree, copy degree), as `unity_legion.types.ParallelTensorShape` has them.
+Text: ``matmul(x, concat1(w, v))``; an annotated variable ``x:n.m`` (or ``x:n.m/2.1.1.1`` with a
+parallel layout) in an axiom.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Union
 
 Term = Union[str, tuple]
 Dim = Union[str, tuple]
-Shape = tuple  # (d0, d1, deg0, deg1, sum, copy)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A 2-D tensor of the generator: its dims and how it is laid out over devices.
+
+    Frozen, so it keys dicts (shape groups, fingerprints); its hash is its fields' tuple, so a
+    set or dict of shapes iterates as one of the former 6-tuples did (the enumeration, and so the
+    generated rule files, do not depend on the type)."""
+
+    d0: Dim
+    d1: Dim
+    deg0: int = 1               # shard degree of dim 0
+    deg1: int = 1               # shard degree of dim 1
+    sum_degree: int = 1         # partial sums: the tensor is the sum of these copies
+    copy_degree: int = 1        # identical copies
+
+    def dim(self, i: int) -> Dim:
+        return (self.d0, self.d1)[i]
+
+    def degree(self, i: int) -> int:
+        return (self.deg0, self.deg1)[i]
+
+    @property
+    def layout(self) -> tuple[int, int, int, int]:
+        return (self.deg0, self.deg1, self.sum_degree, self.copy_degree)
+
+    @property
+    def devices(self) -> int:
+        """How many pieces (devices) the tensor occupies."""
+        return self.deg0 * self.deg1 * self.sum_degree * self.copy_degree
+
+    def with_dim(self, i: int, d: Dim) -> "Shape":
+        return replace(self, **{f"d{i}": d})
+
+    def with_degree(self, i: int, degree: int) -> "Shape":
+        return replace(self, **{f"deg{i}": degree})
+
+    def transposed(self) -> "Shape":
+        return replace(self, d0=self.d1, d1=self.d0, deg0=self.deg1, deg1=self.deg0)
+
+    def __str__(self) -> str:
+        return shape_text(self)
 
 # concrete sizes of the dimension symbols (distinct and even, so a degree-2 partition applies);
 # the enumeration's inputs use n, m, p, the rest give a rule's inputs sizes of their own
@@ -38,11 +81,11 @@ def flat(d: Dim) -> tuple[str, ...]:
 
 def shape_key(s: Shape) -> tuple:
     """What must agree for two tensors to be interchangeable (the concat tree may differ)."""
-    return (flat(s[0]), flat(s[1])) + tuple(s[2:])
+    return (flat(s.d0), flat(s.d1)) + s.layout
 
 
 def logical(d0: Dim, d1: Dim) -> Shape:
-    return (d0, d1, 1, 1, 1, 1)
+    return Shape(d0, d1)
 
 
 def dim_text(d: Dim) -> str:
@@ -50,8 +93,8 @@ def dim_text(d: Dim) -> str:
 
 
 def shape_text(s: Shape) -> str:
-    base = f"{dim_text(s[0])}.{dim_text(s[1])}"
-    return base if tuple(s[2:]) == (1, 1, 1, 1) else base + "/" + ".".join(map(str, s[2:]))
+    base = f"{dim_text(s.d0)}.{dim_text(s.d1)}"
+    return base if s.layout == (1, 1, 1, 1) else base + "/" + ".".join(map(str, s.layout))
 
 
 def parse_dim(text: str) -> Dim:
@@ -76,7 +119,7 @@ def parse_shape(text: str) -> Shape:
     layout = tuple(int(v) for v in par.split(".")) if par else (1, 1, 1, 1)
     if len(layout) != 4:
         raise TermSyntaxError(f"shape {text!r}: layout is deg0.deg1.sum.copy")
-    return (parse_dim(parts[0]), parse_dim(parts[1])) + layout
+    return Shape(parse_dim(parts[0]), parse_dim(parts[1]), *layout)
 
 
 def _split_top(text: str, sep: str) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from unity_legion.pcg.tensor import DataType, TensorShape
+from unity_legion.types.tensor import DataType, TensorShape
 
 
 class ParallelShapeError(ValueError):

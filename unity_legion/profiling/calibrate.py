@@ -1,9 +1,10 @@
 """Measure this machine's figures for the "local" preset, and the analytic model's efficiencies.
 
 Everything is measured through Legate on the processors of the running job (`legate --cpus N`),
-with the executor's own launch path, as medians of repeated runs. Costs are CPU seconds, per
-thread (Linux `schedstat`, as `measure.py` does): a machine shared with other jobs stretches wall
-time, which the one wall-time figure, `cores`, accounts for.
+with the executor's own launch path (its profiling API: `GraphExecutor.launch`, `new_store`,
+`fence`; fusion off, every launch a task of its own), as medians of repeated runs. Costs are CPU
+seconds, per thread (Linux `schedstat`, as `measure.py` does here): a machine shared with other
+jobs stretches wall time, which the one wall-time figure, `cores`, accounts for.
 
 - flops_fp32: one processor's matmul rate: a serial Linear forward of 512 x 512 x 512
   (2 n^3 flops over the kernel's CPU time in its task).
@@ -38,10 +39,11 @@ time, which the one wall-time figure, `cores`, accounts for.
   elementwise add (its bytes over mem_bandwidth x kernel time). Factors are clipped to [0.01, 1].
   They make the analytic model (the fallback for what is not measured) agree with this machine.
 
-The result (`Calibration`: the machine model and the efficiencies) is cached as JSON in the cost
-cache directory (`measure.cache_root`), keyed by the machine fingerprint, so a second run
-measures nothing. `local_machine()` returns the "local" preset with the measured figures (the
-cached ones; measuring first if `measure` and none are cached, else the preset's defaults).
+The result (`unity_legion.cost.calibration.Calibration`: the machine model and the efficiencies)
+is cached as JSON in the cost cache directory (`cost.measure.cache_root`), keyed by the job's
+fingerprint (`profiling.measure.job_fingerprint`), so a second run measures nothing.
+`local_machine()` returns the "local" preset with the measured figures (the cached ones;
+measuring first if `measure` and none are cached, else the preset's defaults).
 On several ranks (below) rank 0's figures are the model's: every rank's issuing thread, runtime
 and processors cost what rank 0's do (they issue the same launches); nothing is summed across
 processes.
@@ -51,71 +53,31 @@ If the job has GPUs, nothing here applies (the probes are CPU tasks): `calibrate
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from unity_legion.cost.machine import (PRESETS, LinkSpec, MachineError, MachineModel,
-                                       RuntimeSpec)
-from unity_legion.cost.measure import bcast, cache_root, is_rank0, job_fingerprint, rank_comm
-from unity_legion.cost.op_cost import MEMORY_EFFICIENCY, AnalyticCost
+from unity_legion.cost.calibration import (Calibration, calibration_file, read_calibration,
+                                           write_calibration)
+from unity_legion.cost.machine import PRESETS, LinkSpec, MachineModel, RuntimeSpec
 from unity_legion.operators.base import In, Out, Sum, kernel
-from unity_legion.pcg.tensor import TensorShape
-
-SCHEMA = "unity_legion.calibration"
-
-
-@dataclass(frozen=True)
-class Calibration:
-    machine: MachineModel
-    efficiency: Mapping[str, float] = field(default_factory=dict)
-    memory_efficiency: float = MEMORY_EFFICIENCY
-    probes: Mapping[str, float] = field(default_factory=dict)   # raw figures, for reports
-
-    def analytic(self) -> AnalyticCost:
-        return AnalyticCost(efficiency=dict(self.efficiency),
-                            memory_efficiency=self.memory_efficiency)
-
-    def to_json(self) -> str:
-        return json.dumps({"schema": SCHEMA, "version": 1,
-                           "machine": json.loads(self.machine.to_json()),
-                           "efficiency": dict(self.efficiency),
-                           "memory_efficiency": self.memory_efficiency,
-                           "probes": dict(self.probes)}, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Calibration":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MachineError(f"calibration: not valid JSON ({exc})") from None
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise MachineError("calibration: not a unity_legion calibration file")
-        try:
-            return cls(MachineModel.from_dict(data["machine"]), dict(data["efficiency"]),
-                       float(data["memory_efficiency"]), dict(data.get("probes", {})))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MachineError(f"calibration: {exc}") from None
-
+from unity_legion.profiling.measure import cpu_split, job_fingerprint, measure_op, thread_cpu
+from unity_legion.runtime import bcast, is_rank0, rank_comm
+from unity_legion.types import TensorShape
 
 def calibration_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    return cache_root(cache_dir) / f"machine-{job_fingerprint()}.json"
+    """Where this job's calibration is cached."""
+    return calibration_file(job_fingerprint(), cache_dir)
 
 
 def cached_calibration(cache_dir: str | os.PathLike[str] | None = None) -> Calibration | None:
-    path = calibration_path(cache_dir)
-    try:
-        return Calibration.from_json(path.read_text())
-    except (OSError, MachineError):
-        return None
+    return read_calibration(calibration_path(cache_dir))
 
 
 def local_calibration(cache_dir: str | os.PathLike[str] | None = None, measure: bool = True,
@@ -130,12 +92,7 @@ def local_calibration(cache_dir: str | os.PathLike[str] | None = None, measure: 
         cal = calibrate()
         if not is_rank0():
             return cal
-        path = calibration_path(cache_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(cal.to_json())
-        os.replace(tmp, path)
+        write_calibration(calibration_path(cache_dir), cal)
     return cal
 
 
@@ -209,35 +166,32 @@ class _Cpu:
 
 
 class _Probe:
-    """Launches through the executor's own path (`GraphExecutor._launch`) on chosen processors."""
+    """Launches through the executor's own path (`GraphExecutor.launch`) on chosen processors."""
 
     def __init__(self) -> None:
         # Stores come from the executor (the one module that speaks Legate).
         from unity_legion.executor.executor import GraphExecutor
         from unity_legion.pcg.graph import ComputationGraph
-        from unity_legion.runtime import runtime
 
-        self.rt = runtime()
         self.ex = GraphExecutor(ComputationGraph(), [])
+        self.ex.fusion = False  # one task per launch: each is timed as it is priced
 
     def fence(self) -> None:
-        self.rt.issue_execution_fence(block=True)
+        self.ex.fence()
 
     def store(self, *shape: int, value: float = 1.0) -> Any:
-        s = self.ex._new(TensorShape(tuple(shape)))
-        s.fill(value)
-        return s
+        return self.ex.new_store(TensorShape(tuple(shape)), value)
 
     def launch(self, k: Any, args: Mapping[str, tuple[str | None, ...]], stores: Mapping[str, Any],
                points: int, scalars: Mapping[str, Any] | None = None, start: int = 0) -> None:
-        from unity_legion.mappers.machine_view import MachineView
         from unity_legion.operators.base import SAMPLE, Arg, Launch, Ref, RefKind
+        from unity_legion.types import MachineView
 
         refs = {Ref(RefKind.SAVED, name): store for name, store in stores.items()}
         launch = Launch(k, {name: Arg(Ref(RefKind.SAVED, name), split)
                             for name, split in args.items()}, dict(scalars or {}))
-        self.ex._launch(launch, refs, {SAMPLE: points},
-                        MachineView.contiguous("cpu", start, min(points, self.procs)))
+        self.ex.launch(launch, refs, {SAMPLE: points},
+                       MachineView.contiguous("cpu", start, min(points, self.procs)))
 
     @property
     def procs(self) -> int:
@@ -263,8 +217,6 @@ class _Probe:
     def cpu_window(self, f: Callable[[], None]) -> "_Cpu":
         """CPU seconds of the issuing thread (while it issues), of the processors' threads and of
         the runtime's other threads while `f`'s launches are issued and run."""
-        from unity_legion.cost.measure import cpu_split, thread_cpu
-
         main = threading.get_native_id()
         self.fence()
         c0 = thread_cpu()
@@ -283,14 +235,12 @@ class _Probe:
 
 def calibrate(repeats: int = 9) -> Calibration:
     """Run every probe on this job's CPU processors (see the module doc)."""
-    from unity_legion.cost.measure import measure_op
     from unity_legion.executor.executor import read
     from unity_legion.operators.base import SAMPLE
     from unity_legion.operators.elementwise import Add
     from unity_legion.operators.linear import Linear
-    from unity_legion.pcg.tensor import TensorShape
     from unity_legion.runtime import machine_info
-    from unity_legion.strategy.config import OpConfig
+    from unity_legion.types import OpConfig, TensorShape
 
     info = machine_info()
     if info.gpus:
@@ -449,7 +399,7 @@ def calibrate(repeats: int = 9) -> Calibration:
 
     device = replace(base.device, flops_fp32=flops, flops_bf16=flops, mem_bandwidth=bandwidth,
                      launch_overhead=task_overhead)
-    source = "measured by unity_legion.cost.calibrate on this machine"
+    source = "measured by unity_legion.profiling.calibrate on this machine"
     if info.ranks > 1:
         source += f" ({info.ranks} ranks: per-rank figures, rank 0's)"
     machine = replace(base, nodes=info.ranks, devices_per_node=pr.local, device=device,
@@ -532,9 +482,7 @@ def measure_cores(repeats: int = 3, warmup: int = 1) -> float:
 def _family_efficiencies(flops: float, repeats: int) -> dict[str, float]:
     """Fraction of `flops` reached by a serial forward of a typical piece of each compute-bound
     family that is available (conv2d, multi_head_attention)."""
-    from unity_legion.cost.measure import measure_op
-    from unity_legion.pcg.tensor import TensorShape
-    from unity_legion.strategy.config import OpConfig
+    from unity_legion.types import OpConfig, TensorShape
 
     out: dict[str, float] = {}
     cases: list[tuple[str, Callable[[], Any], list[TensorShape]]] = []

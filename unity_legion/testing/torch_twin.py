@@ -1,23 +1,43 @@
 """The same model in PyTorch: a unity_legion keras.Model's graph run by torch operators.
 
-Used as the reference of the model benchmarks (and whole-model tests): `TorchTwin(model)` holds
-torch copies of the model's current weights and runs the graph node by node, each operator by
-the torch function of the same meaning, in the same layouts (channels_last images are permuted
-to torch's NCHW around convolutions and poolings). PyTorch is a test and benchmark dependency
-only; nothing in unity_legion imports this.
+Used as the reference of the model benchmarks and of the tests: `TorchTwin(model)` holds torch
+copies of the model's current weights and runs the graph node by node; `run_node` runs one
+operator by the torch function of the same meaning, in the same layouts (channels_last images
+are permuted to torch's NCHW around convolutions and poolings). The table is keyed by operator
+class, and an operator that only reshapes (`Operator.reshape_only`) needs no entry. PyTorch is a
+test and benchmark dependency only; nothing in unity_legion imports this module.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unity_legion.operators.activation import Activation
+from unity_legion.operators.attention import MultiHeadAttention
+from unity_legion.operators.base import Operator
+from unity_legion.operators.batch_norm import BatchNorm
+from unity_legion.operators.concat import Concat
+from unity_legion.operators.conv2d import Conv2D
+from unity_legion.operators.dropout import Dropout
+from unity_legion.operators.elementwise import Add, Multiply, Subtract
+from unity_legion.operators.embedding import Embedding
+from unity_legion.operators.layer_norm import LayerNorm
+from unity_legion.operators.linear import Linear
+from unity_legion.operators.matmul import BatchMatmul
+from unity_legion.operators.padding import ZeroPad2D
+from unity_legion.operators.permute import Identity, Permute
+from unity_legion.operators.pooling import GlobalAvgPool2D, Pool2D
+from unity_legion.operators.softmax import Softmax
+from unity_legion.operators.split import Split
+from unity_legion.types import TensorShape
+
 Tensor = torch.Tensor
-OpFn = Callable[[Any, list[Tensor], dict[str, Tensor], bool, Any], list[Tensor]]
+OpFn = Callable[[Any, list[Tensor], Mapping[str, Tensor], bool, Any], list[Tensor]]
 
 _ACT: dict[str, Callable[[Tensor], Tensor]] = {
     "linear": lambda t: t, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
@@ -170,28 +190,52 @@ def _dropout(op, xs, w, training, s):
     return [F.dropout(xs[0], op.rate, training)]
 
 
-REGISTRY: dict[str, OpFn] = {
-    "linear": _linear,
-    "activation": lambda op, xs, w, t, s: [_ACT[op.fn](xs[0])],
-    "dropout": _dropout,
-    "add": lambda op, xs, w, t, s: [sum(xs[1:], xs[0])],
-    "subtract": lambda op, xs, w, t, s: [xs[0] - xs[1]],
-    "multiply": lambda op, xs, w, t, s: [math.prod(xs[1:], start=xs[0])],
-    "concatenate": lambda op, xs, w, t, s: [torch.cat(xs, dim=op.resolved_axis(xs[0].dim()))],
-    "embedding": _embedding,
-    "conv2d": _conv2d,
-    "pool2d": _pool2d,
-    "global_avg_pool2d": _global_avg_pool,
-    "layer_norm": _layer_norm,
-    "split": _split,
-    "zero_pad2d": _zero_pad,
-    "batch_norm": _batch_norm,
-    "multi_head_attention": _attention,
-    "batch_matmul": _batch_matmul,
-    "softmax": _softmax,
-    "permute": lambda op, xs, w, t, s: [xs[0].permute(op.perm)],
-    "identity": lambda op, xs, w, t, s: [xs[0]],
+# The torch function of each operator class (reshape-only operators need none: see run_node).
+REGISTRY: dict[type[Operator], OpFn] = {
+    Linear: _linear,
+    Activation: lambda op, xs, w, t, s: [_ACT[op.fn](xs[0])],
+    Dropout: _dropout,
+    Add: lambda op, xs, w, t, s: [sum(xs[1:], xs[0])],
+    Subtract: lambda op, xs, w, t, s: [xs[0] - xs[1]],
+    Multiply: lambda op, xs, w, t, s: [math.prod(xs[1:], start=xs[0])],
+    Concat: lambda op, xs, w, t, s: [torch.cat(xs, dim=op.resolved_axis(xs[0].dim()))],
+    Embedding: _embedding,
+    Conv2D: _conv2d,
+    Pool2D: _pool2d,
+    GlobalAvgPool2D: _global_avg_pool,
+    LayerNorm: _layer_norm,
+    Split: _split,
+    ZeroPad2D: _zero_pad,
+    BatchNorm: _batch_norm,
+    MultiHeadAttention: _attention,
+    BatchMatmul: _batch_matmul,
+    Softmax: _softmax,
+    Permute: lambda op, xs, w, t, s: [xs[0].permute(op.perm)],
+    Identity: lambda op, xs, w, t, s: [xs[0]],
 }
+
+
+def supports(op: Operator) -> bool:
+    """Whether the twin can run `op`."""
+    return op.reshape_only or type(op) in REGISTRY
+
+
+def run_node(op: Operator, xs: Sequence[Tensor], weights: Mapping[str, Tensor], training: bool,
+             inputs: Sequence[TensorShape]) -> list[Tensor]:
+    """`op`'s outputs for input tensors `xs` of concrete shapes `inputs`, with its weights by
+    name. A reshape-only operator's output is its input, row-major, in the shape it infers
+    (Keras' channels_first Flatten flattens in channels_last order, so it moves the channels
+    last first)."""
+    if op.reshape_only:
+        x = xs[0]
+        if getattr(op, "channels_first", False) and x.dim() > 2:
+            x = x.movedim(1, -1)
+        return [x.reshape(op.infer_outputs(list(inputs))[0].dims)]
+    try:
+        fn = REGISTRY[type(op)]
+    except KeyError:
+        raise NotImplementedError(f"TorchTwin: no torch version of {op.op_type}") from None
+    return fn(op, list(xs), weights, training, list(inputs))
 
 
 class TorchTwin(torch.nn.Module):
@@ -204,7 +248,7 @@ class TorchTwin(torch.nn.Module):
         self.input_ids = list(model._input_ids)
         self.output_ids = list(model._output_ids)
         self.nodes = graph.subgraph_nodes(self.output_ids)
-        missing = sorted({n.op.op_type for n in self.nodes} - set(REGISTRY) - set(_RESHAPES))
+        missing = sorted({n.op.op_type for n in self.nodes if not supports(n.op)})
         if missing:
             raise NotImplementedError(f"TorchTwin: no torch version of {missing}")
         self.weights = torch.nn.ParameterDict()
@@ -219,22 +263,11 @@ class TorchTwin(torch.nn.Module):
         shapes = self.graph.bind_batch(batch)
         env: dict[int, Tensor] = dict(zip(self.input_ids, inputs))
         for n in self.nodes:
-            xs = [env[t] for t in n.inputs]
-            if n.op.op_type in _RESHAPES:
-                x = xs[0]
-                if getattr(n.op, "channels_first", False) and x.dim() > 2:
-                    x = x.movedim(1, -1)  # Keras' Flatten flattens in channels_last order
-                outs = [x.reshape(shapes[n.outputs[0]].dims)]
-            else:
-                w = {ws.name: self.weights[_key(n.id, ws.name)] for ws in n.weights}
-                outs = REGISTRY[n.op.op_type](n.op, xs, w, self.training,
-                                              [shapes[t] for t in n.inputs])
+            w = {ws.name: self.weights[_key(n.id, ws.name)] for ws in n.weights}
+            outs = run_node(n.op, [env[t] for t in n.inputs], w, self.training,
+                            [shapes[t] for t in n.inputs])
             env.update(zip(n.outputs, outs))
         return [env[t] for t in self.output_ids]
-
-
-# Operators that only change the shape (row-major, per sample): the output shape says it all.
-_RESHAPES = {"reshape", "flatten"}
 
 
 def _key(node_id: int, name: str) -> str:

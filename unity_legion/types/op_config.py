@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from unity_legion.mappers.machine_view import MachineView
+from unity_legion.types.machine_view import MachineView
 
 
 @dataclass(frozen=True)

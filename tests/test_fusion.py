@@ -1,0 +1,98 @@
+"""Fused groups: launches over the same grid and processors run as one task, with the same
+numbers as one task per launch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unity_legion.executor.executor import GraphExecutor, Objective
+from unity_legion.executor.fusion import FusedGroup, _combine
+from unity_legion.executor.launcher import BoundArg
+from unity_legion.executor.tasks import Access
+from unity_legion.operators.base import Role
+from unity_legion.operators.batch_norm import BatchNorm
+from unity_legion.operators.dropout import Dropout
+from unity_legion.operators.linear import Linear
+from unity_legion.operators.losses import SparseCategoricalCrossentropy
+from unity_legion.operators.optimizers import AdamRule
+from unity_legion.pcg.graph import ComputationGraph
+from unity_legion.runtime import machine_info
+from unity_legion.types import MachineView, TensorShape
+
+
+def _arg(store: object, role: Role, tile=(4,), proj=(0,), reduced: bool = False) -> BoundArg:
+    return BoundArg("a", role, reduced, store, tile, proj)
+
+
+def test_a_group_combines_accesses_and_refuses_what_would_change_results() -> None:
+    a, b = object(), object()
+    g = FusedGroup((2,), MachineView.contiguous("cpu", 0, 2))
+    plan = g.plan([_arg(a, Role.INPUT), _arg(b, Role.OUTPUT)])
+    assert plan == [(0, Access.READ), (1, Access.WRITE)]
+    # the same store under another tiling cannot share a slot
+    assert g.plan([_arg(a, Role.INPUT), _arg(a, Role.INPUT, tile=(2,))]) is None
+    # a store some step adds into is only added into by the group: a reader starts a new group
+    assert _combine(Access.REDUCE, _arg(a, Role.INPUT)) is None
+    assert _combine(Access.REDUCE, _arg(a, Role.SUM)) is Access.REDUCE
+    assert _combine(Access.READ, _arg(a, Role.SUM)) is None
+    # read, then written: read-write; written, then read: the written piece (write only)
+    assert _combine(Access.READ, _arg(a, Role.OUTPUT)) is Access.READ_WRITE
+    assert _combine(Access.WRITE, _arg(a, Role.INPUT)) is Access.WRITE
+
+
+def _model(with_norm: bool) -> tuple[ComputationGraph, int, int]:
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 12)), "x")
+    (h,) = g.add_node(Linear(16, activation="relu"), [x], "d1")
+    if with_norm:
+        (h,) = g.add_node(BatchNorm(), [h], "bn")
+    (h,) = g.add_node(Dropout(0.25), [h], "drop")
+    (h,) = g.add_node(Linear(16, activation="tanh"), [h], "d2")
+    (o,) = g.add_node(Linear(5), [h], "out")
+    return g, x, o
+
+
+def _train(fused: bool, with_norm: bool, steps: int = 3) -> tuple[dict, list[float], GraphExecutor]:
+    g, x, o = _model(with_norm)
+    ex = GraphExecutor(g, [o], seed=3)
+    ex.fusion = fused
+    rng = np.random.default_rng(0)
+    for key, spec in ex.weight_specs():
+        ex.set_weight(key, 0.3 * rng.standard_normal(spec.shape.dims).astype(np.float32))
+    xs = rng.standard_normal((10, 12)).astype(np.float32)
+    ys = rng.integers(0, 5, 10)
+    obj = Objective((SparseCategoricalCrossentropy(from_logits=True),), ((),))
+    losses = [ex.train_step({x: xs}, [ys], obj, AdamRule(), 0.01, s).mean_loss
+              for s in range(1, steps + 1)]
+    return {k: ex.get_weight(k) for k, _ in ex.weight_specs()}, losses, ex
+
+
+@pytest.mark.parametrize("with_norm", [False, True], ids=["mlp", "batch_norm"])
+def test_fused_training_equals_one_task_per_launch(with_norm: bool) -> None:
+    """Same kernels, same pieces, same order: the weights after three Adam steps (dropout and
+    batch statistics included) are bitwise those of the unfused run."""
+    w_fused, l_fused, ex = _train(True, with_norm)
+    w_plain, l_plain, _ = _train(False, with_norm)
+    assert l_fused == l_plain
+    for k in w_plain:
+        np.testing.assert_array_equal(w_fused[k], w_plain[k])
+    # and fusion happened: far fewer tasks than launches
+    assert ex._queue.tasks * 3 <= ex._queue.launches, (ex._queue.tasks, ex._queue.launches)
+
+
+def test_a_data_parallel_step_is_a_handful_of_tasks() -> None:
+    """An MLP step on all processors: forward with the loss, backward, the updates: the
+    launches of each phase share one grid, so each phase is about one task."""
+    if machine_info().processors < 2:
+        pytest.fail("needs LEGATE_CONFIG='--cpus 2' (make test sets it)")
+    _, _, ex = _train(True, with_norm=False, steps=1)
+    before = ex._queue.tasks, ex._queue.launches
+    g_x = ex.graph.inputs[0]
+    rng = np.random.default_rng(1)
+    obj = Objective((SparseCategoricalCrossentropy(from_logits=True),), ((),))
+    ex.train_step({g_x: rng.standard_normal((10, 12)).astype(np.float32)},
+                  [rng.integers(0, 5, 10)], obj, AdamRule(), 0.01, 2)
+    tasks = ex._queue.tasks - before[0]
+    launches = ex._queue.launches - before[1]
+    assert launches >= 12 and tasks <= 5, (tasks, launches)

@@ -1,0 +1,77 @@
+"""The calibration of the "local" machine, as the cost model reads it: the measured machine model
+and the analytic model's efficiencies (`Calibration`), and its file in the cost cache.
+
+Nothing here measures: `unity_legion.profiling.calibrate` runs the probes on the local machine
+(its module doc tells what each figure is) and writes what it found here, as JSON in the cost
+cache directory (`measure.cache_root`), keyed by the job's fingerprint (`calibration_file`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from unity_legion.cost.machine import MachineError, MachineModel
+from unity_legion.cost.measure import cache_root
+from unity_legion.cost.op_cost import MEMORY_EFFICIENCY, AnalyticCost
+
+SCHEMA = "unity_legion.calibration"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    machine: MachineModel
+    efficiency: Mapping[str, float] = field(default_factory=dict)
+    memory_efficiency: float = MEMORY_EFFICIENCY
+    probes: Mapping[str, float] = field(default_factory=dict)   # raw figures, for reports
+
+    def analytic(self) -> AnalyticCost:
+        return AnalyticCost(efficiency=dict(self.efficiency),
+                            memory_efficiency=self.memory_efficiency)
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": SCHEMA, "version": 1,
+                           "machine": json.loads(self.machine.to_json()),
+                           "efficiency": dict(self.efficiency),
+                           "memory_efficiency": self.memory_efficiency,
+                           "probes": dict(self.probes)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Calibration":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MachineError(f"calibration: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise MachineError("calibration: not a unity_legion calibration file")
+        try:
+            return cls(MachineModel.from_dict(data["machine"]), dict(data["efficiency"]),
+                       float(data["memory_efficiency"]), dict(data.get("probes", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MachineError(f"calibration: {exc}") from None
+
+
+def calibration_file(fingerprint: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the calibration of the machine (job) `fingerprint` is cached."""
+    return cache_root(cache_dir) / f"machine-{fingerprint}.json"
+
+
+def read_calibration(path: Path) -> Calibration | None:
+    """The calibration in `path`; None when it is missing or not a valid calibration."""
+    try:
+        return Calibration.from_json(path.read_text())
+    except (OSError, MachineError):
+        return None
+
+
+def write_calibration(path: Path, cal: Calibration) -> None:
+    """Write `cal` to `path` atomically (a reader sees the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(cal.to_json())
+    os.replace(tmp, path)

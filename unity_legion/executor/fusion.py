@@ -1,0 +1,167 @@
+"""Fused groups: consecutive launches over the same grid and processors run as one task.
+
+A launch costs the issuing thread and Legion's analysis far more than a small kernel takes
+(hundreds of microseconds on these machines), and a training step is hundreds to thousands of
+launches. Launches issued one after another whose points run on the same processors and see
+every store they share through the same tiles fuse: the group becomes one Legate task whose
+body runs the kernels in order on each point's pieces (FlexFlow's FusedOp; here formed as the
+step is issued, so every plan, optimizer and loss fuses alike).
+
+What keeps a fused task equal to the launches it replaces:
+- a store is one slot of the task, with one tile shape and projection for every use: a point
+  then reads exactly the piece it (or an earlier step on it) wrote;
+- a store some step adds into (an ADD reduction over points) is only added into by the
+  group: reading it needs every point's contribution, so a reader starts a new group;
+- zero-filling a store the group already uses ends the group first (the fill must come
+  after the group's uses).
+`FUSION_RULE` states the same rule for the cost model (`unity_legion.cost`), which prices a
+group's launch overhead once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from unity_legion.executor.launcher import BoundArg, submit_program
+from unity_legion.executor.tasks import Access, Program, Step
+from unity_legion.types import MachineView
+from unity_legion.mappers.placement import placed
+
+# Steps per fused task at most: a longer task holds its processors' pieces for longer before
+# any consumer on another processor can start (and its registration is one more shape).
+MAX_STEPS = 128
+
+
+def _combine(old: Access | None, arg: BoundArg) -> Access | None:
+    """The slot access after `arg`'s use, or None where the group cannot take it."""
+    if arg.is_reduction:
+        return Access.REDUCE if old in (None, Access.REDUCE) else None
+    if old is Access.REDUCE:
+        return None
+    if old is None:
+        return {True: {True: Access.READ_WRITE, False: Access.READ},
+                False: {True: Access.WRITE, False: Access.READ}}[arg.reads][arg.writes]
+    if old is Access.READ and arg.writes:
+        return Access.READ_WRITE
+    return old   # WRITE stays WRITE (later reads see the written piece); READ_WRITE stays
+
+
+@dataclass
+class _Slot:
+    store: Any
+    tile: tuple[int, ...] | None
+    proj: tuple[int | None, ...] | None
+    access: Access
+
+
+@dataclass
+class FusedGroup:
+    """Launches collected for one task: the grid and processors they share, their steps."""
+
+    grid: tuple[int, ...]
+    view: MachineView
+    steps: list[Step] = field(default_factory=list)
+    slots: list[_Slot] = field(default_factory=list)
+    by_store: dict[int, int] = field(default_factory=dict)
+    scalars: list[tuple[Any, type]] = field(default_factory=list)
+    labels: list[Any] = field(default_factory=list)   # per step: the profiler's label
+
+    def uses(self, store: Any) -> bool:
+        return id(store) in self.by_store
+
+    def plan(self, bound: Sequence[BoundArg]) -> list[tuple[int, Access]] | None:
+        """Per argument, its slot and the slot's access after the launch (new slots numbered
+        from len(slots) on); None where the launch cannot join the group."""
+        if len(self.steps) >= MAX_STEPS:
+            return None
+        seen: dict[int, tuple[int, Access | None, Any, Any]] = {}
+        out = []
+        fresh = len(self.slots)
+        for b in bound:
+            key = id(b.store)
+            if key in seen:
+                slot, access, tile, proj = seen[key]
+            elif key in self.by_store:
+                s = self.slots[self.by_store[key]]
+                slot, access, tile, proj = self.by_store[key], s.access, s.tile, s.proj
+            else:
+                slot, access, tile, proj = fresh, None, b.tile, b.proj
+                fresh += 1
+            if (tile, proj) != (b.tile, b.proj):
+                return None
+            access = _combine(access, b)
+            if access is None:
+                return None
+            seen[key] = (slot, access, tile, proj)
+            out.append((slot, access))
+        # the final access of each slot (a later argument of the same store may widen it)
+        return [(slot, seen[id(b.store)][1]) for b, (slot, _a) in zip(bound, out)]  # type: ignore[misc]
+
+    def add(self, kernel: Any, bound: Sequence[BoundArg], reduced: frozenset[str],
+            scalars: Sequence[tuple[Any, type]], plan: list[tuple[int, Access]]) -> None:
+        for b, (slot, access) in zip(bound, plan):
+            if slot == len(self.slots):
+                self.slots.append(_Slot(b.store, b.tile, b.proj, access))
+                self.by_store[id(b.store)] = slot
+            else:
+                self.slots[slot].access = access
+        self.steps.append(Step(kernel, tuple(slot for slot, _ in plan), reduced))
+        self.scalars.extend(scalars)
+
+    def submit(self, rt: Any, uid: int = -1) -> None:
+        program = Program(tuple(self.steps), tuple(s.access for s in self.slots))
+        with placed(self.view):
+            submit_program(rt, program, [(s.store, s.tile, s.proj) for s in self.slots],
+                           self.scalars, self.grid, uid=uid)
+
+
+class FusionQueue:
+    """The group being collected; launches join it while they can, else it is submitted and
+    a new one starts. `flush` submits what is pending (before any read, fill of a store the
+    group uses, or launch that cannot fuse)."""
+
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self.pending: FusedGroup | None = None
+        self.tasks = 0          # tasks submitted (each group one)
+        self.launches = 0       # launches they carried
+        # a profiler (executor.profile.Profiler) while one is on: labels each step, ids tasks
+        self.profiler: Any = None
+
+    def add(self, kernel: Any, bound: Sequence[BoundArg], reduced: frozenset[str],
+            scalars: Sequence[tuple[Any, type]], grid: tuple[int, ...], view: MachineView
+            ) -> None:
+        g = self.pending
+        plan = None
+        if g is not None and g.grid == grid and g.view == view:
+            plan = g.plan(bound)
+        if plan is None:
+            self.flush()
+            g = self.pending = FusedGroup(grid, view)
+            plan = g.plan(bound)
+            if plan is None:  # not even alone (one store under two tilings): its own slots
+                raise AssertionError("a launch that cannot form a group goes to submit()")
+        g.add(kernel, bound, reduced, scalars, plan)
+        if self.profiler is not None:
+            g.labels.append(self.profiler.label)
+        self.launches += 1
+
+    def fits_alone(self, bound: Sequence[BoundArg]) -> bool:
+        return FusedGroup((1,), MachineView.contiguous("cpu", 0, 1)).plan(bound) is not None
+
+    def uses(self, store: Any) -> bool:
+        return self.pending is not None and self.pending.uses(store)
+
+    def flush(self) -> None:
+        g, self.pending = self.pending, None
+        if g is not None and g.steps:
+            p = self.profiler
+            if p is None:
+                g.submit(self.rt)
+            else:  # the host's time submitting it: its first step's operator's
+                label = p.label
+                p.switch(g.labels[0][0], "submit")
+                g.submit(self.rt, p.task(g.labels))
+                p.switch(*label)
+            self.tasks += 1
