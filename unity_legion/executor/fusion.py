@@ -53,6 +53,7 @@ class _Slot:
     tile: tuple[int, ...] | None
     proj: tuple[int | None, ...] | None
     access: Access
+    squeeze: int = 0
 
 
 @dataclass
@@ -102,7 +103,7 @@ class FusedGroup:
             scalars: Sequence[tuple[Any, type]], plan: list[tuple[int, Access]]) -> None:
         for b, (slot, access) in zip(bound, plan):
             if slot == len(self.slots):
-                self.slots.append(_Slot(b.store, b.tile, b.proj, access))
+                self.slots.append(_Slot(b.store, b.tile, b.proj, access, b.squeeze))
                 self.by_store[id(b.store)] = slot
             else:
                 self.slots[slot].access = access
@@ -110,7 +111,9 @@ class FusedGroup:
         self.scalars.extend(scalars)
 
     def submit(self, rt: Any, uid: int = -1) -> None:
-        program = Program(tuple(self.steps), tuple(s.access for s in self.slots))
+        squeeze = tuple(s.squeeze for s in self.slots)
+        program = Program(tuple(self.steps), tuple(s.access for s in self.slots),
+                          squeeze if any(squeeze) else ())
         with placed(self.view):
             submit_program(rt, program, [(s.store, s.tile, s.proj) for s in self.slots],
                            self.scalars, self.grid, uid=uid)

@@ -122,18 +122,22 @@ class BoundArg:
     store: Any
     tile: tuple[int, ...] | None
     proj: Projection | None
+    # > 0: `store` holds one partial sum per launch point, stacked along this many leading
+    # dims (the kernel sees its point's piece without them and adds into it): read-write,
+    # no Legion reduction (see GraphExecutor._partial)
+    squeeze: int = 0
 
     @property
     def is_reduction(self) -> bool:
-        return self.role is Role.SUM or self.reduced
+        return not self.squeeze and (self.role is Role.SUM or self.reduced)
 
     @property
     def reads(self) -> bool:
-        return self.role in (Role.INPUT, Role.INOUT)
+        return self.squeeze > 0 or self.role in (Role.INPUT, Role.INOUT)
 
     @property
     def writes(self) -> bool:
-        return self.role in (Role.OUTPUT, Role.INOUT) and not self.reduced
+        return self.squeeze > 0 or (self.role in (Role.OUTPUT, Role.INOUT) and not self.reduced)
 
 
 def _partitioned(shape: tuple[int, ...], arg: Arg, axes: list[str], degrees: Mapping[str, int],

@@ -62,6 +62,9 @@ class Program:
 
     steps: tuple[Step, ...]
     access: tuple[Access, ...]
+    # per slot, how many leading dims of its piece the kernels do not see (a store of partial
+    # sums, one per launch point: each point's piece has extent 1 there); () for none
+    squeeze: tuple[int, ...] = ()
 
     def scalar_params(self) -> list[tuple[str, type]]:
         # the trailing "_uid": the profiler's id of the launch (-1: not profiled; see TRACE)
@@ -129,11 +132,15 @@ def program_task(program: Program) -> Any:
     source = {i: (f"w{i}" if a.writes else f"a{i}" if a is Access.REDUCE else f"r{i}")
               for i, a in enumerate(access)}
     steps = program.steps
+    squeeze = program.squeeze
 
     def body(*args: Any, **kw: Any) -> None:
         given = signature.bind(*args, **kw).arguments
         stores = [given[source[i]] for i in range(len(access))]
         arrays = [np.asarray(s) for s in stores]
+        for i, k in enumerate(squeeze):
+            if k:
+                arrays[i] = arrays[i].reshape(arrays[i].shape[k:])
         origins: list[tuple[int, ...] | None] = [None] * len(access)
         uid = given["_uid"]
         for j, step in enumerate(steps):
@@ -155,7 +162,8 @@ def program_task(program: Program) -> Any:
                 of = {}
                 for (name, _role), slot in zip(k.stores, step.slots):
                     if origins[slot] is None:
-                        origins[slot] = tuple(int(v) for v in stores[slot].domain.lo)
+                        lo = tuple(int(v) for v in stores[slot].domain.lo)
+                        origins[slot] = lo[squeeze[slot]:] if squeeze else lo
                     of[name] = origins[slot]
                 call["origin"] = PieceOrigin(of[k.stores[0][0]], of)
             k.fn(**call)
