@@ -243,3 +243,54 @@ def test_without_the_exceptions_the_known_cycle_shows(imports):
     if not {i.file for i in imports if i.file in KNOWN_RUNTIME_IMPORTS}:
         graph.setdefault("cost", set()).add("executor")
     assert find_cycle(graph) is not None
+
+
+# --- no Keras model's private attributes below keras/ (issue 13 item 1) ------------------------
+
+# What only a Keras model has: the layers below keras/ take the graph, which knows its outputs
+# (`graph.outputs`), and plain values (the frozen weight keys: `Strategy.compile(frozen=...)`).
+KERAS_PRIVATE = frozenset({"_output_ids", "_frozen_weight_keys"})
+
+
+def private_reads(source: str) -> Iterator[tuple[int, str]]:
+    """(line, name) of every attribute in KERAS_PRIVATE that `source` reads (also through
+    getattr/hasattr with a constant name)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in KERAS_PRIVATE:
+            yield node.lineno, node.attr
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "hasattr", "setattr") and len(node.args) >= 2
+              and isinstance(node.args[1], ast.Constant) and node.args[1].value in KERAS_PRIVATE):
+            yield node.lineno, node.args[1].value
+
+
+def below_keras_files(root: Path = ROOT) -> Iterator[tuple[str, Path]]:
+    """(part, file) of every module in a layer below keras'."""
+    layer = {part: n for n, parts in enumerate(LAYERS) for part in parts}
+    for name, folder in package_dirs(root).items():
+        for path in sorted(folder.rglob("*.py")):
+            rel = path.relative_to(folder).with_suffix("")
+            is_package = rel.name == "__init__"
+            part = part_of(".".join([name, *(rel.parts[:-1] if is_package else rel.parts)]))
+            if part is not None and part in layer and layer[part] < layer["keras"]:
+                yield part, path
+
+
+def test_the_scan_sees_private_reads():
+    src = ("def f(model):\n"
+           "    a = model._output_ids\n"
+           "    b = getattr(model, '_output_ids', None)\n"
+           "    return model._frozen_weight_keys()\n")
+    assert sorted(private_reads(src)) == [(2, "_output_ids"), (3, "_output_ids"),
+                                          (4, "_frozen_weight_keys")]
+    assert not list(private_reads("graph.outputs\nmodel.graph\n"))
+
+
+def test_no_layer_below_keras_reads_a_models_private_attributes():
+    files = list(below_keras_files())
+    parts = {p for p, _ in files}
+    assert {"pcg", "search", "strategy", "executor"} <= parts and "keras" not in parts
+    bad = [f"{path.relative_to(ROOT)}:{line} reads .{name}"
+           for _, path in files for line, name in private_reads(path.read_text())]
+    assert not bad, ("below keras/, take the graph (graph.outputs) and plain values, not a Keras "
+                     "model's private attributes:\n" + "\n".join(bad))

@@ -265,7 +265,7 @@ def test_a_saved_strategy_file_with_substitutions_trains_the_same(tmp_path) -> N
 
 def test_weight_source_pieces_invert_nested_concat_and_slice_trees() -> None:
     """Pure: every element of a concat/slice tree's value is found back in its leaf."""
-    from unity_legion.executor.rewritten import _boxes, _index, _Untrainable
+    from unity_legion.strategy.plan import _boxes, _index, _Untrainable
     from unity_legion.substitutions import WeightSource as W
 
     rng = np.random.default_rng(0)
@@ -284,3 +284,34 @@ def test_weight_source_pieces_invert_nested_concat_and_slice_trees() -> None:
     assert covered.all()
     with pytest.raises(_Untrainable, match="sum"):
         _boxes(W((("a", "k"), ("a", "k")), mode="sum"), lambda r: leaves[r].shape)
+
+
+def test_compile_resolves_the_strategy_once_into_the_plan_the_executor_runs(monkeypatch) -> None:
+    """compile() replays the substitutions once (Strategy.compile); the executor runs that plan:
+    its graph, outputs and configurations (issue 13 item 1)."""
+    import unity_legion.strategy.strategy as strategy_mod
+    from unity_legion.strategy.plan import CompiledPlan
+
+    model = branchy()
+    strategy = merged(model)
+    calls = []
+    real = strategy_mod.replay
+    monkeypatch.setattr(strategy_mod, "replay",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", strategy=strategy)
+    assert len(calls) == 1
+    plan = model._plan
+    assert isinstance(plan, CompiledPlan) and plan.translation is not None
+    assert plan.graph.outputs == list(plan.outputs)
+    assert plan.outputs == tuple(plan.tensor_map[t] for t in model.graph.outputs)
+    assert set(plan.configs) == {n.id for n in plan.graph.nodes}
+    inner = model._executor.inner
+    assert inner.graph is plan.graph and inner.outputs == plan.outputs
+    assert inner.plan == dict(plan.configs)
+    # the plan is what a strategy compiles for the graph alone (no Keras model needed)
+    again = strategy.compile(model.graph)
+    assert again.configs == plan.configs and again.substitutions == plan.substitutions
+    # without substitutions the graph that runs is the model's own
+    dp = Strategy.for_graph(model.graph, {}, source="manual", devices=1).compile(model.graph)
+    assert dp.graph is model.graph and dp.translation is None
+    assert dp.outputs == tuple(model.graph.outputs)

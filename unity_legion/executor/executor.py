@@ -155,6 +155,23 @@ class GraphExecutor:
         # and each operator's issuing time is measured (unity_legion/executor/profile.py).
         self.profiler: Any = None
 
+    @classmethod
+    def from_plan(cls, plan: Any, values: Mapping[WeightKey, np.ndarray] | None = None
+                  ) -> "GraphExecutor":
+        """An executor of a compiled plan (unity_legion.strategy.plan.CompiledPlan) that runs the
+        model's own graph (no substitutions: a rewritten one runs in a RewrittenExecutor), from
+        the weights `values`, with the plan's configurations and frozen weights."""
+        if plan.translation is not None:
+            raise ValueError("GraphExecutor.from_plan: the plan rewrites the model's graph; run "
+                             "it with executor.rewritten.RewrittenExecutor")
+        executor = cls(plan.graph, plan.outputs)
+        for key, value in (values or {}).items():
+            executor.set_weight(key, value)
+        executor.set_plan(plan.configs)
+        if plan.frozen:
+            executor.set_frozen(plan.frozen)
+        return executor
+
     def set_plan(self, plan: Mapping[int, OpConfig]) -> None:
         """Per node id, its degrees and machine view; nodes not named run data-parallel. The
         caller (a Strategy) has validated it against the graph and the machine."""
@@ -256,11 +273,12 @@ class GraphExecutor:
         # view that is no contiguous range (strided, 2-D), where a point runs on its own device.
         grid = launch_grid(launch, eff)
         devices = base.point_devices(points)
-        # Over several ranks, a launch over part of the grid whose points on different ranks
-        # ADD into the same tile of a tiled store lost one of the contributions (about 1 run in
-        # 6, measured, Legate 25.11; never over the whole grid, into a whole store, on one rank,
-        # or with one point per launch): such launches go one point at a time.
-        apart = self.machine.ranks > 1 and partitioned_reductions(launch, eff, reduced)
+        # A launch over part of the grid whose points ADD into the same tile of a tiled store
+        # lost one of the contributions: over several ranks about 1 run in 6 (measured, Legate
+        # 25.11), and on one rank too once launches stopped waiting for each other (a conv's
+        # input gradient split by "out" and "height": half its elements wrong, 1 full test run
+        # in 3); never with one point per launch: such launches go one point at a time.
+        apart = partitioned_reductions(launch, eff, reduced)
         for box in boxes or [((0,) * len(grid), grid)]:
             pts = box_points(box)
             devs = [devices[int(np.ravel_multi_index(p, grid))] for p in pts]  # row-major

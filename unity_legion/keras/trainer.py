@@ -32,6 +32,7 @@ class Trainer:
         self._objective: Any = None
         self._pending_compile: Any = None  # compile() arguments waiting for the model's build
         self._strategy: Any = None         # the Strategy the executor runs (set by compile)
+        self._plan: Any = None             # that strategy compiled for the model (CompiledPlan)
         self.search_result: Any = None     # the last search compile() ran (SearchResult)
 
     # ------------------------------------------------------------------ compile
@@ -88,15 +89,18 @@ class Trainer:
         resolved = self._resolve_strategy(strategy, kwargs.get("search"),
                                           optimizers_mod.get(optimizer))  # fails first
         from unity_legion.executor.executor import Objective
-        from unity_legion.executor.rewritten import WeightTranslation
+        from unity_legion.runtime import machine_info
 
-        # a strategy with substitutions runs its rewritten graph (refused here if untrainable)
-        translation = WeightTranslation.of(self, resolved)
+        # resolved once into the plan the executor runs: validated against this machine, the
+        # substitutions replayed (a rewrite whose weights cannot train is refused here)
+        m = machine_info()
+        plan = resolved.compile(graph, None, {"cpu": m.cpus, "gpu": m.gpus},
+                                frozen=self._frozen_weight_keys())
         self.optimizer = optimizers_mod.get(optimizer)
         self._objective = Objective(tuple(specs), metric_objs, weights)
-        self._ensure_executor(translation)
-        self._executor.set_plan(resolved.plan(self))
+        self._ensure_executor(plan)
         self._strategy = resolved
+        self._plan = plan
         self._executor.reset_optimizer_state()
         self.compiled = True
 
@@ -135,8 +139,7 @@ class Trainer:
             else:
                 raise StrategyError(f"compile: strategy {text!r} is neither a builtin "
                                     f"({', '.join(BUILTINS)}) nor an existing strategy file")
-        strategy.validate(self, None, {"cpu": m.cpus, "gpu": m.gpus})
-        return strategy
+        return strategy   # validated by Strategy.compile
 
     def _require_built_for_compile(self) -> Any:
         return self._require_built()  # type: ignore[attr-defined]
@@ -185,28 +188,31 @@ class Trainer:
         """A multi-output model reports each output's metrics as "<output>_<metric>" (Keras 3)."""
         return dataclasses.replace(metric, name=f"{output}_{metric.name}") if n_out > 1 else metric
 
-    def _ensure_executor(self, translation: Any = _ANY) -> None:
-        """An executor for the model's graph, or (given a WeightTranslation) for the graph a
-        strategy's substitutions make; none given: keep the current one. A new executor starts from
-        the model's current weights (read from the executor it replaces)."""
+    def _ensure_executor(self, plan: Any = _ANY) -> None:
+        """An executor for a compiled plan (strategy/plan.py: the model's graph, or the graph a
+        strategy's substitutions make); none given: keep the current one, or run the model's
+        graph without a plan. An executor of the same graph is kept and takes the plan's
+        configurations; a new one starts from the model's current weights (read from the
+        executor it replaces)."""
         current = self._executor
         if current is not None:
-            if translation is _ANY:
+            if plan is _ANY:
                 return
             if getattr(current, "substitutions", None) == (
-                    None if translation is None else translation.substitutions):
+                    None if plan.translation is None else plan.substitutions):
+                current.set_plan(plan.configs)
                 return
         from unity_legion.executor.executor import GraphExecutor
-        from unity_legion.executor.rewritten import RewrittenExecutor
+        from unity_legion.executor.rewritten import executor_for
 
         graph = self._require_built()  # type: ignore[attr-defined]
         values = {k: self._get_weight(k) for k in self._weight_keys()}  # type: ignore[attr-defined]
-        if translation is None or translation is _ANY:
-            executor = GraphExecutor(graph, self._output_ids)
+        if plan is _ANY:
+            executor = GraphExecutor(graph, graph.outputs)
             for key, value in values.items():
                 executor.set_weight(key, value)
         else:
-            executor = RewrittenExecutor(translation, values)
+            executor = executor_for(plan, values)
         self._executor = executor
         self._host_weights.clear()
 
@@ -445,8 +451,8 @@ class Trainer:
 
         m = machine_info()
         machine = running_machine(m.ranks, m.processors, m.preferred_kind)
-        graph, _ = self._strategy.graph_for(self)
-        pcg = self._strategy.pcg(self, batch)
+        graph = self._plan.graph
+        pcg = self._strategy.pcg(self.graph, batch)
         slots = len(self.optimizer.rule().slots)
         metrics = max((len(ms) for ms in self._objective.metrics), default=0)
         steady = Simulator(machine, optimizer_slots=slots, metrics=metrics).simulate_pcg(graph, pcg)

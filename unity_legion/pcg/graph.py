@@ -39,6 +39,7 @@ class ComputationGraph:
         self.tensors: dict[int, Tensor] = {}
         self.nodes: list[Node] = []
         self.inputs: list[int] = []
+        self._outputs: tuple[int, ...] | None = None   # declared (set_outputs); None: the sinks
         self._names: set[str] = set()
 
     # --- building -----------------------------------------------------------------------------
@@ -68,6 +69,22 @@ class ComputationGraph:
             out_ids.append(tid)
         self.nodes.append(Node(nid, name, op, tuple(inputs), tuple(out_ids), tuple(weights)))
         return tuple(out_ids)
+
+    def set_outputs(self, outputs: Iterable[int]) -> None:
+        """Declare the graph's outputs (a model's, in its order)."""
+        outs = tuple(outputs)
+        for t in outs:
+            if t not in self.tensors:
+                raise GraphError(f"output tensor {t} is not in this graph")
+        self._outputs = outs
+
+    @property
+    def outputs(self) -> list[int]:
+        """The output tensors: those declared (set_outputs), else the tensors nothing consumes,
+        in node order."""
+        if self._outputs is not None:
+            return list(self._outputs)
+        return [t for n in self.nodes for t in n.outputs if not self.consumers(t)]
 
     def _unique(self, name: str) -> str:
         if name in self._names:

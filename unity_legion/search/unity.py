@@ -328,15 +328,14 @@ class _Progress:
 def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None = None,
            options: SearchOptions | None = None, outputs: Sequence[int] | None = None
            ) -> SearchResult:
-    """Search a strategy for `model` (a built Keras model or a ComputationGraph) at `batch`
-    samples per step on `machine`; see the module doc."""
+    """Search a strategy for `model` (a ComputationGraph, which knows its outputs, or a built
+    Keras model: its public `.graph`) at `batch` samples per step on `machine`; see the module
+    doc. `outputs`: other output tensors than the graph's."""
     began = time.perf_counter()
     graph, name = as_graph(model)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise SearchError(f"batch must be a positive integer, got {batch!r}")
-    outs = list(outputs) if outputs is not None else list(
-        getattr(model, "_output_ids", None) or
-        [t for n in graph.nodes for t in n.outputs if not graph.consumers(t)])
+    outs = list(outputs) if outputs is not None else graph.outputs
     opts = options or SearchOptions()
     cost = cost or AnalyticCost()
     unity = UnitySearch(graph, outs, batch, machine, cost, opts)

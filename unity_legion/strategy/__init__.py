@@ -7,13 +7,13 @@ package for `StrategyError` does not load the substitutions and the PCG.
 
 from typing import Any
 
-__all__ = ["BUILTINS", "MachineSpec", "Strategy", "StrategyError", "by_name", "data_parallel",
+__all__ = ["BUILTINS", "CompiledPlan", "MachineSpec", "Strategy", "StrategyError", "by_name", "data_parallel",
            "graph_signature", "megatron", "random_strategy", "table_parallel"]
 
 _LAZY = {"MachineSpec": "strategy", "Strategy": "strategy", "StrategyError": "strategy",
          "graph_signature": "strategy", "BUILTINS": "builtin", "by_name": "builtin",
          "data_parallel": "builtin", "megatron": "builtin", "random_strategy": "builtin",
-         "table_parallel": "builtin"}
+         "table_parallel": "builtin", "CompiledPlan": "plan", "WeightTranslation": "plan"}
 
 
 def __getattr__(name: str) -> Any:

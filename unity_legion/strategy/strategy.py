@@ -3,8 +3,10 @@ saved as JSON, checked against a model and a machine before anything runs. Pure 
 
 A strategy names operators by their (layer) names, so a file outlives the process that wrote it;
 the graph signature (a short hash of the operators, their attributes and the input shapes) tells
-a file made for another model apart. `plan(graph)` turns the names into the node ids the executor
-takes; `explain` and `draw` show the PCG the strategy implies (`pcg.lift`).
+a file made for another model apart. `compile(graph, ...)` resolves the strategy once into the
+CompiledPlan the executor runs (strategy/plan.py: the graph that runs with its outputs, a config
+by node id, the weight translation, the frozen weights); `explain` and `draw` show the PCG the
+strategy implies (`pcg.lift`).
 
 File format (version 1)::
 
@@ -31,7 +33,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from unity_legion.operators.base import SAMPLE
 from unity_legion.pcg.graph import ComputationGraph, Node
@@ -39,6 +41,9 @@ from unity_legion.pcg.pcg import PCG, PCGError, PNode, check_axes, data_parallel
 from unity_legion.substitutions.apply import AppliedRule, Rewrite, replay
 from unity_legion.substitutions.rule import SubstitutionError
 from unity_legion.types import MachineView, OpConfig, ParallelShapeError
+
+if TYPE_CHECKING:
+    from unity_legion.strategy.plan import CompiledPlan
 
 SCHEMA = "unity_legion.strategy"
 VERSION = 1
@@ -56,7 +61,8 @@ class StrategyError(ValueError):
 
 def as_graph(model: Any) -> tuple[ComputationGraph, str]:
     """A computation graph and its model's name, from a graph or a built Keras model (anything
-    with `.graph` and `.name`; duck-typed so this module needs no Keras)."""
+    with the public `.graph` and `.name`; duck-typed so this module needs no Keras). The graph
+    knows its outputs (`graph.outputs`)."""
     if isinstance(model, ComputationGraph):
         return model, "model"
     graph = getattr(model, "graph", None)
@@ -132,20 +138,22 @@ class Strategy:
         if not self.substitutions:
             return None
         graph, _ = as_graph(model)
+        outs = graph.outputs
         try:
-            return replay(graph, self.substitutions, outputs=_outputs(model))
+            rw = replay(graph, self.substitutions, outputs=outs)
         except SubstitutionError as exc:
             raise StrategyError(f"the strategy's substitutions do not fit model "
                                 f"{self.model!r}: {exc}") from None
+        rw.graph.set_outputs([rw.tensor_map[t] for t in outs])
+        return rw
 
     def graph_for(self, model: Any) -> tuple[ComputationGraph, list[int]]:
         """The graph this strategy runs for `model` and its output tensors."""
         graph, _ = as_graph(model)
-        outs = _outputs(model)
-        rw = self.rewrite(model)
+        rw = self.rewrite(graph)
         if rw is None:
-            return graph, outs
-        return rw.graph, [rw.tensor_map[t] for t in outs]
+            return graph, graph.outputs
+        return rw.graph, rw.graph.outputs
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> str:
@@ -217,6 +225,35 @@ class Strategy:
         `devices` (an int: that many of the strategy's device type; a mapping: a count per device
         type; None: the strategy's own machine)."""
         original, _ = as_graph(model)
+        self._check_signature(original)
+        graph, _ = self.graph_for(original)
+        self._validate_graph(graph, batch, devices)
+
+    def compile(self, model: Any, batch: int | None = None,
+                devices: int | Mapping[str, int] | None = None,
+                frozen: Iterable[tuple[int, str]] = ()) -> "CompiledPlan":
+        """This strategy resolved for `model` (a graph with its outputs, or a built model) into
+        the one object the executor runs (strategy/plan.py): validated as `validate` does (the
+        same errors), the substitutions replayed once, a configuration for every node of the
+        graph that runs, the weight translation (StrategyError, naming the substitution, if the
+        rewritten weights cannot be trained as the model's) and the model's `frozen` weights
+        (checked against the translation)."""
+        from unity_legion.strategy.plan import CompiledPlan, WeightTranslation
+
+        original, _ = as_graph(model)
+        self._check_signature(original)
+        rw = self.rewrite(original)
+        graph = original if rw is None else rw.graph
+        self._validate_graph(graph, batch, devices)
+        frozen = frozenset(frozen)
+        translation = None
+        if rw is not None:
+            translation = WeightTranslation.of(original, original.outputs, rw, self.substitutions)
+            translation.frozen_keys(frozen)   # a mixed frozen weight fails now
+        return CompiledPlan(graph, graph.outputs, self._by_id(graph), translation, frozen,
+                            self.substitutions, original)
+
+    def _check_signature(self, original: ComputationGraph) -> None:
         sig = graph_signature(original)
         # without substitutions the operators are the model's own: an unknown name says more
         # than a signature that differs; with them, the graph is only rebuilt for the right model
@@ -227,7 +264,10 @@ class Strategy:
                     "the model's operators, attributes or input shapes differ")
             raise StrategyError(f"this strategy was made for model {self.model!r} (signature "
                                 f"{self.signature}), not this one (signature {sig}): {what}")
-        graph, _ = self.graph_for(model)
+
+    def _validate_graph(self, graph: ComputationGraph, batch: int | None,
+                        devices: int | Mapping[str, int] | None) -> None:
+        """The checks of `validate` on the graph the strategy runs (substitutions applied)."""
         names = {n.name: n for n in graph.nodes}
         unknown = [k for k in self.configs if k not in names]
         if unknown:
@@ -262,8 +302,8 @@ class Strategy:
         return {n.id: self.config_for(n, batch) for n in graph.nodes}
 
     def plan(self, model: Any) -> dict[int, OpConfig]:
-        """{node id: OpConfig} for `GraphExecutor.set_plan` (every node of the graph the
-        strategy runs: `graph_for(model)`)."""
+        """{node id: OpConfig} of every node of the graph the strategy runs (`graph_for(model)`);
+        the executor takes them in a CompiledPlan (`compile`)."""
         graph, _ = self.graph_for(model)
         return self._by_id(graph)
 
@@ -304,15 +344,6 @@ class Strategy:
         graph, outs = self.graph_for(model)
         draw(self, self.pcg(model, batch), path, [graph.tensors[t].name for t in graph.inputs],
              [graph.tensors[t].name for t in outs])
-
-
-def _outputs(model: Any) -> list[int]:
-    """A Keras model's output tensors (a graph: the tensors nothing consumes)."""
-    ids = getattr(model, "_output_ids", None)
-    if ids is not None:
-        return list(ids)
-    graph, _ = as_graph(model)
-    return [t for n in graph.nodes for t in n.outputs if not graph.consumers(t)]
 
 
 def _check_config(node: Node, inputs: list[Any], cfg: OpConfig, avail: Mapping[str, int]) -> None:

@@ -85,6 +85,7 @@ class Model(Trainer):
         self._keras_inputs, self._keras_outputs = ins, outs
         self._input_ids = [ids[id(t)] for t in ins]
         self._output_ids = [ids[id(t)] for t in outs]
+        graph.set_outputs(self._output_ids)
         for layer in order:
             if layer._model is not None and layer._model is not self:
                 raise ValueError(f"layer {layer.name!r} already belongs to model "
