@@ -150,6 +150,8 @@ class GraphExecutor:
         # (fusion.py); False: every launch is a task of its own (the measuring code's choice).
         self.fusion = os.environ.get("UNITY_LEGION_FUSION", "1") != "0"
         self._queue = FusionQueue(self.rt)
+        # Whole-store reductions as partial sums (see _partial; one rank, fused launches only)
+        self.partial_sums = os.environ.get("UNITY_LEGION_PARTIAL_SUMS", "1") != "0"
         self._partials: dict[int, _Partials] = {}   # by id of the store they sum into
         # Off (None) by default; set_profiler: a step's tasks record their kernels' intervals
         # and each operator's issuing time is measured (unity_legion/executor/profile.py).
@@ -303,9 +305,8 @@ class GraphExecutor:
                 bound = [self._partial(b, grid, where)
                          if b.is_reduction and b.tile is None and len(b.store.shape) else b
                          for b in bound]
-            if self._queue.fits_alone(bound):
-                scalars = [(launch.scalars[n], t) for n, t in launch.kernel.scalars]
-                self._queue.add(launch.kernel, bound, reduced, scalars, grid, where)
+            scalars = [(launch.scalars[n], t) for n, t in launch.kernel.scalars]
+            if self._queue.add(launch.kernel, bound, reduced, scalars, grid, where):
                 return
         self.flush()
         uid = -1 if self.profiler is None else self.profiler.task([self.profiler.label])
@@ -342,8 +343,7 @@ class GraphExecutor:
     # anything reads it: a pass over the pieces, in parallel, in the reader's fused group.
 
     def _partial_sums_on(self) -> bool:
-        return (self.fusion and self.machine.ranks == 1
-                and os.environ.get("UNITY_LEGION_PARTIAL_SUMS", "1") != "0")
+        return self.fusion and self.partial_sums and self.machine.ranks == 1
 
     def _partial(self, b: Any, grid: tuple[int, ...], where: MachineView) -> Any:
         """`b`, a whole-store reduction over a launch of `grid` on `where`, as a read-write

@@ -134,24 +134,26 @@ class FusionQueue:
 
     def add(self, kernel: Any, bound: Sequence[BoundArg], reduced: frozenset[str],
             scalars: Sequence[tuple[Any, type]], grid: tuple[int, ...], view: MachineView
-            ) -> None:
+            ) -> bool:
+        """Add the launch to the group being collected, or to a new one; False (with nothing
+        pending) where it cannot form a group even alone (one store under two tilings): it
+        must go as a task of its own."""
         g = self.pending
         plan = None
         if g is not None and g.grid == grid and g.view == view:
             plan = g.plan(bound)
         if plan is None:
             self.flush()
-            g = self.pending = FusedGroup(grid, view)
+            g = FusedGroup(grid, view)
             plan = g.plan(bound)
-            if plan is None:  # not even alone (one store under two tilings): its own slots
-                raise AssertionError("a launch that cannot form a group goes to submit()")
+            if plan is None:
+                return False
+            self.pending = g
         g.add(kernel, bound, reduced, scalars, plan)
         if self.profiler is not None:
             g.labels.append(self.profiler.label)
         self.launches += 1
-
-    def fits_alone(self, bound: Sequence[BoundArg]) -> bool:
-        return FusedGroup((1,), MachineView.contiguous("cpu", 0, 1)).plan(bound) is not None
+        return True
 
     def uses(self, store: Any) -> bool:
         return self.pending is not None and self.pending.uses(store)
