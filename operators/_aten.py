@@ -10,10 +10,18 @@ Legate started works.
 Threads: Legate's CPU processors are the parallelism, so ATen runs one thread per kernel call
 (`torch.set_num_threads(1)` once per process, as unity_legion.runtime limits BLAS). Every call
 runs under `torch.inference_mode()` (no autograd bookkeeping): use `with aten() as torch:`.
+
+GPU pieces: a GPU variant hands the same kernels CuPy arrays over the store's device memory.
+`view` then wraps one as a CUDA tensor through DLPack (zero copy), so the same ATen calls run
+on the GPU; numpy functions of the kernels' glue dispatch to CuPy through `__array_function__`
+/ `__array_ufunc__`, and `xp(a)` is the module to call where numpy cannot dispatch (array
+creation). The CPU path pays nothing for this: `torch.from_numpy` is tried first and only its
+TypeError on a non-numpy array takes the device path. CuPy is never imported here.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 from functools import lru_cache
@@ -62,15 +70,74 @@ def aten() -> _Region:
 
 
 def view(a: np.ndarray) -> Any:
-    """A tensor sharing `a`'s memory (any non-negative strides; writes go through to `a`)."""
+    """A tensor sharing `a`'s memory (any non-negative strides; writes go through to `a`):
+    a CPU tensor for a numpy array, a CUDA tensor for a device array (CuPy)."""
     torch = _torch if _torch is not None else _load()
-    return torch.from_numpy(a)
+    try:
+        return torch.from_numpy(a)
+    except TypeError:  # not a numpy array: a GPU piece (zero-cost try on the CPU path)
+        return _device_view(torch, a)
+
+
+# the dtypes the GPU variants run (what CuPy has arrays of; bfloat16, for one, it has not)
+GPU_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32",
+                        "float64"})
+
+
+class DeviceDtypeError(TypeError):
+    """A kernel was given a dtype its device's arrays do not support."""
+
+
+def check_device_dtype(what: str, dtype: Any, device_type: str) -> None:
+    """Refuse, before anything is launched, a dtype the `device_type` kernels cannot run, naming
+    `what` (the operator) and the dtype."""
+    if device_type != "gpu":
+        return
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "value", None) or np.dtype(dtype).name
+    if name not in GPU_DTYPES:
+        raise DeviceDtypeError(f"{what}: the GPU kernels do not support dtype {name} "
+                               f"(supported: {', '.join(sorted(GPU_DTYPES))})")
+
+
+def _device_view(torch: Any, a: Any) -> Any:
+    if not hasattr(a, "__cuda_array_interface__"):
+        raise TypeError(f"kernel piece of type {type(a).__name__}: expected a numpy array or a "
+                        f"device (CuPy) array")
+    if a.size == 0:  # DLPack of an empty array may carry a null pointer; nothing to share
+        return empty_like_device(a, a.shape, a.dtype)
+    return torch.from_dlpack(a)
+
+
+def array(t: Any) -> Any:
+    """A tensor's data as an array of its device's kind, sharing memory: numpy for a CPU
+    tensor, CuPy for a CUDA one (DLPack). The CPU path is plain `t.numpy()`."""
+    try:
+        return t.numpy()
+    except TypeError:  # a CUDA tensor (only GPU variants make them: CuPy is loaded)
+        return sys.modules["cupy"].from_dlpack(t)
+
+
+def xp(a: Any) -> Any:
+    """The array module of `a`: numpy for a numpy array, cupy for a CuPy array (already
+    imported by whoever made it). For the calls numpy cannot dispatch: np.empty, np.full..."""
+    if type(a) is np.ndarray:
+        return np
+    return sys.modules[type(a).__module__.split(".", 1)[0]]
+
+
+def empty_like_device(a: Any, shape: Any, np_dtype: Any) -> Any:
+    """An uninitialised torch tensor of `shape` on `a`'s device (a CuPy array's GPU, not
+    whichever device is current)."""
+    torch = _torch if _torch is not None else _load()
+    if type(a) is np.ndarray:
+        return torch.empty(shape, dtype=dtype(np_dtype))
+    return torch.empty(shape, dtype=dtype(np_dtype), device=torch.device("cuda", a.device.id))
 
 
 @lru_cache(maxsize=None)
 def dtype(np_dtype: np.dtype) -> Any:
     """The torch dtype of a numpy dtype."""
-    return view(np.empty(0, np_dtype)).dtype
+    return view(np.empty(0, np.dtype(np_dtype))).dtype
 
 
 def nchw(a: np.ndarray) -> Any:
@@ -92,8 +159,7 @@ class Into:
             self._tmp = None
             t = view(a)
         else:
-            torch = _torch if _torch is not None else _load()
-            self._tmp = torch.empty(a.shape, dtype=dtype(a.dtype))
+            self._tmp = empty_like_device(a, a.shape, a.dtype)
             t = self._tmp
         self.t = t if shape is None else shape(t)
 

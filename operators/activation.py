@@ -19,8 +19,8 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 from scipy.special import erf
 
-from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, TasoName,
-                   TensorShape, attribute_dims, dx, dy, kernel, x, y)
+from .base import (Arg, In, Kernel, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
+                   TasoName, TensorShape, attribute_dims, dx, dy, features_dims, kernel, x, y)
 from ._aten import Into, aten, view
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
@@ -122,7 +122,7 @@ def grad_of(name: str, z: np.ndarray, o: np.ndarray, g: np.ndarray) -> np.ndarra
     """The gradient through the activation as a new array (g itself for linear)."""
     if name == "linear":
         return g
-    out = np.empty(g.shape, g.dtype)
+    out = np.empty_like(g, order="C")  # dispatches: a CuPy g gets a CuPy out
     grad_into(name, z, o, g, out)
     return out
 
@@ -203,3 +203,31 @@ class Activation(Operator):
         return [Launch(activation_backward, {"x": self._arg(x(0), s), "y": self._arg(y(0), s),
                                              "dy": self._arg(dy(0), s),
                                              "dx": self._arg(dx(0), s)}, {"fn": self.fn})]
+
+
+@dataclass(frozen=True)
+class _FloatElementwise(Operator):
+    """What the one-input elementwise layers of floating-point tensors (ReLU, Rescale) share: the
+    shape rule (a float input, unchanged), the parallel forms (split by features, as the
+    activations) and their launches (`_launch`). A subclass names its op_type and cost_family
+    (Activation's: memory-bound elementwise work)."""
+
+    num_inputs = 1
+    elementwise = True
+
+    def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
+        self.check_inputs(inputs)
+        if not inputs[0].dtype.is_float:
+            raise OperatorError(f"{self.op_type}: expects a floating-point input, got "
+                                f"{inputs[0].dtype.value}")
+        return (inputs[0],)
+
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return features_dims(inputs[0])
+
+    def _launch(self, inputs: Sequence[TensorShape], kern: Kernel, names: Sequence[str],
+                scalars: dict[str, Any]) -> list[Launch]:
+        """One launch of `kern` over the named tensors among x, y, dy, dx, split by features."""
+        r = inputs[0].rank
+        refs = {"x": x(0), "y": y(0), "dy": dy(0), "dx": dx(0)}
+        return [Launch(kern, {n: Arg.by_features(refs[n], r) for n in names}, scalars)]

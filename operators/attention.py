@@ -46,6 +46,7 @@ from unity_legion.types import DataType
 from .base import (SAMPLE, Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out,
                    ParallelDim, Ref, SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel,
                    same_float, sample_dim, saved, w, x, y)
+from ._aten import xp
 from .dropout import check_rate, uniform
 
 MASKED_LOGIT = -1e9
@@ -90,16 +91,18 @@ def _attend(mask: np.ndarray, dims: str) -> np.ndarray:
 
 
 def keep_scale(shape: tuple[int, ...], batch_origin: int, seed: int, salt: int,
-               rate: float, head_origin: int = 0, heads: int | None = None) -> np.ndarray:
+               rate: float, head_origin: int = 0, heads: int | None = None,
+               mod: Any = np) -> np.ndarray:
     """Dropout multipliers (0 or 1/(1-rate)) for probabilities of local shape (b, h, T, S) whose
     element 0 is global (sample `batch_origin`, head `head_origin`) of `heads` heads (default:
-    h, all of them): a pure function of the global index ((sample * H + head) * T + t) * S + s."""
+    h, all of them): a pure function of the global index ((sample * H + head) * T + t) * S + s.
+    An array of `mod` (numpy, or cupy for GPU pieces)."""
     b, h, t, s = shape
     heads = h if heads is None else heads
-    sample = np.arange(b, dtype=np.uint64) + np.uint64(batch_origin)
-    head = np.arange(h, dtype=np.uint64) + np.uint64(head_origin)
+    sample = mod.arange(b, dtype=np.uint64) + np.uint64(batch_origin)
+    head = mod.arange(h, dtype=np.uint64) + np.uint64(head_origin)
     row = (sample[:, None] * np.uint64(heads) + head[None, :]) * np.uint64(t * s)   # (b, h)
-    index = row[:, :, None] + np.arange(t * s, dtype=np.uint64)[None, None, :]
+    index = row[:, :, None] + mod.arange(t * s, dtype=np.uint64)[None, None, :]
     keep = uniform(seed, salt, index.reshape(shape)) >= rate
     return np.where(keep, 1.0 / (1.0 - rate), 0.0)
 
@@ -138,7 +141,8 @@ def mha_forward(probs: Out, query: In, value: In, key: In, mask: In, query_kerne
         p /= p.sum(axis=-1, keepdims=True)
         probs[rows] = p
         if rate > 0.0:
-            p *= keep_scale(p.shape, origin[0] + rows.start, seed, salt, rate, origin[1], heads)
+            p *= keep_scale(p.shape, origin[0] + rows.start, seed, salt, rate, origin[1], heads,
+                            xp(p))
         context[rows] = _heads(p.astype(v.dtype) @ _heads(v[rows]))
     # split by heads, seed_of and y are sums over the head pieces: head 0's point alone writes
     # the seed and adds the output bias (the others' pieces of a sum start at zero)
@@ -167,8 +171,8 @@ def mha_backward_core(probs: In, q: In, k: In, v: In, context: In, seed_of: In, 
     dropped = rate > 0.0 and seed >= 0
     for rows in _chunks(probs.shape):
         p = probs[rows].astype(np.float64)
-        ks = (keep_scale(p.shape, origin[0] + rows.start, seed, salt, rate, origin[1], heads)
-              if dropped else None)
+        ks = (keep_scale(p.shape, origin[0] + rows.start, seed, salt, rate, origin[1], heads,
+                         xp(p)) if dropped else None)
         d_ctx = _heads(d_context[rows])                                       # (B, H, T, dv)
         p_drop = p if ks is None else p * ks
         grad_v[rows] = _heads(p_drop.astype(v.dtype).transpose(0, 1, 3, 2) @ d_ctx)

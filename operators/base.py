@@ -402,6 +402,16 @@ class Operator:
         a frozen weight is skipped. Default: none."""
         return []
 
+    def sparse_sgd_update(self, inputs: Sequence[TensorShape], weight: str) -> Launch | None:
+        """A launch applying plain SGD (no momentum, no weight decay: `param -= lr * grad`) to
+        `weight` straight from this step's inputs and output gradients (refs: the node's
+        inputs, weights and `dy`), touching only what the batch used, instead of the dense
+        gradient and update; it leaves every other element as the dense update would (the
+        changed ones equal too). The executor then skips the backward launches that only
+        write that weight's gradient. Its "lr" scalar is set by the executor; the weight is
+        split by the launch axis "rows" over the update's points. None: none (default)."""
+        return None
+
     # --- description --------------------------------------------------------------------------
     def describe(self) -> str:
         fields = getattr(self, "__dataclass_fields__", {})

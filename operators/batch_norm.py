@@ -45,7 +45,7 @@ import numpy as np
 
 from unity_legion.types import DataType
 
-from ._aten import aten, view
+from ._aten import array, aten, view
 from .base import (Arg, DimKind, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
                    SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel, sample_dim, saved,
                    w, x, y)
@@ -92,7 +92,7 @@ def _channels_second(torch: Any, a: np.ndarray, axis: int) -> Any | None:
 
 
 def _f64(t: Any) -> np.ndarray:
-    return t.reshape(-1).numpy().astype(np.float64)
+    return array(t.reshape(-1)).astype(np.float64)  # numpy, or CuPy for a GPU piece
 
 
 def _centered_sums(torch: Any, xt: Any, other: tuple[int, ...], n: int, weight: Any = None

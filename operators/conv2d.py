@@ -7,6 +7,8 @@ Layouts follow Keras: the input is (batch, H, W, C) (channels_last, the default)
 
 Padding "same" is TensorFlow's: output size ceil(in / stride), total padding
 max((out - 1) * stride + (k - 1) * dilation + 1 - in, 0), the odd pixel at the bottom / right.
+"causal" (Keras Conv1D's, here along both dims: a 1-D convolution is this operator on a one-row
+image, operators/one_d.py) pads (k - 1) * dilation before and nothing after.
 
 Kernels run PyTorch's ATen convolution and its backward (oneDNN for float32, im2col for
 float64) on views of (batch, H, W, C) pieces: NCHW tensors with channels_last strides, the
@@ -54,10 +56,10 @@ from . import activation as act
 from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim, Ref,
                    SavedSpec, Sum, TasoName, TensorShape, WeightSpec, ceil_div, dw, dx, dy, kernel,
                    origin_of, sample_dim, saved, tile_count, w, x, y)
-from ._aten import aten, nchw, view
+from ._aten import aten, nchw, view, xp
 from .spatial import (Reach, Windowed, channel_dim, check_data_format, check_padding, image_shape,
                       join_ints, nhwc, out_size_and_pads, pair, parse_hw, parse_ints, piece_start,
-                      sources, spatial_dims)
+                      positive_int, sources, spatial_dims)
 
 # Kernels hand ATen chunks of samples whose im2col matrices hold at most this many elements
 # (bounds the scratch of one ATen call; paper-size images still run a few samples per call).
@@ -117,8 +119,8 @@ class Window:
         r, c = self.at(xs)
         if self.inside:
             return xs[:, self.r0 - r:self.r1 - r, self.c0 - c:self.c1 - c]
-        out = np.full((xs.shape[0], self.r1 - self.r0, self.c1 - self.c0, xs.shape[3]), value,
-                      dtype=xs.dtype)
+        out = xp(xs).full((xs.shape[0], self.r1 - self.r0, self.c1 - self.c0, xs.shape[3]),
+                          value, dtype=xs.dtype)
         if self.a1 > self.a0 and self.b1 > self.b0:
             out[self._local()] = xs[:, self.a0 - r:self.a1 - r, self.b0 - c:self.b1 - c]
         return out
@@ -415,7 +417,7 @@ def _input_grad_into(preact: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel: 
     native = (local[0], local[3], local[1], local[2]) if channels_first else local
     gs = nhwc(_d_preact(preact[native], y[native], dy[native], fn), channels_first)
     if box is None:
-        target = np.empty((b, rows, cols, c), dx.dtype)
+        target = xp(dx).empty((b, rows, cols, c), dx.dtype)
     else:
         for sl in frame:
             dxs[sl] = 0
@@ -447,7 +449,7 @@ def _weight_grads(x: np.ndarray, gout: np.ndarray, dkernel: np.ndarray, dbias: n
         dk = view(dkernel).permute(3, 2, 0, 1)         # (out, in / groups, kh, kw)
         bias_sizes = None if dbias is None else [g.cout]
         # stands in for the weight, whose values the weight gradient does not read
-        w_ = torch.empty(dk.shape, dtype=dk.dtype)
+        w_ = torch.empty(dk.shape, dtype=dk.dtype, device=dk.device)
         for rows in _chunks(xs.shape[0], g.per_sample(*gs.shape[1:3])):
             _, gw, gb = torch.ops.aten.convolution_backward(
                 nchw(gs[rows]), nchw(xin[rows]), w_, bias_sizes, *args,
@@ -471,12 +473,6 @@ def conv2d_backward_kernel_bias(x: In, preact: In, y: In, dy: In, dkernel: Sum, 
     bias = dbias if _holds_bias(origin, channels_first, grouped) else None
     _weight_grads(x, _d_preact(preact, y, dy, fn), dkernel, bias, geom, channels_first,
                   tile_start(origin_of(origin, "dy", 4), channels_first), in_hw)
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise OperatorError(f"conv2d: {what} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -506,12 +502,12 @@ class Conv2D(Operator):
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        set_("filters", _positive_int(self.filters, "filters"))
-        set_("groups", _positive_int(self.groups, "groups"))
+        set_("filters", positive_int(self.filters, "filters", "conv2d"))
+        set_("groups", positive_int(self.groups, "groups", "conv2d"))
         set_("kernel_size", pair(self.kernel_size, "kernel_size", "conv2d"))
         set_("strides", pair(self.strides, "strides", "conv2d"))
         set_("dilation_rate", pair(self.dilation_rate, "dilation_rate", "conv2d"))
-        set_("padding", check_padding(self.padding, "conv2d"))
+        set_("padding", check_padding(self.padding, "conv2d", causal=True))
         set_("data_format", check_data_format(self.data_format, "conv2d"))
         set_("activation", act.check_activation(self.activation))
         if self.filters % self.groups:

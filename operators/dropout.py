@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._aten import xp
 from .base import (Arg, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim, SavedSpec,
                    TensorShape, dx, dy, features_dims, kernel, saved, x, y)
 
@@ -62,15 +63,16 @@ def _parse_dims(text: str) -> tuple[int, ...]:
 
 
 def keep_mask(local_shape: tuple[int, ...], origin: Sequence[int], noise: tuple[int, ...],
-              seed: int, salt: int, rate: float) -> np.ndarray:
+              seed: int, salt: int, rate: float, mod: Any = np) -> np.ndarray:
     """The keep decisions of a piece of `local_shape` whose element 0 sits at global `origin`,
-    broadcastable to the piece (size 1 on the dims where the noise shape is 1)."""
+    broadcastable to the piece (size 1 on the dims where the noise shape is 1); an array of
+    `mod` (numpy, or cupy for a GPU piece: made where the piece lives)."""
     rank = len(local_shape)
-    index = np.zeros((1,) * rank, dtype=np.uint64)
+    index = mod.zeros((1,) * rank, dtype=np.uint64)
     stride = 1
     for d in reversed(range(rank)):  # row-major index into the noise shape
         if noise[d] != 1:
-            coord = np.arange(origin[d], origin[d] + local_shape[d], dtype=np.uint64)
+            coord = mod.arange(origin[d], origin[d] + local_shape[d], dtype=np.uint64)
             index = index + (coord * np.uint64(stride)).reshape((-1,) + (1,) * (rank - 1 - d))
         stride *= noise[d]
     return uniform(seed, salt, index) >= rate  # P(keep) = 1 - rate
@@ -79,7 +81,7 @@ def keep_mask(local_shape: tuple[int, ...], origin: Sequence[int], noise: tuple[
 @kernel
 def dropout_forward(x: In, y: Out, mask: Out, origin: Origin, seed: int, salt: int, rate: float,
                     noise: str) -> None:
-    keep = keep_mask(x.shape, origin, _parse_dims(noise), seed, salt, rate)
+    keep = keep_mask(x.shape, origin, _parse_dims(noise), seed, salt, rate, xp(x))
     mask[...] = np.where(keep, x.dtype.type(1.0 / (1.0 - rate)), x.dtype.type(0))
     np.multiply(x, mask, out=y)
 

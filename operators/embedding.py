@@ -28,8 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._aten import aten, view
-from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim, Ref,
-                   Sum, TensorShape, WeightSpec, dw, dx, dy, kernel, sample_dim, w, x, y)
+from .base import (Arg, DimKind, In, InOut, Launch, Operator, OperatorError, Origin, Out,
+                   ParallelDim, Ref, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel, sample_dim,
+                   w, x, y)
+from .optimizers import ROWS as UPDATE_ROWS
 from unity_legion.types import DataType
 
 
@@ -49,10 +51,18 @@ def _indices(x: np.ndarray, first: int, rows: int, total: int
     return np.where(held, local, 0), held
 
 
+def _take(table: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows `idx` (in range: _indices clipped them) of `table`. numpy's "clip" mode avoids the
+    buffered output of its default "raise"; CuPy's take has no mode (and does not buffer)."""
+    if type(table) is np.ndarray:
+        return np.take(table, idx, axis=0, out=out, mode="clip")
+    return np.take(table, idx, axis=0, out=out)
+
+
 @kernel
 def embedding_forward(embeddings: In, x: In, y: Out, origin: Origin, input_dim: int) -> None:
     idx, held = _indices(x, origin[0], embeddings.shape[0], input_dim)
-    np.take(embeddings, idx, axis=0, out=y, mode="clip")  # "raise" would buffer the output
+    _take(embeddings, idx, y)
     if held is not None:
         y[~held] = 0  # another piece's rows: this point's partial sum is zero there
 
@@ -79,7 +89,7 @@ def embedding_backward(dembeddings: Sum, x: In, dy: In, origin: Origin, input_di
 def embedding_bag_forward(embeddings: In, x: In, y: Out, origin: Origin, mean: bool,
                           input_dim: int) -> None:
     idx, held = _indices(x, origin[0], embeddings.shape[0], input_dim)
-    rows = np.take(embeddings, idx, axis=0, mode="clip")
+    rows = _take(embeddings, idx)
     if held is not None:
         rows[~held] = 0
     np.sum(rows, axis=-2, out=y)
@@ -99,6 +109,45 @@ def embedding_bag_backward(dembeddings: Sum, x: In, dy: In, origin: Origin, mean
         # each bag's gradient, once per index of the bag
         per_index = g.unsqueeze(-2).expand(*x.shape, width).reshape(-1, width)
         _scatter_rows(dembeddings, idx, held, per_index)
+
+
+def _sgd_rows(embeddings: np.ndarray, idx: np.ndarray, held: np.ndarray | None, rows: Any,
+              lr: float) -> None:
+    """embeddings[r] -= lr * (sum of the rows looked up at r), only for the rows used: the
+    gradient rows summed in lookup order (as the dense gradient sums them), scaled and
+    subtracted as `sgd_update` does, so every element ends as the dense update leaves it."""
+    with aten() as torch:
+        index = view(np.ascontiguousarray(idx.reshape(-1)))
+        if held is not None:
+            keep = view(np.ascontiguousarray(held.reshape(-1)))
+            index, rows = index[keep], rows[keep]
+        if index.numel() == 0:
+            return
+        used, where = torch.unique(index, return_inverse=True)
+        grad = torch.zeros((used.numel(), rows.shape[-1]), dtype=rows.dtype, device=rows.device)
+        grad.index_add_(0, where, rows)
+        grad *= lr
+        view(embeddings).index_add_(0, used, grad, alpha=-1)
+
+
+@kernel
+def embedding_sgd_update(embeddings: InOut, x: In, dy: In, origin: Origin, lr: float,
+                         input_dim: int) -> None:
+    idx, held = _indices(x, origin[0], embeddings.shape[0], input_dim)
+    _sgd_rows(embeddings, idx, held, view(dy).reshape(-1, embeddings.shape[1]), lr)
+
+
+@kernel
+def embedding_bag_sgd_update(embeddings: InOut, x: In, dy: In, origin: Origin, lr: float,
+                             mean: bool, input_dim: int) -> None:
+    idx, held = _indices(x, origin[0], embeddings.shape[0], input_dim)
+    width, bag = embeddings.shape[1], x.shape[-1]
+    with aten() as torch:
+        g = view(dy)
+        if mean and bag:
+            g = g / bag
+        per_index = g.unsqueeze(-2).expand(*x.shape, width).reshape(-1, width)
+        _sgd_rows(embeddings, idx, held, per_index, lr)
 
 
 @kernel
@@ -212,3 +261,17 @@ class Embedding(Operator):
         if needs_input_grad[0]:
             launches.append(Launch(embedding_zero_grad, {"dx": Arg.by_sample(dx(0), r)}))
         return launches
+
+    def sparse_sgd_update(self, inputs: Sequence[TensorShape], weight: str) -> Launch | None:
+        """The rows the batch looked up, updated from the indices and the output gradient
+        (read whole by every point), the table split by rows over the update's points (the
+        optimizer's row axis): each point updates the used rows in its range. No dense
+        gradient is formed."""
+        if weight != "embeddings":
+            return None
+        r = inputs[0].rank
+        out_rank = self.infer_outputs(inputs)[0].rank
+        args = {"embeddings": Arg(w("embeddings"), (UPDATE_ROWS, None)),
+                "x": Arg(x(0), (None,) * r), "dy": Arg(dy(0), (None,) * out_rank)}
+        k = embedding_sgd_update if self.combiner is None else embedding_bag_sgd_update
+        return Launch(k, args, self._scalars() | {"lr": 0.0})

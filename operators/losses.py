@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ._aten import xp
 from .base import (Arg, In, Launch, OperatorError, Out, TensorShape, dx, kernel, x, y)
 from unity_legion.types import DataType
 
@@ -36,9 +37,9 @@ def _prob_grad(p: np.ndarray, onehot: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _onehot(labels: np.ndarray, classes: int, dtype: np.dtype) -> np.ndarray:
-    out = np.zeros(labels.shape + (classes,), dtype=dtype)
-    np.put_along_axis(out, labels[..., None].astype(np.int64), 1.0, axis=-1)
-    return out
+    # a comparison with 0..classes-1 (CuPy labels give a CuPy one-hot; labels are in range,
+    # checked before launch)
+    return (labels[..., None].astype(np.int64) == xp(labels).arange(classes)).astype(dtype)
 
 
 def _rows(a: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 
 from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim,
                    Ref, SavedSpec, TensorShape, dx, dy, kernel, origin_of, saved, x, y)
-from ._aten import Into, aten, nchw, view
+from ._aten import Into, aten, nchw, view, xp
 from .conv2d import (HEIGHT, WIDTH, Window, crop_into, grad_box, halo_windows, implicit_pads,
                      input_grad_window, reach, spatial_axes, tile_start)
 from .spatial import (CHANNELS, Windowed, by_channel, channel_dim, channel_dims, check_data_format,
@@ -109,7 +109,8 @@ def _grad_region(win: Window, dxs: np.ndarray, t0: int, u0: int, out_hw: tuple[i
         cols = reach(win.b1 - win.b0, u0 + dxs.shape[2] - win.b1, out_hw[1], k[1], s[1], pad[1])
     box, frame = grad_box(dxs.shape, t0, u0, r0, c0, rows, cols)
     if box is None:
-        return np.empty((dxs.shape[0], rows, cols, dxs.shape[3]), dxs.dtype), True, pad, (r0, c0)
+        return (xp(dxs).empty((dxs.shape[0], rows, cols, dxs.shape[3]), dxs.dtype), True, pad,
+                (r0, c0))
     for sl in frame:
         dxs[sl] = 0
     return dxs[box], False, pad, (r0, c0)
@@ -232,7 +233,7 @@ def avgpool_forward(x: In, y: Out, origin: Origin, geom: str, channels_first: bo
             total = torch.ops.aten.avg_pool2d(nchw(xin), (kh, kw), (sh, sw), (0, 0), False,
                                               True, 1)
             count = view(_counts(*_hw(in_hw), kh, kw, sh, sw, win, ho, wo)).permute(0, 3, 1, 2)
-            torch.div(total, count.to(total.dtype), out=yt.t)
+            torch.div(total, count.to(total), out=yt.t)  # to total's dtype and device
         yt.done()
 
 
@@ -254,7 +255,7 @@ def avgpool_backward(dy: In, dx: Out, origin: Origin, geom: str, channels_first:
         g = nchw(gs)
         if pad == (0, 0) and not win.inside:  # the padded window: d_out / real pixels, summed
             count = _counts(*_hw(in_hw), kh, kw, sh, sw, win, ho, wo)
-            g = g / view(count).permute(0, 3, 1, 2).to(g.dtype)
+            g = g / view(count).permute(0, 3, 1, 2).to(g)  # to g's dtype and device
             torch.ops.aten.avg_pool2d_backward.grad_input(g, tt.t, (kh, kw), (sh, sw), pad,
                                                           False, True, 1, grad_input=tt.t)
         else:
@@ -379,6 +380,55 @@ class Pool2D(Operator):
         return [Launch(avgpool_backward, args, scal)]
 
 
+@dataclass(frozen=True)
+class _GlobalPool2D(Operator):
+    """What global pooling over H and W shares (GlobalAvgPool2D, GlobalMaxPool2D): the
+    attributes, their checks, the shape rules and the parallel forms; a subclass names its
+    op_type and its kernels' launches (`_launch`)."""
+
+    data_format: str = "channels_last"
+    keepdims: bool = False
+
+    num_inputs = 1
+
+    @classmethod
+    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
+        return (
+            (cls(), (TensorShape((2, 8, 8, 3)),)),
+        )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_format", check_data_format(self.data_format, self.op_type))
+        if not isinstance(self.keepdims, (bool, np.bool_)):
+            raise OperatorError(f"{self.op_type}: keepdims must be a bool, got {self.keepdims!r}")
+
+    @property
+    def channels_first(self) -> bool:
+        return self.data_format == "channels_first"
+
+    def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
+        self.check_inputs(inputs)
+        (s,) = inputs
+        _, _, c = spatial_dims(s, self.data_format, self.op_type)
+        if self.keepdims:
+            return (image_shape(s, self.data_format, 1, 1, c),)
+        return (s.with_dims((s.dims[0], c)),)
+
+    def flops(self, inputs: Sequence[TensorShape]) -> int:
+        return inputs[0].num_elements()
+
+    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
+        return channel_dims(inputs[0], self.data_format, self.op_type)
+
+    def _launch(self, inputs: Sequence[TensorShape], kern: Any, *names: str) -> list[Launch]:
+        """One launch of `kern` over the named tensors among x, y, dy, dx (x and dx are image
+        batches, y and dy the output's rank), split by samples and channels."""
+        r, fmt = self.infer_outputs(inputs)[0].rank, self.data_format
+        refs = {"x": (x(0), 4), "y": (y(0), r), "dy": (dy(0), r), "dx": (dx(0), 4)}
+        return [Launch(kern, {n: by_channel(refs[n][0], refs[n][1], fmt) for n in names},
+                       {"channels_first": self.channels_first})]
+
+
 @kernel
 def global_avgpool_forward(x: In, y: Out, channels_first: bool) -> None:
     axes = (2, 3) if channels_first else (1, 2)
@@ -395,50 +445,15 @@ def global_avgpool_backward(dy: In, dx: Out, channels_first: bool) -> None:
 
 
 @dataclass(frozen=True)
-class GlobalAvgPool2D(Operator):
+class GlobalAvgPool2D(_GlobalPool2D):
     """Mean over H and W: (batch, C), or (batch, 1, 1, C) / (batch, C, 1, 1) with keepdims."""
 
-    data_format: str = "channels_last"
-    keepdims: bool = False
-
     op_type = "global_avg_pool2d"
-    num_inputs = 1
-
-    @classmethod
-    def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:
-        return (
-            (cls(), (TensorShape((2, 8, 8, 3)),)),
-        )
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "data_format", check_data_format(self.data_format, self.op_type))
-        if not isinstance(self.keepdims, (bool, np.bool_)):
-            raise OperatorError(f"{self.op_type}: keepdims must be a bool, got {self.keepdims!r}")
-
-    def infer_outputs(self, inputs: Sequence[TensorShape]) -> tuple[TensorShape, ...]:
-        self.check_inputs(inputs)
-        (s,) = inputs
-        _, _, c = spatial_dims(s, self.data_format, self.op_type)
-        if self.keepdims:
-            return (image_shape(s, self.data_format, 1, 1, c),)
-        return (s.with_dims((s.dims[0], c)),)
-
-    def flops(self, inputs: Sequence[TensorShape]) -> int:
-        return inputs[0].num_elements()
-
-    def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
-        return channel_dims(inputs[0], self.data_format, self.op_type)
 
     def forward(self, inputs: Sequence[TensorShape], training: bool) -> list[Launch]:
-        r, fmt = self.infer_outputs(inputs)[0].rank, self.data_format
-        return [Launch(global_avgpool_forward,
-                       {"x": by_channel(x(0), 4, fmt), "y": by_channel(y(0), r, fmt)},
-                       {"channels_first": self.data_format == "channels_first"})]
+        return self._launch(inputs, global_avgpool_forward, "x", "y")
 
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         if not needs_input_grad[0]:
             return []
-        r, fmt = self.infer_outputs(inputs)[0].rank, self.data_format
-        return [Launch(global_avgpool_backward,
-                       {"dy": by_channel(dy(0), r, fmt), "dx": by_channel(dx(0), 4, fmt)},
-                       {"channels_first": self.data_format == "channels_first"})]
+        return self._launch(inputs, global_avgpool_backward, "dy", "dx")

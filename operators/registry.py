@@ -17,25 +17,40 @@ from .activation import Activation
 from .attention import MultiHeadAttention
 from .base import Operator, TasoName
 from .batch_norm import BatchNorm
+from .broadcast import Binary, Where
 from .concat import Concat
 from .conv2d import Conv2D
+from .conv2d_transpose import Conv2DTranspose
+from .convert import Cast, OneHot
 from .dropout import Dropout
 from .elementwise import Add, Multiply, Subtract
 from .embedding import Embedding
+from .global_max_pool import GlobalMaxPool2D
 from .layer_norm import LayerNorm
 from .linear import Linear
 from .matmul import BatchMatmul
+from .one_d import Conv1D, GlobalAvgPool1D, GlobalMaxPool1D, Pool1D
 from .padding import ZeroPad2D
 from .permute import Identity, Permute
 from .pooling import GlobalAvgPool2D, Pool2D
+from .rectifier import ReLU
+from .rescale import Rescale
+from .reduce import Reduce
 from .reshape import Flatten, Reshape
+from .slice import Slice
 from .softmax import Softmax
+from .source import Parameter, Range
 from .split import Split
+from .unary import Unary
+from .upsampling import UpSampling2D
 
 OPERATORS: tuple[type[Operator], ...] = (
     Linear, Conv2D, Activation, Add, Subtract, Multiply, Concat, Split, Permute, Identity,
     Reshape, Flatten, Dropout, Softmax, LayerNorm, BatchNorm, Embedding, MultiHeadAttention,
-    BatchMatmul, Pool2D, GlobalAvgPool2D, ZeroPad2D)
+    BatchMatmul, Pool2D, GlobalAvgPool2D, ZeroPad2D, GlobalMaxPool2D, Conv1D, Pool1D,
+    GlobalAvgPool1D, GlobalMaxPool1D, ReLU, Rescale, UpSampling2D, Conv2DTranspose,
+    # keras.ops and Python operators in subclassed layers' call() (keras/layers/tracing.py)
+    Binary, Where, Unary, Reduce, Slice, Cast, OneHot, Parameter, Range)
 
 
 @cache

@@ -14,16 +14,25 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._aten import xp
 from .base import (SAMPLE, Arg, DimKind, OperatorError, ParallelDim, Ref, TensorShape, ceil_div,
                    sample_dim)
 
 DATA_FORMATS = ("channels_last", "channels_first")
 PADDINGS = ("valid", "same")
+CAUSAL = "causal"  # Keras Conv1D's: all the padding before (an output never reads later inputs)
 CHANNELS = "channels"  # launch axis of the per-channel operators: the channel dim of the images
 
 
 def _is_int(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+
+def positive_int(value: Any, what: str, op: str) -> int:
+    """A positive integer attribute (a filter or group count) as an int."""
+    if not _is_int(value) or value <= 0:
+        raise OperatorError(f"{op}: {what} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def pair(value: Any, what: str, op: str, minimum: int = 1) -> tuple[int, int]:
@@ -53,9 +62,12 @@ def check_data_format(value: Any, op: str) -> str:
     return fmt.lower()
 
 
-def check_padding(value: Any, op: str) -> str:
-    if not isinstance(value, str) or value.lower() not in PADDINGS:
-        raise OperatorError(f"{op}: padding must be 'valid' or 'same', got {value!r}")
+def check_padding(value: Any, op: str, causal: bool = False) -> str:
+    """"valid" or "same" (and "causal" where the operator takes it), lower-cased."""
+    allowed = PADDINGS + ((CAUSAL,) if causal else ())
+    if not isinstance(value, str) or value.lower() not in allowed:
+        also = " (or 'causal')" if causal else ""
+        raise OperatorError(f"{op}: padding must be 'valid' or 'same'{also}, got {value!r}")
     return value.lower()
 
 
@@ -83,8 +95,10 @@ def image_shape(s: TensorShape, data_format: str, h: int, w_: int, c: int) -> Te
 def out_size_and_pads(size: int, k: int, stride: int, dilation: int, padding: str, op: str,
                       what: str) -> tuple[int, int, int]:
     """(output size, pad before, pad after) along one spatial dim; TF's rule for "same" (the odd
-    pad goes after)."""
+    pad goes after); "causal" pads span - 1 before (Keras: "valid" on the left-padded input)."""
     span = (k - 1) * dilation + 1
+    if padding == CAUSAL:
+        return ceil_div(size, stride), span - 1, 0
     if padding == "same":
         out = ceil_div(size, stride)
         total = max((out - 1) * stride + span - size, 0)
@@ -128,7 +142,7 @@ def pad_nhwc(x: np.ndarray, pads: Sequence[int], value: float = 0.0) -> np.ndarr
     if not (pt or pb or pl or pr):
         return x
     b, h, w_, c = x.shape
-    out = np.empty((b, h + pt + pb, w_ + pl + pr, c), dtype=x.dtype)
+    out = xp(x).empty((b, h + pt + pb, w_ + pl + pr, c), dtype=x.dtype)
     if pt:
         out[:, :pt] = value
     if pb:

@@ -11,7 +11,14 @@ simulator (unity_legion.cost.Simulator, analytic roofline with the Hopper/V100 f
 presets). The last line is one JSON object: per machine and model `search_s`, `dp_step_s`,
 `expert_step_s`, `found_step_s`, and per machine `geomean_speedup_vs_dp`. A second column of
 found step times comes from a search with another rule set (default: the rules generated and
-proved by scripts/generate_substitutions.py), as `<set>_rules_found_step_s`.
+proved by scripts/generate_substitutions.py), as `<set>_rules_found_step_s` (without pipelines).
+
+The search also places pipeline stages (SearchOptions.pipeline; --no-pipeline turns it off):
+`found_pipeline_stages` is the chosen plan's stage count (1: not pipelined) and
+`pipeline_step_s` the best pipelined plan's step (cost/pipeline.py), chosen or not. A step time
+marked "!" (JSON: `dp_fits`, `expert_fits` false) is a plan that does not fit the memory. Beside the
+zoo, DEEP holds deep transformers where pipelining is expected to matter (the default list
+includes them).
 """
 
 from __future__ import annotations
@@ -26,11 +33,26 @@ from unity_legion.cost import machine_from
 from unity_legion.models import ZOO
 from unity_legion.search.unity import SearchOptions, search
 
+# A deep transformer beside the zoo (built from its BERT): 48 layers of width 4096 (9.7 B
+# parameters, GPT-3 6.7B's width), as deep as the decoder-only models pipelines are made for
+# (attention without a causal mask costs the same). Its weights with Adam's slots (155 GB) fit
+# no 80 GB device unless split, and its activations at 8 samples per device fit none unless the
+# samples pass in micro-batches: only a pipelined plan fits 8 x 8 H100s.
+DEEP = {
+    "bert_48x4k": lambda: ZOO["bert_large"].build(layers=48, hidden=4096, heads=32, ffn=16384,
+                                                  name="bert_48x4k"),
+}
+
+
+def build(name: str):
+    return DEEP[name]() if name in DEEP else ZOO[name].build()
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=",".join(ZOO), help="comma-separated zoo names")
+    p.add_argument("--models", default=",".join(list(ZOO) + list(DEEP)),
+                   help=f"comma-separated zoo names (or {', '.join(DEEP)})")
     p.add_argument("--machines", default="dgx-h100:8,p3.8xlarge:1",
                    help="comma-separated PRESET:NODES")
     p.add_argument("--per-device-batch", type=int, default=8,
@@ -45,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default="generated",
                    help="a second search per model with this rule set, shown in its own column "
                         "(default: the generated rules)")
+    p.add_argument("--no-pipeline", action="store_true",
+                   help="do not place pipeline stages (unpipelined plans only)")
     return p.parse_args(argv)
 
 
@@ -61,7 +85,7 @@ def rule_set(name: str):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     opts = SearchOptions(budget=args.budget, alpha=args.alpha, time_limit=args.time_limit,
-                         rules=rule_set(args.rule_set))
+                         rules=rule_set(args.rule_set), pipeline=not args.no_pipeline)
     other = (None if args.compare_with == "none" else
              SearchOptions(budget=args.budget, alpha=args.alpha, time_limit=args.time_limit,
                            rules=rule_set(args.compare_with)))
@@ -69,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, dict] = {}
     header = (f"{'machine':14s} {'model':13s} {'search s':>8s} {'DP ms':>10s} {'expert ms':>10s} "
               f"{'found ms':>10s} {other_col:>10s} {'vs DP':>7s} {'vs exp':>7s} {'peak GiB':>8s} "
-              f"{'graphs':>6s}  substitutions")
+              f"{'graphs':>6s} {'stages':>6s} {'pipe ms':>10s}  substitutions")
     print(header)
     print("-" * len(header))
     for spec in args.machines.split(","):
@@ -78,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = args.per_device_batch * machine.num_devices
         per_model: dict[str, dict] = {}
         for model_name in args.models.split(","):
-            model = ZOO[model_name].build()
+            model = build(model_name)
             t0 = time.perf_counter()
             r = search(model, batch, machine, options=opts)
             secs = time.perf_counter() - t0
@@ -88,16 +112,26 @@ def main(argv: list[str] | None = None) -> int:
                                      "expert_step_s": ex, "found_step_s": r.step_time,
                                      "chosen": r.chosen, "peak_memory_bytes": r.peak_memory,
                                      "fits": r.fits, "graphs_priced": r.evaluated,
+                                     "found_pipeline_stages": r.pipeline_stages,
+                                     "dp_fits": r.baseline_fits.get("data_parallel"),
+                                     "expert_fits": r.baseline_fits.get("expert"),
+                                     "pipeline_step_s": r.baselines.get("pipeline"),
                                      "substitutions": subs}
             second = ""
             if other is not None:
-                r2 = search(model, batch, machine, options=other)
+                r2 = search(model, batch, machine, options=other)  # other: no pipelines
                 per_model[model_name][f"{args.compare_with}_rules_found_step_s"] = r2.step_time
                 second = f"{r2.step_time * 1e3:10.3f}"
+            pipe = (f"{r.baselines['pipeline'] * 1e3:10.3f}" if "pipeline" in r.baselines
+                    else "-")
+            # "!": the plan does not fit the devices' memory (its speed is moot)
+            dp_ms = f"{dp * 1e3:.3f}" + ("" if r.baseline_fits.get("data_parallel") else "!")
+            ex_ms = f"{ex * 1e3:.3f}" + ("" if r.baseline_fits.get("expert") else "!")
             print(f"{name + ':' + str(machine.nodes):14s} {model_name:13s} {secs:8.1f} "
-                  f"{dp * 1e3:10.3f} {ex * 1e3:10.3f} {r.step_time * 1e3:10.3f} {second:>10s} "
+                  f"{dp_ms:>10s} {ex_ms:>10s} {r.step_time * 1e3:10.3f} {second:>10s} "
                   f"{dp / r.step_time:6.2f}x {ex / r.step_time:6.2f}x "
-                  f"{r.peak_memory / 2**30:8.2f} {r.evaluated:6d}  "
+                  f"{r.peak_memory / 2**30:8.2f} {r.evaluated:6d} {r.pipeline_stages:6d} "
+                  f"{pipe:>10s}  "
                   f"{', '.join(subs) or '-'}{'' if r.fits else '  (does not fit)'}", flush=True)
         speedups = [m["dp_step_s"] / m["found_step_s"] for m in per_model.values()]
         geomean = math.exp(sum(math.log(s) for s in speedups) / len(speedups))

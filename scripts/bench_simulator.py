@@ -242,10 +242,22 @@ def report(rows: list[dict[str, Any]], described: str, cores_seen: list[float], 
     if search_vs_dp:
         print("measured step of the search's strategy / data parallel's: " + ", ".join(
             f"{k} {v:.3f}" for k, v in search_vs_dp.items()))
+    # ... and against the fastest plan that runs everything on one processor (target: <= 1/1.4)
+    search_vs_serial: dict[str, float] = {}
+    for k, v in real.items():
+        model = k.split("/")[0]
+        serial = [ms for name, ms in real.items()
+                  if name.startswith(model + "/serial")]
+        if k.endswith("/search") and serial:
+            search_vs_serial[model] = round(v / min(serial), 4)
+    if search_vs_serial:
+        print("measured step of the search's strategy / the fastest serial one's: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in search_vs_serial.items()))
     summary = {"median_abs_rel_error": round(statistics.median(errs), 4) if errs else None,
                "max_abs_rel_error": round(max(errs), 4) if errs else None,
                "strategies": len(rows), "processors": procs, "ranks": ranks, "jobs": jobs,
                "search_vs_data_parallel_measured": search_vs_dp,
+               "search_vs_serial_measured": search_vs_serial,
                "per_strategy": rows}
     print(json.dumps(summary))
 

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     print(result.report())
     if args.explain:
-        print(result.strategy.explain(model, batch))
+        # simulated on the machine planned for: each row's compute, communication and links
+        print(result.strategy.explain(model, batch, machine=machine))
     if args.out:
         result.strategy.save(args.out)
         print(f"strategy written to {args.out}")

@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     from unity_legion.search.unity import SearchError
 
     rank0 = machine.rank == 0
-    target = running_machine(machine.ranks, machine.processors, machine.preferred_kind)
+    target = running_machine(machine.ranks, machine.processors, machine.preferred_kind,
+                             machine.device_memory, machine.gpu_name)
     try:
         model.compile(optimizer=optimizer, loss=entry.loss,
                       metrics=["accuracy" if classify else "mae"], strategy=args.strategy,

@@ -28,6 +28,8 @@ MARK_END="# <<< unity_legion environment <<<"
 # libcudart.so.12 without depending on it.  Keep in sync with pyproject.toml.
 # torch==2.13.0 (the CPU wheel that lies on this machine): operator kernels call its ATen CPU
 # operators, and the tests compare with it.
+# keras==3.15.1 (torch backend): the oracle whole programs and file formats are checked against;
+# h5py reads and writes Keras 3's .weights.h5 files.
 PINNED=(
     "legate==25.11.0"
     "nvidia-cupynumeric==25.11.0"
@@ -42,6 +44,9 @@ PINNED=(
     "z3-solver==4.15.*"
     "pytest"
     "torch==2.13.0"
+    "keras==3.15.1"
+    "h5py"
+    "cupy-cuda12x==14.2.*"   # GPU task variants only (CUDA 12 runtime, as legate 25.11)
     "setuptools>=64"
 )
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Mapping
 
 import pytest
 
@@ -19,11 +20,16 @@ VENV_BIN = Path(sys.prefix) / "bin"
 
 
 def run_with_env(argv: list[str], cwd: Path, legate_config: str = "--cpus 1 --sysmem 1000",
-                 timeout_s: int = 600) -> subprocess.CompletedProcess[str]:
+                 timeout_s: int = 600, overrides: Mapping[str, str] | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    """`argv` in the project's environment; `overrides` are set after the environment file is
+    sourced (it sets UCX / Open MPI interface selection for loopback, which they replace)."""
     if not ENV_FILE.is_file():
         pytest.fail(f"{ENV_FILE} is missing: run `make setup`")
     env = dict(os.environ)
     env["LEGATE_CONFIG"] = legate_config
+    if overrides:
+        argv = ["env", *(f"{k}={v}" for k, v in overrides.items()), *argv]
     return subprocess.run(["sh", "-c", '. "$0" && exec "$@"', str(ENV_FILE), *argv], cwd=cwd,
                           env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout_s)

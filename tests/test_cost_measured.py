@@ -177,7 +177,9 @@ def test_calibration_measures_positive_figures_and_is_cached(tmp_path, monkeypat
     assert m.name == "local" and d.kind == "cpu" and m.num_devices >= 1
     assert d.flops_fp32 > 1e8 and d.mem_bandwidth > 1e7 and d.launch_overhead > 0
     rt = m.runtime
-    assert rt.issue > 0 and rt.sync > 0 and rt.reduction == "fold" and rt.cores >= 1
+    # one rank, fused: partial sums (Legion's folds only across ranks), fused-group figures
+    assert rt.issue > 0 and rt.sync > 0 and rt.reduction == "partials" and rt.cores >= 1
+    assert rt.fusion > 0 and rt.fused_issue > 0 and rt.fused_step >= 0
     assert rt.analysis >= 0 and c.probes["cores"] == rt.cores
     assert rt.fold.bandwidth > 0 and m.intra.bandwidth > 0
     assert 0 < c.memory_efficiency <= 1 and all(0 < f <= 1 for f in c.efficiency.values())
@@ -202,9 +204,14 @@ def test_bad_calibration_files_are_ignored_or_named(tmp_path) -> None:
     with pytest.raises(MachineError, match="not valid JSON"):
         Calibration.from_json("{")
     good = json.loads(Calibration(PRESETS["local"]).to_json())
+    good["machine"]["runtime"]["reduction"] = "fold"
     del good["machine"]["runtime"]["fold"]
     with pytest.raises(MachineError, match="'fold' needs a 'fold' link"):
         Calibration.from_json(json.dumps(good))
+    old = json.loads(Calibration(PRESETS["local"]).to_json())
+    old["version"] = 1   # measured before fused groups: measured again
+    with pytest.raises(MachineError, match="version 1"):
+        Calibration.from_json(json.dumps(old))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,10 +235,10 @@ def test_machine_files_with_a_runtime(tmp_path) -> None:
         with pytest.raises(MachineError, match=match):
             MachineModel.load(path)
 
-    bad(lambda r: r.update(reduction="tree"), "reduction must be one of ring, fold")
+    bad(lambda r: r.update(reduction="tree"), "reduction must be one of ring, fold, partials")
     bad(lambda r: r.update(issue=-1), "runtime issue must be a number >= 0, got -1")
     bad(lambda r: r.update(cores="two"), "runtime cores must be a number >= 0")
-    bad(lambda r: r.update(fold=None), "'fold' needs a 'fold' link")
+    bad(lambda r: r.update(reduction="fold", fold=None), "'fold' needs a 'fold' link")
     bad(lambda r: r["fold"].update(bandwidth=0), "link bandwidth must be a positive number")
     bad(lambda r: r.update(speed=3), "runtime: .*speed")
     data = json.loads(m.to_json())
@@ -255,7 +262,8 @@ def _mlp(width: int = 512) -> tuple[ComputationGraph, list[int]]:
 
 def test_folding_replicated_gradients_costs_every_copy() -> None:
     g, outs = _mlp()
-    local = preset("local")
+    base = preset("local")   # (one rank sums as partial sums: tests/test_cost_fusion.py)
+    local = replace(base, runtime=replace(base.runtime, reduction="fold"))
     sim = Simulator(local, optimizer_slots=0)
     dp = sim.simulate(g, 64, {}, outs, default=data_parallel_config(2))
     serial = sim.simulate(g, 64, {}, outs, default=OpConfig())

@@ -23,22 +23,34 @@ from unity_legion.operators.activation import Activation
 from unity_legion.operators.attention import MultiHeadAttention
 from unity_legion.operators.base import DimKind, Operator
 from unity_legion.operators.batch_norm import BatchNorm
+from unity_legion.operators.broadcast import Binary, Where
 from unity_legion.operators.concat import Concat
+from unity_legion.operators.convert import Cast, OneHot
 from unity_legion.operators.conv2d import Conv2D
+from unity_legion.operators.conv2d_transpose import Conv2DTranspose
 from unity_legion.operators.dropout import Dropout
 from unity_legion.operators.elementwise import Add, Multiply, Subtract
 from unity_legion.operators.embedding import Embedding
+from unity_legion.operators.global_max_pool import GlobalMaxPool2D
 from unity_legion.operators.layer_norm import LayerNorm
 from unity_legion.operators.linear import Linear
 from unity_legion.operators.losses import MeanSquaredError
 from unity_legion.operators.matmul import BatchMatmul
+from unity_legion.operators.one_d import Conv1D, GlobalAvgPool1D, GlobalMaxPool1D, Pool1D
 from unity_legion.operators.optimizers import SGDRule
 from unity_legion.operators.padding import ZeroPad2D
 from unity_legion.operators.permute import Identity, Permute
 from unity_legion.operators.pooling import GlobalAvgPool2D, Pool2D
+from unity_legion.operators.rectifier import ReLU
+from unity_legion.operators.rescale import Rescale
+from unity_legion.operators.reduce import Reduce
 from unity_legion.operators.reshape import Flatten, Reshape
+from unity_legion.operators.slice import Slice
 from unity_legion.operators.softmax import Softmax
+from unity_legion.operators.source import Parameter, Range
 from unity_legion.operators.split import Split
+from unity_legion.operators.unary import Unary
+from unity_legion.operators.upsampling import UpSampling2D
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.types import DataType, TensorShape
 
@@ -160,6 +172,44 @@ CASES: dict[str, tuple[Operator, list[np.ndarray], dict[str, Any]]] = {
                                     [_r(B, 3, 4, 3)], {}),
     "zero_pad": (ZeroPad2D((1, 0, 2, 1)), [_r(B, 3, 4, 3)], {}),
     "zero_pad_channels_first": (ZeroPad2D(1, "channels_first"), [_r(B, 3, 4, 2)], {}),
+    "global_max_pool": (GlobalMaxPool2D(), [_r(B, 3, 4, 3)], {}),
+    "global_max_pool_keepdims_cf": (GlobalMaxPool2D("channels_first", keepdims=True),
+                                    [_r(B, 3, 4, 3)], {}),
+    # 1-D: the 2-D operators on one-row images (length: the width's halo reads)
+    "conv1d": (Conv1D(4, 3, padding="causal", dilation_rate=2), [_r(B, 7, 3, dtype=np.float64)],
+               {}),
+    "conv1d_same_strided_cf_groups": (Conv1D(4, 3, 2, "same", "channels_first", groups=2),
+                                      [_r(3, 4, 9, dtype=np.float64)], {}),
+    "max_pool1d": (Pool1D("max", 3, 2, "same"), [_r(3, 7, 3)], {}),
+    "avg_pool1d_cf": (Pool1D("avg", 2, 1, "valid", "channels_first"), [_r(3, 2, 7)], {}),
+    "global_avg_pool1d": (GlobalAvgPool1D(), [_r(B, 4, 3)], {}),
+    "global_max_pool1d_keepdims_cf": (GlobalMaxPool1D("channels_first", keepdims=True),
+                                      [_r(B, 3, 4)], {}),
+    # Keras ReLU / LeakyReLU, Rescaling: features; UpSampling2D: channels
+    "relu_keras": (ReLU(1.5, 0.2, 0.3), [_r(B, 3, 7)], {}),
+    "leaky_relu_rank2": (ReLU(negative_slope=0.3), [_r(B, 7)], {}),
+    "rescale": (Rescale(0.5, -1.0), [_r(B, 3, 7)], {}),
+    "upsampling2d": (UpSampling2D((2, 3)), [_r(B, 2, 3, 3)], {}),
+    "upsampling2d_cf": (UpSampling2D(2, "channels_first"), [_r(B, 3, 2, 3)], {}),
+    # transposed convolution: sample, out, in (no fused activation); float64 as conv2d's
+    "conv2d_transpose": (Conv2DTranspose(3, 3, 2, "same"), [_r(B, 3, 2, 3, dtype=np.float64)],
+                         {}),
+    "conv2d_transpose_relu_cf": (Conv2DTranspose(2, (2, 3), (2, 1), "valid", (1, 0),
+                                                 "channels_first", "relu"),
+                                 [_r(3, 2, 3, 3, dtype=np.float64)], {}),
+    # keras.ops in subclassed layers' call(): broadcasting binary (features only where no
+    # input broadcasts along them), where, unary, reduce, slice, cast, one_hot; the sources
+    # (a layer's own weight, arange) copied over the batch
+    "binary_divide_broadcast": (Binary("divide"), [_r(B, 3, 7), np.abs(_r(B, 7)) + 1.0], {}),
+    "binary_add_last_broadcast": (Binary("add"), [_r(B, 3, 7), _r(B, 3, 1)], {}),
+    "where": (Where(), [RNG.random((B, 3, 7)) > 0.5, _r(B, 3, 7), _r(B, 7)], {}),
+    "unary_exp": (Unary("exp"), [_r(B, 3, 7)], {}),
+    "reduce_mean": (Reduce("mean", (1,)), [_r(B, 3, 7)], {}),
+    "slice": (Slice(((None, None, None), (1, 5, None))), [_r(B, 3, 7)], {}),
+    "cast": (Cast(DataType.FLOAT64), [_r(B, 3, 7)], {}),
+    "one_hot": (OneHot(5), [_idx(5, B, 3, dtype=np.int32)], {}),
+    "parameter": (Parameter((3, 7), "glorot_uniform"), [_r(B, 4)], {}),
+    "range": (Range(0, 1, 6, DataType.FLOAT32), [_r(B, 4)], {}),
 }
 
 
@@ -198,6 +248,24 @@ AXES: dict[str, tuple[str, dict[str, DimKind]]] = {
     "pool2d": ("max_pool", {"sample": S, "channels": A, "height": A, "width": A}),
     "global_avg_pool2d": ("global_avg_pool", {"sample": S, "channels": A}),
     "zero_pad2d": ("zero_pad", {"sample": S, "channels": A}),
+    "global_max_pool2d": ("global_max_pool", {"sample": S, "channels": A}),
+    "conv1d": ("conv1d", {"sample": S, "out": P, "in": R, "length": A}),
+    "pool1d": ("max_pool1d", {"sample": S, "channels": A, "length": A}),
+    "global_avg_pool1d": ("global_avg_pool1d", {"sample": S, "channels": A}),
+    "global_max_pool1d": ("global_max_pool1d_keepdims_cf", {"sample": S, "channels": A}),
+    "relu": ("relu_keras", {"sample": S, "features": A}),
+    "rescale": ("rescale", {"sample": S, "features": A}),
+    "upsampling2d": ("upsampling2d", {"sample": S, "channels": A}),
+    "conv2d_transpose": ("conv2d_transpose", {"sample": S, "out": P, "in": R}),
+    "binary": ("binary_divide_broadcast", {"sample": S, "features": A}),
+    "where": ("where", {"sample": S}),
+    "unary": ("unary_exp", {"sample": S, "features": A}),
+    "reduce": ("reduce_mean", {"sample": S}),
+    "slice": ("slice", {"sample": S}),
+    "cast": ("cast", {"sample": S, "features": A}),
+    "one_hot": ("one_hot", {"sample": S}),
+    "parameter": ("parameter", {"sample": S}),
+    "range": ("range", {"sample": S}),
 }
 
 
@@ -385,16 +453,16 @@ print("RANK-OK", rt.node_id, flush=True)
 
 @pytest.mark.slow
 def test_spatial_configs_and_partitioned_optimizer_state_on_two_ranks(tmp_path) -> None:
-    """Over 2 ranks (one processor each): conv2d / pool2d spatial configurations equal the
-    serial run, and Adam / momentum training with tensor-parallel Linears (slots split like
-    their kernels) equals the serial run."""
+    """Over 2 ranks (one processor each): conv2d / pool2d spatial and conv1d / pool1d length
+    configurations equal the serial run, and Adam / momentum training with tensor-parallel
+    Linears (slots split like their kernels) equals the serial run."""
     import sys
     from pathlib import Path
 
     from launch import REPO, VENV_BIN
 
     cases = ["conv2d_spatial_same_dilated", "conv2d_spatial_relu_same_strided",
-             "max_pool_same_overlapping", "avg_pool_same_overlapping"]
+             "max_pool_same_overlapping", "avg_pool_same_overlapping", "conv1d", "max_pool1d"]
     script = tmp_path / "two_ranks.py"
     script.write_text(_TWO_RANK_SCRIPT.format(tests=str(Path(__file__).parent), cases=cases))
     from launch import run_with_env
@@ -405,4 +473,5 @@ def test_spatial_configs_and_partitioned_optimizer_state_on_two_ranks(tmp_path) 
     assert proc.returncode == 0, out[-4000:]
     assert sorted(ln.split()[1] for ln in proc.stdout.splitlines()
                   if ln.startswith("RANK-OK")) == ["0", "1"], out[-4000:]
-    assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("CASE-OK")]) == 8
+    ok = [ln for ln in proc.stdout.splitlines() if ln.startswith("CASE-OK")]
+    assert len(ok) == 2 * len(cases)

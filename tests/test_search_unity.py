@@ -41,7 +41,10 @@ def test_search_applies_a_substitution_that_enables_row_parallelism() -> None:
     names = [a.rule_name for a in r.strategy.substitutions]
     assert names == ["unfuse_linear_activation"]
     assert r.strategy.configs["up"].degree("out") == 4
-    assert r.strategy.configs["down"].degree("in") == 4
+    # row-parallel (partial sums over input features): all 4 ways, or 2 x 2 with the output
+    # features, whose smaller reduce-scatters price about the same over NVLink
+    assert r.strategy.configs["down"].degree("in") >= 2
+    assert r.strategy.configs["down"].num_points == 4
     assert "down.act" in r.strategy.configs
     assert r.savings and r.savings[0].saved > 0
     assert "unfuse_linear_activation" in r.report()

@@ -23,6 +23,9 @@ class MachineInfo:
     rank: int
     cpus: int          # CPU processors in the whole job
     gpus: int          # GPU processors in the whole job
+    gpus_asked: int = 0            # GPUs per rank the job's configuration asked for (--gpus)
+    fbmem: int | None = None       # framebuffer bytes per GPU the configuration gives (--fbmem)
+    gpu_name: str | None = None    # CUDA's name of the job's GPUs (None: no GPU, or unknown)
 
     @property
     def cpus_per_rank(self) -> int:
@@ -41,9 +44,60 @@ class MachineInfo:
         """Processors of the preferred kind in the whole job: the default data-parallel degree."""
         return self.gpus or self.cpus
 
+    @property
+    def device_memory(self) -> int | None:
+        """Bytes one device of the preferred kind may hold for a plan: the framebuffer the job
+        gives each GPU (--fbmem) on a GPU job; None where the machine model's figure stands
+        (CPU jobs, and GPU jobs where Legate sized the framebuffer itself)."""
+        return self.fbmem if self.gpus else None
+
+    def gpu_shortfall(self) -> str | None:
+        """What a user who asked for GPUs must hear when the job has fewer (None if not)."""
+        if self.gpus_asked <= self.gpus_per_rank:
+            return None
+        found = f"only {self.gpus_per_rank} GPU(s) per rank" if self.gpus else "no GPU"
+        instead = (f"{self.gpus_per_rank} GPU(s) per rank" if self.gpus else
+                   f"{self.cpus_per_rank} CPU processor(s) per rank")
+        return (f"--gpus {self.gpus_asked} was asked for but Legate found {found} on this "
+                f"machine (no CUDA device, or no driver): the job runs on {instead} instead")
+
     def __str__(self) -> str:
         per = f"{self.gpus_per_rank} GPU" if self.gpus else f"{self.cpus_per_rank} CPU"
-        return f"{self.ranks} rank(s) x {per} processor(s)"
+        text = f"{self.ranks} rank(s) x {per} processor(s)"
+        if self.gpus_asked > self.gpus_per_rank:
+            text += f" (--gpus {self.gpus_asked} asked, {self.gpus_per_rank} found)"
+        return text
+
+
+def config_value(flag: str) -> str | None:
+    """The value LEGATE_CONFIG gives `flag` (`--gpus 2` or `--gpus=2`; the last one counts), or
+    None. The `legate` driver passes its --cpus/--gpus/--fbmem ... options this way too."""
+    words = os.environ.get("LEGATE_CONFIG", "").split()
+    value = None
+    for i, word in enumerate(words):
+        name, eq, rest = word.partition("=")
+        if name == flag:
+            value = rest if eq else (words[i + 1] if i + 1 < len(words) else None)
+    return value
+
+
+def _gpu_name() -> str | None:
+    """The name of this rank's first GPU (CuPy, imported on GPU jobs only), or None."""
+    try:
+        import cupy
+
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+    except Exception:  # no CuPy or no answer: the plan prices the GPUs as H100s
+        return None
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _config_int(flag: str) -> int | None:
+    value = config_value(flag)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _limit_blas_threads() -> None:
@@ -169,7 +223,16 @@ def machine_info() -> MachineInfo:
     m = rt.get_machine()
     gpus = m.count(TaskTarget.GPU) if TaskTarget.GPU in m.valid_targets else 0
     cpus = m.count(TaskTarget.CPU) if TaskTarget.CPU in m.valid_targets else 0
-    return MachineInfo(ranks=rt.node_count, rank=rt.node_id, cpus=cpus, gpus=gpus)
+    fbmem = _config_int("--fbmem")  # MiB per GPU
+    info = MachineInfo(ranks=rt.node_count, rank=rt.node_id, cpus=cpus, gpus=gpus,
+                       gpus_asked=_config_int("--gpus") or 0,
+                       fbmem=fbmem * 2**20 if fbmem else None,
+                       gpu_name=_gpu_name() if gpus else None)
+    shortfall = info.gpu_shortfall()
+    if shortfall and info.rank == 0:
+        # before anything is planned or trained: the user asked for GPUs and gets none
+        print(f"unity_legion: warning: {shortfall}", file=sys.stderr, flush=True)
+    return info
 
 
 # ------------------------------------------------------------------------------------------------

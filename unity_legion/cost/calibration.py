@@ -20,6 +20,8 @@ from unity_legion.cost.measure import cache_root
 from unity_legion.cost.op_cost import MEMORY_EFFICIENCY, AnalyticCost
 
 SCHEMA = "unity_legion.calibration"
+# 2: the runtime's fused groups and partial sums are measured (a version-1 file is measured again)
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Calibration:
                             memory_efficiency=self.memory_efficiency)
 
     def to_json(self) -> str:
-        return json.dumps({"schema": SCHEMA, "version": 1,
+        return json.dumps({"schema": SCHEMA, "version": VERSION,
                            "machine": json.loads(self.machine.to_json()),
                            "efficiency": dict(self.efficiency),
                            "memory_efficiency": self.memory_efficiency,
@@ -48,6 +50,9 @@ class Calibration:
             raise MachineError(f"calibration: not valid JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise MachineError("calibration: not a unity_legion calibration file")
+        if data.get("version") != VERSION:
+            raise MachineError(f"calibration: version {data.get('version')!r}, this release "
+                               f"reads version {VERSION} (measure again)")
         try:
             return cls(MachineModel.from_dict(data["machine"]), dict(data["efficiency"]),
                        float(data["memory_efficiency"]), dict(data.get("probes", {})))

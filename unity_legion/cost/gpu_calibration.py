@@ -111,7 +111,12 @@ def fit(records: Sequence[Record], peak_flops: float = H200_FP32_PEAK,
             err = np.abs(np.log(pred / real))          # (cases, compute, memory)
             med = np.median(err, axis=0)
             i, j = np.unravel_index(int(np.argmin(med)), med.shape)
-            compute[fam], memory[fam] = float(fractions[i]), float(memory_fractions[j])
+            compute[fam] = float(fractions[i])
+            if j > 0:
+                # at the grid's floor the data only says the family was never memory-bound
+                # there: no fraction is known (op_cost's default applies), and a floor taken
+                # for one would price a copy of a replicated input 14x too slow
+                memory[fam] = float(memory_fractions[j])
             errs.extend(err[:, i, j].tolist())
         score = statistics.median(errs)
         if best is None or score < best[0]:

@@ -24,7 +24,7 @@ inside a node, 10 us between nodes (typical NCCL small-message figures).
 Beside the devices and links, a machine has a `RuntimeSpec`: what the runtime that drives it costs
 on the host. Legate issues every launch from the one Python thread that runs the program (the
 executor), so launches cannot start faster than that thread issues them; a blocking read of a
-result (the executor reads the loss before it issues the backward pass) costs a round trip; and
+result (the executor reads the loss once the whole step is issued) costs a round trip; and
 an ADD reduction of a store that several points write (a replicated weight's gradient, a Linear
 split by input features) is folded by Legate copy by copy into the store, where a GPU collective
 library would run a ring all-reduce. The data-sheet presets leave the host at zero (no
@@ -89,7 +89,7 @@ class LinkSpec:
         return self.latency + nbytes / self.bandwidth if nbytes > 0 else 0.0
 
 
-REDUCTIONS = ("ring", "fold")
+REDUCTIONS = ("ring", "fold", "partials")
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,14 @@ class RuntimeSpec:
     analysis: seconds of the runtime's own thread per launch (Legion's dependence analysis and
         mapping run on one utility thread, between the issue and the tasks), for launches whose
         cost model does not measure it.
+    fusion: steps a fused group holds at most (the executor's `fusion.MAX_STEPS`; 0: every
+        launch is a task of its own). Consecutive launches on the same devices then run as one
+        task: `issue` and `analysis` are paid once per group, `fused_issue` per launch joining
+        it (binding its arguments), and the devices pay their launch overhead once per group
+        and `fused_step` per step (its kernel's dispatch inside the task).
+    reduction "partials": the executor's partial sums (one rank): every point adds into its own
+        piece of a stacked store, summed into the result by one more step (a pass over the
+        pieces, split by rows) right before the first reader; no copies are folded.
     """
 
     issue: float = 0.0
@@ -118,9 +126,14 @@ class RuntimeSpec:
     fold: LinkSpec | None = None
     cores: float = 0.0
     analysis: float = 0.0
+    fusion: int = 0
+    fused_issue: float = 0.0
+    fused_step: float = 0.0
 
     def __post_init__(self) -> None:
-        for f in ("issue", "sync", "cores", "analysis"):
+        if isinstance(self.fusion, bool) or not isinstance(self.fusion, int) or self.fusion < 0:
+            raise MachineError(f"runtime fusion must be an integer >= 0, got {self.fusion!r}")
+        for f in ("issue", "sync", "cores", "analysis", "fused_issue", "fused_step"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise MachineError(f"runtime {f} must be a number >= 0, got {v!r}")
@@ -232,7 +245,8 @@ A100 = DeviceSpec("gpu", "A100-SXM4-80GB", 19.5 * TFLOPS, 312 * TFLOPS, 2039 * G
 # data/gpu_h200_fp32.json). The H100 shares the H200's SMs and clocks; only its memory is slower,
 # and these are fractions of each card's own peaks. Memory-bound families' compute fractions only
 # keep their (tiny) flops from deciding; the floor of 30 us per kernel includes the framework's
-# dispatch, as a Legate GPU task's start-up would. Keys are cost families, as the operators name
+# dispatch, as a Legate GPU task's start-up would. A family the data shows compute-bound at every
+# size (attention) has no bandwidth fraction: op_cost's streaming default applies to it. Keys are cost families, as the operators name
 # them (`Operator.cost_family`; tests/test_cost.py checks every key is one): measured data, so
 # written out here rather than derived.
 HOPPER_EFFICIENCY = {"conv2d": 0.279, "linear": 0.529, "multi_head_attention": 0.529,
@@ -240,7 +254,7 @@ HOPPER_EFFICIENCY = {"conv2d": 0.279, "linear": 0.529, "multi_head_attention": 0
 HOPPER_MEMORY_EFFICIENCY = {
     "activation": 1.0, "add": 0.926, "batch_norm": 0.215, "concatenate": 1.0, "conv2d": 0.092,
     "dropout": 0.584, "embedding": 1.0, "global_avg_pool2d": 0.681, "layer_norm": 0.116,
-    "linear": 0.341, "multi_head_attention": 0.05, "pool2d": 0.126, "split": 1.0,
+    "linear": 0.341, "pool2d": 0.126, "split": 1.0,
     "zero_pad2d": 0.464}
 HOPPER_BACKWARD_RATIO = {"activation": 1.68, "batch_norm": 1.51, "conv2d": 2.25, "embedding": 3.07,
                          "layer_norm": 3.13, "linear": 1.98, "multi_head_attention": 1.79,
@@ -258,8 +272,12 @@ LOCAL_CPU = DeviceSpec("cpu", "local-cpu", 86e9, 86e9, 9.4 * GB, 8 * 2**30, laun
 # thread, a 12 us blocking read, Legion folding an ADD reduction's copies at ~1 GB/s (0.3 ms each
 # besides), and 2 cores shared by the issuing thread, the processors and Legion's threads (fewer
 # when other jobs run: calibrate measures the share of the moment).
-LOCAL_RUNTIME = RuntimeSpec(issue=1.7e-4, sync=1.2e-5, reduction="fold",
-                            fold=LinkSpec(1.0 * GB, 3e-4), cores=2.0, analysis=3e-4)
+# The executor fuses launches (groups of up to 128): ~20 us of the issuing thread per launch
+# joining a group, ~10 us of its processor per step, and on one rank sums reductions as partial
+# sums (folding only across ranks).
+LOCAL_RUNTIME = RuntimeSpec(issue=1.7e-4, sync=1.2e-5, reduction="partials",
+                            fold=LinkSpec(1.0 * GB, 3e-4), cores=2.0, analysis=3e-4,
+                            fusion=128, fused_issue=2e-5, fused_step=1e-5)
 
 PRESETS: dict[str, MachineModel] = {
     "p3.8xlarge": MachineModel("p3.8xlarge", 1, 4, V100, LinkSpec(50 * GB, 5e-6),

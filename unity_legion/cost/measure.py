@@ -273,7 +273,8 @@ class MeasuredCost:
             return _fallback(self.fallback, op, inputs, config, device, needs_input_grad)
         return OpCost(m.forward, m.backward, m.launches_forward, m.launches_backward,
                       m.forward_host, m.backward_host, fills_included=True,
-                      runtime_forward=m.forward_runtime, runtime_backward=m.backward_runtime)
+                      runtime_forward=m.forward_runtime, runtime_backward=m.backward_runtime,
+                      kernel_forward=m.forward_kernel, kernel_backward=m.backward_kernel)
 
 
 def _fallback(model: CostModel, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,

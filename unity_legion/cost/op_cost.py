@@ -54,10 +54,23 @@ class OpCost:
     # RuntimeSpec.analysis per launch)
     runtime_forward: float | None = None
     runtime_backward: float | None = None
+    # seconds of the kernels alone (one point), without the tasks' own overhead, where
+    # measured (None: forward / backward less the device's launch overhead per launch): what
+    # a step of a fused task costs (RuntimeSpec.fusion)
+    kernel_forward: float | None = None
+    kernel_backward: float | None = None
 
     @property
     def total(self) -> float:
         return self.forward + self.backward
+
+    def kernels(self, launch_overhead: float) -> tuple[float, float]:
+        """(forward, backward) seconds of the kernels alone, one point."""
+        kf = (self.kernel_forward if self.kernel_forward is not None
+              else self.forward - self.launches_forward * launch_overhead)
+        kb = (self.kernel_backward if self.kernel_backward is not None
+              else self.backward - self.launches_backward * launch_overhead)
+        return max(kf, 0.0), max(kb, 0.0)
 
 
 class CostModel(Protocol):

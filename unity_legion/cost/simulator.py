@@ -8,7 +8,8 @@ A step is simulated as the executor (`GraphExecutor.train_step`) runs it:
    first: one more launch), each parallel operator's data movement between them;
 3. the objective: one loss launch per model output, data-parallel over all devices (reading the
    output split by samples: a producer cut otherwise is converted first);
-4. the executor reads the loss back before it issues the backward pass (a blocking read);
+4. (no wait: the executor issues the whole step before it reads the loss back; its updates
+   check the loss themselves);
 5. backward in reverse order: each computation's backward launches (computing input gradients
    only where some upstream weight needs them), parallel operators' movements reversed, and one
    accumulate launch (data-parallel) for each further consumer of a tensor;
@@ -21,7 +22,16 @@ A step is simulated as the executor (`GraphExecutor.train_step`) runs it:
 
 7. the executor waits for all of the step's work before it returns (`GraphExecutor._drain`).
 
-Launches are issued one after another by one host thread (`RuntimeSpec.issue` each, or the
+Fused groups (`RuntimeSpec.fusion` > 0, the executor's default): consecutive launches on the same
+devices join one group, submitted as one launch when a launch on other devices, a data movement
+between views, the loss read or the end of the step comes; its steps (each launch's kernels, plus
+`fused_step`) run one after another in one task per device, and what it writes is ready when the
+task ends. The host pays `fused_issue` per launch joining a group, `issue` and `analysis` once per
+group, the devices their launch overhead once per group. Reductions on one rank are partial sums
+(`reduction` "partials"): a Reduce, and a weight gradient's replicas, cost one more step adding
+the copies, split by rows (`settle_time`), instead of Legion's folds.
+
+Unfused, launches are issued one after another by one host thread (`RuntimeSpec.issue` each, or the
 operator's measured issuing time), then analysed and mapped one after another by the runtime's
 own thread (Legion's utility processor: `RuntimeSpec.analysis` each, or the measured time): a
 launch's tasks start when it is analysed, their inputs are ready and their devices are free.
@@ -36,9 +46,16 @@ time-sliced: a stretch of that period during which k of them are busy lasts max(
 times as long (processor sharing), and a step lasts at least its total work (issuing, analysis,
 tasks, copies and folds) over the cores. Without it (GPU presets) the period is the step time.
 
-Communication time: a parallel operator's bytes go over the slowest link it crosses (inside a
-node or between nodes), spread over the devices that receive them; alpha-beta per message. A
-Reduce under the "fold" runtime folds every partial copy into the consumer's piece.
+Communication time, with a collective library (a "ring" runtime: the GPU presets): priced over
+the devices that exchange pieces, from the launch grids and views (cost/layout.py): a parallel
+operator's movement from the producer's pieces to the consumer's (cost/transfer.py: partial sums
+reduce-scattered in their groups, then each device fetches what it lacks, across nodes once per
+node over the NICs, inside over NVLink), a weight's gradient all-reduced per tile over the
+devices holding its copies, hierarchically (cost/collectives.py); each operator's breakdown names
+the links used. A runtime that folds or sums partial copies itself ("fold", "partials") keeps
+its rules: a parallel operator's bytes go over the slowest link it crosses (inside a node or
+between nodes), spread over the devices that receive them; alpha-beta per message; a Reduce
+under "fold" folds every partial copy into the consumer's piece.
 Memory per device: weights, gradients and optimizer slots of the pieces it holds, plus every
 activation piece kept for the backward pass, plus replicated input copies (peak: the end of the
 forward pass).
@@ -48,10 +65,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from unity_legion.cost.collectives import INTER, INTRA, groups_time, join_links, link_name
+from unity_legion.cost.layout import Layout, arg_layout, spread, whole
 from unity_legion.cost.machine import LinkSpec, MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, OpCost, priced
+from unity_legion.cost.transfer import Transfer, transfer
+from unity_legion.operators.base import Ref, RefKind
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.parallel_ops import (FusedParallelOp, ParallelOp, Partition, Reduce,
                                            Replicate, conversion)
@@ -65,6 +86,14 @@ class OpBreakdown:
     communication: float = 0.0
     start: float = 0.0
     end: float = 0.0
+    # the links its communication used (collectives.join_links): the parallel operators
+    # feeding it (forward and backward) and its weights' gradient sums
+    moves: str = ""
+    grads: str = ""
+
+    @property
+    def links(self) -> str:
+        return join_links((self.moves, self.grads))
 
 
 @dataclass
@@ -184,6 +213,45 @@ class Simulator:
         """Bytes per device a lifted plan keeps (the `memory` of `simulate_pcg`)."""
         return self._memory(graph, pcg)
 
+    def simulate_pipeline(self, graph: ComputationGraph, batch: int,
+                          plan: Mapping[int, OpConfig], spec: Any,
+                          outputs: Sequence[int] | None = None) -> Any:
+        """A pipelined step (spec: a pcg.pipeline.PipelineSpec): bubbles, stage-boundary
+        transfers, per-stage gradient sums, memory per schedule (cost/pipeline.py)."""
+        from unity_legion.cost.pipeline import price_pipeline
+
+        return price_pipeline(self, graph, batch, plan, spec, outputs)
+
+    # ------------------------------------------------------------------ device groups
+    # With a collective library ("ring" runtimes: the GPU presets) every transfer and gradient
+    # sum is priced over the devices that exchange pieces (cost/layout.py, cost/transfer.py,
+    # cost/collectives.py); a runtime that folds or sums partial copies itself keeps its own
+    # rules (_comm_time, _grad_sync_time).
+    @property
+    def by_groups(self) -> bool:
+        return self.machine.runtime.reduction == "ring"
+
+    def transfer(self, src: Layout, dst: Layout) -> Transfer:
+        """Converting the producer's pieces `src` to the consumer's `dst` (cost/transfer.py)."""
+        return transfer(src, dst, self.machine)
+
+    def weight_sync(self, ws: Layout) -> Transfer:
+        """Summing a weight's gradient: one all-reduce per tile over the devices holding its
+        copies (`ws`: where the weight's pieces live), side by side."""
+        if ws.shape.copy_degree <= 1:
+            return Transfer(0.0, "")
+        if not self.by_groups:
+            devs = ws.devices
+            return Transfer(self._grad_sync_time(ws.shape, devs), self._link_name(devs))
+        groups = ws.groups()
+        return Transfer(groups_time("all_reduce", ws.shape.piece_bytes(), groups, self.machine),
+                        join_links(link_name(g, self.machine) for g in groups))
+
+    def _link_name(self, devices: Sequence[int]) -> str:
+        if len(set(devices)) <= 1:
+            return ""
+        return INTRA if self._link(devices) is self.machine.intra else INTER
+
     # ------------------------------------------------------------------ pieces
     def _link(self, devices: Sequence[int]) -> LinkSpec:
         nodes = {self.machine.node_of(d) for d in devices}
@@ -196,9 +264,12 @@ class Simulator:
         link = self._link(devices)
         rt = self.machine.runtime
         ops = op.ops if isinstance(op, FusedParallelOp) else (op,)
-        total = 0.0
+        total = self._settle_time(op, shape, devices, len(devices))
         for o in ops:
             out = o.infer(shape)
+            if isinstance(o, Reduce) and self._partials(devices):
+                shape = out   # priced by _settle_time
+                continue
             if isinstance(o, Reduce) and rt.reduction == "fold":
                 # every partial copy is folded, whole, into the consumer's piece
                 total += o.degree * rt.fold.time(shape.piece_bytes())  # type: ignore[union-attr]
@@ -213,14 +284,44 @@ class Simulator:
             shape = out
         return total
 
+    def _partials(self, devices: Sequence[int]) -> bool:
+        """Whether a reduction over `devices` is summed as partial sums (one rank)."""
+        return (self.machine.runtime.reduction == "partials"
+                and len({self.machine.node_of(d) for d in devices}) <= 1)
+
+    def _settle_time(self, op: ParallelOp, shape: ParallelTensorShape, devices: Sequence[int],
+                     points: int) -> float:
+        """The Reduce parts of `op` as partial sums: one point of the step adding the k
+        partial copies into the result, split by rows over `points` devices (0 otherwise)."""
+        if len(set(devices)) <= 1 or not self._partials(devices):
+            return 0.0
+        total = 0.0
+        for o in (op.ops if isinstance(op, FusedParallelOp) else (op,)):
+            if isinstance(o, Reduce):
+                total += self.settle_time(o.degree, shape.num_bytes(), points)
+            shape = o.infer(shape)
+        return total
+
+    def grad_partials(self, ws: ParallelTensorShape, devices: Sequence[int]) -> bool:
+        """Whether the replicas of a weight's gradient are summed as partial sums: a whole
+        (unsplit) gradient every point adds into, on one rank."""
+        return ws.copy_degree > 1 and ws.shard_degree == 1 and self._partials(devices)
+
+    def settle_time(self, copies: int, nbytes: float, points: int) -> float:
+        """Seconds of one point adding `copies` partial sums of an `nbytes` store into it, split
+        by rows over `points` devices (each copy read, the result written)."""
+        return (copies + 1) * nbytes / max(points, 1) / self.machine.device.mem_bandwidth
+
     def _grad_sync_time(self, ws: ParallelTensorShape, devices: Sequence[int]) -> float:
         """Summing the c replicas of a weight's gradient (each device holds one piece)."""
         c = ws.copy_degree
         if c <= 1:
             return 0.0
         rt = self.machine.runtime
-        if rt.reduction == "fold":
-            return c * rt.fold.time(ws.piece_bytes())  # type: ignore[union-attr]
+        if self.grad_partials(ws, devices):
+            return self.settle_time(c, ws.num_bytes(), len(set(devices)))
+        if rt.reduction in ("fold", "partials") and rt.fold is not None:
+            return c * rt.fold.time(ws.piece_bytes())
         link = self._link(devices)
         return 2 * (c - 1) * link.latency + 2 * (c - 1) / c * ws.piece_bytes() / link.bandwidth
 
@@ -306,6 +407,21 @@ class _Node:
     acc_time: float = 0.0          # their time on every device
     weights: list[tuple[tuple[int, str], ParallelTensorShape]] = field(default_factory=list)
     state_launches: int = 0
+    link: str = ""                 # parallel operators: the links the movement uses
+    syncs: dict[tuple[int, str], Transfer] = field(default_factory=dict)   # gradient sums
+    settle: float = 0.0            # a Reduce as partial sums: the step adding them (one point)
+
+
+@dataclass
+class _Group:
+    """A fused group being collected: its devices, launches, steps (seconds on each device,
+    operator, phase, what to do when the task ends) and when its inputs are ready."""
+
+    devs: tuple[int, ...]
+    launches: int = 0
+    ready: float = 0.0
+    steps: list[tuple[float, str, str, Callable[[float], None] | None]] = field(
+        default_factory=list)
 
 
 class _Plan:
@@ -319,6 +435,7 @@ class _Plan:
         self.all_devs = list(range(self.n))
         dev = m.device
         shapes = graph.bind_batch(_batch_of(pcg))
+        self.shapes = shapes
         self.batch = _batch_of(pcg)
         outputs = set(pcg.outputs)
         consumers: dict[int, list[PNode]] = defaultdict(list)
@@ -341,6 +458,9 @@ class _Plan:
         consumed = {t for g in graph.nodes for t in g.inputs}
         preq: dict[int, bool] = {t: False for t in pcg.inputs}   # pcg tensors needing gradients
         self.devices_of: dict[int, list[int]] = {t: [0] for t in pcg.inputs}
+        # where each tensor's pieces live (graph inputs: attached whole on device 0)
+        self.layout_of: dict[int, Layout] = {t: whole(pcg.tensors[t]) for t in pcg.inputs}
+        self.gnodes = gnodes
         self.nodes: list[_Node] = []
         seen_grad: set[int] = set()
         grad_nodes: list[tuple[_Node, list[int]]] = []
@@ -353,6 +473,15 @@ class _Plan:
                 item = _Node(node, dst, src=src)
                 item.comm = sim._comm_time(node.op, pcg.tensors[node.inputs[0]],  # type: ignore[arg-type]
                                            src + dst)
+                item.link = sim._link_name(src + dst)
+                if sim.by_groups:
+                    moved = sim.transfer(self.layout_of[node.inputs[0]], self._consumer_layout(node))
+                    item.comm, item.link = moved.seconds, moved.link
+                if sim.machine.runtime.fusion:
+                    # partial sums: a step of the producer's devices, not a copy
+                    item.settle = sim._settle_time(node.op, pcg.tensors[node.inputs[0]],  # type: ignore[arg-type]
+                                                   src + dst, len(src))
+                    item.comm = max(item.comm - item.settle, 0.0)
                 item.backward = preq.get(node.inputs[0], False)
                 for t in node.outputs:
                     preq[t] = item.backward
@@ -372,6 +501,14 @@ class _Plan:
                                         for s in saved))
                 item.weights = [((nid, w), ws) for (nid, w), ws in pcg.weights.items()
                                 if nid == g.id and w in trainable.get(g.id, set())]
+                for key, ws in item.weights:
+                    item.syncs[key] = (sim.weight_sync(
+                        arg_layout(g.op, ins, cfg, Ref(RefKind.WEIGHT, key[1]), ws))  # type: ignore[arg-type]
+                        if sim.by_groups else
+                        Transfer(sim._grad_sync_time(ws, devs), sim._link_name(devs)))
+                for i, t in enumerate(node.outputs):
+                    self.layout_of[t] = arg_layout(g.op, ins, cfg, Ref(RefKind.OUTPUT, i),  # type: ignore[arg-type]
+                                                   pcg.tensors[t])
                 item.state_launches = len(g.op.state_updates(ins))
                 # the executor runs a backward where some output has a gradient: one that
                 # needs it, or a model output (the loss gives it one)
@@ -403,7 +540,9 @@ class _Plan:
                 ops = conversion(shape, want)
             except ParallelShapeError:
                 ops = ()
-            if ops:
+            if ops and sim.by_groups:
+                comm = sim.transfer(self.layout_of[produced], spread(want, self.all_devs)).seconds
+            elif ops:
                 op = ops[0] if len(ops) == 1 else FusedParallelOp(ops)
                 comm = sim._comm_time(op, shape, self.devices_of.get(produced, [0]) + self.all_devs)
             loss = sim._stream_time(3 * shape.num_bytes(), want.shard_degree)
@@ -416,6 +555,18 @@ class _Plan:
             if node.id in self.skipped and t in node.outputs:
                 return node.inputs[0]
         return t
+
+    def _consumer_layout(self, node: PNode) -> Layout:
+        """Where the consumer of a parallel operator's output reads its pieces."""
+        out = node.outputs[0]
+        shape = self.pcg.tensors[out]
+        for c in self.consumers.get(out, []):
+            if c.is_parallel or c.config is None:
+                return spread(shape, self._consumer_devices(node))
+            g = self.gnodes[c.source]  # type: ignore[index]
+            ins = [self.shapes[t] for t in g.inputs]
+            return arg_layout(g.op, ins, c.config, Ref(RefKind.INPUT, c.inputs.index(out)), shape)
+        return spread(shape, self.all_devs)  # a model output: read by the loss on every device
 
     def _consumer_devices(self, node: PNode) -> list[int]:
         out = node.outputs[0]
@@ -432,6 +583,8 @@ class _Plan:
         """Simulate one step onto the timelines of `s`; returns when its final wait returns."""
         sim, pcg = self.sim, self.pcg
         rt = sim.machine.runtime
+        if rt.fusion > 0:
+            return self.run_fused_step(s)
         issue = rt.issue
 
         record = s.intervals.append if s.record else None
@@ -481,7 +634,8 @@ class _Plan:
             forward and backward: Partition and Combine, Replicate and Reduce move alike)."""
             end = run(sorted(set(item.src + item.devs)), start, item.comm, s.net_free)
             s.moved += item.comm
-            s.breakdown.setdefault(_owner(item.pnode), OpBreakdown()).communication += item.comm
+            _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown()), item.comm,
+                    item.link, "moves")
             return end
 
         host(self.feeds)
@@ -517,7 +671,6 @@ class _Plan:
             for t in node.outputs:
                 ready[t] = end
         # the objective, then the blocking read of the loss
-        losses_end = 0.0
         grad_ready: dict[int, float] = {}
         for produced, comm, loss in self.objectives:
             t0 = ready.get(produced, 0.0)
@@ -531,9 +684,6 @@ class _Plan:
             for d in self.all_devs:
                 s.busy[d] += loss * launches
             grad_ready[produced] = end + comm
-            losses_end = max(losses_end, end)
-        s.host = max(s.host, losses_end) + rt.sync
-        s.host_busy += rt.sync
         # backward, in reverse; gradients flow from consumers to producers
         updates: list[tuple[_Node, float]] = []
         for item in reversed(self.nodes):
@@ -577,10 +727,10 @@ class _Plan:
         for item, grads_end in reversed(updates):
             br = s.breakdown[item.pnode.name]
             for key, ws in item.weights:
-                sync = sim._grad_sync_time(ws, item.devs)
+                sync = item.syncs[key].seconds
                 sync_end = run(item.devs, grads_end, sync, s.net_free) if sync else grads_end
                 s.moved += sync
-                br.communication += sync
+                _charge(br, sync, item.syncs[key].link, "grads")
                 points = sim.update_points(ws, len(item.devs))
                 devs = item.devs[:points]
                 # more tiles than devices: the devices share them (as the executor's launch)
@@ -604,6 +754,219 @@ class _Plan:
         s.host_busy += rt.sync
         return s.host
 
+    def run_fused_step(self, s: _State) -> float:
+        """`run_step` for a runtime that fuses launches (RuntimeSpec.fusion > 0), as the
+        executor's FusionQueue does: consecutive launches on the same devices collect into one
+        group, submitted (one launch: `issue` and `analysis` once) when a launch on other
+        devices, a data movement between views, a blocking read or the end of the step comes;
+        its steps run one after another in one task per device, and what it writes is ready
+        when that task ends. Joining a group costs the host `fused_issue` per launch, a step
+        its kernel plus `fused_step`."""
+        sim, pcg = self.sim, self.pcg
+        rt = sim.machine.runtime
+        dev = sim.machine.device
+        overhead = dev.launch_overhead
+        record = s.intervals.append if s.record else None
+        tasks = s.tasks
+        pending: list[_Group] = []   # the group being collected (at most one)
+
+        def trace(devs: Sequence[int], start: float, end: float, name: str, phase: str) -> None:
+            if tasks is not None and end > start:
+                tasks.extend((d, start, end, name, phase) for d in devs)
+
+        def busy_host(seconds: float) -> float:
+            trace([-1], s.host, s.host + seconds, "", "host")
+            if record and seconds > 0:
+                record((s.host, s.host + seconds))
+            s.host += seconds
+            s.host_busy += seconds
+            return s.host
+
+        def submit(launches: int) -> float:
+            """`launches` launches of their own issued and analysed: when their tasks may start."""
+            busy_host(launches * rt.issue)
+            s.launches += launches
+            work = launches * rt.analysis
+            begin = max(s.util, s.host)
+            s.util = begin + work
+            s.util_busy += work
+            if record and work > 0:
+                record((begin, s.util))
+            return s.util
+
+        def flush() -> None:
+            if not pending:
+                return
+            g = pending.pop()
+            first = submit(1)
+            begin = max([g.ready, first] + [s.compute_free[d] for d in g.devs])
+            t = begin + overhead
+            for seconds, name, phase, _done in g.steps:
+                trace(g.devs, t, t + seconds, name, phase)
+                if name:
+                    s.breakdown.setdefault(name, OpBreakdown(start=t)).compute += seconds
+                t += seconds
+            for d in g.devs:
+                s.compute_free[d] = t
+                s.busy[d] += t - begin
+                if record:
+                    record((begin, t))
+            for _seconds, name, _phase, done in g.steps:
+                if name:
+                    br = s.breakdown[name]
+                    br.end = max(br.end, t)
+                if done is not None:
+                    done(t)
+
+        def join(devs: Sequence[int], launches: int, seconds: float,
+                 ready_at: Callable[[], float], name: str, phase: str,
+                 done: Callable[[float], None] | None = None) -> None:
+            """`launches` launches whose kernels take `seconds` on each of `devs` join the group
+            being collected, or a new one; `ready_at` (asked once the group is known: a
+            producer in a group just submitted has its time then) is when their inputs are."""
+            key = tuple(devs)
+            if pending and (pending[0].devs != key
+                            or pending[0].launches + launches > rt.fusion):
+                flush()
+            if not pending:
+                pending.append(_Group(key))
+            g = pending[0]
+            g.launches += launches
+            g.ready = max(g.ready, ready_at())
+            g.steps.append((seconds + launches * rt.fused_step, name, phase, done))
+            busy_host(launches * rt.fused_issue)
+
+        def move(item: Any, start: float) -> float:
+            end = max([start] + [s.net_free[d] for d in set(item.src + item.devs)]) + item.comm
+            for d in set(item.src + item.devs):
+                s.net_free[d] = end
+            if record and item.comm > 0:
+                record((end - item.comm, end))
+            s.moved += item.comm
+            _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown()), item.comm,
+                    item.link, "moves")
+            return end
+
+        def set_all(table: dict[int, float], keys: Sequence[int]) -> Callable[[float], None]:
+            def done(end: float) -> None:
+                for t in keys:
+                    table[t] = max(table.get(t, 0.0), end)
+            return done
+
+        submit(self.feeds)
+        ready: dict[int, float] = {t: s.host for t in pcg.inputs}
+        # forward
+        for item in self.nodes:
+            node = item.pnode
+            inputs_at = (lambda node=node: max((ready.get(t, 0.0) for t in node.inputs),
+                                               default=0.0))
+            if node.is_parallel:
+                flush()   # the consumer reads other tiles: a group of its own
+                end = move(item, inputs_at()) if item.comm else inputs_at()
+                for t in node.outputs:
+                    ready[t] = end
+                if item.settle:   # partial sums added into the store before its reader
+                    join(item.src, 1, item.settle, lambda end=end: end,
+                         _owner(node), "forward", set_all(ready, node.outputs))
+                continue
+            c = item.cost
+            assert c is not None
+            if item.fills:
+                submit(item.fills)   # Legate fills of fresh stores: not tasks of the queue
+            keys = [key for key, _ in item.weights]
+            join(item.devs, c.launches_forward, c.kernels(overhead)[0] + item.fill_time,
+                 lambda f=inputs_at, keys=keys: max([f()] + [s.weight_ready.get(k, 0.0)
+                                                           for k in keys]),
+                 node.name, "forward", set_all(ready, node.outputs))
+        # the objective, then the blocking read of the loss
+        grad_ready: dict[int, float] = {}
+        for produced, comm, loss in self.objectives:
+            launches = 1 + self.sim.metrics
+            t0: Callable[[], float] = lambda p=produced: ready.get(p, 0.0)
+            if comm:
+                flush()
+                at = max([t0()] + [s.net_free[d] for d in self.all_devs]) + comm
+                for d in self.all_devs:
+                    s.net_free[d] = at
+                s.moved += 2 * comm   # there, and the gradient back
+                t0 = lambda at=at: at
+
+            def objective_done(end: float, produced: int = produced, comm: float = comm) -> None:
+                grad_ready[produced] = end + comm
+            join(self.all_devs, launches, max(loss - overhead, 0.0) * launches, t0,
+                 "(loss and metrics)", "loss", objective_done)
+        # backward, in reverse; gradients flow from consumers to producers
+        updates: list[_Node] = []
+        grads_end: dict[int, float] = {}
+        for item in reversed(self.nodes):
+            if not item.backward:
+                continue
+            node = item.pnode
+            outputs_at = (lambda node=node: max((grad_ready.get(t, 0.0) for t in node.outputs),
+                                                default=0.0))
+            if node.is_parallel:
+                flush()
+                end = move(item, outputs_at()) if item.comm else outputs_at()
+                for t in node.inputs:
+                    grad_ready[t] = max(grad_ready.get(t, 0.0), end)
+                continue
+            c = item.cost
+            assert c is not None
+
+            def backward_done(end: float, item: _Node = item) -> None:
+                for t in item.pnode.inputs:
+                    grad_ready[t] = max(grad_ready.get(t, 0.0), end)
+                grads_end[item.pnode.id] = end
+            join(item.devs, c.launches_backward, c.kernels(overhead)[1], outputs_at,
+                 node.name, "backward", None if item.accumulates else backward_done)
+            if item.accumulates:
+                # every further consumer's part added into the gradient, data-parallel
+                join(self.all_devs, item.accumulates,
+                     max(item.acc_time - item.accumulates * overhead, 0.0), lambda: 0.0,
+                     node.name, "backward", backward_done)
+            if item.weights:
+                updates.append(item)
+        # gradient sums and optimizer updates: the update reads a summed gradient, which
+        # starts a group of its own (FusionQueue); the updates then group by devices
+        flush()
+        for item in reversed(updates):
+            name = item.pnode.name
+            br = s.breakdown.setdefault(name, OpBreakdown())
+            for key, ws in item.weights:
+                at = grads_end.get(item.pnode.id, 0.0)
+                points = sim.update_points(ws, len(item.devs))
+                devs = item.devs[:points]
+                if sim.grad_partials(ws, item.devs):
+                    # the replicas' partial sums added into the gradient, split by rows over
+                    # the operator's points, in the update's group
+                    settle = sim.settle_time(ws.copy_degree, ws.num_bytes(), len(item.devs))
+                    join(item.devs, 1, settle, lambda at=at: at, name, "update")
+                else:
+                    sync = item.syncs[key].seconds
+                    if sync:
+                        flush()
+                        end = max([at] + [s.net_free[d] for d in item.devs]) + sync
+                        for d in item.devs:
+                            s.net_free[d] = end
+                        s.moved += sync
+                        _charge(br, sync, item.syncs[key].link, "grads")
+                        at = end
+                upd = sim._update_time(ws, points) * -(-points // max(len(devs), 1))
+                kernel = max(upd - overhead * -(-points // max(len(devs), 1)), 0.0)
+
+                def updated(end: float, key: Any = key) -> None:
+                    s.weight_ready[key] = end
+                join(devs, 1, kernel, lambda at=at: at, name, "update", updated)
+        for item in self.nodes:
+            if item.state_launches:
+                join(item.devs, item.state_launches, 0.0, lambda: 0.0, "", "update")
+        flush()
+        # the executor ends every step waiting for all of its work (GraphExecutor._drain):
+        # the next step's issuing starts after it
+        s.host = max(s.compute_free + s.net_free + [s.host]) + rt.sync
+        s.host_busy += rt.sync
+        return s.host
+
 
 def _time_sliced(intervals: Sequence[tuple[float, float]], lo: float, hi: float,
                  cores: float) -> float:
@@ -621,6 +984,13 @@ def _time_sliced(intervals: Sequence[tuple[float, float]], lo: float, hi: float,
         total += (when - t) * max(1.0, k / cores)
         t, k = when, k + delta
     return total + (hi - t) * max(1.0, k / cores)
+
+
+def _charge(br: OpBreakdown, seconds: float, link: str, what: str) -> None:
+    """Communication of an operator, and the links it used for `what` ("moves", "grads")."""
+    br.communication += seconds
+    if seconds > 0 and link:
+        setattr(br, what, join_links((getattr(br, what), link)))
 
 
 def _owner(node: PNode) -> str:

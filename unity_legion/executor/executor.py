@@ -30,8 +30,8 @@ from unity_legion.operators.base import (SAMPLE, Launch, Ref, RefKind, Role, dx,
 from unity_legion.operators.glue import PARTIAL_ROWS, accumulate_launch, add_partials_launch
 from unity_legion.operators.losses import LossFunction
 from unity_legion.operators.metrics import Metric
-from unity_legion.operators.optimizers import (GRAD, PARAM, ROWS, UpdateRule, rows_split, slot,
-                                               weight_axis)
+from unity_legion.operators.optimizers import (GRAD, PARAM, ROWS, SGDRule, UpdateRule, rows_split,
+                                               slot, weight_axis)
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.pcg import node_shapes
 from unity_legion.runtime import collect_garbage, machine_info, runtime
@@ -153,6 +153,10 @@ class GraphExecutor:
         # Whole-store reductions as partial sums (see _partial; one rank, fused launches only)
         self.partial_sums = os.environ.get("UNITY_LEGION_PARTIAL_SUMS", "1") != "0"
         self._partials: dict[int, _Partials] = {}   # by id of the store they sum into
+        # Plain SGD of weights whose operator updates only what a batch used (an embedding's
+        # looked-up rows: Operator.sparse_sgd_update) skips their dense gradients and updates
+        self.sparse_updates = os.environ.get("UNITY_LEGION_SPARSE_UPDATES", "1") != "0"
+        self._backward_refs: dict[int, dict[Ref, Any]] = {}   # this step's, per node
         # Off (None) by default; set_profiler: a step's tasks record their kernels' intervals
         # and each operator's issuing time is measured (unity_legion/executor/profile.py).
         self.profiler: Any = None
@@ -234,6 +238,43 @@ class GraphExecutor:
         self.flush()
         return {f"{self.graph.nodes[k[0]].name}/{k[1]}/{s}": read(v) for (k, s), v in self.slots.items()}
 
+    def slot_values(self) -> dict[tuple[WeightKey, str], np.ndarray]:
+        """The optimizer's state as host copies, per (weight, slot name); empty before the
+        first update."""
+        self.flush()
+        return {ks: read(self.slots[ks]) for ks in sorted(self.slots)}
+
+    def set_slot_values(self, names: Sequence[str],
+                        values: Mapping[tuple[WeightKey, str], np.ndarray]) -> None:
+        """Replace the optimizer's state (the rule's slot names, and values per (weight, slot));
+        every array is checked before any is set. A trainable weight without values gets zeros
+        at the next update, as a fresh one does."""
+        specs = dict(self.weight_specs())
+        checked = {}
+        for (key, s), value in values.items():
+            if key not in specs or s not in names:
+                raise ValueError(f"optimizer state: no slot {s!r} of weight {key} in this graph "
+                                 f"(slots: {tuple(names)})")
+            spec = specs[key]
+            arr = np.ascontiguousarray(value, dtype=spec.shape.dtype.numpy)
+            if arr.shape != spec.shape.dims:
+                raise ValueError(f"optimizer state {self.graph.nodes[key[0]].name}/{key[1]}/{s}: "
+                                 f"expected shape {spec.shape.dims}, got {arr.shape}")
+            checked[(key, s)] = arr
+        self.slots.clear()
+        self._slot_names = tuple(names)
+        for ks in sorted(checked):  # the same order on every rank
+            self.slots[ks] = self._store_from(checked[ks], persistent=True)
+
+    @property
+    def random_state(self) -> dict[str, Any]:
+        """The stream that seeds every dropout launch (JSON-able), to resume a run exactly."""
+        return self._seed_rng.bit_generator.state
+
+    @random_state.setter
+    def random_state(self, state: Mapping[str, Any]) -> None:
+        self._seed_rng.bit_generator.state = dict(state)
+
     # ------------------------------------------------------------------ plan
     def degrees_for(self, batch: int) -> dict[str, int]:
         return {SAMPLE: effective_degree(batch, self.view.num_points)}
@@ -250,7 +291,7 @@ class GraphExecutor:
         return (degrees, None) if cfg is None else (cfg.as_dict(), cfg.view)
 
     def _launch(self, launch: Launch, refs: Mapping[Ref, Any], degrees: Mapping[str, int],
-                view: MachineView | None = None) -> None:
+                view: MachineView | None = None, guards: Sequence[Any] = ()) -> None:
         self._settle_reads(launch, refs)
         axes = launch_axes(launch)
         eff = {}
@@ -268,7 +309,7 @@ class GraphExecutor:
         boxes = launch_boxes(launch, eff) if self.halo_reads else None
         if boxes is None and _consecutive(base.devices()[:min(points, base.num_points)]):
             # the common case: one launch, its points spread in blocks over a processor range
-            self._issue(launch, refs, eff, reduced, self._view_for(points, view))
+            self._issue(launch, refs, eff, reduced, self._view_for(points, view), None, guards)
             return
         # Points that must run apart: per tile of the axes an argument is read through windows
         # along (each such launch slices that argument to its window), or on the devices of a
@@ -286,18 +327,21 @@ class GraphExecutor:
             devs = [devices[int(np.ravel_multi_index(p, grid))] for p in pts]  # row-major
             if _consecutive(devs) and not (apart and len(pts) > 1):
                 self._issue(launch, refs, eff, reduced,
-                            MachineView.contiguous(base.device_type, devs[0], len(devs)), box)
+                            MachineView.contiguous(base.device_type, devs[0], len(devs)), box,
+                            guards)
                 continue
             for p, dev in zip(pts, devs):
                 self._issue(launch, refs, eff, reduced,
                             MachineView.contiguous(base.device_type, dev, 1),
-                            (p, tuple(i + 1 for i in p)))
+                            (p, tuple(i + 1 for i in p)), guards)
 
     def _issue(self, launch: Launch, refs: Mapping[Ref, Any], degrees: Mapping[str, int],
-               reduced: frozenset[str], where: MachineView, box: Any = None) -> None:
+               reduced: frozenset[str], where: MachineView, box: Any = None,
+               guards: Sequence[Any] = ()) -> None:
         """One launch over the grid `degrees` gives (only the points of `box`, when given) on
         the processors `where`: it joins the fused group being collected where it can, else
-        goes alone (a box slices stores to windows: never fused)."""
+        goes alone (a box slices stores to windows: never fused). `guards`: stores that must
+        be all finite for its kernel to run (read whole)."""
         if self.fusion and box is None:
             bound = bind(launch, refs, degrees, reduced)
             grid = launch_grid(launch, degrees)
@@ -305,13 +349,15 @@ class GraphExecutor:
                 bound = [self._partial(b, grid, where)
                          if b.is_reduction and b.tile is None and len(b.store.shape) else b
                          for b in bound]
+            bound += [BoundArg(f"_guard{i}", Role.INPUT, False, g, None, None)
+                      for i, g in enumerate(guards)]
             scalars = [(launch.scalars[n], t) for n, t in launch.kernel.scalars]
-            if self._queue.add(launch.kernel, bound, reduced, scalars, grid, where):
+            if self._queue.add(launch.kernel, bound, reduced, scalars, grid, where, len(guards)):
                 return
         self.flush()
         uid = -1 if self.profiler is None else self.profiler.task([self.profiler.label])
         with placed(where):
-            submit(self.rt, launch, refs, degrees, reduced, box, uid)
+            submit(self.rt, launch, refs, degrees, reduced, box, uid, guards)
 
     def flush(self) -> None:
         """Submit the fused group being collected (before anything reads a store, and at the
@@ -574,7 +620,12 @@ class GraphExecutor:
     # ------------------------------------------------------------------ public steps
     def train_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
                    objective: Objective, rule: UpdateRule, lr: float, step: int) -> StepResult:
-        """One forward, backward and update; nothing is updated if the loss is not finite."""
+        """One forward, backward and update; nothing is updated if the loss is not finite.
+
+        The whole step is issued before anything is read back: every update kernel (optimizer,
+        sparse and state updates) reads the step's losses and runs only where they are all
+        finite (tasks.Step.guards), so the host never waits for the forward pass before it
+        issues the backward one. The losses are read at the end."""
         batch = _batch_of(feeds)
         targets = self._checked_targets(objective, targets, batch)
         degrees = self.degrees_for(batch)
@@ -584,17 +635,41 @@ class GraphExecutor:
                                                                   degrees, with_grad=True)
         for st in [st for st, _w in loss_stores] + [st for v in metric_stores.values() for st in v]:
             self._settle(st)
+        sparse = self._sparse_weights(rule, batch)
+        self._backward(env, node_refs, grad_stores, batch, degrees, sparse)
+        self._update(rule, lr, step, node_refs, batch, degrees, sparse,
+                     guards=[st for st, _w in loss_stores])
         self.flush()
         self._mark(None, "sync")
         result = self._read_objective(batch, loss_stores, metric_stores)
         if not np.all(np.isfinite(result.loss)):
+            # the update kernels ran nothing: the weights, slots and statistics are as they
+            # were, the gradients are not zeroed (the next step zeroes them first)
             result.applied = False
-            self._drain()
-            return result
-        self._backward(env, node_refs, grad_stores, batch, degrees)
-        self._update(rule, lr, step, node_refs, batch, degrees)
+            self._grads_zeroed = False
         self._drain()
         return result
+
+    def _sparse_weights(self, rule: UpdateRule, batch: int) -> frozenset[WeightKey]:
+        """The trainable weights this step updates sparsely: under plain SGD (no momentum, no
+        weight decay: rows the batch did not use keep their values, as the dense update leaves
+        them), whose operator has a sparse update, and that the update splits by rows (not a
+        weight its configuration tiles)."""
+        if not (self.sparse_updates and type(rule) is SGDRule and not rule.momentum
+                and not rule.weight_decay):
+            return frozenset()
+        out = set()
+        shapes = self._shapes(batch)
+        for key, spec in self.weight_specs():
+            if not self.trainable(key, spec):
+                continue
+            n = self.graph.nodes[key[0]]
+            if n.op.sparse_sgd_update([shapes[t] for t in n.inputs], key[1]) is None:
+                continue
+            _split, up_degrees, _view = self.update_layout(key, batch)
+            if set(up_degrees) <= {ROWS}:
+                out.add(key)
+        return frozenset(out)
 
     def evaluate_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
                       objective: Objective) -> StepResult:
@@ -659,8 +734,8 @@ class GraphExecutor:
 
     # ------------------------------------------------------------------ backward and update
     def _backward(self, env: Mapping[int, Any], node_refs: Mapping[int, dict[Ref, Any]],
-                  grad_stores: Sequence[Any], batch: int, degrees: Mapping[str, int]
-                  ) -> dict[int, Any]:
+                  grad_stores: Sequence[Any], batch: int, degrees: Mapping[str, int],
+                  sparse: frozenset[WeightKey] = frozenset()) -> dict[int, Any]:
         shapes = self._shapes(batch)
         grads: dict[int, Any] = {}
         for t, g in zip(self.outputs, grad_stores):
@@ -670,11 +745,13 @@ class GraphExecutor:
                              {Ref(RefKind.OUTPUT, 0): grads[t], Ref(RefKind.INPUT, 0): g}, degrees)
             else:
                 grads[t] = g
+        self._backward_refs = {}
         for key, spec in self.weight_specs():
             if self.trainable(key, spec):
                 g = self.grads.get(key)
                 if g is None:
-                    self.grads[key] = self._zeros(spec.shape)
+                    if key not in sparse:   # (a sparse update forms no dense gradient)
+                        self.grads[key] = self._zeros(spec.shape)
                 elif not self._grads_zeroed:
                     self.fill(g)
         self._grads_zeroed = False
@@ -687,7 +764,10 @@ class GraphExecutor:
             for i, t in enumerate(n.outputs):
                 refs[dy(i)] = grads[t] if t in grads else self._scratch("zero", t, shape=shapes[t],
                                                                         zero=True)
+            skipped = {ws.name for ws in n.weights if (n.id, ws.name) in sparse}
             for ws in n.weights:
+                if ws.name in skipped:
+                    continue
                 g = self.grads.get((n.id, ws.name)) if self.trainable((n.id, ws.name), ws) else None
                 # a frozen weight's gradient is computed by the shared kernel but never used
                 refs[Ref(RefKind.GRAD_WEIGHT, ws.name)] = g if g is not None else self._scratch(
@@ -705,7 +785,11 @@ class GraphExecutor:
                     grads[t] = refs[dx(i)] = self._scratch("grad", t, shape=shapes[t])
             n_degrees, n_view = self._node_plan(n, degrees)
             for launch in n.op.backward(in_shapes, needs):
+                if skipped and _only_writes_grads_of(launch, skipped):
+                    continue   # the sparse update reads the step's inputs and dy instead
                 self._launch(launch, refs, n_degrees, n_view)
+            if skipped:
+                self._backward_refs[n.id] = refs
             for t, tmp in pending:
                 total, part = Ref(RefKind.OUTPUT, 0), Ref(RefKind.INPUT, 0)
                 self._launch(accumulate_launch(total, part, shapes[t].rank),
@@ -714,9 +798,11 @@ class GraphExecutor:
 
     def _update(self, rule: UpdateRule, lr: float, step: int,
                 node_refs: Mapping[int, dict[Ref, Any]], batch: int,
-                degrees: Mapping[str, int]) -> None:
+                degrees: Mapping[str, int], sparse: frozenset[WeightKey] = frozenset(),
+                guards: Sequence[Any] = ()) -> None:
         """Apply `rule` to every trainable weight (the rule's kernels also zero the gradients),
-        then every operator's state updates (launches writing a frozen weight are skipped)."""
+        then every operator's state updates (launches writing a frozen weight are skipped);
+        each update runs only where the `guards` stores are all finite."""
         self._ensure_slots(rule)
         updates = []
         for key, spec in self.weight_specs():
@@ -729,19 +815,32 @@ class GraphExecutor:
             order = (where.device_type, where.start, where.num_points,
                      tuple(sorted(up_degrees.items())))
             updates.append((order, key, spec, split, up_degrees, view))
+        shapes = self._shapes(batch)
         for _order, key, spec, split, up_degrees, view in sorted(updates, key=lambda u: u[0]):
             self._mark(self.graph.nodes[key[0]].name, "update")
+            if key in sparse:
+                refs_b = self._backward_refs.get(key[0])
+                if refs_b is None:   # no gradient reached the operator: nothing changes
+                    continue
+                n = self.graph.nodes[key[0]]
+                launch = n.op.sparse_sgd_update([shapes[t] for t in n.inputs], key[1])
+                assert launch is not None
+                launch = Launch(launch.kernel, launch.args, dict(launch.scalars) | {"lr": lr})
+                self._launch(launch, refs_b, up_degrees, view, guards)
+                continue
             refs = {PARAM: self.weights[key], GRAD: self.grads[key]}
             for s in rule.slots:
                 refs[slot(s)] = self.slots[(key, s)]
-            self._launch(rule.launch(spec.shape.rank, lr, step, split), refs, up_degrees, view)
+            self._launch(rule.launch(spec.shape.rank, lr, step, split), refs, up_degrees, view,
+                         guards)
         self._grads_zeroed = True
-        shapes = self._shapes(batch)
+        self._backward_refs = {}
         for n in self.nodes:
             for launch in n.op.state_updates([shapes[t] for t in n.inputs]):
                 self._mark(n.name, "update")
                 if not self._writes_frozen(n.id, launch):
-                    self._launch(launch, node_refs[n.id], *self._node_plan(n, degrees))
+                    self._launch(launch, node_refs[n.id], *self._node_plan(n, degrees),
+                                 guards=guards)
 
     def update_layout(self, key: WeightKey, batch: int
                       ) -> tuple[tuple[str | None, ...], dict[str, int], MachineView | None]:
@@ -839,6 +938,14 @@ class GraphExecutor:
         """Submit what is pending and block until every task issued so far has run."""
         self.flush()
         self.rt.issue_execution_fence(block=True)
+
+
+def _only_writes_grads_of(launch: Launch, names: set[str]) -> bool:
+    """Whether every store `launch` writes is the gradient of one of the weights `names`."""
+    written = [launch.args[name].ref for name, role in launch.kernel.stores
+               if role is not Role.INPUT]
+    return bool(written) and all(r.kind is RefKind.GRAD_WEIGHT and r.key in names
+                                 for r in written)
 
 
 def _consecutive(devices: Sequence[int]) -> bool:

@@ -100,14 +100,17 @@ class FusedGroup:
         return [(slot, seen[id(b.store)][1]) for b, (slot, _a) in zip(bound, out)]  # type: ignore[misc]
 
     def add(self, kernel: Any, bound: Sequence[BoundArg], reduced: frozenset[str],
-            scalars: Sequence[tuple[Any, type]], plan: list[tuple[int, Access]]) -> None:
+            scalars: Sequence[tuple[Any, type]], plan: list[tuple[int, Access]],
+            guards: int = 0) -> None:
         for b, (slot, access) in zip(bound, plan):
             if slot == len(self.slots):
                 self.slots.append(_Slot(b.store, b.tile, b.proj, access, b.squeeze))
                 self.by_store[id(b.store)] = slot
             else:
                 self.slots[slot].access = access
-        self.steps.append(Step(kernel, tuple(slot for slot, _ in plan), reduced))
+        slots = tuple(slot for slot, _ in plan)
+        n = len(slots) - guards
+        self.steps.append(Step(kernel, slots[:n], reduced, slots[n:]))
         self.scalars.extend(scalars)
 
     def submit(self, rt: Any, uid: int = -1) -> None:
@@ -133,11 +136,12 @@ class FusionQueue:
         self.profiler: Any = None
 
     def add(self, kernel: Any, bound: Sequence[BoundArg], reduced: frozenset[str],
-            scalars: Sequence[tuple[Any, type]], grid: tuple[int, ...], view: MachineView
-            ) -> bool:
+            scalars: Sequence[tuple[Any, type]], grid: tuple[int, ...], view: MachineView,
+            guards: int = 0) -> bool:
         """Add the launch to the group being collected, or to a new one; False (with nothing
         pending) where it cannot form a group even alone (one store under two tilings): it
-        must go as a task of its own."""
+        must go as a task of its own. The last `guards` of `bound` are its guard stores
+        (Step.guards), read whole."""
         g = self.pending
         plan = None
         if g is not None and g.grid == grid and g.view == view:
@@ -149,7 +153,7 @@ class FusionQueue:
             if plan is None:
                 return False
             self.pending = g
-        g.add(kernel, bound, reduced, scalars, plan)
+        g.add(kernel, bound, reduced, scalars, plan, guards)
         if self.profiler is not None:
             g.labels.append(self.profiler.label)
         self.launches += 1

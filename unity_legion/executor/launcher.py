@@ -232,16 +232,18 @@ def bind(launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int],
 
 
 def submit(rt: Any, launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int],
-           reduced: frozenset[str] | None = None, box: Box | None = None, uid: int = -1
-           ) -> None:
+           reduced: frozenset[str] | None = None, box: Box | None = None, uid: int = -1,
+           guards: Sequence[Any] = ()) -> None:
     """Launch `launch` with its refs bound to `stores`, over a grid given by `degrees` per axis
     (only the points of `box`, when given). Outputs in `reduced` (default: `reduced_outputs`)
-    are written by ADD reduction: the caller must have zeroed them."""
+    are written by ADD reduction: the caller must have zeroed them. `guards`: stores read
+    whole that must be all finite for the kernel to run (tasks.Step.guards)."""
     if reduced is None:
         reduced = reduced_outputs(launch, degrees)
     bound = bind(launch, stores, degrees, reduced, box)
     scalars = [(launch.scalars[n], t) for n, t in launch.kernel.scalars]
-    submit_program(rt, single(launch.kernel, reduced), [(b.store, b.tile, b.proj) for b in bound],
+    submit_program(rt, single(launch.kernel, reduced, len(guards)),
+                   [(b.store, b.tile, b.proj) for b in bound] + [(g, None, None) for g in guards],
                    scalars, launch_grid(launch, degrees), box, uid)
 
 

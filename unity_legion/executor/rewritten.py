@@ -100,6 +100,42 @@ class RewrittenExecutor:
     def reset_optimizer_state(self) -> None:
         self.inner.reset_optimizer_state()
 
+    # The optimizer's slots are elementwise per weight, so they translate between the model's
+    # weights and the rewritten graph's as the weights do (the parts of a model weight the
+    # rewritten graph does not hold are never trained: their slots are zeros).
+    def slot_values(self) -> dict[tuple[WeightKey, str], np.ndarray]:
+        """The optimizer's state by the model's weights: per (weight, slot name)."""
+        inner = self.inner.slot_values()
+        t = self.translation
+        out: dict[tuple[WeightKey, str], np.ndarray] = {}
+        for s in sorted({name for _k, name in inner}):
+            for key in sorted(t.by_old):
+                if not all((p.new, s) in inner for p in t.by_old[key]):
+                    continue   # a frozen weight: no slots
+                spec = {w.name: w for w in t.graph.nodes[key[0]].weights}[key[1]]
+                base = np.zeros(spec.shape.dims, spec.shape.dtype.numpy)
+                out[(key, s)] = t.to_model(key, lambda k, s=s: inner[(k, s)], base)
+        return out
+
+    def set_slot_values(self, names: Sequence[str],
+                        values: Mapping[tuple[WeightKey, str], np.ndarray]) -> None:
+        """Replace the optimizer's state from values by the model's weights."""
+        t = self.translation
+        new: dict[tuple[WeightKey, str], np.ndarray] = {}
+        for s in names:
+            mine = {k: v for (k, name), v in values.items() if name == s}
+            keys = sorted(n for n, olds in t.by_new.items() if olds <= mine.keys())
+            new.update({(k, s): arr for k, arr in t.to_rewritten(mine, keys).items()})
+        self.inner.set_slot_values(names, new)
+
+    @property
+    def random_state(self) -> dict[str, Any]:
+        return self.inner.random_state
+
+    @random_state.setter
+    def random_state(self, state: Mapping[str, Any]) -> None:
+        self.inner.random_state = state
+
     def upload(self, arr: np.ndarray, copy: bool = True) -> Any:
         return self.inner.upload(arr, copy=copy)
 

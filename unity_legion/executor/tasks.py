@@ -5,6 +5,11 @@ A task is a `Program`: steps (a kernel and the task store each of its parameters
 store slots, each slot with one access (read, write, read-write or ADD reduction) for the whole
 task. The body converts every slot to a numpy view once, then runs the kernels in order: a slot
 a step writes is what a later step reads, on the same piece, without going back to Legate.
+
+Every task has a CPU and a GPU variant, registered here for every program (one path: a new
+operator's kernels get both without being listed anywhere). The GPU variant is the same body
+with the slots converted to CuPy arrays over the stores' framebuffer memory instead
+(executor/gpu.py): the kernels' source is one. `VARIANTS` records what each registered task got.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 from legate.core import VariantCode
 from legate.core import types as ty
-from legate.core.task import ADD, InputStore, OutputStore, ReductionStore, task
+from legate.core.task import ADD, InputStore, OutputStore, ReductionStore, PyTask
 
 from unity_legion.operators.base import Kernel, PieceOrigin, Role
 
@@ -54,6 +59,9 @@ class Step:
     kernel: Kernel
     slots: tuple[int, ...]
     reduced: frozenset[str] = frozenset()
+    # slots read whole that must hold only finite values for the step to run (a training
+    # step's losses, guarding its updates: see GraphExecutor.train_step); () for none
+    guards: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,8 +87,9 @@ class Program:
         return base if len(self.steps) == 1 else f"fused{len(self.steps)}__{base}"
 
 
-def single(k: Kernel, reduced: frozenset[str] = frozenset()) -> Program:
-    """The program of one kernel: a slot per store parameter."""
+def single(k: Kernel, reduced: frozenset[str] = frozenset(), guards: int = 0) -> Program:
+    """The program of one kernel: a slot per store parameter (and `guards` slots read after
+    them, see Step.guards)."""
     access = []
     for name, role in k.stores:
         if role is Role.SUM or name in reduced:
@@ -91,7 +100,9 @@ def single(k: Kernel, reduced: frozenset[str] = frozenset()) -> Program:
             access.append(Access.WRITE)
         else:
             access.append(Access.READ_WRITE)
-    return Program((Step(k, tuple(range(len(k.stores))), reduced),), tuple(access))
+    n = len(k.stores)
+    return Program((Step(k, tuple(range(n)), reduced, tuple(range(n, n + guards))),),
+                   tuple(access) + (Access.READ,) * guards)
 
 
 def legate_task(k: Kernel, reduced: frozenset[str] = frozenset()) -> Any:
@@ -134,16 +145,18 @@ def program_task(program: Program) -> Any:
     steps = program.steps
     squeeze = program.squeeze
 
-    def body(*args: Any, **kw: Any) -> None:
+    def body(*args: Any, asarray: Any = np.asarray, **kw: Any) -> None:
         given = signature.bind(*args, **kw).arguments
         stores = [given[source[i]] for i in range(len(access))]
-        arrays = [np.asarray(s) for s in stores]
+        arrays = [asarray(s) for s in stores]
         for i, k in enumerate(squeeze):
             if k:
                 arrays[i] = arrays[i].reshape(arrays[i].shape[k:])
         origins: list[tuple[int, ...] | None] = [None] * len(access)
         uid = given["_uid"]
         for j, step in enumerate(steps):
+            if step.guards and not all(bool(np.isfinite(arrays[g]).all()) for g in step.guards):
+                continue   # the step's loss is not finite: its update must change nothing
             if uid >= 0:
                 t0 = time.perf_counter()
             k = step.kernel
@@ -172,12 +185,28 @@ def program_task(program: Program) -> Any:
             if uid >= 0:
                 TRACE.append((uid, j, threading.get_ident(), t0, time.perf_counter()))
 
-    body.__signature__ = signature  # type: ignore[attr-defined]
-    body.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    def gpu_body(*args: Any, **kw: Any) -> None:
+        # the same body on device arrays, on this thread's stream (waited for at the end)
+        from unity_legion.executor.gpu import OnDevice, device_array
+
+        with OnDevice():
+            body(*args, asarray=device_array, **kw)
+
     global _registered
     _registered += 1  # task names must be unique; programs of the same first kernel are not
+    for fn in (body, gpu_body):
+        fn.__signature__ = signature  # type: ignore[attr-defined]
+        fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
     body.__name__ = body.__qualname__ = f"{program.name}__{_registered}"
-    return task(variants=(VariantCode.CPU,))(body)
+    gpu_body.__name__ = gpu_body.__qualname__ = f"{program.name}__{_registered}__gpu"
+    t = PyTask(func=body, variants=(VariantCode.CPU,))
+    t.gpu_variant(gpu_body)   # Legate refuses a variant whose signature differs from the CPU's
+    VARIANTS[program] = ("cpu", "gpu")
+    return t
+
+
+# each registered program -> the variants its task was given (what scripts/check_gpu.py counts)
+VARIANTS: dict[Program, tuple[str, ...]] = {}
 
 
 def scalar_type(py_type: type) -> Any:

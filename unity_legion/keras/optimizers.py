@@ -49,6 +49,30 @@ class Optimizer:
     def rule(self) -> UpdateRule:
         raise NotImplementedError
 
+    def get_state(self) -> dict[str, Any]:
+        """The optimizer's own numbers, JSON-able (its per-weight slots live in the executor):
+        the step count, and the learning rate where it is a number (a callback may have changed
+        it; a schedule is a function of the step count and needs nothing saved)."""
+        lr = self._learning_rate
+        return {"class": type(self).__name__, "slots": list(self.rule().slots),
+                "iterations": int(self.iterations),
+                "learning_rate": None if callable(lr) else float(lr)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Back to `get_state`'s numbers; an optimizer of another kind is an error."""
+        if state.get("class") != type(self).__name__ or \
+                list(state.get("slots", ())) != list(self.rule().slots):
+            raise ValueError(f"{type(self).__name__}: the saved optimizer state is of "
+                             f"{state.get('class')!r} (slots {state.get('slots')}); this one has "
+                             f"slots {list(self.rule().slots)}")
+        iterations = state["iterations"]
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+            raise ValueError(f"{type(self).__name__}: bad saved step count {iterations!r}")
+        lr = state.get("learning_rate")
+        if lr is not None and not callable(self._learning_rate):
+            self.learning_rate = float(lr)
+        self.iterations = iterations
+
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "learning_rate": self.learning_rate,
                 "weight_decay": self.weight_decay}

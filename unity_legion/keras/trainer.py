@@ -34,6 +34,11 @@ class Trainer:
         self._strategy: Any = None         # the Strategy the executor runs (set by compile)
         self._plan: Any = None             # that strategy compiled for the model (CompiledPlan)
         self.search_result: Any = None     # the last search compile() ran (SearchResult)
+        # where fit is, for a callback that saves or resumes a run (BackupAndRestore)
+        self._resume_at: tuple[int, int, dict[str, Any]] | None = None
+        self._shuffle_rng: np.random.Generator | None = None
+        self._epoch_rng_state: dict[str, Any] | None = None
+        self._epoch_totals: _Running | None = None
 
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None,
@@ -129,7 +134,8 @@ class Trainer:
                     # the optimizer's state per weight counts in memory and update time
                     opts = dataclasses.replace(opts,
                                                optimizer_slots=len(optimizer.rule().slots))
-                target = running_machine(m.ranks, m.processors, m.preferred_kind)
+                target = running_machine(m.ranks, m.processors, m.preferred_kind,
+                                         m.device_memory, m.gpu_name)
                 self.search_result = unity_search(self, batch, target, options=opts)
                 strategy = self.search_result.strategy
             elif text in BUILTINS:
@@ -225,13 +231,39 @@ class Trainer:
                 self._executor.set_weight(key, arr)
 
     def _frozen_weight_keys(self) -> list[Any]:
-        return [(layer._node_id, n) for layer in self.layers  # type: ignore[attr-defined]
-                if not layer.trainable for n in layer._present_weights()]
+        from unity_legion.keras.layers.tracing import frozen_keys_of
+        return [k for layer in self.layers  # type: ignore[attr-defined]
+                for k in frozen_keys_of(layer)]
 
     def _sync_frozen(self) -> None:
         frozen = self._frozen_weight_keys()
         if frozenset(frozen) != self._executor.frozen:
             self._executor.set_frozen(frozen)
+
+    def _optimizer_variables(self) -> dict[str, np.ndarray]:
+        """The optimizer's per-weight state by name ("<weight file name>/<slot>", the names of
+        the weights file), independent of the strategy the executor runs."""
+        by_key = {key: name for name, key in self._weight_names().items()}  # type: ignore[attr-defined]
+        if self._executor is None:
+            return {}
+        return {f"{by_key[key]}/{s}": arr for (key, s), arr in self._executor.slot_values().items()
+                if key in by_key}
+
+    def _set_optimizer_variables(self, values: dict[str, np.ndarray]) -> None:
+        """Back to `_optimizer_variables`' state (before the next step), for this compile's
+        optimizer; a name the model does not have is an error and changes nothing."""
+        self._require_compiled("_set_optimizer_variables")
+        self._ensure_executor()
+        names = self._weight_names()  # type: ignore[attr-defined]
+        slots = tuple(self.optimizer.rule().slots)
+        keyed = {}
+        for full, arr in values.items():
+            weight, _, s = full.rpartition("/")
+            if weight not in names or s not in slots:
+                raise ValueError(f"optimizer state {full!r}: the model has no such weight or the "
+                                 f"optimizer no such slot (slots: {slots})")
+            keyed[(names[weight], s)] = arr
+        self._executor.set_slot_values(slots, keyed)
 
     # ------------------------------------------------------------------ data
     def _input_shapes(self) -> list[Any]:
@@ -322,18 +354,28 @@ class Trainer:
         # One shuffle stream per fit, identical on every rank.
         from unity_legion.keras.models.model import global_seed
 
-        rng = np.random.default_rng([global_seed(), 1, initial_epoch])
+        rng = self._shuffle_rng = np.random.default_rng([global_seed(), 1, initial_epoch])
         self.stop_training = False
+        # a callback resuming a run (BackupAndRestore) sets where it goes on: (epoch, steps of
+        # it done, that epoch's running sums); it restores the shuffling stream itself
+        self._resume_at = None
         callback_list.on_train_begin({})
+        first_step, resumed = 0, None
+        if self._resume_at is not None:
+            initial_epoch, first_step, resumed = self._resume_at
         logs: dict[str, float] = {}
         for epoch in range(initial_epoch, epochs):
+            self._epoch_rng_state = rng.bit_generator.state   # this epoch's order comes from it
             callback_list.on_epoch_begin(epoch, {})
             order = rng.permutation(n) if shuffle else None
             t0 = time.perf_counter()
-            totals = _Running()
+            totals = self._epoch_totals = _Running.of(resumed)
+            skip, first_step, resumed = first_step, 0, None
             staged_x, staged_y = self._stage(xs, order), self._stage(ys, order)
             with EpochProgress(verbose, self._rank(), f"Epoch {epoch + 1}/{epochs}", steps) as bar:
                 for step, start in enumerate(range(0, n, batch_size)):
+                    if step < skip:
+                        continue   # done before the run was interrupted
                     callback_list.on_train_batch_begin(step, {})
                     feeds = {t: s.rows(start, start + batch_size) for t, s in zip(self._input_ids, staged_x)}
                     result = self._executor.train_step(
@@ -450,7 +492,8 @@ class Trainer:
         from unity_legion.search.plan import running_machine
 
         m = machine_info()
-        machine = running_machine(m.ranks, m.processors, m.preferred_kind)
+        machine = running_machine(m.ranks, m.processors, m.preferred_kind, m.device_memory,
+                                  m.gpu_name)
         graph = self._plan.graph
         pcg = self._strategy.pcg(self.graph, batch)
         slots = len(self.optimizer.rule().slots)
@@ -553,6 +596,18 @@ class _Running:
     def __init__(self) -> None:
         self.n = 0
         self.sums: dict[str, float] = {}
+
+    @classmethod
+    def of(cls, state: dict[str, Any] | None) -> "_Running":
+        """From `state()` (None: empty)."""
+        running = cls()
+        if state is not None:
+            running.n = int(state["n"])
+            running.sums = {k: float(v) for k, v in state["sums"].items()}
+        return running
+
+    def state(self) -> dict[str, Any]:
+        return {"n": self.n, "sums": dict(self.sums)}
 
     def add(self, result: Any) -> None:
         if not result.applied and result.loss.size and not np.all(np.isfinite(result.loss)):

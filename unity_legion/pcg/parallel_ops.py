@@ -6,24 +6,29 @@
 | Combine(dim, k)   | shard degree of `dim` / k (gather)  | the consumer reads a coarser tiling        |
 | Replicate(k)      | copy degree x k                     | the consumer reads the store on each point |
 | Reduce(k)         | sum degree / k (add partial sums)   | the producer writes with ADD reduction     |
+| Pipeline(m)       | the sample dim / m (one micro-batch)| staged launches over micro-batch slices    |
+| Batch(m)          | the sample dim x m (re-batch)       | the micro-batches' pieces, side by side    |
 
 `bytes_moved(shape)` is the volume that crosses devices when the operator runs on `shape`, placing
 each group of new pieces so that one of them sits where its source piece is (a block placement):
 a Partition keeps 1/k of the data local, a Replicate sends k - 1 copies, a Combine or a Reduce
 receives k - 1 pieces per output piece. The cost model turns volumes into time on a topology.
+Pipeline and Batch move nothing: they cut a step's batch into micro-batches that run one after
+another and put them back together (unity_legion/pcg/pipeline.py: stages on device subsets).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
-from unity_legion.types.parallel_tensor import ParallelShapeError, ParallelTensorShape, _check_degree
+from unity_legion.types.parallel_tensor import (ParallelShapeError, ParallelTensorShape, ShardDim,
+                                                _check_degree)
 
 
 @dataclass(frozen=True)
 class ParallelOp:
-    """Base of the four parallel operators; `infer` checks that the operator applies."""
+    """Base of the parallel operators; `infer` checks that the operator applies."""
 
     op_type: ClassVar[str] = "parallel"
 
@@ -136,6 +141,72 @@ class Reduce(ParallelOp):
 
     def backward_op(self) -> Replicate:
         return Replicate(self.degree)
+
+
+def _check_sample_dim(shape: ParallelTensorShape, what: str) -> None:
+    if shape.rank == 0:
+        raise ParallelShapeError(f"{what}: a scalar has no sample dimension to micro-batch")
+
+
+@dataclass(frozen=True)
+class Pipeline(ParallelOp):
+    """The sample dimension (dim 0) cut into `micro_batches` slices that flow one after another
+    through the stages: the shape a stage sees is one micro-batch, with the same shard degrees."""
+
+    micro_batches: int
+
+    op_type = "pipeline"
+
+    def __post_init__(self) -> None:
+        _check_degree(self.micro_batches, "pipeline")
+
+    def infer(self, shape: ParallelTensorShape) -> ParallelTensorShape:
+        what = f"pipeline({self.micro_batches}) of {shape}"
+        _check_sample_dim(shape, what)
+        size, degree = shape.dims[0].size, shape.dims[0].degree
+        if self.micro_batches > size:
+            raise ParallelShapeError(f"{what}: {self.micro_batches} micro-batches exceed the "
+                                     f"batch of {size}")
+        if size % self.micro_batches:
+            raise ParallelShapeError(f"{what}: {self.micro_batches} micro-batches do not divide "
+                                     f"the batch of {size}")
+        micro = size // self.micro_batches
+        if degree > micro:
+            raise ParallelShapeError(f"{what}: a micro-batch of {micro} samples cannot be cut "
+                                     f"{degree} ways")
+        return replace(shape, dims=(ShardDim(micro, degree),) + shape.dims[1:])
+
+    def bytes_moved(self, shape: ParallelTensorShape) -> int:
+        self.infer(shape)
+        return 0   # slices in time of pieces that stay where they are
+
+    def backward_op(self) -> "Batch":
+        return Batch(self.micro_batches)
+
+
+@dataclass(frozen=True)
+class Batch(ParallelOp):
+    """The inverse of Pipeline: `micro_batches` micro-batches side by side as one batch."""
+
+    micro_batches: int
+
+    op_type = "batch"
+
+    def __post_init__(self) -> None:
+        _check_degree(self.micro_batches, "batch")
+
+    def infer(self, shape: ParallelTensorShape) -> ParallelTensorShape:
+        _check_sample_dim(shape, f"batch({self.micro_batches}) of {shape}")
+        first = shape.dims[0]
+        return replace(shape, dims=(ShardDim(first.size * self.micro_batches, first.degree),)
+                       + shape.dims[1:])
+
+    def bytes_moved(self, shape: ParallelTensorShape) -> int:
+        self.infer(shape)
+        return 0
+
+    def backward_op(self) -> Pipeline:
+        return Pipeline(self.micro_batches)
 
 
 @dataclass(frozen=True)

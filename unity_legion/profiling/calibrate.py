@@ -174,6 +174,7 @@ class _Probe:
         from unity_legion.pcg.graph import ComputationGraph
 
         self.ex = GraphExecutor(ComputationGraph(), [])
+        self.fusing = self.ex.fusion   # whether the executor runs fused groups in this job
         self.ex.fusion = False  # one task per launch: each is timed as it is priced
 
     def fence(self) -> None:
@@ -308,6 +309,11 @@ def calibrate(repeats: int = 9) -> Calibration:
     for p, t, a in zip(sorted({1, procs}), per_task, per_analysis):
         probes |= {f"task_cpu_{p}pt_s": t, f"analysis_cpu_{p}pt_s": a}
 
+    # --- the same launches fused into one group (as the executor runs a step) ------------------
+    fusion_steps, fused_issue, fused_step = _fused_launch_costs(pr, stores, issue, task_overhead,
+                                                                repeats)
+    probes |= {"fused_issue_s": fused_issue, "fused_step_s": fused_step}
+
     small = pr.store(4)
 
     def blocking_read() -> float:
@@ -404,11 +410,52 @@ def calibrate(repeats: int = 9) -> Calibration:
         source += f" ({info.ranks} ranks: per-rank figures, rank 0's)"
     machine = replace(base, nodes=info.ranks, devices_per_node=pr.local, device=device,
                       intra=intra, inter=inter,
-                      runtime=RuntimeSpec(issue=issue, sync=sync, reduction="fold", fold=fold,
-                                          cores=cores, analysis=analysis),
+                      runtime=RuntimeSpec(issue=issue, sync=sync,
+                                          reduction=_reduction(pr, info.ranks), fold=fold,
+                                          cores=cores, analysis=analysis, fusion=fusion_steps,
+                                          fused_issue=fused_issue, fused_step=fused_step),
                       source=source)
     cal = Calibration(machine, efficiency, mem_eff, probes)
     return bcast(cal) if info.ranks > 1 else cal
+
+
+def _fused_launch_costs(pr: "_Probe", stores: Mapping[str, Any], issue: float,
+                        task_overhead: float, repeats: int) -> tuple[int, float, float]:
+    """(steps per group, issuing seconds per launch joining a group, processor seconds per
+    step) of the executor's fused groups: batches of 20 trivial launches on every processor
+    fused into one task, against the same launches each a task of its own (measured before:
+    `issue`, `task_overhead`). (0, 0, 0) where the executor does not fuse."""
+    from unity_legion.executor.fusion import MAX_STEPS
+    from unity_legion.operators.base import SAMPLE
+
+    if not pr.fusing:
+        return 0, 0.0, 0.0
+    rows = (SAMPLE, None)
+    points = pr.procs
+    n = 20
+
+    def fused() -> None:
+        for _ in range(n):
+            pr.launch(probe_three, {"a": rows, "b": rows, "c": rows}, stores, points)
+        pr.ex.flush()
+    pr.ex.fusion = True
+    try:
+        for _ in range(2):
+            pr.cpu_window(fused)
+        splits = [pr.cpu_window(fused) for _ in range(max(3, repeats // 2))]
+    finally:
+        pr.ex.fusion = False
+    host = statistics.median(s.host for s in splits)
+    tasks = statistics.median(s.tasks for s in splits) / min(points, pr.local)
+    fused_issue = max((host - issue) / n, 0.0)
+    fused_step = max((tasks - task_overhead) / n, 0.0)
+    return MAX_STEPS, fused_issue, fused_step
+
+
+def _reduction(pr: "_Probe", ranks: int) -> str:
+    """How the executor sums reductions on this job: partial sums on one rank where it fuses,
+    else Legion's folds."""
+    return "partials" if ranks == 1 and pr.fusing and pr.ex.partial_sums else "fold"
 
 
 def _inter_link(pr: "_Probe", repeats: int, probes: dict[str, float]) -> LinkSpec:

@@ -23,6 +23,12 @@ pieces, its replicated input pieces, its weights x (2 + optimizer slots) (as Sim
 Tables are memoised by (operator, input shapes, gradient flags; the resource's shape, and
 resources' relative position), so identical layers (BERT's 24), the same layer on another part
 of the machine, and the same layer in another graph (a MappingCache) share them.
+
+With a collective library (Simulator.by_groups: the GPU presets) transfers and gradient sums are
+priced as the simulator prices them, over the devices that exchange pieces: each candidate's
+layouts (cost/layout.py) give an edge's price per pair of placed candidates
+(Simulator.transfer: per device pair, hierarchically) and a weight's all-reduce over its copies
+(Simulator.weight_sync); otherwise by the class of the devices involved (one, one node, several).
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from unity_legion.cost.layout import Layout, arg_layout, spread, whole
 from unity_legion.cost.machine import MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, priced
 from unity_legion.cost.simulator import Simulator
+from unity_legion.operators.base import Ref, RefKind
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.parallel_ops import FusedParallelOp, Partition, Reduce, Replicate, conversion
 from unity_legion.pcg.pcg import NodeShapes, node_shapes
@@ -93,6 +101,11 @@ class MappingCost:
                          optimizer_slots))
         self._kid: dict[int, int] = {}
         self._reads_input: dict[int, bool] = {}
+        self._writes_output: dict[int, bool] = {}
+        # collectives over the devices that take part (Simulator.by_groups): layouts by
+        # (operator shapes key, degrees, view, argument), transfers by layout pair
+        self.by_groups = self.sim.by_groups
+        self._layouts: dict[tuple, Layout] = {}
         self._skid: dict[int, int] = {}
         self._placed: dict[tuple, list[OpConfig]] = {}
         self._devinfo: dict[OpConfig, tuple[list[int], frozenset[int], frozenset[int]]] = {}
@@ -129,6 +142,7 @@ class MappingCost:
                     None if axes is None else tuple(sorted(axes)))
             k = self._kid[nid] = self.store.key_id(full)
             self._reads_input[nid] = any(full[5])
+            self._writes_output[nid] = any(full[6])
             self._skid[nid] = self.store.key_id(("shapes",) + full[:2])
         return k
 
@@ -139,6 +153,9 @@ class MappingCost:
     def where_class(self, nid: int, res: Resource) -> tuple:
         """The part of a resource a node's unary cost depends on: its shape, and for a node
         reading a graph input (which arrives on device 0) whether it starts at node 0 / device 0."""
+        if self.by_groups and (self.reads_input(nid) or self._writes_output[nid]):
+            # moved from device 0 / to every device: the exact place matters
+            return (res.nodes, res.devs, res.node0, res.dev0)
         if self.reads_input(nid):
             return (res.nodes, res.devs, res.node0 == 0, res.dev0 == 0)
         return (res.nodes, res.devs)
@@ -238,7 +255,13 @@ class MappingCost:
         graph-input reader whether it is device 0 alone / inside node 0."""
         devs, _, nodes = self.devinfo(cfg)
         where: tuple = (len(nodes) > 1,)
-        if self.reads_input(nid):
+        if self.by_groups:
+            # the groups follow from the view: invariant under moving it by whole nodes, except
+            # for a node moving graph inputs or model outputs
+            v = cfg.view
+            io = self.reads_input(nid) or self._writes_output[nid]
+            where = (v.start if io else v.start % self.per_node, v.dims, v.strides)
+        elif self.reads_input(nid):
             where += (devs == [0], max(devs) < self.per_node)
         key = (self.node_key(nid), cfg.degrees, where)
         tab = self.store.unary_one
@@ -261,16 +284,30 @@ class MappingCost:
             fill = (sum(sim.stream_time(s.piece_bytes()) for s in ns.outputs if s.sum_degree > 1)
                     + sum(sim.stream_time(sv.shape.num_bytes() / max(len(devs), 1))
                           for sv in n.op.saved(ins) if sv.zero))
-        t = c.forward + fill + (c.backward if self._backward(n) else 0.0)
+        fwd, bwd = c.forward, c.backward
+        rt = self.machine.runtime
+        if rt.fusion:
+            # launches run as steps of fused tasks (the simulator's groups): the kernels, and
+            # a step's dispatch and its issuing instead of a task each
+            (fwd, bwd), step = c.kernels(self.machine.device.launch_overhead), rt.fused_step
+            fwd += c.launches_forward * step
+            bwd += c.launches_backward * step
+        t = fwd + fill + (bwd if self._backward(n) else 0.0)
         for name in sorted(self._trainable.get(nid, ())):
             ws = ns.weights[name]
-            t += sim.grad_sync_time(ws, devs)
+            if self.by_groups:
+                t += sim.weight_sync(self.layout(nid, cfg, RefKind.WEIGHT, name)).seconds
+            else:
+                t += sim.grad_sync_time(ws, devs)
             # the optimizer update runs on the node's devices, over the weight's own tiles
             # (or its rows), as the executor runs it: it depends on the configuration
             points = sim.update_points(ws, len(devs))
             t += sim.update_time(ws, points) * -(-points // max(len(devs), 1))
         for j, tid in enumerate(n.inputs):            # graph inputs arrive whole on device 0
-            if tid in self._in_set:
+            if tid in self._in_set and self.by_groups:
+                t += sim.transfer(whole(ParallelTensorShape.of(self.shapes[tid])),
+                                  self.layout(nid, cfg, RefKind.INPUT, j)).seconds
+            elif tid in self._in_set:
                 t += self._move(ParallelTensorShape.of(self.shapes[tid]), ns.inputs[j],
                                 [0] + devs, False)
         for i, tid in enumerate(n.outputs):           # model outputs go to the loss and back
@@ -278,12 +315,68 @@ class MappingCost:
                 s = ns.outputs[i]
                 want = ParallelTensorShape.of(
                     s.logical(), (effective_degree(s.sizes[0], self.n),) + (1,) * (s.rank - 1))
+                if self.by_groups:
+                    if self._convertible(s, want):
+                        t += 2 * sim.transfer(self.layout(nid, cfg, RefKind.OUTPUT, i),
+                                              spread(want, self.all_devs)).seconds
+                    continue
                 t += 2 * self._move(s, want, devs + self.all_devs, False, strict=False)
         per_weight = 2 + self.slots
         mem = (sum(s.piece_bytes() for s in ns.outputs)
                + sum(s.piece_bytes() for s in ns.inputs if s.copy_degree > 1)
                + sum(ws.piece_bytes() * per_weight for ws in ns.weights.values()))
         return t, float(mem)
+
+    # ------------------------------------------------------------------ device groups
+    def layout(self, nid: int, cfg: OpConfig, kind: RefKind, key: int | str) -> Layout:
+        """Where the pieces of a node's argument live under a placed candidate."""
+        self.node_key(nid)
+        k = (self._skid[nid], cfg.degrees, cfg.view, kind, key)
+        hit = self._layouts.get(k)
+        if hit is None:
+            ns = self.node_shapes(nid, cfg)
+            assert ns is not None
+            shape = (ns.inputs[key] if kind is RefKind.INPUT else  # type: ignore[index]
+                     ns.outputs[key] if kind is RefKind.OUTPUT else ns.weights[key])  # type: ignore[index]
+            n = self.index.by_id[nid]
+            hit = self._layouts[k] = arg_layout(n.op, self.inputs_of(n), cfg, Ref(kind, key),
+                                                shape)
+        return hit
+
+    def _convertible(self, src: ParallelTensorShape, dst: ParallelTensorShape) -> bool:
+        """Whether parallel operators can turn `src` into `dst` (lift's conversion)."""
+        st = self.store
+        conv = (st.shape_id(src), st.shape_id(dst))
+        ops = st.comm.get(conv, False)
+        if ops is False:
+            try:
+                ops = conversion(src, dst)
+            except ParallelShapeError:
+                ops = None
+            st.comm[conv] = ops
+        return ops is not None
+
+    def _edge_groups(self, e: Edge, a: OpConfig, b: OpConfig) -> float:
+        """One move of edge `e`'s tensor from placed candidate `a` to `b`, priced over the
+        devices that exchange pieces (memoised by the pair of layouts, moved together by whole
+        nodes to the first one)."""
+        va, vb = a.view, b.view
+        by = min(va.start, vb.start) // self.per_node * self.per_node
+        key = ("groups", self.node_key(e.src), a.degrees, e.out, va.start - by, va.dims,
+               va.strides, self.node_key(e.dst), b.degrees, e.inp, vb.start - by, vb.dims,
+               vb.strides)
+        tab = self.store.comm
+        hit = tab.get(key)
+        if hit is None:
+            su, sv = self.node_shapes(e.src, a), self.node_shapes(e.dst, b)
+            if su is None or sv is None or \
+                    not self._convertible(su.outputs[e.out], sv.inputs[e.inp]):
+                hit = INF
+            else:
+                hit = self.sim.transfer(self.layout(e.src, a, RefKind.OUTPUT, e.out),
+                                        self.layout(e.dst, b, RefKind.INPUT, e.inp)).seconds
+            tab[key] = hit
+        return hit
 
     def _move(self, src: ParallelTensorShape, dst: ParallelTensorShape, devs: list[int],
               both_ways: bool, strict: bool = True) -> float:
@@ -421,6 +514,14 @@ class MappingCost:
             self.store.stats.table_hits += 1
             return hit
         self.store.stats.table_misses += 1
+        if self.by_groups:
+            pa, pb = self.placed(e.src, ru), self.placed(e.dst, rv)
+            hit = np.array([[self._edge_groups(e, a, b) for b in pb] for a in pa],
+                           dtype=float).reshape(len(pa), len(pb))
+            if self._req.get(e.tensor, False):
+                hit = hit * 2
+            tab[key] = hit
+            return hit
         comm, ua, ub, inv_a, inv_b = self._pair(e)
         la, lb = self.local(e.src, ru), self.local(e.dst, rv)
         # device geometry on the two resources (placed at their offsets)
@@ -447,6 +548,8 @@ class MappingCost:
         return hit
 
     def edge_one(self, e: Edge, a: OpConfig, b: OpConfig) -> float:
+        if self.by_groups:
+            return self._edge_groups(e, a, b) * (2 if self._req.get(e.tensor, False) else 1)
         su, sv = self.node_shapes(e.src, a), self.node_shapes(e.dst, b)
         if su is None or sv is None:
             return INF

@@ -9,20 +9,42 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-from unity_legion.cost.machine import H100, PRESETS, MachineModel, machine_from
+from unity_legion.cost.machine import (A100, H100, H200, PRESETS, V100, DeviceSpec,
+                                       MachineModel, machine_from)
 from unity_legion.search.unity import SearchError, SearchOptions, SearchResult, search
 from unity_legion.substitutions import builtin_rules, load_rules
 
 
-def running_machine(ranks: int, processors: int, kind: str) -> MachineModel:
+# the GPU spec a device's name (CUDA's, e.g. "NVIDIA H200") reads as; others price as H100s
+_GPU_BY_NAME: tuple[tuple[str, DeviceSpec], ...] = (("H200", H200), ("H100", H100),
+                                                    ("A100", A100), ("V100", V100))
+
+
+def gpu_spec(name: str | None) -> DeviceSpec:
+    """The device spec of a GPU named `name` (None or unknown: an H100)."""
+    for key, spec in _GPU_BY_NAME:
+        if name and key in name.upper():
+            return spec
+    return H100
+
+
+def running_machine(ranks: int, processors: int, kind: str, memory: float | None = None,
+                    gpu_name: str | None = None) -> MachineModel:
     """The machine model of a running job: `ranks` nodes of processors/ranks devices of `kind`,
-    with the local preset's (CPU, measured here) or a Hopper GPU's figures."""
+    with the local preset's (CPU, measured here) or the job's GPU's figures (`gpu_name`, as
+    CUDA names it; an H100's if unknown). `memory`: the bytes one GPU of the job may hold (its
+    framebuffer, --fbmem) where the job says, in place of the GPU's; the search refuses plans
+    that do not fit it."""
     per_rank = max(processors // max(ranks, 1), 1)
     if kind == "gpu":
         base = PRESETS["dgx-h100"]
+        device = gpu_spec(gpu_name)
+        if memory is not None:
+            device = dataclasses.replace(device, memory=float(memory))
         return dataclasses.replace(base, name=f"job-{ranks}x{per_rank}gpu", nodes=max(ranks, 1),
-                                   devices_per_node=per_rank, device=H100,
-                                   source="this job's GPUs, priced as H100s")
+                                   devices_per_node=per_rank, device=device,
+                                   source=f"this job's GPUs, priced as {device.name}" + (
+                                       "" if memory is None else ", with its framebuffer"))
     return PRESETS["local"].with_nodes(max(ranks, 1), per_rank)
 
 
@@ -74,6 +96,9 @@ def add_search_flags(p: argparse.ArgumentParser, planning: bool) -> None:
                        help="nodes of the machine to plan for (default: the preset's)")
         g.add_argument("--search-num-workers", type=int, default=None, metavar="N",
                        help="devices per node to plan for (default: the preset's)")
+        g.add_argument("--pipeline", action="store_true",
+                       help="also place pipeline stages (plans only: the executor cannot run "
+                            "pipelines yet)")
 
 
 def options_from_args(args: argparse.Namespace, trainable_only: bool = False) -> SearchOptions:
@@ -83,7 +108,8 @@ def options_from_args(args: argparse.Namespace, trainable_only: bool = False) ->
         rules = tuple(([] if args.no_builtin_rules else builtin_rules()) + extra)
     return SearchOptions(budget=args.budget, alpha=args.alpha, time_limit=args.search_time_limit,
                          only_data_parallel=args.only_data_parallel, rules=rules,
-                         trainable_only=trainable_only, progress=True)
+                         trainable_only=trainable_only, progress=True,
+                         pipeline=bool(getattr(args, "pipeline", False)))
 
 
 def machine_from_args(args: argparse.Namespace) -> MachineModel:

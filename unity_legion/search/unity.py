@@ -19,7 +19,9 @@ The result is then compared, under the full simulator (which overlaps communicat
 computation, unlike the DP's additive cost), with data parallelism and the expert strategy
 (Megatron-style for attention models, table-parallel embeddings for recommendation models): the
 fastest that fits is returned, so a search never returns a plan worse than either baseline under
-the cost model.
+the cost model. With `SearchOptions.pipeline`, pipelined plans (search/pipeline.py: stages on
+machine splits, this DP inside each stage, priced with bubbles and stage transfers by
+cost/pipeline.py) join that comparison as "pipeline".
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import heapq
 import itertools
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from unity_legion.cost.machine import MachineModel
@@ -64,6 +66,9 @@ class SearchOptions:
     progress: bool = False
     everywhere_cap: int = 256        # applications of one rule in an "everywhere" rewrite
     optimizer_slots: int = 2         # state arrays per weight (SGD 0, momentum 1, Adam 2)
+    # also place pipeline stages (search/pipeline.py) and keep a pipelined plan when it wins;
+    # off by default: the executor cannot run pipelines yet (Strategy.compile refuses them)
+    pipeline: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
@@ -114,10 +119,18 @@ class SearchResult:
     seconds: float
     stopped_by: str                  # "frontier", "budget" or "time"
     graph: ComputationGraph = field(repr=False, default=None)  # type: ignore[assignment]
+    # whether each priced plan ("data_parallel", "expert", "search", "pipeline") fits the memory
+    baseline_fits: dict[str, bool] = field(default_factory=dict)
 
     @property
     def speedup_vs_dp(self) -> float:
         return self.baselines["data_parallel"] / self.step_time
+
+    @property
+    def pipeline_stages(self) -> int:
+        """Pipeline stages of the chosen plan (1: not pipelined)."""
+        p = self.strategy.pipeline
+        return p.num_stages if p is not None else 1
 
     def report(self) -> str:
         lines = [f"search: {self.evaluated} graphs priced in {self.seconds:.1f} s "
@@ -137,6 +150,11 @@ class SearchResult:
                              f"{s.saved * 1e3:+.3f} ms")
         elif self.chosen == "search":
             lines.append("no substitution applied: the gain is the parallelisation alone")
+        p = self.strategy.pipeline
+        if p is not None:
+            lines.append(f"pipelined: {p.num_stages} stages of "
+                         f"{len(p.stages[0].devices)} device(s), {p.micro_batches} micro-batches, "
+                         f"schedule {p.schedule}")
         return "\n".join(lines)
 
 
@@ -338,7 +356,9 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
     outs = list(outputs) if outputs is not None else graph.outputs
     opts = options or SearchOptions()
     cost = cost or AnalyticCost()
-    unity = UnitySearch(graph, outs, batch, machine, cost, opts)
+    # with pipelines to place as well, the substitution search leaves them part of the time
+    unity = UnitySearch(graph, outs, batch, machine, cost,
+                        replace(opts, time_limit=opts.time_limit * 0.45) if opts.pipeline else opts)
     best, start, stopped = unity.run()
     evaluated = unity.evaluated
     if best.key >= start.key:
@@ -360,6 +380,15 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
     results["data_parallel"] = (simulate(graph, outs, dp_strategy.plan(graph)), dp_strategy)
     exp_strategy = expert(model, devices, dtype, batch, machine.devices_per_node)
     results["expert"] = (simulate(graph, outs, exp_strategy.plan(graph)), exp_strategy)
+    if opts.pipeline:  # stages on machine splits, the DP inside each (priced by cost/pipeline.py)
+        from unity_legion.search.pipeline import PipelineSearch
+
+        piped = PipelineSearch(graph, outs, batch, machine, cost, unity._axes,
+                               opts.optimizer_slots).run(deadline=began + 0.75 * opts.time_limit)
+        if piped is not None:
+            results["pipeline"] = (piped.price, Strategy.for_graph(
+                model, {piped.names[n]: c for n, c in piped.configs.items()}, source="search",
+                device_type=dtype, devices=devices, name=name, pipeline=piped.spec))
     cap = machine.device.memory
 
     def rank(item: tuple[str, tuple[Any, Strategy]]) -> tuple[bool, float]:
@@ -373,4 +402,6 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
                         exp_strategy.source,
                         best.mapping.estimate, res.peak_memory, res.peak_memory <= cap,
                         max(0.0, res.peak_memory - cap), savings, evaluated, unity.pruned,
-                        time.perf_counter() - began, stopped, best.graph)
+                        time.perf_counter() - began, stopped,
+                        graph if chosen == "pipeline" else best.graph,
+                        {k: v[0].peak_memory <= cap for k, v in results.items()})

@@ -32,8 +32,7 @@ def _producers(pcg: PCG) -> dict[int, PNode]:
 
 def _devices(node: PNode) -> str:
     assert node.config is not None
-    lo, hi = node.config.view.span()
-    return f"{node.config.view.device_type}[{lo}:{hi}]"
+    return node.config.view.label()
 
 
 def _degrees(node: PNode) -> str:
@@ -64,7 +63,10 @@ def explain(strategy: "Strategy", pcg: PCG, batch: int, cost: "CostFn | None" = 
     the parallel operators inserted before it; then the totals. With a simulation of one
     training step (`sim`), each row also shows the operator's compute (forward, backward,
     update: one device's share), its communication (the parallel operators feeding it and its
-    gradient sums) and how long it waited for its inputs or devices within its span; the totals
+    gradient sums), how long it waited for its inputs or devices within its span, and the links
+    the moves feeding it and its gradient sums used (intra-node: NVLink / NVSwitch or the node's
+    own; inter-node: the network; both: a hierarchical collective, or a gather through the
+    nodes); the totals
     add the step time, the peak memory and the devices' idle share."""
     rows = []
     total_time = 0.0
@@ -84,15 +86,16 @@ def explain(strategy: "Strategy", pcg: PCG, batch: int, cost: "CostFn | None" = 
         if sim is not None:
             br = sim.breakdown.get(node.name)
             if br is None:
-                row += ["-", "-", "-"]
+                row += ["-", "-", "-", "-"]
             else:
                 waited = max(0.0, (br.end - br.start) - br.compute - br.communication)
-                row += [_seconds(br.compute), _seconds(br.communication), _seconds(waited)]
+                row += [_seconds(br.compute), _seconds(br.communication), _seconds(waited),
+                        f"{br.moves or '-'} / {br.grads or '-'}"]
         rows.append(row + [before])
     header = ["operator", "type", "degrees", "devices", "params/dev", "activations/dev",
               "time"]
     if sim is not None:
-        header += ["compute", "comm", "waited"]
+        header += ["compute", "comm", "waited", "links: moves / grads"]
     header += ["parallel ops before"]
     m = strategy.machine
     lines = [f"strategy {strategy.source!r} for model {strategy.model!r} (signature "
@@ -159,8 +162,12 @@ def draw(strategy: "Strategy", pcg: PCG, path: str | os.PathLike[str],
     for i, t in enumerate(pcg.inputs):
         label = input_names[i] if i < len(input_names) else f"input {i}"
         g.add_node(("in", t), kind="io", label=label, range=None)
+    stage_of = ({op: st.name for st in strategy.pipeline.stages for op in st.operators}
+                if strategy.pipeline is not None else {})
     for n in pcg.nodes:
         label = n.name if not n.is_parallel else n.op.describe()
+        if n.name in stage_of:  # a pipelined strategy: each computation names its stage
+            label += f"\n({stage_of[n.name]})"
         g.add_node(("op", n.id), kind="parallel" if n.is_parallel else "op", label=label,
                    range=_range_of(n, consumers))
         for t in n.inputs:
@@ -218,7 +225,11 @@ def draw(strategy: "Strategy", pcg: PCG, path: str | os.PathLike[str],
     ax.legend(handles=handles, loc="upper left", fontsize=8, title="devices")
     m = strategy.machine
     ax.set_title(f"{strategy.model}: {strategy.source} strategy on {m.devices} {m.device_type} "
-                 f"device(s); boxes compute, arrows re-distribute", fontsize=10)
+                 f"device(s); boxes compute, arrows re-distribute"
+                 + (f"\npipeline: {strategy.pipeline.num_stages} stages, "
+                    f"{strategy.pipeline.micro_batches} micro-batches, "
+                    f"{strategy.pipeline.schedule}" if strategy.pipeline is not None else ""),
+                 fontsize=10)
     # at most about 40 megapixels, however big the model
     dpi = min(100.0, (40e6 / (size[0] * size[1])) ** 0.5)
     fig.savefig(path, format=ext[1:], dpi=dpi)

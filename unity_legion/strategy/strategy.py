@@ -17,12 +17,21 @@ File format (version 1)::
                                                           "dims": [4], "strides": [1]}}, ...}}
 
 A view may leave out any of its keys: the device type defaults to the machine's, the start to 0,
-the dims to one dimension of as many devices as the degrees' product, the strides to 1.
+the dims to one dimension of as many devices as the degrees' product, the strides to row-major
+packing (1 for one dimension). A view may be strided (`"dims": [2], "strides": [2]`: devices 0
+and 2) or 2-D (`"dims": [2, 2], "strides": [4, 1]`: devices 0, 1, 4, 5, a node x device grid);
+point i of a launch (row-major over its grid) runs on the view's i-th device. Refused, with the
+reason: two points on one device, devices the machine lacks, more or fewer devices than points.
 
 A strategy found by the search may also rewrite the graph first: an optional
 `"substitutions": [{"rule": "unfuse_linear_activation", "nodes": ["dense_1"]}, ...]` lists the
 rewrites (rule and matched operators) replayed, in order, on the model's graph; "operators" then
 names the operators of the rewritten graph. The signature is always the model's own.
+
+A pipelined strategy adds `"pipeline": {"micro_batches": 8, "schedule": "1f1b", "stages":
+[{"name": "stage_0", "operators": [...], "devices": [0, 1, 2, 3]}, ...]}` (pcg/pipeline.py):
+every operator in one stage, stages on disjoint devices, each operator's view on its stage's
+devices; an operator the strategy does not configure runs data-parallel over its stage.
 """
 
 from __future__ import annotations
@@ -35,9 +44,11 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+from unity_legion.operators._aten import DeviceDtypeError, check_device_dtype
 from unity_legion.operators.base import SAMPLE
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.pcg import PCG, PCGError, PNode, check_axes, data_parallel_config, lift
+from unity_legion.pcg.pipeline import PipelineError, PipelineSpec, Stage, lift_pipelined
 from unity_legion.substitutions.apply import AppliedRule, Rewrite, replay
 from unity_legion.substitutions.rule import SubstitutionError
 from unity_legion.types import MachineView, OpConfig, ParallelShapeError
@@ -114,6 +125,9 @@ class Strategy:
     # graph rewrites applied to the model's graph first, in order (the search's algebraic
     # substitutions: each a rule name and the names of the operators it matched)
     substitutions: tuple[AppliedRule, ...] = ()
+    # pipeline parallelism: stages (operators of the graph that runs, devices), micro-batches
+    # and schedule (pcg/pipeline.py); None: one stage, the whole batch at once
+    pipeline: PipelineSpec | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -125,12 +139,14 @@ class Strategy:
     @classmethod
     def for_graph(cls, model: Any, configs: Mapping[str, OpConfig], source: str = "manual",
                   device_type: str = "cpu", devices: int = 1, name: str | None = None,
-                  substitutions: Sequence[AppliedRule] = ()) -> "Strategy":
+                  substitutions: Sequence[AppliedRule] = (),
+                  pipeline: PipelineSpec | None = None) -> "Strategy":
         """A strategy for `model` (a graph or a built Keras model) from configs by operator name
         (names of the rewritten graph when `substitutions` are given)."""
         graph, model_name = as_graph(model)
         return cls(name or model_name, graph_signature(graph), source,
-                   MachineSpec(device_type, devices), dict(configs), tuple(substitutions))
+                   MachineSpec(device_type, devices), dict(configs), tuple(substitutions),
+                   pipeline)
 
     def rewrite(self, model: Any) -> Rewrite | None:
         """The model's graph with this strategy's substitutions applied (None without any);
@@ -170,6 +186,8 @@ class Strategy:
                "operators": ops}
         if self.substitutions:
             doc["substitutions"] = [a.as_dict() for a in self.substitutions]
+        if self.pipeline is not None:
+            doc["pipeline"] = self.pipeline.to_dict()
         return json.dumps(doc, indent=2) + "\n"
 
     @classmethod
@@ -215,8 +233,22 @@ class Strategy:
         over the strategy's machine (at most one sample per device)."""
         cfg = self.configs.get(node.name)
         if cfg is None:
+            stage = self._stage_of_name(node.name)
+            if stage is not None:  # data-parallel over its stage's devices, on a micro-batch
+                m = self.pipeline.micro_batches  # type: ignore[union-attr]
+                micro = None if batch is None else max(batch // m, 1)
+                dp = data_parallel_config(len(stage.devices), micro, self.machine.device_type)
+                devs = stage.devices[:dp.num_points]
+                return OpConfig.of(dp.as_dict(), MachineView(
+                    self.machine.device_type, devs[0], (len(devs),),
+                    (devs[1] - devs[0] if len(devs) > 1 else 1,)))
             return data_parallel_config(self.machine.devices, batch, self.machine.device_type)
         return cfg
+
+    def _stage_of_name(self, name: str) -> Stage | None:
+        if self.pipeline is None:
+            return None
+        return next((st for st in self.pipeline.stages if name in st.operators), None)
 
     def validate(self, model: Any, batch: int | None = None,
                  devices: int | Mapping[str, int] | None = None) -> None:
@@ -245,6 +277,12 @@ class Strategy:
         rw = self.rewrite(original)
         graph = original if rw is None else rw.graph
         self._validate_graph(graph, batch, devices)
+        if self.pipeline is not None and (self.pipeline.num_stages > 1
+                                          or self.pipeline.micro_batches > 1):
+            raise StrategyError(f"strategy for model {self.model!r}: a pipelined strategy "
+                                f"({self.pipeline.num_stages} stages, "
+                                f"{self.pipeline.micro_batches} micro-batches) is planned and "
+                                f"priced, but the executor cannot run pipelines yet")
         frozen = frozenset(frozen)
         translation = None
         if rw is not None:
@@ -285,17 +323,45 @@ class Strategy:
         for name, cfg in self.configs.items():
             n = names[name]
             _check_config(n, [shapes[t] for t in n.inputs], cfg, avail)
-        if batch is not None:  # everything else the PCG finds (shapes that do not fit, ...)
+        for n in graph.nodes:  # a GPU view runs the GPU kernels: dtypes they run only
+            cfg = self.configs.get(n.name)
+            if (cfg.view.device_type if cfg is not None else self.machine.device_type) == "gpu":
+                _check_gpu_dtypes(n, [shapes[t] for t in n.inputs])
+        lift_batch = batch
+        if self.pipeline is not None:
+            self._check_pipeline(graph, batch, avail)
+            if batch is not None:
+                lift_batch = batch // self.pipeline.micro_batches
+        if lift_batch is not None:  # everything else the PCG finds (shapes that do not fit, ...)
             try:
-                lift(graph, batch, self._by_id(graph, batch))
+                lift(graph, lift_batch, self._by_id(graph, batch))
             except (PCGError, ParallelShapeError) as exc:
                 raise StrategyError(str(exc)) from None
+
+    def _check_pipeline(self, graph: ComputationGraph, batch: int | None,
+                        avail: Mapping[str, int]) -> None:
+        """The pipeline's stages against the graph that runs (PipelineSpec.assign: overlapping
+        devices, the micro-batch count, boundaries that cut no edge, ...), its devices against
+        the machine, and every operator's view against its stage's devices."""
+        spec = self.pipeline
+        assert spec is not None
+        have = avail.get(self.machine.device_type, 0)
+        for st in spec.stages:
+            if max(st.devices) >= have:
+                raise StrategyError(f"stage {st.name!r}: uses {self.machine.device_type} device "
+                                    f"{max(st.devices)} but the machine has {have}")
+        try:
+            stage_of = spec.assign(graph, batch)
+            spec.check_configs(graph, stage_of, self._by_id(graph, batch), batch)
+        except PipelineError as exc:
+            raise StrategyError(f"strategy for model {self.model!r}: {exc}") from None
 
     @staticmethod
     def _check_machine(device_type: str, avail: Mapping[str, int], what: str) -> None:
         if device_type not in avail:
             have = ", ".join(f"{v} {k}" for k, v in avail.items()) or "no devices"
-            raise StrategyError(f"{what} runs on {device_type} devices; the machine has {have}")
+            raise StrategyError(f"{what} runs on {device_type} devices; the machine has {have} "
+                                f"(0 {device_type})")
 
     # ------------------------------------------------------------------ use
     def _by_id(self, graph: ComputationGraph, batch: int | None = None) -> dict[int, OpConfig]:
@@ -312,11 +378,19 @@ class Strategy:
         counts as the batch, as the executor runs it)."""
         graph, outs = self.graph_for(model)
         configs = {}
+        micro = batch
+        if self.pipeline is not None:
+            try:
+                micro = self.pipeline.micro_batch(batch)
+            except PipelineError as exc:
+                raise StrategyError(str(exc)) from None
         for nid, cfg in self._by_id(graph, batch).items():
-            if cfg.degree(SAMPLE) > batch:
-                cfg = OpConfig.of(cfg.as_dict() | {SAMPLE: max(batch, 1)}, cfg.view)
+            if cfg.degree(SAMPLE) > micro:
+                cfg = OpConfig.of(cfg.as_dict() | {SAMPLE: max(micro, 1)}, cfg.view)
             configs[nid] = cfg
         try:
+            if self.pipeline is not None:
+                return lift_pipelined(graph, batch, self.pipeline, configs, outs)
             return lift(graph, batch, configs, outs)
         except (PCGError, ParallelShapeError) as exc:
             raise StrategyError(str(exc)) from None
@@ -331,6 +405,18 @@ class Strategy:
 
         pcg = self.pcg(model, batch)
         sim = None
+        if self.pipeline is not None:
+            from unity_legion.strategy.pipeline import explain_pipeline
+
+            priced = None
+            if machine is not None:
+                from unity_legion.cost.simulator import Simulator
+
+                graph, outs = self.graph_for(model)
+                priced = Simulator(machine, cost_model).simulate_pipeline(
+                    graph, batch, self._by_id(graph, batch), self.pipeline, outs)
+            return explain(self, pcg, batch // self.pipeline.micro_batches, cost, None) + \
+                "\n" + explain_pipeline(self.pipeline, batch, priced)
         if machine is not None:
             from unity_legion.cost.simulator import Simulator
 
@@ -344,6 +430,17 @@ class Strategy:
         graph, outs = self.graph_for(model)
         draw(self, self.pcg(model, batch), path, [graph.tensors[t].name for t in graph.inputs],
              [graph.tensors[t].name for t in outs])
+
+
+def _check_gpu_dtypes(node: Node, inputs: list[Any]) -> None:
+    what = f"operator {node.name!r} ({node.op.op_type})"
+    dtypes = ([s.dtype for s in inputs] + [o.dtype for o in node.op.infer_outputs(inputs)]
+              + [w.shape.dtype for w in node.op.weights(inputs)])
+    try:
+        for dt in dtypes:
+            check_device_dtype(what, dt, "gpu")
+    except DeviceDtypeError as exc:
+        raise StrategyError(str(exc)) from None
 
 
 def _check_config(node: Node, inputs: list[Any], cfg: OpConfig, avail: Mapping[str, int]) -> None:
@@ -361,12 +458,21 @@ def _check_config(node: Node, inputs: list[Any], cfg: OpConfig, avail: Mapping[s
     if have > points:
         raise StrategyError(f"{what}: {shown} launches {points} point(s) but its view has {have} "
                             f"devices, {have - points} too many (one device per point)")
+    # Any set of distinct devices runs: a contiguous range as one launch over that processor
+    # range, a strided or 2-D view a point (or a run of consecutive devices) at a time, each
+    # point on its own device (executor `_launch`, mappers/placement.py). Two points on one
+    # device do not: a view gives each launch point a device of its own, and the cost model
+    # prices it so.
     devs = view.devices()
     lo, hi = min(devs), max(devs) + 1
-    if len(set(devs)) != len(devs) or hi - lo != len(devs):
-        # the executor places a launch on a contiguous range of devices
-        raise StrategyError(f"{what}: its view {devs} is not a contiguous range of distinct "
-                            f"devices")
+    seen: dict[int, int] = {}
+    for i, d in enumerate(devs):
+        if d in seen:
+            raise StrategyError(f"{what}: its view (start {view.start}, dims {list(view.dims)}, "
+                                f"strides {list(view.strides)}) puts points {seen[d]} and {i} "
+                                f"both on {view.device_type} device {d}; a view must give each "
+                                f"launch point its own device (devices {devs})")
+        seen[d] = i
     Strategy._check_machine(view.device_type, avail, what)
     if hi > avail[view.device_type]:
         raise StrategyError(f"{what}: its view uses {view.device_type} devices [{lo}, {hi}) but "
@@ -392,6 +498,15 @@ def _int_list(value: Any, where: str) -> tuple[int, ...]:
                                               for v in value):
         raise StrategyError(f"{where}: must be a list of integers, got {value!r}")
     return tuple(value)
+
+
+def _packed_strides(dims: Sequence[int]) -> list[int]:
+    """Row-major strides of a view with no gaps (1 for one dimension): a 2-D view [2, 3] that
+    leaves its strides out covers 6 consecutive devices, not overlapping rows."""
+    out = [1] * len(dims)
+    for i in range(len(dims) - 2, -1, -1):
+        out[i] = out[i + 1] * max(dims[i + 1], 1)
+    return out
 
 
 def _parse(doc: Any, origin: str) -> Strategy:
@@ -430,7 +545,7 @@ def _parse(doc: Any, origin: str) -> Strategy:
         if not isinstance(v, dict):
             raise StrategyError(f"{where}: 'view' must be an object, got {v!r}")
         dims = _int_list(v.get("dims", [points]), f"{where}: view dims")
-        strides = _int_list(v.get("strides", [1] * len(dims)), f"{where}: view strides")
+        strides = _int_list(v.get("strides", _packed_strides(dims)), f"{where}: view strides")
         start = v.get("start", 0)
         if isinstance(start, bool) or not isinstance(start, int):
             raise StrategyError(f"{where}: view start must be an integer, got {start!r}")
@@ -446,7 +561,41 @@ def _parse(doc: Any, origin: str) -> Strategy:
         applied = tuple(AppliedRule.from_dict(a) for a in subs)
     except SubstitutionError as exc:
         raise StrategyError(f"{origin}: substitutions: {exc}") from None
+    pipeline = _parse_pipeline(doc.get("pipeline"), origin)
     try:
-        return Strategy(model, signature, source, machine, configs, applied)
+        return Strategy(model, signature, source, machine, configs, applied, pipeline)
     except StrategyError as exc:
         raise StrategyError(f"{origin}: {exc}") from None
+
+
+def _parse_pipeline(p: Any, origin: str) -> PipelineSpec | None:
+    """The optional "pipeline" object: {"micro_batches": m, "schedule": "gpipe" | "1f1b",
+    "stages": [{"name": ..., "operators": [...], "devices": [...]}, ...]}."""
+    if p is None:
+        return None
+    where = f"{origin}: pipeline"
+    if not isinstance(p, dict):
+        raise StrategyError(f"{where}: must be an object, got {p!r}")
+    m = _need(p, "micro_batches", int, where)
+    schedule = p.get("schedule", "1f1b")
+    if not isinstance(schedule, str):
+        raise StrategyError(f"{where}: 'schedule' must be a string, got {schedule!r}")
+    raw = _need(p, "stages", list, where)
+    stages = []
+    try:
+        for i, st in enumerate(raw):
+            if not isinstance(st, dict):
+                raise StrategyError(f"{where}: stage {i} must be an object, got {st!r}")
+            name = st.get("name", f"stage_{i}")
+            if not isinstance(name, str):
+                raise StrategyError(f"{where}: stage {i}: 'name' must be a string, got {name!r}")
+            ops = _need(st, "operators", list, f"{where}: stage {name!r}")
+            if not all(isinstance(o, str) for o in ops):
+                raise StrategyError(f"{where}: stage {name!r}: operators must be names, got "
+                                    f"{ops!r}")
+            devs = _int_list(_need(st, "devices", list, f"{where}: stage {name!r}"),
+                             f"{where}: stage {name!r}: devices")
+            stages.append(Stage(name, tuple(ops), devs))
+        return PipelineSpec(tuple(stages), m, schedule)
+    except PipelineError as exc:
+        raise StrategyError(f"{where}: {exc}") from None

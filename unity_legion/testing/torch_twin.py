@@ -287,3 +287,189 @@ def torch_loss(name: str, outputs: Sequence[Tensor], targets: Sequence[Tensor]) 
         else:
             raise ValueError(f"torch_loss: unknown loss {name!r}")
     return total
+
+
+# --- the operators of traced keras.ops / Python operators (operators/broadcast.py, unary.py,
+# reduce.py, slice.py, convert.py, source.py) -----------------------------------------------
+
+from unity_legion.operators.broadcast import Binary, Where  # noqa: E402
+from unity_legion.operators.convert import Cast, OneHot  # noqa: E402
+from unity_legion.operators.reduce import Reduce  # noqa: E402
+from unity_legion.operators.slice import Slice  # noqa: E402
+from unity_legion.operators.source import Parameter, Range  # noqa: E402
+from unity_legion.operators.unary import Unary  # noqa: E402
+
+_BINARY: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "add": torch.add, "subtract": torch.sub, "multiply": torch.mul, "divide": torch.div,
+    "maximum": torch.maximum, "minimum": torch.minimum, "greater": torch.gt,
+    "greater_equal": torch.ge, "less": torch.lt, "less_equal": torch.le, "equal": torch.eq,
+    "not_equal": torch.ne}
+_UNARY: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "exp": lambda t, c: torch.exp(t), "log": lambda t, c: torch.log(t),
+    "sqrt": lambda t, c: torch.sqrt(t), "square": lambda t, c: t * t,
+    "abs": lambda t, c: torch.abs(t), "negative": lambda t, c: -t, "scale": lambda t, c: t * c,
+    "shift": lambda t, c: t + c, "rsub": lambda t, c: c - t, "rdiv": lambda t, c: c / t,
+    "power": lambda t, c: torch.pow(t, c), "greater": lambda t, c: t > c,
+    "greater_equal": lambda t, c: t >= c, "less": lambda t, c: t < c,
+    "less_equal": lambda t, c: t <= c, "equal": lambda t, c: t == c,
+    "not_equal": lambda t, c: t != c}
+_TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64, "int32": torch.int32,
+                "int64": torch.int64, "bool": torch.bool}
+
+
+def _aligned(t: Tensor, rank: int) -> Tensor:
+    """Batch first, size-1 dims inserted after it: non-batch dims align from the right."""
+    return t.reshape(tuple(t.shape[:1]) + (1,) * (rank - t.dim()) + tuple(t.shape[1:]))
+
+
+def _binary(op, xs, w, training, s):
+    r = max(t.dim() for t in xs)
+    return [_BINARY[op.fn](_aligned(xs[0], r), _aligned(xs[1], r))]
+
+
+def _where(op, xs, w, training, s):
+    r = max(t.dim() for t in xs)
+    c, a, b = (_aligned(t, r) for t in xs)
+    return [torch.where(c.bool(), a, b)]
+
+
+def _reduce(op, xs, w, training, s):
+    axes = op.resolved(s[0])
+    fn = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax}[op.fn]
+    return [fn(xs[0], dim=axes, keepdim=op.keepdims)]
+
+
+def _slice(op, xs, w, training, s):
+    index = (slice(None),) + tuple(
+        (a if i + 1 in op.drop else slice(a, b, c))
+        for i, (a, b, c) in enumerate(op.resolved(s[0])))
+    return [xs[0][index]]
+
+
+def _one_hot(op, xs, w, training, s):
+    idx = xs[0].long()
+    valid = (idx >= 0) & (idx < op.depth)
+    hot = F.one_hot(torch.where(valid, idx, 0), op.depth) * valid[..., None]
+    return [hot.to(_TORCH_DTYPE[op.dtype.value])]
+
+
+def _range(op, xs, w, training, s):
+    values = op.start + op.step * torch.arange(op.length, dtype=torch.float64)
+    return [values.to(_TORCH_DTYPE[op.dtype.value]).expand(xs[0].shape[0], op.length)]
+
+
+REGISTRY.update({
+    Binary: _binary,
+    Where: _where,
+    Unary: lambda op, xs, w, t, s: [_UNARY[op.fn](xs[0], op.c)],
+    Reduce: _reduce,
+    Slice: _slice,
+    Cast: lambda op, xs, w, t, s: [xs[0].to(_TORCH_DTYPE[op.dtype.value])],
+    OneHot: _one_hot,
+    Parameter: lambda op, xs, w, t, s: [w["value"].expand((xs[0].shape[0],) + op.shape)],
+    Range: _range,
+})
+
+
+# --- 1-D convolution and pooling, global max pooling (operators/one_d.py, global_max_pool.py) --
+
+from unity_legion.operators.global_max_pool import GlobalMaxPool2D  # noqa: E402
+from unity_legion.operators.one_d import (Conv1D, GlobalAvgPool1D, GlobalMaxPool1D,  # noqa: E402
+                                          Pool1D)
+
+
+def _ncl(t: Tensor, op: Any) -> Tensor:
+    return t if op.data_format == "channels_first" else t.permute(0, 2, 1)
+
+
+def _nlc(t: Tensor, op: Any) -> Tensor:
+    return t if op.data_format == "channels_first" else t.permute(0, 2, 1).contiguous()
+
+
+def _pads_1d(op: Any, s: Any) -> tuple[int, int]:
+    _, _, left, right = op.plane()._geometry(op._up(s))[-1]
+    return left, right
+
+
+def _conv1d(op, xs, w, training, s):
+    x = F.pad(_ncl(xs[0], op), _pads_1d(op, s[0]))
+    k = w["kernel"].permute(2, 1, 0)  # (k, cin/g, out) -> (out, cin/g, k)
+    z = F.conv1d(x, k, w.get("bias"), stride=op.strides, dilation=op.dilation_rate,
+                 groups=op.groups)
+    return [_nlc(_ACT[op.activation](z), op)]
+
+
+def _pool1d(op, xs, w, training, s):
+    pads = _pads_1d(op, s[0])
+    x = _ncl(xs[0], op)
+    if op.mode == "max":
+        return [_nlc(F.max_pool1d(F.pad(x, pads, value=-math.inf), op.pool_size, op.strides), op)]
+    # Keras' average over the real (unpadded) positions of each window
+    total = F.avg_pool1d(F.pad(x, pads), op.pool_size, op.strides)
+    count = F.avg_pool1d(F.pad(torch.ones_like(x[:1, :1]), pads), op.pool_size, op.strides)
+    return [_nlc(total / count, op)]
+
+
+def _global_pool(reduce: Callable[..., Tensor], rank: int) -> OpFn:
+    def run(op, xs, w, training, s):
+        first = op.data_format == "channels_first"
+        axes = tuple(range(2, rank)) if first else tuple(range(1, rank - 1))
+        return [reduce(xs[0], dim=axes, keepdim=bool(op.keepdims))]
+    return run
+
+
+REGISTRY.update({
+    Conv1D: _conv1d,
+    Pool1D: _pool1d,
+    GlobalAvgPool1D: _global_pool(torch.mean, 3),
+    GlobalMaxPool1D: _global_pool(torch.amax, 3),
+    GlobalMaxPool2D: _global_pool(torch.amax, 4),
+})
+
+
+# --- ReLU with Keras' arguments, Rescaling, UpSampling2D (operators/rectifier.py, rescale.py,
+# upsampling.py) ---------------------------------------------------------------------------
+
+from unity_legion.operators.rectifier import ReLU  # noqa: E402
+from unity_legion.operators.rescale import Rescale  # noqa: E402
+from unity_legion.operators.upsampling import UpSampling2D  # noqa: E402
+
+
+def _relu(op, xs, w, training, s):
+    x = xs[0]
+    top = x if op.max_value is None else torch.clamp(x, max=op.max_value)
+    y = torch.where(x > op.threshold, top, torch.zeros((), dtype=x.dtype))
+    return [y - op.negative_slope * torch.relu(op.threshold - x)]
+
+
+def _upsampling2d(op, xs, w, training, s):
+    x = _nchw(xs[0], op)
+    x = x.repeat_interleave(op.size[0], dim=2).repeat_interleave(op.size[1], dim=3)
+    return [_back(x, op)]
+
+
+REGISTRY.update({
+    ReLU: _relu,
+    Rescale: lambda op, xs, w, t, s: [xs[0] * op.scale + op.offset],
+    UpSampling2D: _upsampling2d,
+})
+
+
+# --- Conv2DTranspose (operators/conv2d_transpose.py) -------------------------------------------
+
+from unity_legion.operators.conv2d_transpose import Conv2DTranspose  # noqa: E402
+
+
+def _conv2d_transpose(op, xs, w, training, s):
+    _, ho, wo, (ct, _, cl, _) = op._geometry(s[0])
+    k = w["kernel"].permute(3, 2, 0, 1)  # (kh, kw, out, in) -> (in, out, kh, kw)
+    full = F.conv_transpose2d(_nchw(xs[0], op), k, stride=op.strides)
+    # Keras' window of the full result: crop before, then crop or zero-extend after
+    full = F.pad(full, (0, max(0, cl + wo - full.shape[3]), 0, max(0, ct + ho - full.shape[2])))
+    z = full[:, :, ct:ct + ho, cl:cl + wo]
+    if "bias" in w:
+        z = z + w["bias"][None, :, None, None]
+    return [_back(_ACT[op.activation](z), op)]
+
+
+REGISTRY[Conv2DTranspose] = _conv2d_transpose

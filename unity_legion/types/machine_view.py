@@ -56,6 +56,14 @@ class MachineView:
         devs = self.devices()
         return min(devs), max(devs) + 1
 
+    def label(self) -> str:
+        """How tables show the view: `cpu[0:4]` for a range of devices, else its devices in
+        point order, `cpu{0,2}` (a strided or 2-D view is no range)."""
+        devs = self.devices()
+        if devs == list(range(devs[0], devs[0] + len(devs))):
+            return f"{self.device_type}[{devs[0]}:{devs[0] + len(devs)}]"
+        return f"{self.device_type}{{{','.join(map(str, devs))}}}"
+
     def check_fits(self, available: int, what: str = "machine view") -> None:
         lo, hi = self.span()
         if hi > available:

@@ -44,5 +44,4 @@ class OpConfig:
 
     def __str__(self) -> str:
         inner = " x ".join(f"{a}={d}" for a, d in self.degrees) or "serial"
-        lo, hi = self.view.span()
-        return f"{inner} on {self.view.device_type}[{lo}:{hi}]"
+        return f"{inner} on {self.view.label()}"

@@ -32,4 +32,6 @@ class Dense(Layer):
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"units": self.units, "activation": self.activation,
-                                       "use_bias": self.use_bias}
+                                       "use_bias": self.use_bias,
+                                       "kernel_initializer": self.kernel_initializer,
+                                       "bias_initializer": self.bias_initializer}

@@ -24,6 +24,7 @@ from unity_legion.types import TensorShape
 
 class Embedding(Layer):
     weight_names = ("embeddings",)
+    keras_extras = ("combiner",)   # ours only: left out of .keras configs while None
 
     def __init__(self, input_dim: int, output_dim: int, embeddings_initializer: str = "uniform",
                  embeddings_regularizer: Any = None, embeddings_constraint: Any = None,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import weakref
 import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+from unity_legion.keras.layers import tracing
 from unity_legion.operators.base import Operator, OperatorError
 from unity_legion.types import DataType, TensorShape
 
@@ -25,8 +27,12 @@ def unique_name(prefix: str) -> str:
     return prefix if n == 0 else f"{prefix}_{n}"
 
 
-class KerasTensor:
-    """A symbolic tensor: its shape (batch dim None) and the layer call that produced it."""
+class KerasTensor(tracing.SymbolicOperators):
+    """A symbolic tensor: its shape (batch dim None) and the layer call that produced it.
+    Python operators on it are keras.ops calls (tracing.SymbolicOperators)."""
+
+    _batch_free = False   # a weight or constant broadcast over the batch (tracing.py)
+    _inner: "KerasTensor | None" = None   # what a subclassed layer's output stands for
 
     def __init__(self, shape: TensorShape, layer: "Layer | None", inputs: Sequence["KerasTensor"],
                  index: int = 0, name: str = "") -> None:
@@ -38,7 +44,7 @@ class KerasTensor:
 
     @property
     def shape(self) -> tuple[int | None, ...]:
-        return self.tensor_shape.dims
+        return self.tensor_shape.dims[1:] if self._batch_free else self.tensor_shape.dims
 
     @property
     def dtype(self) -> str:
@@ -79,7 +85,21 @@ class Layer:
         return {"name": self.name, "trainable": self.trainable}
 
     # --- calling ------------------------------------------------------------------------------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if tracing.is_composite(cls):   # a subclass with call(): traced (tracing.py)
+            tracing.install_composite(cls)
+
     def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        return tracing.layer_call(self, inputs, args, kwargs)
+
+    def build(self, input_shape: Any) -> None:
+        """Keras' hook where a subclassed layer makes its weights (add_weight) once its input
+        shape is known; run once, before its first call() is traced. Built-in layers get
+        theirs from their operator."""
+
+    def _call_leaf(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """One node of this layer's operator over symbolic `inputs`."""
         if args or kwargs:
             raise TypeError(f"layer {self.name!r}: unexpected call arguments "
                             f"{list(args) + list(kwargs)}")
@@ -148,10 +168,84 @@ class Layer:
         have = {ws.name for ws in self.op.weights(self.input_shapes)}
         return [n for n in self.weight_names if n in have]
 
+    def _weight_keys(self) -> list[tuple[int, str]]:
+        """The model's keys of this layer's weights, in get_weights() order."""
+        if self.op is None or self._node_id is None:
+            return []
+        return [(self._node_id, n) for n in self._present_weights()]
+
+    def _frozen_keys(self) -> list[tuple[int, str]]:
+        """The keys fit() leaves alone: all of them once `trainable` is False."""
+        return [] if self.trainable else self._weight_keys()
+
     def count_params(self) -> int:
         if self.op is None or self.input_shapes is None:
             return 0
         return sum(ws.shape.num_elements() for ws in self.op.weights(self.input_shapes))
+
+    # --- configs (what .keras files hold) ------------------------------------------------------
+    # get_config keys Keras' own class lacks: a .keras config leaves them out while they are
+    # None, so real Keras reads the file whenever the layer uses only Keras' features.
+    keras_extras: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Layer":
+        """The layer get_config() describes (a plain dict: initializers and dtypes by name)."""
+        return cls(**config)
+
+    def _keras_call_args(self, inputs: Sequence[KerasTensor]) -> tuple[list[Any], dict[str, Any]]:
+        """How Keras records this layer's call in a config: positional and keyword tensors."""
+        return ([inputs[0]] if self.num_inputs == 1 else [list(inputs)]), {}
+
+    def _keras_build_config(self) -> dict[str, Any]:
+        shapes = [list(s.dims) for s in self.input_shapes or []]
+        return {"input_shape": shapes[0] if self.num_inputs == 1 and shapes else shapes}
+
+    # --- weights as Keras variables ---------------------------------------------------------
+    # Where each weight sits in Keras' files and paths: weight name -> (sublayer attribute in
+    # a weights file, "" for the layer itself; the sublayer's name in variable paths; Keras'
+    # variable name). A layer whose Keras twin keeps weights in sublayers overrides both.
+    keras_weightless_sublayers: dict[str, str] = {}
+
+    def _keras_weight_places(self) -> dict[str, tuple[str, str, str]]:
+        return {n: ("", "", n) for n in self.weight_names}
+
+    def _variables(self) -> list[Any]:
+        from unity_legion.keras.variables import Variable
+        if not self.built or not self.weight_names:
+            return []
+        self._require_model()
+        return [Variable(self, n) for n in self._present_weights()]
+
+    @property
+    def weights(self) -> list[Any]:
+        """The layer's variables in get_weights() order (empty before the model is built)."""
+        return self._variables()
+
+    @property
+    def trainable_weights(self) -> list[Any]:
+        return [v for v in self._variables() if v.trainable]
+
+    @property
+    def non_trainable_weights(self) -> list[Any]:
+        return [v for v in self._variables() if not v.trainable]
+
+    @property
+    def variables(self) -> list[Any]:
+        return self._variables()
+
+    def __getattr__(self, attr: str) -> Any:
+        # Only reached when normal lookup fails: `layer.kernel`, `layer.gamma`, ... as variables.
+        if not attr.startswith("_") and attr in type(self).weight_names:
+            if not self.built or self._model is None:
+                raise AttributeError(f"layer {self.name!r} has no {attr!r} yet: it is created "
+                                     f"when the layer is built into a model")
+            if attr not in self._present_weights():
+                raise AttributeError(f"layer {self.name!r} has no {attr!r} (disabled by its "
+                                     f"arguments, e.g. use_bias=False)")
+            from unity_legion.keras.variables import Variable
+            return Variable(self, attr)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     @property
     def output(self) -> KerasTensor:
@@ -172,3 +266,13 @@ def check_positive_int(layer: str, arg: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{layer}: {arg} must be a positive integer, got {value!r}")
     return value
+
+
+@contextlib.contextmanager
+def op_errors(layer: str) -> Iterator[None]:
+    """Re-raise an operator's argument error (OperatorError) as Keras' ValueError, named by the
+    layer: "<layer>: <the operator's message>"."""
+    try:
+        yield
+    except OperatorError as exc:
+        raise ValueError(f"{layer}: {exc}") from None

@@ -65,6 +65,36 @@ class MultiHeadAttention(Layer):
         self._has_key = False
         self._has_mask = False
 
+    # Keras keeps the projections in Dense-like sublayers: files and variable paths name them.
+    keras_weightless_sublayers = {"_dropout_layer": "dropout", "_softmax": "softmax"}
+    _KERAS_SUBLAYERS = {"query": ("query_dense", "query"), "key": ("key_dense", "key"),
+                        "value": ("value_dense", "value"),
+                        "output": ("output_dense", "attention_output")}
+
+    def _keras_weight_places(self) -> dict[str, tuple[str, str, str]]:
+        places = {}
+        for n in self.weight_names:
+            part, short = n.split("_")
+            attr, sub_name = self._KERAS_SUBLAYERS[part]
+            places[n] = (attr, sub_name, short)
+        return places
+
+    def _keras_call_args(self, inputs: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
+        rest = list(inputs[2:])
+        kwargs = {}
+        if self._has_key:
+            kwargs["key"] = rest.pop(0)
+        if self._has_mask:
+            kwargs["attention_mask"] = rest.pop(0)
+        return [inputs[0], inputs[1]], kwargs
+
+    def _keras_build_config(self) -> dict[str, Any]:
+        shapes = [list(s.dims) for s in self.input_shapes or []]
+        built = {"query_shape": shapes[0], "value_shape": shapes[1]}
+        if self._has_key:
+            built["key_shape"] = shapes[2]
+        return {"shapes_dict": built}
+
     # --- Keras-style attributes ---------------------------------------------------------------
     num_heads = property(lambda self: self._probe.num_heads)
     key_dim = property(lambda self: self._probe.key_dim)

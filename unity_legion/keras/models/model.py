@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unity_legion import initializers
+from unity_legion.keras.layers import tracing
 from unity_legion.keras.layers.input_layer import InputSpec
 from unity_legion.keras.layers.layer import KerasTensor, Layer, _snake, unique_name
 from unity_legion.keras.trainer import Trainer
@@ -19,6 +20,44 @@ WeightKey = tuple[int, str]
 # Weights are drawn from this seed unless keras.utils.set_random_seed() changes it. A fixed
 # default keeps every rank of a multi-rank job on identical initial weights.
 _GLOBAL_SEED = [1337]
+
+
+def keras_layer_order(inputs: Sequence[KerasTensor], outputs: Sequence[KerasTensor]
+                      ) -> tuple[list[Layer], list[Layer | KerasTensor]]:
+    """The layers between inputs and outputs in Keras 3's order, without and with the inputs
+    (which stand for Keras' InputLayers). Keras sorts by depth, the longest path to an output,
+    deepest first, and breaks ties by the order a depth-first walk from the outputs (each
+    layer's inputs in call order) first meets them."""
+    index: dict[int, int] = {}
+    members: dict[int, Layer | KerasTensor] = {}
+    parents: dict[int, list[int]] = {}
+    post: list[int] = []
+    input_ids = {id(t) for t in inputs}
+
+    def visit(t: KerasTensor) -> None:
+        member: Layer | KerasTensor = t if (t.layer is None or id(t) in input_ids) else t.layer
+        k = id(member)
+        if k in members:
+            return
+        index[k] = len(index)
+        members[k] = member
+        parents[k] = []
+        if isinstance(member, Layer):
+            for p in t.inputs:
+                visit(p)
+                parents[k].append(id(p if (p.layer is None or id(p) in input_ids) else p.layer))
+        post.append(k)
+
+    for t in outputs:
+        visit(t)
+    depth: dict[int, int] = {}
+    for k in reversed(post):   # every consumer before its producers
+        d = depth.setdefault(k, 0)
+        for p in parents[k]:
+            depth[p] = max(depth.get(p, 0), d + 1)
+    order = sorted(members, key=lambda k: (-depth[k], index[k]))
+    with_inputs = [members[k] for k in order]
+    return [m for m in with_inputs if isinstance(m, Layer)], with_inputs
 
 
 def set_global_seed(seed: int) -> None:
@@ -35,10 +74,21 @@ class Model(Trainer):
         if kwargs:
             raise TypeError(f"Model: unknown argument(s) {', '.join(repr(k) for k in kwargs)}")
         super().__init__()
-        self.name = name or unique_name("functional")
+        self.name = name or unique_name(_snake(type(self).__name__) if tracing.is_composite(self)
+                                        else "functional")
         self._graph: ComputationGraph | None = None
         if inputs is not None or outputs is not None:
             self._build_graph(inputs, outputs)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if tracing.is_composite(cls):   # a subclassed model: call() traced (tracing.py)
+            tracing.install_model(cls)
+
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """On symbolic tensors: a subclassed model builds itself (a Sequential inside a
+        subclassed layer applies its layers); on data: build if needed, then predict."""
+        return tracing.model_call(self, inputs, args, kwargs)
 
     # ------------------------------------------------------------------ graph
     def _build_graph(self, inputs: Any, outputs: Any) -> None:
@@ -62,6 +112,11 @@ class Model(Trainer):
         seen: set[int] = set()
 
         def visit(t: KerasTensor) -> None:
+            inner = tracing.inner_of(t)
+            if inner is not None and id(t) not in ids:   # a subclassed layer's output:
+                visit(inner)                             # the graph holds what it traced
+                ids[id(t)] = ids[id(inner)]
+                return
             if id(t) in ids or t.layer is None:
                 if id(t) not in ids:
                     raise ValueError(f"Model: output depends on the input {t.name!r}, which is not "
@@ -81,7 +136,7 @@ class Model(Trainer):
         for t in outs:
             visit(t)
         self._graph = graph
-        self._layers = order
+        self._layers, self._keras_order = keras_layer_order(ins, outs)
         self._keras_inputs, self._keras_outputs = ins, outs
         self._input_ids = [ids[id(t)] for t in ins]
         self._output_ids = [ids[id(t)] for t in outs]
@@ -92,6 +147,7 @@ class Model(Trainer):
                                  f"{layer._model.name!r}; layers cannot be shared between models")
             layer._model = self
             layer._node_id = graph.nodes[[n.name for n in graph.nodes].index(layer.name)].id
+        tracing.adopt(self)
         self._host_weights: dict[WeightKey, np.ndarray] = {}
         self._executor = None
 
@@ -118,7 +174,19 @@ class Model(Trainer):
 
     @property
     def layers(self) -> list[Layer]:
+        """In Keras 3's order (hence get_weights' order): by depth from the outputs, deepest
+        first, ties in the order a walk from the outputs meets them. Keras also lists the
+        InputLayers of a functional model here; this list leaves them out."""
         return list(getattr(self, "_layers", []))
+
+    def _keras_members(self) -> list[tuple[str, str, Layer | None]]:
+        """What Keras saves for each member of `layers`, InputLayers included, in its order:
+        (class name in snake case, name, layer or None for an InputLayer)."""
+        listed = {id(layer) for layer in self.layers}   # e.g. without traced keras.ops nodes
+        return [("input_layer", m.name, None) if isinstance(m, KerasTensor)
+                else (_snake(type(m).__name__), m.name, m)
+                for m in getattr(self, "_keras_order", [])
+                if isinstance(m, KerasTensor) or id(m) in listed]
 
     @property
     def inputs(self) -> list[KerasTensor]:
@@ -181,7 +249,7 @@ class Model(Trainer):
             return []
         keys = []
         for layer in self.layers:
-            keys += [(layer._node_id, n) for n in layer._present_weights()]
+            keys += tracing.weight_keys_of(layer)
         return keys
 
     def _spec(self, key: WeightKey) -> Any:
@@ -241,16 +309,22 @@ class Model(Trainer):
             base = _snake(type(layer).__name__)
             k = seen[base] = seen.get(base, -1) + 1
             prefix = base if k == 0 else f"{base}_{k}"
-            for n in layer._present_weights():
-                names[f"{prefix}/{n}"] = (layer._node_id, n)
+            for label, key in tracing.weight_labels(layer):
+                names[f"{prefix}/{label}"] = key
         return names
 
     def save_weights(self, filepath: str, overwrite: bool = True) -> None:
-        """Weights to a `.weights.npz` file (numpy, no pickle), written atomically."""
+        """Weights to `*.weights.h5` (Keras 3's HDF5 layout, which real Keras 3 loads) or
+        `*.weights.npz` (numpy, no pickle); written atomically either way."""
+        from unity_legion.keras.saving import weights_h5
         filepath = os.fspath(filepath)
         self._require_built()
+        if filepath.endswith(".weights.h5"):
+            weights_h5.save(self, filepath, overwrite)
+            return
         if not filepath.endswith(".weights.npz"):
-            raise ValueError(f"save_weights: the file name must end in '.weights.npz', got {filepath!r}")
+            raise ValueError(f"save_weights: the file name must end in '.weights.h5' (Keras 3's "
+                             f"format) or '.weights.npz', got {filepath!r}")
         if not overwrite and os.path.exists(filepath):
             raise FileExistsError(f"save_weights: {filepath} exists and overwrite=False")
         arrays = {name: self._get_weight(key) for name, key in self._weight_names().items()}
@@ -266,10 +340,52 @@ class Model(Trainer):
                 os.remove(tmp)
             raise
 
+    def save(self, filepath: str, overwrite: bool = True) -> None:
+        """The whole model to a `.keras` file (Keras 3's zip: config, metadata, weights), which
+        real Keras 3 loads; written atomically. No pickle."""
+        from unity_legion.keras.saving import save_model
+        filepath = os.fspath(filepath)
+        if not filepath.endswith(".keras"):
+            raise ValueError(f"save: the file name must end in '.keras' (or use save_weights for "
+                             f"'.weights.h5'), got {filepath!r}")
+        save_model(self, filepath, overwrite)
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras 3's config of a Sequential or functional model (layers, their calls, inputs and
+        outputs); from_config() rebuilds the model from it, with fresh weights."""
+        from unity_legion.keras.saving.serialization import model_config
+        return model_config(self)["config"]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+                    ) -> "Model":
+        from unity_legion.keras.saving.serialization import model_from_config
+        kind = "Sequential" if "build_input_shape" in config or cls.__name__ == "Sequential" \
+            else "Functional"
+        return model_from_config({"class_name": kind, "config": config}, custom_objects)
+
+    def to_json(self, **kwargs: Any) -> str:
+        import json
+
+        from unity_legion.keras.saving.serialization import model_config
+        return json.dumps(model_config(self), **kwargs)
+
     def load_weights(self, filepath: str) -> None:
-        """Weights from `save_weights`' file; every name and shape is checked before any is set."""
+        """Weights from a `*.weights.h5` file (ours or real Keras 3's) or `*.weights.npz`;
+        every name and shape is checked before any is set."""
+        from unity_legion.keras.saving import weights_h5
         filepath = os.fspath(filepath)
         self._require_built()
+        if filepath.endswith(".h5"):
+            weights_h5.load(self, filepath)
+            return
+        if filepath.endswith(".keras"):   # as Keras: the weights inside a whole-model file
+            from unity_legion.keras.saving.keras_zip import load_weights_from
+            load_weights_from(self, filepath)
+            return
+        if not filepath.endswith(".npz"):
+            raise ValueError(f"load_weights: the file name must end in '.weights.h5' or "
+                             f"'.weights.npz', got {filepath!r}")
         try:
             with np.load(filepath, allow_pickle=False) as data:
                 stored = {k: data[k] for k in data.files}
@@ -294,8 +410,21 @@ class Model(Trainer):
         self._set_weights({names[n]: stored[n] for n in names})
 
     @property
-    def weights(self) -> list[np.ndarray]:
-        return self.get_weights()
+    def weights(self) -> list[Any]:
+        """The layers' variables (`.numpy()`, `.assign()`, ...) in get_weights() order."""
+        return [v for layer in self.layers for v in layer.weights]
+
+    @property
+    def trainable_weights(self) -> list[Any]:
+        return [v for v in self.weights if v.trainable]
+
+    @property
+    def non_trainable_weights(self) -> list[Any]:
+        return [v for v in self.weights if not v.trainable]
+
+    @property
+    def variables(self) -> list[Any]:
+        return self.weights
 
     def count_params(self) -> int:
         self._require_built()
@@ -319,8 +448,9 @@ class Model(Trainer):
         for r in rows:
             out("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         out(line)
-        trainable = sum(ws.shape.num_elements() for layer in self.layers if layer.trainable
-                        for ws in graph.nodes[layer._node_id].weights if ws.trainable)
+        frozen = set(self._frozen_weight_keys())
+        trainable = sum(self._spec(k).shape.num_elements() for k in self._weight_keys()
+                        if k not in frozen and self._spec(k).trainable)
         total = self.count_params()
         out(f" Total params: {total:,}")
         out(f" Trainable params: {trainable:,}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from unity_legion.keras import data as data_utils
+from unity_legion.keras.layers import tracing
 from unity_legion.keras.layers.input_layer import Input, InputSpec
-from unity_legion.keras.layers.layer import Layer, unique_name
+from unity_legion.keras.layers.layer import Layer, _snake, unique_name
 from unity_legion.keras.models.model import Model
 
 
@@ -48,6 +49,10 @@ class Sequential(Model):
     def layers(self) -> list[Layer]:
         return list(self._stack)
 
+    def _keras_members(self) -> list[tuple[str, str, Layer | None]]:
+        # Keras saves a Sequential's layers only, not its InputLayer
+        return [(_snake(type(l).__name__), l.name, l) for l in self._stack]
+
     def build(self, input_shape: Sequence[int | None] | None = None) -> None:
         """Build for inputs of `input_shape` (batch dimension first, may be None)."""
         if input_shape is not None:
@@ -71,6 +76,7 @@ class Sequential(Model):
                     old[layer.name] = layer.get_weights()
         for layer in self._stack:
             layer.op, layer.outputs, layer._model, layer._node_id = None, [], None, None
+            tracing.reset(layer)   # a subclassed layer is traced again
         self._input = Input(shape=self._input.shape[1:], batch_size=self._input.shape[0],
                             dtype=self._input.dtype, name=self._input.name)
         t: Any = self._input

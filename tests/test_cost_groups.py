@@ -1,0 +1,195 @@
+"""Collectives priced over the devices that take part (cost/collectives.py, layout.py,
+transfer.py): hierarchical all-reduce against its closed form, tensor-parallel groups inside a
+node on NVLink and across nodes on the network, per-pair copies, and the simulator and the
+mapping DP pricing the same moves alike. Pure Python, no runtime."""
+
+from __future__ import annotations
+
+import pytest
+
+from unity_legion.cost import Simulator, preset
+from unity_legion.cost.collectives import INTER, INTRA, collective_time, group_shape, link_name
+from unity_legion.cost.layout import arg_layout, spread, whole
+from unity_legion.cost.transfer import transfer
+from unity_legion.operators.base import Ref, RefKind
+from unity_legion.operators.linear import Linear
+from unity_legion.pcg.graph import ComputationGraph
+from unity_legion.pcg.pcg import lift, node_shapes
+from unity_legion.search.dp import setup
+from unity_legion.types import MachineView, OpConfig, ParallelTensorShape, TensorShape
+
+H100x8 = preset("dgx-h100", 8)          # 8 nodes x 8 GPUs
+A_I, B_I = H100x8.intra.latency, H100x8.intra.bandwidth
+A_E, B_E = H100x8.inter.latency, H100x8.inter.bandwidth
+MB = 2**20
+
+
+def test_hierarchical_all_reduce_matches_the_closed_form() -> None:
+    b = 64 * MB
+    # L devices in each of M nodes: reduce-scatter in the node, L rings across nodes on 1/L
+    # each, all-gather in the node
+    for devices, (L, M) in [(range(8), (8, 1)), (range(0, 64, 8), (1, 8)),
+                            (range(64), (8, 8)), ([0, 1, 8, 9], (2, 2))]:
+        assert group_shape(devices, H100x8) == (L, M)
+        want = (2 * (L - 1) * (A_I + b / (L * B_I))
+                + 2 * (M - 1) * (A_E + b / (L * M * B_E)))
+        assert collective_time("all_reduce", b, list(devices), H100x8) == pytest.approx(want)
+        half = collective_time("reduce_scatter", b, list(devices), H100x8)
+        assert half == pytest.approx(want / 2)
+        assert collective_time("all_gather", b, list(devices), H100x8) == pytest.approx(half)
+    # inside one node it is the ring on NVLink; one device per node the ring on the NICs
+    assert collective_time("all_reduce", b, list(range(8)), H100x8) == pytest.approx(
+        2 * 7 * A_I + 2 * 7 / 8 * b / B_I)
+    assert collective_time("all_reduce", b, [0], H100x8) == 0.0
+    with pytest.raises(ValueError, match="all_reduce"):
+        collective_time("broadcast", b, [0, 1], H100x8)
+
+
+def test_links_are_named_by_the_groups_nodes() -> None:
+    assert link_name([3], H100x8) == ""
+    assert link_name(range(8), H100x8) == INTRA
+    assert link_name(range(0, 64, 8), H100x8) == INTER
+    assert link_name(range(16), H100x8) == f"{INTRA}+{INTER}"
+
+
+def _row_parallel(view: MachineView):
+    """A Linear split by input features 8 ways (partial sums out), and its output's layout."""
+    op, x = Linear(1024), TensorShape((64, 4096))
+    cfg = OpConfig.of({"in": 8}, view)
+    ns = node_shapes(op, [x], cfg)
+    return op, x, cfg, arg_layout(op, [x], cfg, Ref(RefKind.OUTPUT, 0), ns.outputs[0])
+
+
+def test_a_tensor_parallel_group_in_one_node_uses_nvlink_across_two_the_network() -> None:
+    inside = MachineView("gpu", 0, (8,), (1,))
+    across = MachineView("gpu", 4, (8,), (1,))             # devices 4..11: two nodes
+    _, _, _, part_in = _row_parallel(inside)
+    _, _, _, part_across = _row_parallel(across)
+    assert part_in.shape.sum_degree == 8 and part_in.groups() == [tuple(range(8))]
+    # Reduce then Partition by samples over the same devices: one reduce-scatter, no more
+    piece = part_in.shape.piece_bytes()
+    for partial, view in [(part_in, inside), (part_across, across)]:
+        want = spread(ParallelTensorShape.of(partial.shape.logical(), (8, 1)), view.devices())
+        moved = transfer(partial, want, H100x8)
+        assert moved.seconds == pytest.approx(
+            collective_time("reduce_scatter", piece, view.devices(), H100x8))
+    assert transfer(part_in, spread(ParallelTensorShape.of(part_in.shape.logical(), (8, 1)),
+                                    inside.devices()), H100x8).link == INTRA
+    slow = transfer(part_across, spread(ParallelTensorShape.of(part_across.shape.logical(),
+                                                               (8, 1)), across.devices()), H100x8)
+    assert INTER in slow.link
+    # Reduce then Replicate (every member reads the sum): an all-reduce
+    copies = spread(ParallelTensorShape.of(part_in.shape.logical(), copy_degree=8),
+                    inside.devices())
+    assert transfer(part_in, copies, H100x8).seconds == pytest.approx(
+        collective_time("all_reduce", piece, inside.devices(), H100x8))
+
+
+def test_weight_gradients_all_reduce_over_their_replicas_only() -> None:
+    """Megatron inside a node, data parallel across: (sample 8 x out 8) on 64 devices, sample
+    outermost in the launch grid. Each kernel tile's replicas are the 8 devices of one local
+    rank in the 8 nodes: one ring on the NICs over 1/8 of the weight."""
+    op, x = Linear(4096), TensorShape((512, 1024))
+    cfg = OpConfig.of({"sample": 8, "out": 8}, MachineView("gpu", 0, (64,), (1,)))
+    ns = node_shapes(op, [x], cfg)
+    kernel = arg_layout(op, [x], cfg, Ref(RefKind.WEIGHT, "kernel"), ns.weights["kernel"])
+    assert kernel.groups()[0] == tuple(range(0, 64, 8))
+    sync = Simulator(H100x8).weight_sync(kernel)
+    b = ns.weights["kernel"].piece_bytes()
+    assert sync.link == INTER
+    assert sync.seconds == pytest.approx(2 * 7 * A_E + 2 * 7 / 8 * b / B_E)
+    # data parallel over the 64: the whole weight, hierarchically (NVLink, then the NICs)
+    dp = OpConfig.of({"sample": 64}, MachineView("gpu", 0, (64,), (1,)))
+    wdp = arg_layout(op, [x], dp, Ref(RefKind.WEIGHT, "kernel"),
+                     node_shapes(op, [x], dp).weights["kernel"])
+    full = float(4096 * 1024 * 4)
+    assert Simulator(H100x8).weight_sync(wdp).seconds == pytest.approx(
+        2 * 7 * (A_I + full / (8 * B_I)) + 2 * 7 * (A_E + full / (64 * B_E)))
+
+
+def test_point_to_point_copies_take_the_link_between_the_pair() -> None:
+    s = ParallelTensorShape.of(TensorShape((256, 1024)))
+    b = s.num_bytes()
+    assert transfer(whole(s, 0), whole(s, 0), H100x8).seconds == 0.0
+    near = transfer(whole(s, 0), whole(s, 5), H100x8)
+    far = transfer(whole(s, 0), whole(s, 13), H100x8)
+    assert (near.link, far.link) == (INTRA, INTER)
+    assert near.seconds == pytest.approx(A_I + b / B_I)
+    assert far.seconds == pytest.approx(A_E + b / B_E)
+    # pieces moved device by device between two views of 8 in different nodes: each pair
+    # sends one piece over its own NIC, side by side
+    split = ParallelTensorShape.of(TensorShape((256, 1024)), (8, 1))
+    moved = transfer(spread(split, list(range(8))), spread(split, list(range(8, 16))), H100x8)
+    assert moved.link == INTER
+    assert moved.seconds == pytest.approx(A_E + split.piece_bytes() / B_E)
+    with pytest.raises(ValueError, match="shapes differ"):
+        transfer(whole(s), whole(ParallelTensorShape.of(TensorShape((2, 2)))), H100x8)
+
+
+def test_an_all_gather_across_nodes_crosses_the_network_once_per_node() -> None:
+    """Samples split over 16 devices (2 nodes), every device reading all of them: the bytes a
+    node lacks cross once, over its 8 NICs, then NVLink (the hierarchical all-gather)."""
+    s = ParallelTensorShape.of(TensorShape((1024, 1024)), (16, 1))
+    rep = ParallelTensorShape.of(TensorShape((1024, 1024)), copy_degree=16)
+    b = s.num_bytes()
+    moved = transfer(spread(s, list(range(16))), spread(rep, list(range(16))), H100x8)
+    assert moved.link == f"{INTRA}+{INTER}"
+    assert moved.seconds == pytest.approx(
+        collective_time("all_gather", b, list(range(16)), H100x8))
+
+
+def _mlp() -> ComputationGraph:
+    g = ComputationGraph()
+    t = g.add_input(TensorShape((None, 1024)), "x")
+    (t,) = g.add_node(Linear(4096, activation="relu"), [t], "up")
+    (t,) = g.add_node(Linear(1024), [t], "down")
+    g.add_node(Linear(16), [t], "head")
+    return g
+
+
+def test_the_simulator_and_the_dp_price_the_same_moves_and_sums() -> None:
+    machine = preset("dgx-h100", 2, 4)
+    g, batch = _mlp(), 64
+    ids = {n.name: n.id for n in g.nodes}
+    view = MachineView("gpu", 2, (4,), (1,))          # devices 2..5: across both nodes
+    plan = {ids["up"]: OpConfig.of({"out": 4}, view),
+            ids["down"]: OpConfig.of({"in": 4}, view),
+            ids["head"]: OpConfig.of({"sample": 8}, MachineView("gpu", 0, (8,), (1,)))}
+    sim = Simulator(machine)
+    res = sim.simulate(g, batch, plan)
+    mc = setup(g, batch, machine, None, None, None, None)
+    index = mc.index
+    edge = next(e for e in index.edges if e.src == ids["down"] and e.dst == ids["head"])
+    # the simulator's communication of `head`: the Reduce + Partition feeding it, forward and
+    # backward, and its weights' all-reduces
+    syncs = sum(sim.weight_sync(mc.layout(ids["head"], plan[ids["head"]], RefKind.WEIGHT, w)
+                                ).seconds for w in ("kernel", "bias"))
+    assert res.breakdown["head"].communication == pytest.approx(
+        mc.edge_one(edge, plan[ids["down"]], plan[ids["head"]]) + syncs)
+    # its inputs are gathered from devices 2..5 in both nodes; its weights' 8 copies span both
+    assert res.breakdown["head"].moves == f"{INTRA}+{INTER}"
+    assert res.breakdown["head"].grads == f"{INTRA}+{INTER}"
+    assert res.breakdown["up"].grads == ""          # split by output features: no copies
+    # the PCG's inserted operator is what both priced
+    pcg = lift(g, batch, plan)
+    assert any(n.is_parallel and n.name.startswith("head") for n in pcg.nodes)
+    # column- then row-parallel: no movement between up and down
+    e2 = next(e for e in index.edges if e.src == ids["up"] and e.dst == ids["down"])
+    assert mc.edge_one(e2, plan[ids["up"]], plan[ids["down"]]) == 0.0
+
+
+def test_explain_names_the_links_of_moves_and_gradient_sums() -> None:
+    """bert-like, Megatron inside a node, data parallel across two: attention's inputs are
+    gathered inside the node, its weights' gradients summed across the nodes."""
+    from unity_legion.models import ZOO
+    from unity_legion.strategy.builtin import expert
+
+    machine = preset("dgx-h100", 2, 4)
+    model = ZOO["bert_large"].build_small()
+    st = expert(model, 8, "gpu", 16, 4)
+    text = st.explain(model, 16, machine=machine)
+    assert "links: moves / grads" in text
+    rows = [line for line in text.splitlines() if " multi_head_attention " in line]
+    # moves inside the node; the head-split projections' copies across the nodes, and the
+    # output bias (no head axis: copies on all 8) hierarchically
+    assert rows and all(f"{INTRA} / {INTRA}+{INTER}" in r for r in rows), rows
