@@ -79,9 +79,10 @@ def view(a: np.ndarray) -> Any:
         return _device_view(torch, a)
 
 
-# the dtypes the GPU variants run (what CuPy has arrays of; bfloat16, for one, it has not)
+# the dtypes the GPU variants run: what CuPy has arrays of, and bfloat16, which CuPy has not
+# but our stores hold as uint16 bits that the task body widens to float32 (operators/precision.py)
 GPU_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32",
-                        "float64"})
+                        "float64", "bfloat16"})
 
 
 class DeviceDtypeError(TypeError):

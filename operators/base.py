@@ -27,6 +27,8 @@ class Role(enum.Enum):
     INOUT = "inout"        # read-write piece (updated in place)
     SUM = "sum"            # ADD-reduction: the kernel adds its contribution into a zeroed piece
 
+    __hash__ = object.__hash__   # by identity (C speed): see RefKind
+
 
 class In:
     """Annotation: a store the kernel reads."""
@@ -85,6 +87,14 @@ class Kernel:
     scalars: tuple[tuple[str, type], ...]
     wants_origin: bool
 
+    def __hash__(self) -> int:
+        # computed once: every fused task's program is looked up by a hash over its kernels
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.name, self.fn, self.stores, self.scalars, self.wants_origin))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     def __call__(self, **kwargs: Any) -> None:
         """Run the kernel directly on numpy arrays (tests, and a serial reference)."""
         self.fn(**kwargs)
@@ -132,6 +142,10 @@ class RefKind(enum.Enum):
     GRAD_INPUT = "d_in"
     GRAD_OUTPUT = "d_out"
     GRAD_WEIGHT = "d_w"
+
+    # Members are singletons: hash by identity (C speed). Enum's own hash is a Python call,
+    # and refs are hashed tens of thousands of times per training step.
+    __hash__ = object.__hash__
 
 
 @dataclass(frozen=True)
@@ -312,6 +326,10 @@ class Operator:
     # Keras runs a layer like BatchNormalization in inference mode once all its weights are
     # frozen (layer.trainable = False); operators that behave so say True here.
     inference_when_frozen: ClassVar[bool] = False
+    # In training, a sample's output depends on the other samples of its batch (batch norm's
+    # batch mean and variance): a pipeline's micro-batches would compute other numbers than the
+    # whole batch, so a pipelined strategy refuses such an operator (pcg/pipeline.py).
+    batch_statistics: ClassVar[bool] = False
 
     # --- traits: what the substitutions, strategies, cost model and torch twin ask the operator
     # instead of keeping their own lists of op types ------------------------------------------

@@ -264,6 +264,7 @@ class BatchNorm(Operator):
     op_type = "batch_norm"
     num_inputs = 1
     inference_when_frozen = True
+    batch_statistics = True
 
     @classmethod
     def examples(cls) -> tuple[tuple[Operator, tuple[TensorShape, ...]], ...]:

@@ -41,7 +41,10 @@ def align(a: np.ndarray, rank: int) -> np.ndarray:
 
 def unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """`g` (output-shaped) summed back onto an input piece of `shape` (batch first)."""
-    target = align(np.empty(shape, dtype=np.int8), g.ndim).shape
+    # shape arithmetic only: no host array (g may be a device piece, and a piece-sized
+    # temporary was allocated here before just to read its aligned shape)
+    shape = tuple(shape)
+    target = shape[:1] + (1,) * (g.ndim - len(shape)) + shape[1:]
     axes = tuple(i for i in range(1, g.ndim) if target[i] == 1 and g.shape[i] != 1)
     return (g.sum(axis=axes, keepdims=True) if axes else g).reshape(shape)
 

@@ -109,8 +109,9 @@ class LossFunction:
             raise OperatorError(f"{self.name}: targets must be numeric, got dtype {target.dtype}")
         if not np.all(np.isfinite(target)):
             raise OperatorError(f"{self.name}: targets contain NaN or infinite values")
-        cast = target.astype(pred.dtype.numpy, copy=False)
-        self.check(pred, TensorShape((None,) + cast.shape[1:], pred.dtype))
+        # targets in float32 under a half-precision prediction (Keras computes losses in float32)
+        cast = target.astype(pred.dtype.master.numpy, copy=False)
+        self.check(pred, TensorShape((None,) + cast.shape[1:], pred.dtype.master))
         return cast
 
     def launch(self, pred: TensorShape, target: TensorShape, batch_total: int,

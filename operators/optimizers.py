@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Arg, In, InOut, Launch, Ref, RefKind, kernel
+from .base import Arg, In, InOut, Launch, Ref, RefKind, Sum, kernel
 
 ROWS = "param_rows"  # launch axis: the parameter's leading dimension, split over processors
 
@@ -184,3 +184,26 @@ class RMSpropRule(UpdateRule):
                        "velocity": _rows(slot("velocity"), rank, split)},
                       {"lr": lr, "rho": self.rho, "epsilon": self.epsilon,
                        "weight_decay": self.weight_decay})
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic loss scaling (keras.mixed_precision.LossScaleOptimizer)
+# ---------------------------------------------------------------------------------------------
+
+FINITE = Ref(RefKind.SAVED, "grads_finite")
+
+
+@kernel
+def unscale_grad(grad: InOut, finite: Sum, inv_scale: float) -> None:
+    """Divide a loss-scaled gradient by the scale, and add to `finite` 0 times its sum (in
+    float64, where no sum of float32 values overflows): `finite` stays 0 while every gradient
+    is finite and becomes NaN otherwise, so the updates can be guarded by it as by the loss."""
+    grad *= np.float32(inv_scale)
+    finite[...] += 0.0 * grad.sum(dtype=np.float64)
+
+
+def unscale_launch(rank: int, scale: float) -> Launch:
+    """Unscale one weight's gradient (GRAD) and fold its finiteness into FINITE (one point:
+    cheap next to the update, and the same on every strategy)."""
+    return Launch(unscale_grad, {"grad": Arg(GRAD, (None,) * rank), "finite": Arg(FINITE, (None,))},
+                  {"inv_scale": 1.0 / scale})

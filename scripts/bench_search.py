@@ -13,6 +13,11 @@ presets). The last line is one JSON object: per machine and model `search_s`, `d
 found step times comes from a search with another rule set (default: the rules generated and
 proved by scripts/generate_substitutions.py), as `<set>_rules_found_step_s` (without pipelines).
 
+On the Hopper presets (H100, H200) each model is also planned as keras.mixed_precision's
+"mixed_bfloat16" trains it (bf16 activations priced at the bf16 tensor rate and 2 bytes an
+element, float32 master weights, gradients and slots): the "bf16 ms" column, JSON
+`bf16_found_step_s`, `bf16_dp_step_s`, `bf16_peak_memory_bytes`, `bf16_fits` (--no-bf16: off).
+
 The search also places pipeline stages (SearchOptions.pipeline; --no-pipeline turns it off):
 `found_pipeline_stages` is the chosen plan's stage count (1: not pipelined) and
 `pipeline_step_s` the best pipelined plan's step (cost/pipeline.py), chosen or not. A step time
@@ -44,8 +49,19 @@ DEEP = {
 }
 
 
-def build(name: str):
-    return DEEP[name]() if name in DEEP else ZOO[name].build()
+def build(name: str, policy: str = "float32"):
+    """The model at paper size, its layers made under dtype policy `policy`."""
+    from unity_legion.keras import mixed_precision
+    mixed_precision.set_global_policy(policy)
+    try:
+        return DEEP[name]() if name in DEEP else ZOO[name].build()
+    finally:
+        mixed_precision.set_global_policy("float32")
+
+
+def hopper(machine) -> bool:
+    """Whether the machine's devices are Hopper GPUs (the bf16 column's presets)."""
+    return any(k in machine.device.name.upper() for k in ("H100", "H200"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default="generated",
                    help="a second search per model with this rule set, shown in its own column "
                         "(default: the generated rules)")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="no mixed_bfloat16 plan on the Hopper presets")
     p.add_argument("--no-pipeline", action="store_true",
                    help="do not place pipeline stages (unpipelined plans only)")
     return p.parse_args(argv)
@@ -92,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     other_col = f"{args.compare_with[:5]} ms" if other else ""
     figures: dict[str, dict] = {}
     header = (f"{'machine':14s} {'model':13s} {'search s':>8s} {'DP ms':>10s} {'expert ms':>10s} "
-              f"{'found ms':>10s} {other_col:>10s} {'vs DP':>7s} {'vs exp':>7s} {'peak GiB':>8s} "
+              f"{'found ms':>10s} {other_col:>10s} {'bf16 ms':>10s} {'vs DP':>7s} {'vs exp':>7s} {'peak GiB':>8s} "
               f"{'graphs':>6s} {'stages':>6s} {'pipe ms':>10s}  substitutions")
     print(header)
     print("-" * len(header))
@@ -122,13 +140,21 @@ def main(argv: list[str] | None = None) -> int:
                 r2 = search(model, batch, machine, options=other)  # other: no pipelines
                 per_model[model_name][f"{args.compare_with}_rules_found_step_s"] = r2.step_time
                 second = f"{r2.step_time * 1e3:10.3f}"
+            bf16 = ""
+            if hopper(machine) and not args.no_bf16:
+                r3 = search(build(model_name, "mixed_bfloat16"), batch, machine, options=opts)
+                per_model[model_name] |= {"bf16_found_step_s": r3.step_time,
+                                          "bf16_dp_step_s": r3.baselines["data_parallel"],
+                                          "bf16_peak_memory_bytes": r3.peak_memory,
+                                          "bf16_fits": r3.fits}
+                bf16 = f"{r3.step_time * 1e3:10.3f}" + ("" if r3.fits else "!")
             pipe = (f"{r.baselines['pipeline'] * 1e3:10.3f}" if "pipeline" in r.baselines
                     else "-")
             # "!": the plan does not fit the devices' memory (its speed is moot)
             dp_ms = f"{dp * 1e3:.3f}" + ("" if r.baseline_fits.get("data_parallel") else "!")
             ex_ms = f"{ex * 1e3:.3f}" + ("" if r.baseline_fits.get("expert") else "!")
             print(f"{name + ':' + str(machine.nodes):14s} {model_name:13s} {secs:8.1f} "
-                  f"{dp_ms:>10s} {ex_ms:>10s} {r.step_time * 1e3:10.3f} {second:>10s} "
+                  f"{dp_ms:>10s} {ex_ms:>10s} {r.step_time * 1e3:10.3f} {second:>10s} {bf16:>10s} "
                   f"{dp / r.step_time:6.2f}x {ex / r.step_time:6.2f}x "
                   f"{r.peak_memory / 2**30:8.2f} {r.evaluated:6d} {r.pipeline_stages:6d} "
                   f"{pipe:>10s}  "

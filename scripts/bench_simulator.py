@@ -91,6 +91,9 @@ class Case:
     # calibrated local machine model, with the measured operator costs)
     plan: Callable[[Any, int], dict] | None
     batch: int
+    # (graph, processors) -> a pcg.pipeline.PipelineSpec: the plan's operators run in stages over
+    # micro-batches (the executor's pipelined step), priced by Simulator.simulate_pipeline
+    pipeline: Callable[[Any, int], Any] | None = None
 
 
 def in_legate_job() -> bool:
@@ -311,7 +314,10 @@ def run_case(case: Case, args: argparse.Namespace, procs: int, machine: Any, cos
                       strategy="data_parallel")
         graph, outputs = model.graph, model._output_ids
         plan = case.plan(model.graph, procs)
-        model._executor.set_plan(plan)
+        spec = case.pipeline(model.graph, procs) if case.pipeline is not None else None
+        model._executor.set_plan(plan, spec)
+        if spec is not None:   # the executor completed it: a config for every operator
+            plan = dict(model._executor.plan)
     x = xs if len(xs) > 1 else xs[0]
     y = ys if len(ys) > 1 else ys[0]
     for _ in range(args.warmup):
@@ -334,10 +340,22 @@ def run_case(case: Case, args: argparse.Namespace, procs: int, machine: Any, cos
     sim = Simulator(replace(machine, runtime=replace(machine.runtime, cores=capacity)), cost,
                     optimizer_slots=0)
     t = time.perf_counter()
+    measured = statistics.median(real)
+    pipeline = case.pipeline(graph, procs) if case.pipeline is not None else None
+    if pipeline is not None:
+        p = sim.simulate_pipeline(graph, case.batch, plan, pipeline, outputs)
+        sim_s = time.perf_counter() - t
+        err = (p.step_time - measured) / measured
+        return {"strategy": case.name, "model": case.model, "plan": case.describe,
+                "real_ms": round(measured * 1e3, 2), "predicted_ms": round(p.step_time * 1e3, 2),
+                "rel_error": round(err, 4), "bubble_ms": round(p.bubble * 1e3, 2),
+                "span_ms": round(p.slot * 1e3, 2),   # the slowest stage's slot
+                "host_ms": round(p.host * 1e3, 2),   # the issuing thread's seconds per step
+                "work_ms": round(p.work * 1e3, 2),
+                "cores": round(capacity, 3), "simulate_s": round(sim_s, 3)}
     r = sim.simulate(graph, case.batch, plan, outputs=outputs,
                      default=data_parallel_config(procs, case.batch))
     sim_s = time.perf_counter() - t
-    measured = statistics.median(real)
     err = (r.step_time - measured) / measured
     return {"strategy": case.name, "model": case.model, "plan": case.describe,
             "real_ms": round(measured * 1e3, 2), "predicted_ms": round(r.step_time * 1e3, 2),
@@ -432,6 +450,27 @@ def head_serial(graph: Any, procs: int) -> dict:
     return {last.id: _cfg({}, start=procs - 1)}
 
 
+def two_stages(first: Callable[[str], bool]) -> Callable[[Any, int], dict]:
+    """A plan for two pipeline stages: operators `first` names serial on processor 0, the
+    rest serial on the last one."""
+    def plan(graph: Any, procs: int) -> dict:
+        return {n.id: _cfg({}, start=0 if first(n.name) else procs - 1) for n in graph.nodes}
+    return plan
+
+
+def stages_of(first: Callable[[str], bool], micro_batches: int, schedule: str
+              ) -> Callable[[Any, int], Any]:
+    """The pipeline of `two_stages(first)`: stage "front" on processor 0, "back" on the last."""
+    def spec(graph: Any, procs: int) -> Any:
+        from unity_legion.pcg.pipeline import PipelineSpec, Stage
+
+        names = [n.name for n in graph.nodes]
+        return PipelineSpec((Stage("front", tuple(n for n in names if first(n)), (0,)),
+                             Stage("back", tuple(n for n in names if not first(n)),
+                                   (procs - 1,))), micro_batches, schedule)
+    return spec
+
+
 def build_cases() -> list[Case]:
     """The strategies compared (no Legate imported: the driver lists them too)."""
     mlp = dict(input_dim=512, width=512, layers=3)
@@ -447,6 +486,12 @@ def build_cases() -> list[Case]:
             return ZOO[name].build(**kw)
         return build
 
+    def mlp_front(name: str) -> bool:    # each branch's first two layers
+        return "_dense_0" in name or "_dense_1" in name
+
+    def bert_front(name: str) -> bool:   # the embeddings and the first layer
+        return "embeddings" in name or "_layer_0_" in name
+
     c: list[Case] = [
         Case("mlp/data", "mlp_unify", "all sample-split", mk("mlp_unify", mlp), data_parallel, 256),
         Case("mlp/serial0", "mlp_unify", "all serial on processor 0", mk("mlp_unify", mlp),
@@ -460,6 +505,12 @@ def build_cases() -> list[Case]:
         Case("mlp/mixed", "mlp_unify", "first layers sample, rest out, softmax serial",
              mk("mlp_unify", mlp), mixed_mlp, 256),
         Case("mlp/search", "mlp_unify", "Unity's search", mk("mlp_unify", mlp), None, 256),
+        Case("mlp/pipe-gpipe", "mlp_unify", "2 stages (layers 0-1 | 2, add, softmax), 4 x 64 "
+             "GPipe", mk("mlp_unify", mlp), two_stages(mlp_front), 256,
+             stages_of(mlp_front, 4, "gpipe")),
+        Case("mlp/pipe-1f1b", "mlp_unify", "2 stages (layers 0-1 | 2, add, softmax), 4 x 64 "
+             "1F1B", mk("mlp_unify", mlp), two_stages(mlp_front), 256,
+             stages_of(mlp_front, 4, "1f1b")),
         Case("bert/data", "bert_large", "all sample-split", mk("bert_large", bert),
              data_parallel, 16),
         Case("bert/serial1", "bert_large", "all serial on the last processor",
@@ -470,6 +521,9 @@ def build_cases() -> list[Case]:
         Case("bert/head1", "bert_large", "sample, classifier serial on the last",
              mk("bert_large", bert), head_serial, 16),
         Case("bert/search", "bert_large", "Unity's search", mk("bert_large", bert), None, 16),
+        Case("bert/pipe-1f1b", "bert_large", "2 stages (embeddings, layer 0 | layer 1, head), "
+             "2 x 8 1F1B", mk("bert_large", bert), two_stages(bert_front), 16,
+             stages_of(bert_front, 2, "1f1b")),
         Case("resnext/data", "resnext50", "all sample-split", mk("resnext50", rx),
              data_parallel, 16),
         Case("resnext/serial0", "resnext50", "all serial on processor 0", mk("resnext50", rx),

@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="global batch per step (default: 8 per device)")
     p.add_argument("--out", default=None, metavar="PATH", help="write the strategy JSON here")
     p.add_argument("--explain", action="store_true", help="print the per-operator table")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: plan the model as keras.mixed_precision 'mixed_bfloat16' trains "
+                        "it (bf16 activations at the device's bf16 rate, float32 weights)")
     add_search_flags(p, planning=True)
     args = p.parse_args(argv)
     if args.batch_size is not None and args.batch_size <= 0:
@@ -58,10 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"search.py: {exc}") from None
     entry = ZOO[args.model]
     kwargs = dict(args.model_arg)
+    from unity_legion.keras import mixed_precision
+    # the layers take the policy when they are made: the same graph a mixed model trains
+    mixed_precision.set_global_policy("mixed_bfloat16" if args.dtype == "bf16" else "float32")
     try:
         model = entry.build(**kwargs) if args.full_size else entry.build_small(**kwargs)
     except TypeError as exc:
         raise SystemExit(f"search.py: --model-arg does not fit {args.model}: {exc}") from None
+    finally:
+        mixed_precision.set_global_policy("float32")
     batch = args.batch_size or 8 * machine.num_devices
     print(f"planning {args.model}{' (paper size)' if args.full_size else ''}, "
           f"{model.count_params():,} parameters, batch {batch}, on {machine.name}: "
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         result.strategy.save(args.out)
         print(f"strategy written to {args.out}")
-    print(json.dumps({"model": args.model, "machine": machine.name, "devices":
+    print(json.dumps({"model": args.model, "dtype": args.dtype, "machine": machine.name, "devices":
                       machine.num_devices, "batch": batch, "search_s": round(seconds, 3),
                       "chosen": result.chosen,
                       "dp_step_s": result.baselines["data_parallel"],

@@ -46,6 +46,7 @@ PINNED=(
     "torch==2.13.0"
     "keras==3.15.1"
     "h5py"
+    "ml-dtypes>=0.5"   # predict's bfloat16 arrays (ml_dtypes.bfloat16), as Keras 3 returns them
     "cupy-cuda12x==14.2.*"   # GPU task variants only (CUDA 12 runtime, as legate 25.11)
     "setuptools>=64"
 )

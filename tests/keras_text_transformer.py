@@ -90,8 +90,7 @@ history = model.fit(
 
 result = {
     "params": int(model.count_params()),
-    "layers": [type(layer).__name__ for layer in model.layers
-               if type(layer).__name__ != "InputLayer"],
+    "layers": [type(layer).__name__ for layer in model.layers],
     "weight_shapes": [list(w.shape) for w in model.get_weights()],
     "accuracy": float(np.mean(np.argmax(model.predict(x_val, verbose=0), -1) == y_val)),
 }

@@ -193,3 +193,90 @@ def test_explain_names_the_links_of_moves_and_gradient_sums() -> None:
     # moves inside the node; the head-split projections' copies across the nodes, and the
     # output bias (no head axis: copies on all 8) hierarchically
     assert rows and all(f"{INTRA} / {INTRA}+{INTER}" in r for r in rows), rows
+
+
+def _random_layout(rng, shape: ParallelTensorShape, devices: list[int]):
+    """`shape`'s pieces on `devices` in a random order (a point may share a device)."""
+    from unity_legion.cost.layout import Layout
+    import itertools
+    reps = shape.sum_degree * shape.copy_degree
+    pieces = [(int(rng.choice(devices)), tile, r)
+              for tile in itertools.product(*(range(d) for d in shape.degrees))
+              for r in range(reps)]
+    return Layout(shape, tuple(pieces))
+
+
+def _fresh(src, dst, machine) -> float:
+    """A transfer's price with the memos emptied: worked out from these very layouts."""
+    from unity_legion.cost import transfer as tr
+    for memo in (tr._CANON, tr._FORMS, tr._PROFILES, tr._TILES, tr._TILE_FORMS):
+        memo.clear()
+    return transfer(src, dst, machine).seconds
+
+
+def test_transfer_prices_are_invariant_where_the_memo_shares_them() -> None:
+    """Transfers share a profile up to relabelling nodes and the devices inside a node, and
+    up to permuting the tensor's dims (cells are counted, not placed): priced from scratch,
+    a relabelled / permuted pair costs exactly what the original costs, partial sums included."""
+    import numpy as np
+    from unity_legion.cost.layout import Layout
+    rng = np.random.default_rng(7)
+    per = H100x8.devices_per_node
+    shapes = [((8, 1, 4, 2), 1, 1, (1, 1, 2, 8), 1, 1), ((2, 1, 1, 1), 4, 1, (1, 1, 4, 1), 1, 2),
+              ((1, 2, 1, 1), 8, 2, (2, 1, 1, 1), 1, 1), ((4, 1, 1, 4), 1, 1, (1, 1, 1, 1), 1, 16)]
+    for sd, ss, sc, dd, ds, dc in shapes:
+        t = TensorShape((16, 8, 8, 16))
+        s = ParallelTensorShape.of(t, sd, ss, sc)
+        d = ParallelTensorShape.of(t, dd, ds, dc)
+        for _ in range(4):
+            devs = sorted(rng.choice(64, size=int(rng.integers(4, 24)), replace=False).tolist())
+            a, b = _random_layout(rng, s, devs), _random_layout(rng, d, devs)
+            base = _fresh(a, b, H100x8)
+            # relabel: nodes permuted, devices inside each node permuted
+            node_perm, dev_perm = rng.permutation(8), rng.permutation(per)
+            move = {x: int(node_perm[x // per]) * per + int(dev_perm[x % per]) for x in range(64)}
+            # permute the dims (the same for both layouts)
+            dims = rng.permutation(4).tolist()
+
+            def image(lay: Layout) -> Layout:
+                shp = lay.shape
+                new = ParallelTensorShape(tuple(shp.dims[i] for i in dims), shp.replicas,
+                                          shp.dtype)
+                return Layout(new, tuple((move[x], tuple(tile[i] for i in dims), r)
+                                         for x, tile, r in lay.pieces))
+
+            a2, b2 = image(a), image(b)
+            assert _fresh(a2, b2, H100x8) == pytest.approx(base, rel=1e-12, abs=1e-15)
+            # and the memo (profiled on the original) gives it too
+            transfer(a, b, H100x8)
+            assert transfer(a2, b2, H100x8).seconds == pytest.approx(base, rel=1e-12,
+                                                                       abs=1e-15)
+
+
+def test_the_dp_prices_an_edge_as_the_simulator_whatever_it_memoised() -> None:
+    """MappingCost prices a move once per pair of layouts, by its profile and sizes: the same
+    seconds as Simulator.transfer for every pair of candidates of an edge."""
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((64, 256)), "x")
+    h = g.add_node(Linear(512), [x], "fc1")[0]
+    y = g.add_node(Linear(256), [h], "fc2")[0]
+    mc = setup(g, 64, H100x8, None, [y], None, "gpu")
+    from unity_legion.search.candidates import Resource
+    from unity_legion.search.decompose import Edge
+    e = next(e for n in mc.index.nodes for e in mc.index.touching[n.id] if e.tensor == h)
+    whole_res = Resource.whole(8, 8)
+    parts = whole_res.splits()[0]
+    for ru, rv in [(whole_res, whole_res), parts, parts[::-1]]:
+        table = mc.edge(e, ru, rv)
+        pa, pb = mc.placed(e.src, ru), mc.placed(e.dst, rv)
+        sim = Simulator(H100x8)
+        for i in range(0, len(pa), 3):
+            for j in range(0, len(pb), 3):
+                ia = mc.layout_id(e.src, pa[i], RefKind.OUTPUT, e.out)
+                ib = mc.layout_id(e.dst, pb[j], RefKind.INPUT, e.inp)
+                if ia < 0 or ib < 0 or table[i, j] == float("inf"):
+                    continue
+                want = sim.transfer(mc.layout(e.src, pa[i], RefKind.OUTPUT, e.out),
+                                    mc.layout(e.dst, pb[j], RefKind.INPUT, e.inp)).seconds
+                assert table[i, j] == pytest.approx(want * (2 if mc._req.get(e.tensor) else 1),
+                                                    rel=1e-12, abs=1e-15)

@@ -80,11 +80,12 @@ def test_train_script_with_gpus_but_none_says_so_before_training(tmp_path: Path)
 
 
 def test_gpu_kernel_dtype_error_names_operator_and_dtype():
-    with pytest.raises(DeviceDtypeError, match=r"operator 'dense' \(linear\).*bfloat16"):
-        check_device_dtype("operator 'dense' (linear)", "bfloat16", "gpu")
-    check_device_dtype("operator 'dense' (linear)", "bfloat16", "cpu")  # CPU: not this check
-    for dt in ("float32", "float64", "int32", "int64", "bool"):
-        check_device_dtype("x", np.dtype(dt), "gpu")
+    with pytest.raises(DeviceDtypeError, match=r"operator 'dense' \(linear\).*complex64"):
+        check_device_dtype("operator 'dense' (linear)", "complex64", "gpu")
+    check_device_dtype("operator 'dense' (linear)", "complex64", "cpu")  # CPU: not this check
+    # bfloat16 runs on GPUs as on CPUs: uint16 stores widened in the task body (precision.py)
+    for dt in ("float32", "float64", "int32", "int64", "bool", "float16", "bfloat16"):
+        check_device_dtype("x", dt if dt == "bfloat16" else np.dtype(dt), "gpu")
 
 
 def test_strategy_with_gpu_views_refused_without_gpus():

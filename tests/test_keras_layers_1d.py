@@ -80,7 +80,7 @@ MODELS = {"timeseries": (TIMESERIES, (21, 2), "sparse_categorical_crossentropy")
 
 ORACLE = '''
 model = build_fn(keras)
-out["layers"] = [type(l).__name__ for l in model.layers if type(l).__name__ != "InputLayer"]
+out["layers"] = [type(l).__name__ for l in model.layers]
 out["params"] = int(model.count_params())
 out["shapes"] = [list(w.shape) for w in model.get_weights()]
 model.set_weights([globals()[f"w{i}"] for i in range(n_weights)])

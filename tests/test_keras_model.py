@@ -109,7 +109,7 @@ def test_functional_model_layers_and_shapes():
     out = L.Dense(2, activation="softmax", name="probs")(h)
     model = keras.Model(inp, out, name="clf")
     assert model.name == "clf"
-    assert [l.name for l in model.layers] == ["hidden", "probs"]
+    assert [l.name for l in model.layers] == ["features", "hidden", "probs"]   # as Keras 3
     assert model.input_names == ["features"] and model.output_names == ["probs"]
     assert model.input_shape == (None, 4) and model.output_shape == (None, 2)
     assert model.count_params() == (4 * 6 + 6) + (6 * 2 + 2)
@@ -215,8 +215,8 @@ def test_embedding_flatten_reshape_model_forward_and_weights():
     h = L.Flatten()(emb(inp))                                     # (None, 12)
     out = L.Dense(2, name="out")(L.Reshape((12,))(L.Reshape((3, 4))(h)))
     model = keras.Model(inp, out)
-    assert [type(l).__name__ for l in model.layers] == ["Embedding", "Flatten", "Reshape",
-                                                         "Reshape", "Dense"]
+    assert [type(l).__name__ for l in model.layers] == ["InputLayer", "Embedding", "Flatten",
+                                                         "Reshape", "Reshape", "Dense"]
     assert model.count_params() == 10 * 4 + 12 * 2 + 2
     table, k, b = model.get_weights()
     assert table.shape == (10, 4)

@@ -35,7 +35,7 @@ ORACLE = BRANCHY + '''
 model = branchy(keras)
 def describe(vs):
     return [[v.path, v.name, list(v.shape), str(v.dtype), bool(v.trainable)] for v in vs]
-out["layers"] = [l.name for l in model.layers if type(l).__name__ != "InputLayer"]
+out["layers"] = [l.name for l in model.layers]
 out["weights"] = describe(model.weights)
 out["trainable"] = describe(model.trainable_weights)
 out["non_trainable"] = describe(model.non_trainable_weights)
@@ -210,7 +210,7 @@ for s in seeds:
         m = random_model(keras, s)
     except ValueError:          # e.g. an input no output depends on
         continue
-    out["orders"][str(s)] = [l.name for l in m.layers if type(l).__name__ != "InputLayer"]
+    out["orders"][str(s)] = [l.name for l in m.layers]
 '''
     orders = real_keras(code, tmp_path, seeds=seeds)["orders"]
     assert len(orders) >= 20

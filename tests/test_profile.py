@@ -53,3 +53,31 @@ def test_profiling_off_records_nothing():
     model.train_on_batch(x[:32], y[:32])
     assert tasks_mod.TRACE == []
     assert model._executor.profiler is None
+
+
+def test_profile_step_passes_the_loss_scale():
+    """Under loss scaling profile_step's steps (warm-up and profiled) run with the optimizer's
+    scale and update it as fit's do: a scale that overflows float16 gradients skips both steps
+    (weights unchanged) and halves it twice; a sane one counts two finite steps."""
+    from unity_legion.keras import mixed_precision
+    mixed_precision.set_global_policy("mixed_float16")
+    try:
+        for scale, want_scale, want_count in ((1e38, 0.25e38, 0), (2.0 ** 10, 2.0 ** 10, 2)):
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((12,)), L.Dense(16, activation="relu"),
+                                      L.Dense(4, activation="softmax", dtype="float32")])
+            opt = mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(0.01),
+                                                     initial_scale=scale)
+            model.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
+                          strategy="data_parallel")
+            rng = np.random.default_rng(0)
+            x = rng.normal(size=(32, 12)).astype(np.float32)
+            y = rng.integers(0, 4, size=32)
+            before = model.get_weights()
+            model.profile_step(x, y, batch_size=32, verbose=False)
+            assert (opt.scale, opt.step_counter) == (want_scale, want_count)
+            assert opt.iterations == want_count
+            changed = any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+            assert changed == (want_count > 0)
+    finally:
+        mixed_precision.set_global_policy("float32")

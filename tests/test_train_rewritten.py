@@ -143,11 +143,11 @@ def test_set_weights_after_compile_updates_the_rewritten_weights() -> None:
     new = [rng.normal(size=w.shape).astype(np.float32) for w in model.get_weights()]
     model.set_weights(new)
     assert_weights_equal(model.get_weights(), new, 0, 0)
-    d1 = model.layers[1]
+    d1 = model.layers[2]                                # [0] is the InputLayer
     k, b = d1.get_weights()
     d1.set_weights([k + 1, b - 1])                      # one half of the merged kernel
     np.testing.assert_array_equal(d1.get_weights()[0], k + 1)
-    np.testing.assert_array_equal(model.layers[2].get_weights()[0], new[4])  # the other half
+    np.testing.assert_array_equal(model.layers[3].get_weights()[0], new[4])  # the other half
     x, _ = data()
     ref = compiled(branchy, "data_parallel", model.get_weights())
     np.testing.assert_allclose(model.predict(x, verbose=0), ref.predict(x, verbose=0), rtol=1e-5,
@@ -218,7 +218,7 @@ def test_frozen_layers_under_a_rewriting_strategy() -> None:
     runs = []
     for strategy_of in ("data_parallel", merged):
         model = compiled(branchy, strategy_of, weights)
-        model.layers[0].trainable = False               # dense: unfused, its weights frozen
+        model.layers[1].trainable = False               # dense: unfused, its weights frozen
         model.layers[-1].trainable = False              # dense_3: its kernel sliced in two
         runs.append((train(model), model.get_weights()))
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-5)
@@ -229,7 +229,7 @@ def test_frozen_layers_under_a_rewriting_strategy() -> None:
 
 def test_freezing_half_of_a_merged_weight_is_a_clear_error() -> None:
     model = compiled(branchy, merged)
-    d1, d2 = model.layers[1], model.layers[2]
+    d1, d2 = model.layers[2], model.layers[3]          # after the InputLayer, dense
     d1.trainable = False
     with pytest.raises(StrategyError, match=rf"{d1.name}\+{d2.name}\.lin/\w+ .*joins frozen "
                                             rf"\({d1.name}/\w+\) and trainable "

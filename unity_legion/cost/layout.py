@@ -41,6 +41,7 @@ class Layout:
     pattern: int = field(init=False, repr=False)      # interned (degrees, replicas, pieces)
     nbytes: float = field(init=False, repr=False)     # the whole tensor's
     piece_bytes: float = field(init=False, repr=False)
+    piece_devices: tuple[int, ...] = field(init=False, repr=False)   # per piece, its device
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_hash", hash((self.shape, self.pieces)))
@@ -49,6 +50,7 @@ class Layout:
         object.__setattr__(self, "pattern", _PATTERNS.setdefault(key, len(_PATTERNS)))
         object.__setattr__(self, "nbytes", float(self.shape.num_bytes()))
         object.__setattr__(self, "piece_bytes", float(self.shape.piece_bytes()))
+        object.__setattr__(self, "piece_devices", tuple(p[0] for p in self.pieces))
 
     def __hash__(self) -> int:
         return self._hash  # type: ignore[attr-defined,no-any-return]
@@ -113,29 +115,43 @@ def arg_layout(op: Operator, inputs: Sequence[TensorShape], config: OpConfig, re
     """Where the pieces of `op`'s argument `ref` (an input, output or weight; `shape`: its
     parallel shape under `config`) live: the first forward launch that uses it, as the PCG's
     shapes come from it. Not used by any launch: whole on the view's first device."""
-    found = _launch_of(op, tuple(inputs), ref)
-    if found is None:
+    grid = _grid_pieces(op, tuple(inputs), config.degrees, ref, shape.degrees)
+    if grid is None:
         return whole(shape, config.view.start)
+    points, tiles = grid
+    where = config.view.point_devices(points)
+    return Layout(shape, tuple((where[i], t, r) for i, (t, r) in enumerate(tiles)))
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _grid_pieces(op: Operator, inputs: tuple[TensorShape, ...], degrees: tuple[tuple[str, int], ...],
+                 ref: Ref, shard: tuple[int, ...]
+                 ) -> tuple[int, tuple[tuple[tuple[int, ...], int], ...]] | None:
+    """The launch's points and, per point (row-major), the (tile, replica) of `ref` it holds:
+    the same wherever the view puts the points (the search asks for every placement of a
+    candidate: worked out once). None: no launch uses `ref`."""
+    found = _launch_of(op, inputs, ref)
+    if found is None:
+        return None
     axes, sizes, split = found
-    degrees = config.as_dict()
-    eff = {a: (degrees.get(a, 1) if sizes[a] is None else effective_degree(sizes[a],
-                                                                          degrees.get(a, 1)))
+    given = dict(degrees)
+    eff = {a: (given.get(a, 1) if sizes[a] is None else effective_degree(sizes[a],
+                                                                        given.get(a, 1)))
            for a in axes}
     grid = [a for a in axes if eff[a] > 1]
     points = math.prod(eff[a] for a in grid)
-    where = config.view.point_devices(points)
-    split = split or (None,) * shape.rank
-    pieces = []
-    for i, idx in enumerate(itertools.product(*(range(eff[a]) for a in grid))):
+    split = split or (None,) * len(shard)
+    tiles = []
+    for idx in itertools.product(*(range(eff[a]) for a in grid)):
         at = dict(zip(grid, idx))
         tile = tuple(min(at.get(s, 0), deg - 1) if s else 0  # type: ignore[arg-type]
-                     for s, deg in zip(split, shape.degrees))
+                     for s, deg in zip(split, shard))
         rep = 0
         for a in grid:                           # row-major over the axes not splitting it
             if a not in split:
                 rep = rep * eff[a] + at[a]
-        pieces.append((where[i], tile, rep))
-    return Layout(shape, tuple(pieces))
+        tiles.append((tile, rep))
+    return points, tuple(tiles)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -121,7 +121,11 @@ class AnalyticCost:
         nbytes = piece_bytes(shapes)
         fwd_launches = len(op.forward(list(inputs), training=True))
         bwd_launches = len(op.backward(list(inputs), list(needs)))
-        compute = flops / (device.flops_fp32 * self.factor(op.cost_family, device))
+        # an operator computing in a half precision (mixed precision: its float inputs are
+        # bf16/fp16) runs at the device's 16-bit rate (tensor cores); the calibrated fraction
+        # of peak is kept. Its bytes are already half: piece_bytes counts 2 per element.
+        peak = device.flops_bf16 if _computes_half(inputs) else device.flops_fp32
+        compute = flops / (peak * self.factor(op.cost_family, device))
         memory = nbytes / (device.mem_bandwidth * self.memory_factor(op.cost_family, device))
         fwd = max(compute, memory)
         weighted = bool(op.weights(list(inputs)))
@@ -132,6 +136,13 @@ class AnalyticCost:
         return OpCost(fwd + fwd_launches * device.launch_overhead,
                       ratio * fwd + bwd_launches * device.launch_overhead,
                       fwd_launches, bwd_launches)
+
+
+def _computes_half(inputs: Sequence[TensorShape]) -> bool:
+    """Whether an operator with these inputs computes in a 16-bit float: its float inputs are
+    all half (a Cast from float32 to bf16 is memory-bound either way)."""
+    floats = [s.dtype for s in inputs if s.dtype.is_float]
+    return bool(floats) and all(dt.is_half for dt in floats)
 
 
 def priced(model: CostModel, op: Operator, inputs: Sequence[TensorShape], config: OpConfig,

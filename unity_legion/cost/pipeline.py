@@ -1,32 +1,37 @@
-"""The price of a pipelined training step: bubbles, stage-boundary transfers, per-stage gradient
-sums and each stage's activation memory per schedule. Pure Python.
+"""The price of a pipelined training step: the step's timeline as the executor issues it, plus
+each stage's costs, stage-boundary transfers and activation memory per schedule. Pure Python.
 
-With S stages and m micro-batches (pcg/pipeline.py), stage s spends per micro-batch
+The step is simulated on the Simulator's own event timelines (cost/simulator.py: host issue,
+the runtime's analysis, fused groups, per-device compute and network timelines, reductions,
+time-slicing of shared cores) for the PCG lifted at the micro-batch size, with the passes in
+the order the executor's PipelineRunner issues them (executor/pipeline.py; a `Staging`):
 
-    t_s = F_s + B_s
+- the inputs and targets are attached once per step (the micro-batches are row slices of them);
+- per slot of pcg.pipeline.schedule_order, one stage's forward or backward launches over one
+  micro-batch, issued by the one host thread (each micro-batch has its own activations); the
+  loss of a micro-batch follows the forward of the stage making the model outputs, on that
+  stage's glue devices (the first run of consecutive devices of the stage, as the executor's);
+- a tensor made by one stage and read by a later one moves between their devices once per
+  micro-batch (and its gradient back), on the network timelines (`boundary_transfer`: priced
+  per device pair and node by cost/transfer.py; free between CPU processors of one rank, which
+  share its memory); no launch: Legate moves it;
+- weight gradients add up over the micro-batches (the backward kernels add into them), so the
+  gradient sums and optimizer updates run once per step, after the last micro-batch's backward;
+- the host reads every micro-batch's loss back and waits for the step (GraphExecutor._drain).
 
-where F_s / B_s are its operators' forward / backward time at the micro-batch size (one point of
-each launch, the Simulator's cost model), plus the parallel operators inside the stage, and the
-loss for the last stage. Every micro-batch crosses boundary b (between stages b and b + 1) twice:
-its activations forward and their gradients back, X_b each: from the producer's pieces to the
-pieces the next stage's reader wants, priced per device pair and per node by the Simulator's
-`transfer` (cost/transfer.py: NVLink inside a node, one NIC per device between nodes). Both
-schedules keep the slowest stage busy for m slots and leave
-S - 1 slots of bubble on the critical path (the first micro-batch filling the pipe, the last one
-draining it), so
+The bubble and the overlap of stages are thus what the timelines give: with S equal stages of
+f + b seconds per micro-batch and nothing else, both schedules take (m + S - 1)(f + b), a
+bubble of (S - 1)(f + b); issue time, per-launch overheads and boundary copies add where the
+executor pays them, and a pipeline whose host issues launches more slowly than its stages
+compute them is priced by its issue time. (On GPUs the host issues while the devices compute,
+as in the unpipelined simulation; where they share the cores, they are time-sliced.)
 
-    step = (m + S - 1) x max_s t_s + 2 x sum_b X_b + max_s R_s
-
-where R_s, once per step, sums each trainable weight's gradient over the copies inside stage s
-(the Simulator's `weight_sync`: a hierarchical all-reduce over the devices holding each tile's
-copies) and updates it. The bubble is
-(S - 1) x max_s t_s. Unlike the Simulator's timelines this is an additive estimate: nothing
-overlaps inside a slot (a pessimistic figure for a stage whose communication could hide).
-
-Memory per device of stage s: its weights' pieces x (2 + optimizer slots) plus, per micro-batch
-in flight, the activation pieces it keeps (outputs, replicated inputs; as Simulator.memory),
-averaged over the stage's devices:
-GPipe keeps all m, 1F1B at most S - s (PipelineSpec.in_flight).
+Per stage (for explain and the search's memory limit): F_s / B_s its operators' forward /
+backward time per micro-batch (one point of each launch), plus its parallel operators and, on
+the last stage, the loss; R_s, once per step, its weights' gradient sums and updates. Memory per
+device of stage s: its weights' pieces x (2 + optimizer slots) plus, per micro-batch in flight,
+the activation pieces it keeps (outputs, replicated inputs; as Simulator.memory), averaged over
+the stage's devices: GPipe keeps all m, 1F1B at most S - s (PipelineSpec.in_flight).
 """
 
 from __future__ import annotations
@@ -36,11 +41,11 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from unity_legion.cost.layout import Layout, arg_layout
 from unity_legion.cost.op_cost import priced
-from unity_legion.operators.base import Ref, RefKind
+from unity_legion.operators.base import SAMPLE, Ref, RefKind
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.pcg import lift, node_shapes
-from unity_legion.pcg.pipeline import PipelineSpec
-from unity_legion.types import OpConfig, TensorShape
+from unity_legion.pcg.pipeline import PipelineSpec, schedule_order
+from unity_legion.types import MachineView, OpConfig, TensorShape, effective_degree
 
 if TYPE_CHECKING:
     from unity_legion.cost.simulator import Simulator
@@ -68,14 +73,17 @@ class StageCost:
 
 @dataclass(frozen=True)
 class PipelineCost:
-    step_time: float
-    bubble: float                       # seconds of the critical path no stage's slot fills
+    step_time: float                    # the simulated step (the timelines' period)
+    bubble: float                       # seconds of the step the busiest device does not compute
     slot: float                         # the slowest stage's seconds per micro-batch
     transfers: tuple[float, ...]        # seconds per micro-batch across each boundary, one way
     stages: tuple[StageCost, ...]
     memory: list[float] = field(default_factory=list)   # bytes per device
     micro_batches: int = 1
     schedule: str = "1f1b"
+    host: float = 0.0                   # seconds of the issuing thread per step
+    launches: int = 0                   # launches the host issues per step
+    work: float = 0.0                   # host + device + copy seconds per step
 
     @property
     def peak_memory(self) -> float:
@@ -85,25 +93,32 @@ class PipelineCost:
         return self.peak_memory <= capacity
 
 
-def step_time(slots: Sequence[float], transfers: Sequence[float], syncs: Sequence[float],
-              micro_batches: int) -> tuple[float, float]:
-    """(step seconds, bubble seconds) from per-stage slots, per-boundary one-way transfers and
-    per-stage gradient sums (the module doc's formula)."""
-    slot = max(slots)
-    bubble = (len(slots) - 1) * slot
-    return micro_batches * slot + bubble + 2 * sum(transfers) + max(syncs, default=0.0), bubble
-
-
 def price_pipeline(sim: "Simulator", graph: ComputationGraph, batch: int,
                    configs: Mapping[int, OpConfig], spec: PipelineSpec,
                    outputs: Sequence[int] | None = None) -> PipelineCost:
     """Price one pipelined step of `graph` at `batch` samples with a placed config per node id
     (each on its stage's devices) on the simulator's machine (see the module doc)."""
+    from unity_legion.cost.simulator import Staging, boundary_transfer
+
     stage_of = spec.assign(graph, batch)
     spec.check_configs(graph, stage_of, configs, batch)
     outs = list(outputs) if outputs is not None else graph.outputs
     micro = spec.micro_batch(batch)
+    glue = [_glue(st.devices) for st in spec.stages]
+    kind = sim.machine.device.kind
+    configs = dict(configs)
+    for g in graph.nodes:   # not configured: data-parallel over its stage's glue (the executor's)
+        if g.id not in configs:
+            devs = glue[stage_of[g.id]]
+            k = effective_degree(micro, len(devs))
+            configs[g.id] = OpConfig.of({SAMPLE: k} if k > 1 else {},
+                                        MachineView.contiguous(kind, devs[0], k))
     pcg = lift(graph, micro, configs, outs)
+    producers = [graph.tensors[t].producer for t in outs]
+    staging = Staging(stage_of, tuple((sl.phase, sl.stage, sl.micro) for sl in schedule_order(
+        spec.num_stages, spec.micro_batches, spec.schedule)), tuple(tuple(g) for g in glue),
+        max((stage_of[p] for p in producers if p is not None), default=0), spec.micro_batches)
+    timeline = sim.simulate_pcg(graph, pcg, staging)
     shapes = graph.bind_batch(micro)
     dev = sim.machine.device
     S = spec.num_stages
@@ -178,19 +193,29 @@ def price_pipeline(sim: "Simulator", graph: ComputationGraph, batch: int,
         pin = [shapes[u] for u in p.inputs]
         made = node_shapes(p.op, pin, configs[p.id]).outputs[p.outputs.index(t)]
         src = arg_layout(p.op, pin, configs[p.id], Ref(RefKind.OUTPUT, p.outputs.index(t)), made)
-        # priced per device pair and node (cost/transfer.py); a tensor that skips stages is
-        # charged to the boundary into its reader's stage
-        transfers[stage - 1] += sim.transfer(src, layout).seconds
+        # priced as the timeline's moves; a tensor that skips stages is charged to the
+        # boundary into its reader's stage
+        transfers[stage - 1] += boundary_transfer(sim, src, layout).seconds
     stages = tuple(StageCost(st.name, st.devices, fwd[i], bwd[i], sync[i], wbytes[i], abytes[i],
                              spec.in_flight(i)) for i, st in enumerate(spec.stages))
-    total, bubble = step_time([st.slot for st in stages], transfers, sync, spec.micro_batches)
     memory = [0.0] * sim.machine.num_devices
     for st in stages:
         for d in st.devices:
             if d < len(memory):
                 memory[d] = st.memory
-    return PipelineCost(total, bubble, max(st.slot for st in stages), tuple(transfers), stages,
-                        memory, spec.micro_batches, spec.schedule)
+    busiest = max(timeline.busy, default=0.0)
+    return PipelineCost(timeline.step_time, max(timeline.step_time - busiest, 0.0),
+                        max(st.slot for st in stages), tuple(transfers), stages, memory,
+                        spec.micro_batches, spec.schedule, timeline.host, timeline.launches,
+                        timeline.work)
+
+
+def _glue(devices: tuple[int, ...]) -> list[int]:
+    """A stage's glue devices: the first run of consecutive devices (PipelineRunner.of)."""
+    run = 1
+    while run < len(devices) and devices[run] == devices[0] + run:
+        run += 1
+    return list(devices[:run])
 
 
 def _stage_inputs(graph: ComputationGraph, stage_of: Mapping[int, int],

@@ -40,6 +40,15 @@ communication overlaps computation wherever the dependencies allow. Two steps ar
 to back; the step time is the period between their final waits, which is what a loop of
 train_on_batch calls measures.
 
+A pipelined step (`Staging`, built by cost/pipeline.py from a pcg.pipeline.PipelineSpec) runs
+on the same timelines: the PCG lifted at the micro-batch size, steps 2, 3 and 5 once per pass
+(one stage's forward or backward over one micro-batch) in the executor's issue order, each
+micro-batch with its own tensors; a tensor one stage makes and a later one reads moves once per
+micro-batch each way; step 6 once. There a task whose inputs are ready may run in an earlier
+idle period of its devices than a task issued before it (the runtime runs ready tasks; a
+stage's next forward runs while its backward waits for the next stage's), where an unpipelined
+step's tasks take their devices in issue order.
+
 Where the host thread, the processors and the runtime's threads share the machine's cores
 (`RuntimeSpec.cores` > 0: a CPU machine, costs in seconds of one thread alone), they are
 time-sliced: a stretch of that period during which k of them are busy lasts max(1, k / cores)
@@ -63,6 +72,8 @@ forward pass).
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -123,6 +134,38 @@ class SimulationError(ValueError):
     """A strategy that cannot run on the machine model (too many devices, a bad view)."""
 
 
+@dataclass(frozen=True)
+class Staging:
+    """How the executor's PipelineRunner issues a pipelined step (executor/pipeline.py), for
+    `Simulator.simulate_pcg` of the PCG lifted at the micro-batch size: each pass is one
+    stage's forward ("F") or backward ("B") launches over one micro-batch, issued in this order
+    (pcg.pipeline.schedule_order) by the one host thread; the loss of a micro-batch follows the
+    forward of `loss_stage`; a stage's glue launches (loss, gradient accumulations) run on its
+    `glue` devices; a tensor one stage makes and a later one reads moves between their devices
+    once per micro-batch (and its gradient back); gradient sums and updates run once per step
+    after every pass; the host reads each micro-batch's loss back at the end."""
+
+    stage_of: Mapping[int, int]                  # graph node id -> stage index
+    passes: tuple[tuple[str, int, int], ...]     # (phase, stage, micro-batch), in issue order
+    glue: tuple[tuple[int, ...], ...]            # per stage: its glue launches' devices
+    loss_stage: int
+    micro_batches: int
+
+
+def boundary_transfer(sim: "Simulator", src: Layout, dst: Layout) -> Transfer:
+    """A tensor made in one pipeline stage (pieces `src`) read by a later one (`dst`): Legate
+    moves it, as any store read on other processors (cost/transfer.py). CPU processors of one
+    rank share its memory: where every piece the reader wants is a tile the producer made on a
+    processor of the same rank, Legion maps the reader onto that instance and copies nothing."""
+    m = sim.machine
+    if (m.device.kind == "cpu" and src.shape.degrees == dst.shape.degrees
+            and src.shape.sum_degree == 1
+            and {(m.node_of(d), t) for d, t, _ in dst.pieces}
+            <= {(m.node_of(d), t) for d, t, _ in src.pieces}):
+        return Transfer(0.0, "")
+    return sim.transfer(src, dst)
+
+
 
 class Simulator:
     """optimizer_slots: slots per weight the update touches (SGD 0, SGD with momentum 1, Adam 2);
@@ -147,7 +190,9 @@ class Simulator:
         pcg = lift(graph, batch, plan, outputs, default)
         return self.simulate_pcg(graph, pcg)
 
-    def simulate_pcg(self, graph: ComputationGraph, pcg: PCG) -> SimResult:
+    def simulate_pcg(self, graph: ComputationGraph, pcg: PCG, staging: Staging | None = None
+                     ) -> SimResult:
+        """`staging`: run `pcg` (lifted at the micro-batch size) as a pipelined step."""
         m = self.machine
         n = m.num_devices
         for node in pcg.computations():
@@ -155,8 +200,11 @@ class Simulator:
             if hi > n:
                 raise SimulationError(f"operator {node.name!r} uses devices [{lo}, {hi}) but "
                                       f"machine {m.name!r} has {n}")
-        plan = _Plan(self, graph, pcg)
+        plan = _Plan(self, graph, pcg, staging)
         state = _State(n)
+        if staging is not None:
+            state.gaps = {d: [] for d in range(n)}
+            state.net_gaps = {d: [] for d in range(n)}
         cores = m.runtime.cores
         state.record = cores > 0
         state.tasks = [] if self.trace else None
@@ -244,7 +292,9 @@ class Simulator:
             devs = ws.devices
             return Transfer(self._grad_sync_time(ws.shape, devs), self._link_name(devs))
         groups = ws.groups()
-        return Transfer(groups_time("all_reduce", ws.shape.piece_bytes(), groups, self.machine),
+        # gradients are float32 also under mixed precision (the master copy's)
+        return Transfer(groups_time("all_reduce", ws.shape.piece_bytes() * _master_ratio(ws.shape),
+                                    groups, self.machine),
                         join_links(link_name(g, self.machine) for g in groups))
 
     def _link_name(self, devices: Sequence[int]) -> str:
@@ -317,6 +367,8 @@ class Simulator:
         c = ws.copy_degree
         if c <= 1:
             return 0.0
+        if _master_ratio(ws) != 1:   # gradients are float32 under mixed precision too
+            ws = ParallelTensorShape(ws.dims, ws.replicas, ws.dtype.master)
         rt = self.machine.runtime
         if self.grad_partials(ws, devices):
             return self.settle_time(c, ws.num_bytes(), len(set(devices)))
@@ -342,14 +394,17 @@ class Simulator:
         else:
             rows = ws.sizes[0] if ws.rank else 1
             piece = ws.num_bytes() * (-(-rows // max(points, 1)) / max(rows, 1))
-        return self._stream_time(piece * (2 + 2 + 2 * self.optimizer_slots))
+        # (a half-precision operator's weight is updated in its float32 master copy)
+        return self._stream_time(piece * _master_ratio(ws) * (2 + 2 + 2 * self.optimizer_slots))
 
     def _memory(self, graph: ComputationGraph, pcg: PCG) -> list[float]:
         mem: dict[int, float] = defaultdict(float)
         per_weight = 2 + self.optimizer_slots  # weight, gradient, slots
         weights_of: dict[int, float] = defaultdict(float)
         for (nid, _), ws in pcg.weights.items():
-            weights_of[nid] += ws.piece_bytes() * per_weight
+            # mixed precision: float32 weight, gradient and slots, plus the step's half copy
+            master = _master_ratio(ws)
+            weights_of[nid] += ws.piece_bytes() * (per_weight * master + (master > 1))
         for node in pcg.computations():
             devs = node.config.view.devices()[:node.config.num_points]  # type: ignore[union-attr]
             held = sum(pcg.tensors[t].piece_bytes() for t in node.outputs)
@@ -367,6 +422,12 @@ class _State:
     def __init__(self, n: int) -> None:
         self.compute_free = [0.0] * n
         self.net_free = [0.0] * n
+        # a pipelined step (Staging): each device's idle periods before its last task, per
+        # timeline, which a later-issued task whose inputs are ready earlier fills (the runtime
+        # runs a task when its inputs are ready, not in issue order: a stage's next forward
+        # runs while its backward waits for the next stage); None: in issue order
+        self.gaps: dict[int, list[tuple[float, float]]] | None = None
+        self.net_gaps: dict[int, list[tuple[float, float]]] | None = None
         self.busy = [0.0] * n
         self.host = 0.0
         self.host_busy = 0.0
@@ -379,6 +440,42 @@ class _State:
         self.record = False         # keep busy intervals (machines whose threads share cores)
         self.intervals: list[tuple[float, float]] = []
         self.tasks: list[tuple[int, float, float, str, str]] | None = None   # Simulator.trace
+
+    def lane(self, timeline: list[float]) -> dict[int, list[tuple[float, float]]] | None:
+        return self.gaps if timeline is self.compute_free else self.net_gaps
+
+    def start(self, timeline: list[float], devs: Sequence[int], ready: float, duration: float
+              ) -> float:
+        """When a task of `duration` on every device of `devs` may start, not before `ready`:
+        after each device's last task, or (gaps kept) in the first idle period all share."""
+        gaps = self.lane(timeline)
+        frontier = max([timeline[d] for d in devs], default=0.0)
+        if gaps is None or duration <= 0 or ready >= frontier:
+            return max(ready, frontier)   # (after every device's last task: no gap helps)
+        t = ready
+        while True:
+            later = max(_fit(gaps[d], timeline[d], t, duration) for d in devs)
+            if later <= t:
+                return t
+            t = later
+
+    def take(self, timeline: list[float], devs: Sequence[int], begin: float, end: float) -> None:
+        """Devices `devs` busy from `begin` to `end` on `timeline`."""
+        gaps = self.lane(timeline)
+        for d in devs:
+            if gaps is None:
+                timeline[d] = end
+            elif begin >= timeline[d]:
+                if begin > timeline[d]:
+                    gaps[d].append((timeline[d], begin))
+                timeline[d] = end
+            else:   # inside an idle period: split it
+                own = gaps[d]
+                i = bisect.bisect_right(own, (begin, math.inf)) - 1
+                if i >= 0 and own[i][1] > begin:   # (else: rounding at the last task's end)
+                    a, b = own[i]
+                    own[i:i + 1] = [g for g in ((a, begin), (end, b)) if g[1] > g[0]]
+                timeline[d] = max(timeline[d], end)
 
     def new_step(self) -> None:
         if self.tasks is not None:
@@ -410,6 +507,13 @@ class _Node:
     link: str = ""                 # parallel operators: the links the movement uses
     syncs: dict[tuple[int, str], Transfer] = field(default_factory=dict)   # gradient sums
     settle: float = 0.0            # a Reduce as partial sums: the step adding them (one point)
+    boundary: bool = False         # a pipeline stage boundary: the tensor moved to the reader
+    stage: int = 0                 # its pipeline stage (Staging; 0 unpipelined)
+
+    @property
+    def moves(self) -> bool:
+        """Data movement (a parallel operator, a stage boundary), not launches."""
+        return self.boundary or self.pnode.is_parallel
 
 
 @dataclass
@@ -427,12 +531,17 @@ class _Group:
 class _Plan:
     """A PCG turned into the sequence of host actions and device tasks of one step."""
 
-    def __init__(self, sim: Simulator, graph: ComputationGraph, pcg: PCG) -> None:
+    def __init__(self, sim: Simulator, graph: ComputationGraph, pcg: PCG,
+                 staging: Staging | None = None) -> None:
         self.sim = sim
         self.pcg = pcg
         m = sim.machine
         self.n = m.num_devices
         self.all_devs = list(range(self.n))
+        self.staging = staging
+        # the loss (and the accumulations of gradients) run on the default processors: all of
+        # them, or a pipeline's stage's glue devices
+        self.loss_devs = list(staging.glue[staging.loss_stage]) if staging else self.all_devs
         dev = m.device
         shapes = graph.bind_batch(_batch_of(pcg))
         self.shapes = shapes
@@ -464,9 +573,17 @@ class _Plan:
         self.nodes: list[_Node] = []
         seen_grad: set[int] = set()
         grad_nodes: list[tuple[_Node, list[int]]] = []
+        by_name = {g.name: g for g in graph.nodes}
+        made_in: dict[int, int] = {}     # pcg tensor -> the pipeline stage computing it
+        crossed: set[tuple[int, int]] = set()
         for node in pcg.nodes:
             if node.id in self.skipped:
                 continue
+            stage = 0
+            if staging is not None:
+                owner = gnodes[node.source] if node.source is not None else by_name.get(
+                    _owner(node))   # a parallel operator belongs to its consumer's stage
+                stage = staging.stage_of[owner.id] if owner is not None else 0
             if node.is_parallel:
                 src = self.devices_of[node.inputs[0]]
                 dst = self._consumer_devices(node)
@@ -491,6 +608,14 @@ class _Plan:
                 g = gnodes[node.source]  # type: ignore[index]
                 ins = [shapes[t] for t in g.inputs]
                 needs = [req.get(t, False) for t in g.inputs]
+                for i, t in enumerate(node.inputs):
+                    # made by an earlier stage's computation, read here as it is (a conversion
+                    # between them is a parallel operator above, priced from the producer's
+                    # pieces): Legate moves it, once per micro-batch per stage reading it
+                    if made_in.get(t, stage) < stage and (t, stage) not in crossed:
+                        crossed.add((t, stage))
+                        self.nodes.append(self._boundary(node, g, ins, i, devs, stage,
+                                                         preq.get(t, False)))
                 item = _Node(node, devs)
                 item.cost = priced(sim.cost, g.op, ins, cfg, dev, needs)  # type: ignore[arg-type]
                 zeroed = [pcg.tensors[t] for t in node.outputs if pcg.tensors[t].sum_degree > 1]
@@ -517,23 +642,32 @@ class _Plan:
                     preq[t] = req.get(gt, False)
                 if item.backward:
                     grad_nodes.append((item, [t for t in g.inputs if req.get(t, False)]))
+                made_in.update((t, stage) for t in node.outputs)
+            item.stage = stage
             for t in node.outputs:
                 self.devices_of[t] = item.devs
             self.nodes.append(item)
         # accumulate launches: every consumer of a tensor but the first one the backward
-        # pass reaches adds its part into the gradient (data-parallel over all devices)
+        # pass reaches adds its part into the gradient (data-parallel over the default
+        # processors: all devices, or a pipeline stage's glue devices)
         for item, grads in reversed(grad_nodes):
             for t in grads:
                 if t in seen_grad:
                     item.accumulates += 1
-                    item.acc_time += sim._stream_time(3 * shapes[t].num_bytes(), self.n)
+                    item.acc_time += sim._stream_time(3 * shapes[t].num_bytes(),
+                                                      len(self.glue_of(item)))
                 seen_grad.add(t)
+        # a pipelined step's passes: each stage's items, in the order the executor issues them
+        self.stage_nodes: list[list[_Node]] = [
+            [it for it in self.nodes if it.stage == k]
+            for k in range(len(staging.glue) if staging else 1)]
         # the objective, per model output: conversion to samples over all devices, one loss
         self.objectives: list[tuple[int, float, float]] = []   # (pcg tensor, comm, loss time)
         for t in pcg.outputs:
             produced = self._produced(t)
             shape = pcg.tensors[produced]
-            want = ParallelTensorShape.of(shape.logical(), (effective_degree(shape.sizes[0], self.n),)
+            want = ParallelTensorShape.of(shape.logical(),
+                                          (effective_degree(shape.sizes[0], len(self.loss_devs)),)
                                           + (1,) * (shape.rank - 1))
             comm = 0.0
             try:
@@ -541,13 +675,33 @@ class _Plan:
             except ParallelShapeError:
                 ops = ()
             if ops and sim.by_groups:
-                comm = sim.transfer(self.layout_of[produced], spread(want, self.all_devs)).seconds
+                comm = sim.transfer(self.layout_of[produced], spread(want, self.loss_devs)).seconds
             elif ops:
                 op = ops[0] if len(ops) == 1 else FusedParallelOp(ops)
-                comm = sim._comm_time(op, shape, self.devices_of.get(produced, [0]) + self.all_devs)
+                comm = sim._comm_time(op, shape, self.devices_of.get(produced, [0]) + self.loss_devs)
             loss = sim._stream_time(3 * shape.num_bytes(), want.shard_degree)
             self.objectives.append((produced, comm, loss))
         self.feeds = len(pcg.inputs) + len(pcg.outputs)   # arrays attached per step
+        # the issue order: forward then backward, or a pipeline's passes over its micro-batches
+        self.passes = staging.passes if staging else (("F", 0, 0), ("B", 0, 0))
+        self.micro_batches = staging.micro_batches if staging else 1
+        self.loss_stage = staging.loss_stage if staging else 0
+
+    def glue_of(self, item: _Node) -> list[int]:
+        """The devices of the glue launches (gradient accumulations) of `item`'s stage."""
+        return list(self.staging.glue[item.stage]) if self.staging else self.all_devs
+
+    def _boundary(self, node: PNode, g: Any, ins: list[Any], i: int, devs: list[int],
+                  stage: int, grad: bool) -> _Node:
+        """The move of `node`'s input `i` from the earlier stage that made it (Staging)."""
+        t = node.inputs[i]
+        want = arg_layout(g.op, ins, node.config, Ref(RefKind.INPUT, i), self.pcg.tensors[t])
+        moved = boundary_transfer(self.sim, self.layout_of[t], want)
+        src = self.devices_of[t]
+        item = _Node(PNode(-1, f"{node.name}:boundary", node.op, (t,), (t,)), devs, src=src,
+                     comm=moved.seconds, link=moved.link, boundary=True, stage=stage)
+        item.backward = grad    # its gradient goes back the same way
+        return item
 
     def _produced(self, t: int) -> int:
         """The tensor a model output is gathered from (before the skipped gather)."""
@@ -566,19 +720,31 @@ class _Plan:
             g = self.gnodes[c.source]  # type: ignore[index]
             ins = [self.shapes[t] for t in g.inputs]
             return arg_layout(g.op, ins, c.config, Ref(RefKind.INPUT, c.inputs.index(out)), shape)
-        return spread(shape, self.all_devs)  # a model output: read by the loss on every device
+        return spread(shape, self.loss_devs)  # a model output: read by the loss's devices
 
     def _consumer_devices(self, node: PNode) -> list[int]:
         out = node.outputs[0]
         for c in self.consumers.get(out, []):
             if c.is_parallel:
                 if c.id in self.skipped:
-                    return self.all_devs
+                    return self.loss_devs
                 return self._consumer_devices(c)
             return c.config.view.devices()[:c.config.num_points]  # type: ignore[union-attr]
-        return self.all_devs  # a model output: read by the loss on every device
+        return self.loss_devs  # a model output: read by the loss's devices
 
     # ------------------------------------------------------------------ one step
+    def _run_passes(self, forward: Any, objective: Any, backward: Any, readys: Any,
+                    grad_readys: Any) -> None:
+        """The step's passes in issue order (F then B; a pipeline's schedule), each micro-batch
+        with its own ready times; the objective after the loss stage's forward."""
+        for phase, stage, j in self.passes:
+            if phase == "F":
+                forward(self.stage_nodes[stage], readys[j])
+                if stage == self.loss_stage:
+                    objective(readys[j], grad_readys[j])
+            else:
+                backward(self.stage_nodes[stage], grad_readys[j])
+
     def run_step(self, s: _State) -> float:
         """Simulate one step onto the timelines of `s`; returns when its final wait returns."""
         sim, pcg = self.sim, self.pcg
@@ -620,9 +786,8 @@ class _Plan:
 
         def run(devs: Sequence[int], start: float, duration: float, timeline: list[float]
                 ) -> float:
-            begin = max([start] + [timeline[d] for d in devs])
-            for d in devs:
-                timeline[d] = begin + duration
+            begin = s.start(timeline, devs, start, duration)
+            s.take(timeline, devs, begin, begin + duration)
             if record and duration > 0:
                 # a task per device; a transfer is one thread's work
                 for _ in (devs if timeline is s.compute_free else devs[:1]):
@@ -639,90 +804,106 @@ class _Plan:
             return end
 
         host(self.feeds)
-        ready: dict[int, float] = {t: s.host for t in pcg.inputs}
-        # forward
-        for item in self.nodes:
-            node = item.pnode
-            start = max((ready[t] for t in node.inputs), default=0.0)
-            if node.is_parallel:
-                end = move(item, start)
-            else:
-                c = item.cost
-                assert c is not None
-                for key, _ in item.weights:
-                    start = max(start, s.weight_ready.get(key, 0.0))
-                fills = 0 if c.fills_included else item.fills
-                launches = fills + c.launches_forward
-                first, last = host(launches, None if c.issue_forward is None
-                                   else fills * issue + c.issue_forward,
-                                   None if c.runtime_forward is None
-                                   else fills * rt.analysis + c.runtime_forward)
-                dur = (0.0 if c.fills_included else item.fill_time) + c.forward
-                begin = max([start, first] + [s.compute_free[d] for d in item.devs])
-                end = max(begin + dur, last + c.forward / max(c.launches_forward, 1))
-                for d in item.devs:
-                    s.compute_free[d] = end
-                    s.busy[d] += dur
-                    if record:
-                        record((end - dur, end))
-                trace(item.devs, end - dur, end, node.name, "forward")
-                br = s.breakdown.setdefault(node.name, OpBreakdown(start=begin))
-                br.compute += dur
-            for t in node.outputs:
-                ready[t] = end
-        # the objective, then the blocking read of the loss
-        grad_ready: dict[int, float] = {}
-        for produced, comm, loss in self.objectives:
-            t0 = ready.get(produced, 0.0)
-            if comm:
-                t0 = run(self.all_devs, t0, comm, s.net_free)
-                s.moved += 2 * comm   # there, and the gradient back
-            launches = 1 + self.sim.metrics
-            first, _ = host(launches)
-            end = run(self.all_devs, max(t0, first), loss * launches, s.compute_free)
-            trace(self.all_devs, end - loss * launches, end, "(loss and metrics)", "loss")
-            for d in self.all_devs:
-                s.busy[d] += loss * launches
-            grad_ready[produced] = end + comm
-        # backward, in reverse; gradients flow from consumers to producers
-        updates: list[tuple[_Node, float]] = []
-        for item in reversed(self.nodes):
-            if not item.backward:
-                continue
-            node = item.pnode
-            start = max((grad_ready.get(t, 0.0) for t in node.outputs), default=0.0)
-            if node.is_parallel:
-                end = move(item, start)
-            else:
-                c = item.cost
-                assert c is not None
-                first, last = host(c.launches_backward + item.accumulates,
-                                   None if c.issue_backward is None
-                                   else item.accumulates * issue + c.issue_backward,
-                                   None if c.runtime_backward is None
-                                   else item.accumulates * rt.analysis + c.runtime_backward)
-                begin = max([start, first] + [s.compute_free[d] for d in item.devs])
-                end = max(begin + c.backward,
-                          last + c.backward / max(c.launches_backward, 1))
-                for d in item.devs:
-                    s.compute_free[d] = end
-                    s.busy[d] += c.backward
-                    if record:
-                        record((end - c.backward, end))
-                trace(item.devs, end - c.backward, end, node.name, "backward")
-                br = s.breakdown[node.name]
-                br.compute += c.backward
-                if item.accumulates:
-                    acc = item.acc_time
-                    end = run(self.all_devs, end, acc, s.compute_free)
-                    trace(self.all_devs, end - acc, end, node.name, "backward")
-                    for d in self.all_devs:
-                        s.busy[d] += acc
-                br.end = max(br.end, end)
-                if item.weights:
-                    updates.append((item, end))
-            for t in node.inputs:
-                grad_ready[t] = max(grad_ready.get(t, 0.0), end)
+        fed = s.host
+        # per micro-batch (one unpipelined): when each tensor, and each gradient, is ready
+        readys: list[dict[int, float]] = [dict.fromkeys(pcg.inputs, fed)
+                                          for _ in range(self.micro_batches)]
+        grad_readys: list[dict[int, float]] = [{} for _ in range(self.micro_batches)]
+        # operators with weights, as the backward passes first reach them: when their
+        # gradients are complete (every micro-batch's added in)
+        grads_done: dict[int, tuple[_Node, float]] = {}
+
+        def forward(items: Sequence[_Node], ready: dict[int, float]) -> None:
+            for item in items:
+                node = item.pnode
+                start = max((ready[t] for t in node.inputs), default=0.0)
+                if item.moves:
+                    end = move(item, start)
+                else:
+                    c = item.cost
+                    assert c is not None
+                    for key, _ in item.weights:
+                        start = max(start, s.weight_ready.get(key, 0.0))
+                    fills = 0 if c.fills_included else item.fills
+                    launches = fills + c.launches_forward
+                    first, last = host(launches, None if c.issue_forward is None
+                                       else fills * issue + c.issue_forward,
+                                       None if c.runtime_forward is None
+                                       else fills * rt.analysis + c.runtime_forward)
+                    dur = (0.0 if c.fills_included else item.fill_time) + c.forward
+                    begin = s.start(s.compute_free, item.devs, max(start, first), dur)
+                    end = max(begin + dur, last + c.forward / max(c.launches_forward, 1))
+                    s.take(s.compute_free, item.devs, max(begin, end - dur), end)
+                    for d in item.devs:
+                        s.busy[d] += dur
+                        if record:
+                            record((end - dur, end))
+                    trace(item.devs, end - dur, end, node.name, "forward")
+                    br = s.breakdown.setdefault(node.name, OpBreakdown(start=begin))
+                    br.compute += dur
+                for t in node.outputs:
+                    ready[t] = end
+
+        def objective(ready: dict[int, float], grad_ready: dict[int, float]) -> None:
+            """The loss (and metrics) of each model output, on the loss's devices."""
+            devs = self.loss_devs
+            for produced, comm, loss in self.objectives:
+                t0 = ready.get(produced, 0.0)
+                if comm:
+                    t0 = run(devs, t0, comm, s.net_free)
+                    s.moved += 2 * comm   # there, and the gradient back
+                launches = 1 + self.sim.metrics
+                first, _ = host(launches)
+                end = run(devs, max(t0, first), loss * launches, s.compute_free)
+                trace(devs, end - loss * launches, end, "(loss and metrics)", "loss")
+                for d in devs:
+                    s.busy[d] += loss * launches
+                grad_ready[produced] = end + comm
+
+        def backward(items: Sequence[_Node], grad_ready: dict[int, float]) -> None:
+            """In reverse; gradients flow from consumers to producers."""
+            for item in reversed(items):
+                if not item.backward:
+                    continue
+                node = item.pnode
+                start = max((grad_ready.get(t, 0.0) for t in node.outputs), default=0.0)
+                if item.moves:
+                    end = move(item, start)
+                else:
+                    c = item.cost
+                    assert c is not None
+                    first, last = host(c.launches_backward + item.accumulates,
+                                       None if c.issue_backward is None
+                                       else item.accumulates * issue + c.issue_backward,
+                                       None if c.runtime_backward is None
+                                       else item.accumulates * rt.analysis + c.runtime_backward)
+                    begin = s.start(s.compute_free, item.devs, max(start, first), c.backward)
+                    end = max(begin + c.backward,
+                              last + c.backward / max(c.launches_backward, 1))
+                    s.take(s.compute_free, item.devs, max(begin, end - c.backward), end)
+                    for d in item.devs:
+                        s.busy[d] += c.backward
+                        if record:
+                            record((end - c.backward, end))
+                    trace(item.devs, end - c.backward, end, node.name, "backward")
+                    br = s.breakdown[node.name]
+                    br.compute += c.backward
+                    if item.accumulates:
+                        acc = item.acc_time
+                        glue = self.glue_of(item)
+                        end = run(glue, end, acc, s.compute_free)
+                        trace(glue, end - acc, end, node.name, "backward")
+                        for d in glue:
+                            s.busy[d] += acc
+                    br.end = max(br.end, end)
+                    if item.weights:
+                        done = grads_done.get(node.id)
+                        grads_done[node.id] = (item, max(end, done[1] if done else end))
+                for t in node.inputs:
+                    grad_ready[t] = max(grad_ready.get(t, 0.0), end)
+
+        self._run_passes(forward, objective, backward, readys, grad_readys)
+        updates = list(grads_done.values())
         # gradient sums and optimizer updates (issued after the whole backward pass)
         for item, grads_end in reversed(updates):
             br = s.breakdown[item.pnode.name]
@@ -749,9 +930,10 @@ class _Plan:
                 run(item.devs, first, sim.machine.device.launch_overhead * item.state_launches,
                     s.compute_free)
         # the executor ends every step waiting for all of its work (GraphExecutor._drain):
-        # the next step's issuing starts after it
-        s.host = max(s.compute_free + s.net_free + [s.host]) + rt.sync
-        s.host_busy += rt.sync
+        # the next step's issuing starts after it; it reads each micro-batch's loss back
+        reads = rt.sync * self.micro_batches
+        s.host = max(s.compute_free + s.net_free + [s.host]) + reads
+        s.host_busy += reads
         return s.host
 
     def run_fused_step(self, s: _State) -> float:
@@ -799,15 +981,16 @@ class _Plan:
                 return
             g = pending.pop()
             first = submit(1)
-            begin = max([g.ready, first] + [s.compute_free[d] for d in g.devs])
+            length = overhead + sum(step[0] for step in g.steps)
+            begin = s.start(s.compute_free, g.devs, max(g.ready, first), length)
             t = begin + overhead
             for seconds, name, phase, _done in g.steps:
                 trace(g.devs, t, t + seconds, name, phase)
                 if name:
                     s.breakdown.setdefault(name, OpBreakdown(start=t)).compute += seconds
                 t += seconds
+            s.take(s.compute_free, g.devs, begin, t)
             for d in g.devs:
-                s.compute_free[d] = t
                 s.busy[d] += t - begin
                 if record:
                     record((begin, t))
@@ -837,9 +1020,9 @@ class _Plan:
             busy_host(launches * rt.fused_issue)
 
         def move(item: Any, start: float) -> float:
-            end = max([start] + [s.net_free[d] for d in set(item.src + item.devs)]) + item.comm
-            for d in set(item.src + item.devs):
-                s.net_free[d] = end
+            devs = sorted(set(item.src + item.devs))
+            end = s.start(s.net_free, devs, start, item.comm) + item.comm
+            s.take(s.net_free, devs, end - item.comm, end)
             if record and item.comm > 0:
                 record((end - item.comm, end))
             s.moved += item.comm
@@ -854,78 +1037,95 @@ class _Plan:
             return done
 
         submit(self.feeds)
-        ready: dict[int, float] = {t: s.host for t in pcg.inputs}
-        # forward
-        for item in self.nodes:
-            node = item.pnode
-            inputs_at = (lambda node=node: max((ready.get(t, 0.0) for t in node.inputs),
-                                               default=0.0))
-            if node.is_parallel:
-                flush()   # the consumer reads other tiles: a group of its own
-                end = move(item, inputs_at()) if item.comm else inputs_at()
-                for t in node.outputs:
-                    ready[t] = end
-                if item.settle:   # partial sums added into the store before its reader
-                    join(item.src, 1, item.settle, lambda end=end: end,
-                         _owner(node), "forward", set_all(ready, node.outputs))
-                continue
-            c = item.cost
-            assert c is not None
-            if item.fills:
-                submit(item.fills)   # Legate fills of fresh stores: not tasks of the queue
-            keys = [key for key, _ in item.weights]
-            join(item.devs, c.launches_forward, c.kernels(overhead)[0] + item.fill_time,
-                 lambda f=inputs_at, keys=keys: max([f()] + [s.weight_ready.get(k, 0.0)
-                                                           for k in keys]),
-                 node.name, "forward", set_all(ready, node.outputs))
-        # the objective, then the blocking read of the loss
-        grad_ready: dict[int, float] = {}
-        for produced, comm, loss in self.objectives:
-            launches = 1 + self.sim.metrics
-            t0: Callable[[], float] = lambda p=produced: ready.get(p, 0.0)
-            if comm:
-                flush()
-                at = max([t0()] + [s.net_free[d] for d in self.all_devs]) + comm
-                for d in self.all_devs:
-                    s.net_free[d] = at
-                s.moved += 2 * comm   # there, and the gradient back
-                t0 = lambda at=at: at
-
-            def objective_done(end: float, produced: int = produced, comm: float = comm) -> None:
-                grad_ready[produced] = end + comm
-            join(self.all_devs, launches, max(loss - overhead, 0.0) * launches, t0,
-                 "(loss and metrics)", "loss", objective_done)
-        # backward, in reverse; gradients flow from consumers to producers
+        fed = s.host
+        # per micro-batch (one unpipelined): when each tensor, and each gradient, is ready
+        readys: list[dict[int, float]] = [dict.fromkeys(pcg.inputs, fed)
+                                          for _ in range(self.micro_batches)]
+        grad_readys: list[dict[int, float]] = [{} for _ in range(self.micro_batches)]
+        # operators with weights, in the order the backward passes first reach them, and when
+        # their gradients are complete (every micro-batch's added in)
         updates: list[_Node] = []
         grads_end: dict[int, float] = {}
-        for item in reversed(self.nodes):
-            if not item.backward:
-                continue
-            node = item.pnode
-            outputs_at = (lambda node=node: max((grad_ready.get(t, 0.0) for t in node.outputs),
-                                                default=0.0))
-            if node.is_parallel:
-                flush()
-                end = move(item, outputs_at()) if item.comm else outputs_at()
-                for t in node.inputs:
-                    grad_ready[t] = max(grad_ready.get(t, 0.0), end)
-                continue
-            c = item.cost
-            assert c is not None
 
-            def backward_done(end: float, item: _Node = item) -> None:
-                for t in item.pnode.inputs:
-                    grad_ready[t] = max(grad_ready.get(t, 0.0), end)
-                grads_end[item.pnode.id] = end
-            join(item.devs, c.launches_backward, c.kernels(overhead)[1], outputs_at,
-                 node.name, "backward", None if item.accumulates else backward_done)
-            if item.accumulates:
-                # every further consumer's part added into the gradient, data-parallel
-                join(self.all_devs, item.accumulates,
-                     max(item.acc_time - item.accumulates * overhead, 0.0), lambda: 0.0,
-                     node.name, "backward", backward_done)
-            if item.weights:
-                updates.append(item)
+        def forward(items: Sequence[_Node], ready: dict[int, float]) -> None:
+            for item in items:
+                node = item.pnode
+                inputs_at = (lambda node=node: max((ready.get(t, 0.0) for t in node.inputs),
+                                                   default=0.0))
+                if item.moves:
+                    flush()   # the consumer reads other tiles: a group of its own
+                    end = move(item, inputs_at()) if item.comm else inputs_at()
+                    for t in node.outputs:
+                        ready[t] = end
+                    if item.settle:   # partial sums added into the store before its reader
+                        join(item.src, 1, item.settle, lambda end=end: end,
+                             _owner(node), "forward", set_all(ready, node.outputs))
+                    continue
+                c = item.cost
+                assert c is not None
+                if item.fills:
+                    submit(item.fills)   # Legate fills of fresh stores: not tasks of the queue
+                keys = [key for key, _ in item.weights]
+                join(item.devs, c.launches_forward, c.kernels(overhead)[0] + item.fill_time,
+                     lambda f=inputs_at, keys=keys: max([f()] + [s.weight_ready.get(k, 0.0)
+                                                               for k in keys]),
+                     node.name, "forward", set_all(ready, node.outputs))
+
+        def objective(ready: dict[int, float], grad_ready: dict[int, float]) -> None:
+            """The loss (and metrics) of each model output, on the loss's devices."""
+            devs = self.loss_devs
+            for produced, comm, loss in self.objectives:
+                launches = 1 + self.sim.metrics
+                t0: Callable[[], float] = lambda p=produced: ready.get(p, 0.0)
+                if comm:
+                    flush()
+                    at = max([t0()] + [s.net_free[d] for d in devs]) + comm
+                    for d in devs:
+                        s.net_free[d] = at
+                    s.moved += 2 * comm   # there, and the gradient back
+                    t0 = lambda at=at: at
+
+                def objective_done(end: float, produced: int = produced,
+                                   comm: float = comm) -> None:
+                    grad_ready[produced] = end + comm
+                join(devs, launches, max(loss - overhead, 0.0) * launches, t0,
+                     "(loss and metrics)", "loss", objective_done)
+
+        def backward(items: Sequence[_Node], grad_ready: dict[int, float]) -> None:
+            """In reverse; gradients flow from consumers to producers."""
+            for item in reversed(items):
+                if not item.backward:
+                    continue
+                node = item.pnode
+                outputs_at = (lambda node=node: max((grad_ready.get(t, 0.0)
+                                                     for t in node.outputs), default=0.0))
+                if item.moves:
+                    flush()
+                    end = move(item, outputs_at()) if item.comm else outputs_at()
+                    for t in node.inputs:
+                        grad_ready[t] = max(grad_ready.get(t, 0.0), end)
+                    continue
+                c = item.cost
+                assert c is not None
+
+                def backward_done(end: float, item: _Node = item) -> None:
+                    for t in item.pnode.inputs:
+                        grad_ready[t] = max(grad_ready.get(t, 0.0), end)
+                    grads_end[item.pnode.id] = max(grads_end.get(item.pnode.id, end), end)
+                join(item.devs, c.launches_backward, c.kernels(overhead)[1], outputs_at,
+                     node.name, "backward", None if item.accumulates else backward_done)
+                if item.accumulates:
+                    # every further consumer's part added into the gradient, data-parallel
+                    # over the default processors
+                    join(self.glue_of(item), item.accumulates,
+                         max(item.acc_time - item.accumulates * overhead, 0.0), lambda: 0.0,
+                         node.name, "backward", backward_done)
+                if item.weights and item.pnode.id not in seen:
+                    seen.add(item.pnode.id)
+                    updates.append(item)
+
+        seen: set[int] = set()
+        self._run_passes(forward, objective, backward, readys, grad_readys)
         # gradient sums and optimizer updates: the update reads a summed gradient, which
         # starts a group of its own (FusionQueue); the updates then group by devices
         flush()
@@ -962,10 +1162,22 @@ class _Plan:
                 join(item.devs, item.state_launches, 0.0, lambda: 0.0, "", "update")
         flush()
         # the executor ends every step waiting for all of its work (GraphExecutor._drain):
-        # the next step's issuing starts after it
-        s.host = max(s.compute_free + s.net_free + [s.host]) + rt.sync
-        s.host_busy += rt.sync
+        # the next step's issuing starts after it; it reads each micro-batch's loss back
+        reads = rt.sync * self.micro_batches
+        s.host = max(s.compute_free + s.net_free + [s.host]) + reads
+        s.host_busy += reads
         return s.host
+
+
+def _fit(gaps: list[tuple[float, float]], free: float, t: float, duration: float) -> float:
+    """The earliest start >= t of `duration` seconds in one of the idle periods `gaps` (sorted,
+    disjoint) of a device whose last task ends at `free`, or after that task."""
+    for k in range(max(bisect.bisect_right(gaps, (t, math.inf)) - 1, 0), len(gaps)):
+        a, b = gaps[k]
+        begin = a if a > t else t
+        if b - begin >= duration:
+            return begin
+    return max(t, free)
 
 
 def _time_sliced(intervals: Sequence[tuple[float, float]], lo: float, hi: float,
@@ -1000,3 +1212,9 @@ def _owner(node: PNode) -> str:
 
 def _batch_of(pcg: PCG) -> int:
     return pcg.tensors[pcg.inputs[0]].sizes[0] if pcg.inputs else 1
+
+
+def _master_ratio(ws: ParallelTensorShape) -> float:
+    """Bytes of a weight's float32 master copy per byte of the weight as its operator reads it
+    (2 for a bf16/fp16 operator's weight under mixed precision, else 1)."""
+    return ws.dtype.master.itemsize / ws.dtype.itemsize

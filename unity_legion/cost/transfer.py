@@ -28,6 +28,7 @@ sizes, only on the two layouts' degrees and pieces: it is worked out once per pa
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -65,16 +66,86 @@ def _occupancy(layout: Layout, row: dict[int, int], cell_tiles: np.ndarray) -> n
 
 def transfer(src: Layout, dst: Layout, machine: MachineModel) -> Transfer:
     """What converting `src` (the producer's pieces) to `dst` (the consumer's) costs."""
+    return priced(profile_key(src, dst, machine), src.nbytes, src.piece_bytes, machine)
+
+
+def profile_key(src: Layout, dst: Layout, machine: MachineModel) -> tuple[int, bool]:
+    """The key of the pair's profile (worked out here if new): what its price depends on
+    besides the sizes. Keys are never reused, so a caller may memoise prices by them."""
     if src.shape.dims != dst.shape.dims and src.shape.sizes != dst.shape.sizes:
         raise ValueError(f"transfer: shapes differ ({src.shape} vs {dst.shape})")
     fold = machine.runtime.reduction == "fold"
-    key = (src.pattern, dst.pattern, machine.devices_per_node, fold)
-    prof = _PROFILES.get(key)
-    if prof is None:
-        if len(_PROFILES) > 200_000:      # bound the memo in a long search
-            _PROFILES.clear()
-        prof = _PROFILES[key] = _profile(src, dst, machine, fold)
-    return _price(prof, src.nbytes, src.piece_bytes, machine)
+    per_node = machine.devices_per_node
+    pair = (src.pattern, dst.pattern, per_node)
+    canon = _CANON.get(pair)
+    if canon is None:
+        if len(_CANON) > 400_000:         # bound the memos in a long search
+            for memo in (_CANON, _FORMS, _PROFILES, _TILES, _TILE_FORMS):
+                memo.clear()
+        form = canonical(src, dst, per_node)          # interned: keys hash cheaply
+        canon = _FORMS.get(form)
+        if canon is None:
+            canon = _FORMS[form] = next(_FORM_IDS)
+        _CANON[pair] = canon
+    key = (canon, fold)
+    if key not in _PROFILES:
+        _PROFILES[key] = _profile(src, dst, machine, fold)
+    return key
+
+
+def priced(key: tuple[int, bool], nbytes: float, piece: float, machine: MachineModel
+           ) -> Transfer:
+    """The price of the profile `key` (profile_key) for a tensor of `nbytes`, `piece` bytes
+    a piece."""
+    return _price(_PROFILES[key], nbytes, piece, machine)
+
+
+def canonical(src: Layout, dst: Layout, per_node: int) -> tuple:
+    """The pair's degrees, replicas and pieces up to what the price does not depend on.
+
+    A transfer's price depends on which pieces share a device and which devices share a node,
+    never on their numbers (every device has its own NVSwitch port and NIC, every node the same
+    links): devices are relabelled as they first appear, nodes numbered in order of appearance
+    and the devices of each node likewise. Nor does it depend on the order of the tensor's dims
+    (cells are counted, never placed) or on dims neither layout splits: those are dropped and
+    the rest sorted by their pair of degrees. So the same two layers on another part of the
+    machine, or a split of another dim alike, share one profile."""
+    order = _dim_order(src.shape.degrees, dst.shape.degrees)
+    nodes: dict[int, int] = {}
+    used: list[int] = []                 # per relabelled node: its devices seen so far
+    new: dict[int, int] = {}
+    devs = src.piece_devices + dst.piece_devices
+    for d in dict.fromkeys(devs):
+        n = nodes.get(d // per_node)
+        if n is None:
+            n = nodes[d // per_node] = len(used)
+            used.append(0)
+        new[d] = n * per_node + used[n]
+        used[n] += 1
+    return (per_node, _tiles_of(src, order), _tiles_of(dst, order), tuple(map(new.__getitem__, devs)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _dim_order(src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[int, ...]:
+    """The dims either tiling splits, sorted by their pair of degrees (see `canonical`)."""
+    return tuple(sorted((i for i in range(len(src)) if src[i] > 1 or dst[i] > 1),
+                        key=lambda i: (src[i], dst[i])))
+
+
+def _tiles_of(layout: Layout, order: tuple[int, ...]) -> int:
+    """An id of the layout's degrees, replicas and (tile, replica) per piece, its dims taken
+    in `order` (interned per layout pattern: the pair's forms are compared often)."""
+    key = (layout.pattern, order)
+    i = _TILES.get(key)
+    if i is None:
+        deg = layout.shape.degrees
+        form = (tuple(deg[k] for k in order), layout.shape.replicas,
+                tuple((tuple(t[k] for k in order), r) for _, t, r in layout.pieces))
+        j = _TILE_FORMS.get(form)
+        if j is None:
+            j = _TILE_FORMS[form] = len(_TILE_FORMS)
+        i = _TILES[key] = j
+    return i
 
 
 @dataclass(frozen=True)
@@ -91,7 +162,12 @@ class _Profile:
     inter: tuple[tuple[float, float], ...] = ()
 
 
-_PROFILES: dict[tuple, _Profile] = {}
+_PROFILES: dict[tuple, _Profile] = {}    # (canonical pair, fold) -> profile
+_CANON: dict[tuple, int] = {}            # (src pattern, dst pattern, devices per node) -> form id
+_FORMS: dict[tuple, int] = {}            # canonical form -> its id (never reused)
+_FORM_IDS = itertools.count()
+_TILES: dict[tuple, int] = {}            # (layout pattern, dim order) -> its tiles' form id
+_TILE_FORMS: dict[tuple, int] = {}
 
 
 def _price(p: _Profile, nbytes: float, piece: float, machine: MachineModel) -> Transfer:
@@ -117,6 +193,25 @@ def _rows(peers: np.ndarray, share: np.ndarray, mask: np.ndarray
     rows = set(zip(peers[mask].tolist(), share[mask].tolist()))
     keep = [r for r in rows if not any(o != r and o[0] >= r[0] and o[1] >= r[1] for o in rows)]
     return tuple(sorted(keep))
+
+
+def _sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """(n x cells): the rows of `values` summed by `index` (each row added in order)."""
+    order = np.argsort(index, kind="stable")
+    at = index[order]
+    starts = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])
+    out = np.zeros((n, values.shape[1]),
+                   dtype=np.int64 if values.dtype == bool else values.dtype)
+    out[at[starts]] = np.add.reduceat(values[order], starts, axis=0, dtype=out.dtype)
+    return out
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(rows of a x rows of b): whether the two boolean rows share a cell. On bits packed
+    8 to a byte, not a matrix product: these matrices are small, and a BLAS product's threads
+    cost more than they save (3x on two busy cores)."""
+    pa, pb = np.packbits(a, axis=1), np.packbits(b, axis=1)
+    return (pa[:, None, :] & pb[None, :, :]).any(2)  # type: ignore[no-any-return]
 
 
 def _profile(src: Layout, dst: Layout, machine: MachineModel, fold: bool) -> _Profile:
@@ -156,16 +251,12 @@ def _profile(src: Layout, dst: Layout, machine: MachineModel, fold: bool) -> _Pr
             group_links = join_links(link_name(g, machine) for g in shapes.values())
             box = src_tile[None, :] == tiles[:, None]           # piece x cell: its tile
             wants = need[rows] & box                             # what its device reads there
-            in_group = np.zeros((len(gid), int(gid.max()) + 1))
-            in_group[np.arange(len(gid)), gid] = 1.0
-            cover = in_group.T @ wants
+            cover = _sum_by(gid, wants, int(gid.max()) + 1)     # per group: members reading
             # the scatter matches the reads where each member reads its own 1/k of the tile
             aligned = (wants.sum(1) * k == box.sum(1)) & ((cover[gid] == 1) | ~box).all(1)
             broken = np.zeros(len(cover), dtype=bool)
             np.logical_or.at(broken, gid, ~aligned)
-            on_dev = np.zeros((len(rows), len(devs)))
-            on_dev[np.arange(len(rows)), rows] = 1.0
-            hold = on_dev.T @ np.where(~broken[gid][:, None], wants, box / k)
+            hold = _sum_by(rows, np.where(~broken[gid][:, None], wants, box / k), len(devs))
         hold = np.minimum(hold, 1.0)
     else:
         hold = np.minimum(_occupancy(src, row, src_tile), 1.0)
@@ -184,18 +275,29 @@ def _profile(src: Layout, dst: Layout, machine: MachineModel, fold: bool) -> _Pr
     reads = need.any(1)
     per_nic = lack.sum(1) / ncells / np.maximum(np.add.reduceat(reads, starts), 1)
     # the other nodes holding some of what a node lacks: one message each
-    from_nodes = ((lack > 0).astype(np.float32) @ (nhold > 0).T.astype(np.float32)) > 0
+    from_nodes = _overlap(lack > 0, nhold > 0)
     np.fill_diagonal(from_nodes, False)
     inter = _rows(from_nodes.sum(1), per_nic, per_nic > 0)
     # per device: the rest of what it lacks (held by a node-mate, or relayed from a NIC)
     own = np.maximum(missing.sum(1) / ncells - per_nic[node_idx], 0.0)
     peers = np.zeros(len(devs))
     if (own > 0).any():
-        lacks, has = (missing > 0).astype(np.float32), (hold > 0).astype(np.float32)
+        lacks, has = missing > 0, hold > 0
         ends = np.append(starts[1:], len(devs))
-        for a, b, relay in zip(starts.tolist(), ends.tolist(), (per_nic > 0).tolist()):
+        relays = per_nic > 0
+        width = ends - starts
+        if (width == width[0]).all():
+            # nodes alike (the usual case): every node's devices at once
+            n, w = len(starts), int(width[0])
+            pl = np.packbits(lacks, axis=1).reshape(n, w, 1, -1)
+            ph = np.packbits(has, axis=1).reshape(n, 1, w, -1)
+            talk = (pl & ph).any(3) | (relays[:, None] & reads.reshape(n, w))[:, None, :]
+            talk[:, np.arange(w), np.arange(w)] = False
+            peers = talk.sum(2).reshape(-1).astype(float)
+        for a, b, relay in ([] if (width == width[0]).all() else
+                            zip(starts.tolist(), ends.tolist(), relays.tolist())):
             # node-mates holding some of what a device lacks, or relaying from their NICs
-            talk = (lacks[a:b] @ has[a:b].T > 0) | (relay & reads[a:b])[None, :]
+            talk = _overlap(lacks[a:b], has[a:b]) | (relay & reads[a:b])[None, :]
             np.fill_diagonal(talk, False)
             peers[a:b] = talk.sum(1)
     intra = _rows(np.maximum(peers, 1), own, own > 1e-12)

@@ -7,11 +7,16 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from legate.core import ReductionOpKind, constant, dimension
+from legate.core import types as ty
 
 from unity_legion.executor.tasks import Access, Program, program_task, scalar_type, single
 from unity_legion.operators.base import Arg, Launch, Role, ceil_div
 from unity_legion.operators.spatial import Windowed
 from unity_legion.types import effective_degree  # noqa: F401 (re-exported)
+
+# Store types of half-precision values (bfloat16 as its bits in uint16: operators/precision.py),
+# which no ADD reduction may target (see submit_program)
+_HALF_TYPES = (ty.uint16, ty.float16)
 
 # A box of launch points: (lower, upper) per launch-grid dim, upper exclusive.
 Box = tuple[tuple[int, ...], tuple[int, ...]]
@@ -210,6 +215,26 @@ class _What:
         return f"{self.launch.kernel.name}({self.name}={self.launch.args[self.name].ref})"
 
 
+# Store shapes by id(store), each with its store (alive while cached, so no other store takes
+# its id). Reading a Legate store's shape costs microseconds (3-5 us per `shape[d]`, measured)
+# and a step asks tens of thousands of times (inception_v3: ~7,000 launches' worth); the
+# executor forgets the cache at the start of each call, when no task can be pending on the
+# stores it releases.
+_DIMS: dict[int, tuple[Any, tuple[int, ...]]] = {}
+
+
+def store_dims(store: Any) -> tuple[int, ...]:
+    """`tuple(store.shape)`, cached (see _DIMS)."""
+    hit = _DIMS.get(id(store))
+    if hit is None:
+        hit = _DIMS[id(store)] = (store, tuple(store.shape))
+    return hit[1]
+
+
+def forget_store_dims() -> None:
+    _DIMS.clear()
+
+
 def bind(launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int],
          reduced: frozenset[str] | None = None, box: Box | None = None) -> list[BoundArg]:
     """The launch's store arguments bound to `stores` over the grid `degrees` gives (the
@@ -226,7 +251,7 @@ def bind(launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int],
             if role is not Role.INPUT:
                 raise LaunchError(f"{what}: only an input can be read through windows")
             store = _windowed(store, arg, axes, degrees, box, what)
-        tile, proj = _partitioned(tuple(store.shape), arg, axes, degrees, what)
+        tile, proj = _partitioned(store_dims(store), arg, axes, degrees, what)
         bound.append(BoundArg(name, role, name in reduced, store, tile, proj))
     return bound
 
@@ -253,6 +278,15 @@ def submit_program(rt: Any, program: Program, slots: Sequence[tuple[Any, Any, An
     """Launch `program` over `grid` (only the points of `box`, when given) with its slots bound
     to (store, tile, projection) each and its scalars (value, Python type) in order. `uid` >= 0:
     its tasks record their kernels' intervals under that id (tasks.TRACE)."""
+    for i, access in enumerate(program.access):
+        if access is Access.REDUCE and slots[i][0].type in _HALF_TYPES:
+            step = next(st for st in program.steps if i in st.slots)
+            name = step.kernel.stores[step.slots.index(i)][0]
+            raise LaunchError(
+                f"{step.kernel.name}: an ADD reduction into the half-precision store "
+                f"{name!r} ({slots[i][0].type}): Legion would add bfloat16 bit patterns as "
+                f"integers (or round float16 at every fold); reduce into a float32 store and "
+                f"narrow after (GraphExecutor._launch stages them so)")
     t = program_task(program)
     if box is None:
         mt = rt.create_manual_task(t.library, t.task_id, grid)

@@ -50,7 +50,7 @@ class RewrittenExecutor:
         self._base = {k: np.array(values[k], copy=True) for k in translation.partial if k in values}
         for key, arr in translation.to_rewritten(values).items():
             self.inner.set_weight(key, arr)
-        self.set_plan(plan.configs)
+        self.set_plan(plan.configs, plan.pipeline)
         if plan.frozen:
             self.set_frozen(plan.frozen)
 
@@ -93,9 +93,10 @@ class RewrittenExecutor:
         self.frozen = keys
 
     # ------------------------------------------------------------------ running
-    def set_plan(self, plan: Mapping[int, Any]) -> None:
-        """By node id of the rewritten graph (`Strategy.plan`)."""
-        self.inner.set_plan(plan)
+    def set_plan(self, plan: Mapping[int, Any], pipeline: Any = None) -> None:
+        """By node id of the rewritten graph (`Strategy.plan`); `pipeline`: its stages name
+        the rewritten graph's operators."""
+        self.inner.set_plan(plan, pipeline)
 
     def reset_optimizer_state(self) -> None:
         self.inner.reset_optimizer_state()
@@ -143,8 +144,9 @@ class RewrittenExecutor:
         return {self._tensor_map[t]: v for t, v in feeds.items()}
 
     def train_step(self, feeds: Mapping[int, Any], targets: Sequence[Any], objective: Any,
-                   rule: Any, lr: float, step: int) -> Any:
-        return self.inner.train_step(self._feeds(feeds), targets, objective, rule, lr, step)
+                   rule: Any, lr: float, step: int, loss_scale: float | None = None) -> Any:
+        return self.inner.train_step(self._feeds(feeds), targets, objective, rule, lr, step,
+                                     loss_scale)
 
     def evaluate_step(self, feeds: Mapping[int, Any], targets: Sequence[Any], objective: Any
                       ) -> Any:

@@ -28,6 +28,7 @@ from legate.core import types as ty
 from legate.core.task import ADD, InputStore, OutputStore, ReductionStore, PyTask
 
 from unity_legion.operators.base import Kernel, PieceOrigin, Role
+from unity_legion.operators.precision import is_half_piece, narrow_into, round_in_place, widen
 
 _P = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
@@ -41,6 +42,8 @@ class Access(enum.Enum):
     WRITE = "write"          # every step that reads it comes after one that wrote it
     READ_WRITE = "read_write"
     REDUCE = "reduce"        # ADD reduction: steps only add into it
+
+    __hash__ = object.__hash__   # by identity (C speed): programs are hashed per fused task
 
     @property
     def reads(self) -> bool:
@@ -152,6 +155,13 @@ def program_task(program: Program) -> Any:
         for i, k in enumerate(squeeze):
             if k:
                 arrays[i] = arrays[i].reshape(arrays[i].shape[k:])
+        # half-precision pieces: kernels run on float32 working copies, rounded back after
+        # each kernel that writes them (operators/precision.py says why). Never a REDUCE slot:
+        # Legion would fold its uint16 bits as integers (the executor stages half sums in
+        # float32; launcher.submit_program refuses one)
+        halves = {i: arrays[i] for i, a in enumerate(arrays) if is_half_piece(a)}
+        for i, piece in halves.items():
+            arrays[i] = widen(piece)
         origins: list[tuple[int, ...] | None] = [None] * len(access)
         uid = given["_uid"]
         for j, step in enumerate(steps):
@@ -182,8 +192,15 @@ def program_task(program: Program) -> Any:
             k.fn(**call)
             for slot, buf in partial:
                 arrays[slot] += buf
+            if halves:
+                for (name, role), slot in zip(k.stores, step.slots):
+                    if slot in halves and (role is not Role.INPUT or name in step.reduced):
+                        round_in_place(halves[slot].dtype, arrays[slot])
             if uid >= 0:
                 TRACE.append((uid, j, threading.get_ident(), t0, time.perf_counter()))
+        for i, piece in halves.items():
+            if access[i] is not Access.READ:
+                narrow_into(piece, arrays[i])
 
     def gpu_body(*args: Any, **kw: Any) -> None:
         # the same body on device arrays, on this thread's stream (waited for at the end)

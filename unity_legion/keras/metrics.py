@@ -34,3 +34,11 @@ def get(identifier: Any, loss: LossFunction) -> Metric:
     if identifier not in _KINDS:
         raise ValueError(f"unknown metric {identifier!r}; known: {', '.join(NAMES)}")
     return Metric(identifier, kind=_KINDS[identifier])
+
+
+def named(kind: str, name: str) -> Metric:
+    """The metric Keras' class of snake-case name `kind` computes, reported as `name` (a
+    metric object in a config: keras.metrics.SparseCategoricalAccuracy(name="acc"))."""
+    if kind not in _KINDS:
+        raise ValueError(f"unknown metric {kind!r}; known: {', '.join(sorted(_KINDS))}")
+    return Metric(name, kind=_KINDS[kind])

@@ -100,6 +100,19 @@ def _same_side(ts: Sequence[KerasTensor], op: str) -> None:
                            "an operand with fewer axes than the batched one")
 
 
+def _promoted(ts: Sequence[KerasTensor]) -> list[KerasTensor]:
+    """The operands cast to their common dtype by Keras 3's type promotion
+    (keras.backend.result_type) where a half type meets another float: bfloat16 with float16
+    gives float32, a half type with float32 or float64 gives that (a keras.ops.cast node per
+    operand that changes). Other mixes are left to the operator (float32 with float64, ints
+    with floats: its "different dtypes" error, as before policies existed)."""
+    dts = {t.tensor_shape.dtype for t in ts}
+    if len(dts) < 2 or not all(d.is_float for d in dts) or not any(d.is_half for d in dts):
+        return list(ts)
+    target = DataType.FLOAT64 if DataType.FLOAT64 in dts else DataType.FLOAT32
+    return [tracing._cast_floats(t, target) for t in ts]
+
+
 def _named(fn: str, op: Callable[..., Any]) -> Callable[..., Any]:
     """The public keras.ops function `fn` made by one of the shared bodies below."""
     op.__name__ = op.__qualname__ = fn
@@ -134,7 +147,7 @@ def _binary(fn: str, a: Any, b: Any) -> KerasTensor:
         return _with_constant(fn, _tensor(a, fn), float(b), reflected=False)
     if _is_number(a):
         return _with_constant(fn, _tensor(b, fn), float(a), reflected=True)
-    ta, tb = _tensor(a, fn), _tensor(b, fn)
+    ta, tb = _promoted([_tensor(a, fn), _tensor(b, fn)])
     _same_side([ta, tb], fn)
     # equal graph shapes: elementwise as stored (a batch-free operand then has one axis less,
     # so it lines up with the batched one's non-batch axes, as the broadcast it stands for)
@@ -211,6 +224,7 @@ square = _one_operand(_unary, "square")
 
 def where(condition: Any, x1: Any, x2: Any) -> Any:
     c, a, b = (_tensor(v, "where") for v in (condition, x1, x2))
+    a, b = _promoted([a, b])
     _same_side([c, a, b], "where")
     return apply(Where(), "where", [c, a, b])
 
@@ -360,7 +374,7 @@ def squeeze(x: Any, axis: Any = None) -> Any:
 
 
 def concatenate(xs: Sequence[Any], axis: int = 0) -> Any:
-    ts = [_tensor(v, "concatenate") for v in xs]
+    ts = _promoted([_tensor(v, "concatenate") for v in xs])
     if len({_free(t) for t in ts}) > 1:
         raise fail("keras.ops.concatenate of batched and batch-free tensors",
                    "they have different ranks in the graph", "tensors that all carry the batch")
@@ -370,7 +384,7 @@ def concatenate(xs: Sequence[Any], axis: int = 0) -> Any:
 
 
 def stack(xs: Sequence[Any], axis: int = 0) -> Any:
-    ts = [_tensor(v, "stack") for v in xs]
+    ts = _promoted([_tensor(v, "stack") for v in xs])
     rank = _user_rank(ts[0]) + 1
     a = axis % rank
     return concatenate([expand_dims(t, a) for t in ts], axis=a)
@@ -430,7 +444,7 @@ def slice_tensor(x: Any, index: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 def matmul(x1: Any, x2: Any) -> Any:
-    a, b = _tensor(x1, "matmul"), _tensor(x2, "matmul")
+    a, b = _promoted([_tensor(x1, "matmul"), _tensor(x2, "matmul")])
     ra, rb = a.tensor_shape.rank, b.tensor_shape.rank   # graph ranks (batch first)
     if _free(a) and not _free(b):
         raise fail("keras.ops.matmul(weight, batched tensor)", "the batch would be a "

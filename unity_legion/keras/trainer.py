@@ -16,6 +16,8 @@ from unity_legion.keras import metrics as metrics_mod
 from unity_legion.keras import optimizers as optimizers_mod
 from unity_legion.keras.progress import EpochProgress, resolve_verbose
 from unity_legion.operators.base import OperatorError
+from unity_legion.operators.precision import as_bfloat16
+from unity_legion.types import DataType
 
 
 _ANY = object()  # _ensure_executor: whichever executor the model has
@@ -31,6 +33,9 @@ class Trainer:
         self.history: cbs.History | None = None
         self._objective: Any = None
         self._pending_compile: Any = None  # compile() arguments waiting for the model's build
+        # compile()'s loss, loss_weights and metrics as the user gave them: what a .keras file
+        # records as its compile_config (saving/compile_config.py)
+        self._compile_args: dict[str, Any] | None = None
         self._strategy: Any = None         # the Strategy the executor runs (set by compile)
         self._plan: Any = None             # that strategy compiled for the model (CompiledPlan)
         self.search_result: Any = None     # the last search compile() ran (SearchResult)
@@ -51,10 +56,9 @@ class Trainer:
         "table_parallel", "expert") or the path of a strategy JSON file. It is validated against
         the model and the running machine here, before anything runs: a bad one raises
         StrategyError and leaves the model as it was."""
-        unsupported = {"weighted_metrics", "run_eagerly", "steps_per_execution", "jit_compile",
-                       "auto_scale_loss"}
+        unsupported = {"weighted_metrics", "run_eagerly", "steps_per_execution", "jit_compile"}
         for k in kwargs:
-            if k not in unsupported and k != "search":
+            if k not in unsupported and k not in ("search", "auto_scale_loss"):
                 raise TypeError(f"compile: unknown argument {k!r}")
         _search_request(kwargs.get("search"), 1)  # bad options fail before anything changes
         if not _flatten(loss):
@@ -69,6 +73,7 @@ class Trainer:
                 metrics_mod.get(m, specs[0])
             self.optimizer = optimizers_mod.get(optimizer)
             self._pending_compile = (self.optimizer, loss, loss_weights, metrics, strategy, kwargs)
+            self._compile_args = {"loss": loss, "loss_weights": loss_weights, "metrics": metrics}
             self.compiled = True
             return
         self._pending_compile = None
@@ -101,13 +106,47 @@ class Trainer:
         m = machine_info()
         plan = resolved.compile(graph, None, {"cpu": m.cpus, "gpu": m.gpus},
                                 frozen=self._frozen_weight_keys())
-        self.optimizer = optimizers_mod.get(optimizer)
+        self.optimizer = self._scaled(optimizers_mod.get(optimizer), kwargs.get("auto_scale_loss"))
         self._objective = Objective(tuple(specs), metric_objs, weights)
         self._ensure_executor(plan)
         self._strategy = resolved
         self._plan = plan
         self._executor.reset_optimizer_state()
+        self._compile_args = {"loss": loss, "loss_weights": loss_weights, "metrics": metrics}
         self.compiled = True
+
+    def _scaled(self, optimizer: Any, auto_scale_loss: Any) -> Any:
+        """Keras 3's compile: under the "mixed_float16" policy (the model's) the optimizer is
+        wrapped in a LossScaleOptimizer unless auto_scale_loss=False."""
+        from unity_legion.keras import mixed_precision
+        policy = getattr(self, "dtype_policy", None) or mixed_precision.global_policy()
+        if policy.name == "mixed_float16" and auto_scale_loss is not False and \
+                not isinstance(optimizer, mixed_precision.LossScaleOptimizer):
+            return mixed_precision.LossScaleOptimizer(optimizer)
+        return optimizer
+
+    def _train_step(self, *args: Any) -> Any:
+        """The executor's train_step, with the loss scale of a LossScaleOptimizer (which then
+        learns whether the step's gradients were finite)."""
+        result = self._executor.train_step(*args, **self._loss_scale_args())
+        self._after_scaled_step(result)
+        return result
+
+    def _loss_scale_args(self) -> dict[str, float]:
+        """train_step's keyword for the optimizer's loss scale ({} without loss scaling). Every
+        path that runs a training step (fit, train_on_batch, profile_step) passes it: without
+        it a mixed_float16 step's small gradients underflow float16."""
+        from unity_legion.keras.mixed_precision import LossScaleOptimizer
+        opt = self.optimizer
+        return {"loss_scale": opt.scale} if isinstance(opt, LossScaleOptimizer) else {}
+
+    def _after_scaled_step(self, result: Any) -> None:
+        """A LossScaleOptimizer learns whether the step's gradients were finite (a step whose
+        loss was not finite changed nothing and does not count)."""
+        from unity_legion.keras.mixed_precision import LossScaleOptimizer
+        opt = self.optimizer
+        if isinstance(opt, LossScaleOptimizer) and np.all(np.isfinite(result.loss)):
+            opt.after_step(result.grads_finite)
 
     @property
     def strategy(self) -> Any:
@@ -206,7 +245,7 @@ class Trainer:
                 return
             if getattr(current, "substitutions", None) == (
                     None if plan.translation is None else plan.substitutions):
-                current.set_plan(plan.configs)
+                current.set_plan(plan.configs, plan.pipeline)
                 return
         from unity_legion.executor.executor import GraphExecutor
         from unity_legion.executor.rewritten import executor_for
@@ -378,7 +417,7 @@ class Trainer:
                         continue   # done before the run was interrupted
                     callback_list.on_train_batch_begin(step, {})
                     feeds = {t: s.rows(start, start + batch_size) for t, s in zip(self._input_ids, staged_x)}
-                    result = self._executor.train_step(
+                    result = self._train_step(
                         feeds, [s.rows(start, start + batch_size) for s in staged_y], self._objective,
                         self.optimizer.rule(), self.optimizer.learning_rate,
                         self.optimizer.iterations + 1)
@@ -471,10 +510,11 @@ class Trainer:
             args = (feeds, ys, self._objective, self.optimizer.rule(),
                     self.optimizer.learning_rate, self.optimizer.iterations + 1)
             if profiled:
-                prof = profile_train_step(self._executor, *args)
+                prof = profile_train_step(self._executor, *args, **self._loss_scale_args())
                 result = prof.result
+                self._after_scaled_step(result)
             else:
-                result = self._executor.train_step(*args)
+                result = self._train_step(*args)
             if result.applied:
                 self.optimizer.iterations += 1
         assert prof is not None
@@ -512,9 +552,9 @@ class Trainer:
         xs, ys = self._prepare_x(x), self._prepare_y(y)
         data_utils.check_lengths(xs, ys)
         self._sync_frozen()
-        result = self._executor.train_step(dict(zip(self._input_ids, xs)), ys, self._objective,
-                                           self.optimizer.rule(), self.optimizer.learning_rate,
-                                           self.optimizer.iterations + 1)
+        result = self._train_step(dict(zip(self._input_ids, xs)), ys, self._objective,
+                                  self.optimizer.rule(), self.optimizer.learning_rate,
+                                  self.optimizer.iterations + 1)
         if result.applied:
             self.optimizer.iterations += 1
         logs = _Running()
@@ -550,6 +590,11 @@ class Trainer:
             bar.finish({}, time.perf_counter() - t0)
         callback_list.on_predict_end({})
         outs = [np.concatenate([c[k] for c in chunks]) for k in range(len(self._output_ids))]
+        # a bfloat16 output comes back as Keras 3 returns it: ml_dtypes bfloat16 (the executor
+        # reads bfloat16 stores as float32 holding bfloat16 values: numpy has no bfloat16)
+        tensors = self.graph.tensors  # type: ignore[attr-defined]
+        outs = [as_bfloat16(o) if tensors[t].shape.dtype is DataType.BFLOAT16 else o
+                for o, t in zip(outs, self._output_ids)]
         return outs if self._multi_output else outs[0]  # type: ignore[attr-defined]
 
 

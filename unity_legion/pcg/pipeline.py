@@ -223,3 +223,86 @@ def lift_pipelined(graph: ComputationGraph, batch: int, spec: PipelineSpec,
                                (t,), (whole,)))
         out.outputs.append(whole)
     return out
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One stage's forward ("F") or backward ("B") pass over one micro-batch."""
+
+    phase: str
+    stage: int
+    micro: int
+
+
+def stage_sequence(spec_stages: int, micro_batches: int, schedule: str, stage: int
+                   ) -> list[Slot]:
+    """What stage `stage` runs, in its order. GPipe: every forward, then every backward (the
+    last micro-batch's first: its activations are the freshest, as GPipe drains). 1F1B
+    (PipeDream-Flush): stages - 1 - stage forwards to fill the pipe, then one forward and one
+    backward alternately, then the remaining backwards."""
+    m = micro_batches
+    if schedule == "gpipe":
+        return ([Slot("F", stage, j) for j in range(m)]
+                + [Slot("B", stage, j) for j in reversed(range(m))])
+    warm = min(spec_stages - 1 - stage, m)
+    seq = [Slot("F", stage, j) for j in range(warm)]
+    for i in range(m - warm):
+        seq += [Slot("F", stage, warm + i), Slot("B", stage, i)]
+    return seq + [Slot("B", stage, j) for j in range(m - warm, m)]
+
+
+def schedule_order(stages: int, micro_batches: int, schedule: str) -> list[Slot]:
+    """Every stage's sequence merged into one issue order, in time slots: in each slot every
+    stage runs its next pass if what it needs ran in an earlier slot (F(s, j) needs
+    F(s - 1, j); B(s, j) needs B(s + 1, j), the last stage's F(s, j)). A runtime that runs
+    tasks in dependency order then overlaps the stages as the schedule draws them."""
+    if schedule not in SCHEDULES:
+        raise PipelineError(f"pipeline: unknown schedule {schedule!r}; schedules: "
+                            f"{', '.join(SCHEDULES)}")
+    seqs = [stage_sequence(stages, micro_batches, schedule, s) for s in range(stages)]
+    pos = [0] * stages
+    done: set[Slot] = set()
+    order: list[Slot] = []
+
+    def needs(sl: Slot) -> Slot | None:
+        if sl.phase == "F":
+            return Slot("F", sl.stage - 1, sl.micro) if sl.stage > 0 else None
+        if sl.stage < stages - 1:
+            return Slot("B", sl.stage + 1, sl.micro)
+        return Slot("F", sl.stage, sl.micro)
+
+    while len(order) < sum(map(len, seqs)):
+        ready = [seqs[s][pos[s]] for s in range(stages) if pos[s] < len(seqs[s])
+                 and (needs(seqs[s][pos[s]]) is None or needs(seqs[s][pos[s]]) in done)]
+        assert ready, "pipeline schedule deadlocked"   # the sequences above never do
+        for sl in ready:
+            order.append(sl)
+            pos[sl.stage] += 1
+        done.update(ready)
+    return order
+
+
+def micro_batch_sizes(batch: int, micro_batches: int) -> list[int]:
+    """Samples per micro-batch for a step of `batch` samples: equal where the count divides the
+    batch (what a strategy is checked for), otherwise as equal as possible (a short last batch
+    of an epoch), never an empty one."""
+    if batch < 1:
+        raise PipelineError(f"pipeline: a step needs at least one sample, got {batch}")
+    k = min(micro_batches, batch)
+    base, extra = divmod(batch, k)
+    return [base + (1 if j < extra else 0) for j in range(k)]
+
+
+def inexact_operator(graph: ComputationGraph, nodes: Sequence, frozen: frozenset = frozenset()
+                     ) -> object | None:
+    """The first of `nodes` that micro-batches would change: its training forward uses the
+    statistics of its whole batch (batch norm), unless it runs in inference mode because all its
+    weights are `frozen` (as Keras' frozen BatchNormalization does). None: all run exactly."""
+    for n in nodes:
+        if not getattr(n.op, "batch_statistics", False):
+            continue
+        if (n.op.inference_when_frozen and n.weights
+                and all((n.id, ws.name) in frozen for ws in n.weights)):
+            continue
+        return n
+    return None

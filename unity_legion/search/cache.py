@@ -45,6 +45,15 @@ class MappingCache:
     steps: dict[tuple, tuple] = field(default_factory=dict)         # (parallel op, shape) -> step
     comm: dict[tuple, float] = field(default_factory=dict)          # (shape ids, class) -> s
     blocks: dict[tuple, tuple] = field(default_factory=dict)        # signature -> solved block
+    # device groups (Simulator.by_groups): where an argument's pieces live, interned, and the
+    # price of moving a tensor between two of them (the same pair recurs across edges, nodes
+    # of the same shapes and graphs: priced once)
+    layout_keys: dict[tuple, int] = field(default_factory=dict)     # (shapes, cfg, arg) -> id
+    layout_ids: dict[Any, int] = field(default_factory=dict)        # Layout -> id
+    layouts: list[Any] = field(default_factory=list)                # id -> Layout
+    layout_shapes: list[int] = field(default_factory=list)          # id -> its shape's id
+    prices: dict[tuple, float] = field(default_factory=dict)        # (profile, bytes) -> s
+    moves: dict[tuple[int, int], float] = field(default_factory=dict)  # (src, dst) ids -> s
     stats: CacheStats = field(default_factory=CacheStats)
 
     def bind(self, context: tuple) -> None:

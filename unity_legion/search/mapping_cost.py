@@ -43,6 +43,7 @@ from unity_legion.cost.layout import Layout, arg_layout, spread, whole
 from unity_legion.cost.machine import MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, priced
 from unity_legion.cost.simulator import Simulator
+from unity_legion.cost.transfer import priced as transfer_priced, profile_key
 from unity_legion.operators.base import Ref, RefKind
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.parallel_ops import FusedParallelOp, Partition, Reduce, Replicate, conversion
@@ -102,10 +103,11 @@ class MappingCost:
         self._kid: dict[int, int] = {}
         self._reads_input: dict[int, bool] = {}
         self._writes_output: dict[int, bool] = {}
-        # collectives over the devices that take part (Simulator.by_groups): layouts by
-        # (operator shapes key, degrees, view, argument), transfers by layout pair
+        # collectives over the devices that take part (Simulator.by_groups): layouts interned
+        # in the cache by (operator shapes key, degrees, view, argument), transfers priced once
+        # per pair of layouts; per placed candidates of a node on a resource, their layout ids
         self.by_groups = self.sim.by_groups
-        self._layouts: dict[tuple, Layout] = {}
+        self._end_ids: dict[tuple, np.ndarray] = {}
         self._skid: dict[int, int] = {}
         self._placed: dict[tuple, list[OpConfig]] = {}
         self._devinfo: dict[OpConfig, tuple[list[int], frozenset[int], frozenset[int]]] = {}
@@ -330,53 +332,90 @@ class MappingCost:
     # ------------------------------------------------------------------ device groups
     def layout(self, nid: int, cfg: OpConfig, kind: RefKind, key: int | str) -> Layout:
         """Where the pieces of a node's argument live under a placed candidate."""
+        i = self.layout_id(nid, cfg, kind, key)
+        assert i >= 0
+        return self.store.layouts[i]  # type: ignore[no-any-return]
+
+    def layout_id(self, nid: int, cfg: OpConfig, kind: RefKind, key: int | str) -> int:
+        """`layout`'s id, interned in the cache (equal layouts of different nodes, or graphs,
+        share it); -1 where the candidate is illegal (no shapes)."""
         self.node_key(nid)
+        st = self.store
         k = (self._skid[nid], cfg.degrees, cfg.view, kind, key)
-        hit = self._layouts.get(k)
-        if hit is None:
+        i = st.layout_keys.get(k)
+        if i is None:
             ns = self.node_shapes(nid, cfg)
-            assert ns is not None
-            shape = (ns.inputs[key] if kind is RefKind.INPUT else  # type: ignore[index]
-                     ns.outputs[key] if kind is RefKind.OUTPUT else ns.weights[key])  # type: ignore[index]
-            n = self.index.by_id[nid]
-            hit = self._layouts[k] = arg_layout(n.op, self.inputs_of(n), cfg, Ref(kind, key),
-                                                shape)
+            if ns is None:
+                i = -1
+            else:
+                shape = (ns.inputs[key] if kind is RefKind.INPUT else  # type: ignore[index]
+                         ns.outputs[key] if kind is RefKind.OUTPUT else ns.weights[key])  # type: ignore[index]
+                n = self.index.by_id[nid]
+                lay = arg_layout(n.op, self.inputs_of(n), cfg, Ref(kind, key), shape)
+                i = st.layout_ids.get(lay)
+                if i is None:
+                    i = st.layout_ids[lay] = len(st.layouts)
+                    st.layouts.append(lay)
+                    st.layout_shapes.append(st.shape_id(shape))
+            st.layout_keys[k] = i
+        return i
+
+    def _placed_layouts(self, nid: int, res: Resource, kind: RefKind, key: int | str
+                        ) -> np.ndarray:
+        """Per placed candidate of the node on `res` (`placed` order), its argument's layout id."""
+        k = (self.node_key(nid), res, kind, key)
+        hit = self._end_ids.get(k)
+        if hit is None:
+            hit = self._end_ids[k] = np.array(
+                [self.layout_id(nid, c, kind, key) for c in self.placed(nid, res)],
+                dtype=np.int64)
+        return hit
+
+    def _move_ids(self, src: int, dst: int) -> float:
+        """Seconds of one move of a tensor from layout `src` to `dst` (interned ids; -1, or
+        shapes lift cannot convert: INF), memoised by the pair: the DP meets the same pair for
+        every edge whose ends have these shapes, on every resource pair placing them alike."""
+        if src < 0 or dst < 0:
+            return INF
+        st = self.store
+        hit = st.moves.get((src, dst))
+        if hit is None:
+            if not self._convertible_ids(st.layout_shapes[src], st.layout_shapes[dst]):
+                hit = INF
+            else:
+                # Simulator.transfer's price, by its profile (layouts alike up to relabelling
+                # devices and dims share it) and the tensor's sizes
+                a, b = st.layouts[src], st.layouts[dst]
+                key = (profile_key(a, b, self.machine), a.nbytes, a.piece_bytes)
+                hit = st.prices.get(key)
+                if hit is None:
+                    hit = st.prices[key] = transfer_priced(key[0], a.nbytes, a.piece_bytes,
+                                                  self.machine).seconds
+            st.moves[(src, dst)] = hit
         return hit
 
     def _convertible(self, src: ParallelTensorShape, dst: ParallelTensorShape) -> bool:
         """Whether parallel operators can turn `src` into `dst` (lift's conversion)."""
         st = self.store
-        conv = (st.shape_id(src), st.shape_id(dst))
-        ops = st.comm.get(conv, False)
+        return self._convertible_ids(st.shape_id(src), st.shape_id(dst))
+
+    def _convertible_ids(self, src: int, dst: int) -> bool:
+        """`_convertible` of two interned shapes."""
+        st = self.store
+        ops = st.comm.get((src, dst), False)
         if ops is False:
             try:
-                ops = conversion(src, dst)
+                ops = conversion(st.shapes[src], st.shapes[dst])
             except ParallelShapeError:
                 ops = None
-            st.comm[conv] = ops
+            st.comm[(src, dst)] = ops
         return ops is not None
 
     def _edge_groups(self, e: Edge, a: OpConfig, b: OpConfig) -> float:
         """One move of edge `e`'s tensor from placed candidate `a` to `b`, priced over the
-        devices that exchange pieces (memoised by the pair of layouts, moved together by whole
-        nodes to the first one)."""
-        va, vb = a.view, b.view
-        by = min(va.start, vb.start) // self.per_node * self.per_node
-        key = ("groups", self.node_key(e.src), a.degrees, e.out, va.start - by, va.dims,
-               va.strides, self.node_key(e.dst), b.degrees, e.inp, vb.start - by, vb.dims,
-               vb.strides)
-        tab = self.store.comm
-        hit = tab.get(key)
-        if hit is None:
-            su, sv = self.node_shapes(e.src, a), self.node_shapes(e.dst, b)
-            if su is None or sv is None or \
-                    not self._convertible(su.outputs[e.out], sv.inputs[e.inp]):
-                hit = INF
-            else:
-                hit = self.sim.transfer(self.layout(e.src, a, RefKind.OUTPUT, e.out),
-                                        self.layout(e.dst, b, RefKind.INPUT, e.inp)).seconds
-            tab[key] = hit
-        return hit
+        devices that exchange pieces."""
+        return self._move_ids(self.layout_id(e.src, a, RefKind.OUTPUT, e.out),
+                              self.layout_id(e.dst, b, RefKind.INPUT, e.inp))
 
     def _move(self, src: ParallelTensorShape, dst: ParallelTensorShape, devs: list[int],
               both_ways: bool, strict: bool = True) -> float:
@@ -515,9 +554,15 @@ class MappingCost:
             return hit
         self.store.stats.table_misses += 1
         if self.by_groups:
-            pa, pb = self.placed(e.src, ru), self.placed(e.dst, rv)
-            hit = np.array([[self._edge_groups(e, a, b) for b in pb] for a in pa],
-                           dtype=float).reshape(len(pa), len(pb))
+            # many candidates leave (or want) the tensor alike: price each distinct pair of
+            # layouts once
+            ua, inv_a = np.unique(self._placed_layouts(e.src, ru, RefKind.OUTPUT, e.out),
+                                  return_inverse=True)
+            ub, inv_b = np.unique(self._placed_layouts(e.dst, rv, RefKind.INPUT, e.inp),
+                                  return_inverse=True)
+            sub = np.array([[self._move_ids(x, y) for y in ub.tolist()] for x in ua.tolist()],
+                           dtype=float).reshape(len(ua), len(ub))
+            hit = sub[inv_a.reshape(-1)[:, None], inv_b.reshape(-1)[None, :]]
             if self._req.get(e.tensor, False):
                 hit = hit * 2
             tab[key] = hit

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from unity_legion.pcg.graph import ComputationGraph
+from unity_legion.pcg.pipeline import PipelineSpec
 from unity_legion.strategy.strategy import StrategyError
 from unity_legion.substitutions.apply import AppliedRule, Rewrite, replay
 from unity_legion.substitutions.weights import WeightRef, WeightSource
@@ -234,6 +235,9 @@ class CompiledPlan:
     frozen: frozenset[WeightKey] = frozenset()
     substitutions: tuple[AppliedRule, ...] = ()
     model_graph: ComputationGraph | None = field(default=None, compare=False)  # the model's
+    # pipeline parallelism (stages by operator names of `graph`, micro-batches, schedule):
+    # the executor runs every step in micro-batches through the stages (executor/pipeline.py)
+    pipeline: PipelineSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outputs", tuple(self.outputs))

@@ -48,7 +48,8 @@ from unity_legion.operators._aten import DeviceDtypeError, check_device_dtype
 from unity_legion.operators.base import SAMPLE
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.pcg import PCG, PCGError, PNode, check_axes, data_parallel_config, lift
-from unity_legion.pcg.pipeline import PipelineError, PipelineSpec, Stage, lift_pipelined
+from unity_legion.pcg.pipeline import (PipelineError, PipelineSpec, Stage, inexact_operator,
+                                       lift_pipelined)
 from unity_legion.substitutions.apply import AppliedRule, Rewrite, replay
 from unity_legion.substitutions.rule import SubstitutionError
 from unity_legion.types import MachineView, OpConfig, ParallelShapeError
@@ -277,19 +278,35 @@ class Strategy:
         rw = self.rewrite(original)
         graph = original if rw is None else rw.graph
         self._validate_graph(graph, batch, devices)
-        if self.pipeline is not None and (self.pipeline.num_stages > 1
-                                          or self.pipeline.micro_batches > 1):
-            raise StrategyError(f"strategy for model {self.model!r}: a pipelined strategy "
-                                f"({self.pipeline.num_stages} stages, "
-                                f"{self.pipeline.micro_batches} micro-batches) is planned and "
-                                f"priced, but the executor cannot run pipelines yet")
         frozen = frozenset(frozen)
         translation = None
+        run_frozen = frozen
         if rw is not None:
             translation = WeightTranslation.of(original, original.outputs, rw, self.substitutions)
-            translation.frozen_keys(frozen)   # a mixed frozen weight fails now
+            run_frozen = translation.frozen_keys(frozen)   # a mixed frozen weight fails now
+        if self.pipeline is not None:
+            self._check_pipeline_exact(graph, run_frozen, batch)
         return CompiledPlan(graph, graph.outputs, self._by_id(graph), translation, frozen,
-                            self.substitutions, original)
+                            self.substitutions, original, self.pipeline)
+
+    def _check_pipeline_exact(self, graph: ComputationGraph, frozen: frozenset,
+                              batch: int | None) -> None:
+        """A pipelined step must train as the whole batch does: an operator normalising with
+        its batch's statistics (batch norm, unless frozen) is refused, naming it and its stage."""
+        spec = self.pipeline
+        assert spec is not None
+        n = inexact_operator(graph, graph.subgraph_nodes(graph.outputs), frozen)
+        if n is None:
+            return
+        stage = self._stage_of_name(n.name)
+        micro = (f"{spec.micro_batch(batch)} samples" if batch is not None
+                 else f"1/{spec.micro_batches} of the batch")
+        raise StrategyError(
+            f"strategy for model {self.model!r}: stage {stage.name if stage else '?'!r}: "
+            f"operator {n.name!r} ({n.op.op_type}) normalises with its batch's statistics; in "
+            f"micro-batches of {micro} it would compute other numbers than the whole batch, "
+            f"so the pipeline cannot train it exactly: freeze the layer or use a strategy "
+            f"without a pipeline")
 
     def _check_signature(self, original: ComputationGraph) -> None:
         sig = graph_signature(original)

@@ -10,6 +10,7 @@ shorter), as Legate's tiling makes them.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -95,11 +96,12 @@ class ParallelTensorShape:
     def rank(self) -> int:
         return len(self.dims)
 
-    @property
+    # cached (the instance is frozen): the search's cost tables read them millions of times
+    @functools.cached_property
     def sizes(self) -> tuple[int, ...]:
         return tuple(d.size for d in self.dims)
 
-    @property
+    @functools.cached_property
     def degrees(self) -> tuple[int, ...]:
         return tuple(d.degree for d in self.dims)
 

@@ -14,18 +14,46 @@ class DataType(enum.Enum):
     INT32 = "int32"
     INT64 = "int64"
     BOOL = "bool"
+    # The half precisions of mixed-precision training (keras.mixed_precision): activations and
+    # their gradients only; weights and optimizer state stay FLOAT32 (`master`).
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
 
     @property
     def numpy(self) -> np.dtype:
+        """The numpy dtype values of this type are exchanged in on the host. numpy has no
+        bfloat16: BFLOAT16 values travel as float32 (every bfloat16 is exactly a float32);
+        the store itself holds the 16-bit pattern (`storage`)."""
+        if self is DataType.BFLOAT16:
+            return np.dtype(np.float32)
+        return np.dtype(self.value)
+
+    @property
+    def storage(self) -> np.dtype:
+        """The numpy dtype of a store's piece: BFLOAT16 is stored as its bits in uint16 (Legate
+        25.11 has no bfloat16 type; see operators/precision.py), every other type as itself."""
+        if self is DataType.BFLOAT16:
+            return np.dtype(np.uint16)
         return np.dtype(self.value)
 
     @property
     def itemsize(self) -> int:
-        return self.numpy.itemsize
+        return self.storage.itemsize
 
     @property
     def is_float(self) -> bool:
-        return self in (DataType.FLOAT32, DataType.FLOAT64)
+        return self in (DataType.FLOAT32, DataType.FLOAT64, DataType.FLOAT16, DataType.BFLOAT16)
+
+    @property
+    def is_half(self) -> bool:
+        """A 16-bit float: mixed precision's compute type."""
+        return self in (DataType.FLOAT16, DataType.BFLOAT16)
+
+    @property
+    def master(self) -> "DataType":
+        """The type weights (and their gradients and optimizer state) are kept in for an
+        operator computing in this type: FLOAT32 for the half types (Keras' variable_dtype)."""
+        return DataType.FLOAT32 if self.is_half else self
 
     @property
     def is_integer(self) -> bool:
@@ -36,6 +64,10 @@ class DataType(enum.Enum):
         """The DataType of a string, numpy dtype or DataType."""
         if isinstance(value, DataType):
             return value
+        if isinstance(value, str) and value in cls._value2member_map_:
+            return cls(value)   # "bfloat16": not a numpy dtype name
+        if getattr(value, "name", None) == "bfloat16":   # ml_dtypes' / torch's bfloat16
+            return cls.BFLOAT16
         try:
             return cls(np.dtype(value).name)
         except (TypeError, ValueError) as exc:

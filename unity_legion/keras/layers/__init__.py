@@ -14,7 +14,7 @@ from unity_legion.keras.layers.embedding import Embedding
 from unity_legion.keras.layers.flatten import Flatten
 from unity_legion.keras.layers.global_max_pooling2d import GlobalMaxPooling2D
 from unity_legion.keras.layers.identity import Identity
-from unity_legion.keras.layers.input_layer import Input
+from unity_legion.keras.layers.input_layer import Input, InputLayer
 from unity_legion.keras.layers.layer import KerasTensor, Layer
 from unity_legion.keras.layers.layer_normalization import LayerNormalization
 from unity_legion.keras.layers.multi_head_attention import MultiHeadAttention
@@ -34,7 +34,7 @@ from unity_legion.keras.layers.zero_padding2d import ZeroPadding2D
 
 __all__ = ["Activation", "Add", "AveragePooling2D", "BatchNormalization", "Concatenate", "Conv2D",
            "Dense", "Dot", "Dropout", "Embedding", "Flatten", "GlobalAveragePooling2D", "Identity",
-           "Input", "KerasTensor", "Layer", "LayerNormalization", "MaxPooling2D",
+           "Input", "InputLayer", "KerasTensor", "Layer", "LayerNormalization", "MaxPooling2D",
            "MultiHeadAttention", "Multiply", "Permute", "Reshape", "Softmax", "Split", "Subtract",
            "ZeroPadding2D",
            # 1-D layers, global max pooling, rectifiers, rescaling, upsampling, transposed conv

@@ -20,6 +20,7 @@ from unity_legion.types import TensorShape
 
 
 class BatchNormalization(Layer):
+    float32_inside = True   # Keras 3 upcasts the inputs under a half policy (Layer.op_dtype)
     weight_names = ("gamma", "beta", "moving_mean", "moving_variance")
 
     def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3,

@@ -70,12 +70,34 @@ class Layer:
             raise TypeError(f"{type(self).__name__}: name must be a string, got {name!r}")
         self.name = name or unique_name(_snake(type(self).__name__))
         self.trainable = trainable
-        self.dtype = DataType.of(dtype) if dtype is not None else DataType.FLOAT32
+        from unity_legion.keras import mixed_precision
+        # Keras 3: a layer's dtype policy is fixed when it is made (the global one by default)
+        self.dtype_policy = (mixed_precision.get(dtype) if dtype is not None
+                             else mixed_precision.global_policy())
+        self.dtype = DataType.of(self.dtype_policy.variable_dtype)   # Keras: layer.dtype
         self.op: Operator | None = None
         self.input_shapes: list[TensorShape] | None = None
         self.outputs: list[KerasTensor] = []
         self._model_ref: Any = None  # weak: the Model whose graph holds this layer's node
         self._node_id: int | None = None
+
+    # --- dtypes (keras.mixed_precision) -------------------------------------------------------
+    @property
+    def compute_dtype(self) -> str:
+        return self.dtype_policy.compute_dtype
+
+    @property
+    def variable_dtype(self) -> str:
+        return self.dtype_policy.variable_dtype
+
+    # Layers Keras 3 runs in float32 under a half policy (BatchNormalization and
+    # LayerNormalization upcast their inputs: "prone to overflow"), casting the result back.
+    float32_inside: bool = False
+
+    def op_dtype(self) -> DataType:
+        """The dtype this layer's operator computes in: its floating inputs are cast to it."""
+        dt = DataType.of(self.compute_dtype)
+        return DataType.FLOAT32 if self.float32_inside and dt.is_half else dt
 
     # --- what subclasses define ---------------------------------------------------------------
     def make_op(self, input_shapes: Sequence[TensorShape]) -> Operator:

@@ -19,6 +19,7 @@ from unity_legion.types import TensorShape
 
 
 class LayerNormalization(Layer):
+    float32_inside = True   # Keras 3 upcasts the inputs under a half policy (Layer.op_dtype)
     weight_names = ("gamma", "beta")
 
     def __init__(self, axis: int | Sequence[int] = -1, epsilon: float = 1e-3, center: bool = True,

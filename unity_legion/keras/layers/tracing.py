@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unity_legion.operators.base import Operator
+from unity_legion.types import DataType
 
 
 class TracingError(ValueError):
@@ -172,13 +173,16 @@ class LayerVariable(SymbolicOperators):
     uses it; its value lives in the model, as every weight's."""
 
     def __init__(self, owner: Any, name: str, shape: tuple[int, ...], initializer: str,
-                 trainable: bool, dtype: Any) -> None:
+                 trainable: bool, dtype: Any, autocast: bool = True) -> None:
         self._owner = owner
         self.name = name
         self._shape = shape
         self.initializer = initializer
         self._trainable = trainable
         self._dtype = dtype
+        # Keras' add_weight(autocast=...): read in a call() under a mixed policy, the variable
+        # is cast to the compute dtype (see tensor_of_variable)
+        self._autocast = bool(autocast)
         self._param_layer: Any = None
 
     shape = property(lambda self: self._shape)
@@ -218,7 +222,43 @@ class LayerVariable(SymbolicOperators):
 
 def tensor_of_variable(v: LayerVariable) -> Any:
     """The graph tensor of `v` in this trace: one Parameter node per variable, made on first
-    use (a second use reads the same tensor, so gradients add up)."""
+    use (a second use reads the same tensor, so gradients add up), cast to the dtype of the
+    autocast scope the call runs in, as Keras 3 reads a variable (float32 master, half
+    copy per use; the gradient goes back through the cast to the float32 weight)."""
+    return _autocast(v, _parameter_of(v))
+
+
+def _autocast_dtype() -> DataType | None:
+    """The dtype variables read in the current call() are cast to, as Keras 3's Layer.__call__
+    sets its AutocastScope: a layer whose compute and variable dtypes differ (a mixed policy)
+    opens one of its compute dtype; a layer called inside one replaces it by its own compute
+    dtype, or clears it if it does not autocast or does not compute in floats. None: none."""
+    scope: DataType | None = None
+    for frame in _FRAMES:
+        owner = frame.owner
+        compute = getattr(owner, "compute_dtype", None)
+        if compute is None:   # (a subclassed Model has no dtype policy here: no change)
+            continue
+        dt = DataType.of(compute)
+        if scope is not None:
+            if not getattr(owner, "autocast", True) or not dt.is_float:
+                scope = None
+            elif scope is not dt:
+                scope = dt
+        elif compute != owner.variable_dtype:
+            scope = dt
+    return scope
+
+
+def _autocast(v: LayerVariable, t: Any) -> Any:
+    scope = _autocast_dtype()
+    if scope is None or not v._autocast or not v._dtype.is_float:
+        return t
+    return _cast_floats(t, scope)
+
+
+def _parameter_of(v: LayerVariable) -> Any:
+    """`v`'s Parameter tensor in this trace (made on first use), as stored: its own dtype."""
     from unity_legion.operators.source import Parameter
     if not _FRAMES or batch_ref() is None:
         raise fail(f"using variable {v.path!r} outside a layer's call()",
@@ -299,11 +339,52 @@ def layer_call(layer: Any, inputs: Any, args: tuple, kwargs: dict) -> Any:
         raise fail(f"layer {layer.name!r} ({type(layer).__name__}) on a mix of batched and "
                    f"batch-free tensors", "the layer expects its inputs to share the batch",
                    "keras.ops (add, multiply, ...) to combine a weight or constant with a batch")
+    autocast = not is_op_layer(layer)
+    if autocast:   # Keras casts a layer's floating inputs to the dtype it computes in
+        inputs = _cast_floats(inputs, layer.op_dtype())
     out = layer._call_leaf(inputs, *args, **kwargs)
+    if autocast:   # ... and its outputs are in its policy's compute dtype
+        out = _cast_floats(out, DataType.of(layer.compute_dtype))
     if all(free) and tensors:
         for t in (out if isinstance(out, list) else [out]):
             t._batch_free = True
     return out
+
+
+def _cast_floats(tensors: Any, dtype: Any) -> Any:
+    """`tensors` (one or a list) with every floating one of another dtype cast to `dtype`
+    (a keras.ops.cast node each); others as they are. Under a float32 policy a model of
+    float32 tensors gets no node."""
+    from unity_legion.keras import ops
+    from unity_legion.keras.layers.layer import KerasTensor
+
+    def one(t: Any) -> Any:
+        # only where a half type is involved (mixed precision): float32/float64 mixes keep
+        # their operator's "different dtypes" error, as before policies existed
+        src = t.tensor_shape.dtype if isinstance(t, KerasTensor) else None
+        if src is not None and src.is_float and src is not dtype and dtype.is_float \
+                and (src.is_half or dtype.is_half):
+            # one cast per tensor and dtype: layers that share an input still share it after
+            # the cast (what the search's merging substitutions look for)
+            casts = t.__dict__.setdefault("_casts", {})
+            if dtype not in casts:
+                casts[dtype] = ops.cast(t, dtype)
+                casts[dtype]._batch_free = getattr(t, "_batch_free", False)
+            return casts[dtype]
+        return t
+
+    if isinstance(tensors, (list, tuple)):
+        return type(tensors)(one(t) for t in tensors)
+    return one(tensors)
+
+
+def _cast_tree(obj: Any, dtype: DataType) -> Any:
+    """_cast_floats over a nested structure of tensors (lists, tuples, dicts)."""
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast_tree(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _cast_tree(o, dtype) for k, o in obj.items()}
+    return _cast_floats(obj, dtype)
 
 
 def _accepts(fn: Any, name: str) -> bool:
@@ -349,6 +430,10 @@ def _trace_composite(layer: Any, inputs: Any, args: tuple, kwargs: dict) -> Any:
                          f"twice (shared weights) is not supported")
     inputs = _resolve_variables(inputs)
     tensors = _symbolic(layer, inputs)
+    if getattr(layer, "compute_dtype", None) is not None and getattr(layer, "autocast", True):
+        # Keras 3's Layer.__call__ converts a layer's floating inputs to its compute dtype
+        # before call() (a composite too): under mixed_bfloat16 call() sees bfloat16
+        inputs = _cast_tree(inputs, DataType.of(layer.compute_dtype))
     out = _run_call(layer, inputs, args, kwargs, tensors)
     layer.__dict__["_traced"] = True
 
@@ -468,9 +553,13 @@ class CompositeMethods:
         init = initializers.check(_snake_initializer(init))
         made = self.__dict__.setdefault("_own_variables", [])
         label = name if name is not None else ("variable" if not made else f"variable_{len(made)}")
+        # Keras: a variable's dtype defaults to the layer's variable dtype (float32 under a
+        # mixed policy: the master copy)
+        default = DataType.of(getattr(self, "variable_dtype", None) or "float32")
         var = LayerVariable(self, label,
                             tuple(int(d) for d in dims), init, bool(trainable),
-                            DataType.of(dtype) if dtype is not None else DataType.FLOAT32)
+                            DataType.of(dtype) if dtype is not None else default,
+                            kwargs.get("autocast", True))
         made.append(var)
         return var
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from unity_legion import initializers
 from unity_legion.keras.layers import tracing
-from unity_legion.keras.layers.input_layer import InputSpec
+from unity_legion.keras.layers.input_layer import InputSpec, input_layer_of
 from unity_legion.keras.layers.layer import KerasTensor, Layer, _snake, unique_name
 from unity_legion.keras.trainer import Trainer
 from unity_legion.pcg.graph import ComputationGraph
@@ -55,7 +55,10 @@ def keras_layer_order(inputs: Sequence[KerasTensor], outputs: Sequence[KerasTens
         d = depth.setdefault(k, 0)
         for p in parents[k]:
             depth[p] = max(depth.get(p, 0), d + 1)
-    order = sorted(members, key=lambda k: (-depth[k], index[k]))
+    for t in inputs:   # an input no output reads: listed too, first at depth 0 (as Keras)
+        if id(t) not in members:
+            members[id(t)], index[id(t)], depth[id(t)] = t, -1, 0
+    order = sorted(members, key=lambda k: (-depth[k], index[k]))   # stable: inputs' order
     with_inputs = [members[k] for k in order]
     return [m for m in with_inputs if isinstance(m, Layer)], with_inputs
 
@@ -70,10 +73,14 @@ def global_seed() -> int:
 
 class Model(Trainer):
     def __init__(self, inputs: Any = None, outputs: Any = None, name: str | None = None,
-                 **kwargs: Any) -> None:
+                 trainable: bool = True, dtype: Any = None, **kwargs: Any) -> None:
         if kwargs:
             raise TypeError(f"Model: unknown argument(s) {', '.join(repr(k) for k in kwargs)}")
+        if dtype is not None and str(getattr(dtype, "name", dtype)) != "float32":
+            raise NotImplementedError(f"Model: dtype={dtype!r} is not supported; models compute "
+                                      f"in float32 (set dtypes on layers instead)")
         super().__init__()
+        self._trainable = bool(trainable)   # applied to the layers once the graph is built
         self.name = name or unique_name(_snake(type(self).__name__) if tracing.is_composite(self)
                                         else "functional")
         self._graph: ComputationGraph | None = None
@@ -150,6 +157,8 @@ class Model(Trainer):
         tracing.adopt(self)
         self._host_weights: dict[WeightKey, np.ndarray] = {}
         self._executor = None
+        if not self.trainable:   # Model(..., trainable=False), e.g. from a config
+            self.trainable = False
 
     @property
     def trainable(self) -> bool:
@@ -175,18 +184,23 @@ class Model(Trainer):
     @property
     def layers(self) -> list[Layer]:
         """In Keras 3's order (hence get_weights' order): by depth from the outputs, deepest
-        first, ties in the order a walk from the outputs meets them. Keras also lists the
-        InputLayers of a functional model here; this list leaves them out."""
-        return list(getattr(self, "_layers", []))
+        first, ties in the order a walk from the outputs meets them. As in Keras 3, a
+        functional model lists an InputLayer (no weights) for each of its inputs, at its
+        depth."""
+        return [input_layer_of(m) if isinstance(m, InputSpec) else m
+                for m in self._keras_members_in_order()]
+
+    def _keras_members_in_order(self) -> list[Layer | KerasTensor]:
+        listed = {id(layer) for layer in getattr(self, "_layers", [])}   # no keras.ops nodes
+        return [m for m in getattr(self, "_keras_order", [])
+                if isinstance(m, KerasTensor) or id(m) in listed]
 
     def _keras_members(self) -> list[tuple[str, str, Layer | None]]:
         """What Keras saves for each member of `layers`, InputLayers included, in its order:
         (class name in snake case, name, layer or None for an InputLayer)."""
-        listed = {id(layer) for layer in self.layers}   # e.g. without traced keras.ops nodes
         return [("input_layer", m.name, None) if isinstance(m, KerasTensor)
                 else (_snake(type(m).__name__), m.name, m)
-                for m in getattr(self, "_keras_order", [])
-                if isinstance(m, KerasTensor) or id(m) in listed]
+                for m in self._keras_members_in_order()]
 
     @property
     def inputs(self) -> list[KerasTensor]:
@@ -352,17 +366,39 @@ class Model(Trainer):
 
     def get_config(self) -> dict[str, Any]:
         """Keras 3's config of a Sequential or functional model (layers, their calls, inputs and
-        outputs); from_config() rebuilds the model from it, with fresh weights."""
+        outputs); from_config() rebuilds the model from it, with fresh weights. A subclassed
+        model's is the base arguments (name, trainable, dtype): a subclass whose __init__
+        takes more extends it, as in Keras (`{**super().get_config(), "units": ...}`)."""
         from unity_legion.keras.saving.serialization import model_config
+        if tracing.is_composite(self):
+            return {"name": self.name, "trainable": self.trainable, "dtype": "float32"}
         return model_config(self)["config"]
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
                     ) -> "Model":
         from unity_legion.keras.saving.serialization import model_from_config
+        if tracing.is_composite(cls):   # a subclassed model: its constructor's arguments
+            return cls._from_own_config(config)
         kind = "Sequential" if "build_input_shape" in config or cls.__name__ == "Sequential" \
             else "Functional"
         return model_from_config({"class_name": kind, "config": config}, custom_objects)
+
+    @classmethod
+    def _from_own_config(cls, config: dict[str, Any]) -> "Model":
+        """cls(**config); the base arguments (name, trainable, dtype) that an `__init__(self)`
+        does not take are set afterwards instead (they never change the architecture)."""
+        import inspect
+        params = inspect.signature(cls.__init__).parameters
+        open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        base = {"name", "trainable", "dtype"}
+        kwargs = {k: v for k, v in config.items() if open_ended or k in params or k not in base}
+        model = cls(**kwargs)
+        if "name" in config and "name" not in kwargs:
+            model.name = config["name"]
+        if config.get("trainable") is False and "trainable" not in kwargs:
+            model.trainable = False
+        return model
 
     def to_json(self, **kwargs: Any) -> str:
         import json
@@ -434,8 +470,8 @@ class Model(Trainer):
     def summary(self, print_fn: Any = None) -> None:
         graph = self._require_built()
         out = print_fn or print
-        rows = [(f"{t.name} (InputLayer)", str(t.shape), "0") for t in self._keras_inputs]
-        for layer in self.layers:
+        rows = []
+        for layer in self.layers:   # InputLayers too where Keras lists them (functional)
             rows.append((f"{layer.name} ({type(layer).__name__})", str(layer.output_shape),
                          f"{layer.count_params():,}"))
         widths = [max(len(r[i]) for r in rows + [("Layer (type)", "Output Shape", "Param #")])

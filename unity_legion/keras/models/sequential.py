@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from unity_legion.keras import data as data_utils
 from unity_legion.keras.layers import tracing
-from unity_legion.keras.layers.input_layer import Input, InputSpec
+from unity_legion.keras.layers.input_layer import Input, InputLayer, InputSpec
 from unity_legion.keras.layers.layer import Layer, _snake, unique_name
 from unity_legion.keras.models.model import Model
 
@@ -21,6 +21,8 @@ class Sequential(Model):
             self.add(item)
 
     def add(self, layer: Any) -> None:
+        if isinstance(layer, InputLayer):   # as Keras: its tensor, not one of `layers`
+            layer = layer.output
         if isinstance(layer, InputSpec):
             if self._stack or self._input is not None:
                 raise ValueError("Sequential: an Input can only be the first item")

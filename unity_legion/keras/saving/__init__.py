@@ -15,9 +15,10 @@ from unity_legion.keras.saving.weights_h5 import WeightsFileError
 
 def register_keras_serializable(package: str = "Custom", name: str | None = None
                                 ) -> Callable[[type], type]:
-    """Keras' decorator: the class becomes loadable from `.keras` configs by its name."""
+    """Keras' decorator: the class (a layer or a subclassed model) becomes loadable from
+    `.keras` configs by its name, and by "package>name" as Keras records it."""
     def register(cls: type) -> type:
-        register_layer(cls, name or cls.__name__)
+        register_layer(cls, name or cls.__name__, package)
         return cls
     return register
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from unity_legion.keras.saving import optimizer_h5, serialization, weights_h5
 from unity_legion.keras.saving.atomic import write_atomically
-from unity_legion.keras.saving.compile_config import compile_from_config
+from unity_legion.keras.saving.compile_config import compile_config, compile_from_config
 from unity_legion.keras.saving.serialization import ConfigError
 
 # the Keras release whose file format these files follow (metadata.json's keras_version)
@@ -31,7 +31,12 @@ def save_model(model: Any, filepath: str, overwrite: bool = True) -> None:
     import h5py
 
     config = serialization.model_config(model)
-    config["compile_config"] = None
+    try:
+        config["compile_config"] = compile_config(model)
+    except ConfigError as exc:   # the model itself is still worth saving
+        warnings.warn(f"save: {filepath}: the file gets no compile_config, a loaded model will "
+                      f"need compile() ({exc})", stacklevel=3)
+        config["compile_config"] = None
     metadata = {"keras_version": KERAS_FORMAT_VERSION,
                 "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
     weights = io.BytesIO()

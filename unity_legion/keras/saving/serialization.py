@@ -13,7 +13,7 @@ import inspect
 import re
 from typing import Any
 
-from unity_legion.keras.saving.registry import layer_class
+from unity_legion.keras.saving.registry import custom_class, layer_class, registered_name
 
 
 class ConfigError(ValueError):
@@ -105,7 +105,7 @@ def _wrap(name: str, class_name: str, key: str, fn: Any, value: Any) -> Any:
 def layer_config(layer: Any) -> dict[str, Any]:
     cfg = {k: v for k, v in layer.get_config().items()
            if not (k in layer.keras_extras and v is None)}
-    cfg.setdefault("dtype", layer.dtype.value)
+    cfg.setdefault("dtype", layer.dtype_policy.name)   # "mixed_bfloat16" reads in Keras too
     return _jsonable(cfg)
 
 
@@ -124,9 +124,20 @@ def _input_layer(t: Any) -> dict[str, Any]:
             "registered_name": None, "name": t.name, "inbound_nodes": []}
 
 
+def _class_ref(cls: type, builtin_module: str) -> dict[str, Any]:
+    """How a config names a class: a built-in by Keras' module; a user's class by its own
+    module (None for __main__) and its registered name, which is what Keras looks up in its
+    registry and in custom_objects."""
+    if cls.__module__.startswith("unity_legion."):
+        return {"module": builtin_module, "class_name": cls.__name__, "registered_name": None}
+    return {"module": None if cls.__module__ == "__main__" else cls.__module__,
+            "class_name": cls.__name__, "registered_name": registered_name(cls)}
+
+
 def _layer_entry(layer: Any, with_nodes: bool) -> dict[str, Any]:
-    entry = {"module": "keras.layers", "class_name": type(layer).__name__,
-             "config": layer_config(layer), "registered_name": None}
+    ref = _class_ref(type(layer), "keras.layers")
+    entry = {"module": ref["module"], "class_name": ref["class_name"],
+             "config": layer_config(layer), "registered_name": ref["registered_name"]}
     if layer.input_shapes is not None:
         entry["build_config"] = _jsonable(layer._keras_build_config())
     if with_nodes:
@@ -146,9 +157,7 @@ def model_config(model: Any) -> dict[str, Any]:
     from unity_legion.keras.models.sequential import Sequential
 
     if tracing.is_composite(model):
-        raise ConfigError(f"model {model.name!r} ({type(model).__name__}) is a subclassed "
-                          f"keras.Model: its config cannot be written yet; save its weights "
-                          f"with save_weights('....weights.h5') and rebuild it in code")
+        return _subclassed_model_config(model)
     if isinstance(model, Sequential):
         inp = model._input
         layers = [_layer_entry(l, False) for l in model.layers]
@@ -177,6 +186,112 @@ def model_config(model: Any) -> dict[str, Any]:
             "registered_name": "Functional", "build_config": {"input_shape": None}}
 
 
+# ------------------------------------------------------------------ subclassed models
+# A subclassed keras.Model is saved as Keras saves one: its class by name, what its
+# get_config() returns (the arguments of its constructor), and the input shape to build it
+# for; its weights as the attribute layout of weights_h5. Loading finds the class (registered
+# with register_keras_serializable, or in custom_objects), calls from_config (default:
+# cls(**config)), builds it and loads the weights.
+
+# constructor arguments the base class takes itself: a subclass whose __init__ takes others
+# must say how to make it again (get_config), since nothing records them otherwise
+_BASE_MODEL_ARGS = {"self", "name", "trainable", "dtype"}
+
+
+def _check_own_config(cls: type) -> None:
+    from unity_legion.keras.models.model import Model
+
+    params = inspect.signature(cls.__init__).parameters.values()
+    own = [p.name for p in params if p.name not in _BASE_MODEL_ARGS
+           and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    overridden = any("get_config" in vars(k) for k in cls.__mro__ if k is not Model
+                     and issubclass(k, Model))
+    if own and not overridden:
+        raise ConfigError(f"subclassed model {cls.__name__}: its __init__ takes {own}, but it "
+                          f"defines no get_config() returning them, so the file could not make "
+                          f"the same model again; define get_config() (return "
+                          f"{{**super().get_config(), {own[0]!r}: ...}}) or save the weights "
+                          f"only with save_weights('....weights.h5')")
+
+
+def _subclassed_model_config(model: Any) -> dict[str, Any]:
+    import json
+
+    cls = type(model)
+    if not model.built:
+        raise ConfigError(f"subclassed model {model.name!r} ({cls.__name__}) is not built yet: "
+                          f"call it on data or build(input_shape) before saving it")
+    _check_own_config(cls)
+    config = _jsonable(model.get_config())
+    if not isinstance(config, dict):
+        raise ConfigError(f"{cls.__name__}.get_config() must return a dict, got "
+                          f"{type(config).__name__}")
+    for key, value in config.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{cls.__name__}.get_config(): {key}={value!r} is not a plain "
+                              f"JSON value (numbers, strings, lists, dicts)") from None
+    shapes = [list(t.shape) for t in model.inputs]
+    build = {"input_shape": shapes if model._multi_input else shapes[0]}
+    dtypes = [t.dtype for t in model.inputs]
+    if any(d != "float32" for d in dtypes):   # an extra key Keras ignores: the inputs' dtypes
+        build["input_dtypes"] = dtypes if model._multi_input else dtypes[0]
+    return {**_class_ref(cls, "keras"), "config": config, "build_config": build}
+
+
+def _shape(value: Any, what: str) -> tuple[int | None, ...]:
+    if not isinstance(value, (list, tuple)) or not value or \
+            not all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0)
+                    for d in value):
+        raise ConfigError(f"{what}: {value!r} is not a shape (batch first)")
+    return (None,) + tuple(value[1:])   # the batch of the call Keras built on is not a limit
+
+
+def _subclassed_model_from_config(config: dict[str, Any],
+                                  custom_objects: dict[str, Any] | None) -> Any:
+    from unity_legion.keras.layers.input_layer import Input
+    from unity_legion.keras.models.model import Model
+
+    class_name = config.get("class_name")
+    cls = custom_class(str(class_name), config.get("registered_name"), custom_objects)
+    if cls is None:
+        raise ConfigError(f"unknown model class {class_name!r} (registered name "
+                          f"{config.get('registered_name')!r}): decorate it with "
+                          f"keras.saving.register_keras_serializable() and import it before "
+                          f"loading, or pass custom_objects={{{class_name!r}: TheClass}}")
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise ConfigError(f"{class_name!r} names {cls!r}, which is not a keras.Model subclass")
+    inner = dict(config.get("config") or {})
+    if "dtype" in inner:
+        inner["dtype"] = _plain("dtype", inner["dtype"])
+    try:
+        model = cls.from_config(inner)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model class {class_name}: cannot be created from its config "
+                          f"(keys {sorted(inner)}): {exc}; its get_config() must return the "
+                          f"arguments of its __init__, or it must define from_config()") \
+            from None
+    build = config.get("build_config") or {}
+    if "input_shape" not in build:
+        raise ConfigError(f"model {inner.get('name', class_name)!r}: the config has no "
+                          f"build_config input_shape to build the model for")
+    raw = build["input_shape"]
+    many = isinstance(raw, list) and bool(raw) and isinstance(raw[0], list)
+    shapes = [_shape(s, "build_config input_shape") for s in (raw if many else [raw])]
+    dtypes = build.get("input_dtypes") or "float32"
+    dtypes = dtypes if isinstance(dtypes, list) else [dtypes] * len(shapes)
+    if len(dtypes) != len(shapes):
+        raise ConfigError(f"build_config: {len(dtypes)} input dtypes for {len(shapes)} inputs")
+    ins = [Input(shape=s[1:], dtype=d) for s, d in zip(shapes, dtypes)]
+    try:
+        model(ins if many else ins[0])   # traces call() and builds the graph
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model {model.name!r} ({class_name}): cannot be built for inputs "
+                          f"{shapes}: {exc}") from None
+    return model
+
+
 def model_from_config(config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> Any:
     from unity_legion.keras.layers.input_layer import Input
     from unity_legion.keras.models.model import Model
@@ -184,10 +299,11 @@ def model_from_config(config: dict[str, Any], custom_objects: dict[str, Any] | N
 
     kind = config.get("class_name")
     inner = config.get("config")
-    if kind not in ("Sequential", "Functional", "Model") or not isinstance(inner, dict) \
-            or not isinstance(inner.get("layers"), list):
-        raise ConfigError(f"not a Sequential or functional model config (class_name {kind!r}); "
-                          f"subclassed models cannot be rebuilt from a config")
+    if kind not in ("Sequential", "Functional", "Model"):
+        return _subclassed_model_from_config(config, custom_objects)
+    if not isinstance(inner, dict) or not isinstance(inner.get("layers"), list):
+        raise ConfigError(f"not a Sequential or functional model config (class_name {kind!r}: "
+                          f"it lists no layers)")
 
     def make_input(cfg: dict[str, Any]) -> Any:
         shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")

@@ -1,0 +1,145 @@
+"""The pipelined step's price follows what the executor does (issue 14; cost/pipeline.py): the
+Simulator's own timelines, with each stage's passes over each micro-batch issued in the
+schedule's order. Pure Python, no runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from unity_legion.cost import Simulator, preset
+from unity_legion.cost.machine import LinkSpec, RuntimeSpec
+from unity_legion.cost.op_cost import OpCost
+from unity_legion.operators.linear import Linear
+from unity_legion.pcg.graph import ComputationGraph
+from unity_legion.pcg.pipeline import PipelineSpec, Stage
+from unity_legion.pcg.pcg import data_parallel_config
+from unity_legion.types import MachineView, OpConfig, TensorShape
+
+FOUR = preset("dgx-h100", 1, 4)
+FAST = LinkSpec(1e30, 0.0)
+# no task overheads, free memory traffic and links: only the kernels' times
+IDEAL = dataclasses.replace(FOUR, device=dataclasses.replace(
+    FOUR.device, launch_overhead=0.0, mem_bandwidth=1e30), intra=FAST, inter=FAST)
+
+
+@dataclasses.dataclass
+class FixedCost:
+    """Every operator `forward` seconds forward, twice that backward, one launch each."""
+
+    forward: float = 1e-3
+
+    def op_cost(self, op, inputs, config, device, needs_input_grad=None) -> OpCost:
+        return OpCost(self.forward, 2 * self.forward)
+
+
+def chain(layers: int, width: int = 256) -> ComputationGraph:
+    g = ComputationGraph()
+    t = g.add_input(TensorShape((None, width)), "x")
+    for i in range(layers):
+        (t,) = g.add_node(Linear(width, activation="relu"), [t], f"fc{i}")
+    return g
+
+
+def even_stages(g: ComputationGraph, stages: int, m: int, schedule: str,
+                devices: list[tuple[int, ...]] | None = None) -> PipelineSpec:
+    names = [n.name for n in g.nodes]
+    per = len(names) // stages
+    devices = devices or [(k,) for k in range(stages)]
+    return PipelineSpec(tuple(Stage(f"s{k}", tuple(names[k * per:(k + 1) * per]), devices[k])
+                              for k in range(stages)), m, schedule)
+
+
+def placed(g: ComputationGraph, spec: PipelineSpec, kind: str = "gpu") -> dict[int, OpConfig]:
+    where = {op: st.devices for st in spec.stages for op in st.operators}
+    return {n.id: OpConfig.of({}, MachineView(kind, where[n.name][0], (1,), (1,)))
+            for n in g.nodes}
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("m", [1, 2, 4, 8])
+def test_bubble_is_s_minus_1_over_m_plus_s_minus_1_without_overheads(schedule, m):
+    # 3 equal stages of 2 operators: f + b = 2 x (1 + 2) ms per micro-batch; both schedules fill
+    # and drain the pipe in S - 1 slots (the runtime runs a stage's next ready pass meanwhile)
+    g = chain(6)
+    spec = even_stages(g, 3, m, schedule)
+    r = Simulator(IDEAL, FixedCost()).simulate_pipeline(g, 32, placed(g, spec), spec)
+    slot, S = 6e-3, 3
+    assert r.step_time == pytest.approx((m + S - 1) * slot)
+    assert r.bubble == pytest.approx((S - 1) * slot)
+    assert r.bubble / r.step_time == pytest.approx((S - 1) / (m + S - 1))
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_m_micro_batches_move_m_boundary_transfers_each_way(m):
+    # free kernels, a slow link between the two stages' devices: the step is the boundary's
+    # copies, one per micro-batch forward and its gradient back
+    slow = LinkSpec(1e9, 1e-4)
+    machine = dataclasses.replace(IDEAL, intra=slow)
+    g = chain(2)
+    spec = even_stages(g, 2, m, "gpipe")
+    r = Simulator(machine, FixedCost(0.0)).simulate_pipeline(g, 64, placed(g, spec), spec)
+    x = slow.latency + (64 // m) * 256 * 4 / slow.bandwidth
+    assert r.transfers == pytest.approx((x,))
+    assert r.step_time == pytest.approx(2 * m * x)
+    assert r.work == pytest.approx(2 * m * x)
+
+
+def test_a_host_issue_bound_pipeline_is_priced_by_its_issue_time():
+    # 1 ms of the host per launch, 10 us kernels: the devices wait for the host
+    issuing = dataclasses.replace(IDEAL, runtime=RuntimeSpec(issue=1e-3))
+    g = chain(4)
+    steps = []
+    for m in (2, 4):
+        spec = even_stages(g, 2, m, "1f1b")
+        r = Simulator(issuing, FixedCost(1e-5)).simulate_pipeline(g, 32, placed(g, spec), spec)
+        # per micro-batch: 4 forward, 4 backward launches and the loss; per step the attached
+        # arrays (input, target) and 8 updates (each layer's kernel and bias)
+        assert r.launches == 9 * m + 2 + 8
+        assert r.host == pytest.approx(r.launches * 1e-3)
+        assert r.host <= r.step_time <= r.host + 1e-3
+        steps.append(r.step_time)
+    assert steps[1] / steps[0] == pytest.approx((9 * 4 + 10) / (9 * 2 + 10), rel=0.02)
+
+
+def test_on_gpus_the_host_issues_while_the_devices_compute():
+    # 0.1 ms per launch, 1 ms kernels: issue hides behind the stages' work (no shared cores)
+    machine = dataclasses.replace(IDEAL, runtime=RuntimeSpec(issue=1e-4))
+    g = chain(6)
+    spec = even_stages(g, 3, 4, "1f1b")
+    r = Simulator(machine, FixedCost()).simulate_pipeline(g, 32, placed(g, spec), spec)
+    ideal = Simulator(IDEAL, FixedCost()).simulate_pipeline(g, 32, placed(g, spec), spec)
+    assert r.host == pytest.approx(r.launches * 1e-4)
+    assert r.step_time < ideal.step_time + 0.25 * r.host   # mostly overlapped
+    assert r.step_time >= ideal.step_time
+
+
+def test_cpu_processors_of_one_rank_share_memory_across_the_boundary():
+    g = chain(2)
+    spec = even_stages(g, 2, 2, "gpipe", [(0,), (1,)])
+    one_rank = preset("local", 1, 2)
+    r = Simulator(one_rank).simulate_pipeline(g, 16, placed(g, spec, "cpu"), spec)
+    assert r.transfers == (0.0,)
+    # on two ranks the activations cross between them
+    two_ranks = preset("local", 2, 1)
+    r2 = Simulator(two_ranks).simulate_pipeline(g, 16, placed(g, spec, "cpu"), spec)
+    x = two_ranks.inter.latency + 8 * 256 * 4 / two_ranks.inter.bandwidth
+    assert r2.transfers == pytest.approx((x,))
+
+
+@pytest.mark.parametrize("machine", [FOUR, preset("local", 1, 4)], ids=["gpu", "local-cpu"])
+def test_one_stage_one_micro_batch_is_the_unpipelined_step(machine):
+    g = chain(4)
+    kind = machine.device.kind
+    spec = PipelineSpec((Stage("all", tuple(n.name for n in g.nodes), (0, 1, 2, 3)),), 1)
+    plan = {n.id: data_parallel_config(4, 32, kind) for n in g.nodes}
+    sim = Simulator(machine, FixedCost())
+    piped = sim.simulate_pipeline(g, 32, plan, spec)
+    plain = sim.simulate(g, 32, plan)
+    # the same launches; the pipelined timeline lets a task whose inputs are ready run in an
+    # earlier idle period of its devices (an update before another's gradient sum), which the
+    # unpipelined one, in issue order, does not
+    assert piped.launches == plain.launches
+    assert piped.step_time == pytest.approx(plain.step_time, rel=0.01)
+    assert piped.step_time <= plain.step_time * (1 + 1e-9)

@@ -1,0 +1,279 @@
+"""Running a pipelined plan (issue 14): every step in micro-batches through the stages.
+
+A `PipelineRunner` belongs to one GraphExecutor (`set_plan(configs, pipeline)`) and runs its
+train, evaluate and predict steps so:
+
+- the step's inputs and targets are uploaded (or staged) once and cut into micro-batches as
+  row slices of those stores, never host copies;
+- each stage's operators run on its own processors with their own configurations (the plan's,
+  checked to lie on the stage's devices; an operator without one runs data-parallel over the
+  stage), and so do its glue launches (gradient sums, the loss): while a stage's launches are
+  issued the executor's default processors are the stage's;
+- the passes are issued in the schedule's order (pcg.pipeline.schedule_order: GPipe's forwards
+  then backwards, or 1F1B's), each micro-batch with its own activations (its index joins the
+  scratch stores' keys), so Legate overlaps a stage's micro-batch with the next stage's
+  earlier one; a boundary tensor made on one stage's processors and read on the next one's is
+  moved by Legate, as any store read through another partition is;
+- the loss of a micro-batch is scaled by the step's whole batch (a mean loss: 1/batch), weight
+  gradients add up over the micro-batches (backward kernels add into them; they are zeroed once
+  per step), and one optimizer update runs per step, guarded by every micro-batch's loss: the
+  step trains exactly as the whole batch does (up to float rounding of the sums).
+
+Refused before anything launches (PipelineError): an operator that normalises with its batch's
+statistics (batch norm in training) – micro-batches would change its numbers.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from unity_legion.executor.launcher import effective_degree
+from unity_legion.operators.base import SAMPLE
+from unity_legion.pcg.graph import Node
+from unity_legion.pcg.pipeline import (PipelineError, PipelineSpec, Slot, inexact_operator,
+                                       micro_batch_sizes, schedule_order)
+from unity_legion.types import MachineView, OpConfig
+
+if TYPE_CHECKING:
+    from unity_legion.executor.executor import GraphExecutor, Objective, StepResult
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage as the executor runs it: its live operators (in graph order) and the processors
+    of its glue launches (the first run of consecutive devices of the stage)."""
+
+    name: str
+    nodes: tuple[Node, ...]
+    glue: MachineView
+
+
+class PipelineRunner:
+    def __init__(self, ex: "GraphExecutor", spec: PipelineSpec, stages: Sequence[StagePlan],
+                 stage_of: Mapping[int, int], configs: Mapping[int, OpConfig]) -> None:
+        self.ex = ex
+        self.spec = spec
+        self.stages = tuple(stages)
+        self.stage_of = dict(stage_of)
+        self.configs = dict(configs)    # the plan, with a config for every operator
+        # the stage whose forward ends with the loss: the last one making a model output
+        producers = [ex.graph.tensors[t].producer for t in ex.outputs]
+        self.loss_stage = max((self.stage_of[p] for p in producers if p is not None), default=0)
+        self._orders: dict[int, list[Slot]] = {}
+
+    @classmethod
+    def of(cls, ex: "GraphExecutor", spec: PipelineSpec, plan: Mapping[int, OpConfig]
+           ) -> "PipelineRunner":
+        """The runner of `spec` over `ex`'s graph with the configurations `plan`; PipelineError
+        (naming the stage) where the stages do not fit the graph or the machine, or an
+        operator's processors lie outside its stage's."""
+        graph = ex.graph
+        stage_of = spec.assign(graph)   # every operator in one stage, boundaries cut edges
+        have = ex.machine.processors
+        for st in spec.stages:
+            if max(st.devices) >= have:
+                raise PipelineError(f"stage {st.name!r}: uses device {max(st.devices)} but the "
+                                    f"job has {have} processors")
+        spec.check_configs(graph, stage_of, plan)
+        kind = ex.machine.preferred_kind
+        stages = []
+        configs = dict(plan)
+        for i, st in enumerate(spec.stages):
+            run = 1
+            while run < len(st.devices) and st.devices[run] == st.devices[0] + run:
+                run += 1
+            glue = MachineView.contiguous(kind, st.devices[0], run)
+            nodes = tuple(n for n in ex.nodes if stage_of[n.id] == i)
+            for n in nodes:   # not configured: data-parallel over the stage (its glue's range)
+                if n.id not in configs:
+                    configs[n.id] = OpConfig.of({SAMPLE: run} if run > 1 else {}, glue)
+            stages.append(StagePlan(st.name, nodes, glue))
+        return cls(ex, spec, stages, stage_of, configs)
+
+    # ------------------------------------------------------------------ checks
+    def check_exact(self) -> None:
+        """PipelineError if micro-batches would train an operator differently (batch norm not
+        frozen): checked every step, since layers may be frozen or unfrozen after compile."""
+        n = inexact_operator(self.ex.graph, self.ex.nodes, self.ex.frozen)
+        if n is not None:
+            st = self.stages[self.stage_of[n.id]].name
+            raise PipelineError(
+                f"stage {st!r}: operator {n.name!r} ({n.op.op_type}) normalises with its "
+                f"batch's statistics; in {self.spec.micro_batches} micro-batches it would "
+                f"compute other numbers than the whole batch, so the pipeline cannot train it "
+                f"exactly: freeze the layer or run without a pipeline")
+
+    # ------------------------------------------------------------------ pieces
+    def order(self, micro: int) -> list[Slot]:
+        order = self._orders.get(micro)
+        if order is None:
+            order = self._orders[micro] = schedule_order(len(self.stages), micro,
+                                                         self.spec.schedule)
+        return order
+
+    def degrees(self, stage: int, size: int) -> dict[str, int]:
+        """The glue launches' degrees of `stage` over a micro-batch of `size` samples."""
+        return {SAMPLE: effective_degree(size, self.stages[stage].glue.num_points)}
+
+    @contextmanager
+    def on(self, stage: int, micro: int) -> Iterator[None]:
+        """Launches issued inside run by default on the stage's processors and use the
+        micro-batch's own scratch stores."""
+        ex = self.ex
+        view, tag = ex.view, ex._scratch_tag
+        ex.view, ex._scratch_tag = self.stages[stage].glue, ("micro_batch", micro)
+        try:
+            yield
+        finally:
+            ex.view, ex._scratch_tag = view, tag
+
+    def _cut(self, feeds: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
+        """Per micro-batch, each feed's rows (StagedRows over the feed's one store)."""
+        from unity_legion.executor.executor import Staged, StagedRows
+
+        out: list[list[Any]] = [[] for _ in sizes]
+        for feed in feeds:
+            if isinstance(feed, StagedRows):
+                staged, start = feed.staged, feed.start
+            else:   # uploaded once for the step (attached until the next call)
+                staged, start = Staged(self.ex._store_from(feed), feed), 0
+            lo = start
+            for j, size in enumerate(sizes):
+                out[j].append(StagedRows(staged, lo, lo + size))
+                lo += size
+        return out
+
+    def _forward(self, slot: Slot, feeds: Sequence[Mapping[int, Any]], sizes: Sequence[int],
+                 envs: list[dict], refs: list[dict], training: bool) -> None:
+        s, j = slot.stage, slot.micro
+        self.ex._forward(feeds[j] if s == 0 else {}, training, sizes[j],
+                         self.degrees(s, sizes[j]), self.stages[s].nodes, envs[j], refs[j])
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, feeds: Mapping[int, Any], targets: Sequence[Any],
+                   objective: "Objective", rule: Any, lr: float, step: int,
+                   loss_scale: float | None = None) -> "StepResult":
+        """GraphExecutor.train_step in micro-batches (`loss_scale`: dynamic loss scaling, as
+        there: every micro-batch's loss gradient scaled, the summed gradients unscaled once)."""
+        from unity_legion.executor.executor import _batch_of, read
+
+        ex = self.ex
+        batch = _batch_of(feeds)
+        targets = ex._checked_targets(objective, targets, batch)
+        self.check_exact()
+        sizes = micro_batch_sizes(batch, self.spec.micro_batches)
+        k = len(sizes)
+        ex._new_step()
+        inputs = list(feeds)
+        cut = self._cut([feeds[t] for t in inputs], sizes)
+        mb_feeds = [dict(zip(inputs, rows)) for rows in cut]
+        mb_targets = self._cut(targets, sizes)
+        envs: list[dict] = [{} for _ in range(k)]
+        refs: list[dict] = [{} for _ in range(k)]
+        grads: list[dict] = [{} for _ in range(k)]
+        losses: list[list[Any]] = [[] for _ in range(k)]
+        metrics: list[dict[str, list[Any]]] = [{} for _ in range(k)]
+        ex._zero_weight_grads()   # backward kernels add every micro-batch's gradient in
+        for slot in self.order(k):
+            s, j = slot.stage, slot.micro
+            with self.on(s, j):
+                deg = self.degrees(s, sizes[j])
+                if slot.phase == "F":
+                    self._forward(slot, mb_feeds, sizes, envs, refs, True)
+                    if s == self.loss_stage:
+                        ex._loss_scale = float(loss_scale) if loss_scale is not None else 1.0
+                        try:
+                            losses[j], dpred, metrics[j] = ex._objective(
+                                objective, envs[j], mb_targets[j], sizes[j], deg,
+                                with_grad=True, batch_total=batch)
+                        finally:
+                            ex._loss_scale = 1.0
+                        for st in [st for st, _w in losses[j]] + [
+                                st for v in metrics[j].values() for st in v]:
+                            ex._settle(st)
+                        grads[j] = ex._seed_grads(dpred, sizes[j], deg)
+                else:
+                    ex._backward_nodes(self.stages[s].nodes, envs[j], refs[j], grads[j],
+                                       sizes[j], deg)
+        # one update per step (the stages' weights on their own processors), where every
+        # micro-batch's loss is finite
+        guards = [st for ls in losses for st, _w in ls]
+        finite = ex._unscale_grads(loss_scale) if loss_scale is not None else None
+        if finite is not None:
+            guards.append(finite)
+        ex._update(rule, lr, step, refs[-1], sizes[0], ex.degrees_for(sizes[0]), frozenset(),
+                   guards)
+        ex.flush()
+        ex._mark(None, "sync")
+        result = self._joined(batch, [ex._read_objective(sizes[j], losses[j], metrics[j])
+                                      for j in range(k)])
+        if finite is not None and not np.all(np.isfinite(read(finite))):
+            result.grads_finite = result.applied = False
+            ex._grads_zeroed = False
+        if not np.all(np.isfinite(result.loss)):
+            result.applied = False    # (as GraphExecutor.train_step)
+            ex._grads_zeroed = False
+        ex._drain()
+        return result
+
+    def evaluate_step(self, feeds: Mapping[int, Any], targets: Sequence[Any],
+                      objective: "Objective") -> "StepResult":
+        from unity_legion.executor.executor import _batch_of
+
+        ex = self.ex
+        batch = _batch_of(feeds)
+        targets = ex._checked_targets(objective, targets, batch)
+        sizes = micro_batch_sizes(batch, self.spec.micro_batches)
+        ex._new_step()
+        envs, results = self._forward_all(feeds, sizes)
+        mb_targets = self._cut(targets, sizes)
+        stores = []
+        for j in range(len(sizes)):
+            with self.on(self.loss_stage, j):
+                ls, _g, ms = ex._objective(objective, envs[j], mb_targets[j], sizes[j],
+                                           self.degrees(self.loss_stage, sizes[j]),
+                                           with_grad=False, batch_total=batch)
+                stores.append((ls, ms))
+        ex.settle_all()
+        ex._drain()
+        return self._joined(batch, [ex._read_objective(sizes[j], ls, ms)
+                                    for j, (ls, ms) in enumerate(stores)])
+
+    def predict_step(self, feeds: Mapping[int, Any]) -> list[np.ndarray]:
+        from unity_legion.executor.executor import _batch_of, read
+
+        ex = self.ex
+        batch = _batch_of(feeds)
+        sizes = micro_batch_sizes(batch, self.spec.micro_batches)
+        ex._new_step()
+        envs, _ = self._forward_all(feeds, sizes)
+        ex.settle_all()
+        ex._drain()
+        return [np.concatenate([read(env[t]) for env in envs]) for t in ex.outputs]
+
+    def _forward_all(self, feeds: Mapping[int, Any], sizes: Sequence[int]
+                     ) -> tuple[list[dict], list[dict]]:
+        """Inference forwards of every micro-batch through every stage, in GPipe's order."""
+        inputs = list(feeds)
+        mb_feeds = [dict(zip(inputs, rows))
+                    for rows in self._cut([feeds[t] for t in inputs], sizes)]
+        envs: list[dict] = [{} for _ in sizes]
+        refs: list[dict] = [{} for _ in sizes]
+        for j in range(len(sizes)):
+            for s in range(len(self.stages)):
+                with self.on(s, j):
+                    self._forward(Slot("F", s, j), mb_feeds, sizes, envs, refs, False)
+        return envs, refs
+
+    @staticmethod
+    def _joined(batch: int, parts: Sequence["StepResult"]) -> "StepResult":
+        """The micro-batches' per-sample results as the step's, in sample order."""
+        from unity_legion.executor.executor import StepResult
+
+        names = parts[0].metrics.keys() if parts else ()
+        return StepResult(batch, np.concatenate([p.loss for p in parts]),
+                          {m: np.concatenate([p.metrics[m] for p in parts]) for m in names})
