@@ -91,9 +91,10 @@ def _ip(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _must(proc: subprocess.CompletedProcess[str], what: str) -> None:
-    """An environment that cannot make the hosts: skip, saying what failed."""
+    """As root with the tools present, the hosts must be made: a failure here is the test's,
+    saying what failed (a skip would hide a broken set-up from CI)."""
     if proc.returncode != 0:
-        pytest.skip(f"cannot set up two network-namespace hosts: {what} failed "
+        pytest.fail(f"cannot set up two network-namespace hosts: {what} failed "
                     f"(exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
 
 
