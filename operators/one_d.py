@@ -114,6 +114,15 @@ class OneD(Operator):
     def plane(self) -> Operator:
         raise NotImplementedError
 
+    def _adopt_plane(self) -> None:
+        """Check the 2-D operator this one runs as and take its normalised padding; its errors
+        name this operator."""
+        try:
+            plane = self.plane()
+        except OperatorError as exc:
+            raise OperatorError(f"{self.op_type}: {str(exc).split(': ', 1)[-1]}") from None
+        object.__setattr__(self, "padding", plane.padding)
+
     @property
     def channels_first(self) -> bool:
         return self.data_format == "channels_first"
@@ -230,11 +239,7 @@ class Conv1D(OneD):
         set_("dilation_rate", single(self.dilation_rate, "dilation_rate", self.op_type))
         set_("data_format", check_data_format(self.data_format, self.op_type))
         set_("activation", act.check_activation(self.activation))
-        try:
-            plane = self.plane()
-        except OperatorError as exc:
-            raise OperatorError(f"{self.op_type}: {str(exc).split(': ', 1)[-1]}") from None
-        set_("padding", plane.padding)
+        self._adopt_plane()
 
     @cached_property
     def _plane(self) -> Conv2D:
@@ -275,11 +280,7 @@ class Pool1D(OneD):
         set_("strides", self.pool_size if self.strides is None
              else single(self.strides, "strides", self.op_type))
         set_("data_format", check_data_format(self.data_format, self.op_type))
-        try:
-            plane = self.plane()
-        except OperatorError as exc:
-            raise OperatorError(f"{self.op_type}: {str(exc).split(': ', 1)[-1]}") from None
-        set_("padding", plane.padding)
+        self._adopt_plane()
 
     @cached_property
     def _plane(self) -> Pool2D:
