@@ -120,7 +120,7 @@ def arg_layout(op: Operator, inputs: Sequence[TensorShape], config: OpConfig, re
         return whole(shape, config.view.start)
     points, tiles = grid
     where = config.view.point_devices(points)
-    return Layout(shape, tuple((where[i], t, r) for i, (t, r) in enumerate(tiles)))
+    return Layout(shape, tuple((w, t, r) for w, (t, r) in zip(where, tiles)))
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -141,16 +141,16 @@ def _grid_pieces(op: Operator, inputs: tuple[TensorShape, ...], degrees: tuple[t
     grid = [a for a in axes if eff[a] > 1]
     points = math.prod(eff[a] for a in grid)
     split = split or (None,) * len(shard)
-    tiles = []
-    for idx in itertools.product(*(range(eff[a]) for a in grid)):
-        at = dict(zip(grid, idx))
-        tile = tuple(min(at.get(s, 0), deg - 1) if s else 0  # type: ignore[arg-type]
-                     for s, deg in zip(split, shard))
-        rep = 0
-        for a in grid:                           # row-major over the axes not splitting it
-            if a not in split:
-                rep = rep * eff[a] + at[a]
-        tiles.append((tile, rep))
+    # per point (row-major over the grid): its index along each grid axis
+    coords = np.indices([eff[a] for a in grid]).reshape(len(grid), points)
+    pos = {a: i for i, a in enumerate(grid)}
+    cols = [np.minimum(coords[pos[s]], deg - 1).tolist() if s in pos else [0] * points
+            for s, deg in zip(split, shard)]
+    rep = np.zeros(points, dtype=np.int64)
+    for a in grid:                           # row-major over the axes not splitting it
+        if a not in split:
+            rep = rep * eff[a] + coords[pos[a]]
+    tiles = list(zip(zip(*cols) if cols else [()] * points, rep.tolist()))
     return points, tuple(tiles)
 
 

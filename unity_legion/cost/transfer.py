@@ -171,19 +171,33 @@ _TILE_FORMS: dict[tuple, int] = {}
 
 
 def _price(p: _Profile, nbytes: float, piece: float, machine: MachineModel) -> Transfer:
-    seconds, links = 0.0, p.group_links
-    if p.k > 1 and machine.runtime.reduction == "fold":
-        seconds += p.k * machine.runtime.fold.time(piece)  # type: ignore[union-attr]
-    elif p.groups:
-        seconds += max(shaped_time("reduce_scatter", piece, lo, no, machine)
-                       for lo, no in p.groups)
+    links = p.group_links
     if nbytes > 0:
-        for rows, link, name in ((p.intra, machine.intra, INTRA),
-                                 (p.inter, machine.inter, INTER)):
+        links = join_links((links,) + tuple(name for rows, name in ((p.intra, INTRA),
+                                                                     (p.inter, INTER)) if rows))
+    return Transfer(seconds(p, nbytes, piece, machine), links)
+
+
+def priced_seconds(key: tuple[int, bool], nbytes: float, piece: float, machine: MachineModel
+                   ) -> float:
+    """`priced(...).seconds` without naming the links (the mapping DP's many pairs)."""
+    return seconds(_PROFILES[key], nbytes, piece, machine)
+
+
+def seconds(p: _Profile, nbytes: float, piece: float, machine: MachineModel) -> float:
+    """The profile's seconds for a tensor of `nbytes`, `piece` bytes a piece."""
+    total = 0.0
+    if p.k > 1 and machine.runtime.reduction == "fold":
+        total += p.k * machine.runtime.fold.time(piece)  # type: ignore[union-attr]
+    elif p.groups:
+        total += max(shaped_time("reduce_scatter", piece, lo, no, machine)
+                     for lo, no in p.groups)
+    if nbytes > 0:
+        for rows, link in ((p.intra, machine.intra), (p.inter, machine.inter)):
             if rows:
-                seconds += max(n * link.latency + f * nbytes / link.bandwidth for n, f in rows)
-                links = join_links((links, name))
-    return Transfer(seconds, links)
+                lat, bw = link.latency, link.bandwidth
+                total += max(n * lat + f * nbytes / bw for n, f in rows)
+    return total
 
 
 def _rows(peers: np.ndarray, share: np.ndarray, mask: np.ndarray

@@ -241,6 +241,12 @@ class FusedParallelOp(ParallelOp):
         return " -> ".join(op.describe() for op in self.ops)
 
 
+def convertible(src: ParallelTensorShape, dst: ParallelTensorShape) -> bool:
+    """Whether `conversion(src, dst)` exists (it raises exactly when one of these fails)."""
+    return (src.sizes == dst.sizes and src.dtype == dst.dtype
+            and src.sum_degree % dst.sum_degree == 0 and dst.copy_degree % src.copy_degree == 0)
+
+
 def conversion(src: ParallelTensorShape, dst: ParallelTensorShape) -> tuple[ParallelOp, ...]:
     """Parallel operators that turn `src` into `dst` (the same logical tensor), in the order that
     moves least: sum the partials, combine dimensions cut too finely, partition dimensions cut too

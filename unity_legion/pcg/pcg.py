@@ -18,9 +18,10 @@ shows every data movement a strategy implies, which the cost model prices and `e
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from unity_legion.operators.base import SAMPLE, Arg, Launch, Operator, RefKind
 from unity_legion.pcg.graph import ComputationGraph
@@ -84,34 +85,63 @@ def node_shapes(op: Operator, inputs: Sequence[TensorShape], config: OpConfig) -
     every axis of the configuration is one of the operator's and fits its extent."""
     check_axes(op, inputs, config, op.op_type)
     degrees = config.as_dict()
-    outs = op.infer_outputs(inputs)
-    weights = {ws.name: ws.shape for ws in op.weights(inputs)}
-    saved = {sv.name: sv.shape for sv in op.saved(inputs)}
-    in_shapes: dict[int, ParallelTensorShape] = {}
-    out_shapes: dict[int, ParallelTensorShape] = {}
-    w_shapes: dict[str, ParallelTensorShape] = {}
-    for launch in op.forward(inputs, training=True):
-        axes = _axes(launch)
+    key = tuple(inputs)
+    try:
+        plan = _shape_plan(op, key)
+    except TypeError:   # an operator with an unhashable attribute: worked out uncached
+        plan = _shape_plan.__wrapped__(op, key)
+    ins = tuple(arg_shape(*a, degrees, axes, False) if axes is not None else ParallelTensorShape.of(a[0])
+                for a, axes in plan.inputs)
+    outs = tuple(arg_shape(*a, degrees, axes, True) if axes is not None else ParallelTensorShape.of(a[0])
+                 for a, axes in plan.outputs)
+    weights = {name: (arg_shape(*a, degrees, axes, False) if axes is not None
+                      else ParallelTensorShape.of(a[0])) for name, (a, axes) in plan.weights}
+    return NodeShapes(ins, outs, weights)
+
+
+# per argument: ((its shape, the Arg of the first forward launch that reads or writes it), that
+# launch's axes), or ((shape, None), None) where no launch uses it (its shape only)
+_ArgPlan = tuple[tuple[TensorShape, Any], Any]
+
+
+@dataclass(frozen=True)
+class _ShapePlan:
+    inputs: tuple[_ArgPlan, ...]
+    outputs: tuple[_ArgPlan, ...]
+    weights: tuple[tuple[str, _ArgPlan], ...]
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _shape_plan(op: Operator, inputs: tuple[TensorShape, ...]) -> _ShapePlan:
+    """Which launch argument gives each of `op`'s arguments its parallel shape: the same for
+    every configuration (the search asks node_shapes for many; building the launches and
+    inferring the outputs each time was most of its cost)."""
+    outs = op.infer_outputs(list(inputs))
+    weights = {ws.name: ws.shape for ws in op.weights(list(inputs))}
+    saved = {sv.name: sv.shape for sv in op.saved(list(inputs))}
+    in_args: dict[int, _ArgPlan] = {}
+    out_args: dict[int, _ArgPlan] = {}
+    w_args: dict[str, _ArgPlan] = {}
+    for launch in op.forward(list(inputs), training=True):
+        axes = tuple(_axes(launch))
         for name, role in launch.kernel.stores:
             arg = launch.args[name]
             ref = arg.ref
             writes = role.value in ("output", "inout", "sum")
-            if ref.kind is RefKind.INPUT and ref.key not in in_shapes:
-                in_shapes[ref.key] = arg_shape(inputs[ref.key], arg, degrees, axes, False)
-            elif ref.kind is RefKind.OUTPUT and writes and ref.key not in out_shapes:
-                out_shapes[ref.key] = arg_shape(outs[ref.key], arg, degrees, axes, True)
-            elif ref.kind is RefKind.WEIGHT and ref.key in weights and ref.key not in w_shapes:
-                w_shapes[ref.key] = arg_shape(weights[ref.key], arg, degrees, axes, False)
+            if ref.kind is RefKind.INPUT and ref.key not in in_args:
+                in_args[ref.key] = ((inputs[ref.key], arg), axes)
+            elif ref.kind is RefKind.OUTPUT and writes and ref.key not in out_args:
+                out_args[ref.key] = ((outs[ref.key], arg), axes)
+            elif ref.kind is RefKind.WEIGHT and ref.key in weights and ref.key not in w_args:
+                w_args[ref.key] = ((weights[ref.key], arg), axes)
             elif ref.kind is RefKind.SAVED and ref.key not in saved:
                 raise PCGError(f"{op.op_type}: launch uses an undeclared saved tensor {ref.key!r}")
-    for i, s in enumerate(inputs):  # an input no forward launch reads (shape only)
-        in_shapes.setdefault(i, ParallelTensorShape.of(s))
-    for i, s in enumerate(outs):
-        out_shapes.setdefault(i, ParallelTensorShape.of(s))
-    for name, s in weights.items():
-        w_shapes.setdefault(name, ParallelTensorShape.of(s))
-    return NodeShapes(tuple(in_shapes[i] for i in range(len(inputs))),
-                      tuple(out_shapes[i] for i in range(len(outs))), w_shapes)
+    return _ShapePlan(
+        tuple(in_args.get(i, ((s, None), None)) for i, s in enumerate(inputs)),
+        tuple(out_args.get(i, ((s, None), None)) for i, s in enumerate(outs)),
+        # (weights in the order their launches first use them, then the unused ones)
+        tuple(w_args.items()) + tuple((name, ((s, None), None)) for name, s in weights.items()
+                                      if name not in w_args))
 
 
 @dataclass(frozen=True)

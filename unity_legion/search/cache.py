@@ -44,6 +44,7 @@ class MappingCache:
     edges: dict[tuple, Any] = field(default_factory=dict)           # (keys, relative) -> table
     steps: dict[tuple, tuple] = field(default_factory=dict)         # (parallel op, shape) -> step
     comm: dict[tuple, float] = field(default_factory=dict)          # (shape ids, class) -> s
+    convertible: dict[tuple[int, int], bool] = field(default_factory=dict)  # shape ids -> ok
     blocks: dict[tuple, tuple] = field(default_factory=dict)        # signature -> solved block
     # device groups (Simulator.by_groups): where an argument's pieces live, interned, and the
     # price of moving a tensor between two of them (the same pair recurs across edges, nodes

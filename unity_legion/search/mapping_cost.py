@@ -43,10 +43,11 @@ from unity_legion.cost.layout import Layout, arg_layout, spread, whole
 from unity_legion.cost.machine import MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, priced
 from unity_legion.cost.simulator import Simulator
-from unity_legion.cost.transfer import priced as transfer_priced, profile_key
+from unity_legion.cost.transfer import priced_seconds, profile_key
 from unity_legion.operators.base import Ref, RefKind
 from unity_legion.pcg.graph import ComputationGraph, Node
-from unity_legion.pcg.parallel_ops import FusedParallelOp, Partition, Reduce, Replicate, conversion
+from unity_legion.pcg.parallel_ops import (FusedParallelOp, Partition, Reduce, Replicate,
+                                          conversion, convertible)
 from unity_legion.pcg.pcg import NodeShapes, node_shapes
 from unity_legion.search.cache import MappingCache
 from unity_legion.search.candidates import Resource, candidate_configs, place, shifted
@@ -389,8 +390,8 @@ class MappingCost:
                 key = (profile_key(a, b, self.machine), a.nbytes, a.piece_bytes)
                 hit = st.prices.get(key)
                 if hit is None:
-                    hit = st.prices[key] = transfer_priced(key[0], a.nbytes, a.piece_bytes,
-                                                  self.machine).seconds
+                    hit = st.prices[key] = priced_seconds(key[0], a.nbytes, a.piece_bytes,
+                                                          self.machine)
             st.moves[(src, dst)] = hit
         return hit
 
@@ -401,15 +402,12 @@ class MappingCost:
 
     def _convertible_ids(self, src: int, dst: int) -> bool:
         """`_convertible` of two interned shapes."""
-        st = self.store
-        ops = st.comm.get((src, dst), False)
-        if ops is False:
-            try:
-                ops = conversion(st.shapes[src], st.shapes[dst])
-            except ParallelShapeError:
-                ops = None
-            st.comm[(src, dst)] = ops
-        return ops is not None
+        tab = self.store.convertible
+        ok = tab.get((src, dst))
+        if ok is None:
+            shapes = self.store.shapes
+            ok = tab[(src, dst)] = convertible(shapes[src], shapes[dst])
+        return ok
 
     def _edge_groups(self, e: Edge, a: OpConfig, b: OpConfig) -> float:
         """One move of edge `e`'s tensor from placed candidate `a` to `b`, priced over the
