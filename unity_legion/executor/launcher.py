@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -170,11 +171,30 @@ def _partitioned(shape: tuple[int, ...], arg: Arg, axes: list[str], degrees: Map
 
 def legate_partition(store: Any, tile: tuple[int, ...] | None, proj: Projection | None
                      ) -> tuple[Any, tuple[Any, ...] | None]:
-    """The Legate partition and projection functor tuple of a bound argument."""
+    """The Legate partition and projection functor tuple of a bound argument (cached per
+    store and tiling until the executor's next call, as store_dims: a fused task's slots and
+    the step's launches ask for the same ones again)."""
     if tile is None or proj is None:
         return store, None
-    return (store.partition_by_tiling(tile),
-            tuple(constant(0) if g is None else dimension(g) for g in proj))
+    key = (id(store), tile, proj)
+    hit = _PARTS.get(key)
+    if hit is None:
+        hit = _PARTS[key] = (store, store.partition_by_tiling(tile), _functors(proj))
+    return hit[1], hit[2]
+
+
+@functools.lru_cache(maxsize=1024)
+def _functors(proj: Projection) -> tuple[Any, ...]:
+    return tuple(constant(0) if g is None else dimension(g) for g in proj)
+
+
+@functools.lru_cache(maxsize=4096)
+def _slot_order(access: tuple[Access, ...]) -> tuple[tuple[int, ...], tuple[int, ...],
+                                                     tuple[int, ...]]:
+    """The slots a task adds as inputs, outputs and reductions, each in slot order."""
+    return (tuple(i for i, a in enumerate(access) if a.reads),
+            tuple(i for i, a in enumerate(access) if a.writes),
+            tuple(i for i, a in enumerate(access) if a is Access.REDUCE))
 
 
 def reduced_outputs(launch: Launch, degrees: Mapping[str, int]) -> frozenset[str]:
@@ -221,6 +241,8 @@ class _What:
 # executor forgets the cache at the start of each call, when no task can be pending on the
 # stores it releases.
 _DIMS: dict[int, tuple[Any, tuple[int, ...]]] = {}
+# (id(store), tile, projection) -> (the store, its tiling partition, projection functors)
+_PARTS: dict[tuple, tuple[Any, Any, tuple[Any, ...]]] = {}
 
 
 def store_dims(store: Any) -> tuple[int, ...]:
@@ -233,6 +255,7 @@ def store_dims(store: Any) -> tuple[int, ...]:
 
 def forget_store_dims() -> None:
     _DIMS.clear()
+    _PARTS.clear()
 
 
 def bind(launch: Launch, stores: Mapping[Any, Any], degrees: Mapping[str, int],
@@ -278,8 +301,9 @@ def submit_program(rt: Any, program: Program, slots: Sequence[tuple[Any, Any, An
     """Launch `program` over `grid` (only the points of `box`, when given) with its slots bound
     to (store, tile, projection) each and its scalars (value, Python type) in order. `uid` >= 0:
     its tasks record their kernels' intervals under that id (tasks.TRACE)."""
-    for i, access in enumerate(program.access):
-        if access is Access.REDUCE and slots[i][0].type in _HALF_TYPES:
+    reads, writes, reduces = _slot_order(program.access)
+    for i in reduces:
+        if slots[i][0].type in _HALF_TYPES:
             step = next(st for st in program.steps if i in st.slots)
             name = step.kernel.stores[step.slots.index(i)][0]
             raise LaunchError(
@@ -298,19 +322,16 @@ def submit_program(rt: Any, program: Program, slots: Sequence[tuple[Any, Any, An
         mt = rt.create_manual_task(t.library, t.task_id, upper + (1,), lower + (0,))
     parts = [legate_partition(*slot) for slot in slots]
     # Legate binds inputs, outputs, reductions to the task's parameters of each kind in order.
-    for i, access in enumerate(program.access):
-        if access.reads:
-            _add(mt.add_input, *parts[i])
-    for i, access in enumerate(program.access):
-        if access.writes:
-            _add(mt.add_output, *parts[i])
-    for i, access in enumerate(program.access):
-        if access is Access.REDUCE:
-            part, proj = parts[i]
-            if proj is None:
-                mt.add_reduction(part, ReductionOpKind.ADD)
-            else:
-                mt.add_reduction(part, ReductionOpKind.ADD, proj)
+    for i in reads:
+        _add(mt.add_input, *parts[i])
+    for i in writes:
+        _add(mt.add_output, *parts[i])
+    for i in reduces:
+        part, proj = parts[i]
+        if proj is None:
+            mt.add_reduction(part, ReductionOpKind.ADD)
+        else:
+            mt.add_reduction(part, ReductionOpKind.ADD, proj)
     for value, py_type in scalars:
         mt.add_scalar_arg(value, scalar_type(py_type))
     mt.add_scalar_arg(uid, scalar_type(int))
