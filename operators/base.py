@@ -420,6 +420,12 @@ class Operator:
         a frozen weight is skipped. Default: none."""
         return []
 
+    def weight_bytes_touched(self, inputs: Sequence[TensorShape]) -> int | None:
+        """Bytes of its weights one pass reads where that is less than the whole weights (a
+        lookup gathers only the rows the batch uses; its sparse update writes only those), for
+        the cost model; None (default): the whole weights."""
+        return None
+
     def sparse_sgd_update(self, inputs: Sequence[TensorShape], weight: str) -> Launch | None:
         """A launch applying plain SGD (no momentum, no weight decay: `param -= lr * grad`) to
         `weight` straight from this step's inputs and output gradients (refs: the node's

@@ -233,6 +233,11 @@ class Embedding(Operator):
         gathered = inputs[0].num_elements() * self.output_dim * self.dtype.itemsize
         return inputs[0].num_bytes() + gathered + out.num_bytes()
 
+    def weight_bytes_touched(self, inputs: Sequence[TensorShape]) -> int | None:
+        # at most one row per index (fewer where indices repeat)
+        rows = min(inputs[0].num_elements(), self.input_dim)
+        return rows * self.output_dim * self.dtype.itemsize
+
     def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:
         return (sample_dim(inputs[0]), ParallelDim(COLUMNS, DimKind.PARAMETER, self.output_dim),
                 ParallelDim(ROWS, DimKind.REDUCTION, self.input_dim))

@@ -165,3 +165,66 @@ def test_updates_are_priced_over_the_weights_own_tiles() -> None:
     serial = sim.simulate(g, 64, {0: OpConfig()}, [o])
     wide = sim.simulate(g, 64, {0: OpConfig.of({"out": 8})}, [o])
     assert wide.breakdown["fc"].compute < serial.breakdown["fc"].compute
+
+
+def _table_model(rows: int) -> tuple[ComputationGraph, int]:
+    from unity_legion.operators.embedding import Embedding
+    from unity_legion.types import DataType
+
+    g = ComputationGraph()
+    ids = g.add_input(TensorShape((None, 4), DataType.INT64), "ids")
+    (e,) = g.add_node(Embedding(rows, 64, combiner="sum"), [ids], "table")
+    (o,) = g.add_node(Linear(4), [e], "head")
+    return g, o
+
+
+@pytest.mark.parametrize("plan", ["serial", "data"])
+def test_plain_sgd_prices_only_the_rows_a_batch_looks_up(plan) -> None:
+    """Under plain SGD the executor updates a table's looked-up rows only, from the step's
+    indices and output gradient (Operator.sparse_sgd_update): no dense gradient is formed or
+    summed. The cost model prices the lookup and that update by those rows, so a table 100x
+    larger costs about the same; an optimizer with state updates the whole table densely."""
+    machine = preset("local")    # 2 CPU processors: memory-bound updates show
+
+    def step(rows: int, slots: int) -> float:
+        g, out = _table_model(rows)
+        cfg = OpConfig() if plan == "serial" else OpConfig.of({"sample": 2})
+        return Simulator(machine, optimizer_slots=slots).simulate(
+            g, 64, {n.id: cfg for n in g.nodes}, [out]).step_time
+
+    # (data-parallel: no dense gradient of the table is summed either)
+    assert step(100_000, 0) == pytest.approx(step(1_000, 0), rel=0.05)
+    assert step(100_000, 2) > 3 * step(1_000, 2)
+    # the lookup itself reads the rows it gathers, under any optimizer
+    from unity_legion.operators.embedding import Embedding
+    from unity_legion.types import DataType
+    ids = TensorShape((64, 4), DataType.INT64)
+    fwd = [AnalyticCost().op_cost(Embedding(rows, 64, combiner="sum"), [ids], OpConfig(),
+                                  machine.device).forward for rows in (1_000, 100_000)]
+    assert fwd[1] == pytest.approx(fwd[0])
+
+
+def test_search_considers_one_device_on_one_node() -> None:
+    """On one node the search also prices every operator on one device (builtin "serial") and
+    keeps it where it is the cheapest plan; the builtin validates and round-trips. Here (the
+    zoo's XDL at its benchmark size on this machine's CPU model, plain SGD) splitting its small
+    launches over two processors costs more than it saves, as measured (bench_models)."""
+    from unity_legion.search.unity import SearchOptions, search
+    from unity_legion.strategy.builtin import by_name, serial
+    from unity_legion.strategy.strategy import Strategy
+
+    g = ZOO["xdl"].build_bench().graph
+    machine = preset("local")
+    r = search(g, 32, machine, options=SearchOptions(budget=2, optimizer_slots=0))
+    one = serial(g, 2, batch=32)
+    assert one.source == "serial" and by_name("serial", g, 2).plan(g) == one.plan(g)
+    assert {c.num_points for c in one.plan(g).values()} == {1}
+    priced = Simulator(machine, optimizer_slots=0).simulate(g, 32, one.plan(g)).step_time
+    assert r.baselines["serial"] == pytest.approx(priced)
+    assert r.baselines["serial"] < r.baselines["data_parallel"]
+    assert r.chosen == "serial" and r.step_time == min(r.baselines.values())
+    one.validate(g, 32)
+    assert Strategy.from_json(one.to_json()).plan(g) == one.plan(g)
+    # several nodes: not a candidate
+    many = search(g, 64, preset("dgx-h100", 2, 2), options=SearchOptions(budget=2))
+    assert "serial" not in many.baselines

@@ -293,7 +293,7 @@ def test_search_pipelines_a_model_that_fits_only_pipelined():
     assert spec is not None and 64 % spec.micro_batches == 0
     r.strategy.validate(g, 64)
     assert r.baseline_fits == {"search": False, "data_parallel": False, "expert": False,
-                               "pipeline": True}
+                               "serial": False, "pipeline": True}
     # without pipelines nothing fits
     plain = search(g, 64, machine, options=dataclasses.replace(opts, pipeline=False))
     assert not plain.fits and "pipeline" not in plain.baselines

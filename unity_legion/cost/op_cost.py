@@ -119,6 +119,10 @@ class AnalyticCost:
         points = max(config.num_points, 1)
         flops = op.flops(list(inputs)) / points
         nbytes = piece_bytes(shapes)
+        touched = op.weight_bytes_touched(list(inputs))
+        if touched is not None:   # a lookup reads the rows it gathers, not the whole table
+            whole = sum(s.piece_bytes() for s in shapes.weights.values())
+            nbytes += min(touched / points, whole) - whole
         fwd_launches = len(op.forward(list(inputs), training=True))
         bwd_launches = len(op.backward(list(inputs), list(needs)))
         # an operator computing in a half precision (mixed precision: its float inputs are

@@ -83,12 +83,13 @@ from unity_legion.cost.layout import Layout, arg_layout, spread, whole
 from unity_legion.cost.machine import LinkSpec, MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, OpCost, priced
 from unity_legion.cost.transfer import Transfer, transfer
-from unity_legion.operators.base import Ref, RefKind
+from unity_legion.operators.base import Operator, Ref, RefKind
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.parallel_ops import (FusedParallelOp, ParallelOp, Partition, Reduce,
                                            Replicate, conversion)
 from unity_legion.pcg.pcg import PCG, PNode, lift
-from unity_legion.types import OpConfig, ParallelShapeError, ParallelTensorShape, effective_degree
+from unity_legion.types import (OpConfig, ParallelShapeError, ParallelTensorShape, TensorShape,
+                                effective_degree)
 
 
 @dataclass
@@ -182,6 +183,9 @@ class Simulator:
         self.optimizer_slots = optimizer_slots  # Adam keeps 2 slots per weight
         self.metrics = metrics
         self.steps = max(1, steps)
+        # plain SGD updates a lookup table's used rows only, as the executor does by default
+        # (GraphExecutor.sparse_updates; off in pipelined steps)
+        self.sparse_updates = True
 
     # ------------------------------------------------------------------ public
     def simulate(self, graph: ComputationGraph, batch: int, plan: Mapping[int, OpConfig],
@@ -252,6 +256,30 @@ class Simulator:
             return ws.shard_degree
         rows = ws.sizes[0] if ws.rank else 1
         return effective_degree(rows, max(devices, 1)) if ws.rank else 1
+
+    def sparse_update_time(self, op: Operator, inputs: Sequence[TensorShape], weight: str,
+                           ws: ParallelTensorShape, devices: int) -> float | None:
+        """Seconds of one point of the executor's sparse SGD update of `weight` (Operator.
+        sparse_sgd_update: the rows the batch looked up, from the step's indices and output
+        gradient, read whole by each point; no dense gradient is formed or summed), or None
+        where the update is dense: an optimizer with state, a weight its configuration tiles, an
+        operator without a sparse update. (SGD with weight decay is dense in the executor but
+        priced sparse here: the cost model knows the optimizer's state only.)"""
+        if self.optimizer_slots or not self.sparse_updates or ws.shard_degree > 1:
+            return None
+        launch = op.sparse_sgd_update(list(inputs), weight)
+        touched = op.weight_bytes_touched(list(inputs))
+        if launch is None or touched is None:
+            return None
+        outs = op.infer_outputs(list(inputs))
+        read = 0.0
+        for arg in launch.args.values():
+            if arg.ref.kind is RefKind.INPUT:
+                read += inputs[arg.ref.key].num_bytes()    # type: ignore[index]
+            elif arg.ref.kind is RefKind.GRAD_OUTPUT:
+                read += outs[arg.ref.key].num_bytes()      # type: ignore[index]
+        points = self.update_points(ws, devices)
+        return self._stream_time(read + 2 * touched * _master_ratio(ws) / max(points, 1))
 
     def stream_time(self, nbytes: float, points: int = 1) -> float:
         """Seconds of a memory-bound task over `nbytes` split over `points` devices."""
@@ -506,6 +534,7 @@ class _Node:
     state_launches: int = 0
     link: str = ""                 # parallel operators: the links the movement uses
     syncs: dict[tuple[int, str], Transfer] = field(default_factory=dict)   # gradient sums
+    sparse: dict[tuple[int, str], float] = field(default_factory=dict)     # sparse updates
     settle: float = 0.0            # a Reduce as partial sums: the step adding them (one point)
     boundary: bool = False         # a pipeline stage boundary: the tensor moved to the reader
     stage: int = 0                 # its pipeline stage (Staging; 0 unpipelined)
@@ -627,6 +656,12 @@ class _Plan:
                 item.weights = [((nid, w), ws) for (nid, w), ws in pcg.weights.items()
                                 if nid == g.id and w in trainable.get(g.id, set())]
                 for key, ws in item.weights:
+                    sparse = (sim.sparse_update_time(g.op, ins, key[1], ws, len(devs))
+                              if staging is None else None)
+                    if sparse is not None:   # no gradient to sum
+                        item.sparse[key] = sparse
+                        item.syncs[key] = Transfer(0.0, "")
+                        continue
                     item.syncs[key] = (sim.weight_sync(
                         arg_layout(g.op, ins, cfg, Ref(RefKind.WEIGHT, key[1]), ws))  # type: ignore[arg-type]
                         if sim.by_groups else
@@ -915,7 +950,8 @@ class _Plan:
                 points = sim.update_points(ws, len(item.devs))
                 devs = item.devs[:points]
                 # more tiles than devices: the devices share them (as the executor's launch)
-                upd = sim._update_time(ws, points) * -(-points // max(len(devs), 1))
+                upd = item.sparse.get(key, sim._update_time(ws, points)) * \
+                    -(-points // max(len(devs), 1))
                 first, _ = host(1)
                 upd_end = run(devs, max(sync_end, first), upd, s.compute_free)
                 trace(devs, upd_end - upd, upd_end, item.pnode.name, "update")
@@ -1136,7 +1172,9 @@ class _Plan:
                 at = grads_end.get(item.pnode.id, 0.0)
                 points = sim.update_points(ws, len(item.devs))
                 devs = item.devs[:points]
-                if sim.grad_partials(ws, item.devs):
+                if key in item.sparse:
+                    pass   # the update reads the step's indices and output gradient
+                elif sim.grad_partials(ws, item.devs):
                     # the replicas' partial sums added into the gradient, split by rows over
                     # the operator's points, in the update's group
                     settle = sim.settle_time(ws.copy_degree, ws.num_bytes(), len(item.devs))
@@ -1151,7 +1189,8 @@ class _Plan:
                         s.moved += sync
                         _charge(br, sync, item.syncs[key].link, "grads")
                         at = end
-                upd = sim._update_time(ws, points) * -(-points // max(len(devs), 1))
+                upd = item.sparse.get(key, sim._update_time(ws, points)) * \
+                    -(-points // max(len(devs), 1))
                 kernel = max(upd - overhead * -(-points // max(len(devs), 1)), 0.0)
 
                 def updated(end: float, key: Any = key) -> None:

@@ -298,6 +298,11 @@ class MappingCost:
         t = fwd + fill + (bwd if self._backward(n) else 0.0)
         for name in sorted(self._trainable.get(nid, ())):
             ws = ns.weights[name]
+            points = sim.update_points(ws, len(devs))
+            sparse = sim.sparse_update_time(n.op, ins, name, ws, len(devs))
+            if sparse is not None:   # the used rows only, no gradient to sum
+                t += sparse * -(-points // max(len(devs), 1))
+                continue
             if self.by_groups:
                 t += sim.weight_sync(self.layout(nid, cfg, RefKind.WEIGHT, name)).seconds
             else:

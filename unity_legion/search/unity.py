@@ -40,7 +40,7 @@ from unity_legion.cost.simulator import Simulator
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.search.cache import MappingCache
 from unity_legion.search.dp import MappingResult, best_mapping
-from unity_legion.strategy.builtin import data_parallel, expert
+from unity_legion.strategy.builtin import data_parallel, expert, serial
 from unity_legion.strategy.strategy import Strategy, as_graph
 from unity_legion.substitutions import (AppliedRule, ParallelRule, Rule,
                                         SubstitutionError, allowed_axes, apply, builtin_rules,
@@ -105,9 +105,9 @@ class StepSaving:
 @dataclass
 class SearchResult:
     strategy: Strategy               # the winner, for the ORIGINAL model (rewrites recorded in it)
-    chosen: str                      # "search", "data_parallel" or the expert's name
+    chosen: str                      # "search", "data_parallel", "serial", "pipeline" or the expert's name
     step_time: float                 # simulated step time of the winner
-    baselines: dict[str, float]      # simulated step times: "data_parallel", "expert", "search"
+    baselines: dict[str, float]      # simulated step times: "data_parallel", "expert", "search", "serial" (one node)
     expert_name: str
     estimate: float                  # the DP's estimate of the found plan
     peak_memory: float               # bytes on the fullest device (simulator)
@@ -380,6 +380,11 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
     results["data_parallel"] = (simulate(graph, outs, dp_strategy.plan(graph)), dp_strategy)
     exp_strategy = expert(model, devices, dtype, batch, machine.devices_per_node)
     results["expert"] = (simulate(graph, outs, exp_strategy.plan(graph)), exp_strategy)
+    if machine.nodes == 1 and devices > 1:
+        # one device is a candidate too: the mapping DP's decomposed costs can miss that a small
+        # model's step is cheapest with no launch split (seen: xdl on 2 CPU processors)
+        one = serial(model, devices, dtype, batch)
+        results["serial"] = (simulate(graph, outs, one.plan(graph)), one)
     if opts.pipeline:  # stages on machine splits, the DP inside each (priced by cost/pipeline.py)
         from unity_legion.search.pipeline import PipelineSearch
 

@@ -89,6 +89,17 @@ def data_parallel(model: Any, devices: int, device_type: str = "cpu",
                   for n in graph.nodes})
 
 
+def serial(model: Any, devices: int, device_type: str = "cpu",
+           batch: int | None = None) -> Strategy:
+    """Every operator whole on the first device: no launch has more than one point (on a
+    small model, one processor's tasks can beat two processors' for the runtime's cost per
+    point and per partial sum)."""
+    graph, _ = as_graph(model)
+    devices = _check_devices(devices)
+    return _make(model, "serial", device_type, devices,
+                 {n.name: _config({}, device_type) for n in graph.nodes})
+
+
 def _linear_partner(graph: ComputationGraph, node: Node) -> tuple[Node, list[Node]] | None:
     """The Linear that `node`'s output reaches through elementwise operators only (each tensor
     on the way read by one operator), and those operators."""
@@ -243,12 +254,13 @@ def expert(model: Any, devices: int, device_type: str = "cpu",
 
 BUILTINS: dict[str, Callable[..., Strategy]] = {
     "data_parallel": data_parallel, "megatron": megatron, "table_parallel": table_parallel,
-    "expert": expert}
+    "expert": expert, "serial": serial}
 
 
 def by_name(name: str, model: Any, devices: int, device_type: str = "cpu",
             batch: int | None = None) -> Strategy:
-    """A builtin strategy by name ("data_parallel", "megatron", "table_parallel", "expert")."""
+    """A builtin strategy by name ("data_parallel", "megatron", "table_parallel", "expert",
+    "serial")."""
     if name not in BUILTINS:
         raise StrategyError(f"no builtin strategy named {name!r}; builtins: "
                             f"{', '.join(BUILTINS)}")

@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 
 SCHEMA = "unity_legion.strategy"
 VERSION = 1
-SOURCES = ("data_parallel", "megatron", "table_parallel", "random", "manual", "search")
+SOURCES = ("data_parallel", "megatron", "table_parallel", "random", "manual", "search",
+           "serial")
 DEVICE_TYPES = ("cpu", "gpu")
 
 # Predicted forward time of one operator of a PCG, in seconds (a cost model; see `explain`).
