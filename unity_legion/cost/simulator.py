@@ -544,6 +544,12 @@ class _Node:
         """Data movement (a parallel operator, a stage boundary), not launches."""
         return self.boundary or self.pnode.is_parallel
 
+    def update_time(self, sim: "Simulator", key: tuple[int, str], ws: ParallelTensorShape,
+                    points: int) -> float:
+        """One point of weight `key`'s update: sparse where the executor updates it so."""
+        sparse = self.sparse.get(key)
+        return sim._update_time(ws, points) if sparse is None else sparse
+
 
 @dataclass
 class _Group:
@@ -950,8 +956,7 @@ class _Plan:
                 points = sim.update_points(ws, len(item.devs))
                 devs = item.devs[:points]
                 # more tiles than devices: the devices share them (as the executor's launch)
-                upd = item.sparse.get(key, sim._update_time(ws, points)) * \
-                    -(-points // max(len(devs), 1))
+                upd = item.update_time(sim, key, ws, points) * -(-points // max(len(devs), 1))
                 first, _ = host(1)
                 upd_end = run(devs, max(sync_end, first), upd, s.compute_free)
                 trace(devs, upd_end - upd, upd_end, item.pnode.name, "update")
@@ -1189,8 +1194,7 @@ class _Plan:
                         s.moved += sync
                         _charge(br, sync, item.syncs[key].link, "grads")
                         at = end
-                upd = item.sparse.get(key, sim._update_time(ws, points)) * \
-                    -(-points // max(len(devs), 1))
+                upd = item.update_time(sim, key, ws, points) * -(-points // max(len(devs), 1))
                 kernel = max(upd - overhead * -(-points // max(len(devs), 1)), 0.0)
 
                 def updated(end: float, key: Any = key) -> None:

@@ -26,9 +26,8 @@ from unity_legion.executor.launcher import (BoundArg, bind, box_points, effectiv
                                            launch_boxes, launch_grid, partitioned_reductions,
                                            reduced_outputs, store_dims, submit)
 from unity_legion.mappers.placement import placed
-from unity_legion.operators.base import (SAMPLE, Launch, Ref, RefKind, Role, dx, dy, saved, w, x,
-                                         y)
-from unity_legion.operators.base import Arg
+from unity_legion.operators.base import (SAMPLE, Arg, Launch, Ref, RefKind, Role, dx, dy, saved,
+                                         w, x, y)
 from unity_legion.operators.convert import cast_copy
 from unity_legion.operators.precision import from_storage, to_storage
 from unity_legion.operators.glue import (PARTIAL_ROWS, accumulate, accumulate_launch,

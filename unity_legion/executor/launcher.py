@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 from legate.core import ReductionOpKind, constant, dimension
 from legate.core import types as ty
 
-from unity_legion.executor.tasks import Access, Program, program_task, scalar_type, single
+from unity_legion.executor.tasks import Program, program_task, scalar_type, single, slot_order
 from unity_legion.operators.base import Arg, Launch, Role, ceil_div
 from unity_legion.operators.spatial import Windowed
 from unity_legion.types import effective_degree  # noqa: F401 (re-exported)
@@ -188,15 +188,6 @@ def _functors(proj: Projection) -> tuple[Any, ...]:
     return tuple(constant(0) if g is None else dimension(g) for g in proj)
 
 
-@functools.lru_cache(maxsize=4096)
-def _slot_order(access: tuple[Access, ...]) -> tuple[tuple[int, ...], tuple[int, ...],
-                                                     tuple[int, ...]]:
-    """The slots a task adds as inputs, outputs and reductions, each in slot order."""
-    return (tuple(i for i, a in enumerate(access) if a.reads),
-            tuple(i for i, a in enumerate(access) if a.writes),
-            tuple(i for i, a in enumerate(access) if a is Access.REDUCE))
-
-
 def reduced_outputs(launch: Launch, degrees: Mapping[str, int]) -> frozenset[str]:
     """Outputs that several points of the launch write: their split misses a launch axis whose
     degree is above 1 (each point then writes a partial sum, added by an ADD reduction into a
@@ -301,7 +292,7 @@ def submit_program(rt: Any, program: Program, slots: Sequence[tuple[Any, Any, An
     """Launch `program` over `grid` (only the points of `box`, when given) with its slots bound
     to (store, tile, projection) each and its scalars (value, Python type) in order. `uid` >= 0:
     its tasks record their kernels' intervals under that id (tasks.TRACE)."""
-    reads, writes, reduces = _slot_order(program.access)
+    reads, writes, reduces = slot_order(program.access)
     for i in reduces:
         if slots[i][0].type in _HALF_TYPES:
             step = next(st for st in program.steps if i in st.slots)

@@ -126,15 +126,24 @@ TRACE: list[tuple[int, int, int, float, float]] = []
 
 
 @cache
+def slot_order(access: tuple[Access, ...]) -> tuple[tuple[int, ...], tuple[int, ...],
+                                                    tuple[int, ...]]:
+    """The slots a task binds as inputs (those it reads), outputs (those it writes) and
+    reductions, each in slot order: the order of the task's parameters (program_task) and of
+    the launch's arguments (launcher.submit_program)."""
+    return (tuple(i for i, a in enumerate(access) if a.reads),
+            tuple(i for i, a in enumerate(access) if a.writes),
+            tuple(i for i, a in enumerate(access) if a is Access.REDUCE))
+
+
+@cache
 def program_task(program: Program) -> Any:
     """The registered Legate task that runs `program`. Legate binds a launch's inputs,
     outputs and reductions to the task's parameters of each kind in order: the executor adds
     the slots that read (slot order), then those that write, then the reductions, then the
     scalars in `scalar_params` order."""
     access = program.access
-    reads = [i for i, a in enumerate(access) if a.reads]
-    writes = [i for i, a in enumerate(access) if a.writes]
-    reduces = [i for i, a in enumerate(access) if a is Access.REDUCE]
+    reads, writes, reduces = slot_order(access)
     params = ([inspect.Parameter(f"r{i}", _P, annotation=InputStore) for i in reads]
               + [inspect.Parameter(f"w{i}", _P, annotation=OutputStore) for i in writes]
               + [inspect.Parameter(f"a{i}", _P, annotation=ReductionStore[ADD]) for i in reduces])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from unity_legion.operators.base import SAMPLE, Arg, Launch, Operator, RefKind
 from unity_legion.pcg.graph import ComputationGraph
@@ -85,23 +85,22 @@ def node_shapes(op: Operator, inputs: Sequence[TensorShape], config: OpConfig) -
     every axis of the configuration is one of the operator's and fits its extent."""
     check_axes(op, inputs, config, op.op_type)
     degrees = config.as_dict()
-    key = tuple(inputs)
-    try:
-        plan = _shape_plan(op, key)
-    except TypeError:   # an operator with an unhashable attribute: worked out uncached
-        plan = _shape_plan.__wrapped__(op, key)
-    ins = tuple(arg_shape(*a, degrees, axes, False) if axes is not None else ParallelTensorShape.of(a[0])
-                for a, axes in plan.inputs)
-    outs = tuple(arg_shape(*a, degrees, axes, True) if axes is not None else ParallelTensorShape.of(a[0])
-                 for a, axes in plan.outputs)
-    weights = {name: (arg_shape(*a, degrees, axes, False) if axes is not None
-                      else ParallelTensorShape.of(a[0])) for name, (a, axes) in plan.weights}
-    return NodeShapes(ins, outs, weights)
+    plan = _shape_plan(op, tuple(inputs))
+    return NodeShapes(tuple(_lifted(a, degrees, False) for a in plan.inputs),
+                      tuple(_lifted(a, degrees, True) for a in plan.outputs),
+                      {name: _lifted(a, degrees, False) for name, a in plan.weights})
 
 
-# per argument: ((its shape, the Arg of the first forward launch that reads or writes it), that
-# launch's axes), or ((shape, None), None) where no launch uses it (its shape only)
-_ArgPlan = tuple[tuple[TensorShape, Any], Any]
+# per argument of an operator: its shape, the Arg of the first forward launch that reads or
+# writes it and that launch's axes (None, None: no launch uses it; its shape only)
+_ArgPlan = tuple[TensorShape, Arg | None, tuple[str, ...] | None]
+
+
+def _lifted(a: _ArgPlan, degrees: Mapping[str, int], writes: bool) -> ParallelTensorShape:
+    shape, arg, axes = a
+    if arg is None or axes is None:
+        return ParallelTensorShape.of(shape)
+    return arg_shape(shape, arg, degrees, axes, writes)
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,8 @@ class _ShapePlan:
 def _shape_plan(op: Operator, inputs: tuple[TensorShape, ...]) -> _ShapePlan:
     """Which launch argument gives each of `op`'s arguments its parallel shape: the same for
     every configuration (the search asks node_shapes for many; building the launches and
-    inferring the outputs each time was most of its cost)."""
+    inferring the outputs each time was most of its cost). Operators are frozen dataclasses of
+    hashable attributes (the cost model's tables key by them too)."""
     outs = op.infer_outputs(list(inputs))
     weights = {ws.name: ws.shape for ws in op.weights(list(inputs))}
     saved = {sv.name: sv.shape for sv in op.saved(list(inputs))}
@@ -129,18 +129,18 @@ def _shape_plan(op: Operator, inputs: tuple[TensorShape, ...]) -> _ShapePlan:
             ref = arg.ref
             writes = role.value in ("output", "inout", "sum")
             if ref.kind is RefKind.INPUT and ref.key not in in_args:
-                in_args[ref.key] = ((inputs[ref.key], arg), axes)
+                in_args[ref.key] = (inputs[ref.key], arg, axes)
             elif ref.kind is RefKind.OUTPUT and writes and ref.key not in out_args:
-                out_args[ref.key] = ((outs[ref.key], arg), axes)
+                out_args[ref.key] = (outs[ref.key], arg, axes)
             elif ref.kind is RefKind.WEIGHT and ref.key in weights and ref.key not in w_args:
-                w_args[ref.key] = ((weights[ref.key], arg), axes)
+                w_args[ref.key] = (weights[ref.key], arg, axes)
             elif ref.kind is RefKind.SAVED and ref.key not in saved:
                 raise PCGError(f"{op.op_type}: launch uses an undeclared saved tensor {ref.key!r}")
     return _ShapePlan(
-        tuple(in_args.get(i, ((s, None), None)) for i, s in enumerate(inputs)),
-        tuple(out_args.get(i, ((s, None), None)) for i, s in enumerate(outs)),
+        tuple(in_args.get(i, (s, None, None)) for i, s in enumerate(inputs)),
+        tuple(out_args.get(i, (s, None, None)) for i, s in enumerate(outs)),
         # (weights in the order their launches first use them, then the unused ones)
-        tuple(w_args.items()) + tuple((name, ((s, None), None)) for name, s in weights.items()
+        tuple(w_args.items()) + tuple((name, (s, None, None)) for name, s in weights.items()
                                       if name not in w_args))
 
 

@@ -298,19 +298,19 @@ class MappingCost:
         t = fwd + fill + (bwd if self._backward(n) else 0.0)
         for name in sorted(self._trainable.get(nid, ())):
             ws = ns.weights[name]
+            # the optimizer update runs on the node's devices, over the weight's own tiles
+            # (or its rows), as the executor runs it: it depends on the configuration
             points = sim.update_points(ws, len(devs))
+            rounds = -(-points // max(len(devs), 1))
             sparse = sim.sparse_update_time(n.op, ins, name, ws, len(devs))
             if sparse is not None:   # the used rows only, no gradient to sum
-                t += sparse * -(-points // max(len(devs), 1))
+                t += sparse * rounds
                 continue
             if self.by_groups:
                 t += sim.weight_sync(self.layout(nid, cfg, RefKind.WEIGHT, name)).seconds
             else:
                 t += sim.grad_sync_time(ws, devs)
-            # the optimizer update runs on the node's devices, over the weight's own tiles
-            # (or its rows), as the executor runs it: it depends on the configuration
-            points = sim.update_points(ws, len(devs))
-            t += sim.update_time(ws, points) * -(-points // max(len(devs), 1))
+            t += sim.update_time(ws, points) * rounds
         for j, tid in enumerate(n.inputs):            # graph inputs arrive whole on device 0
             if tid in self._in_set and self.by_groups:
                 t += sim.transfer(whole(ParallelTensorShape.of(self.shapes[tid])),
