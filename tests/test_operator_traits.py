@@ -76,7 +76,6 @@ def test_cost_tables_name_only_families_the_operators_declare():
 
 
 def test_the_torch_twin_runs_every_registered_operator():
-    pytest.importorskip("torch")
     from unity_legion.testing.torch_twin import supports
 
     missing = [cls.__name__ for cls in OPERATORS if not all(supports(op) for op, _ in cls.examples())]
