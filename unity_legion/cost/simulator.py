@@ -83,7 +83,7 @@ from unity_legion.cost.layout import Layout, arg_layout, spread, whole
 from unity_legion.cost.machine import LinkSpec, MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, OpCost, priced
 from unity_legion.cost.transfer import Transfer, transfer
-from unity_legion.operators.base import Operator, Ref, RefKind
+from unity_legion.operators.base import SAMPLE, Operator, Ref, RefKind
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.parallel_ops import (FusedParallelOp, ParallelOp, Partition, Reduce,
                                            Replicate, conversion)
@@ -689,8 +689,7 @@ class _Plan:
                 self.devices_of[t] = item.devs
             self.nodes.append(item)
         # accumulate launches: every consumer of a tensor but the first one the backward
-        # pass reaches adds its part into the gradient (data-parallel over the default
-        # processors: all devices, or a pipeline stage's glue devices)
+        # pass reaches adds its part into the gradient (on its processors: glue_of)
         for item, grads in reversed(grad_nodes):
             for t in grads:
                 if t in seen_grad:
@@ -729,8 +728,14 @@ class _Plan:
         self.loss_stage = staging.loss_stage if staging else 0
 
     def glue_of(self, item: _Node) -> list[int]:
-        """The devices of the glue launches (gradient accumulations) of `item`'s stage."""
-        return list(self.staging.glue[item.stage]) if self.staging else self.all_devs
+        """The devices of `item`'s gradient accumulations: its own processors as its samples
+        split over them (GraphExecutor._backward_nodes), or a pipeline stage's glue devices."""
+        if self.staging:
+            return list(self.staging.glue[item.stage])
+        cfg = item.pnode.config
+        if cfg is None:
+            return self.all_devs
+        return item.devs[:max(1, min(len(item.devs), cfg.degree(SAMPLE), self.batch))]
 
     def _boundary(self, node: PNode, g: Any, ins: list[Any], i: int, devs: list[int],
                   stage: int, grad: bool) -> _Node:
@@ -1156,8 +1161,7 @@ class _Plan:
                 join(item.devs, c.launches_backward, c.kernels(overhead)[1], outputs_at,
                      node.name, "backward", None if item.accumulates else backward_done)
                 if item.accumulates:
-                    # every further consumer's part added into the gradient, data-parallel
-                    # over the default processors
+                    # every further consumer's part added into the gradient (glue_of)
                     join(self.glue_of(item), item.accumulates,
                          max(item.acc_time - item.accumulates * overhead, 0.0), lambda: 0.0,
                          node.name, "backward", backward_done)

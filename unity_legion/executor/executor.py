@@ -12,15 +12,18 @@ makes Legate move the data: that is how the PCG's Partition, Combine, Replicate 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from legate.core import types as ty
 
 from unity_legion.executor.fusion import FusionQueue
+from unity_legion.executor.replay import (DYNAMIC_LR, DYNAMIC_SEED, DYNAMIC_STEP, Recorder,
+                                          StepTrace)
 from unity_legion.executor.launcher import (BoundArg, bind, box_points, effective_degree,
                                            forget_store_dims, in_kernel_order, launch_axes,
                                            launch_boxes, launch_grid, partitioned_reductions,
@@ -49,6 +52,7 @@ _DATA_TYPE = {v: k for k, v in _LEGATE_TYPE.items()}
 _STORAGE_TYPE = {dt.storage: lt for dt, lt in _LEGATE_TYPE.items()}   # numpy piece -> Legate
 
 WeightKey = tuple[int, str]  # (node id, weight name)
+_MAX_TRACES = 4   # recorded steps kept (each keeps its stores alive)
 
 
 @dataclass
@@ -174,6 +178,14 @@ class GraphExecutor:
         # scratch store's key, so each micro-batch in flight has its own activations
         self.pipeline: Any = None
         self._scratch_tag: tuple[Any, ...] = ()
+        # Training steps re-issued from a recording of an earlier step of the same kind
+        # (executor/replay.py); False: every step walks the graph (the measuring code's choice)
+        self.replay = os.environ.get("UNITY_LEGION_REPLAY", "1") != "0"
+        self._traces: dict[tuple[Any, ...], StepTrace] = {}
+        self.replayed = False   # whether the last training step was re-issued from one
+        self._recorder: Recorder | None = None
+        # while a launch is issued: its scalars that change from step to step, by name -> kind
+        self._dynamic: dict[str, str] = {}
 
     @classmethod
     def from_plan(cls, plan: Any, values: Mapping[WeightKey, np.ndarray] | None = None
@@ -209,6 +221,7 @@ class GraphExecutor:
         self.plan = dict(plan) if runner is None else dict(runner.configs)
         self.pipeline = runner
         self._layouts.clear()
+        self.forget_traces()
 
     # ------------------------------------------------------------------ weights
     def weight_specs(self) -> list[tuple[WeightKey, Any]]:
@@ -227,6 +240,12 @@ class GraphExecutor:
             raise ValueError(f"weight {self.graph.nodes[key[0]].name}/{key[1]}: expected shape "
                              f"{spec.shape.dims}, got {arr.shape}")
         self.weights[key] = self._store_from(arr, persistent=True)
+        self.forget_traces()
+
+    def forget_traces(self) -> None:
+        """Drop every recorded step (executor/replay.py): a store they name was replaced, or
+        what shapes a step changed."""
+        self._traces.clear()
 
     def get_weight(self, key: WeightKey) -> np.ndarray:
         self.flush()
@@ -241,6 +260,7 @@ class GraphExecutor:
             self._grads_zeroed = False
         self.frozen = keys
         self.requires_grad = self._requires_grad(self._input_grads)
+        self.forget_traces()
 
     def trainable(self, key: WeightKey, spec: Any) -> bool:
         return spec.trainable and key not in self.frozen
@@ -248,12 +268,14 @@ class GraphExecutor:
     def reset_optimizer_state(self) -> None:
         self.slots.clear()
         self._slot_names = None
+        self.forget_traces()
 
     def _ensure_slots(self, rule: UpdateRule) -> None:
         names = tuple(rule.slots)
         if self._slot_names != names:
             self.slots.clear()
             self._slot_names = names
+            self.forget_traces()
         # every weight trainable now has its slots (a weight unfrozen later starts from zeros)
         for key, spec in self.weight_specs():
             if self.trainable(key, spec):
@@ -290,6 +312,7 @@ class GraphExecutor:
             checked[(key, s)] = arr
         self.slots.clear()
         self._slot_names = tuple(names)
+        self.forget_traces()
         for ks in sorted(checked):  # the same order on every rank
             self.slots[ks] = self._store_from(checked[ks], persistent=True)
 
@@ -427,9 +450,15 @@ class GraphExecutor:
             bound += [BoundArg(f"_guard{i}", Role.INPUT, False, g, None, None)
                       for i, g in enumerate(guards)]
             scalars = [(launch.scalars[n], t) for n, t in launch.kernel.scalars]
-            if self._queue.add(launch.kernel, bound, reduced, scalars, grid, where, len(guards)):
+            dynamic = [(i, self._dynamic[n]) for i, (n, _t) in enumerate(launch.kernel.scalars)
+                       if n in self._dynamic] if self._dynamic else ()
+            if self._queue.add(launch.kernel, bound, reduced, scalars, grid, where, len(guards),
+                               dynamic):
                 return
         self.flush()
+        if self._recorder is not None:
+            self._recorder.launch(launch, dict(refs), self._dynamic, dict(degrees), reduced, box,
+                                  where, guards, self._queue.label)
         uid = -1 if self.profiler is None else self.profiler.task([self.profiler.label])
         with placed(where):
             submit(self.rt, launch, refs, degrees, reduced, box, uid, guards)
@@ -446,10 +475,14 @@ class GraphExecutor:
         if rec is not None and rec.pending:  # (not pending: the partial sums are zero)
             if self._queue.uses(rec.partials):
                 self.flush()
+            if self._recorder is not None:
+                self._recorder.fill(rec.partials, zero)
             rec.partials.fill(zero)
             rec.pending = False
         if self._queue.uses(store):
             self.flush()
+        if self._recorder is not None:
+            self._recorder.fill(store, zero)
         store.fill(zero)
 
     # ------------------------------------------------------------------ partial sums
@@ -516,6 +549,7 @@ class GraphExecutor:
     def _mark(self, name: str | None, phase: str) -> None:
         """What the host does from now on, for the profiler: issue operator `name`'s `phase`
         (None: wait for results)."""
+        self._queue.label = (name, phase)   # (also a recording's: see FusionQueue.label)
         if self.profiler is not None:
             self.profiler.switch(name, phase)
 
@@ -572,7 +606,10 @@ class GraphExecutor:
         return Staged(self._store_from_buffer(buffer), buffer)
 
     def _as_store(self, feed: Feed) -> Any:
-        return feed.store() if isinstance(feed, StagedRows) else self._store_from(feed)
+        store = feed.store() if isinstance(feed, StagedRows) else self._store_from(feed)
+        if self._recorder is not None:
+            self._recorder.feed(store)
+        return store
 
     def _store_from_buffer(self, arr: np.ndarray, read_only: bool = True) -> Any:
         if arr.ndim == 0:
@@ -597,6 +634,8 @@ class GraphExecutor:
         return shapes
 
     def _new(self, shape: TensorShape) -> Any:
+        if self._recorder is not None:
+            self._recorder.created = True   # a step that makes stores is not replayed
         return self.rt.create_store(_LEGATE_TYPE[shape.dtype], shape.dims)
 
     def _zeros(self, shape: TensorShape) -> Any:
@@ -643,6 +682,9 @@ class GraphExecutor:
                 if "seed" in launch.scalars:
                     launch = Launch(launch.kernel, launch.args,
                                     dict(launch.scalars) | {"seed": self._next_seed()})
+                    with self._dynamic_scalars({"seed": DYNAMIC_SEED}):
+                        self._launch(launch, refs, n_degrees, n_view)
+                    continue
                 self._launch(launch, refs, n_degrees, n_view)
             node_refs[n.id] = refs
         return env, node_refs
@@ -731,6 +773,45 @@ class GraphExecutor:
         targets = self._checked_targets(objective, targets, batch)
         degrees = self.degrees_for(batch)
         self._new_step()
+        key = self._trace_key(feeds, targets, objective, rule, batch, loss_scale)
+        trace = None if key is None else self._traces.get(key)
+        self.replayed = trace is not None
+        if trace is not None:
+            loss_stores, metric_stores, finite = self._replay(trace, feeds, targets, rule, lr,
+                                                              step)
+        else:
+            self._recorder = self._queue.recorder = Recorder() if key is not None else None
+            try:
+                loss_stores, metric_stores, finite = self._issue_train_step(
+                    feeds, targets, objective, rule, lr, step, loss_scale, batch, degrees)
+                rec = self._recorder
+            finally:
+                self._recorder = self._queue.recorder = None
+            recorded = None if rec is None else rec.finish(
+                (loss_stores, metric_stores, finite), self._trace_state())
+            if recorded is not None:
+                while len(self._traces) >= _MAX_TRACES:
+                    self._traces.pop(next(iter(self._traces)))
+                self._traces[key] = recorded
+        self._mark(None, "sync")
+        result = self._read_objective(batch, loss_stores, metric_stores)
+        if finite is not None and not np.all(np.isfinite(read(finite, self._uploads))):
+            result.grads_finite = result.applied = False
+            self._grads_zeroed = False
+        if not np.all(np.isfinite(result.loss)):
+            # the update kernels ran nothing: the weights, slots and statistics are as they
+            # were, the gradients are not zeroed (the next step zeroes them first)
+            result.applied = False
+            self._grads_zeroed = False
+        self._drain()
+        return result
+
+    def _issue_train_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
+                          objective: Objective, rule: UpdateRule, lr: float, step: int,
+                          loss_scale: float | None, batch: int, degrees: Mapping[str, int]
+                          ) -> tuple[list[Any], dict[str, list[Any]], Any]:
+        """Issue a training step by walking the graph (all of it submitted): the stores of its
+        losses, of its metrics and of its gradients' finiteness (None without loss scaling)."""
         env, node_refs = self._forward(feeds, True, batch, degrees)
         # loss_scale (dynamic loss scaling): the loss gradient is multiplied by it, the weight
         # gradients divided by it before the update, which runs only if they are all finite
@@ -751,18 +832,59 @@ class GraphExecutor:
             guards.append(finite)
         self._update(rule, lr, step, node_refs, batch, degrees, sparse, guards=guards)
         self.flush()
-        self._mark(None, "sync")
-        result = self._read_objective(batch, loss_stores, metric_stores)
-        if finite is not None and not np.all(np.isfinite(read(finite, self._uploads))):
-            result.grads_finite = result.applied = False
-            self._grads_zeroed = False
-        if not np.all(np.isfinite(result.loss)):
-            # the update kernels ran nothing: the weights, slots and statistics are as they
-            # were, the gradients are not zeroed (the next step zeroes them first)
-            result.applied = False
-            self._grads_zeroed = False
-        self._drain()
-        return result
+        return loss_stores, metric_stores, finite
+
+    # ------------------------------------------------------------------ recorded steps
+    def _trace_key(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
+                   objective: Objective, rule: UpdateRule, batch: int,
+                   loss_scale: float | None) -> tuple[Any, ...] | None:
+        """What makes two training steps issue the same operations on the same stores (the
+        batch's own stores and the dynamic scalars aside: executor/replay.py); None where no
+        step is recorded or replayed (off, or an unhashable objective)."""
+        if not self.replay:
+            return None
+        pending = tuple(sorted(k for k, rec in self._partials.items() if rec.pending))
+        key = (batch, tuple((t, _feed_signature(a)) for t, a in feeds.items()),
+               tuple(_feed_signature(t) for t in targets), objective, rule, loss_scale,
+               self._grads_zeroed, pending, self.fusion, self.partial_sums, self.sparse_updates,
+               self.halo_reads)
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
+    def _trace_state(self) -> tuple[Any, ...]:
+        """What a step leaves that the next one depends on, besides the stores' values."""
+        return (self._grads_zeroed, tuple((rec, rec.pending) for rec in self._partials.values()))
+
+    def _replay(self, trace: StepTrace, feeds: Mapping[int, Feed], targets: Sequence[Feed],
+                rule: UpdateRule, lr: float, step: int) -> tuple[list[Any], dict[str, list[Any]],
+                                                                 Any]:
+        rule.launch(1, lr, step)   # the rule checks its arguments before anything is issued
+        fresh = [self._as_store(a) for a in feeds.values()] + [self._as_store(t) for t in targets]
+        values = {DYNAMIC_LR: lr, DYNAMIC_STEP: step}
+
+        def value(kind: str) -> Any:
+            return self._next_seed() if kind == DYNAMIC_SEED else values[kind]
+
+        trace.replay(self.rt, fresh, value, self.profiler)
+        self._grads_zeroed, pending = trace.end_state
+        for rec, was in pending:
+            rec.pending = was
+        self._backward_refs = {}
+        self._queue.tasks += trace.tasks
+        self._queue.launches += trace.launches
+        return trace.result
+
+    @contextlib.contextmanager
+    def _dynamic_scalars(self, kinds: dict[str, str]) -> Iterator[None]:
+        """The launches issued inside carry scalars (by name) that change from step to step."""
+        self._dynamic = kinds
+        try:
+            yield
+        finally:
+            self._dynamic = {}
 
     def _unscale_grads(self, loss_scale: float) -> Any:
         """Divide every trainable weight's gradient by `loss_scale`; the returned one-element
@@ -942,10 +1064,15 @@ class GraphExecutor:
                 self._launch(launch, refs, n_degrees, n_view)
             if skipped:
                 self._backward_refs[n.id] = refs
+            # each further consumer's part is added on the consumer's processors (split by
+            # samples as it is), so it joins the consumer's fused task; a pipeline's runs on
+            # its stage's default processors
+            acc_degrees, acc_view = ((n_degrees, n_view) if self.pipeline is None
+                                     else (degrees, None))
             for t, tmp in pending:
                 total, part = Ref(RefKind.OUTPUT, 0), Ref(RefKind.INPUT, 0)
                 self._launch(accumulate_launch(total, part, shapes[t].rank),
-                             {total: grads[t], part: tmp}, degrees)
+                             {total: grads[t], part: tmp}, acc_degrees, acc_view)
 
     def _update(self, rule: UpdateRule, lr: float, step: int,
                 node_refs: Mapping[int, dict[Ref, Any]], batch: int,
@@ -977,13 +1104,15 @@ class GraphExecutor:
                 launch = n.op.sparse_sgd_update([shapes[t] for t in n.inputs], key[1])
                 assert launch is not None
                 launch = Launch(launch.kernel, launch.args, dict(launch.scalars) | {"lr": lr})
-                self._launch(launch, refs_b, up_degrees, view, guards)
+                with self._dynamic_scalars({"lr": DYNAMIC_LR}):
+                    self._launch(launch, refs_b, up_degrees, view, guards)
                 continue
             refs = {PARAM: self.weights[key], GRAD: self.grads[key]}
             for s in rule.slots:
                 refs[slot(s)] = self.slots[(key, s)]
-            self._launch(rule.launch(spec.shape.rank, lr, step, split), refs, up_degrees, view,
-                         guards)
+            with self._dynamic_scalars({"lr": DYNAMIC_LR, "step": DYNAMIC_STEP}):
+                self._launch(rule.launch(spec.shape.rank, lr, step, split), refs, up_degrees,
+                             view, guards)
         self._grads_zeroed = True
         self._backward_refs = {}
         for n in self.nodes:
@@ -1139,6 +1268,14 @@ def _master(ws: Any) -> Any:
     """A weight spec as the executor stores it: float32 for a half-precision compute type."""
     dt = ws.shape.dtype
     return ws if not dt.is_half else replace(ws, shape=TensorShape(ws.shape.dims, dt.master))
+
+
+def _feed_signature(feed: Feed) -> tuple[Any, ...]:
+    """What a batch's array or staged rows give its store: the shape and element type."""
+    if isinstance(feed, StagedRows):
+        buffer = feed.staged._buffer
+        return (len(feed),) + buffer.shape[1:] + (buffer.dtype.str,)
+    return feed.shape + (feed.dtype.str,)
 
 
 def _batch_of(feeds: Mapping[int, Feed]) -> int:

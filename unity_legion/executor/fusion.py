@@ -20,6 +20,7 @@ group's launch overhead once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -33,9 +34,13 @@ from unity_legion.mappers.placement import placed
 MAX_STEPS = 128
 
 
-def _combine(old: Access | None, arg: BoundArg) -> Access | None:
-    """The slot access after `arg`'s use, or None where the group cannot take it."""
+def _combine(old: Access | None, arg: BoundArg, one_point: bool = False) -> Access | None:
+    """The slot access after `arg`'s use, or None where the group cannot take it. On a grid
+    of one point an addition is a read-write: that point's sum is the whole sum, so later
+    steps may read it in the same task."""
     if arg.is_reduction:
+        if one_point and old is not Access.REDUCE:
+            return Access.READ_WRITE if old in (None, Access.READ) else old
         return Access.REDUCE if old in (None, Access.REDUCE) else None
     if old is Access.REDUCE:
         return None
@@ -67,6 +72,8 @@ class FusedGroup:
     by_store: dict[int, int] = field(default_factory=dict)
     scalars: list[tuple[Any, type]] = field(default_factory=list)
     labels: list[Any] = field(default_factory=list)   # per step: the profiler's label
+    # scalars that change from step to step: (index in `scalars`, kind; see executor.replay)
+    dynamic: list[tuple[int, str]] = field(default_factory=list)
 
     def uses(self, store: Any) -> bool:
         return id(store) in self.by_store
@@ -79,6 +86,7 @@ class FusedGroup:
         seen: dict[int, tuple[int, Access | None, Any, Any]] = {}
         out = []
         fresh = len(self.slots)
+        one_point = math.prod(self.grid) == 1
         for b in bound:
             key = id(b.store)
             if key in seen:
@@ -91,7 +99,7 @@ class FusedGroup:
                 fresh += 1
             if (tile, proj) != (b.tile, b.proj):
                 return None
-            access = _combine(access, b)
+            access = _combine(access, b, one_point)
             if access is None:
                 return None
             seen[key] = (slot, access, tile, proj)
@@ -101,7 +109,7 @@ class FusedGroup:
 
     def add(self, kernel: Any, bound: Sequence[BoundArg], reduced: frozenset[str],
             scalars: Sequence[tuple[Any, type]], plan: list[tuple[int, Access]],
-            guards: int = 0) -> None:
+            guards: int = 0, dynamic: Sequence[tuple[int, str]] = ()) -> None:
         for b, (slot, access) in zip(bound, plan):
             if slot == len(self.slots):
                 self.slots.append(_Slot(b.store, b.tile, b.proj, access, b.squeeze))
@@ -111,15 +119,20 @@ class FusedGroup:
         slots = tuple(slot for slot, _ in plan)
         n = len(slots) - guards
         self.steps.append(Step(kernel, slots[:n], reduced, slots[n:]))
+        self.dynamic.extend((len(self.scalars) + i, kind) for i, kind in dynamic)
         self.scalars.extend(scalars)
 
-    def submit(self, rt: Any, uid: int = -1) -> None:
+    def program(self) -> tuple[Program, list[tuple[Any, Any, Any]]]:
+        """The group's task program and its slots' (store, tile, projection)."""
         squeeze = tuple(s.squeeze for s in self.slots)
         program = Program(tuple(self.steps), tuple(s.access for s in self.slots),
                           squeeze if any(squeeze) else ())
+        return program, [(s.store, s.tile, s.proj) for s in self.slots]
+
+    def submit(self, rt: Any, uid: int = -1) -> None:
+        program, slots = self.program()
         with placed(self.view):
-            submit_program(rt, program, [(s.store, s.tile, s.proj) for s in self.slots],
-                           self.scalars, self.grid, uid=uid)
+            submit_program(rt, program, slots, self.scalars, self.grid, uid=uid)
 
 
 class FusionQueue:
@@ -134,14 +147,20 @@ class FusionQueue:
         self.launches = 0       # launches they carried
         # a profiler (executor.profile.Profiler) while one is on: labels each step, ids tasks
         self.profiler: Any = None
+        # a step being recorded (executor.replay.Recorder): each task submitted is noted
+        self.recorder: Any = None
+        # what the host is issuing (operator name, phase): set by the executor as it goes;
+        # kept per step while profiling or recording
+        self.label: tuple[Any, str] = (None, "host")
 
     def add(self, kernel: Any, bound: Sequence[BoundArg], reduced: frozenset[str],
             scalars: Sequence[tuple[Any, type]], grid: tuple[int, ...], view: MachineView,
-            guards: int = 0) -> bool:
+            guards: int = 0, dynamic: Sequence[tuple[int, str]] = ()) -> bool:
         """Add the launch to the group being collected, or to a new one; False (with nothing
         pending) where it cannot form a group even alone (one store under two tilings): it
         must go as a task of its own. The last `guards` of `bound` are its guard stores
-        (Step.guards), read whole."""
+        (Step.guards), read whole; `dynamic`: (index in `scalars`, kind) of the scalars that
+        change from step to step (executor.replay)."""
         g = self.pending
         plan = None
         if g is not None and g.grid == grid and g.view == view:
@@ -153,9 +172,9 @@ class FusionQueue:
             if plan is None:
                 return False
             self.pending = g
-        g.add(kernel, bound, reduced, scalars, plan, guards)
-        if self.profiler is not None:
-            g.labels.append(self.profiler.label)
+        g.add(kernel, bound, reduced, scalars, plan, guards, dynamic)
+        if self.profiler is not None or self.recorder is not None:
+            g.labels.append(self.label)
         self.launches += 1
         return True
 
@@ -166,6 +185,10 @@ class FusionQueue:
         g, self.pending = self.pending, None
         if g is not None and g.steps:
             p = self.profiler
+            if self.recorder is not None:
+                program, slots = g.program()
+                self.recorder.task(program, slots, g.scalars, g.dynamic, g.grid, g.view,
+                                   list(g.labels))
             if p is None:
                 g.submit(self.rt)
             else:  # the host's time submitting it: its first step's operator's

@@ -292,8 +292,7 @@ def submit_program(rt: Any, program: Program, slots: Sequence[tuple[Any, Any, An
     """Launch `program` over `grid` (only the points of `box`, when given) with its slots bound
     to (store, tile, projection) each and its scalars (value, Python type) in order. `uid` >= 0:
     its tasks record their kernels' intervals under that id (tasks.TRACE)."""
-    reads, writes, reduces = slot_order(program.access)
-    for i in reduces:
+    for i in slot_order(program.access)[2]:   # the reductions
         if slots[i][0].type in _HALF_TYPES:
             step = next(st for st in program.steps if i in st.slots)
             name = step.kernel.stores[step.slots.index(i)][0]
@@ -302,16 +301,29 @@ def submit_program(rt: Any, program: Program, slots: Sequence[tuple[Any, Any, An
                 f"{name!r} ({slots[i][0].type}): Legion would add bfloat16 bit patterns as "
                 f"integers (or round float16 at every fold); reduce into a float32 store and "
                 f"narrow after (GraphExecutor._launch stages them so)")
-    t = program_task(program)
+    issue_task(rt, program_task(program), program.access, prepared_parts(slots), scalars, grid,
+               box, uid)
+
+
+def prepared_parts(slots: Sequence[tuple[Any, Any, Any]]) -> list[tuple[Any, Any]]:
+    """Each slot's (store, tile, projection) as the (partition, functors) a launch adds."""
+    return [legate_partition(*slot) for slot in slots]
+
+
+def issue_task(rt: Any, task: Any, access: Sequence[Any], parts: Sequence[tuple[Any, Any]],
+               scalars: Sequence[tuple[Any, type]], grid: tuple[int, ...],
+               box: Box | None = None, uid: int = -1) -> None:
+    """Launch registered `task` over `grid` (only the points of `box`, when given) with its
+    slots' partitions `parts` (prepared_parts), by their `access`, and its scalars."""
+    reads, writes, reduces = slot_order(tuple(access))
     if box is None:
-        mt = rt.create_manual_task(t.library, t.task_id, grid)
+        mt = rt.create_manual_task(task.library, task.task_id, grid)
     else:
         # A launch domain of a single point along one dim runs as a single task that maps
         # every store whole, its partitions ignored (measured, Legate 25.11); with a trailing
         # dim of extent 1 it stays an index launch whose points take their tiles.
         lower, upper = _box_of(box, grid)
-        mt = rt.create_manual_task(t.library, t.task_id, upper + (1,), lower + (0,))
-    parts = [legate_partition(*slot) for slot in slots]
+        mt = rt.create_manual_task(task.library, task.task_id, upper + (1,), lower + (0,))
     # Legate binds inputs, outputs, reductions to the task's parameters of each kind in order.
     for i in reads:
         _add(mt.add_input, *parts[i])

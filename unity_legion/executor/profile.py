@@ -69,6 +69,8 @@ class StepProfile:
     sim_step: float | None = None
     sim_span: float | None = None
     result: Any = None                     # the StepResult of the step
+    # True: the step was re-issued from a recording (executor/replay.py), as training's are
+    replayed: bool = False
 
     @property
     def lanes(self) -> int:
@@ -135,8 +137,9 @@ class StepProfile:
                          f"{tot['wait']*ms:8.2f} | {tot['sim_kernel']*ms:8.2f} {'':>8} "
                          f"{tot['sim_wait']*ms:8.2f}")
         sync = sum(b - a for _l, a, b, _n, ph in self.host if ph == "sync")
-        lines.append(f"step: measured {self.wall*ms:.2f} ms ({self.tasks} tasks, host waiting "
-                     f"for results {sync*ms:.2f} ms)"
+        how = "re-issued from its recording" if self.replayed else "issued by walking the graph"
+        lines.append(f"step: measured {self.wall*ms:.2f} ms ({self.tasks} tasks, {how}; host "
+                     f"waiting for results {sync*ms:.2f} ms)"
                      + ("" if self.sim_step is None else
                         f"; simulated {self.sim_step*ms:.2f} ms (steady state), "
                         f"{(self.sim_span or 0.0)*ms:.2f} ms (one step from idle)"))
@@ -234,4 +237,5 @@ def profile_train_step(executor: Any, *args: Any, **kwargs: Any) -> StepProfile:
     host = [(HOST, a - t0, b - t0, name or "", phase)
             for a, b, (name, phase) in p.segments if b > a and phase != "end"]
     order = list(dict.fromkeys(n for labels in p.groups.values() for n, _ in labels if n))
-    return StepProfile(end - t0, kernels, host, order, len(p.groups), result=result)
+    return StepProfile(end - t0, kernels, host, order, len(p.groups), result=result,
+                       replayed=inner.replayed)

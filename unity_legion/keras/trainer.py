@@ -491,8 +491,10 @@ class Trainer:
     def profile_step(self, x: Any = None, y: Any = None, batch_size: int | None = None,
                      path: str | None = None, verbose: bool = True) -> Any:
         """Run ONE real training step (on the first `batch_size` samples, default 32; it
-        updates the weights like train_on_batch) with profiling on, after one unprofiled
-        warm-up step, and return its unity_legion.executor.profile.StepProfile: per operator
+        updates the weights like train_on_batch) with profiling on, after two unprofiled
+        warm-up steps (that train too: the first makes the step's stores, the second is
+        recorded, so the profiled step is re-issued from that recording as training's steps
+        are: executor/replay.py), and return its unity_legion.executor.profile.StepProfile: per operator
         its kernel, host-issuing and waiting time, next to the simulator's figures for the same
         plan on this job's machine model (the "local" preset on CPUs). verbose: print the
         table; `path`: also draw each processor's timeline, measured above simulated."""
@@ -506,7 +508,7 @@ class Trainer:
         self._sync_frozen()
         feeds = dict(zip(self._input_ids, xs))
         prof = None
-        for profiled in (False, True):
+        for profiled in (False, False, True):
             args = (feeds, ys, self._objective, self.optimizer.rule(),
                     self.optimizer.learning_rate, self.optimizer.iterations + 1)
             if profiled:

@@ -1,0 +1,188 @@
+"""Training steps re-issued from a recording (executor/replay.py) equal steps issued by walking
+the graph, bit for bit, and the recording is dropped whenever a store it names is replaced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unity_legion import keras
+from unity_legion.executor.executor import GraphExecutor, Objective
+from unity_legion.operators.batch_norm import BatchNorm
+from unity_legion.operators.dropout import Dropout
+from unity_legion.operators.linear import Linear
+from unity_legion.operators.losses import SparseCategoricalCrossentropy
+from unity_legion.operators.optimizers import AdamRule, SGDRule
+from unity_legion.pcg.graph import ComputationGraph
+from unity_legion.types import MachineView, OpConfig, TensorShape
+
+OBJ = Objective((SparseCategoricalCrossentropy(from_logits=True),), ((),))
+
+
+def _executor(replay: bool, plan: str = "default") -> tuple[GraphExecutor, int]:
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 12)), "x")
+    (h,) = g.add_node(Linear(16, activation="relu"), [x], "d1")
+    (h,) = g.add_node(BatchNorm(), [h], "bn")
+    (h,) = g.add_node(Dropout(0.25), [h], "drop")
+    (h,) = g.add_node(Linear(16, activation="tanh"), [h], "d2")
+    (o,) = g.add_node(Linear(5), [h], "out")
+    ex = GraphExecutor(g, [o], seed=3)
+    ex.replay = replay
+    if plan == "serial":   # every operator on one processor: one-point groups
+        ex.set_plan({n.id: OpConfig.of({}, MachineView.contiguous("cpu", 0, 1)) for n in ex.nodes})
+    rng = np.random.default_rng(0)
+    for key, spec in ex.weight_specs():
+        value = 0.3 * rng.standard_normal(spec.shape.dims).astype(np.float32)
+        ex.set_weight(key, np.abs(value) + 0.5 if "variance" in key[1] else value)
+    return ex, x
+
+
+def _batches(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    return [(rng.standard_normal((10, 12)).astype(np.float32), rng.integers(0, 5, 10))
+            for _ in range(n)]
+
+
+def _weights(ex: GraphExecutor) -> dict:
+    return {k: ex.get_weight(k) for k, _ in ex.weight_specs()}
+
+
+@pytest.mark.parametrize("rule", [AdamRule(), SGDRule(momentum=0.9)], ids=["adam", "momentum"])
+@pytest.mark.parametrize("plan", ["default", "serial"])
+def test_replayed_steps_equal_walked_steps(rule, plan: str) -> None:
+    """Six steps with dropout (fresh seeds each step), batch statistics, a learning rate that
+    changes every step and Adam's step count: losses, weights, optimizer state and the dropout
+    stream equal the walked run's exactly, and from the third step on steps are replayed."""
+    runs = []
+    for replay in (False, True):
+        ex, x = _executor(replay, plan)
+        losses, replayed = [], []
+        for s, (xs, ys) in enumerate(_batches(6), start=1):
+            losses.append(ex.train_step({x: xs}, [ys], OBJ, rule, 0.05 / s, s).mean_loss)
+            replayed.append(ex.replayed)
+        runs.append((losses, _weights(ex), ex.slot_values(), ex.random_state, replayed,
+                     ex._queue.tasks))
+    (l0, w0, s0, r0, rep0, t0), (l1, w1, s1, r1, rep1, t1) = runs
+    assert l0 == l1
+    for k in w0:
+        np.testing.assert_array_equal(w0[k], w1[k])
+    for k in s0:
+        np.testing.assert_array_equal(s0[k], s1[k])
+    assert r0 == r1
+    assert rep0 == [False] * 6 and rep1 == [False, False] + [True] * 4
+    assert t0 == t1   # a replayed step counts the tasks it submits
+
+
+def test_a_replaced_weight_drops_the_recording() -> None:
+    """set_weight between steps: the next step walks the graph again (the recording named the
+    old store) and trains from the new values, as a walked run does."""
+    runs = []
+    for replay in (False, True):
+        ex, x = _executor(replay)
+        batches = _batches(5)
+        losses = [ex.train_step({x: xs}, [ys], OBJ, AdamRule(), 0.01, s).mean_loss
+                  for s, (xs, ys) in enumerate(batches[:3], start=1)]
+        assert ex.replayed is replay
+        key, spec = ex.weight_specs()[0]
+        ex.set_weight(key, np.full(spec.shape.dims, 0.1, np.float32))
+        losses.append(ex.train_step({x: batches[3][0]}, [batches[3][1]], OBJ, AdamRule(), 0.01,
+                                    4).mean_loss)
+        assert not ex.replayed
+        losses.append(ex.train_step({x: batches[4][0]}, [batches[4][1]], OBJ, AdamRule(), 0.01,
+                                    5).mean_loss)
+        runs.append((losses, _weights(ex)))
+    assert runs[0][0] == runs[1][0]
+    for k in runs[0][1]:
+        np.testing.assert_array_equal(runs[0][1][k], runs[1][1][k])
+
+
+def test_a_step_of_another_kind_is_recorded_apart() -> None:
+    """Another batch size, a metric, or the walk between (evaluation) each make or find their
+    own recording; alternating kinds replays each and trains as the walked run does."""
+    runs = []
+    for replay in (False, True):
+        ex, x = _executor(replay)
+        rng = np.random.default_rng(2)
+        out = []
+        for s in range(1, 9):
+            n = 10 if s % 2 else 6
+            xs = rng.standard_normal((n, 12)).astype(np.float32)
+            ys = rng.integers(0, 5, n)
+            out.append(ex.train_step({x: xs}, [ys], OBJ, SGDRule(), 0.02, s).mean_loss)
+            if s == 5:
+                out.append(ex.evaluate_step({x: xs}, [ys], OBJ).mean_loss)
+        runs.append((out, _weights(ex), ex.replayed))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    for k in runs[0][1]:
+        np.testing.assert_array_equal(runs[0][1][k], runs[1][1][k])
+    assert runs[1][2]   # the last step (batch 6, its fourth) was replayed
+
+
+def test_a_bad_batch_after_recording_fails_before_anything_runs() -> None:
+    """A step whose batch does not fit the model, after steps were recorded, is refused with
+    the error a first step gets, and the weights are those of the steps before."""
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((12,))
+    h = keras.layers.Dense(16, activation="relu")(inp)
+    out = keras.layers.Dense(3)(h)
+    model = keras.Model(inp, out)
+    model.compile(optimizer="adam",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        model.train_on_batch(rng.standard_normal((8, 12)).astype(np.float32),
+                             rng.integers(0, 3, 8))
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="12"):
+        model.train_on_batch(np.zeros((8, 13), np.float32), np.zeros(8, np.int64))
+    with pytest.raises(ValueError):
+        model.train_on_batch(np.zeros((8, 12), np.float32), np.full(8, 7, np.int64))
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_with_a_schedule_and_validation_equals_the_walked_run(monkeypatch) -> None:
+    """keras fit (staged batches, a learning rate halved each epoch, dropout, validation)
+    trains the same with recordings as without; its steps after the first two are replayed."""
+    histories = []
+    for replay in ("0", "1"):
+        monkeypatch.setenv("UNITY_LEGION_REPLAY", replay)
+        keras.utils.set_random_seed(4)
+        inp = keras.Input((20,))
+        h = keras.layers.Dense(32, activation="relu")(inp)
+        h = keras.layers.Dropout(0.3)(h)
+        out = keras.layers.Dense(4, activation="softmax")(h)
+        model = keras.Model(inp, out)
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.5),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((96, 20)).astype(np.float32)
+        y = rng.integers(0, 4, 96)
+        halve = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5)
+        hist = model.fit(x, y, batch_size=16, epochs=3, validation_split=0.25, verbose=0,
+                         callbacks=[halve])
+        ex = model._executor
+        histories.append((hist.history, [w.copy() for w in model.get_weights()],
+                          getattr(ex, "inner", ex).replayed))
+    assert histories[0][0] == histories[1][0]
+    for a, b in zip(histories[0][1], histories[1][1]):
+        np.testing.assert_array_equal(a, b)
+    assert histories[1][2] and not histories[0][2]
+
+
+def test_the_profiled_step_is_replayed() -> None:
+    """profile_step warms up twice, so the step it measures is re-issued from a recording as
+    training's steps are, and says so."""
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((12,))
+    h = keras.layers.Dense(16, activation="relu")(inp)
+    out = keras.layers.Dense(3)(h)
+    model = keras.Model(inp, out)
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    prof = model.profile_step(rng.standard_normal((32, 12)).astype(np.float32),
+                              rng.integers(0, 3, 32), verbose=False)
+    assert prof.replayed
+    assert "re-issued from its recording" in prof.table()
+    assert prof.kernels and prof.tasks >= 1

@@ -1,0 +1,205 @@
+"""Training steps re-issued from a recording of an earlier step of the same kind.
+
+Walking the graph to issue a step costs the host far more than the Legate operations it ends in:
+binding every launch's stores to tiles, forming fused groups, zeroing what is reduced into
+(inception_v3 at batch 32 on one CPU: ~1,500 launches in 264 tasks, ~400 ms of host Python a
+step against ~20% of that inside Legate; measured with py-spy). Every step of one kind issues
+the same operations on the same stores, so the executor records them once (`Recorder`: each
+fused task, lone launch and fill, in issue order) and later steps re-issue the recording
+(`StepTrace.replay`) without walking the graph.
+
+What may differ between two steps of one kind, and how a replay gets it:
+- the batch's stores (inputs, then targets: attached or sliced anew each step): recorded by
+  position (`Recorder.feed`), their partitions made again;
+- dropout seeds, the learning rate and the optimizer's step count: scalars recorded with their
+  kind (`DYNAMIC_*`), taken anew; seeds are drawn from the executor's stream in the order the
+  walk draws them, so a replayed step equals a walked one bit for bit.
+Everything else that shapes a step is the recording's key (GraphExecutor._trace_key). A step
+that creates a store (the first of its kind) is not kept: the next one is. Whatever replaces a
+store a recording names (a weight set, optimizer state, a plan, frozen weights) drops them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from unity_legion.executor.launcher import issue_task, prepared_parts, submit
+from unity_legion.executor.tasks import program_task
+from unity_legion.mappers.placement import placed
+from unity_legion.operators.base import Launch
+from unity_legion.types import MachineView
+
+# the kinds of scalars that change from step to step (GraphExecutor._dynamic names them)
+DYNAMIC_SEED = "seed"
+DYNAMIC_LR = "lr"
+DYNAMIC_STEP = "step"
+
+
+@dataclass
+class _Task:
+    """A fused group's task: its slots' partitions (a feed's made again at each replay)."""
+
+    task: Any
+    access: tuple[Any, ...]
+    parts: list[tuple[Any, Any]]
+    feeds: tuple[tuple[int, int, Any, Any], ...]   # (slot, feed index, tile, projection)
+    scalars: list[tuple[Any, type]]
+    dynamic: tuple[tuple[int, str], ...]          # (scalar index, kind)
+    grid: tuple[int, ...]
+    view: MachineView
+    labels: list[Any]                              # per step: (operator name, phase)
+
+    def issue(self, rt: Any, fresh: Sequence[Any], value: Callable[[str], Any],
+              profiler: Any) -> None:
+        parts = self.parts
+        if self.feeds:
+            parts = list(parts)
+            for slot, k, tile, proj in self.feeds:
+                parts[slot] = prepared_parts([(fresh[k], tile, proj)])[0]
+        scalars = self.scalars
+        if self.dynamic:
+            scalars = list(scalars)
+            for i, kind in self.dynamic:
+                scalars[i] = (value(kind), scalars[i][1])
+        if profiler is None:
+            with placed(self.view):
+                issue_task(rt, self.task, self.access, parts, scalars, self.grid)
+            return
+        with _profiled(profiler, self.labels) as uid, placed(self.view):
+            issue_task(rt, self.task, self.access, parts, scalars, self.grid, uid=uid)
+
+
+@dataclass
+class _Launch:
+    """A launch issued as a task of its own (read through windows, or not fusable): issued
+    again through the launcher, the batch's stores and the dynamic scalars put in."""
+
+    launch: Launch
+    refs: dict[Any, Any]
+    feeds: tuple[tuple[Any, int], ...]             # (ref, feed index)
+    dynamic: tuple[tuple[str, str], ...]           # (scalar name, kind)
+    degrees: dict[str, int]
+    reduced: frozenset[str]
+    box: Any
+    view: MachineView
+    guards: tuple[Any, ...]
+    label: Any
+
+    def issue(self, rt: Any, fresh: Sequence[Any], value: Callable[[str], Any],
+              profiler: Any) -> None:
+        refs = self.refs
+        if self.feeds:
+            refs = dict(refs)
+            for ref, k in self.feeds:
+                refs[ref] = fresh[k]
+        launch = self.launch
+        if self.dynamic:
+            launch = Launch(launch.kernel, launch.args, dict(launch.scalars)
+                            | {name: value(kind) for name, kind in self.dynamic})
+        if profiler is None:
+            with placed(self.view):
+                submit(rt, launch, refs, self.degrees, self.reduced, self.box, -1, self.guards)
+            return
+        with _profiled(profiler, [self.label]) as uid, placed(self.view):
+            submit(rt, launch, refs, self.degrees, self.reduced, self.box, uid, self.guards)
+
+
+@dataclass
+class _Fill:
+    store: Any
+    value: Any
+
+    def issue(self, rt: Any, fresh: Sequence[Any], value: Callable[[str], Any],
+              profiler: Any) -> None:
+        self.store.fill(self.value)
+
+
+@contextlib.contextmanager
+def _profiled(profiler: Any, labels: list[Any]) -> Iterator[int]:
+    """The host's time submitting a task counts as its first step's operator's (as a walked
+    step's submits do); yields the task's profiling id (executor.profile.Profiler)."""
+    label = profiler.label
+    profiler.switch(labels[0][0], "submit")
+    try:
+        yield profiler.task(labels)
+    finally:
+        profiler.switch(*label)
+
+
+@dataclass
+class StepTrace:
+    """One step's operations in issue order, what it returns (the stores read back after it)
+    and the executor state it leaves (GraphExecutor applies both)."""
+
+    ops: list[Any]
+    feeds: int
+    tasks: int
+    launches: int
+    result: Any = None
+    end_state: Any = None
+
+    def replay(self, rt: Any, fresh: Sequence[Any], value: Callable[[str], Any],
+               profiler: Any = None) -> None:
+        """Issue the step again: `fresh` the batch's stores (in recording order), `value` the
+        dynamic scalar of a kind, `profiler` (executor.profile.Profiler) if one is on."""
+        if len(fresh) != self.feeds:
+            raise RuntimeError(f"step trace: recorded with {self.feeds} batch stores, "
+                               f"replayed with {len(fresh)}")
+        for op in self.ops:
+            op.issue(rt, fresh, value, profiler)
+
+
+@dataclass
+class Recorder:
+    """Collects a step's operations as the executor issues them."""
+
+    ops: list[Any] = field(default_factory=list)
+    feed_ids: dict[int, int] = field(default_factory=dict)
+    feed_stores: list[Any] = field(default_factory=list)
+    created: bool = False      # a store was created: the step is not kept
+    tasks: int = 0
+    launches: int = 0
+
+    def feed(self, store: Any) -> None:
+        self.feed_ids[id(store)] = len(self.feed_stores)
+        self.feed_stores.append(store)   # alive while recording: its id names no other store
+
+    def fill(self, store: Any, value: Any) -> None:
+        self._check_not_feed(store)
+        self.ops.append(_Fill(store, value))
+
+    def task(self, program: Any, slots: Sequence[tuple[Any, Any, Any]],
+             scalars: Sequence[tuple[Any, type]], dynamic: Sequence[tuple[int, str]],
+             grid: tuple[int, ...], view: MachineView, labels: list[Any]) -> None:
+        feeds = tuple((i, self.feed_ids[id(s)], tile, proj)
+                      for i, (s, tile, proj) in enumerate(slots) if id(s) in self.feed_ids)
+        self.ops.append(_Task(program_task(program), program.access, prepared_parts(slots),
+                              feeds, list(scalars), tuple(dynamic), grid, view, labels))
+        self.tasks += 1
+        self.launches += len(labels)
+
+    def launch(self, launch: Launch, refs: dict[Any, Any], dynamic: dict[str, str],
+               degrees: dict[str, int], reduced: frozenset[str], box: Any, view: MachineView,
+               guards: Sequence[Any], label: Any) -> None:
+        feeds = tuple((ref, self.feed_ids[id(s)]) for ref, s in refs.items()
+                      if id(s) in self.feed_ids)
+        for g in guards:
+            self._check_not_feed(g)
+        dyn = tuple((name, kind) for name, kind in dynamic.items() if name in launch.scalars)
+        self.ops.append(_Launch(launch, dict(refs), feeds, dyn, dict(degrees), reduced, box,
+                                view, tuple(guards), label))
+        self.launches += 1
+
+    def _check_not_feed(self, store: Any) -> None:
+        if id(store) in self.feed_ids:   # (the executor never fills or guards a batch store)
+            self.created = True
+
+    def finish(self, result: Any, end_state: Any) -> StepTrace | None:
+        """The recording as a trace, or None where the step may not be replayed."""
+        if self.created:
+            return None
+        return StepTrace(self.ops, len(self.feed_stores), self.tasks, self.launches, result,
+                         end_state)
+
