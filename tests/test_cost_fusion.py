@@ -83,3 +83,50 @@ def test_runtime_fusion_figures_are_checked() -> None:
         replace(base, fusion=-1)
     with pytest.raises(MachineError, match="fused_step must be a number >= 0"):
         replace(base, fused_step=-1.0)
+
+
+def _norm_net() -> ComputationGraph:
+    from unity_legion.operators.batch_norm import BatchNorm
+
+    g = ComputationGraph()
+    t = g.add_input(TensorShape((None, 64)), "x")
+    for i in range(3):
+        (t,) = g.add_node(Linear(64), [t], f"fc{i}")
+        (t,) = g.add_node(BatchNorm(), [t], f"bn{i}")
+    g.set_outputs([t])
+    return g
+
+
+def test_batch_statistics_over_several_points_end_the_group() -> None:
+    """A batch norm split over two processors reads statistics every point added into: its
+    forward and its backward each end the fused group there, and the partial sums are added
+    by a task of their own (the executor's groups); on one processor nothing ends."""
+    from unity_legion.cost.simulator import _barriers
+    from unity_legion.operators.batch_norm import BatchNorm
+
+    assert _barriers(BatchNorm(), (TensorShape((32, 64)),), (True,)) == (1, 1)
+    assert _barriers(Linear(8), (TensorShape((32, 64)),), (True,)) == (0, 0)
+    g = _norm_net()
+    dp = Simulator(_machine(128), optimizer_slots=0).simulate(g, 64, {}, None, DP)
+    serial = Simulator(_machine(128), optimizer_slots=0).simulate(g, 64, {}, None, SERIAL)
+    # three norms, two barriers each (forward, backward), each at least one more task
+    assert dp.launches - serial.launches >= 3 * 2, (dp.launches, serial.launches)
+
+
+def test_gradient_accumulations_run_on_the_consumers_processors() -> None:
+    """A tensor read by two operators on processor 0 only: the accumulation of its gradient
+    runs there too (GraphExecutor._backward_nodes): no backward work on processor 1."""
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 32)), "x")
+    (h,) = g.add_node(Linear(32), [x], "fc")
+    (a,) = g.add_node(Linear(32), [h], "a")
+    (b,) = g.add_node(Linear(32), [h], "b")
+    from unity_legion.operators.elementwise import Add
+
+    (o,) = g.add_node(Add(), [a, b], "add")
+    g.set_outputs([o])
+    sim = Simulator(_machine(128), optimizer_slots=0)
+    sim.trace = True
+    res = sim.simulate(g, 64, {}, None, SERIAL)
+    backward = {dev for dev, _a, _b, _name, phase in res.tasks if phase == "backward"}
+    assert backward == {0}, backward   # (the loss runs on every processor, as the executor's)

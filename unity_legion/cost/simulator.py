@@ -12,7 +12,7 @@ A step is simulated as the executor (`GraphExecutor.train_step`) runs it:
    check the loss themselves);
 5. backward in reverse order: each computation's backward launches (computing input gradients
    only where some upstream weight needs them), parallel operators' movements reversed, and one
-   accumulate launch (data-parallel) for each further consumer of a tensor;
+   accumulate launch for each further consumer of a tensor, on that consumer's processors;
 6. per trainable weight: its gradient's replicas are summed (a ring all-reduce, or with the
    runtime's "fold" every one of c >= 2 partial copies folded whole: c x fold time; one copy is
    written in place), then the optimizer update: one launch over the weight's own tiles on
@@ -24,7 +24,8 @@ A step is simulated as the executor (`GraphExecutor.train_step`) runs it:
 
 Fused groups (`RuntimeSpec.fusion` > 0, the executor's default): consecutive launches on the same
 devices join one group, submitted as one launch when a launch on other devices, a data movement
-between views, the loss read or the end of the step comes; its steps (each launch's kernels, plus
+between views, the loss read, the end of the step, or (on several devices) a launch reading a sum
+the operator's earlier launches added into (batch statistics: `_barriers`) comes; its steps (each launch's kernels, plus
 `fused_step`) run one after another in one task per device, and what it writes is ready when the
 task ends. The host pays `fused_issue` per launch joining a group, `issue` and `analysis` once per
 group, the devices their launch overhead once per group. Reductions on one rank are partial sums
@@ -73,6 +74,7 @@ forward pass).
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -83,7 +85,7 @@ from unity_legion.cost.layout import Layout, arg_layout, spread, whole
 from unity_legion.cost.machine import LinkSpec, MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, OpCost, priced
 from unity_legion.cost.transfer import Transfer, transfer
-from unity_legion.operators.base import SAMPLE, Operator, Ref, RefKind
+from unity_legion.operators.base import SAMPLE, Operator, Ref, RefKind, Role
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.parallel_ops import (FusedParallelOp, ParallelOp, Partition, Reduce,
                                            Replicate, conversion)
@@ -538,6 +540,9 @@ class _Node:
     settle: float = 0.0            # a Reduce as partial sums: the step adding them (one point)
     boundary: bool = False         # a pipeline stage boundary: the tensor moved to the reader
     stage: int = 0                 # its pipeline stage (Staging; 0 unpipelined)
+    # launches of its forward / backward that read a sum an earlier one of them added into
+    # over several points (batch statistics): each ends the fused group (see _barriers)
+    barriers: tuple[int, int] = (0, 0)
 
     @property
     def moves(self) -> bool:
@@ -653,6 +658,8 @@ class _Plan:
                                                          preq.get(t, False)))
                 item = _Node(node, devs)
                 item.cost = priced(sim.cost, g.op, ins, cfg, dev, needs)  # type: ignore[arg-type]
+                if len(devs) > 1:
+                    item.barriers = _barriers(g.op, tuple(ins), tuple(needs))
                 zeroed = [pcg.tensors[t] for t in node.outputs if pcg.tensors[t].sum_degree > 1]
                 saved = [sv.shape for sv in g.op.saved(ins) if sv.zero]
                 item.fills = len(zeroed) + len(saved)
@@ -1022,9 +1029,10 @@ class _Plan:
                 record((begin, s.util))
             return s.util
 
-        def flush() -> None:
+        def flush() -> float:
+            """Submit the group being collected; when its task ends (0.0: none was)."""
             if not pending:
-                return
+                return 0.0
             g = pending.pop()
             first = submit(1)
             length = overhead + sum(step[0] for step in g.steps)
@@ -1046,6 +1054,7 @@ class _Plan:
                     br.end = max(br.end, t)
                 if done is not None:
                     done(t)
+            return t
 
         def join(devs: Sequence[int], launches: int, seconds: float,
                  ready_at: Callable[[], float], name: str, phase: str,
@@ -1064,6 +1073,28 @@ class _Plan:
             g.ready = max(g.ready, ready_at())
             g.steps.append((seconds + launches * rt.fused_step, name, phase, done))
             busy_host(launches * rt.fused_issue)
+
+        def split(devs: Sequence[int], launches: int, seconds: float,
+                  ready_at: Callable[[], float], name: str, phase: str,
+                  done: Callable[[float], None] | None, barriers: int) -> None:
+            """`join`, for an operator's launches of which `barriers` read a sum the ones
+            before added into over its points: the group ends there, the partial sums are added
+            (a step of their own, split by rows: another task) and the rest starts a new group
+            once every point is done (the executor's FusionQueue, GraphExecutor._settle)."""
+            if barriers <= 0 or launches <= 1:
+                join(devs, launches, seconds, ready_at, name, phase, done)
+                return
+            parts = min(barriers, launches - 1) + 1
+            each = launches // parts
+            for k in range(parts):
+                n = each if k < parts - 1 else launches - each * (parts - 1)
+                join(devs, n, seconds * n / launches, ready_at, name, phase,
+                     done if k == parts - 1 else None)
+                if k < parts - 1:
+                    end = flush()
+                    join(devs, 1, 0.0, lambda end=end: end, name, phase)
+                    end = flush()
+                    ready_at = lambda end=end: end
 
         def move(item: Any, start: float) -> float:
             devs = sorted(set(item.src + item.devs))
@@ -1112,10 +1143,10 @@ class _Plan:
                 if item.fills:
                     submit(item.fills)   # Legate fills of fresh stores: not tasks of the queue
                 keys = [key for key, _ in item.weights]
-                join(item.devs, c.launches_forward, c.kernels(overhead)[0] + item.fill_time,
-                     lambda f=inputs_at, keys=keys: max([f()] + [s.weight_ready.get(k, 0.0)
-                                                               for k in keys]),
-                     node.name, "forward", set_all(ready, node.outputs))
+                split(item.devs, c.launches_forward, c.kernels(overhead)[0] + item.fill_time,
+                      lambda f=inputs_at, keys=keys: max([f()] + [s.weight_ready.get(k, 0.0)
+                                                                for k in keys]),
+                      node.name, "forward", set_all(ready, node.outputs), item.barriers[0])
 
         def objective(ready: dict[int, float], grad_ready: dict[int, float]) -> None:
             """The loss (and metrics) of each model output, on the loss's devices."""
@@ -1158,8 +1189,9 @@ class _Plan:
                     for t in item.pnode.inputs:
                         grad_ready[t] = max(grad_ready.get(t, 0.0), end)
                     grads_end[item.pnode.id] = max(grads_end.get(item.pnode.id, end), end)
-                join(item.devs, c.launches_backward, c.kernels(overhead)[1], outputs_at,
-                     node.name, "backward", None if item.accumulates else backward_done)
+                split(item.devs, c.launches_backward, c.kernels(overhead)[1], outputs_at,
+                      node.name, "backward", None if item.accumulates else backward_done,
+                      item.barriers[1])
                 if item.accumulates:
                     # every further consumer's part added into the gradient (glue_of)
                     join(self.glue_of(item), item.accumulates,
@@ -1225,6 +1257,27 @@ def _fit(gaps: list[tuple[float, float]], free: float, t: float, duration: float
         if b - begin >= duration:
             return begin
     return max(t, free)
+
+
+@functools.lru_cache(maxsize=4096)
+def _barriers(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...]
+              ) -> tuple[int, int]:
+    """(forward, backward): how many of the operator's launches read a store an earlier launch
+    of the same pass adds into (Role.SUM: batch statistics and their gradient sums). Run over
+    several points, such a read needs every point's sum: the fused group ends before it."""
+    def count(launches: Sequence[Any]) -> int:
+        summed: set[Any] = set()
+        n = 0
+        for launch in launches:
+            reads = {launch.args[name].ref for name, role in launch.kernel.stores
+                     if role in (Role.INPUT, Role.INOUT)}
+            if reads & summed:
+                n += 1
+                summed.clear()
+            summed |= {launch.args[name].ref for name, role in launch.kernel.stores
+                       if role is Role.SUM}
+        return n
+    return count(op.forward(list(ins), True)), count(op.backward(list(ins), list(needs)))
 
 
 def _time_sliced(intervals: Sequence[tuple[float, float]], lo: float, hi: float,
