@@ -186,3 +186,31 @@ def test_the_profiled_step_is_replayed() -> None:
     assert prof.replayed
     assert "re-issued from its recording" in prof.table()
     assert prof.kernels and prof.tasks >= 1
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "one_task_per_launch"])
+def test_a_recording_issued_again_does_the_same_work(fused: bool) -> None:
+    """The profiling API's record / reissue (what calibration times a replayed step's host cost
+    with): issuing a recording again repeats its launches on the same stores, fused groups and
+    lone launches alike; a recording that made a store is refused (None)."""
+    from unity_legion.executor.executor import read
+    from unity_legion.operators.base import SAMPLE, Ref, RefKind
+    from unity_legion.operators.glue import accumulate_launch
+
+    ex = GraphExecutor(ComputationGraph(), [])
+    ex.fusion = fused
+    total = ex.new_store(TensorShape((8, 4)), 0.0)
+    part = ex.new_store(TensorShape((8, 4)), 1.5)
+    t, p = Ref(RefKind.OUTPUT, 0), Ref(RefKind.INPUT, 0)
+
+    def three() -> None:
+        for _ in range(3):
+            ex.launch(accumulate_launch(t, p, 2), {t: total, p: part}, {SAMPLE: 2})
+
+    trace = ex.record(three)
+    assert trace is not None and trace.launches == 3
+    ex.reissue(trace)
+    ex.reissue(trace)
+    ex.fence()
+    np.testing.assert_array_equal(read(total), np.full((8, 4), 1.5 * 9, np.float32))
+    assert ex.record(lambda: ex.new_store(TensorShape((2,)), 0.0)) is None

@@ -16,7 +16,7 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from legate.core import types as ty
@@ -1218,6 +1218,27 @@ class GraphExecutor:
         """Submit what is pending and block until every task issued so far has run."""
         self.flush()
         self.rt.issue_execution_fence(block=True)
+
+    def record(self, issue: Callable[[], None]) -> StepTrace | None:
+        """Run `issue` (launches through this API; what it leaves pending is submitted) with a
+        recording on, as a training step is recorded (executor/replay.py): the recording, or
+        None where it may not be issued again (it made stores). `reissue` issues it again as a
+        replayed step issues its tasks, so the host's cost of a replayed step can be timed."""
+        rec = Recorder()
+        self._recorder = self._queue.recorder = rec
+        try:
+            issue()
+            self.flush()
+        finally:
+            self._recorder = self._queue.recorder = None
+        return rec.finish(None, None)
+
+    def reissue(self, trace: StepTrace) -> None:
+        """Issue a recording of `record` again (its launches carry no step-to-step scalars)."""
+        def no_value(kind: str) -> Any:
+            raise ValueError(f"reissue: the recording has a {kind!r} scalar to put in; only a "
+                             f"training step's recording does")
+        trace.replay(self.rt, [], no_value)
 
 
 def _only_writes_grads_of(launch: Launch, names: set[str]) -> bool:

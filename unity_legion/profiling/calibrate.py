@@ -22,6 +22,9 @@ jobs stretches wall time, which the one wall-time figure, `cores`, accounts for.
   launch (Legion's analysis and mapping, Realm), and of the issuing thread per launch. Operators'
   own launches are measured with them (`MeasuredCost`); these figures price the executor's glue
   launches (loss, accumulations, optimizer updates, fills, attaching the batch).
+  Where the executor fuses, runtime.issue and runtime.fused_issue are then taken from the same
+  launches recorded and issued again (`GraphExecutor.record` / `reissue`), as training steps
+  after the second are (executor/replay.py): 20 tasks of one launch and one task of 20.
 - runtime.sync: a blocking read of a finished result (the executor reads the loss so).
 - intra link (moving data between processors): a store written by the processors tiled by rows
   is read by them tiled by columns, each point then needing (p-1)/p of its piece from the
@@ -313,6 +316,13 @@ def calibrate(repeats: int = 9) -> Calibration:
     fusion_steps, fused_issue, fused_step = _fused_launch_costs(pr, stores, issue, task_overhead,
                                                                 repeats)
     probes |= {"fused_issue_s": fused_issue, "fused_step_s": fused_step}
+    replayed = _replayed_issue_costs(pr, stores, repeats)
+    if replayed is not None:
+        # training steps after the second are re-issued from a recording: that is what the
+        # host pays per task and per launch joining one (the walk above costs it far more)
+        probes |= {"walked_issue_s": issue, "walked_fused_issue_s": fused_issue}
+        issue, fused_issue = replayed
+        probes |= {"issue_s": issue, "fused_issue_s": fused_issue}
 
     small = pr.store(4)
 
@@ -450,6 +460,42 @@ def _fused_launch_costs(pr: "_Probe", stores: Mapping[str, Any], issue: float,
     fused_issue = max((host - issue) / n, 0.0)
     fused_step = max((tasks - task_overhead) / n, 0.0)
     return MAX_STEPS, fused_issue, fused_step
+
+
+def _replayed_issue_costs(pr: "_Probe", stores: Mapping[str, Any], repeats: int
+                          ) -> tuple[float, float] | None:
+    """(host seconds per task, per launch joining it) of a replayed training step
+    (executor/replay.py): 20 trivial launches on every processor recorded as 20 tasks of one
+    step and as one task of 20 steps, each issued again from its recording. None where the
+    executor does not fuse."""
+    from unity_legion.operators.base import SAMPLE
+
+    if not pr.fusing:
+        return None
+    rows = (SAMPLE, None)
+    n = 20
+
+    def chain(alone: bool) -> None:
+        for _ in range(n):
+            pr.launch(probe_three, {"a": rows, "b": rows, "c": rows}, stores, pr.procs)
+            if alone:
+                pr.ex.flush()
+    pr.ex.fusion = True
+    try:
+        traces = [pr.ex.record(lambda alone=alone: chain(alone)) for alone in (True, False)]
+    finally:
+        pr.ex.fusion = False
+    if any(t is None for t in traces):
+        return None
+    hosts = []
+    for trace in traces:
+        for _ in range(2):
+            pr.cpu_window(lambda trace=trace: pr.ex.reissue(trace))
+        hosts.append(statistics.median(pr.cpu_window(lambda trace=trace: pr.ex.reissue(trace)).host
+                                       for _ in range(max(3, repeats // 2))))
+    alone, together = hosts[0] / n, hosts[1]   # issue + fused_issue; issue + n x fused_issue
+    fused_issue = max((together - alone) / (n - 1), 0.0)
+    return max(alone - fused_issue, 0.0), fused_issue
 
 
 def _reduction(pr: "_Probe", ranks: int) -> str:
