@@ -18,9 +18,13 @@ Forward in training: a moments launch (each piece adds its sums), then a launch 
 each piece with the whole-batch mean and variance. At inference only the normalising launch runs
 and, seeing count 0, uses the moving statistics; backward likewise follows whichever way forward
 ran (count > 0: batch statistics, whose dependence on x adds the usual mean terms to dx).
-Backward: a launch adding the pieces' sums of dy and dy*x, a launch computing each piece's dx
-from them, and a launch (one point per piece of channels) turning the sums into
-d_gamma = sum(dy * x_hat) = rstd * (sum(dy*x) - mean * sum(dy)) and d_beta = sum(dy).
+Backward: a launch adding the pieces' sums of dy and dy*x, then a launch computing each piece's
+dx from them that also turns the sums into d_gamma = sum(dy * x_hat) = rstd * (sum(dy*x) - mean
+* sum(dy)) and d_beta = sum(dy), added by the points of the first batch tile only (every point
+has the whole sums; the others add nothing, so a sum over points is exact). With gamma or beta
+absent, or no input gradient, that last part is a launch of its own (one point per piece of
+channels): a launch over channels alone runs on one point, which in a split over samples ends
+the fused group twice.
 
 Kernels run PyTorch's ATen CPU operators on views of their pieces: the moments from ATen's
 cascade sums, centred on the piece's mean, the backward sums from its batch-norm weight
@@ -46,9 +50,9 @@ import numpy as np
 from unity_legion.types import DataType
 
 from ._aten import array, aten, view
-from .base import (Arg, DimKind, In, InOut, Launch, Operator, OperatorError, Out, ParallelDim, Ref,
-                   SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel, sample_dim, saved,
-                   w, x, y)
+from .base import (Arg, DimKind, In, InOut, Launch, Operator, OperatorError, Origin, Out,
+                   ParallelDim, Ref, SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel,
+                   sample_dim, saved, w, x, y)
 
 CHANNELS = "channels"  # launch axis: the feature (channel) axis
 
@@ -183,6 +187,24 @@ def batch_norm_backward_sums(x: In, dy: In, stats: Sum, axis: int) -> None:
 def batch_norm_backward_input(x: In, dy: In, stats: In, gamma: In, moving_mean: In,
                               moving_variance: In, dx: Out, axis: int, epsilon: float,
                               scale: bool) -> None:
+    _input_grad(x, dy, stats, gamma, moving_mean, moving_variance, dx, axis, epsilon, scale)
+
+
+@kernel
+def batch_norm_backward_input_params(x: In, dy: In, stats: In, gamma: In, moving_mean: In,
+                                     moving_variance: In, dx: Out, dgamma: Sum, dbeta: Sum,
+                                     origin: Origin, axis: int, epsilon: float) -> None:
+    """dx as batch_norm_backward_input (gamma present), and d_gamma, d_beta added by the
+    points whose piece starts the batch (the others add nothing: see the module doc)."""
+    _input_grad(x, dy, stats, gamma, moving_mean, moving_variance, dx, axis, epsilon, True)
+    if origin[0] == 0:
+        dgamma += _d_gamma(stats, moving_mean, moving_variance, epsilon)
+        dbeta += stats[_SUM_DY]
+
+
+def _input_grad(x: np.ndarray, dy: np.ndarray, stats: np.ndarray, gamma: np.ndarray,
+                moving_mean: np.ndarray, moving_variance: np.ndarray, dx: np.ndarray, axis: int,
+                epsilon: float, scale: bool) -> None:
     mean, rstd, from_batch = _mean_rstd(stats, moving_mean, moving_variance, epsilon)
     g = rstd * gamma if scale else rstd                  # d y / d x_hat * d x_hat / d x
     if not from_batch:
@@ -382,6 +404,16 @@ class BatchNorm(Operator):
                             "stats": self._stats()}, {"axis": axis})]
         stats = {"stats": self._stats()}
         eps = {"epsilon": self.epsilon}
+        if needs_input_grad[0] and self.scale and self.center:
+            # one launch over the batch: dx, and the gamma and beta gradients on the first
+            # batch tile's points
+            launches.append(Launch(batch_norm_backward_input_params, {
+                "x": self._act(x(0), s), "dy": self._act(dy(0), s),
+                "stats": self._stats(), "gamma": self._param("gamma"),
+                "dx": self._act(dx(0), s), "dgamma": self._channel(dw("gamma")),
+                "dbeta": self._channel(dw("beta"))} | self._moving(),
+                {"axis": axis, "epsilon": self.epsilon}))
+            return launches
         if self.scale and self.center:
             launches.append(Launch(batch_norm_backward_gamma_beta, stats | self._moving() | {
                 "dgamma": self._channel(dw("gamma")), "dbeta": self._channel(dw("beta"))}, eps))

@@ -20,6 +20,11 @@ def accumulate_launch(total: Ref, part: Ref, rank: int) -> Launch:
 
 # The launch axis of a partial-sum combine: the leading dim of the store the sums land in.
 PARTIAL_ROWS = "partial_rows"
+# On one rank the executor adds a whole store's sum over several points as partial sums (one
+# piece per point, added by one more launch before any reader) from this many elements on;
+# smaller sums (batch statistics) stay Legion ADD reductions, whose reduction instances cost
+# little at that size, without the extra launch (a task of its own between adders and readers)
+PARTIAL_SUMS_MIN = 4096
 
 
 @kernel

@@ -99,18 +99,22 @@ def _norm_net() -> ComputationGraph:
 
 def test_batch_statistics_over_several_points_end_the_group() -> None:
     """A batch norm split over two processors reads statistics every point added into: its
-    forward and its backward each end the fused group there, and the partial sums are added
-    by a task of their own (the executor's groups); on one processor nothing ends."""
+    forward and its backward each end the fused group there (and, for statistics big enough
+    to be partial sums, those are added by a task of their own: the executor's groups); on one
+    processor nothing ends."""
     from unity_legion.cost.simulator import _barriers
     from unity_legion.operators.batch_norm import BatchNorm
 
-    assert _barriers(BatchNorm(), (TensorShape((32, 64)),), (True,)) == (1, 1)
-    assert _barriers(Linear(8), (TensorShape((32, 64)),), (True,)) == (0, 0)
+    # (statistics of 64 channels: too small for partial sums, no task adding them)
+    assert _barriers(BatchNorm(), (TensorShape((32, 64)),), (True,)) == ((1, False), (1, False))
+    assert _barriers(BatchNorm(), (TensorShape((32, 4096)),), (True,)) == ((1, True), (1, True))
+    assert _barriers(Linear(8), (TensorShape((32, 64)),), (True,)) == ((0, False), (0, False))
     g = _norm_net()
     dp = Simulator(_machine(128), optimizer_slots=0).simulate(g, 64, {}, None, DP)
     serial = Simulator(_machine(128), optimizer_slots=0).simulate(g, 64, {}, None, SERIAL)
-    # three norms, two barriers each (forward, backward), each at least one more task
-    assert dp.launches - serial.launches >= 3 * 2, (dp.launches, serial.launches)
+    # three norms, two barriers each (forward, backward): more tasks than on one processor
+    # (whose plan has breaks of its own: its loss runs on both processors)
+    assert dp.launches - serial.launches >= 3, (dp.launches, serial.launches)
 
 
 def test_gradient_accumulations_run_on_the_consumers_processors() -> None:

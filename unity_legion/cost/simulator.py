@@ -85,7 +85,8 @@ from unity_legion.cost.layout import Layout, arg_layout, spread, whole
 from unity_legion.cost.machine import LinkSpec, MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, OpCost, priced
 from unity_legion.cost.transfer import Transfer, transfer
-from unity_legion.operators.base import SAMPLE, Operator, Ref, RefKind, Role
+from unity_legion.operators.base import SAMPLE, Operator, Ref, RefKind, Role, saved
+from unity_legion.operators.glue import PARTIAL_SUMS_MIN
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.pcg.parallel_ops import (FusedParallelOp, ParallelOp, Partition, Reduce,
                                            Replicate, conversion)
@@ -540,9 +541,10 @@ class _Node:
     settle: float = 0.0            # a Reduce as partial sums: the step adding them (one point)
     boundary: bool = False         # a pipeline stage boundary: the tensor moved to the reader
     stage: int = 0                 # its pipeline stage (Staging; 0 unpipelined)
-    # launches of its forward / backward that read a sum an earlier one of them added into
-    # over several points (batch statistics): each ends the fused group (see _barriers)
-    barriers: tuple[int, int] = (0, 0)
+    # per pass (forward, backward): how many of its launches read a sum earlier ones added into
+    # over several points (batch statistics), each ending the fused group, and whether such a
+    # sum is big enough to be added as partial sums, by a task of its own (see _barriers)
+    barriers: tuple[tuple[int, bool], tuple[int, bool]] = ((0, False), (0, False))
 
     @property
     def moves(self) -> bool:
@@ -1076,11 +1078,12 @@ class _Plan:
 
         def split(devs: Sequence[int], launches: int, seconds: float,
                   ready_at: Callable[[], float], name: str, phase: str,
-                  done: Callable[[float], None] | None, barriers: int) -> None:
+                  done: Callable[[float], None] | None, barriers: int, settle: bool) -> None:
             """`join`, for an operator's launches of which `barriers` read a sum the ones
-            before added into over its points: the group ends there, the partial sums are added
-            (a step of their own, split by rows: another task) and the rest starts a new group
-            once every point is done (the executor's FusionQueue, GraphExecutor._settle)."""
+            before added into over its points: the group ends there, the rest starts a new
+            group once every point is done, and with `settle` the partial sums are added first
+            by a task of their own (the executor's FusionQueue, GraphExecutor._settle), else
+            Legion folds the points' copies of the (small) sum first (`fold` latency each)."""
             if barriers <= 0 or launches <= 1:
                 join(devs, launches, seconds, ready_at, name, phase, done)
                 return
@@ -1092,8 +1095,11 @@ class _Plan:
                      done if k == parts - 1 else None)
                 if k < parts - 1:
                     end = flush()
-                    join(devs, 1, 0.0, lambda end=end: end, name, phase)
-                    end = flush()
+                    if settle:
+                        join(devs, 1, 0.0, lambda end=end: end, name, phase)
+                        end = flush()
+                    elif rt.fold is not None:   # Legion folds each point's copy of the sum
+                        end += rt.fold.latency * (len(devs) - 1)
                     ready_at = lambda end=end: end
 
         def move(item: Any, start: float) -> float:
@@ -1146,7 +1152,7 @@ class _Plan:
                 split(item.devs, c.launches_forward, c.kernels(overhead)[0] + item.fill_time,
                       lambda f=inputs_at, keys=keys: max([f()] + [s.weight_ready.get(k, 0.0)
                                                                 for k in keys]),
-                      node.name, "forward", set_all(ready, node.outputs), item.barriers[0])
+                      node.name, "forward", set_all(ready, node.outputs), *item.barriers[0])
 
         def objective(ready: dict[int, float], grad_ready: dict[int, float]) -> None:
             """The loss (and metrics) of each model output, on the loss's devices."""
@@ -1191,7 +1197,7 @@ class _Plan:
                     grads_end[item.pnode.id] = max(grads_end.get(item.pnode.id, end), end)
                 split(item.devs, c.launches_backward, c.kernels(overhead)[1], outputs_at,
                       node.name, "backward", None if item.accumulates else backward_done,
-                      item.barriers[1])
+                      *item.barriers[1])
                 if item.accumulates:
                     # every further consumer's part added into the gradient (glue_of)
                     join(self.glue_of(item), item.accumulates,
@@ -1261,22 +1267,26 @@ def _fit(gaps: list[tuple[float, float]], free: float, t: float, duration: float
 
 @functools.lru_cache(maxsize=4096)
 def _barriers(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...]
-              ) -> tuple[int, int]:
-    """(forward, backward): how many of the operator's launches read a store an earlier launch
-    of the same pass adds into (Role.SUM: batch statistics and their gradient sums). Run over
-    several points, such a read needs every point's sum: the fused group ends before it."""
-    def count(launches: Sequence[Any]) -> int:
+              ) -> tuple[tuple[int, bool], tuple[int, bool]]:
+    """Per pass (forward, backward): how many of the operator's launches read a store an
+    earlier launch of the same pass adds into (Role.SUM: batch statistics and their gradient
+    sums), and whether one such store has PARTIAL_SUMS_MIN elements or more. Run over several
+    points, such a read needs every point's sum: the fused group ends before it."""
+    sizes = {saved(sv.name): sv.shape.num_elements() for sv in op.saved(list(ins))}
+
+    def count(launches: Sequence[Any]) -> tuple[int, bool]:
         summed: set[Any] = set()
-        n = 0
+        n, big = 0, False
         for launch in launches:
             reads = {launch.args[name].ref for name, role in launch.kernel.stores
                      if role in (Role.INPUT, Role.INOUT)}
             if reads & summed:
                 n += 1
+                big = big or any(sizes.get(r, 0) >= PARTIAL_SUMS_MIN for r in reads & summed)
                 summed.clear()
             summed |= {launch.args[name].ref for name, role in launch.kernel.stores
                        if role is Role.SUM}
-        return n
+        return n, big
     return count(op.forward(list(ins), True)), count(op.backward(list(ins), list(needs)))
 
 

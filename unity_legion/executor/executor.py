@@ -33,6 +33,7 @@ from unity_legion.operators.base import (SAMPLE, Arg, Launch, Ref, RefKind, Role
                                          w, x, y)
 from unity_legion.operators.convert import cast_copy
 from unity_legion.operators.precision import from_storage, to_storage
+from unity_legion.operators.glue import PARTIAL_SUMS_MIN as PARTIAL_SUMS_MIN_DEFAULT
 from unity_legion.operators.glue import (PARTIAL_ROWS, accumulate, accumulate_launch,
                                          add_partials_launch)
 from unity_legion.operators.losses import LossFunction
@@ -53,6 +54,8 @@ _STORAGE_TYPE = {dt.storage: lt for dt, lt in _LEGATE_TYPE.items()}   # numpy pi
 
 WeightKey = tuple[int, str]  # (node id, weight name)
 _MAX_TRACES = 4   # recorded steps kept (each keeps its stores alive)
+# whole-store sums of fewer elements stay Legion ADD reductions (operators.glue says why)
+PARTIAL_SUMS_MIN = int(os.environ.get("UNITY_LEGION_PARTIAL_SUMS_MIN", PARTIAL_SUMS_MIN_DEFAULT))
 
 
 @dataclass
@@ -445,7 +448,8 @@ class GraphExecutor:
             grid = launch_grid(launch, degrees)
             if self._partial_sums_on() and math.prod(grid) > 1:
                 bound = [self._partial(b, grid, where)
-                         if b.is_reduction and b.tile is None and store_dims(b.store) else b
+                         if b.is_reduction and b.tile is None and store_dims(b.store)
+                         and math.prod(store_dims(b.store)) >= PARTIAL_SUMS_MIN else b
                          for b in bound]
             bound += [BoundArg(f"_guard{i}", Role.INPUT, False, g, None, None)
                       for i, g in enumerate(guards)]
