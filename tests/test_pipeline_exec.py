@@ -139,6 +139,26 @@ def test_pipelined_training_equals_serial(weights, m, schedule):
     assert model._executor.pipeline is not None
 
 
+def test_1f1b_holds_only_the_micro_batches_in_flight(weights):
+    """Under 1F1B a stage's activations are stored for the micro-batches in flight on it
+    (S - s: 2 on the first of two stages, 1 on the last) where GPipe stores all of them, and
+    training still equals the serial run (the test above); the buffers follow the issue order."""
+    from unity_legion.executor.pipeline import activation_buffers
+
+    _needs_two()
+    held = {}
+    for schedule in ("gpipe", "1f1b"):
+        _, _, model = _train(two_stages(8, schedule), weights, keras.optimizers.SGD(0.05),
+                             steps=2)
+        pool = model._executor._pool
+        held[schedule] = {key[-3] for key in pool if key[0] == "act" and
+                          key[-4] == "activations"}
+    assert held["gpipe"] == set(range(8)) and held["1f1b"] == {0, 1}, held
+    buffers = activation_buffers(schedule_order(4, 8, "1f1b"))
+    assert [1 + max(i for (s, _m), i in buffers.items() if s == st) for st in range(4)] \
+        == [4, 3, 2, 1]
+
+
 def test_pipelined_training_with_adam_equals_serial(weights):
     _needs_two()
     want, want_w, _ = _train(serial, weights, keras.optimizers.Adam(0.01))

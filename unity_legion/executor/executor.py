@@ -54,6 +54,7 @@ _STORAGE_TYPE = {dt.storage: lt for dt, lt in _LEGATE_TYPE.items()}   # numpy pi
 
 WeightKey = tuple[int, str]  # (node id, weight name)
 _MAX_TRACES = 4   # recorded steps kept (each keeps its stores alive)
+_ACTIVATIONS = ("act", "saved")   # scratch purposes a pipeline's micro-batches take in turn
 # whole-store sums of fewer elements stay Legion ADD reductions (operators.glue says why)
 PARTIAL_SUMS_MIN = int(os.environ.get("UNITY_LEGION_PARTIAL_SUMS_MIN", PARTIAL_SUMS_MIN_DEFAULT))
 
@@ -181,6 +182,9 @@ class GraphExecutor:
         # scratch store's key, so each micro-batch in flight has its own activations
         self.pipeline: Any = None
         self._scratch_tag: tuple[Any, ...] = ()
+        # a pipeline's train step: the tag of the activation stores (outputs, saved tensors)
+        # in place of the micro-batch's own (executor/pipeline.py: activation_buffers)
+        self._activation_tag: tuple[Any, ...] = ()
         # Training steps re-issued from a recording of an earlier step of the same kind
         # (executor/replay.py); False: every step walks the graph (the measuring code's choice)
         self.replay = os.environ.get("UNITY_LEGION_REPLAY", "1") != "0"
@@ -625,7 +629,9 @@ class GraphExecutor:
         """A store reused by every step that asks for the same purpose and shape: creating a
         store costs a collective on every rank, reusing one costs nothing (Legate orders the
         reuse after the previous step's readers)."""
-        full = key + self._scratch_tag + (shape.dims, shape.dtype)
+        tag = (self._activation_tag if self._activation_tag and key[0] in _ACTIVATIONS
+               else self._scratch_tag)
+        full = key + tag + (shape.dims, shape.dtype)
         store = self._pool.get(full)
         if store is None:
             store = self._pool[full] = self._zeros(shape) if zero else self._new(shape)

@@ -10,10 +10,15 @@ train, evaluate and predict steps so:
   stage), and so do its glue launches (gradient sums, the loss): while a stage's launches are
   issued the executor's default processors are the stage's;
 - the passes are issued in the schedule's order (pcg.pipeline.schedule_order: GPipe's forwards
-  then backwards, or 1F1B's), each micro-batch with its own activations (its index joins the
+  then backwards, or 1F1B's), each micro-batch with its own stores (its index joins the
   scratch stores' keys), so Legate overlaps a stage's micro-batch with the next stage's
   earlier one; a boundary tensor made on one stage's processors and read on the next one's is
   moved by Legate, as any store read through another partition is;
+- a stage's activations (outputs and saved tensors) live from its forward of a micro-batch to
+  its backward of it: a later micro-batch's forward takes the stores of one whose backward was
+  issued before (`activation_buffers`), so under 1F1B a stage holds at most the micro-batches
+  in flight (S - s) where GPipe holds all of them; every reader of the old micro-batch's
+  activations was issued before, and Legate orders the overwrite after them;
 - the loss of a micro-batch is scaled by the step's whole batch (a mean loss: 1/batch), weight
   gradients add up over the micro-batches (backward kernels add into them; they are zeroed once
   per step), and one optimizer update runs per step, guarded by every micro-batch's loss: the
@@ -50,6 +55,23 @@ class StagePlan:
     name: str
     nodes: tuple[Node, ...]
     glue: MachineView
+
+
+def activation_buffers(order: Sequence[Slot]) -> dict[tuple[int, int], int]:
+    """{(stage, micro): index of the activation stores it uses}: a stage's forward of a
+    micro-batch takes the lowest index no micro-batch holds (one holds its index from its
+    forward until its backward on that stage is issued), in issue order."""
+    held: dict[int, set[int]] = {}
+    out: dict[tuple[int, int], int] = {}
+    for sl in order:
+        busy = held.setdefault(sl.stage, set())
+        if sl.phase == "F":
+            index = next(i for i in range(len(busy) + 1) if i not in busy)
+            busy.add(index)
+            out[(sl.stage, sl.micro)] = index
+        else:
+            busy.discard(out[(sl.stage, sl.micro)])
+    return out
 
 
 class PipelineRunner:
@@ -120,16 +142,20 @@ class PipelineRunner:
         return {SAMPLE: effective_degree(size, self.stages[stage].glue.num_points)}
 
     @contextmanager
-    def on(self, stage: int, micro: int) -> Iterator[None]:
+    def on(self, stage: int, micro: int, buffers: Mapping[tuple[int, int], int] | None = None
+           ) -> Iterator[None]:
         """Launches issued inside run by default on the stage's processors and use the
-        micro-batch's own scratch stores."""
+        micro-batch's own scratch stores, its activations those of `buffers`' index for
+        (stage, micro) where given (activation_buffers)."""
         ex = self.ex
-        view, tag = ex.view, ex._scratch_tag
+        view, tag, act = ex.view, ex._scratch_tag, ex._activation_tag
         ex.view, ex._scratch_tag = self.stages[stage].glue, ("micro_batch", micro)
+        if buffers is not None:
+            ex._activation_tag = ("activations", buffers[(stage, micro)])
         try:
             yield
         finally:
-            ex.view, ex._scratch_tag = view, tag
+            ex.view, ex._scratch_tag, ex._activation_tag = view, tag, act
 
     def _cut(self, feeds: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
         """Per micro-batch, each feed's rows (StagedRows over the feed's one store)."""
@@ -178,9 +204,10 @@ class PipelineRunner:
         losses: list[list[Any]] = [[] for _ in range(k)]
         metrics: list[dict[str, list[Any]]] = [{} for _ in range(k)]
         ex._zero_weight_grads()   # backward kernels add every micro-batch's gradient in
+        buffers = activation_buffers(self.order(k))
         for slot in self.order(k):
             s, j = slot.stage, slot.micro
-            with self.on(s, j):
+            with self.on(s, j, buffers):
                 deg = self.degrees(s, sizes[j])
                 if slot.phase == "F":
                     self._forward(slot, mb_feeds, sizes, envs, refs, True)
