@@ -144,7 +144,8 @@ def test_a_bad_batch_after_recording_fails_before_anything_runs() -> None:
 
 def test_fit_with_a_schedule_and_validation_equals_the_walked_run(monkeypatch) -> None:
     """keras fit (staged batches, a learning rate halved each epoch, dropout, validation)
-    trains the same with recordings as without; its steps after the first two are replayed."""
+    trains the same with recordings as without, and predicts the same; training, evaluation
+    and prediction steps after the first two of a kind are replayed."""
     histories = []
     for replay in ("0", "1"):
         monkeypatch.setenv("UNITY_LEGION_REPLAY", replay)
@@ -163,12 +164,22 @@ def test_fit_with_a_schedule_and_validation_equals_the_walked_run(monkeypatch) -
         hist = model.fit(x, y, batch_size=16, epochs=3, validation_split=0.25, verbose=0,
                          callbacks=[halve])
         ex = model._executor
-        histories.append((hist.history, [w.copy() for w in model.get_weights()],
-                          getattr(ex, "inner", ex).replayed))
+        inner = getattr(ex, "inner", ex)
+        fit_replayed = inner.replayed
+        preds, replayed = [], []
+        for _ in range(3):
+            preds.append(model.predict(x[:16], verbose=0))
+            replayed.append(inner.replayed)
+        histories.append((hist.history, [w.copy() for w in model.get_weights()], fit_replayed,
+                          np.stack(preds), replayed if replay == "1" else None))
     assert histories[0][0] == histories[1][0]
     for a, b in zip(histories[0][1], histories[1][1]):
         np.testing.assert_array_equal(a, b)
     assert histories[1][2] and not histories[0][2]
+    # predict and evaluate are recorded and replayed too: the same outputs, call after call
+    np.testing.assert_array_equal(histories[0][3], histories[1][3])
+    # (fit made the stores of a 16-sample batch: the first predict call is already recorded)
+    assert histories[1][4] == [False, True, True]
 
 
 def test_the_profiled_step_is_replayed() -> None:

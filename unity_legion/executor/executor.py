@@ -783,26 +783,14 @@ class GraphExecutor:
         targets = self._checked_targets(objective, targets, batch)
         degrees = self.degrees_for(batch)
         self._new_step()
-        key = self._trace_key(feeds, targets, objective, rule, batch, loss_scale)
-        trace = None if key is None else self._traces.get(key)
-        self.replayed = trace is not None
-        if trace is not None:
-            loss_stores, metric_stores, finite = self._replay(trace, feeds, targets, rule, lr,
-                                                              step)
-        else:
-            self._recorder = self._queue.recorder = Recorder() if key is not None else None
-            try:
-                loss_stores, metric_stores, finite = self._issue_train_step(
-                    feeds, targets, objective, rule, lr, step, loss_scale, batch, degrees)
-                rec = self._recorder
-            finally:
-                self._recorder = self._queue.recorder = None
-            recorded = None if rec is None else rec.finish(
-                (loss_stores, metric_stores, finite), self._trace_state())
-            if recorded is not None:
-                while len(self._traces) >= _MAX_TRACES:
-                    self._traces.pop(next(iter(self._traces)))
-                self._traces[key] = recorded
+        key = self._trace_key("train", feeds, targets, objective, rule, batch, loss_scale)
+        values = {DYNAMIC_LR: lr, DYNAMIC_STEP: step}
+        if key is not None and key in self._traces:
+            rule.launch(1, lr, step)   # the rule checks its arguments before anything is issued
+        loss_stores, metric_stores, finite = self._recorded(
+            key, list(feeds.values()) + list(targets), values,
+            lambda: self._issue_train_step(feeds, targets, objective, rule, lr, step,
+                                           loss_scale, batch, degrees))
         self._mark(None, "sync")
         result = self._read_objective(batch, loss_stores, metric_stores)
         if finite is not None and not np.all(np.isfinite(read(finite, self._uploads))):
@@ -845,16 +833,17 @@ class GraphExecutor:
         return loss_stores, metric_stores, finite
 
     # ------------------------------------------------------------------ recorded steps
-    def _trace_key(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
-                   objective: Objective, rule: UpdateRule, batch: int,
-                   loss_scale: float | None) -> tuple[Any, ...] | None:
-        """What makes two training steps issue the same operations on the same stores (the
-        batch's own stores and the dynamic scalars aside: executor/replay.py); None where no
-        step is recorded or replayed (off, or an unhashable objective)."""
+    def _trace_key(self, kind: str, feeds: Mapping[int, Feed], targets: Sequence[Feed] = (),
+                   objective: Objective | None = None, rule: UpdateRule | None = None,
+                   batch: int = 0, loss_scale: float | None = None) -> tuple[Any, ...] | None:
+        """What makes two steps of `kind` ("train", "evaluate", "predict") issue the same
+        operations on the same stores (the batch's own stores and the dynamic scalars aside:
+        executor/replay.py); None where no step is recorded or replayed (off, or an unhashable
+        objective)."""
         if not self.replay:
             return None
         pending = tuple(sorted(k for k, rec in self._partials.items() if rec.pending))
-        key = (batch, tuple((t, _feed_signature(a)) for t, a in feeds.items()),
+        key = (kind, batch, tuple((t, _feed_signature(a)) for t, a in feeds.items()),
                tuple(_feed_signature(t) for t in targets), objective, rule, loss_scale,
                self._grads_zeroed, pending, self.fusion, self.partial_sums, self.sparse_updates,
                self.halo_reads)
@@ -868,24 +857,40 @@ class GraphExecutor:
         """What a step leaves that the next one depends on, besides the stores' values."""
         return (self._grads_zeroed, tuple((rec, rec.pending) for rec in self._partials.values()))
 
-    def _replay(self, trace: StepTrace, feeds: Mapping[int, Feed], targets: Sequence[Feed],
-                rule: UpdateRule, lr: float, step: int) -> tuple[list[Any], dict[str, list[Any]],
-                                                                 Any]:
-        rule.launch(1, lr, step)   # the rule checks its arguments before anything is issued
-        fresh = [self._as_store(a) for a in feeds.values()] + [self._as_store(t) for t in targets]
-        values = {DYNAMIC_LR: lr, DYNAMIC_STEP: step}
+    def _recorded(self, key: tuple[Any, ...] | None, batch_feeds: Sequence[Feed],
+                  values: Mapping[str, Any], issue: Callable[[], Any]) -> Any:
+        """Issue a step of `key` from its recording, or by `issue()` (recording it, where `key`
+        is not None), and return what it returns (the stores read back after it).
+        `batch_feeds`: the batch's arrays or rows in the order the walk makes their stores
+        (inputs, then targets); `values`: the dynamic scalars by kind (seeds are drawn)."""
+        trace = None if key is None else self._traces.get(key)
+        self.replayed = trace is not None
+        if trace is not None:
+            fresh = [self._as_store(a) for a in batch_feeds]
 
-        def value(kind: str) -> Any:
-            return self._next_seed() if kind == DYNAMIC_SEED else values[kind]
+            def value(kind: str) -> Any:
+                return self._next_seed() if kind == DYNAMIC_SEED else values[kind]
 
-        trace.replay(self.rt, fresh, value, self.profiler)
-        self._grads_zeroed, pending = trace.end_state
-        for rec, was in pending:
-            rec.pending = was
-        self._backward_refs = {}
-        self._queue.tasks += trace.tasks
-        self._queue.launches += trace.launches
-        return trace.result
+            trace.replay(self.rt, fresh, value, self.profiler)
+            self._grads_zeroed, pending = trace.end_state
+            for rec, was in pending:
+                rec.pending = was
+            self._backward_refs = {}
+            self._queue.tasks += trace.tasks
+            self._queue.launches += trace.launches
+            return trace.result
+        self._recorder = self._queue.recorder = Recorder() if key is not None else None
+        try:
+            result = issue()
+            rec = self._recorder
+        finally:
+            self._recorder = self._queue.recorder = None
+        recorded = None if rec is None else rec.finish(result, self._trace_state())
+        if recorded is not None:
+            while len(self._traces) >= _MAX_TRACES:
+                self._traces.pop(next(iter(self._traces)))
+            self._traces[key] = recorded
+        return result
 
     @contextlib.contextmanager
     def _dynamic_scalars(self, kinds: dict[str, str]) -> Iterator[None]:
@@ -937,10 +942,18 @@ class GraphExecutor:
         targets = self._checked_targets(objective, targets, batch)
         degrees = self.degrees_for(batch)
         self._new_step()
-        env, _ = self._forward(feeds, False, batch, degrees)
-        loss_stores, _, metric_stores = self._objective(objective, env, targets, batch, degrees,
-                                                        with_grad=False)
-        self.settle_all()
+
+        def issue() -> tuple[list[Any], dict[str, list[Any]]]:
+            env, _ = self._forward(feeds, False, batch, degrees)
+            loss_stores, _, metric_stores = self._objective(objective, env, targets, batch,
+                                                            degrees, with_grad=False)
+            self.settle_all()
+            self.flush()
+            return loss_stores, metric_stores
+
+        loss_stores, metric_stores = self._recorded(
+            self._trace_key("evaluate", feeds, targets, objective, batch=batch),
+            list(feeds.values()) + list(targets), {}, issue)
         self._drain()
         return self._read_objective(batch, loss_stores, metric_stores)
 
@@ -967,10 +980,17 @@ class GraphExecutor:
             return self.pipeline.predict_step(feeds)
         batch = _batch_of(feeds)
         self._new_step()
-        env, _ = self._forward(feeds, False, batch, self.degrees_for(batch))
-        self.settle_all()
+
+        def issue() -> list[Any]:
+            env, _ = self._forward(feeds, False, batch, self.degrees_for(batch))
+            self.settle_all()
+            self.flush()
+            return [env[t] for t in self.outputs]
+
+        outputs = self._recorded(self._trace_key("predict", feeds, batch=batch),
+                                 list(feeds.values()), {}, issue)
         self._drain()
-        return [read(env[t]) for t in self.outputs]
+        return [read(store) for store in outputs]
 
     def gradients(self, feeds: Mapping[int, np.ndarray], output_grads: Sequence[np.ndarray],
                   training: bool = True
