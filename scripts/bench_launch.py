@@ -13,8 +13,10 @@ through `GraphExecutor._launch`, timed per launch:
   for its task), against a store of Legate's own (how they live now).
 
 "before" runs each launch as a task of its own (fusion off); "after" fuses the chain into
-groups of at most `fusion.MAX_STEPS` kernels. Prints a table and, on its last line, one JSON
-object with the figures in microseconds per launch.
+groups of at most `fusion.MAX_STEPS` kernels; "replayed" issues the fused chain again from a
+recording of it, as training steps after the second are issued (executor/replay.py: no walk of
+the launches, only Legate's task creation and submission). Prints a table and, on its last
+line, one JSON object with the figures in microseconds per launch.
 """
 
 from __future__ import annotations
@@ -66,6 +68,15 @@ def main() -> None:
     launcher_mod.submit_program = timed_submit_program
     import unity_legion.executor.fusion as fusion_mod
     fusion_mod.submit_program = timed_submit_program
+    import unity_legion.executor.replay as replay_mod
+    real_issue_task = replay_mod.issue_task
+
+    def timed_issue_task(*a, **k):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        real_issue_task(*a, **k)
+        legate_issue[0] += time.perf_counter() - t
+
+    replay_mod.issue_task = timed_issue_task
 
     def chain(store, points: int, fused: bool) -> dict[str, float]:
         ex.fusion = fused
@@ -77,6 +88,24 @@ def main() -> None:
         for _ in range(n):
             ex.launch(launch, {ref: store}, {SAMPLE: points})
         ex.flush()
+        t1 = time.perf_counter()
+        read(store)
+        t2 = time.perf_counter()
+        issue = (t1 - t0) / n
+        return {"issue_ours_us": (issue - legate_issue[0] / n) * 1e6,
+                "issue_legate_us": legate_issue[0] / n * 1e6,
+                "end_to_end_us": (t2 - t0) / n * 1e6}
+
+    def replayed(store, points: int) -> dict[str, float]:
+        ex.fusion = True
+        trace = ex.record(lambda: [ex.launch(launch, {ref: store}, {SAMPLE: points})
+                                   for _ in range(n)])
+        assert trace is not None
+        ex.reissue(trace)
+        read(store)
+        legate_issue[0] = 0.0
+        t0 = time.perf_counter()
+        ex.reissue(trace)
         t1 = time.perf_counter()
         read(store)
         t2 = time.perf_counter()
@@ -98,13 +127,16 @@ def main() -> None:
             "attached_writable_us": chain(attached, points, fused=False)["end_to_end_us"]}
         rows[f"after p={points}"] |= {
             "attached_writable_us": chain(store, points, fused=True)["end_to_end_us"]}
+        rows[f"replayed p={points}"] = replayed(store, points)
+        rows[f"replayed p={points}"] |= {
+            "attached_writable_us": replayed(store, points)["end_to_end_us"]}
         del attached
 
     cols = ["issue_ours_us", "issue_legate_us", "end_to_end_us", "attached_writable_us"]
     print(f"one launch of an empty kernel in a chain of {n}; {machine}")
-    print(f"{'':<14}" + "".join(f"{c[:-3]:>22}" for c in cols) + "   (us per launch)")
+    print(f"{'':<16}" + "".join(f"{c[:-3]:>22}" for c in cols) + "   (us per launch)")
     for name, r in rows.items():
-        print(f"{name:<14}" + "".join(f"{r[c]:>22.1f}" for c in cols))
+        print(f"{name:<16}" + "".join(f"{r[c]:>22.1f}" for c in cols))
     print(json.dumps({"launches": n, "processors": machine.processors,
                       "rows": {k: {c: round(v, 2) for c, v in r.items()} for k, r in rows.items()}}))
 

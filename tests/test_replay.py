@@ -225,3 +225,37 @@ def test_a_recording_issued_again_does_the_same_work(fused: bool) -> None:
     ex.fence()
     np.testing.assert_array_equal(read(total), np.full((8, 4), 1.5 * 9, np.float32))
     assert ex.record(lambda: ex.new_store(TensorShape((2,)), 0.0)) is None
+
+
+def test_windowed_launches_replay_with_the_new_batch() -> None:
+    """A convolution split by height reads its input through halo windows, one launch per
+    spatial tile, each a task of its own (never fused): those are recorded as launches and
+    issued again with the step's new batch; training equals the walked run."""
+    from unity_legion.operators.conv2d import Conv2D
+    from unity_legion.operators.pooling import GlobalAvgPool2D
+
+    runs = []
+    for replay in (False, True):
+        g = ComputationGraph()
+        x = g.add_input(TensorShape((None, 12, 10, 3)), "img")
+        (h,) = g.add_node(Conv2D(4, 3, padding="same"), [x], "conv")
+        (h,) = g.add_node(GlobalAvgPool2D(), [h], "pool")
+        (o,) = g.add_node(Linear(5), [h], "out")
+        ex = GraphExecutor(g, [o], seed=3)
+        ex.replay = replay
+        conv = next(n for n in ex.nodes if n.name == "conv")
+        ex.set_plan({conv.id: OpConfig.of({"height": 2}, MachineView.contiguous("cpu", 0, 2))})
+        rng = np.random.default_rng(0)
+        for key, spec in ex.weight_specs():
+            ex.set_weight(key, 0.3 * rng.standard_normal(spec.shape.dims).astype(np.float32))
+        losses = []
+        for s in range(1, 5):
+            xs = rng.standard_normal((6, 12, 10, 3)).astype(np.float32)
+            ys = rng.integers(0, 5, 6)
+            losses.append(ex.train_step({x: xs}, [ys], OBJ, SGDRule(), 0.05, s).mean_loss)
+        runs.append((losses, _weights(ex), ex.replayed,
+                     [type(op).__name__ for t in ex._traces.values() for op in t.ops]))
+    assert runs[0][0] == runs[1][0]
+    for k in runs[0][1]:
+        np.testing.assert_array_equal(runs[0][1][k], runs[1][1][k])
+    assert runs[1][2] and "_Launch" in runs[1][3]

@@ -246,8 +246,8 @@ class GraphExecutor:
         if arr.shape != spec.shape.dims:
             raise ValueError(f"weight {self.graph.nodes[key[0]].name}/{key[1]}: expected shape "
                              f"{spec.shape.dims}, got {arr.shape}")
+        self.forget_traces()   # (before the copy is issued: nothing pending when they go)
         self.weights[key] = self._store_from(arr, persistent=True)
-        self.forget_traces()
 
     def forget_traces(self) -> None:
         """Drop every recorded step (executor/replay.py): a store they name was replaced, or

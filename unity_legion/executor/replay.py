@@ -175,7 +175,11 @@ class Recorder:
              grid: tuple[int, ...], view: MachineView, labels: list[Any]) -> None:
         feeds = tuple((i, self.feed_ids[id(s)], tile, proj)
                       for i, (s, tile, proj) in enumerate(slots) if id(s) in self.feed_ids)
-        self.ops.append(_Task(program_task(program), program.access, prepared_parts(slots),
+        # (a batch store's partition is made at each replay: the recording keeps no batch
+        # store alive, whose buffer goes at the next call)
+        parts = [(None, None) if id(s) in self.feed_ids else part
+                 for (s, _t, _p), part in zip(slots, prepared_parts(slots))]
+        self.ops.append(_Task(program_task(program), program.access, parts,
                               feeds, list(scalars), tuple(dynamic), grid, view, labels))
         self.tasks += 1
         self.launches += len(labels)
@@ -188,7 +192,8 @@ class Recorder:
         for g in guards:
             self._check_not_feed(g)
         dyn = tuple((name, kind) for name, kind in dynamic.items() if name in launch.scalars)
-        self.ops.append(_Launch(launch, dict(refs), feeds, dyn, dict(degrees), reduced, box,
+        kept = {ref: (None if id(s) in self.feed_ids else s) for ref, s in refs.items()}
+        self.ops.append(_Launch(launch, kept, feeds, dyn, dict(degrees), reduced, box,
                                 view, tuple(guards), label))
         self.launches += 1
 
