@@ -267,17 +267,22 @@ H200 = DeviceSpec("gpu", "H200-SXM-141GB", 67 * TFLOPS, 989 * TFLOPS, 4800 * GB,
 # This machine's CPU processors, as measured on the 2-core development machine (calibrate.py
 # re-measures and caches): one Legate CPU processor runs numpy single-threaded; a task costs its
 # processor ~0.15 ms of CPU besides its kernel (the Python task wrapper).
-LOCAL_CPU = DeviceSpec("cpu", "local-cpu", 86e9, 86e9, 9.4 * GB, 8 * 2**30, launch_overhead=1.5e-4)
-# The host side there: ~0.17 ms of the issuing thread per launch, ~0.3 ms of Legion's utility
-# thread, a 12 us blocking read, Legion folding an ADD reduction's copies at ~1 GB/s (0.3 ms each
-# besides), and 2 cores shared by the issuing thread, the processors and Legion's threads (fewer
-# when other jobs run: calibrate measures the share of the moment).
-# The executor fuses launches (groups of up to 128): ~20 us of the issuing thread per launch
-# joining a group, ~10 us of its processor per step, and on one rank sums reductions as partial
-# sums (folding only across ranks).
-LOCAL_RUNTIME = RuntimeSpec(issue=1.7e-4, sync=1.2e-5, reduction="partials",
-                            fold=LinkSpec(1.0 * GB, 3e-4), cores=2.0, analysis=3e-4,
-                            fusion=128, fused_issue=2e-5, fused_step=1e-5)
+# Its compute-bound kernels (oneDNN convolutions, ATen's attention) reach the matmul peak, or
+# close (calibrate's efficiency factors: conv2d 1.0, multi_head_attention 0.7).
+LOCAL_CPU = DeviceSpec("cpu", "local-cpu", 86e9, 86e9, 9.4 * GB, 8 * 2**30, launch_overhead=1.5e-4,
+                       efficiency=(("conv2d", 1.0), ("multi_head_attention", 0.7)))
+# The host side there, for training steps re-issued from their recording (executor/replay.py,
+# every step after the second): ~60 us of the issuing thread per task and ~5 us per launch
+# joining one (walking the graph cost ~0.2 ms and ~0.1 ms), ~0.25 ms of Legion's utility thread
+# per launch, a 12 us blocking read, Legion folding an ADD reduction's copies at ~1 GB/s (0.3 ms
+# each besides), and 2 cores shared by the issuing thread, the processors and Legion's threads,
+# which give about 1.6 cores' work with all of them busy (1.3-1.9 measured per strategy by
+# bench_simulator; calibrate measures the share of the moment). The executor fuses launches
+# (groups of up to 128; ~5-10 us of the processor per step) and on one rank sums reductions of
+# 4096 elements and more as partial sums (folding smaller ones, and across ranks).
+LOCAL_RUNTIME = RuntimeSpec(issue=6e-5, sync=1.2e-5, reduction="partials",
+                            fold=LinkSpec(1.0 * GB, 3e-4), cores=1.6, analysis=2.5e-4,
+                            fusion=128, fused_issue=5e-6, fused_step=1e-5)
 
 PRESETS: dict[str, MachineModel] = {
     "p3.8xlarge": MachineModel("p3.8xlarge", 1, 4, V100, LinkSpec(50 * GB, 5e-6),
