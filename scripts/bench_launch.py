@@ -58,61 +58,52 @@ def main() -> None:
 
     # time spent inside Legate's submit (issue side), summed over a chain
     legate_issue = [0.0]
-    real_submit_program = launcher_mod.submit_program
 
-    def timed_submit_program(*a, **k):  # type: ignore[no-untyped-def]
-        t = time.perf_counter()
-        real_submit_program(*a, **k)
-        legate_issue[0] += time.perf_counter() - t
+    def timed(real):  # type: ignore[no-untyped-def]
+        def wrapper(*a, **k):  # type: ignore[no-untyped-def]
+            t = time.perf_counter()
+            real(*a, **k)
+            legate_issue[0] += time.perf_counter() - t
+        return wrapper
 
-    launcher_mod.submit_program = timed_submit_program
     import unity_legion.executor.fusion as fusion_mod
-    fusion_mod.submit_program = timed_submit_program
     import unity_legion.executor.replay as replay_mod
-    real_issue_task = replay_mod.issue_task
+    launcher_mod.submit_program = fusion_mod.submit_program = timed(launcher_mod.submit_program)
+    replay_mod.issue_task = timed(replay_mod.issue_task)
 
-    def timed_issue_task(*a, **k):  # type: ignore[no-untyped-def]
-        t = time.perf_counter()
-        real_issue_task(*a, **k)
-        legate_issue[0] += time.perf_counter() - t
+    def per_launch(issue_chain, store) -> dict[str, float]:
+        """`issue_chain()` (n launches, all submitted) timed: its issue, split into Legate's
+        part and ours, and end to end until `store` is read back."""
+        legate_issue[0] = 0.0
+        t0 = time.perf_counter()
+        issue_chain()
+        t1 = time.perf_counter()
+        read(store)
+        t2 = time.perf_counter()
+        issue = (t1 - t0) / n
+        return {"issue_ours_us": (issue - legate_issue[0] / n) * 1e6,
+                "issue_legate_us": legate_issue[0] / n * 1e6,
+                "end_to_end_us": (t2 - t0) / n * 1e6}
 
-    replay_mod.issue_task = timed_issue_task
+    def launches(store, points: int) -> None:
+        for _ in range(n):
+            ex.launch(launch, {ref: store}, {SAMPLE: points})
+        ex.flush()
 
     def chain(store, points: int, fused: bool) -> dict[str, float]:
         ex.fusion = fused
         ex.launch(launch, {ref: store}, {SAMPLE: points})
         ex.flush()
         read(store)
-        legate_issue[0] = 0.0
-        t0 = time.perf_counter()
-        for _ in range(n):
-            ex.launch(launch, {ref: store}, {SAMPLE: points})
-        ex.flush()
-        t1 = time.perf_counter()
-        read(store)
-        t2 = time.perf_counter()
-        issue = (t1 - t0) / n
-        return {"issue_ours_us": (issue - legate_issue[0] / n) * 1e6,
-                "issue_legate_us": legate_issue[0] / n * 1e6,
-                "end_to_end_us": (t2 - t0) / n * 1e6}
+        return per_launch(lambda: launches(store, points), store)
 
     def replayed(store, points: int) -> dict[str, float]:
         ex.fusion = True
-        trace = ex.record(lambda: [ex.launch(launch, {ref: store}, {SAMPLE: points})
-                                   for _ in range(n)])
+        trace = ex.record(lambda: launches(store, points))
         assert trace is not None
         ex.reissue(trace)
         read(store)
-        legate_issue[0] = 0.0
-        t0 = time.perf_counter()
-        ex.reissue(trace)
-        t1 = time.perf_counter()
-        read(store)
-        t2 = time.perf_counter()
-        issue = (t1 - t0) / n
-        return {"issue_ours_us": (issue - legate_issue[0] / n) * 1e6,
-                "issue_legate_us": legate_issue[0] / n * 1e6,
-                "end_to_end_us": (t2 - t0) / n * 1e6}
+        return per_launch(lambda: ex.reissue(trace), store)
 
     rows: dict[str, dict[str, float]] = {}
     for points in [int(p) for p in args.points.split(",") if p]:

@@ -879,18 +879,25 @@ class GraphExecutor:
             self._queue.tasks += trace.tasks
             self._queue.launches += trace.launches
             return trace.result
-        self._recorder = self._queue.recorder = Recorder() if key is not None else None
-        try:
+        with self._recording(key is not None) as rec:
             result = issue()
-            rec = self._recorder
-        finally:
-            self._recorder = self._queue.recorder = None
         recorded = None if rec is None else rec.finish(result, self._trace_state())
         if recorded is not None:
             while len(self._traces) >= _MAX_TRACES:
                 self._traces.pop(next(iter(self._traces)))
             self._traces[key] = recorded
         return result
+
+    @contextlib.contextmanager
+    def _recording(self, on: bool = True) -> Iterator[Recorder | None]:
+        """Launches, fills and batch stores issued inside are noted by the Recorder yielded
+        (None: nothing is recorded)."""
+        rec = Recorder() if on else None
+        self._recorder = self._queue.recorder = rec
+        try:
+            yield rec
+        finally:
+            self._recorder = self._queue.recorder = None
 
     @contextlib.contextmanager
     def _dynamic_scalars(self, kinds: dict[str, str]) -> Iterator[None]:
@@ -1254,13 +1261,10 @@ class GraphExecutor:
         recording on, as a training step is recorded (executor/replay.py): the recording, or
         None where it may not be issued again (it made stores). `reissue` issues it again as a
         replayed step issues its tasks, so the host's cost of a replayed step can be timed."""
-        rec = Recorder()
-        self._recorder = self._queue.recorder = rec
-        try:
+        with self._recording() as rec:
             issue()
             self.flush()
-        finally:
-            self._recorder = self._queue.recorder = None
+        assert rec is not None
         return rec.finish(None, None)
 
     def reissue(self, trace: StepTrace) -> None:

@@ -129,8 +129,10 @@ class FusedGroup:
                           squeeze if any(squeeze) else ())
         return program, [(s.store, s.tile, s.proj) for s in self.slots]
 
-    def submit(self, rt: Any, uid: int = -1) -> None:
-        program, slots = self.program()
+    def submit(self, rt: Any, built: tuple[Program, list[tuple[Any, Any, Any]]],
+               uid: int = -1) -> None:
+        """Submit the group as one task; `built`: its `program()`."""
+        program, slots = built
         with placed(self.view):
             submit_program(rt, program, slots, self.scalars, self.grid, uid=uid)
 
@@ -185,15 +187,14 @@ class FusionQueue:
         g, self.pending = self.pending, None
         if g is not None and g.steps:
             p = self.profiler
+            built = g.program()
             if self.recorder is not None:
-                program, slots = g.program()
-                self.recorder.task(program, slots, g.scalars, g.dynamic, g.grid, g.view,
-                                   list(g.labels))
+                self.recorder.task(*built, g.scalars, g.dynamic, g.grid, g.view, list(g.labels))
             if p is None:
-                g.submit(self.rt)
+                g.submit(self.rt, built)
             else:  # the host's time submitting it: its first step's operator's
                 label = p.label
                 p.switch(g.labels[0][0], "submit")
-                g.submit(self.rt, p.task(g.labels))
+                g.submit(self.rt, built, p.task(g.labels))
                 p.switch(*label)
             self.tasks += 1

@@ -63,10 +63,6 @@ class _Task:
             scalars = list(scalars)
             for i, kind in self.dynamic:
                 scalars[i] = (value(kind), scalars[i][1])
-        if profiler is None:
-            with placed(self.view):
-                issue_task(rt, self.task, self.access, parts, scalars, self.grid)
-            return
         with _profiled(profiler, self.labels) as uid, placed(self.view):
             issue_task(rt, self.task, self.access, parts, scalars, self.grid, uid=uid)
 
@@ -98,10 +94,6 @@ class _Launch:
         if self.dynamic:
             launch = Launch(launch.kernel, launch.args, dict(launch.scalars)
                             | {name: value(kind) for name, kind in self.dynamic})
-        if profiler is None:
-            with placed(self.view):
-                submit(rt, launch, refs, self.degrees, self.reduced, self.box, -1, self.guards)
-            return
         with _profiled(profiler, [self.label]) as uid, placed(self.view):
             submit(rt, launch, refs, self.degrees, self.reduced, self.box, uid, self.guards)
 
@@ -119,7 +111,11 @@ class _Fill:
 @contextlib.contextmanager
 def _profiled(profiler: Any, labels: list[Any]) -> Iterator[int]:
     """The host's time submitting a task counts as its first step's operator's (as a walked
-    step's submits do); yields the task's profiling id (executor.profile.Profiler)."""
+    step's submits do); yields the task's profiling id (executor.profile.Profiler), or -1
+    where no profiler is on."""
+    if profiler is None:
+        yield -1
+        return
     label = profiler.label
     profiler.switch(labels[0][0], "submit")
     try:
