@@ -34,6 +34,18 @@ _P = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 _SCALAR_TYPE = {int: ty.int64, float: ty.float64, bool: ty.bool_, str: ty.string_type}
 
+# element types whose pieces numpy takes over DLPack (numpy refuses Legate's float16 there)
+_DLPACK_CODES = frozenset(t.code for t in (ty.float32, ty.float64, ty.int32, ty.int64, ty.int8,
+                                           ty.uint8, ty.uint16))
+
+
+def host_array(store: Any) -> np.ndarray:
+    """A numpy view of a task's piece. DLPack costs ~1 us a store where `np.asarray` (the
+    array interface) costs ~3 us, and a fused task binds dozens of stores per point."""
+    if store.type.code in _DLPACK_CODES:
+        return np.from_dlpack(store)
+    return np.asarray(store)
+
 
 class Access(enum.Enum):
     """How a task holds one store slot for all of its steps."""
@@ -159,7 +171,7 @@ def program_task(program: Program) -> Any:
 
     names = [p.name for p in params]
 
-    def body(*args: Any, asarray: Any = np.asarray, **kw: Any) -> None:
+    def body(*args: Any, asarray: Any = host_array, **kw: Any) -> None:
         # (Signature.bind costs ~15 us a task; Legate passes the parameters all by position
         # or all by name)
         if not args:
