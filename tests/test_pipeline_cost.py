@@ -86,6 +86,19 @@ def test_m_micro_batches_move_m_boundary_transfers_each_way(m):
     assert r.work == pytest.approx(2 * m * x)
 
 
+def test_a_pipelined_step_is_priced_as_walked_not_replayed():
+    # the executor re-issues plain steps from a recording but walks the graph for pipelined
+    # ones: their host costs are walk_issue, where it is given
+    replayed = RuntimeSpec(issue=1e-4)
+    walked = dataclasses.replace(replayed, walk_issue=1e-3)
+    g = chain(4)
+    spec = even_stages(g, 2, 2, "1f1b")
+    hosts = [Simulator(dataclasses.replace(IDEAL, runtime=rt), FixedCost(1e-5))
+             .simulate_pipeline(g, 32, placed(g, spec), spec) for rt in (replayed, walked)]
+    assert hosts[0].host == pytest.approx(hosts[0].launches * 1e-4)
+    assert hosts[1].host == pytest.approx(hosts[1].launches * 1e-3)
+
+
 def test_a_host_issue_bound_pipeline_is_priced_by_its_issue_time():
     # 1 ms of the host per launch, 10 us kernels: the devices wait for the host
     issuing = dataclasses.replace(IDEAL, runtime=RuntimeSpec(issue=1e-3))
@@ -130,6 +143,9 @@ def test_cpu_processors_of_one_rank_share_memory_across_the_boundary():
 
 @pytest.mark.parametrize("machine", [FOUR, preset("local", 1, 4)], ids=["gpu", "local-cpu"])
 def test_one_stage_one_micro_batch_is_the_unpipelined_step(machine):
+    # (with the host's costs alike: the executor walks a pipelined step, re-issues a plain one)
+    machine = dataclasses.replace(machine, runtime=dataclasses.replace(
+        machine.runtime, walk_issue=0.0, walk_fused_issue=0.0))
     g = chain(4)
     kind = machine.device.kind
     spec = PipelineSpec((Stage("all", tuple(n.name for n in g.nodes), (0, 1, 2, 3)),), 1)

@@ -115,6 +115,14 @@ class RuntimeSpec:
         task: `issue` and `analysis` are paid once per group, `fused_issue` per launch joining
         it (binding its arguments), and the devices pay their launch overhead once per group
         and `fused_step` per step (its kernel's dispatch inside the task).
+    walk_issue, walk_fused_issue: `issue` and `fused_issue` for a step the executor issues by
+        walking the graph (its first two of a kind, and every pipelined step) where `issue` and
+        `fused_issue` are those of steps re-issued from a recording; 0: the same.
+    analysis_store: seconds of the runtime's thread per store a fused task binds beyond three,
+        per point (`analysis` is that of a launch of three stores): Legion analyses and maps
+        every region requirement of every point.
+    analysis_reduction: seconds of the runtime's thread per store a task ADD-reduces into, per
+        point (reduction instances made, then folded into the store).
     reduction "partials": the executor's partial sums (one rank): every point adds into its own
         piece of a stacked store, summed into the result by one more step (a pass over the
         pieces, split by rows) right before the first reader; no copies are folded.
@@ -129,11 +137,16 @@ class RuntimeSpec:
     fusion: int = 0
     fused_issue: float = 0.0
     fused_step: float = 0.0
+    analysis_store: float = 0.0
+    analysis_reduction: float = 0.0
+    walk_issue: float = 0.0
+    walk_fused_issue: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.fusion, bool) or not isinstance(self.fusion, int) or self.fusion < 0:
             raise MachineError(f"runtime fusion must be an integer >= 0, got {self.fusion!r}")
-        for f in ("issue", "sync", "cores", "analysis", "fused_issue", "fused_step"):
+        for f in ("issue", "sync", "cores", "analysis", "fused_issue", "fused_step",
+                  "analysis_store", "analysis_reduction", "walk_issue", "walk_fused_issue"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise MachineError(f"runtime {f} must be a number >= 0, got {v!r}")
@@ -273,16 +286,20 @@ LOCAL_CPU = DeviceSpec("cpu", "local-cpu", 86e9, 86e9, 9.4 * GB, 8 * 2**30, laun
                        efficiency=(("conv2d", 1.0), ("multi_head_attention", 0.7)))
 # The host side there, for training steps re-issued from their recording (executor/replay.py,
 # every step after the second): ~60 us of the issuing thread per task and ~5 us per launch
-# joining one (walking the graph cost ~0.2 ms and ~0.1 ms), ~0.25 ms of Legion's utility thread
-# per launch, a 12 us blocking read, Legion folding an ADD reduction's copies at ~1 GB/s (0.3 ms
+# joining one (walking the graph, as pipelined steps are issued: ~0.2 ms and ~0.1 ms, walk_*),
+# ~0.25 ms of Legion's utility thread per launch, a 12 us blocking read, Legion folding an ADD reduction's copies at ~1 GB/s (0.3 ms
 # each besides), and 2 cores shared by the issuing thread, the processors and Legion's threads,
 # which give about 1.6 cores' work with all of them busy (1.3-1.9 measured per strategy by
 # bench_simulator; calibrate measures the share of the moment). The executor fuses launches
 # (groups of up to 128; ~5-10 us of the processor per step) and on one rank sums reductions of
-# 4096 elements and more as partial sums (folding smaller ones, and across ranks).
+# 4096 elements and more as partial sums (folding smaller ones, and across ranks). Legion's
+# thread pays ~3.5 us more per store a task binds beyond three and ~130 us per store it
+# ADD-reduces into, per point (a fused task binds tens to hundreds of stores).
 LOCAL_RUNTIME = RuntimeSpec(issue=6e-5, sync=1.2e-5, reduction="partials",
                             fold=LinkSpec(1.0 * GB, 3e-4), cores=1.6, analysis=2.5e-4,
-                            fusion=128, fused_issue=5e-6, fused_step=1e-5)
+                            fusion=128, fused_issue=5e-6, fused_step=1e-5,
+                            analysis_store=3.5e-6, analysis_reduction=1.3e-4,
+                            walk_issue=2e-4, walk_fused_issue=1e-4)
 
 PRESETS: dict[str, MachineModel] = {
     "p3.8xlarge": MachineModel("p3.8xlarge", 1, 4, V100, LinkSpec(50 * GB, 5e-6),

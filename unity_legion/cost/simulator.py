@@ -28,7 +28,10 @@ between views, the loss read, the end of the step, or (on several devices) a lau
 the operator's earlier launches added into (batch statistics: `_barriers`) comes; its steps (each launch's kernels, plus
 `fused_step`) run one after another in one task per device, and what it writes is ready when the
 task ends. The host pays `fused_issue` per launch joining a group, `issue` and `analysis` once per
-group, the devices their launch overhead once per group. Reductions on one rank are partial sums
+group, the devices their launch overhead once per group; the runtime's thread also pays
+`analysis_store` per store the group's task binds beyond three and `analysis_reduction` per store
+it ADD-reduces into, each per point (`_stores`: what the operators' launches bind, named as the
+step names them, so a store several of the group's launches share counts once). Reductions on one rank are partial sums
 (`reduction` "partials"): a Reduce, and a weight gradient's replicas, cost one more step adding
 the copies, split by rows (`settle_time`), instead of Legion's folds.
 
@@ -74,10 +77,11 @@ forward pass).
 from __future__ import annotations
 
 import bisect
+import copy
 import functools
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from unity_legion.cost.collectives import INTER, INTRA, groups_time, join_links, link_name
@@ -299,7 +303,18 @@ class Simulator:
         transfers, per-stage gradient sums, memory per schedule (cost/pipeline.py)."""
         from unity_legion.cost.pipeline import price_pipeline
 
-        return price_pipeline(self, graph, batch, plan, spec, outputs)
+        return price_pipeline(self._walking(), graph, batch, plan, spec, outputs)
+
+    def _walking(self) -> "Simulator":
+        """This simulator for steps the executor issues by walking the graph (pipelined steps
+        are not re-issued from a recording): the host's walked costs per task and per launch."""
+        rt = self.machine.runtime
+        if not (rt.walk_issue or rt.walk_fused_issue):
+            return self
+        walked = copy.copy(self)
+        walked.machine = replace(self.machine, runtime=replace(
+            rt, issue=rt.walk_issue or rt.issue, fused_issue=rt.walk_fused_issue or rt.fused_issue))
+        return walked
 
     # ------------------------------------------------------------------ device groups
     # With a collective library ("ring" runtimes: the GPU presets) every transfer and gradient
@@ -545,6 +560,11 @@ class _Node:
     # over several points (batch statistics), each ending the fused group, and whether such a
     # sum is big enough to be added as partial sums, by a task of its own (see _barriers)
     barriers: tuple[tuple[int, bool], tuple[int, bool]] = ((0, False), (0, False))
+    # per pass (forward, backward): the stores its launches bind (keys shared with the other
+    # nodes of the step, so that a fused group counts a store once) and those it ADD-reduces
+    # into over several points
+    slots: tuple[frozenset[Any], frozenset[Any]] = (frozenset(), frozenset())
+    reds: tuple[frozenset[Any], frozenset[Any]] = (frozenset(), frozenset())
 
     @property
     def moves(self) -> bool:
@@ -568,6 +588,8 @@ class _Group:
     ready: float = 0.0
     steps: list[tuple[float, str, str, Callable[[float], None] | None]] = field(
         default_factory=list)
+    slots: set[Any] = field(default_factory=set)   # the stores its task binds
+    reds: set[Any] = field(default_factory=set)    # those it ADD-reduces into
 
 
 class _Plan:
@@ -662,6 +684,8 @@ class _Plan:
                 item.cost = priced(sim.cost, g.op, ins, cfg, dev, needs)  # type: ignore[arg-type]
                 if len(devs) > 1:
                     item.barriers = _barriers(g.op, tuple(ins), tuple(needs))
+                item.slots, item.reds = _stores(g.op, tuple(ins), tuple(needs), cfg.degrees,
+                                                g.id, tuple(node.inputs), tuple(node.outputs))
                 zeroed = [pcg.tensors[t] for t in node.outputs if pcg.tensors[t].sum_degree > 1]
                 saved = [sv.shape for sv in g.op.saved(ins) if sv.zero]
                 item.fills = len(zeroed) + len(saved)
@@ -1019,11 +1043,12 @@ class _Plan:
             s.host_busy += seconds
             return s.host
 
-        def submit(launches: int) -> float:
-            """`launches` launches of their own issued and analysed: when their tasks may start."""
+        def submit(launches: int, extra: float = 0.0) -> float:
+            """`launches` launches of their own issued and analysed (`extra` seconds of analysis
+            besides): when their tasks may start."""
             busy_host(launches * rt.issue)
             s.launches += launches
-            work = launches * rt.analysis
+            work = launches * rt.analysis + extra
             begin = max(s.util, s.host)
             s.util = begin + work
             s.util_busy += work
@@ -1036,7 +1061,9 @@ class _Plan:
             if not pending:
                 return 0.0
             g = pending.pop()
-            first = submit(1)
+            points = len(g.devs)
+            first = submit(1, (rt.analysis_store * max(len(g.slots) - 3, 0)
+                               + rt.analysis_reduction * len(g.reds)) * points)
             length = overhead + sum(step[0] for step in g.steps)
             begin = s.start(s.compute_free, g.devs, max(g.ready, first), length)
             t = begin + overhead
@@ -1060,7 +1087,9 @@ class _Plan:
 
         def join(devs: Sequence[int], launches: int, seconds: float,
                  ready_at: Callable[[], float], name: str, phase: str,
-                 done: Callable[[float], None] | None = None) -> None:
+                 done: Callable[[float], None] | None = None,
+                 slots: frozenset[Any] = frozenset(), reds: frozenset[Any] = frozenset()
+                 ) -> None:
             """`launches` launches whose kernels take `seconds` on each of `devs` join the group
             being collected, or a new one; `ready_at` (asked once the group is known: a
             producer in a group just submitted has its time then) is when their inputs are."""
@@ -1074,25 +1103,30 @@ class _Plan:
             g.launches += launches
             g.ready = max(g.ready, ready_at())
             g.steps.append((seconds + launches * rt.fused_step, name, phase, done))
+            g.slots |= slots
+            if len(devs) > 1:
+                g.reds |= reds
             busy_host(launches * rt.fused_issue)
 
         def split(devs: Sequence[int], launches: int, seconds: float,
                   ready_at: Callable[[], float], name: str, phase: str,
-                  done: Callable[[float], None] | None, barriers: int, settle: bool) -> None:
+                  done: Callable[[float], None] | None, barriers: int, settle: bool,
+                  slots: frozenset[Any] = frozenset(), reds: frozenset[Any] = frozenset()
+                  ) -> None:
             """`join`, for an operator's launches of which `barriers` read a sum the ones
             before added into over its points: the group ends there, the rest starts a new
             group once every point is done, and with `settle` the partial sums are added first
             by a task of their own (the executor's FusionQueue, GraphExecutor._settle), else
             Legion folds the points' copies of the (small) sum first (`fold` latency each)."""
             if barriers <= 0 or launches <= 1:
-                join(devs, launches, seconds, ready_at, name, phase, done)
+                join(devs, launches, seconds, ready_at, name, phase, done, slots, reds)
                 return
             parts = min(barriers, launches - 1) + 1
             each = launches // parts
             for k in range(parts):
                 n = each if k < parts - 1 else launches - each * (parts - 1)
                 join(devs, n, seconds * n / launches, ready_at, name, phase,
-                     done if k == parts - 1 else None)
+                     done if k == parts - 1 else None, slots, reds)
                 if k < parts - 1:
                     end = flush()
                     if settle:
@@ -1152,7 +1186,8 @@ class _Plan:
                 split(item.devs, c.launches_forward, c.kernels(overhead)[0] + item.fill_time,
                       lambda f=inputs_at, keys=keys: max([f()] + [s.weight_ready.get(k, 0.0)
                                                                 for k in keys]),
-                      node.name, "forward", set_all(ready, node.outputs), *item.barriers[0])
+                      node.name, "forward", set_all(ready, node.outputs), *item.barriers[0],
+                      item.slots[0], item.reds[0])
 
         def objective(ready: dict[int, float], grad_ready: dict[int, float]) -> None:
             """The loss (and metrics) of each model output, on the loss's devices."""
@@ -1197,7 +1232,7 @@ class _Plan:
                     grads_end[item.pnode.id] = max(grads_end.get(item.pnode.id, end), end)
                 split(item.devs, c.launches_backward, c.kernels(overhead)[1], outputs_at,
                       node.name, "backward", None if item.accumulates else backward_done,
-                      *item.barriers[1])
+                      *item.barriers[1], item.slots[1], item.reds[1])
                 if item.accumulates:
                     # every further consumer's part added into the gradient (glue_of)
                     join(self.glue_of(item), item.accumulates,
@@ -1241,7 +1276,8 @@ class _Plan:
 
                 def updated(end: float, key: Any = key) -> None:
                     s.weight_ready[key] = end
-                join(devs, 1, kernel, lambda at=at: at, name, "update", updated)
+                join(devs, 1, kernel, lambda at=at: at, name, "update", updated,
+                     frozenset({(RefKind.WEIGHT.value, *key), (RefKind.GRAD_WEIGHT.value, *key)}))
         for item in self.nodes:
             if item.state_launches:
                 join(item.devs, item.state_launches, 0.0, lambda: 0.0, "", "update")
@@ -1288,6 +1324,62 @@ def _barriers(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...
                        if role is Role.SUM}
         return n, big
     return count(op.forward(list(ins), True)), count(op.backward(list(ins), list(needs)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _local_stores(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...],
+                  degrees: tuple[tuple[str, int], ...]
+                  ) -> tuple[tuple[frozenset[Ref], frozenset[Ref]], tuple[frozenset[Ref],
+                                                                         frozenset[Ref]]]:
+    """Per pass (forward, backward): the refs the operator's launches bind, and those that
+    several points ADD-reduce into whole (a Sum, or an output whose split misses a launch axis
+    of degree > 1) with fewer than PARTIAL_SUMS_MIN elements: bigger sums the executor keeps
+    as partial sums, one piece per point, not as Legion reductions."""
+    split_axes = {a for a, d in degrees if d > 1}
+    sizes = {saved(sv.name): sv.shape.num_elements() for sv in op.saved(list(ins))}
+    for w in op.weights(list(ins)):
+        sizes[Ref(RefKind.WEIGHT, w.name)] = sizes[Ref(RefKind.GRAD_WEIGHT, w.name)] = (
+            w.shape.num_elements())
+
+    def scan(launches: Sequence[Any]) -> tuple[frozenset[Ref], frozenset[Ref]]:
+        bound: set[Ref] = set()
+        reduced: set[Ref] = set()
+        for launch in launches:
+            for name, role in launch.kernel.stores:
+                arg = launch.args[name]
+                bound.add(arg.ref)
+                writes = role in (Role.SUM, Role.OUTPUT, Role.INOUT)
+                if (writes and split_axes - set(arg.split)
+                        and (role is Role.SUM or arg.ref.kind is RefKind.GRAD_WEIGHT)
+                        and sizes.get(arg.ref, PARTIAL_SUMS_MIN) < PARTIAL_SUMS_MIN):
+                    reduced.add(arg.ref)
+        return frozenset(bound), frozenset(reduced)
+
+    fwd = scan(op.forward(list(ins), True))
+    bwd = scan(op.backward(list(ins), list(needs)))
+    return (fwd[0], bwd[0]), (fwd[1], bwd[1])
+
+
+def _stores(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...],
+            degrees: tuple[tuple[str, int], ...], gid: int, inputs: tuple[int, ...],
+            outputs: tuple[int, ...]
+            ) -> tuple[tuple[frozenset[Any], frozenset[Any]], tuple[frozenset[Any], frozenset[Any]]]:
+    """`_local_stores` with each ref named as the whole step names its store: an input or
+    output by its tensor (the producer's output is the consumer's input), a gradient by its
+    tensor's, weights and saved products by their node."""
+    def key(r: Ref) -> Any:
+        k = r.kind
+        if k is RefKind.INPUT or k is RefKind.GRAD_INPUT:
+            t = inputs[r.key] if isinstance(r.key, int) and r.key < len(inputs) else r.key
+            return ("t" if k is RefKind.INPUT else "d", t)
+        if k is RefKind.OUTPUT or k is RefKind.GRAD_OUTPUT:
+            t = outputs[r.key] if isinstance(r.key, int) and r.key < len(outputs) else r.key
+            return ("t" if k is RefKind.OUTPUT else "d", t)
+        return (k.value, gid, r.key)
+
+    (fb, bb), (fr, br) = _local_stores(op, ins, needs, degrees)
+    return ((frozenset(map(key, fb)), frozenset(map(key, bb))),
+            (frozenset(map(key, fr)), frozenset(map(key, br))))
 
 
 def _time_sliced(intervals: Sequence[tuple[float, float]], lo: float, hi: float,

@@ -25,6 +25,10 @@ jobs stretches wall time, which the one wall-time figure, `cores`, accounts for.
   Where the executor fuses, runtime.issue and runtime.fused_issue are then taken from the same
   launches recorded and issued again (`GraphExecutor.record` / `reissue`), as training steps
   after the second are (executor/replay.py): 20 tasks of one launch and one task of 20.
+- runtime.analysis_store and runtime.analysis_reduction: the runtime's threads' CPU per launch
+  over every processor of launches binding 3 and 12 stores, and 12 of which two small ones are
+  ADD-reduced into: per store beyond three and per reduced store, per point. A fused task binds
+  tens to hundreds of stores, and Legion analyses each for every point.
 - runtime.sync: a blocking read of a finished result (the executor reads the loss so).
 - intra link (moving data between processors): a store written by the processors tiled by rows
   is read by them tiled by columns, each point then needing (p-1)/p of its piece from the
@@ -125,6 +129,18 @@ _WORKERS: set[int] = set()    # native ids of the threads that ran probe tasks (
 
 @kernel
 def probe_three(a: In, b: In, c: Out) -> None:
+    _WORKERS.add(threading.get_native_id())
+
+
+@kernel
+def probe_twelve(a0: In, a1: In, a2: In, a3: In, a4: In, a5: In, a6: In, a7: In, a8: In,
+                 a9: In, a10: In, c: Out) -> None:
+    _WORKERS.add(threading.get_native_id())
+
+
+@kernel
+def probe_twelve_sums(a0: In, a1: In, a2: In, a3: In, a4: In, a5: In, a6: In, a7: In, a8: In,
+                      s0: Sum, s1: Sum, c: Out) -> None:
     _WORKERS.add(threading.get_native_id())
 
 
@@ -311,16 +327,20 @@ def calibrate(repeats: int = 9) -> Calibration:
     issue = statistics.fmean(per_issue)
     for p, t, a in zip(sorted({1, procs}), per_task, per_analysis):
         probes |= {f"task_cpu_{p}pt_s": t, f"analysis_cpu_{p}pt_s": a}
+    analysis_store, analysis_reduction = _store_analysis_costs(pr, stores, procs, repeats)
+    probes |= {"analysis_store_s": analysis_store, "analysis_reduction_s": analysis_reduction}
 
     # --- the same launches fused into one group (as the executor runs a step) ------------------
     fusion_steps, fused_issue, fused_step = _fused_launch_costs(pr, stores, issue, task_overhead,
                                                                 repeats)
     probes |= {"fused_issue_s": fused_issue, "fused_step_s": fused_step}
     replayed = _replayed_issue_costs(pr, stores, repeats)
+    walk_issue = walk_fused_issue = 0.0   # (0: steps are walked, as these were measured)
     if replayed is not None:
         # training steps after the second are re-issued from a recording: that is what the
         # host pays per task and per launch joining one (the walk above costs it far more)
         probes |= {"walked_issue_s": issue, "walked_fused_issue_s": fused_issue}
+        walk_issue, walk_fused_issue = issue, fused_issue
         issue, fused_issue = replayed
         probes |= {"issue_s": issue, "fused_issue_s": fused_issue}
 
@@ -423,10 +443,42 @@ def calibrate(repeats: int = 9) -> Calibration:
                       runtime=RuntimeSpec(issue=issue, sync=sync,
                                           reduction=_reduction(pr, info.ranks), fold=fold,
                                           cores=cores, analysis=analysis, fusion=fusion_steps,
-                                          fused_issue=fused_issue, fused_step=fused_step),
+                                          fused_issue=fused_issue, fused_step=fused_step,
+                                          analysis_store=analysis_store,
+                                          analysis_reduction=analysis_reduction,
+                                          walk_issue=walk_issue,
+                                          walk_fused_issue=walk_fused_issue),
                       source=source)
     cal = Calibration(machine, efficiency, mem_eff, probes)
     return bcast(cal) if info.ranks > 1 else cal
+
+
+def _store_analysis_costs(pr: "_Probe", stores: Mapping[str, Any], procs: int, repeats: int
+                          ) -> tuple[float, float]:
+    """The runtime threads' CPU per store a launch binds beyond three, and per store it
+    ADD-reduces into, each per point: launches of 3 and of 12 stores over every processor, and
+    of 12 with two small stores reduced into (RuntimeSpec.analysis_store, analysis_reduction)."""
+    from unity_legion.operators.base import SAMPLE
+
+    rows = (SAMPLE, None)
+    many = {f"a{i}": pr.store(64 * procs, 64) for i in range(11)} | {"c": pr.store(64 * procs, 64)}
+    sums = ({f"a{i}": many[f"a{i}"] for i in range(9)}
+            | {"s0": pr.store(4, 4), "s1": pr.store(4, 4), "c": many["c"]})
+    cases = [(probe_three, {k: rows for k in ("a", "b", "c")}, stores),
+             (probe_twelve, {k: rows for k in many}, many),
+             (probe_twelve_sums, {k: (() if k in ("s0", "s1") else rows) for k in sums}, sums)]
+    runtime = []
+    for k, args, st in cases:
+        def chain(k: Any = k, args: Any = args, st: Any = st) -> None:
+            for _ in range(20):
+                pr.launch(k, args, st, procs)
+        for _ in range(2):   # the first registers the task, the second warms up
+            pr.cpu_window(chain)
+        runtime.append(statistics.median(pr.cpu_window(chain).runtime
+                                         for _ in range(max(3, repeats // 2))) / 20)
+    per_store = max((runtime[1] - runtime[0]) / (9 * procs), 0.0)
+    per_reduction = max((runtime[2] - runtime[1]) / (2 * procs), 0.0) if procs > 1 else 0.0
+    return per_store, per_reduction
 
 
 def _fused_launch_costs(pr: "_Probe", stores: Mapping[str, Any], issue: float,
