@@ -12,7 +12,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -155,10 +155,15 @@ def _default_sysmem_mib() -> int:
     return max(256, min(8192, total // 2 // max(local_ranks, 1)))
 
 
-def _ensure_sysmem() -> None:
+def _default_option(flag: str, value: Callable[[], int | None]) -> None:
+    """Add `flag value()` to LEGATE_CONFIG unless it sets `flag` already (the user's choice)
+    or `value()` is None (Legate's own default stands)."""
     words = os.environ.get("LEGATE_CONFIG", "").split()
-    if not any(w.split("=", 1)[0] == "--sysmem" for w in words):
-        os.environ["LEGATE_CONFIG"] = " ".join(words + ["--sysmem", str(_default_sysmem_mib())])
+    if any(w.split("=", 1)[0] == flag for w in words):
+        return
+    chosen = value()
+    if chosen is not None:
+        os.environ["LEGATE_CONFIG"] = " ".join(words + [flag, str(chosen)])
 
 
 def _default_utility_threads() -> int | None:
@@ -201,15 +206,6 @@ def _keep_freed_memory() -> None:
     mallopt(m_top_pad, 64 * 2**20)
 
 
-def _ensure_utility() -> None:
-    words = os.environ.get("LEGATE_CONFIG", "").split()
-    if any(w.split("=", 1)[0] == "--utility" for w in words):
-        return   # the user's choice
-    threads = _default_utility_threads()
-    if threads is not None:
-        os.environ["LEGATE_CONFIG"] = " ".join(words + ["--utility", str(threads)])
-
-
 @cache
 def runtime() -> Any:
     """The Legate runtime, started on first call (the CUDA shim loaded first where needed)."""
@@ -217,8 +213,8 @@ def runtime() -> Any:
 
     preload_cuda_shim()  # where no driver exists; also turns off Legate's GPU auto-configuration
     _limit_blas_threads()
-    _ensure_sysmem()
-    _ensure_utility()
+    _default_option("--sysmem", _default_sysmem_mib)
+    _default_option("--utility", _default_utility_threads)
     _keep_freed_memory()
     previous = signal.getsignal(signal.SIGINT)
     from legate.core import get_legate_runtime

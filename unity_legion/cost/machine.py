@@ -287,8 +287,8 @@ LOCAL_CPU = DeviceSpec("cpu", "local-cpu", 86e9, 86e9, 9.4 * GB, 8 * 2**30, laun
 # The host side there, for training steps re-issued from their recording (executor/replay.py,
 # every step after the second): ~60 us of the issuing thread per task and ~5 us per launch
 # joining one (walking the graph, as pipelined steps are issued: ~0.2 ms and ~0.1 ms, walk_*),
-# ~0.25 ms of Legion's utility thread per launch, a 12 us blocking read, Legion folding an ADD reduction's copies at ~1 GB/s (0.3 ms
-# each besides), and 2 cores shared by the issuing thread, the processors and Legion's threads,
+# ~0.25 ms of Legion's utility thread per launch, a 12 us blocking read, Legion folding an ADD
+# reduction's copies at ~1 GB/s (0.3 ms each besides), and 2 cores shared by the issuing thread, the processors and Legion's threads,
 # which give about 1.6 cores' work with all of them busy (1.3-1.9 measured per strategy by
 # bench_simulator; calibrate measures the share of the moment). The executor fuses launches
 # (groups of up to 128; ~5-10 us of the processor per step) and on one rank sums reductions of

@@ -31,9 +31,9 @@ task ends. The host pays `fused_issue` per launch joining a group, `issue` and `
 group, the devices their launch overhead once per group; the runtime's thread also pays
 `analysis_store` per store the group's task binds beyond three and `analysis_reduction` per store
 it ADD-reduces into, each per point (`_stores`: what the operators' launches bind, named as the
-step names them, so a store several of the group's launches share counts once). Reductions on one rank are partial sums
-(`reduction` "partials"): a Reduce, and a weight gradient's replicas, cost one more step adding
-the copies, split by rows (`settle_time`), instead of Legion's folds.
+step names them, so a store several of the group's launches share counts once). Reductions on
+one rank are partial sums (`reduction` "partials"): a Reduce, and a weight gradient's replicas,
+cost one more step adding the copies, split by rows (`settle_time`), instead of Legion's folds.
 
 Unfused, launches are issued one after another by one host thread (`RuntimeSpec.issue` each, or the
 operator's measured issuing time), then analysed and mapped one after another by the runtime's
@@ -1277,7 +1277,8 @@ class _Plan:
                 def updated(end: float, key: Any = key) -> None:
                     s.weight_ready[key] = end
                 join(devs, 1, kernel, lambda at=at: at, name, "update", updated,
-                     frozenset({(RefKind.WEIGHT.value, *key), (RefKind.GRAD_WEIGHT.value, *key)}))
+                     frozenset({_node_store(RefKind.WEIGHT, *key),
+                                _node_store(RefKind.GRAD_WEIGHT, *key)}))
         for item in self.nodes:
             if item.state_launches:
                 join(item.devs, item.state_launches, 0.0, lambda: 0.0, "", "update")
@@ -1360,10 +1361,16 @@ def _local_stores(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool,
     return (fwd[0], bwd[0]), (fwd[1], bwd[1])
 
 
+def _node_store(kind: RefKind, gid: int, key: Any) -> tuple[Any, ...]:
+    """How the step names a store of one node's own (a weight, its gradient, a saved product)."""
+    return (kind.value, gid, key)
+
+
 def _stores(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...],
             degrees: tuple[tuple[str, int], ...], gid: int, inputs: tuple[int, ...],
             outputs: tuple[int, ...]
-            ) -> tuple[tuple[frozenset[Any], frozenset[Any]], tuple[frozenset[Any], frozenset[Any]]]:
+            ) -> tuple[tuple[frozenset[Any], frozenset[Any]],
+                       tuple[frozenset[Any], frozenset[Any]]]:
     """`_local_stores` with each ref named as the whole step names its store: an input or
     output by its tensor (the producer's output is the consumer's input), a gradient by its
     tensor's, weights and saved products by their node."""
@@ -1375,7 +1382,7 @@ def _stores(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...],
         if k is RefKind.OUTPUT or k is RefKind.GRAD_OUTPUT:
             t = outputs[r.key] if isinstance(r.key, int) and r.key < len(outputs) else r.key
             return ("t" if k is RefKind.OUTPUT else "d", t)
-        return (k.value, gid, r.key)
+        return _node_store(k, gid, r.key)
 
     (fb, bb), (fr, br) = _local_stores(op, ins, needs, degrees)
     return ((frozenset(map(key, fb)), frozenset(map(key, bb))),
