@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from legate.core import types as ty
 
+from unity_legion.executor import host_data
 from unity_legion.executor.fusion import FusionQueue
 from unity_legion.executor.replay import (DYNAMIC_LR, DYNAMIC_SEED, DYNAMIC_STEP, Recorder,
                                           StepTrace)
@@ -89,11 +90,12 @@ class StepResult:
 
 class Staged:
     """An array uploaded once into a store (e.g. one epoch of shuffled samples); batches are row
-    ranges of it, so a step attaches nothing (attaching costs a collective on every rank)."""
+    ranges of it, so a step attaches or loads nothing (either costs a collective on every
+    rank)."""
 
     def __init__(self, store: Any, buffer: np.ndarray) -> None:
         self.store = store
-        self._buffer = buffer  # the store is attached to this memory: keep it alive
+        self._buffer = buffer  # the store may be attached to this memory: keep it alive
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -148,7 +150,11 @@ class GraphExecutor:
         # public call ends with its work done: see _drain).
         self._attached: list[tuple[np.ndarray, Any]] = []
         self._uploads: list[Any] = []
-        self._uploads_kept: list[np.ndarray] = []   # several ranks: see _store_from
+        # several ranks: host arrays load tasks read (host_data), released once drained,
+        # and the stores each step's feeds are loaded into, by shape and type
+        self._loads: list[int] = []
+        self._feed_pool: dict[tuple[Any, ...], Any] = {}
+        self._feeds_loaded = 0
         self._input_grads = input_grads
         self._loss_scale = 1.0   # train_step's, while it issues the objective
         self._grads_zeroed = False   # True after an update: its kernels zeroed every gradient
@@ -563,20 +569,18 @@ class GraphExecutor:
 
     # ------------------------------------------------------------------ stores
     def _store_from(self, arr: np.ndarray, persistent: bool = False) -> Any:
-        """A store with `arr`'s values: for this step's tasks to read (attached to a private
-        copy that lives until the next step ends), or `persistent`: a store of its own that
-        tasks may also write (a weight, a gradient seed), filled by a copy.
+        """A store with `arr`'s values: for this step's tasks to read, or `persistent`: a store
+        of its own that tasks may also write (a weight, an optimizer slot).
 
-        Why not attach everything: a task that uses a store attached writable makes Legate's
-        submit wait for that task to finish (measured, Legate 25.11: 33 ms per submit of a 30 ms
-        task, 0.1 ms with the store attached read-only or copied in), so every launch touching a
-        weight ran synchronously and the issuing thread never got ahead."""
+        On one rank the store is attached read-only to a private copy of `arr` (kept until the
+        next step ends), and a persistent one is filled from such an attachment by a copy. Never
+        attached writable: a task that uses a store attached writable makes Legate's submit wait
+        for that task to finish (measured, Legate 25.11: 33 ms per submit of a 30 ms task, 0.1 ms
+        read-only or copied in), so the issuing thread would never get ahead. Over several ranks
+        nothing is attached: a task loads the values (host_data says why)."""
         arr = np.array(arr, order="C", copy=True)
         if self.machine.ranks > 1:
-            # over several ranks Legate's mapper aborts mapping that copy (map_copy, Legate
-            # 25.11): attach writable as before, the buffer kept as long as the executor
-            self._uploads_kept.append(arr)
-            return self._store_from_buffer(arr, read_only=False)
+            return self._loaded(arr, pooled=not persistent)
         src = self._store_from_buffer(arr)
         if not persistent:
             self._attached.append((arr, src))
@@ -586,11 +590,27 @@ class GraphExecutor:
         self._uploads.append((arr, src))
         return dst
 
+    def _loaded(self, arr: np.ndarray, pooled: bool) -> Any:
+        """A store (`pooled`: one per shape and type, which each step's feeds reuse) that a task
+        fills with `arr` (several ranks: see _store_from)."""
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        key = (self._feeds_loaded, arr.shape, arr.dtype.str)   # this call's n-th feed
+        self._feeds_loaded += 1
+        dst = self._feed_pool.get(key) if pooled else None
+        if dst is None:
+            dst = self.rt.create_store(_STORAGE_TYPE[arr.dtype], arr.shape)
+            if pooled:
+                self._feed_pool[key] = dst
+        self._loads.append(host_data.load(self.rt, arr, dst))
+        return dst
+
     def _new_step(self) -> None:
         """Start a call: the previous one drained its work, so stores and buffers it left
         can go, and garbage is collected (on this thread only: runtime.collect_garbage)."""
         self._attached.clear()
         self._uploads.clear()
+        self._feeds_loaded = 0
         forget_store_dims()
         collect_garbage()
 
@@ -606,11 +626,16 @@ class GraphExecutor:
         self.flush()
         self._mark(None, "sync")
         self.rt.issue_execution_fence(block=True)
+        for key in self._loads:   # their tasks have run
+            host_data.release(key)
+        self._loads.clear()
 
     def upload(self, arr: np.ndarray, copy: bool = True) -> Staged:
         """Stage an array in a store for later steps to read slices of (copy=False: the caller
         hands over `arr` and does not touch it again)."""
         buffer = np.array(arr, order="C", copy=True) if copy else np.ascontiguousarray(arr)
+        if self.machine.ranks > 1:
+            return Staged(self._loaded(buffer, pooled=False), buffer)
         return Staged(self._store_from_buffer(buffer), buffer)
 
     def _as_store(self, feed: Feed) -> Any:
@@ -619,11 +644,11 @@ class GraphExecutor:
             self._recorder.feed(store)
         return store
 
-    def _store_from_buffer(self, arr: np.ndarray, read_only: bool = True) -> Any:
+    def _store_from_buffer(self, arr: np.ndarray) -> Any:
+        """A store attached read-only to `arr` (one rank only: see _store_from)."""
         if arr.ndim == 0:
             arr = arr.reshape(1)
-        # read-only: tasks never write an attached buffer (see _store_from)
-        return self.rt.create_store_from_buffer(_STORAGE_TYPE[arr.dtype], arr.shape, arr, read_only)
+        return self.rt.create_store_from_buffer(_STORAGE_TYPE[arr.dtype], arr.shape, arr, True)
 
     def _scratch(self, *key: Any, shape: TensorShape, zero: bool = False) -> Any:
         """A store reused by every step that asks for the same purpose and shape: creating a
@@ -1298,17 +1323,20 @@ def read(store: Any, keep: list[Any] | None = None, direct: bool = False) -> np.
     again at once: measured, Legate 25.11, a 2 ms task chain issued at 2.4 ms per launch instead
     of 0.03 ms). The loss is read every step and its store written by the next one, so a whole
     step ran synchronously. A temporary copy is mapped instead and dropped (~0.25 ms a read).
-    Over several ranks the copy is not used (Legate's mapper refused copies there: see
-    _store_from), so a read store there stays synchronous. `keep`: where tasks may still be
-    pending, the list that holds the temporary until they have run (see GraphExecutor._drain).
+    Over several ranks a task copies (Legate's mapper refuses copy operations there: see
+    host_data). `keep`: where tasks may still be pending, the list that holds the temporary
+    until they have run (see GraphExecutor._drain).
     `direct`: map the store itself, for a store that may never have been written (Legion aborts
     a copy from one; a mapping gives whatever it holds)."""
     # (a bfloat16 store's values come back as float32: numpy has no bfloat16)
-    if direct or store.has_scalar_storage or machine_info().ranks > 1:
+    if direct or store.has_scalar_storage:
         return np.array(from_storage(np.asarray(store.get_physical_store())), copy=True)
     rt = runtime()
     tmp = rt.create_store(store.type, store.shape)
-    rt.issue_copy(tmp, store)
+    if machine_info().ranks > 1:
+        host_data.copy(rt, store, tmp)
+    else:
+        rt.issue_copy(tmp, store)
     if keep is not None:
         keep.append(tmp)
     return np.array(from_storage(np.asarray(tmp.get_physical_store())), copy=True)
