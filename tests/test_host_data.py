@@ -33,6 +33,23 @@ def test_load_and_copy_move_every_value(arr):
     assert key not in host_data._HOST
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.float16])
+def test_gather_flattens_stores_one_after_another(dtype):
+    from unity_legion.executor import host_data
+    from unity_legion.executor.executor import _STORAGE_TYPE, read
+    from unity_legion.runtime import runtime
+
+    rt = runtime()
+    arrays = [np.arange(6).reshape(2, 3).astype(dtype), np.array([7], dtype=dtype),
+              (np.arange(5) * 2 - 3).astype(dtype)]
+    stores = []
+    for arr in arrays:
+        stores.append(rt.create_store(_STORAGE_TYPE[arr.dtype], arr.shape))
+        host_data.load(rt, arr, stores[-1])
+    got = read(host_data.gather(rt, stores), direct=True)
+    np.testing.assert_array_equal(got, np.concatenate([a.reshape(-1) for a in arrays]))
+
+
 def _run(tmp_path: Path, name: str, ranks: int) -> dict[str, np.ndarray]:
     legate = [str(Path(sys.prefix) / "bin" / "legate")]
     if ranks > 1:

@@ -159,3 +159,18 @@ def test_one_stage_one_micro_batch_is_the_unpipelined_step(machine):
     assert piped.launches == plain.launches
     assert piped.step_time == pytest.approx(plain.step_time, rel=0.01)
     assert piped.step_time <= plain.step_time * (1 + 1e-9)
+
+
+def test_the_step_reads_each_micro_batch_on_one_rank_and_one_gather_over_several():
+    # 10 ms per blocking read: one per micro-batch's loss on one node; over several nodes the
+    # executor gathers them into one store and maps it once (executor.read_all)
+    g = chain(4)
+    spec = even_stages(g, 2, 4, "gpipe")
+    times = {}
+    for nodes in (1, 2):
+        base = dataclasses.replace(IDEAL, nodes=nodes, devices_per_node=4 // nodes)
+        costs = [Simulator(dataclasses.replace(base, runtime=RuntimeSpec(sync=s)), FixedCost())
+                 .simulate_pipeline(g, 32, placed(g, spec), spec).step_time for s in (0.0, 1e-2)]
+        times[nodes] = costs[1] - costs[0]
+    assert times[1] == pytest.approx(4 * 1e-2)
+    assert times[2] == pytest.approx(1e-2)

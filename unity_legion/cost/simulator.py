@@ -1009,11 +1009,18 @@ class _Plan:
                 run(item.devs, first, sim.machine.device.launch_overhead * item.state_launches,
                     s.compute_free)
         # the executor ends every step waiting for all of its work (GraphExecutor._drain):
-        # the next step's issuing starts after it; it reads each micro-batch's loss back
-        reads = rt.sync * self.micro_batches
+        # the next step's issuing starts after it
+        reads = self._reads()
         s.host = max(s.compute_free + s.net_free + [s.host]) + reads
         s.host_busy += reads
         return s.host
+
+    def _reads(self) -> float:
+        """The host's blocking reads at the end of a step: each micro-batch's loss on one rank;
+        over several ranks all of them gathered into one store, read once
+        (executor.read_all: a mapping there costs a round trip between the ranks)."""
+        m = self.sim.machine
+        return m.runtime.sync * (1 if m.nodes > 1 else self.micro_batches)
 
     def run_fused_step(self, s: _State) -> float:
         """`run_step` for a runtime that fuses launches (RuntimeSpec.fusion > 0), as the
@@ -1284,8 +1291,8 @@ class _Plan:
                 join(item.devs, item.state_launches, 0.0, lambda: 0.0, "", "update")
         flush()
         # the executor ends every step waiting for all of its work (GraphExecutor._drain):
-        # the next step's issuing starts after it; it reads each micro-batch's loss back
-        reads = rt.sync * self.micro_batches
+        # the next step's issuing starts after it
+        reads = self._reads()
         s.host = max(s.compute_free + s.net_free + [s.host]) + reads
         s.host_busy += reads
         return s.host

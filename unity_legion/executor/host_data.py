@@ -7,7 +7,8 @@ measured, Legate 25.11, 2 ranks: a data-parallel MLP step ~450 ms for ~60 ms of 
 thread waiting in that call). On one rank a read-only attachment copied into a store of its own
 avoids it, but over several ranks Legate's mapper aborts mapping a copy operation (map_copy), so
 there a task moves the values instead: `load` writes a host array every rank holds (each rank
-runs the same program on the same data) into a store, `copy` copies a store into another.
+runs the same program on the same data) into a store, `copy` copies a store into another, and
+`gather` copies several into one, which is read back with a single mapping.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from unity_legion.executor.launcher import submit_program
-from unity_legion.executor.tasks import single
+from unity_legion.executor.tasks import Access, Program, Step, single
 from unity_legion.operators._aten import xp
-from unity_legion.operators.base import Out, kernel
+from unity_legion.operators.base import In, Out, kernel
 from unity_legion.operators.convert import cast_copy
 
 # host arrays a pending load task reads, by key (the same key on every rank: the keys count
@@ -32,6 +33,11 @@ _KEYS = itertools.count()
 @kernel
 def load_host(out: Out, key: int) -> None:
     out[...] = xp(out).asarray(_HOST[key])
+
+
+@kernel
+def copy_flat(x: In, out: Out, offset: int) -> None:
+    out.reshape(-1)[offset:offset + x.size] = x.reshape(-1)
 
 
 _LOAD = single(load_host)
@@ -55,3 +61,19 @@ def release(key: int) -> None:
 def copy(rt: Any, src: Any, dst: Any) -> None:
     """dst[...] = src, whole, in one task (a copy operation is refused over several ranks)."""
     submit_program(rt, _COPY, [(src, None, None), (dst, None, None)], [], (1,))
+
+
+def gather(rt: Any, srcs: list[Any]) -> Any:
+    """A new 1-D store holding every store of `srcs` (one element type) flattened, one after
+    another, copied by one task: read back with one mapping where each costs a round trip
+    between the ranks (GraphExecutor reads a step's losses, metrics and finiteness so)."""
+    n = len(srcs)
+    program = Program(tuple(Step(copy_flat, (i, n)) for i in range(n)),
+                      (Access.READ,) * n + (Access.WRITE,))
+    offsets = [0]
+    for src in srcs:
+        offsets.append(offsets[-1] + src.volume)
+    dst = rt.create_store(srcs[0].type, (offsets[-1],))
+    submit_program(rt, program, [(src, None, None) for src in srcs] + [(dst, None, None)],
+                   [(o, int) for o in offsets[:-1]], (1,))
+    return dst

@@ -185,7 +185,7 @@ class PipelineRunner:
                    loss_scale: float | None = None) -> "StepResult":
         """GraphExecutor.train_step in micro-batches (`loss_scale`: dynamic loss scaling, as
         there: every micro-batch's loss gradient scaled, the summed gradients unscaled once)."""
-        from unity_legion.executor.executor import _batch_of, read
+        from unity_legion.executor.executor import _batch_of
 
         ex = self.ex
         batch = _batch_of(feeds)
@@ -236,9 +236,11 @@ class PipelineRunner:
                    guards)
         ex.flush()
         ex._mark(None, "sync")
-        result = self._joined(batch, [ex._read_objective(sizes[j], losses[j], metrics[j])
-                                      for j in range(k)])
-        if finite is not None and not np.all(np.isfinite(read(finite))):
+        parts, checked = ex._read_objectives([(sizes[j], losses[j], metrics[j])
+                                              for j in range(k)],
+                                             [finite] if finite is not None else [])
+        result = self._joined(batch, parts)
+        if finite is not None and not np.all(np.isfinite(checked[0])):
             result.grads_finite = result.applied = False
             ex._grads_zeroed = False
         if not np.all(np.isfinite(result.loss)):
@@ -267,8 +269,8 @@ class PipelineRunner:
                 stores.append((ls, ms))
         ex.settle_all()
         ex._drain()
-        return self._joined(batch, [ex._read_objective(sizes[j], ls, ms)
-                                    for j, (ls, ms) in enumerate(stores)])
+        return self._joined(batch, ex._read_objectives([(sizes[j], ls, ms) for j, (ls, ms)
+                                                        in enumerate(stores)])[0])
 
     def predict_step(self, feeds: Mapping[int, Any]) -> list[np.ndarray]:
         from unity_legion.executor.executor import _batch_of, read
