@@ -44,7 +44,9 @@ def _load() -> Any:
             # pieces handed over read-only (window views) are never written through their views
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
                                     category=UserWarning)
-            _mode = torch.inference_mode
+            # the C++ guard behind torch.inference_mode (torch is pinned): entered by making it,
+            # left by dropping it (1 us; the context manager's Python layers cost 3 us a kernel)
+            _mode = torch._C._InferenceMode
             _torch = torch
     return _torch
 
@@ -67,16 +69,14 @@ class _Region:
         if stays is None:
             stays = _thread.stays = threading.current_thread() is not threading.main_thread()
             if stays:
-                _thread.mode = _mode()
-                _thread.mode.__enter__()
+                _thread.mode = _mode(True)
         if not stays:
-            self._ctx = _mode()
-            self._ctx.__enter__()
+            self._ctx = _mode(True)
         return torch
 
     def __exit__(self, *exc: Any) -> None:
         if not _thread.stays:
-            self._ctx.__exit__(*exc)
+            self._ctx = None  # leaves inference mode
 
 
 def aten() -> _Region:

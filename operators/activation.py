@@ -98,6 +98,9 @@ def apply_into(name: str, z: np.ndarray, out: np.ndarray) -> None:
         out[...] = z
     elif not _same_dtype(z, out) or z.ndim == 0:
         out[...] = apply(name, z.astype(np.float64))
+    elif out.flags.c_contiguous:
+        with aten() as torch:
+            _ATEN[name][0](torch, view(z), view(out))
     else:
         with aten() as torch:
             o = Into(out)
@@ -111,6 +114,9 @@ def grad_into(name: str, z: np.ndarray, o: np.ndarray, g: np.ndarray, out: np.nd
         out[...] = g
     elif not _same_dtype(z, o, g, out) or z.ndim == 0:
         out[...] = grad(name, z.astype(np.float64), o.astype(np.float64), g.astype(np.float64))
+    elif out.flags.c_contiguous:  # written in place (the usual case: no Into to make)
+        with aten() as torch:
+            _ATEN[name][1](torch, view(z), view(o), view(g), view(out))
     else:
         with aten() as torch:
             d = Into(out)

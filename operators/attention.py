@@ -23,7 +23,9 @@ saved tensors "grad_*") and then per projection a weight-gradient launch and, wh
 input-gradient launch. Attention dropout is a counter-based hash of (seed, global index of
 (sample, head, t, s)) as in operators/dropout.py, so any split of samples or heads draws the
 same mask and backward regenerates it from the saved seed (-1: no dropout in that forward). The
-attention kernels loop over chunks of samples so their float64 scratch stays bounded.
+attention core (logits, softmax, its gradient and the batched products over (sample, head)) runs
+in ATen on views of the pieces, by chunks of samples so its scratch stays bounded; the
+projections are numpy matrix products.
 
 Parallel forms (launch axes): "sample" (the batch) and "heads" (PARAMETER: the projections'
 kernels and biases on their head dim, the output kernel on its head dim, and every per-head
@@ -46,7 +48,7 @@ from unity_legion.types import DataType
 from .base import (SAMPLE, Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out,
                    ParallelDim, Ref, SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel,
                    same_float, sample_dim, saved, w, x, y)
-from ._aten import xp
+from ._aten import aten, view, xp
 from .dropout import check_rate, uniform
 
 MASKED_LOGIT = -1e9
@@ -71,7 +73,7 @@ def _heads(a: np.ndarray) -> np.ndarray:
 
 def _chunks(probs_shape: tuple[int, ...]) -> Iterator[slice]:
     """Slices of samples whose (H, T, S) attention scratch stays under _CHUNK_ELEMENTS (the
-    float64 logits, dropout hash and their gradients are several times the probabilities)."""
+    logits, dropout hash and their gradients are several times the probabilities)."""
     b, per_sample = probs_shape[0], max(1, math.prod(probs_shape[1:]))
     step = max(1, _CHUNK_ELEMENTS // per_sample)
     for b0 in range(0, b, step):
@@ -117,6 +119,75 @@ def _project(src: np.ndarray, kern: np.ndarray, bias: np.ndarray, out: np.ndarra
         o2 += bias.reshape(cols)
 
 
+def _keep(probs: np.ndarray, rows: slice, origin: Any, seed: int, salt: int, rate: float,
+          heads: int, torch: Any) -> Any:
+    """The dropout multipliers of a chunk as a tensor in the probabilities' dtype."""
+    ks = keep_scale(probs[rows].shape, origin[0] + rows.start, seed, salt, rate, origin[1],
+                    heads, xp(probs))
+    return view(ks).to(view(probs).dtype)
+
+
+def _masked(torch: Any, mask: np.ndarray, dims: str) -> Any:
+    """Where a chunk's logits are masked out, as a bool tensor (B, 1, T, S)."""
+    return view(np.logical_not(_attend(mask, dims)))
+
+
+def _logits_dtype(torch: Any, dtype: Any) -> Any:
+    """Half logits are taken in float32 (MASKED_LOGIT overflows float16)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, probs: np.ndarray,
+               context: np.ndarray, origin: Any, seed: int, salt: int, rate: float,
+               has_mask: bool, dims: str, heads: int) -> None:
+    """probs = softmax(Q . K) and context = dropout(probs) @ V, by chunks of samples, in ATen
+    (batched products over (sample, head) on views, softmax written into the probabilities)."""
+    with aten() as torch:
+        for rows in _chunks(probs.shape):
+            qh, vh = view(q[rows]).transpose(1, 2), view(v[rows]).transpose(1, 2)
+            logits = torch.matmul(qh, view(k[rows]).permute(0, 2, 3, 1))          # (b, H, T, S)
+            logits = logits.to(_logits_dtype(torch, logits.dtype))
+            if has_mask:
+                logits.masked_fill_(_masked(torch, mask[rows], dims), MASKED_LOGIT)
+            p = view(probs[rows])
+            if p.dtype == logits.dtype and p.is_contiguous():  # (softmax's out= writes a
+                torch.ops.aten._softmax.out(logits, -1, False, out=p)  # strided one as dense)
+            else:
+                p.copy_(torch.softmax(logits, -1))
+            if rate > 0.0:
+                p = p * _keep(probs, rows, origin, seed, salt, rate, heads, torch)
+            view(context[rows]).copy_(torch.matmul(p.to(vh.dtype), vh).transpose(1, 2))
+
+
+def _attention_backward(probs: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                        mask: np.ndarray, d_context: np.ndarray, grad_q: np.ndarray,
+                        grad_k: np.ndarray, grad_v: np.ndarray, origin: Any, seed: int,
+                        salt: int, rate: float, scale: float, has_mask: bool, dims: str,
+                        heads: int) -> None:
+    """The projections' gradients from the context's, by chunks of samples, in ATen (seed -1:
+    the forward dropped nothing)."""
+    with aten() as torch:
+        for rows in _chunks(probs.shape):
+            p = view(probs[rows])
+            ks = _keep(probs, rows, origin, seed, salt, rate, heads, torch) if seed >= 0 else None
+            d_ctx = view(d_context[rows]).transpose(1, 2)                       # (b, H, T, dv)
+            p_drop = p if ks is None else p * ks
+            view(grad_v[rows]).copy_(torch.matmul(p_drop.transpose(-1, -2).to(d_ctx.dtype),
+                                                  d_ctx).transpose(1, 2))
+            d_p = torch.matmul(d_ctx, view(v[rows]).permute(0, 2, 3, 1))       # (b, H, T, S)
+            if ks is not None:
+                d_p.mul_(ks)
+            work = _logits_dtype(torch, p.dtype)
+            d_logits = torch.ops.aten._softmax_backward_data(d_p.to(work), p.to(work), -1, work)
+            if has_mask:  # replaced logits do not reach the output
+                d_logits.masked_fill_(_masked(torch, mask[rows], dims), 0.0)
+            d_logits = d_logits.to(view(q).dtype)
+            gq = torch.matmul(d_logits, view(k[rows]).transpose(1, 2)).mul_(scale)
+            view(grad_q[rows]).copy_(gq.transpose(1, 2))
+            gk = torch.matmul(d_logits.transpose(-1, -2), view(q[rows]).transpose(1, 2))
+            view(grad_k[rows]).copy_(gk.transpose(1, 2))
+
+
 # ---------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------
@@ -132,18 +203,7 @@ def mha_forward(probs: Out, query: In, value: In, key: In, mask: In, query_kerne
     q *= q.dtype.type(scale)
     _project(key, key_kernel, key_bias, k, use_bias)
     _project(value, value_kernel, value_bias, v, use_bias)
-    for rows in _chunks(probs.shape):
-        logits = (_heads(q[rows]) @ k[rows].transpose(0, 2, 3, 1)).astype(np.float64)
-        if has_mask:
-            logits = np.where(_attend(mask[rows], dims), logits, MASKED_LOGIT)
-        logits -= logits.max(axis=-1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=-1, keepdims=True)
-        probs[rows] = p
-        if rate > 0.0:
-            p *= keep_scale(p.shape, origin[0] + rows.start, seed, salt, rate, origin[1], heads,
-                            xp(p))
-        context[rows] = _heads(p.astype(v.dtype) @ _heads(v[rows]))
+    _attention(q, k, v, mask, probs, context, origin, seed, salt, rate, has_mask, dims, heads)
     # split by heads, seed_of and y are sums over the head pieces: head 0's point alone writes
     # the seed and adds the output bias (the others' pieces of a sum start at zero)
     first = origin[1] == 0
@@ -168,23 +228,8 @@ def mha_backward_core(probs: In, q: In, k: In, v: In, context: In, seed_of: In, 
     doutput_kernel += (_flat(context, h * dv).T @ d2).reshape(doutput_kernel.shape)
     d_context = (d2 @ output_kernel.reshape(h * dv, out_cols).T).reshape(context.shape)
     seed = int(seed_of[0]) if seed_of.size else -1
-    dropped = rate > 0.0 and seed >= 0
-    for rows in _chunks(probs.shape):
-        p = probs[rows].astype(np.float64)
-        ks = (keep_scale(p.shape, origin[0] + rows.start, seed, salt, rate, origin[1], heads,
-                         xp(p)) if dropped else None)
-        d_ctx = _heads(d_context[rows])                                       # (B, H, T, dv)
-        p_drop = p if ks is None else p * ks
-        grad_v[rows] = _heads(p_drop.astype(v.dtype).transpose(0, 1, 3, 2) @ d_ctx)
-        d_p = (d_ctx @ v[rows].transpose(0, 2, 3, 1)).astype(np.float64)   # (B, H, T, S)
-        if ks is not None:
-            d_p *= ks
-        d_logits = p * (d_p - (d_p * p).sum(axis=-1, keepdims=True))
-        if has_mask:
-            d_logits *= _attend(mask[rows], dims)  # replaced logits do not reach the output
-        d_logits = d_logits.astype(q.dtype)
-        grad_q[rows] = _heads(d_logits @ _heads(k[rows])) * q.dtype.type(scale)
-        grad_k[rows] = _heads(d_logits.transpose(0, 1, 3, 2) @ _heads(q[rows]))
+    _attention_backward(probs, q, k, v, mask, d_context, grad_q, grad_k, grad_v, origin,
+                        seed if rate > 0.0 else -1, salt, rate, scale, has_mask, dims, heads)
 
 
 @kernel

@@ -26,10 +26,12 @@ absent, or no input gradient, that last part is a launch of its own (one point p
 channels): a launch over channels alone runs on one point, which in a split over samples ends
 the fused group twice.
 
-Kernels run PyTorch's ATen CPU operators on views of their pieces: the moments from ATen's
-cascade sums, centred on the piece's mean, the backward sums from its batch-norm weight
-gradient, centred on a pivot (the first samples' mean), and the normalisation and dx as one or
-two fused per-channel multiply-adds; the sums reach "stats" in float64.
+Kernels: the moments and the backward sums of a channels-last float piece are one compiled
+pass each (operators/_jit.py), centred on a pivot (the piece's first row) and accumulated in
+float64; other pieces (a GPU's, other layouts or dtypes) take ATen's cascade sums centred on the
+piece's mean, and its batch-norm weight gradient centred on the first samples' mean. The
+normalisation and dx are one or two fused per-channel multiply-adds in ATen; the sums reach
+"stats" in float64.
 
 Parallel forms: "sample", and "channels" (ATTRIBUTE: the feature axis; each channel's
 statistics are its own, so the input, the "stats" columns and every per-channel weight are
@@ -49,6 +51,7 @@ import numpy as np
 
 from unity_legion.types import DataType
 
+from . import _jit
 from ._aten import array, aten, view
 from .base import (Arg, DimKind, In, InOut, Launch, Operator, OperatorError, Origin, Out,
                    ParallelDim, Ref, SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel,
@@ -135,6 +138,15 @@ def batch_norm_moments(x: In, stats: Sum, axis: int) -> None:
     stats[_COUNT] += n
     if n == 0:
         return
+    if axis == x.ndim - 1 and _jit.fits(x):  # channels last: one compiled pass
+        rows = x.reshape(n, x.shape[axis])
+        p = rows[0].astype(np.float64)
+        s1, s2 = np.zeros(len(p)), np.zeros(len(p))
+        _jit.column_moments(rows, p, s1, s2)
+        # sum x = sum d + n p, sum x^2 = sum d^2 + 2 p sum d + n p^2 for d = x - p
+        stats[_SUM] += s1 + n * p
+        stats[_SUMSQ] += s2 + 2.0 * p * s1 + n * p * p
+        return
     with aten() as torch:
         xt = view(x)
         total = torch.sum(xt, other, keepdim=True)
@@ -170,6 +182,14 @@ def batch_norm_backward_sums(x: In, dy: In, stats: Sum, axis: int) -> None:
     other = _other_axes(x.ndim, axis)
     n = x.size // x.shape[axis]
     if n == 0:
+        return
+    if axis == x.ndim - 1 and _jit.fits(x, dy):  # channels last: one compiled pass
+        rows, g_rows = x.reshape(n, x.shape[axis]), dy.reshape(n, x.shape[axis])
+        p = rows[0].astype(np.float64)
+        s_g, s_gx = np.zeros(len(p)), np.zeros(len(p))
+        _jit.column_dot(g_rows, rows, p, s_g, s_gx)
+        stats[_SUM_DY] += s_g
+        stats[_SUM_DYX] += s_gx + p * s_g
         return
     with aten() as torch:
         xt, gt = _channels_second(torch, x, axis), _channels_second(torch, dy, axis)

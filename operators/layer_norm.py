@@ -15,8 +15,11 @@ normalised (if any; e.g. the positions of a (batch, positions, features) input):
 whole in every piece; gamma and beta span only the normalised dims, so they are read whole and
 their gradients are ADD reductions over that axis as over samples.
 
-Kernels run PyTorch's ATen layer norm (forward and backward) on views of their pieces where
-the normalised dims are the last ones (the usual case); other axes take a numpy path.
+Kernels: where the normalised dims are the last ones (the usual case), a contiguous float
+piece is normalised by one compiled pass per row, and its input and weight gradients are one
+more (operators/_jit.py; statistics in float64, written straight into the pieces); other pieces
+of that form (a GPU's, half dtypes) run PyTorch's ATen layer norm on views of them; other axes
+take a numpy path.
 
 Axes are kept sorted: gamma and beta have the normalised dims in increasing axis order (Keras
 reshapes an unsorted list's parameters in its given order; sorting avoids that corner).
@@ -29,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import _jit
 from ._aten import aten, view
 from .base import (Arg, In, Launch, Operator, OperatorError, Out, ParallelDim, Ref, SavedSpec, Sum,
                    TensorShape, WeightSpec, attribute_dims, dw, dx, dy, kernel, saved, w, x, y)
@@ -61,10 +65,28 @@ def _contiguous(*arrays: np.ndarray) -> bool:
     return all(a.flags.c_contiguous for a in arrays)
 
 
+def _rows(a: np.ndarray, ax: tuple[int, ...]) -> np.ndarray:
+    """A contiguous piece normalised over its trailing `ax` as (groups, group size)."""
+    size = int(np.prod(a.shape[a.ndim - len(ax):]))
+    return a.reshape(-1, size)
+
+
+def _param_vector(p: np.ndarray, present: bool, rows: np.ndarray) -> np.ndarray:
+    """gamma or beta flat for the compiled loops; an absent one (its stand-in piece is never
+    read) as one row of zeros, so the loops see one type either way."""
+    return p.reshape(-1) if present else np.zeros(rows.shape[1], rows.dtype)
+
+
 @kernel
 def layer_norm_forward(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out, axes: str,
                        epsilon: float, scale: bool, center: bool) -> None:
     ax = _axes(axes)
+    if _trailing(ax, x.ndim) and _jit.fits(x, y, mean, rstd):  # one compiled pass per row
+        rows = _rows(x, ax)
+        _jit.row_norm(rows, _param_vector(gamma, scale, rows), _param_vector(beta, center, rows),
+                      epsilon, scale, center, y.reshape(rows.shape), mean.reshape(-1),
+                      rstd.reshape(-1))
+        return
     if _trailing(ax, x.ndim) and _contiguous(x, mean, rstd):
         with aten() as torch:  # ATen: statistics accumulated in double, centred
             out, m, r = torch.ops.aten.native_layer_norm(
@@ -92,7 +114,18 @@ def layer_norm_forward(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out,
 @kernel
 def layer_norm_backward_input(x: In, gamma: In, mean: In, rstd: In, dy: In, dx: Out, axes: str,
                               scale: bool) -> None:
-    ax = _axes(axes)
+    _input_grad(x, gamma, mean, rstd, dy, dx, _axes(axes), scale)
+
+
+def _input_grad(x: np.ndarray, gamma: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+                dy: np.ndarray, dx: np.ndarray, ax: tuple[int, ...], scale: bool) -> None:
+    if _trailing(ax, x.ndim) and _jit.fits(x, mean, rstd, dy, dx):
+        rows = _rows(x, ax)
+        unused = np.zeros(rows.shape[1])  # the weight gradients' sums, not wanted here
+        _jit.row_norm_backward(rows, dy.reshape(rows.shape), mean.reshape(-1), rstd.reshape(-1),
+                               _param_vector(gamma, scale, rows), scale,
+                               dx.reshape(rows.shape), unused, unused.copy())
+        return
     if _trailing(ax, x.ndim) and _contiguous(x, mean, rstd, dy):
         with aten() as torch:
             d, _, _ = torch.ops.aten.native_layer_norm_backward(
@@ -106,6 +139,22 @@ def layer_norm_backward_input(x: In, gamma: In, mean: In, rstd: In, dy: In, dx: 
         g *= _param_view(gamma, x.ndim, ax)
     dx[...] = rstd * (g - g.mean(axis=ax, keepdims=True)
                       - xh * (g * xh).mean(axis=ax, keepdims=True))
+
+
+@kernel
+def layer_norm_backward(x: In, gamma: In, mean: In, rstd: In, dy: In, dx: Out, dgamma: Sum,
+                        dbeta: Sum, axes: str) -> None:
+    """dx, and the piece's part of the gamma and beta gradients, in one pass (gamma and beta
+    both present)."""
+    ax = _axes(axes)
+    if _trailing(ax, x.ndim) and _jit.fits(x, mean, rstd, dy, dx, gamma, dgamma, dbeta):
+        rows = _rows(x, ax)
+        _jit.row_norm_backward(rows, dy.reshape(rows.shape), mean.reshape(-1), rstd.reshape(-1),
+                               gamma.reshape(-1), True, dx.reshape(rows.shape),
+                               dgamma.reshape(-1), dbeta.reshape(-1))
+        return
+    _input_grad(x, gamma, mean, rstd, dy, dx, ax, True)
+    _add_param_grads(x, mean, rstd, dy, dgamma, dbeta, ax)
 
 
 def _other_axes(ndim: int, ax: tuple[int, ...]) -> tuple[int, ...]:
@@ -284,6 +333,11 @@ class LayerNorm(Operator):
         axes = self._axes_text(s)
         stats = {"mean": self._arg(saved("mean"), s), "rstd": self._arg(saved("rstd"), s)}
         d_out = self._arg(dy(0), s)
+        if needs_input_grad[0] and self.scale and self.center:  # one pass for all three
+            return [Launch(layer_norm_backward, stats | {
+                "x": self._arg(x(0), s), "gamma": Arg(w("gamma")), "dy": d_out,
+                "dx": self._arg(dx(0), s), "dgamma": Arg(dw("gamma")), "dbeta": Arg(dw("beta"))},
+                {"axes": axes})]
         launches = []
         if needs_input_grad[0]:
             launches.append(Launch(layer_norm_backward_input, stats | {

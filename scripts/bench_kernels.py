@@ -180,6 +180,11 @@ class OurRun:
         for ws in op.weights(self.shapes):
             dt = ws.shape.dtype.numpy
             v = rng.standard_normal(ws.shape.dims)
+            if len(ws.shape.dims) >= 2:
+                # a kernel scaled as Keras' initialisers scale it (variance 1 / fan-in): unit
+                # normal weights saturate attention's softmax, whose gradients then underflow
+                # to subnormal floats that make every matrix product ~15x slower on both sides
+                v /= math.sqrt(math.prod(ws.shape.dims[:-1]))
             if ws.name == "moving_variance":
                 v = np.abs(v) + 0.5
             self.arrays[Ref(RefKind.WEIGHT, ws.name)] = aligned(v, ws.shape.dims, dt)

@@ -44,6 +44,7 @@ PINNED=(
     "z3-solver==4.15.*"
     "pytest"
     "torch==2.13.0"
+    "numba==0.68.1"   # one-pass normalisation loops (operators/_jit.py)
     "keras==3.15.1"
     "h5py"
     "ml-dtypes>=0.5"   # predict's bfloat16 arrays (ml_dtypes.bfloat16), as Keras 3 returns them

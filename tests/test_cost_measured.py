@@ -15,7 +15,7 @@ from unity_legion.cost import (PRESETS, AnalyticCost, LinkSpec, MachineError, Ma
                                MeasuredCost, RuntimeSpec, Simulator, preset)
 from unity_legion.cost import measure
 from unity_legion.cost.calibration import Calibration
-from unity_legion.cost.measure import Measurement
+from unity_legion.cost.measure import Measurement, kernels_digest
 from unity_legion.profiling import calibrate as cal
 from unity_legion.profiling import measure as profiling_measure
 from unity_legion.profiling import measured_cost
@@ -156,9 +156,14 @@ def test_the_measurer_is_injected_and_its_figures_cached(tmp_path) -> None:
     got = cost.op_cost(Linear(32), X, OpConfig(), LOCAL)
     assert fake.asked == [(Linear(32).describe(), (True,), 3, 1, "cpu")]
     assert (got.forward, got.backward, got.issue_forward) == (1e-3, 2e-3, 1e-4)
-    assert cost.cache.path == tmp_path / "ops-fake.json"
+    assert cost.cache.path == tmp_path / f"ops-fake-{kernels_digest()}.json"
     again = MeasuredCost(cache_dir=tmp_path, measurer=_FakeMeasurer())
     assert again.op_cost(Linear(32), X, OpConfig(), LOCAL) == got and again.hits == 1
+    # measurements of other kernels (an older version of the operators) are not this one's
+    cost.cache.path.rename(tmp_path / "ops-fake-0123456789ab.json")
+    later = _FakeMeasurer()
+    MeasuredCost(cache_dir=tmp_path, measurer=later).op_cost(Linear(32), X, OpConfig(), LOCAL)
+    assert len(later.asked) == 1
     # a "local" GPU is measured only where the measurer has GPUs
     assert not cost.is_local(replace(LOCAL, kind="gpu"))
     with pytest.raises(ValueError, match="needs a measurer"):

@@ -16,8 +16,9 @@ Results are cached on disk, as JSON under `cache_dir` (default `$UNITY_LEGION_CA
 its input shapes and dtypes, the configuration's degrees, which inputs need gradients, the
 device kind and a fingerprint of this machine (CPU model, core count, numpy and legate versions;
 the measurer's: it adds the job's ranks when there are several, as per-rank figures of an N-rank
-job are not those of a one-rank job): a second search on the same machine measures nothing
-(`hits` / `misses` count it).
+job are not those of a one-rank job), in a file per version of the operators' kernels
+(`kernels_digest`): a second search on the same machine measures nothing (`hits` / `misses`
+count it), and a changed kernel is measured anew.
 
 A device that is not this machine's (a GPU preset on a machine without GPUs, any device whose
 name does not start with "local") is priced by the fallback, `AnalyticCost`.
@@ -84,6 +85,18 @@ def machine_fingerprint() -> str:
         legate = "none"
     parts = [platform.machine(), model, str(os.cpu_count()), np.__version__, legate]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+@cache
+def kernels_digest() -> str:
+    """A digest of the operators' sources (their kernels): a measurement taken before a kernel
+    changed prices the old kernel, so each version of them has a cache file of its own."""
+    import unity_legion.operators as ops
+
+    h = hashlib.sha256()
+    for path in sorted(Path(ops.__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -215,7 +228,8 @@ class MeasuredCost:
         # without a measurer nothing runs here: the job is taken to be this one machine's
         self.fingerprint = (machine_fingerprint() if self.measurer is None
                             else self.measurer.fingerprint())
-        self.cache = CostCache(cache_root(self.cache_dir) / f"ops-{self.fingerprint}.json")
+        self.cache = CostCache(cache_root(self.cache_dir)
+                               / f"ops-{self.fingerprint}-{kernels_digest()}.json")
 
     def is_local(self, device: DeviceSpec) -> bool:
         """Whether `device` is one of this machine's processors (then it is measured)."""
