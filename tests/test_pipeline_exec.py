@@ -315,7 +315,7 @@ _SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import numpy as np
-from test_pipeline_exec import _train, mlp, serial
+from test_pipeline_exec import _data, _train, mlp, serial
 from unity_legion import keras
 from unity_legion.pcg.pipeline import PipelineSpec, Stage
 from unity_legion.runtime import machine_info
@@ -346,13 +346,18 @@ def plan(model, layout, m, schedule):
 
 keras.utils.set_random_seed(3)
 weights = mlp("pe").get_weights()
-want, want_w, _ = _train(serial, weights, keras.optimizers.SGD(0.05))
+x = _data()[0]
+want, want_w, ref = _train(serial, weights, keras.optimizers.SGD(0.05))
+want_p = ref.predict(x, batch_size=len(x), verbose=0)
 for label, layout, m, schedule in {cases!r}:
-    got, got_w, _ = _train(lambda mdl: plan(mdl, layout, m, schedule), weights,
-                           keras.optimizers.SGD(0.05))
+    got, got_w, mdl = _train(lambda mdl: plan(mdl, layout, m, schedule), weights,
+                             keras.optimizers.SGD(0.05))
     np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=label)
     for a, b in zip(got_w, want_w):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=label)
+    # predictions: every micro-batch's outputs read together
+    np.testing.assert_allclose(mdl.predict(x, batch_size=len(x), verbose=0), want_p,
+                               rtol=1e-5, atol=1e-7, err_msg=label)
     if machine_info().rank == 0:
         print("PIPE-OK", label, flush=True)
 """

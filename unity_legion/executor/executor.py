@@ -1034,7 +1034,7 @@ class GraphExecutor:
         outputs = self._recorded(self._trace_key("predict", feeds, batch=batch),
                                  list(feeds.values()), {}, issue)
         self._drain()
-        return [read(store) for store in outputs]
+        return read_all(outputs)   # over several ranks: one mapping for all of them
 
     def gradients(self, feeds: Mapping[int, np.ndarray], output_grads: Sequence[np.ndarray],
                   training: bool = True
@@ -1052,12 +1052,13 @@ class GraphExecutor:
         grads = self._backward(env, node_refs, seeds, batch, degrees)
         self.settle_all()
         self._drain()
-        outs = [read(env[t]) for t in self.outputs]
+        specs = dict(self.weight_specs())
+        keys = [k for k in self.grads if self.trainable(k, specs[k])]
+        values = read_all([env[t] for t in self.outputs] + [self.grads[k] for k in keys])
+        outs = values[:len(self.outputs)]
         # (an input no backward kernel writes a gradient of has a store never written)
         in_grads = {t: read(grads[t], direct=True) for t in self.graph.inputs if t in grads}
-        w_grads = {k: read(g) for k, g in self.grads.items()
-                   if self.trainable(k, dict(self.weight_specs())[k])}
-        return outs, in_grads, w_grads
+        return outs, in_grads, dict(zip(keys, values[len(self.outputs):]))
 
     # ------------------------------------------------------------------ backward and update
     def _backward(self, env: Mapping[int, Any], node_refs: Mapping[int, dict[Ref, Any]],

@@ -273,7 +273,7 @@ class PipelineRunner:
                                                         in enumerate(stores)])[0])
 
     def predict_step(self, feeds: Mapping[int, Any]) -> list[np.ndarray]:
-        from unity_legion.executor.executor import _batch_of, read
+        from unity_legion.executor.executor import _batch_of, read_all
 
         ex = self.ex
         batch = _batch_of(feeds)
@@ -282,7 +282,9 @@ class PipelineRunner:
         envs, _ = self._forward_all(feeds, sizes)
         ex.settle_all()
         ex._drain()
-        return [np.concatenate([read(env[t]) for env in envs]) for t in ex.outputs]
+        # every micro-batch's outputs read together (over several ranks: one mapping)
+        values = iter(read_all([env[t] for t in ex.outputs for env in envs]))
+        return [np.concatenate([next(values) for _ in envs]) for _ in ex.outputs]
 
     def _forward_all(self, feeds: Mapping[int, Any], sizes: Sequence[int]
                      ) -> tuple[list[dict], list[dict]]:
