@@ -1,4 +1,5 @@
-"""Numba-compiled loops for the normalisations, where ATen needs several passes.
+"""Numba-compiled loops for the normalisations and SGD's updates, where ATen or numpy needs
+several passes.
 
 A batch norm's statistics must be exact enough that a split batch equals the whole one, so ATen
 could only give them as centred cascade sums (a sum, a subtraction into a new tensor, a square,
@@ -180,3 +181,33 @@ def row_norm_backward(x: np.ndarray, dy: np.ndarray, mean: np.ndarray, rstd: np.
     for j in range(cols):
         dgamma[j] += total_g[j]
         dbeta[j] += total_b[j]
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizer updates: one pass over a weight's piece instead of numpy's three to five (each
+# reads or writes the whole piece; the updates are memory-bound), in the same float operations
+# in the same order, so the results are bitwise numpy's (scalars come in the weight's dtype)
+# ---------------------------------------------------------------------------------------------
+
+@_jit()
+def sgd_step(param: np.ndarray, grad: np.ndarray, lr: Any) -> None:
+    """param -= grad * lr; grad = 0 (flat pieces)."""
+    for i in range(param.size):
+        param[i] = param[i] - grad[i] * lr
+        grad[i] = 0
+
+
+@_jit()
+def momentum_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, lr: Any,
+                  momentum: Any, nesterov: bool) -> None:
+    """velocity = velocity * momentum - grad * lr; param += velocity, or with Nesterov
+    param += velocity * momentum - grad * lr; grad = 0 (flat pieces)."""
+    for i in range(param.size):
+        step = grad[i] * lr
+        vel = velocity[i] * momentum - step
+        velocity[i] = vel
+        if nesterov:
+            param[i] = (param[i] - step) + vel * momentum
+        else:
+            param[i] = param[i] + vel
+        grad[i] = 0
