@@ -1,5 +1,5 @@
-"""Numba-compiled loops for the normalisations and SGD's updates, where ATen or numpy needs
-several passes.
+"""Numba-compiled loops for the normalisations and the SGD and Adam updates, where ATen or numpy
+needs several passes.
 
 A batch norm's statistics must be exact enough that a split batch equals the whole one, so ATen
 could only give them as centred cascade sums (a sum, a subtraction into a new tensor, a square,
@@ -19,6 +19,7 @@ them side by side.
 
 from __future__ import annotations
 
+import math  # math.sqrt in the loops: the IEEE square root, inline
 import threading
 from typing import Any, Callable
 
@@ -188,6 +189,27 @@ def row_norm_backward(x: np.ndarray, dy: np.ndarray, mean: np.ndarray, rstd: np.
 # reads or writes the whole piece; the updates are memory-bound), in the same float operations
 # in the same order, so the results are bitwise numpy's (scalars come in the weight's dtype)
 # ---------------------------------------------------------------------------------------------
+
+@_jit()
+def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, alpha: float,
+              beta_1: Any, one_minus_beta_1: Any, beta_2: Any, one_minus_beta_2: Any,
+              epsilon: Any) -> None:
+    """Keras' Adam (flat pieces): m = m * b1 + (1 - b1) * g; v = v * b2 + g^2 * (1 - b2);
+    param -= m / (sqrt(v) + eps) * alpha, the last product in float64 as numpy takes it (alpha
+    is a float64 scalar there); grad = 0."""
+    rounded = np.empty(1, param.dtype)   # a store to it rounds to the weight's dtype
+    for i in range(param.size):
+        g = grad[i]
+        mi = m[i] * beta_1
+        mi = mi + one_minus_beta_1 * g
+        m[i] = mi
+        vi = v[i] * beta_2
+        vi = vi + (g * g) * one_minus_beta_2
+        v[i] = vi
+        rounded[0] = (mi / (math.sqrt(vi) + epsilon)) * alpha
+        param[i] = param[i] - rounded[0]
+        grad[i] = 0
+
 
 @_jit()
 def sgd_step(param: np.ndarray, grad: np.ndarray, lr: Any) -> None:

@@ -25,8 +25,8 @@ ROWS = "param_rows"  # launch axis: the parameter's leading dimension, split ove
 
 # The kernels work in place and use the consumed gradient as scratch space: a 4096x4096 update
 # then makes no temporary arrays (it is memory-bound), and the gradient ends zeroed as promised.
-# SGD's rules run as one compiled pass over contiguous float pieces (operators/_jit.py: the same
-# float operations in the same order, half the memory traffic).
+# SGD's and Adam's rules run as one compiled pass over contiguous float pieces (operators/_jit.py:
+# the same float operations in the same order, half the memory traffic).
 
 def _flat_pieces(*pieces: np.ndarray) -> bool:
     """Whether one compiled pass takes these pieces (operators/_jit.py): contiguous float
@@ -77,6 +77,12 @@ def adam_update(param: InOut, grad: InOut, m: InOut, v: InOut, lr: float, beta_1
                 beta_2: float, epsilon: float, step: int, weight_decay: float) -> None:
     _decay(param, lr, weight_decay)
     alpha = lr * np.sqrt(1.0 - beta_2 ** step) / (1.0 - beta_1 ** step)
+    if _flat_pieces(param, grad, m, v):
+        kind = param.dtype.type
+        _jit.adam_step(param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1),
+                       float(alpha), kind(beta_1), kind(1.0 - beta_1), kind(beta_2),
+                       kind(1.0 - beta_2), kind(epsilon))
+        return
     m *= beta_1
     m += (1.0 - beta_1) * grad          # m += (g - m) * (1 - beta_1)
     np.square(grad, out=grad)

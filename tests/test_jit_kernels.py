@@ -94,25 +94,28 @@ def test_a_non_finite_input_stays_non_finite() -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("rule", ["sgd", "momentum", "nesterov"])
+@pytest.mark.parametrize("rule", ["sgd", "momentum", "nesterov", "adam"])
 def test_optimizer_loops_are_bitwise_numpy(rule: str, dtype) -> None:
     """One compiled pass gives exactly what numpy's in-place ops give (the path a strided piece
     takes), weight decay included, and zeroes the gradient."""
-    from unity_legion.operators.optimizers import sgd_momentum_update, sgd_update
+    from unity_legion.operators.optimizers import adam_update, sgd_momentum_update, sgd_update
 
     rng = np.random.default_rng(2)
-    start = [rng.standard_normal((37, 5)).astype(dtype) for _ in range(3)]
+    start = [rng.standard_normal((37, 5)).astype(dtype) for _ in range(4)]
+    start[3] = np.abs(start[3])   # Adam's second moment
 
     def run(pieces):
-        p, g, v = pieces
-        for lr in (0.1, 0.037):
+        p, g, v, w = pieces
+        for step, lr in enumerate((0.1, 0.037), 1):
             g[...] = start[1] * lr
             if rule == "sgd":
                 sgd_update.fn(p, g, lr, 0.01)
+            elif rule == "adam":
+                adam_update.fn(p, g, v, w, lr, 0.9, 0.999, 1e-7, step, 0.01)
             else:
                 sgd_momentum_update.fn(p, g, v, lr, 0.9, rule == "nesterov", 0.01)
             assert not g.any()
-        return p, v
+        return p, v, w
 
     fast = run([a.copy() for a in start])
     slow = run([_strided(a) for a in start])
