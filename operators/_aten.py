@@ -1,11 +1,11 @@
 """PyTorch's ATen CPU operators on zero-copy views of kernel pieces.
 
 Kernels whose numpy form is far from the machine's speed (convolutions, poolings, the
-normalisations, softmax, activations, embedding scatters) call ATen on `torch.from_numpy` views
-of their pieces and write results into the output pieces (`out=` or `.copy_()`), never copying
-an input. torch is imported on first use only, so importing the operators stays cheap (the
-graph, the search and the cost model never pay for it); importing it inside a task thread after
-Legate started works.
+normalisations, softmax, attention's core, activations, embedding scatters) call ATen on
+`torch.from_numpy` views of their pieces and write results into the output pieces (`out=` or
+`.copy_()`), never copying an input. torch is imported on first use only, so importing the
+operators stays cheap (the graph, the search and the cost model never pay for it); importing it
+inside a task thread after Legate started works.
 
 Threads: Legate's CPU processors are the parallelism, so ATen runs one thread per kernel call
 (`torch.set_num_threads(1)` once per process, as unity_legion.runtime limits BLAS). Every call

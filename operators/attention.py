@@ -66,11 +66,6 @@ def _flat(a: np.ndarray, cols: int) -> np.ndarray:
     return a.reshape(-1, cols)
 
 
-def _heads(a: np.ndarray) -> np.ndarray:
-    """(B, T, H, d) -> (B, H, T, d) view: np.matmul batches over (B, H) without copying."""
-    return a.transpose(0, 2, 1, 3)
-
-
 def _chunks(probs_shape: tuple[int, ...]) -> Iterator[slice]:
     """Slices of samples whose (H, T, S) attention scratch stays under _CHUNK_ELEMENTS (the
     logits, dropout hash and their gradients are several times the probabilities)."""
@@ -120,14 +115,14 @@ def _project(src: np.ndarray, kern: np.ndarray, bias: np.ndarray, out: np.ndarra
 
 
 def _keep(probs: np.ndarray, rows: slice, origin: Any, seed: int, salt: int, rate: float,
-          heads: int, torch: Any) -> Any:
+          heads: int) -> Any:
     """The dropout multipliers of a chunk as a tensor in the probabilities' dtype."""
     ks = keep_scale(probs[rows].shape, origin[0] + rows.start, seed, salt, rate, origin[1],
                     heads, xp(probs))
     return view(ks).to(view(probs).dtype)
 
 
-def _masked(torch: Any, mask: np.ndarray, dims: str) -> Any:
+def _masked(mask: np.ndarray, dims: str) -> Any:
     """Where a chunk's logits are masked out, as a bool tensor (B, 1, T, S)."""
     return view(np.logical_not(_attend(mask, dims)))
 
@@ -148,14 +143,14 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, pr
             logits = torch.matmul(qh, view(k[rows]).permute(0, 2, 3, 1))          # (b, H, T, S)
             logits = logits.to(_logits_dtype(torch, logits.dtype))
             if has_mask:
-                logits.masked_fill_(_masked(torch, mask[rows], dims), MASKED_LOGIT)
+                logits.masked_fill_(_masked(mask[rows], dims), MASKED_LOGIT)
             p = view(probs[rows])
             if p.dtype == logits.dtype and p.is_contiguous():  # (softmax's out= writes a
                 torch.ops.aten._softmax.out(logits, -1, False, out=p)  # strided one as dense)
             else:
                 p.copy_(torch.softmax(logits, -1))
             if rate > 0.0:
-                p = p * _keep(probs, rows, origin, seed, salt, rate, heads, torch)
+                p = p * _keep(probs, rows, origin, seed, salt, rate, heads)
             view(context[rows]).copy_(torch.matmul(p.to(vh.dtype), vh).transpose(1, 2))
 
 
@@ -169,7 +164,7 @@ def _attention_backward(probs: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.n
     with aten() as torch:
         for rows in _chunks(probs.shape):
             p = view(probs[rows])
-            ks = _keep(probs, rows, origin, seed, salt, rate, heads, torch) if seed >= 0 else None
+            ks = _keep(probs, rows, origin, seed, salt, rate, heads) if seed >= 0 else None
             d_ctx = view(d_context[rows]).transpose(1, 2)                       # (b, H, T, dv)
             p_drop = p if ks is None else p * ks
             view(grad_v[rows]).copy_(torch.matmul(p_drop.transpose(-1, -2).to(d_ctx.dtype),
@@ -180,7 +175,7 @@ def _attention_backward(probs: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.n
             work = _logits_dtype(torch, p.dtype)
             d_logits = torch.ops.aten._softmax_backward_data(d_p.to(work), p.to(work), -1, work)
             if has_mask:  # replaced logits do not reach the output
-                d_logits.masked_fill_(_masked(torch, mask[rows], dims), 0.0)
+                d_logits.masked_fill_(_masked(mask[rows], dims), 0.0)
             d_logits = d_logits.to(view(q).dtype)
             gq = torch.matmul(d_logits, view(k[rows]).transpose(1, 2)).mul_(scale)
             view(grad_q[rows]).copy_(gq.transpose(1, 2))
