@@ -167,3 +167,47 @@ def test_small_sums_over_points_cost_legion_a_reduction_each() -> None:
     assert extra["wide"] == pytest.approx(4 * 1 * 2 * per)
     # one point adds into its stores in place: nothing to reduce
     assert _runtime_with(small, SERIAL, analysis_reduction=per) == _runtime_with(small, SERIAL)
+
+
+def _busy_with(g: ComputationGraph, config: OpConfig, task_store: float) -> tuple[float, float]:
+    """(busiest device's seconds, step time) of a step, with `task_store` per store."""
+    base = _machine(128)
+    machine = replace(base, runtime=replace(base.runtime, task_store=task_store))
+    r = Simulator(machine, optimizer_slots=0).simulate(g, 64, {}, None, config)
+    return max(r.busy), r.step_time
+
+
+def test_each_device_converts_every_store_its_fused_task_binds() -> None:
+    g, _ = _chain(6)
+    busy0, step0 = _busy_with(g, SERIAL, 0.0)
+    busy1, step1 = _busy_with(g, SERIAL, 1e-3)
+    busy2, _ = _busy_with(g, SERIAL, 2e-3)
+    # every layer's input, weights and output at least, once each, before the first kernel
+    assert busy1 - busy0 > 6 * 1e-3
+    assert busy2 - busy0 == pytest.approx(2 * (busy1 - busy0))
+    assert step1 - step0 > 6 * 1e-3   # on the critical path: one device does all of it
+    # on two points each device binds its own pieces of the same stores: as many per device
+    dp0, _ = _busy_with(g, DP, 0.0)
+    dp1, _ = _busy_with(g, DP, 1e-3)
+    assert dp1 - dp0 == pytest.approx(busy1 - busy0, rel=0.25)
+
+
+def test_task_store_figure_is_checked() -> None:
+    base = _machine(128)
+    with pytest.raises(MachineError, match="task_store must be a number >= 0"):
+        replace(base.runtime, task_store=-1.0)
+
+
+def test_the_dp_charges_the_stores_an_operator_adds_to_its_fused_tasks() -> None:
+    from unity_legion.search.dp import setup
+
+    g, _ = _chain(3)
+    seconds = {}
+    for per in (0.0, 1e-3):
+        base = _machine(128)
+        machine = replace(base, runtime=replace(base.runtime, task_store=per))
+        mc = setup(g, 64, machine, None, None, None, "cpu", optimizer_slots=0)
+        seconds[per] = mc.unary_one(g.nodes[1].id, SERIAL)[0]
+    # a middle Linear: its weights and output forward; weight gradients, input gradient and
+    # what it reads again backward (not its input forward, not its output gradient)
+    assert 4 * 1e-3 <= seconds[1e-3] - seconds[0.0] <= 12 * 1e-3

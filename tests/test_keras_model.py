@@ -75,7 +75,9 @@ def test_sequential_without_input_builds_on_first_fit():
     """As in Keras 3: compile() before the input shape is known, fit() builds from the data."""
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(12, 5)).astype(np.float32), rng.integers(0, 2, 12)
-    model = keras.Sequential([L.Dense(4, activation="relu"), L.Dense(2)])
+    # softmax: the loss takes probabilities (raw outputs summing to ~0 made a step's loss
+    # non-finite, and that step was skipped, for some initial weights)
+    model = keras.Sequential([L.Dense(4, activation="relu"), L.Dense(2, activation="softmax")])
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     assert not model.built
     history = model.fit(x, y, epochs=2, batch_size=5, verbose=0)

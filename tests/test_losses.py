@@ -293,3 +293,16 @@ def test_loss_weights_through_executor() -> None:
     (2.5 * per.mean()).backward()
     np.testing.assert_allclose(res.loss, 2.5 * per.detach().numpy(), rtol=RTOL)
     np.testing.assert_allclose(captured_grads(ex)[kkey], tk.grad.numpy(), rtol=RTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_sparse_ce_kernel_many_classes(from_logits: bool) -> None:
+    """The row-wise kernel (no one-hot matrix) at a size where rows and classes are many."""
+    rng = np.random.default_rng(5)
+    b, c = 96, 300
+    pred = (rng.normal(size=(b, c)) * 4).astype(np.float32) if from_logits else probabilities(rng, (b, c))
+    lab = sparse_labels(rng, (b,), c)
+    loss, dpred = run_kernel("sparse", from_logits, pred, lab, scale=1.0 / b)
+    ref_loss, ref_grad = torch_loss_and_grad("sparse", from_logits, pred, lab)
+    np.testing.assert_allclose(loss, ref_loss, rtol=RTOL)
+    np.testing.assert_allclose(dpred, ref_grad, rtol=RTOL, atol=1e-9)

@@ -22,7 +22,8 @@ from unity_legion.cost.op_cost import MEMORY_EFFICIENCY, AnalyticCost
 SCHEMA = "unity_legion.calibration"
 # 2: the runtime's fused groups and partial sums are measured (a version-1 file is measured again)
 # 3: Legion's work per store bound and per store reduced into (RuntimeSpec.analysis_store, ...)
-VERSION = 3
+# 4: the processors' work per store a fused task binds (RuntimeSpec.task_store)
+VERSION = 4
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,10 @@ class RuntimeSpec:
     analysis_store: seconds of the runtime's thread per store a fused task binds beyond three,
         per point (`analysis` is that of a launch of three stores): Legion analyses and maps
         every region requirement of every point.
+    task_store: seconds of each device per store its fused task binds beyond three, before the
+        first kernel runs: Legate wraps every store the task is given, and each becomes an
+        array (the instance's allocation looked up: ~12 us a store on the development machine,
+        where a task's kernels can be a few hundred microseconds).
     analysis_reduction: seconds of the runtime's thread per store a task ADD-reduces into, per
         point (reduction instances made, then folded into the store).
     reduction "partials": the executor's partial sums (one rank): every point adds into its own
@@ -139,6 +143,7 @@ class RuntimeSpec:
     fused_step: float = 0.0
     analysis_store: float = 0.0
     analysis_reduction: float = 0.0
+    task_store: float = 0.0
     walk_issue: float = 0.0
     walk_fused_issue: float = 0.0
 
@@ -146,7 +151,8 @@ class RuntimeSpec:
         if isinstance(self.fusion, bool) or not isinstance(self.fusion, int) or self.fusion < 0:
             raise MachineError(f"runtime fusion must be an integer >= 0, got {self.fusion!r}")
         for f in ("issue", "sync", "cores", "analysis", "fused_issue", "fused_step",
-                  "analysis_store", "analysis_reduction", "walk_issue", "walk_fused_issue"):
+                  "analysis_store", "analysis_reduction", "walk_issue", "walk_fused_issue",
+                  "task_store"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise MachineError(f"runtime {f} must be a number >= 0, got {v!r}")
@@ -293,13 +299,14 @@ LOCAL_CPU = DeviceSpec("cpu", "local-cpu", 86e9, 86e9, 9.4 * GB, 8 * 2**30, laun
 # bench_simulator; calibrate measures the share of the moment). The executor fuses launches
 # (groups of up to 128; ~5-10 us of the processor per step) and on one rank sums reductions of
 # 4096 elements and more as partial sums (folding smaller ones, and across ranks). Legion's
-# thread pays ~3.5 us more per store a task binds beyond three and ~130 us per store it
-# ADD-reduces into, per point (a fused task binds tens to hundreds of stores).
+# thread pays ~8.5 us more per store a fused task binds beyond three and ~130 us per store it
+# ADD-reduces into, per point, and each processor ~19 us per such store before the task's
+# first kernel (a fused task binds tens to hundreds of stores).
 LOCAL_RUNTIME = RuntimeSpec(issue=6e-5, sync=1.2e-5, reduction="partials",
                             fold=LinkSpec(1.0 * GB, 3e-4), cores=1.6, analysis=2.5e-4,
                             fusion=128, fused_issue=5e-6, fused_step=1e-5,
-                            analysis_store=3.5e-6, analysis_reduction=1.3e-4,
-                            walk_issue=2e-4, walk_fused_issue=1e-4)
+                            analysis_store=8.5e-6, analysis_reduction=1.3e-4,
+                            task_store=1.9e-5, walk_issue=2e-4, walk_fused_issue=1e-4)
 
 PRESETS: dict[str, MachineModel] = {
     "p3.8xlarge": MachineModel("p3.8xlarge", 1, 4, V100, LinkSpec(50 * GB, 5e-6),

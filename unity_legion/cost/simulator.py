@@ -24,16 +24,18 @@ A step is simulated as the executor (`GraphExecutor.train_step`) runs it:
 
 Fused groups (`RuntimeSpec.fusion` > 0, the executor's default): consecutive launches on the same
 devices join one group, submitted as one launch when a launch on other devices, a data movement
-between views, the loss read, the end of the step, or (on several devices) a launch reading a sum
-the operator's earlier launches added into (batch statistics: `_barriers`) comes; its steps (each launch's kernels, plus
-`fused_step`) run one after another in one task per device, and what it writes is ready when the
-task ends. The host pays `fused_issue` per launch joining a group, `issue` and `analysis` once per
-group, the devices their launch overhead once per group; the runtime's thread also pays
-`analysis_store` per store the group's task binds beyond three and `analysis_reduction` per store
-it ADD-reduces into, each per point (`_stores`: what the operators' launches bind, named as the
-step names them, so a store several of the group's launches share counts once). Reductions on
-one rank are partial sums (`reduction` "partials"): a Reduce, and a weight gradient's replicas,
-cost one more step adding the copies, split by rows (`settle_time`), instead of Legion's folds.
+between views, the loss read, the end of the step, or (on several devices) a launch reading a
+sum the operator's earlier launches added into (batch statistics: `_barriers`) comes; its steps
+(each launch's kernels, plus `fused_step`) run one after another in one task per device, and
+what it writes is ready when the task ends. The host pays `fused_issue` per launch joining a
+group, `issue` and `analysis` once per group; the devices pay their launch overhead once per
+group and `task_store` per store the group's task binds beyond three (before its first kernel);
+the runtime's thread also pays `analysis_store` per such store and `analysis_reduction` per
+store it ADD-reduces into, each per point (`_stores`: what the operators' launches bind, named
+as the step names them, so a store several of the group's launches share counts once).
+Reductions on one rank are partial sums (`reduction` "partials"): a Reduce, and a weight
+gradient's replicas, cost one more step adding the copies, split by rows (`settle_time`),
+instead of Legion's folds.
 
 Unfused, launches are issued one after another by one host thread (`RuntimeSpec.issue` each, or the
 operator's measured issuing time), then analysed and mapped one after another by the runtime's
@@ -1069,11 +1071,13 @@ class _Plan:
                 return 0.0
             g = pending.pop()
             points = len(g.devs)
-            first = submit(1, (rt.analysis_store * max(len(g.slots) - 3, 0)
+            extra = max(len(g.slots) - 3, 0)
+            first = submit(1, (rt.analysis_store * extra
                                + rt.analysis_reduction * len(g.reds)) * points)
-            length = overhead + sum(step[0] for step in g.steps)
+            entry = overhead + rt.task_store * extra
+            length = entry + sum(step[0] for step in g.steps)
             begin = s.start(s.compute_free, g.devs, max(g.ready, first), length)
-            t = begin + overhead
+            t = begin + entry
             for seconds, name, phase, _done in g.steps:
                 trace(g.devs, t, t + seconds, name, phase)
                 if name:
@@ -1366,6 +1370,17 @@ def _local_stores(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool,
     fwd = scan(op.forward(list(ins), True))
     bwd = scan(op.backward(list(ins), list(needs)))
     return (fwd[0], bwd[0]), (fwd[1], bwd[1])
+
+
+def own_stores(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...],
+               degrees: tuple[tuple[str, int], ...]) -> tuple[int, int]:
+    """(forward, backward): how many stores the operator's launches add to a fused task of a
+    whole pass: all they bind but the inputs of the forward and the output gradients of the
+    backward (those its producer's and its consumer's launches bind). What the DP charges
+    `RuntimeSpec.task_store` for, where the simulator counts each group's stores."""
+    (fb, bb), _ = _local_stores(op, ins, needs, degrees)
+    return (sum(r.kind is not RefKind.INPUT for r in fb),
+            sum(r.kind is not RefKind.GRAD_OUTPUT for r in bb))
 
 
 def _node_store(kind: RefKind, gid: int, key: Any) -> tuple[Any, ...]:

@@ -28,7 +28,11 @@ jobs stretches wall time, which the one wall-time figure, `cores`, accounts for.
 - runtime.analysis_store and runtime.analysis_reduction: the runtime's threads' CPU per launch
   over every processor of launches binding 3 and 12 stores, and 12 of which two small ones are
   ADD-reduced into: per store beyond three and per reduced store, per point. A fused task binds
-  tens to hundreds of stores, and Legion analyses each for every point.
+  tens to hundreds of stores, and Legion analyses each for every point. Where the executor
+  fuses, the per-store figure is taken from fused groups of 2 and of 16 such launches over
+  distinct stores instead (a step's stores are each its own; re-binding the same twelve costs
+  Legion a third as much), with runtime.task_store: the processors' CPU per store their task
+  binds (Legate wraps each and it becomes an array before any kernel runs).
 - runtime.sync: a blocking read of a finished result (the executor reads the loss so).
 - intra link (moving data between processors): a store written by the processors tiled by rows
   is read by them tiled by columns, each point then needing (p-1)/p of its piece from the
@@ -334,6 +338,13 @@ def calibrate(repeats: int = 9) -> Calibration:
     fusion_steps, fused_issue, fused_step = _fused_launch_costs(pr, stores, issue, task_overhead,
                                                                 repeats)
     probes |= {"fused_issue_s": fused_issue, "fused_step_s": fused_step}
+    task_store = 0.0
+    fused_stores = _fused_store_costs(pr, fused_step, repeats)
+    if fused_stores is not None:
+        # a fused task's stores are each its own (a step's tensors, weights, gradients): the
+        # runtime maps every one, where the unfused probe above re-binds the same twelve
+        analysis_store, task_store = fused_stores
+        probes |= {"analysis_store_s": analysis_store, "task_store_s": task_store}
     replayed = _replayed_issue_costs(pr, stores, repeats)
     walk_issue = walk_fused_issue = 0.0   # (0: steps are walked, as these were measured)
     if replayed is not None:
@@ -446,7 +457,7 @@ def calibrate(repeats: int = 9) -> Calibration:
                                           fused_issue=fused_issue, fused_step=fused_step,
                                           analysis_store=analysis_store,
                                           analysis_reduction=analysis_reduction,
-                                          walk_issue=walk_issue,
+                                          task_store=task_store, walk_issue=walk_issue,
                                           walk_fused_issue=walk_fused_issue),
                       source=source)
     cal = Calibration(machine, efficiency, mem_eff, probes)
@@ -512,6 +523,44 @@ def _fused_launch_costs(pr: "_Probe", stores: Mapping[str, Any], issue: float,
     fused_issue = max((host - issue) / n, 0.0)
     fused_step = max((tasks - task_overhead) / n, 0.0)
     return MAX_STEPS, fused_issue, fused_step
+
+
+def _fused_store_costs(pr: "_Probe", fused_step: float, repeats: int
+                       ) -> tuple[float, float] | None:
+    """(runtime threads' CPU, processors' CPU) per store a fused task binds, per point
+    (RuntimeSpec.analysis_store, task_store): fused groups of 2 and of 16 trivial launches
+    binding 12 stores each, every store a distinct one, on every processor; None where the
+    executor does not fuse."""
+    from unity_legion.operators.base import SAMPLE
+
+    if not pr.fusing:
+        return None
+    rows = (SAMPLE, None)
+    points = pr.procs
+    sizes = (2, 16)
+    runtime, tasks = [], []
+    pr.ex.fusion = True
+    try:
+        for k in sizes:
+            groups = [{f"a{i}": pr.store(64 * points, 64) for i in range(11)}
+                      | {"c": pr.store(64 * points, 64)} for _ in range(k)]
+
+            def fused(groups: list[dict[str, Any]] = groups) -> None:
+                for st in groups:
+                    pr.launch(probe_twelve, {name: rows for name in st}, st, points)
+                pr.ex.flush()
+            for _ in range(2):   # the first registers the group's task, the second warms up
+                pr.cpu_window(fused)
+            splits = [pr.cpu_window(fused) for _ in range(max(3, repeats // 2))]
+            runtime.append(statistics.median(s.runtime for s in splits))
+            tasks.append(statistics.median(s.tasks for s in splits) / min(points, pr.local))
+    finally:
+        pr.ex.fusion = False
+    more = 12 * (sizes[1] - sizes[0])
+    per_store = max((runtime[1] - runtime[0]) / (more * points), 0.0)
+    # the processors' extra steps are dispatched too (fused_step each)
+    per_task_store = max((tasks[1] - tasks[0] - (sizes[1] - sizes[0]) * fused_step) / more, 0.0)
+    return per_store, per_task_store
 
 
 def _replayed_issue_costs(pr: "_Probe", stores: Mapping[str, Any], repeats: int

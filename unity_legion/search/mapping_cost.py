@@ -42,7 +42,7 @@ import numpy as np
 from unity_legion.cost.layout import Layout, arg_layout, spread, whole
 from unity_legion.cost.machine import MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, priced
-from unity_legion.cost.simulator import Simulator
+from unity_legion.cost.simulator import Simulator, own_stores
 from unity_legion.cost.transfer import priced_seconds, profile_key
 from unity_legion.operators.base import Ref, RefKind
 from unity_legion.pcg.graph import ComputationGraph, Node
@@ -295,6 +295,10 @@ class MappingCost:
             (fwd, bwd), step = c.kernels(self.machine.device.launch_overhead), rt.fused_step
             fwd += c.launches_forward * step
             bwd += c.launches_backward * step
+            if rt.task_store:   # the stores its launches add to their group's task
+                sf, sb = own_stores(n.op, tuple(ins), tuple(needs), cfg.degrees)
+                fwd += sf * rt.task_store
+                bwd += sb * rt.task_store
         t = fwd + fill + (bwd if self._backward(n) else 0.0)
         for name in sorted(self._trainable.get(nid, ())):
             ws = ns.weights[name]
