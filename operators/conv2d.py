@@ -56,7 +56,7 @@ from . import activation as act
 from .base import (Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out, ParallelDim, Ref,
                    SavedSpec, Sum, TasoName, TensorShape, WeightSpec, ceil_div, dw, dx, dy, kernel,
                    origin_of, sample_dim, saved, tile_count, w, x, y)
-from ._aten import aten, nchw, view, xp
+from ._aten import aten, mm, nchw, view, xp
 from .spatial import (Reach, Windowed, channel_dim, check_data_format, check_padding, image_shape,
                       join_ints, nhwc, out_size_and_pads, pair, parse_hw, parse_ints, piece_start,
                       positive_int, sources, spatial_dims)
@@ -272,14 +272,14 @@ def _widening_matmul(a: np.ndarray, w2: np.ndarray, out: np.ndarray,
                      bias: np.ndarray | None = None) -> bool:
     """out (NHWC) = a (NHWC) @ w2 (+ bias) for a 1x1 convolution of stride 1 and one group
     whose output has more channels than its input, as one matrix product written in place
-    (numpy's BLAS); False (nothing done) where the arrays are not dense blocks or the product
+    (ATen's `mm`); False (nothing done) where the arrays are not dense blocks or the product
     does not widen. ATen's convolution is the faster kernel otherwise, but its result is a new
     tensor that a widening convolution would spend much of its time copying."""
     if not (w2.shape[0] < w2.shape[1] and a.flags.c_contiguous and out.flags.c_contiguous
             and a.shape[:3] == out.shape[:3] and a.dtype == out.dtype == w2.dtype):
         return False
     o2 = out.reshape(-1, out.shape[3])
-    np.matmul(a.reshape(-1, a.shape[3]), w2, out=o2)
+    mm(a.reshape(-1, a.shape[3]), w2, o2)
     if bias is not None:
         o2 += bias
     return True

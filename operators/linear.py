@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from . import activation as act
+from ._aten import mm, mm_add
 from .base import (SAMPLE, Arg, DimKind, In, Launch, Operator, OperatorError, Origin, Out,
                    ParallelDim, SavedSpec, Sum, TasoName, TensorShape, WeightSpec, dw, dx, dy,
                    kernel, saved, w, x, y)
@@ -38,13 +39,13 @@ def _d_preact(preact: np.ndarray, out: np.ndarray, d_out: np.ndarray, fn: str) -
 
 @kernel
 def linear_forward(x: In, kernel: In, y: Out) -> None:
-    np.matmul(_rows(x), kernel, out=_rows(y))
+    mm(_rows(x), kernel, _rows(y))
 
 
 @kernel
 def linear_forward_bias(x: In, kernel: In, bias: In, y: Out, origin: Origin) -> None:
     y2 = _rows(y)
-    np.matmul(_rows(x), kernel, out=y2)
+    mm(_rows(x), kernel, y2)
     if origin[-1] == 0:  # split by input features: one partial sum carries the bias
         y2 += bias
 
@@ -53,7 +54,7 @@ def linear_forward_bias(x: In, kernel: In, bias: In, y: Out, origin: Origin) -> 
 def linear_forward_act(x: In, kernel: In, bias: In, preact: Out, y: Out, fn: str,
                        use_bias: bool) -> None:
     p = _rows(preact)
-    np.matmul(_rows(x), kernel, out=p)
+    mm(_rows(x), kernel, p)
     if use_bias:
         p += bias
     act.apply_into(fn, preact, y)
@@ -61,23 +62,23 @@ def linear_forward_act(x: In, kernel: In, bias: In, preact: Out, y: Out, fn: str
 
 @kernel
 def linear_backward_input(dy: In, kernel: In, dx: Out) -> None:
-    np.matmul(_rows(dy), kernel.T, out=_rows(dx))
+    mm(_rows(dy), kernel.T, _rows(dx))
 
 
 @kernel
 def linear_backward_input_act(preact: In, y: In, dy: In, kernel: In, dx: Out, fn: str) -> None:
-    np.matmul(_d_preact(preact, y, dy, fn), kernel.T, out=_rows(dx))
+    mm(_d_preact(preact, y, dy, fn), kernel.T, _rows(dx))
 
 
 @kernel
 def linear_backward_kernel(x: In, dy: In, dkernel: Sum) -> None:
-    dkernel += _rows(x).T @ _rows(dy)
+    mm_add(_rows(x).T, _rows(dy), dkernel)
 
 
 @kernel
 def linear_backward_kernel_bias(x: In, dy: In, dkernel: Sum, dbias: Sum, origin: Origin) -> None:
     d2 = _rows(dy)
-    dkernel += _rows(x).T @ d2
+    mm_add(_rows(x).T, d2, dkernel)
     if origin[-1] == 0:  # split by input features: the bias gradient is counted once
         dbias += d2.sum(axis=0)
 
@@ -86,7 +87,7 @@ def linear_backward_kernel_bias(x: In, dy: In, dkernel: Sum, dbias: Sum, origin:
 def linear_backward_weights_act(x: In, preact: In, y: In, dy: In, dkernel: Sum, dbias: Sum,
                                 fn: str, use_bias: bool) -> None:
     d2 = _d_preact(preact, y, dy, fn)
-    dkernel += _rows(x).T @ d2
+    mm_add(_rows(x).T, d2, dkernel)
     if use_bias:
         dbias += d2.sum(axis=0)
 
@@ -213,4 +214,4 @@ class Linear(Operator):
 
 @kernel
 def linear_backward_kernel_act(x: In, preact: In, y: In, dy: In, dkernel: Sum, fn: str) -> None:
-    dkernel += _rows(x).T @ _d_preact(preact, y, dy, fn)
+    mm_add(_rows(x).T, _d_preact(preact, y, dy, fn), dkernel)
