@@ -20,6 +20,7 @@ them side by side.
 from __future__ import annotations
 
 import math  # math.sqrt in the loops: the IEEE square root, inline
+import pickle
 import threading
 from typing import Any, Callable
 
@@ -47,14 +48,23 @@ class _Lazy:
     def __call__(self, *args: Any) -> Any:
         fn = self._compiled
         if fn is None:
-            with _lock:
-                if self._compiled is None:
-                    import numba
+            fn = self._compile(cache=True)
+        try:
+            return fn(*args)
+        except (ImportError, EOFError, pickle.UnpicklingError):
+            # numba's on-disk cache could not be loaded (written by a process that imported
+            # this module under another name, or cut short): compile afresh, uncached. Raised
+            # inside a task, it would abort the whole process from inside Legion.
+            return self._compile(cache=False)(*args)
 
-                    self._compiled = numba.njit(nogil=True, cache=True,
-                                                fastmath=set(self._fastmath) or False)(self._py)
-                fn = self._compiled
-        return fn(*args)
+    def _compile(self, cache: bool) -> Any:
+        with _lock:
+            if self._compiled is None or not cache:
+                import numba
+
+                self._compiled = numba.njit(nogil=True, cache=cache,
+                                            fastmath=set(self._fastmath) or False)(self._py)
+            return self._compiled
 
 
 def _jit(fastmath: frozenset[str] = frozenset()) -> Callable[[Callable[..., Any]], _Lazy]:
@@ -194,42 +204,75 @@ def row_norm_backward(x: np.ndarray, dy: np.ndarray, mean: np.ndarray, rstd: np.
 def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, alpha: float,
               beta_1: Any, one_minus_beta_1: Any, beta_2: Any, one_minus_beta_2: Any,
               epsilon: Any) -> None:
-    """Keras' Adam (flat pieces): m = m * b1 + (1 - b1) * g; v = v * b2 + g^2 * (1 - b2);
-    param -= m / (sqrt(v) + eps) * alpha, the last product in float64 as numpy takes it (alpha
-    is a float64 scalar there); grad = 0."""
+    """Keras' Adam (row views, see `row_views`): m = m * b1 + (1 - b1) * g;
+    v = v * b2 + g^2 * (1 - b2); param -= m / (sqrt(v) + eps) * alpha, the last product in
+    float64 as numpy takes it (alpha is a float64 scalar there); grad = 0."""
     rounded = np.empty(1, param.dtype)   # a store to it rounds to the weight's dtype
-    for i in range(param.size):
-        g = grad[i]
-        mi = m[i] * beta_1
-        mi = mi + one_minus_beta_1 * g
-        m[i] = mi
-        vi = v[i] * beta_2
-        vi = vi + (g * g) * one_minus_beta_2
-        v[i] = vi
-        rounded[0] = (mi / (math.sqrt(vi) + epsilon)) * alpha
-        param[i] = param[i] - rounded[0]
-        grad[i] = 0
+    for r in range(param.shape[0]):
+        # each row is contiguous (row_views): these are views, and the loop vectorises
+        p, gr = np.ascontiguousarray(param[r]), np.ascontiguousarray(grad[r])
+        mr, vr = np.ascontiguousarray(m[r]), np.ascontiguousarray(v[r])
+        for i in range(p.size):
+            g = gr[i]
+            mi = mr[i] * beta_1
+            mi = mi + one_minus_beta_1 * g
+            mr[i] = mi
+            vi = vr[i] * beta_2
+            vi = vi + (g * g) * one_minus_beta_2
+            vr[i] = vi
+            rounded[0] = (mi / (math.sqrt(vi) + epsilon)) * alpha
+            p[i] = p[i] - rounded[0]
+            gr[i] = 0
 
 
 @_jit()
 def sgd_step(param: np.ndarray, grad: np.ndarray, lr: Any) -> None:
-    """param -= grad * lr; grad = 0 (flat pieces)."""
-    for i in range(param.size):
-        param[i] = param[i] - grad[i] * lr
-        grad[i] = 0
+    """param -= grad * lr; grad = 0 (row views)."""
+    for r in range(param.shape[0]):
+        p, g = np.ascontiguousarray(param[r]), np.ascontiguousarray(grad[r])   # views
+        for i in range(p.size):
+            p[i] = p[i] - g[i] * lr
+            g[i] = 0
 
 
 @_jit()
 def momentum_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, lr: Any,
                   momentum: Any, nesterov: bool) -> None:
     """velocity = velocity * momentum - grad * lr; param += velocity, or with Nesterov
-    param += velocity * momentum - grad * lr; grad = 0 (flat pieces)."""
-    for i in range(param.size):
-        step = grad[i] * lr
-        vel = velocity[i] * momentum - step
-        velocity[i] = vel
-        if nesterov:
-            param[i] = (param[i] - step) + vel * momentum
-        else:
-            param[i] = param[i] + vel
-        grad[i] = 0
+    param += velocity * momentum - grad * lr; grad = 0 (row views)."""
+    for r in range(param.shape[0]):
+        p, g = np.ascontiguousarray(param[r]), np.ascontiguousarray(grad[r])   # views
+        vel_r = np.ascontiguousarray(velocity[r])
+        for i in range(p.size):
+            step = g[i] * lr
+            vel = vel_r[i] * momentum - step
+            vel_r[i] = vel
+            if nesterov:
+                p[i] = (p[i] - step) + vel * momentum
+            else:
+                p[i] = p[i] + vel
+            g[i] = 0
+
+
+def row_views(*pieces: Any) -> list[np.ndarray] | None:
+    """2-D views of same-shaped pieces for the update loops above: one row of a contiguous
+    piece; the rows of a piece whose last dim alone is contiguous (a weight's tile of a split
+    by output features is strided by rows: the loop runs row by row, still one pass). None
+    where the loops do not take them: not numpy float32/float64 of one dtype, or not viewable
+    so without a copy."""
+    first = pieces[0]
+    views = []
+    for p in pieces:
+        if (type(p) is not np.ndarray or p.dtype not in _JIT_DTYPES or p.dtype != first.dtype
+                or p.shape != first.shape):
+            return None
+        if p.flags.c_contiguous:
+            views.append(p.reshape(1, -1))
+            continue
+        if p.strides[-1] != p.itemsize:
+            return None
+        rows = p.reshape(-1, p.shape[-1])
+        if not np.may_share_memory(rows, p):
+            return None
+        views.append(rows)
+    return views

@@ -25,13 +25,9 @@ ROWS = "param_rows"  # launch axis: the parameter's leading dimension, split ove
 
 # The kernels work in place and use the consumed gradient as scratch space: a 4096x4096 update
 # then makes no temporary arrays (it is memory-bound), and the gradient ends zeroed as promised.
-# SGD's and Adam's rules run as one compiled pass over contiguous float pieces (operators/_jit.py:
-# the same float operations in the same order, half the memory traffic).
-
-def _flat_pieces(*pieces: np.ndarray) -> bool:
-    """Whether one compiled pass takes these pieces (operators/_jit.py): contiguous float
-    numpy pieces of one dtype (a GPU's, a half dtype or a strided piece take numpy's ops)."""
-    return _jit.fits(*pieces) and all(p.dtype == pieces[0].dtype for p in pieces)
+# SGD's and Adam's rules run as one compiled pass over float pieces whose rows are contiguous
+# (operators/_jit.py: the same float operations in the same order, half the memory traffic);
+# a GPU's, a half dtype's or a piece strided within rows take numpy's ops.
 
 
 def _decay(param: np.ndarray, lr: float, weight_decay: float) -> None:
@@ -42,8 +38,9 @@ def _decay(param: np.ndarray, lr: float, weight_decay: float) -> None:
 @kernel
 def sgd_update(param: InOut, grad: InOut, lr: float, weight_decay: float) -> None:
     _decay(param, lr, weight_decay)
-    if _flat_pieces(param, grad):
-        _jit.sgd_step(param.reshape(-1), grad.reshape(-1), param.dtype.type(lr))
+    rows = _jit.row_views(param, grad)
+    if rows is not None:
+        _jit.sgd_step(*rows, param.dtype.type(lr))
         return
     grad *= lr
     param -= grad
@@ -54,10 +51,10 @@ def sgd_update(param: InOut, grad: InOut, lr: float, weight_decay: float) -> Non
 def sgd_momentum_update(param: InOut, grad: InOut, velocity: InOut, lr: float, momentum: float,
                         nesterov: bool, weight_decay: float) -> None:
     _decay(param, lr, weight_decay)
-    if _flat_pieces(param, grad, velocity):
+    rows = _jit.row_views(param, grad, velocity)
+    if rows is not None:
         kind = param.dtype.type
-        _jit.momentum_step(param.reshape(-1), grad.reshape(-1), velocity.reshape(-1), kind(lr),
-                           kind(momentum), nesterov)
+        _jit.momentum_step(*rows, kind(lr), kind(momentum), nesterov)
         return
     grad *= lr
     velocity *= momentum
@@ -77,10 +74,10 @@ def adam_update(param: InOut, grad: InOut, m: InOut, v: InOut, lr: float, beta_1
                 beta_2: float, epsilon: float, step: int, weight_decay: float) -> None:
     _decay(param, lr, weight_decay)
     alpha = lr * np.sqrt(1.0 - beta_2 ** step) / (1.0 - beta_1 ** step)
-    if _flat_pieces(param, grad, m, v):
+    rows = _jit.row_views(param, grad, m, v)
+    if rows is not None:
         kind = param.dtype.type
-        _jit.adam_step(param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1),
-                       float(alpha), kind(beta_1), kind(1.0 - beta_1), kind(beta_2),
+        _jit.adam_step(*rows, float(alpha), kind(beta_1), kind(1.0 - beta_1), kind(beta_2),
                        kind(1.0 - beta_2), kind(epsilon))
         return
     m *= beta_1
