@@ -6,7 +6,8 @@
 Each model is built at its benchmark size (unity_legion.models.ZOO[name].bench: widths of
 hundreds to a thousand), trained with SGD on
 one synthetic batch; PyTorch runs the same graph with the same weights (unity_legion.testing.torch_twin)
-with as many threads as Legate has CPU processors per rank. Prints a table and, on its last line,
+with as many threads as Legate has CPU processors per rank, the two taking turns round by round.
+Prints a table and, on its last line,
 one JSON object with, per model, unity_step_s, torch_step_s and ratio_vs_torch (unity / torch).
 """
 
@@ -18,7 +19,7 @@ import statistics
 
 import numpy as np
 import torch  # imported before Legate starts (see LEGATE_NOTES)
-from bench_step import time_steps
+from bench_step import time_alternating
 from unity_legion.testing.torch_twin import TorchTwin, torch_loss
 
 MODELS = "mlp_unify,bert_large,dlrm,xdl,candle_uno,resnext50,inception_v3"
@@ -29,12 +30,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--models", default=MODELS, help="comma-separated zoo names")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per system and round")
+    p.add_argument("--rounds", type=int, default=4, help="rounds, unity and torch taking turns")
     p.add_argument("--cpus", type=int, default=None, help="Legate CPU processors (if not given to legate)")
     return p.parse_args()
 
 
-def bench_one(name: str, batch: int, warmup: int, steps: int) -> dict[str, float]:
+def bench_one(name: str, batch: int, warmup: int, steps: int, rounds: int) -> dict[str, float]:
     from unity_legion import keras
     from unity_legion.models import ZOO
 
@@ -47,7 +49,6 @@ def bench_one(name: str, batch: int, warmup: int, steps: int) -> dict[str, float
     x = xs if len(xs) > 1 else xs[0]
     y = ys if len(ys) > 1 else ys[0]
     twin = TorchTwin(model)  # the weights before unity_legion trains them
-    unity = time_steps(lambda: model.train_on_batch(x, y), warmup, steps)
 
     opt = torch.optim.SGD([p for p in twin.parameters() if p.requires_grad], lr=0.01)
     tx = [torch.from_numpy(a) for a in xs]
@@ -61,7 +62,9 @@ def bench_one(name: str, batch: int, warmup: int, steps: int) -> dict[str, float
         opt.step()
         loss.item()
 
-    ref = time_steps(torch_step, warmup, steps)
+    times = time_alternating({"unity": lambda: model.train_on_batch(x, y), "torch": torch_step},
+                             warmup, steps, rounds)
+    unity, ref = times["unity"], times["torch"]
     u, t = statistics.median(unity), statistics.median(ref)
     return {"params": model.count_params(), "unity_step_s": round(u, 5),
             "torch_step_s": round(t, 5), "ratio_vs_torch": round(u / t, 4)}
@@ -76,7 +79,7 @@ def main() -> None:
     machine = runtime.machine_info()
     threads = machine.cpus_per_rank if machine.cpus else 1
     torch.set_num_threads(threads)
-    results = {name: bench_one(name, args.batch_size, args.warmup, args.steps)
+    results = {name: bench_one(name, args.batch_size, args.warmup, args.steps, args.rounds)
                for name in args.models.split(",") if name}
     if machine.rank != 0:
         return

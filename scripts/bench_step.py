@@ -2,7 +2,8 @@
 
     legate --cpus 2 scripts/bench_step.py            # MLP 784-4096-4096-10, batch 256, SGD
 
-PyTorch gets as many threads as Legate has CPU processors. Prints a table and, on its last line,
+PyTorch gets as many threads as Legate has CPU processors; the two take turns, round by round
+(a load that comes and goes touches both). Prints a table and, on its last line,
 one JSON object with unity_step_s, torch_step_s and ratio_vs_torch (unity / torch).
 """
 
@@ -12,6 +13,7 @@ import argparse
 import json
 import statistics
 import time
+from typing import Callable
 
 import numpy as np
 import torch  # imported before Legate starts (see LEGATE_NOTES)
@@ -22,7 +24,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--widths", default="784,4096,4096,10", help="input, hidden..., classes")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per system and round")
+    p.add_argument("--rounds", type=int, default=4, help="rounds, the systems taking turns")
     p.add_argument("--cpus", type=int, default=None, help="Legate CPU processors (if not given to legate)")
     return p.parse_args()
 
@@ -35,6 +38,21 @@ def time_steps(step, warmup: int, steps: int) -> list[float]:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
+    return times
+
+
+def time_alternating(systems: dict[str, Callable[[], None]], warmup: int, steps: int,
+                     rounds: int) -> dict[str, list[float]]:
+    """Step times of each system: warmed up, then `rounds` rounds of `steps` steps each, the
+    systems taking turns round by round, so that a change of the machine's speed during the
+    run (other jobs on its cores) touches them alike."""
+    for step in systems.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    for _ in range(rounds):
+        for name, step in systems.items():
+            times[name] += time_steps(step, 0, steps)
     return times
 
 
@@ -60,7 +78,6 @@ def main() -> None:
     model.compile(optimizer=keras.optimizers.SGD(0.01),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   search={"batch_size": args.batch_size})   # the default: Unity's search
-    unity = time_steps(lambda: model.train_on_batch(x, y), args.warmup, args.steps)
 
     threads = machine.cpus_per_rank if machine.cpus else 1
     torch.set_num_threads(threads)
@@ -78,7 +95,9 @@ def main() -> None:
         opt.step()
         loss.item()
 
-    ref = time_steps(torch_step, args.warmup, args.steps)
+    times = time_alternating({"unity": lambda: model.train_on_batch(x, y), "torch": torch_step},
+                             args.warmup, args.steps, args.rounds)
+    unity, ref = times["unity"], times["torch"]
     u, t = statistics.median(unity), statistics.median(ref)
     flops = 6 * args.batch_size * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
     if machine.rank == 0:
