@@ -96,3 +96,39 @@ def test_a_data_parallel_step_is_a_handful_of_tasks() -> None:
     tasks = ex._queue.tasks - before[0]
     launches = ex._queue.launches - before[1]
     assert launches >= 12 and tasks <= 5, (tasks, launches)
+
+
+def test_a_serial_plans_loss_runs_on_its_processor_in_the_same_task() -> None:
+    """Every operator serial on the last processor: the loss and metrics run there too
+    (GraphExecutor.loss_placement), so the whole step is one fused task, and it trains as the
+    data-parallel plan does."""
+    from unity_legion.types import OpConfig
+
+    if machine_info().processors < 2:
+        pytest.fail("needs LEGATE_CONFIG='--cpus 2' (make test sets it)")
+    last = machine_info().processors - 1
+    w_dp, l_dp, _ = _train(True, with_norm=False)
+    g, x, o = _model(False)
+    ex = GraphExecutor(g, [o], seed=3)
+    serial = OpConfig.of({}, MachineView.contiguous("cpu", last, 1))
+    ex.set_plan({n.id: serial for n in g.nodes})
+    assert ex.loss_placement(o, {"sample": 2}) == ({"sample": 1}, serial.view)
+    rng = np.random.default_rng(0)
+    for key, spec in ex.weight_specs():
+        ex.set_weight(key, 0.3 * rng.standard_normal(spec.shape.dims).astype(np.float32))
+    xs = rng.standard_normal((10, 12)).astype(np.float32)
+    ys = rng.integers(0, 5, 10)
+    obj = Objective((SparseCategoricalCrossentropy(from_logits=True),), ((),))
+    losses = []
+    for s in range(1, 4):
+        before = ex._queue.tasks
+        losses.append(ex.train_step({x: xs}, [ys], obj, AdamRule(), 0.01, s).mean_loss)
+        tasks = ex._queue.tasks - before
+    assert tasks == 1, tasks
+    np.testing.assert_allclose(losses, l_dp, rtol=1e-5)
+    for k in w_dp:
+        np.testing.assert_allclose(ex.get_weight(k), w_dp[k], rtol=1e-5, atol=1e-6)
+    # a split of anything but samples leaves the loss on every processor, split by samples
+    ex.set_plan({n.id: OpConfig.of({"out": 2}, MachineView.contiguous("cpu", 0, 2))
+                 if n.name == "out" else serial for n in g.nodes})
+    assert ex.loss_placement(o, {"sample": 2}) == ({"sample": 2}, None)

@@ -621,6 +621,11 @@ class _Plan:
         # the executor does not gather model outputs: the loss reads them split by samples
         self.skipped = {node.id for node in pcg.nodes
                         if node.is_parallel and any(t in outputs for t in node.outputs)}
+        # where each model output's loss runs (both the output and what it is gathered from)
+        self.output_devs: dict[int, list[int]] = {}
+        for t in pcg.outputs:
+            produced = self._produced(t)
+            self.output_devs[t] = self.output_devs[produced] = self._loss_devices(produced)
         # which graph tensors need a gradient (the executor's rule, no input gradients)
         gnodes = {g.id: g for g in graph.nodes}
         req: dict[int, bool] = {t: False for t in graph.inputs}
@@ -737,12 +742,14 @@ class _Plan:
             [it for it in self.nodes if it.stage == k]
             for k in range(len(staging.glue) if staging else 1)]
         # the objective, per model output: conversion to samples over all devices, one loss
-        self.objectives: list[tuple[int, float, float]] = []   # (pcg tensor, comm, loss time)
+        # (pcg tensor, comm, loss time, the loss's devices)
+        self.objectives: list[tuple[int, float, float, list[int]]] = []
         for t in pcg.outputs:
             produced = self._produced(t)
             shape = pcg.tensors[produced]
+            loss_devs = self.output_devs[t]
             want = ParallelTensorShape.of(shape.logical(),
-                                          (effective_degree(shape.sizes[0], len(self.loss_devs)),)
+                                          (effective_degree(shape.sizes[0], len(loss_devs)),)
                                           + (1,) * (shape.rank - 1))
             comm = 0.0
             try:
@@ -750,12 +757,12 @@ class _Plan:
             except ParallelShapeError:
                 ops = ()
             if ops and sim.by_groups:
-                comm = sim.transfer(self.layout_of[produced], spread(want, self.loss_devs)).seconds
+                comm = sim.transfer(self.layout_of[produced], spread(want, loss_devs)).seconds
             elif ops:
                 op = ops[0] if len(ops) == 1 else FusedParallelOp(ops)
-                comm = sim._comm_time(op, shape, self.devices_of.get(produced, [0]) + self.loss_devs)
+                comm = sim._comm_time(op, shape, self.devices_of.get(produced, [0]) + loss_devs)
             loss = sim._stream_time(3 * shape.num_bytes(), want.shard_degree)
-            self.objectives.append((produced, comm, loss))
+            self.objectives.append((produced, comm, loss, loss_devs))
         self.feeds = len(pcg.inputs) + len(pcg.outputs)   # arrays attached per step
         # the issue order: forward then backward, or a pipeline's passes over its micro-batches
         self.passes = staging.passes if staging else (("F", 0, 0), ("B", 0, 0))
@@ -784,6 +791,22 @@ class _Plan:
         item.backward = grad    # its gradient goes back the same way
         return item
 
+    def _loss_devices(self, produced: int) -> list[int]:
+        """Where the loss of the model output gathered from `produced` runs, as the executor
+        places it (GraphExecutor.loss_placement): on its producer's devices, split by samples
+        as it is, where the producer's configuration splits nothing else; otherwise over
+        every device (a pipeline's: its loss stage's glue devices)."""
+        if self.staging:
+            return self.loss_devs
+        for node in self.pcg.nodes:
+            if produced in node.outputs:
+                cfg = node.config
+                if (node.is_parallel or cfg is None or cfg.view is None
+                        or any(a != SAMPLE for a, _d in cfg.degrees)):
+                    return self.all_devs
+                return cfg.view.devices()[:cfg.num_points]
+        return self.all_devs
+
     def _produced(self, t: int) -> int:
         """The tensor a model output is gathered from (before the skipped gather)."""
         for node in self.pcg.nodes:
@@ -801,17 +824,18 @@ class _Plan:
             g = self.gnodes[c.source]  # type: ignore[index]
             ins = [self.shapes[t] for t in g.inputs]
             return arg_layout(g.op, ins, c.config, Ref(RefKind.INPUT, c.inputs.index(out)), shape)
-        return spread(shape, self.loss_devs)  # a model output: read by the loss's devices
+        # a model output: read by the loss's devices
+        return spread(shape, self.output_devs.get(out, self.loss_devs))
 
     def _consumer_devices(self, node: PNode) -> list[int]:
         out = node.outputs[0]
         for c in self.consumers.get(out, []):
             if c.is_parallel:
                 if c.id in self.skipped:
-                    return self.loss_devs
+                    return self.output_devs.get(c.outputs[0], self.loss_devs)
                 return self._consumer_devices(c)
             return c.config.view.devices()[:c.config.num_points]  # type: ignore[union-attr]
-        return self.loss_devs  # a model output: read by the loss's devices
+        return self.output_devs.get(out, self.loss_devs)  # a model output: the loss's devices
 
     # ------------------------------------------------------------------ one step
     def _run_passes(self, forward: Any, objective: Any, backward: Any, readys: Any,
@@ -927,8 +951,7 @@ class _Plan:
 
         def objective(ready: dict[int, float], grad_ready: dict[int, float]) -> None:
             """The loss (and metrics) of each model output, on the loss's devices."""
-            devs = self.loss_devs
-            for produced, comm, loss in self.objectives:
+            for produced, comm, loss, devs in self.objectives:
                 t0 = ready.get(produced, 0.0)
                 if comm:
                     t0 = run(devs, t0, comm, s.net_free)
@@ -1202,8 +1225,7 @@ class _Plan:
 
         def objective(ready: dict[int, float], grad_ready: dict[int, float]) -> None:
             """The loss (and metrics) of each model output, on the loss's devices."""
-            devs = self.loss_devs
-            for produced, comm, loss in self.objectives:
+            for produced, comm, loss, devs in self.objectives:
                 launches = 1 + self.sim.metrics
                 t0: Callable[[], float] = lambda p=produced: ready.get(p, 0.0)
                 if comm:
@@ -1256,8 +1278,10 @@ class _Plan:
         seen: set[int] = set()
         self._run_passes(forward, objective, backward, readys, grad_readys)
         # gradient sums and optimizer updates: the update reads a summed gradient, which
-        # starts a group of its own (FusionQueue); the updates then group by devices
-        flush()
+        # starts a group of its own (FusionQueue), but on one point, whose sum is its own (a
+        # read-write there: fusion._combine); the updates then group by devices
+        if pending and len(pending[0].devs) > 1:
+            flush()
         for item in reversed(updates):
             name = item.pnode.name
             br = s.breakdown.setdefault(name, OpBreakdown())

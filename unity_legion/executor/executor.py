@@ -353,6 +353,20 @@ class GraphExecutor:
         cfg = self.plan.get(n.id)
         return (degrees, None) if cfg is None else (cfg.as_dict(), cfg.view)
 
+    def loss_placement(self, t: int, degrees: Mapping[str, int]
+                       ) -> tuple[Mapping[str, int], MachineView | None]:
+        """Where the loss and metrics of model output `t` run: on its producer's processors,
+        split by samples as it is, where its plan splits nothing else (a serial producer's
+        loss then joins its fused task, no copy to other processors in between); otherwise
+        (and in a pipeline, whose glue runs on its stage's processors) split by samples over
+        the launch's default processors. The cost model states the same rule
+        (cost.simulator: `loss_devices`)."""
+        producer = self.graph.tensors[t].producer
+        cfg = self.plan.get(producer) if producer is not None and self.pipeline is None else None
+        if cfg is None or cfg.view is None or any(a != SAMPLE for a, _d in cfg.degrees):
+            return degrees, None
+        return {SAMPLE: cfg.as_dict().get(SAMPLE, 1)}, cfg.view
+
     def _launch(self, launch: Launch, refs: Mapping[Ref, Any], degrees: Mapping[str, int],
                 view: MachineView | None = None, guards: Sequence[Any] = ()) -> None:
         self._settle_reads(launch, refs)
@@ -759,6 +773,7 @@ class GraphExecutor:
         weights = objective.loss_weights or (1.0,) * len(self.outputs)
         for k, (t, target) in enumerate(zip(self.outputs, targets)):
             self._mark(LOSS_LABEL, "loss")
+            loss_degrees, loss_view = self.loss_placement(t, degrees)
             pred_shape = shapes[t]
             target_store = self._as_store(target)
             target_shape = TensorShape(tuple(target_store.shape), _DATA_TYPE[target_store.type])
@@ -772,14 +787,14 @@ class GraphExecutor:
                 # (the loss scale multiplies the gradient only: the loss read back is unscaled)
                 launch = Launch(launch.kernel, launch.args,
                                 dict(launch.scalars) | {"scale": launch.scalars["scale"] * factor})
-            self._launch(launch, refs, degrees)
+            self._launch(launch, refs, loss_degrees, loss_view)
             loss_stores.append((refs[y(0)], weights[k]))
             grad_stores.append(refs[dx(0)])
             for m in objective.metrics[k]:
                 mrefs = {x(0): env[t], x(1): target_store,
                          y(0): self._scratch("metric", k, m.name,
                                              shape=TensorShape((batch,), DataType.FLOAT64))}
-                self._launch(m.launch(pred_shape, target_shape), mrefs, degrees)
+                self._launch(m.launch(pred_shape, target_shape), mrefs, loss_degrees, loss_view)
                 metric_stores.setdefault(m.name, []).append(mrefs[y(0)])
         return loss_stores, grad_stores, metric_stores
 

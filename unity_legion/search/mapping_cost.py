@@ -44,7 +44,7 @@ from unity_legion.cost.machine import MachineModel
 from unity_legion.cost.op_cost import AnalyticCost, CostModel, priced
 from unity_legion.cost.simulator import Simulator, own_stores
 from unity_legion.cost.transfer import priced_seconds, profile_key
-from unity_legion.operators.base import Ref, RefKind
+from unity_legion.operators.base import SAMPLE, Ref, RefKind
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.parallel_ops import (FusedParallelOp, Partition, Reduce, Replicate,
                                           conversion, convertible)
@@ -322,8 +322,11 @@ class MappingCost:
             elif tid in self._in_set:
                 t += self._move(ParallelTensorShape.of(self.shapes[tid]), ns.inputs[j],
                                 [0] + devs, False)
-        for i, tid in enumerate(n.outputs):           # model outputs go to the loss and back
-            if tid in self._out_set:
+        # model outputs go to the loss and back, but where this configuration splits nothing
+        # but samples: the loss runs where the output is (GraphExecutor.loss_placement)
+        moves_output = any(a != SAMPLE for a, _d in cfg.degrees)
+        for i, tid in enumerate(n.outputs):
+            if tid in self._out_set and moves_output:
                 s = ns.outputs[i]
                 want = ParallelTensorShape.of(
                     s.logical(), (effective_degree(s.sizes[0], self.n),) + (1,) * (s.rank - 1))
