@@ -255,20 +255,23 @@ def momentum_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, lr:
 
 
 def row_views(*pieces: Any) -> list[np.ndarray] | None:
-    """2-D views of same-shaped pieces for the update loops above: one row of a contiguous
-    piece; the rows of a piece whose last dim alone is contiguous (a weight's tile of a split
-    by output features is strided by rows: the loop runs row by row, still one pass). None
-    where the loops do not take them: not numpy float32/float64 of one dtype, or not viewable
-    so without a copy."""
+    """2-D views, all of one shape, of same-shaped pieces for the update loops above: one row
+    each where every piece is contiguous; otherwise the rows of the last dim, which must be
+    contiguous in each (a weight's tile of a split by output features is strided by rows, its
+    optimizer slots may not be: the loops run row by row, still one pass). None where the
+    loops do not take them: not numpy float32/float64 of one dtype and shape, a last dim
+    strided, or rows not viewable without a copy."""
     first = pieces[0]
-    views = []
     for p in pieces:
         if (type(p) is not np.ndarray or p.dtype not in _JIT_DTYPES or p.dtype != first.dtype
                 or p.shape != first.shape):
             return None
-        if p.flags.c_contiguous:
-            views.append(p.reshape(1, -1))
-            continue
+    if all(p.flags.c_contiguous for p in pieces):
+        return [p.reshape(1, -1) for p in pieces]
+    if first.ndim == 0:
+        return None
+    views = []
+    for p in pieces:
         if p.strides[-1] != p.itemsize:
             return None
         rows = p.reshape(-1, p.shape[-1])

@@ -125,10 +125,18 @@ def test_optimizer_loops_are_bitwise_numpy(rule: str, dtype) -> None:
         t[...] = a
     assert _jit.row_views(*tiles) is not None and _jit.row_views(*[_strided(a) for a in start]) is None
     tiled = run(tiles)
+    # the weight and its gradient tiles, the optimizer's slots contiguous (as a split by
+    # output features leaves them: every piece's rows must line up, seen wrong once)
+    mixed = tiles[:2] + [a.copy() for a in start[2:]]
+    for t, a in zip(mixed, start):
+        t[...] = a
+    assert _jit.row_views(*mixed) is not None
+    mixed_run = run(mixed)
     assert _jit.fits(*[a.copy() for a in start])
-    for a, b, c in zip(fast, slow, tiled):
+    for a, b, c, d in zip(fast, slow, tiled, mixed_run):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(c, b)
+        np.testing.assert_array_equal(d, b)
 
 
 def test_a_numba_cache_that_cannot_be_loaded_is_compiled_afresh() -> None:
