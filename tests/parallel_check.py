@@ -49,7 +49,7 @@ def planned(config: Mapping[str, int]) -> Any:
 
 def check_configs(op: Operator, inputs: Sequence[np.ndarray],
                   weights: Mapping[str, np.ndarray] | None = None, max_points: int = 4,
-                  **kwargs: Any) -> list[dict[str, int]]:
+                  atol: float = TOL["atol"], **kwargs: Any) -> list[dict[str, int]]:
     """Every legal configuration equals the serial run; returns the configurations checked."""
     shapes = [TensorShape(a.shape, DataType.of(a.dtype)) for a in inputs]
     run = run_op_outputs if len(op.infer_outputs(shapes)) > 1 else run_op
@@ -60,15 +60,16 @@ def check_configs(op: Operator, inputs: Sequence[np.ndarray],
             continue
         got = run(op, inputs, serial.weights, output_grads=serial.output_grads,
                   executor=planned(config), **kwargs)
-        compare(serial, got, f"{op.describe()} {config}")
+        compare(serial, got, f"{op.describe()} {config}", atol)
     return configs
 
 
-def compare(want: OpRun, got: OpRun, what: str) -> None:
+def compare(want: OpRun, got: OpRun, what: str, atol: float = TOL["atol"]) -> None:
+    tol = TOL | {"atol": atol}
     for i, (a, b) in enumerate(zip(got.outputs, want.outputs)):
-        assert_close(a, b, f"{what}: output {i}", **TOL)
+        assert_close(a, b, f"{what}: output {i}", **tol)
     for i, (a, b) in enumerate(zip(got.input_grads, want.input_grads)):
         if b is not None:
-            assert_close(a, b, f"{what}: d input {i}", **TOL)
+            assert_close(a, b, f"{what}: d input {i}", **tol)
     for name, b in want.weight_grads.items():
-        assert_close(got.weight_grads[name], b, f"{what}: d {name}", **TOL)
+        assert_close(got.weight_grads[name], b, f"{what}: d {name}", **tol)
