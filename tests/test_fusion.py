@@ -53,16 +53,21 @@ def _model(with_norm: bool) -> tuple[ComputationGraph, int, int]:
     return g, x, o
 
 
-def _train(fused: bool, with_norm: bool, steps: int = 3) -> tuple[dict, list[float], GraphExecutor]:
-    g, x, o = _model(with_norm)
-    ex = GraphExecutor(g, [o], seed=3)
-    ex.fusion = fused
+def _seeded(ex: GraphExecutor) -> tuple[np.ndarray, np.ndarray, Objective]:
+    """The same initial weights on `ex`, and the batch and objective every run trains on."""
     rng = np.random.default_rng(0)
     for key, spec in ex.weight_specs():
         ex.set_weight(key, 0.3 * rng.standard_normal(spec.shape.dims).astype(np.float32))
     xs = rng.standard_normal((10, 12)).astype(np.float32)
     ys = rng.integers(0, 5, 10)
-    obj = Objective((SparseCategoricalCrossentropy(from_logits=True),), ((),))
+    return xs, ys, Objective((SparseCategoricalCrossentropy(from_logits=True),), ((),))
+
+
+def _train(fused: bool, with_norm: bool, steps: int = 3) -> tuple[dict, list[float], GraphExecutor]:
+    g, x, o = _model(with_norm)
+    ex = GraphExecutor(g, [o], seed=3)
+    ex.fusion = fused
+    xs, ys, obj = _seeded(ex)
     losses = [ex.train_step({x: xs}, [ys], obj, AdamRule(), 0.01, s).mean_loss
               for s in range(1, steps + 1)]
     return {k: ex.get_weight(k) for k, _ in ex.weight_specs()}, losses, ex
@@ -113,12 +118,7 @@ def test_a_serial_plans_loss_runs_on_its_processor_in_the_same_task() -> None:
     serial = OpConfig.of({}, MachineView.contiguous("cpu", last, 1))
     ex.set_plan({n.id: serial for n in g.nodes})
     assert ex.loss_placement(o, {"sample": 2}) == ({"sample": 1}, serial.view)
-    rng = np.random.default_rng(0)
-    for key, spec in ex.weight_specs():
-        ex.set_weight(key, 0.3 * rng.standard_normal(spec.shape.dims).astype(np.float32))
-    xs = rng.standard_normal((10, 12)).astype(np.float32)
-    ys = rng.integers(0, 5, 10)
-    obj = Objective((SparseCategoricalCrossentropy(from_logits=True),), ((),))
+    xs, ys, obj = _seeded(ex)
     losses = []
     for s in range(1, 4):
         before = ex._queue.tasks
