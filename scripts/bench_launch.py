@@ -15,8 +15,11 @@ through `GraphExecutor._launch`, timed per launch:
 "before" runs each launch as a task of its own (fusion off); "after" fuses the chain into
 groups of at most `fusion.MAX_STEPS` kernels; "replayed" issues the fused chain again from a
 recording of it, as training steps after the second are issued (executor/replay.py: no walk of
-the launches, only Legate's task creation and submission). Prints a table and, on its last
-line, one JSON object with the figures in microseconds per launch.
+the launches, only Legate's task creation and submission). "loaded" times a chain of launches
+whose kernels compute for 1 ms each (each its own task, so each waits for the one before) and
+gives what a launch adds to that 1 ms: the cost of a launch while the processors are busy and
+the runtime's own threads (Legion's analysis, Realm's copies) must take cores from them. Prints
+a table and, on its last line, one JSON object with the figures in microseconds per launch.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import json
 import time
 
 import numpy as np
+
+BUSY_S = 1e-3   # the kernel time of a "loaded" chain's launches
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,6 +54,15 @@ def main() -> None:
     @kernel
     def empty(a: InOut) -> None:
         pass
+
+    square = np.ones((128, 128), np.float32)
+
+    @kernel
+    def busy(a: InOut) -> None:
+        # BUSY_S of products (BLAS lets go of the GIL: the points of a launch compute at once)
+        t = time.perf_counter()
+        while time.perf_counter() - t < BUSY_S:
+            np.dot(square, square)
 
     ref = Ref(RefKind.INPUT, 0)
     launch = Launch(empty, {"a": Arg(ref, (SAMPLE,))})
@@ -105,6 +119,24 @@ def main() -> None:
         read(store)
         return per_launch(lambda: ex.reissue(trace), store)
 
+    def loaded(store, points: int) -> float:
+        """Per launch of a chain whose kernels compute BUSY_S each (every launch its own task,
+        so each waits for the one before): the time beyond BUSY_S, i.e. what a launch costs
+        while the processors are busy and the runtime's threads must take cores from them."""
+        ex.fusion = False
+        busy_launch = Launch(busy, {"a": Arg(ref, (SAMPLE,))})
+        k = max(n // 4, 10)
+        for _ in range(3):
+            ex.launch(busy_launch, {ref: store}, {SAMPLE: points})
+        ex.flush()
+        read(store)
+        t0 = time.perf_counter()
+        for _ in range(k):
+            ex.launch(busy_launch, {ref: store}, {SAMPLE: points})
+        ex.flush()
+        read(store)
+        return ((time.perf_counter() - t0) / k - BUSY_S) * 1e6
+
     rows: dict[str, dict[str, float]] = {}
     for points in [int(p) for p in args.points.split(",") if p]:
         points = min(points, machine.processors)
@@ -121,13 +153,16 @@ def main() -> None:
         rows[f"replayed p={points}"] = replayed(store, points)
         rows[f"replayed p={points}"] |= {
             "attached_writable_us": replayed(store, points)["end_to_end_us"]}
+        rows[f"before p={points}"] |= {"loaded_us": loaded(store, points)}
         del attached
 
-    cols = ["issue_ours_us", "issue_legate_us", "end_to_end_us", "attached_writable_us"]
+    cols = ["issue_ours_us", "issue_legate_us", "end_to_end_us", "attached_writable_us",
+            "loaded_us"]
     print(f"one launch of an empty kernel in a chain of {n}; {machine}")
     print(f"{'':<16}" + "".join(f"{c[:-3]:>22}" for c in cols) + "   (us per launch)")
     for name, r in rows.items():
-        print(f"{name:<16}" + "".join(f"{r[c]:>22.1f}" for c in cols))
+        print(f"{name:<16}" + "".join(f"{r[c]:>22.1f}" if c in r else f"{'-':>22}"
+                                      for c in cols))
     print(json.dumps({"launches": n, "processors": machine.processors,
                       "rows": {k: {c: round(v, 2) for c, v in r.items()} for k, r in rows.items()}}))
 

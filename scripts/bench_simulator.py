@@ -2,6 +2,7 @@
 
     python scripts/bench_simulator.py               # 1 rank, --cpus 2 (each strategy its own job)
     python scripts/bench_simulator.py --ranks 2     # 2 ranks x 1 CPU (mpirun, over loopback)
+    python scripts/bench_simulator.py --size large  # the models at 4-8x the work per step
 
 Run by plain Python (the environment of `.venv/unity_legion_env.sh`), the script is a driver: it
 imports no Legate and runs every strategy in a fresh Legate job of its own
@@ -66,6 +67,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cache", default=None,
                    help="cost cache directory to use (default: a fresh one, measured now)")
     p.add_argument("--only", default=None, help="comma-separated strategy names to run")
+    p.add_argument("--size", choices=sorted(SIZES), default="small",
+                   help="model sizes: small (the issue's: steps of 20-80 ms, where per-task "
+                        "runtime costs weigh) or large (kernels dominate: steps of 50-300 ms)")
     p.add_argument("--ranks", type=int, default=1,
                    help="driver: ranks of each job (1, or several over mpirun on this machine)")
     p.add_argument("--cpus", type=int, default=None,
@@ -111,7 +115,7 @@ def main() -> None:
 
 def drive(args: argparse.Namespace) -> None:
     """Every strategy in a fresh Legate job of its own; one table and summary for all."""
-    cases = chosen_cases(args.only)
+    cases = chosen_cases(args.only, args.size)
     names = [c.name for c in cases]
     search_cases = {c.name for c in cases if c.plan is None}
     if args.ranks < 1:
@@ -133,7 +137,8 @@ def drive(args: argparse.Namespace) -> None:
             for only_search in ([True, False] if name in search_cases else [False]):
                 out = Path(tmp) / f"{i}{'s' if only_search else ''}.json"
                 argv = [str(legate), *launcher, "--cpus", str(cpus), "--sysmem", str(sysmem),
-                        os.path.abspath(__file__), "--only", name, "--cache", cache,
+                        os.path.abspath(__file__), "--only", name, "--size", args.size,
+                        "--cache", cache,
                         "--rows-out", str(out), "--rounds", str(args.rounds),
                         "--steps", str(args.steps), "--warmup", str(args.warmup),
                         "--repeats", str(args.repeats), "--searched", searched]
@@ -155,7 +160,8 @@ def drive(args: argparse.Namespace) -> None:
            [c for job in jobs for c in job["cores_seen"]],
            sum(j["misses"] for j in jobs), sum(j["hits"] for j in jobs),
            time.perf_counter() - t_start, jobs[0]["processors"], jobs[0]["ranks"],
-           f"each strategy in a fresh job of {args.ranks} rank(s) x {cpus} CPU(s)", len(jobs))
+           f"each strategy in a fresh job of {args.ranks} rank(s) x {cpus} CPU(s)", len(jobs),
+           args.size)
 
 
 def run_here(args: argparse.Namespace) -> None:
@@ -174,7 +180,7 @@ def run_here(args: argparse.Namespace) -> None:
     cal = local_calibration(cache)
     assert cal is not None
     machine = cal.machine
-    cases = chosen_cases(args.only)
+    cases = chosen_cases(args.only, args.size)
     rng = np.random.default_rng(0)
     cost = measured_cost(cache, repeats=args.repeats)
     rows: list[dict[str, Any]] = []
@@ -207,12 +213,12 @@ def run_here(args: argparse.Namespace) -> None:
                        "ranks": machine_info.ranks}, f)
         return
     report(rows, described, cores_seen, cost.misses, cost.hits, time.perf_counter() - t_start,
-           procs, machine_info.ranks, "in one job", 1)
+           procs, machine_info.ranks, "in one job", 1, args.size)
 
 
-def chosen_cases(only: str | None) -> list[Case]:
+def chosen_cases(only: str | None, size: str = "small") -> list[Case]:
     """The cases named in `only` (comma-separated; all when None), in the table's order."""
-    cases = build_cases()
+    cases = build_cases(size)
     if only is None:
         return cases
     wanted = only.split(",")
@@ -224,12 +230,13 @@ def chosen_cases(only: str | None) -> list[Case]:
 
 
 def report(rows: list[dict[str, Any]], described: str, cores_seen: list[float], misses: int,
-           hits: int, seconds: float, procs: int, ranks: int, how: str, jobs: int) -> None:
+           hits: int, seconds: float, procs: int, ranks: int, how: str, jobs: int,
+           size: str) -> None:
     """The table, then the summary as one JSON object on the last line."""
     errs = [abs(r["rel_error"]) for r in rows]
     print(f"simulator vs real steps on {described}; cores "
           f"{min(cores_seen, default=0):.2f}-{max(cores_seen, default=0):.2f} over the strategies")
-    print(f"operator costs: {misses} measured, {hits} cached; load "
+    print(f"model sizes: {size}; operator costs: {misses} measured, {hits} cached; load "
           f"{os.getloadavg()[0]:.1f}; {seconds:.0f} s; {how}")
     print(f"{'strategy':<18}{'model':<12}{'real ms':>9}{'pred ms':>9}{'error':>8}"
           f"{'span':>8}{'work':>8}{'cores':>7}  plan")
@@ -259,6 +266,7 @@ def report(rows: list[dict[str, Any]], described: str, cores_seen: list[float], 
     summary = {"median_abs_rel_error": round(statistics.median(errs), 4) if errs else None,
                "max_abs_rel_error": round(max(errs), 4) if errs else None,
                "strategies": len(rows), "processors": procs, "ranks": ranks, "jobs": jobs,
+               "size": size,
                "search_vs_data_parallel_measured": search_vs_dp,
                "search_vs_serial_measured": search_vs_serial,
                "per_strategy": rows}
@@ -471,13 +479,38 @@ def stages_of(first: Callable[[str], bool], micro_batches: int, schedule: str
     return spec
 
 
-def build_cases() -> list[Case]:
+@dataclass(frozen=True)
+class Sizes:
+    """The three models' builder arguments and batches."""
+
+    mlp: dict
+    bert: dict
+    resnext: dict
+    mlp_batch: int
+    bert_batch: int
+    resnext_batch: int
+
+
+_RESNEXT = dict(blocks=(1, 1, 1, 1), groups=4, width_per_group=4, base_width=16, classes=10)
+SIZES: dict[str, Sizes] = {
+    # the sizes issue 12 measured: a step of tens of ms, a few hundred us per task
+    "small": Sizes(dict(input_dim=512, width=512, layers=3),
+                   dict(vocab_size=512, max_positions=64, seq_len=32, layers=2, hidden=256,
+                        heads=4, ffn=1024, classes=4, dropout=0.0),
+                   dict(image_size=32, **_RESNEXT), 256, 16, 16),
+    # 4-8x the work per task: kernels of milliseconds, as in training at scale
+    "large": Sizes(dict(input_dim=1024, width=1024, layers=3),
+                   dict(vocab_size=512, max_positions=64, seq_len=64, layers=2, hidden=512,
+                        heads=8, ffn=2048, classes=4, dropout=0.0),
+                   dict(image_size=64, **_RESNEXT), 256, 16, 32),
+}
+
+
+def build_cases(size: str = "small") -> list[Case]:
     """The strategies compared (no Legate imported: the driver lists them too)."""
-    mlp = dict(input_dim=512, width=512, layers=3)
-    bert = dict(vocab_size=512, max_positions=64, seq_len=32, layers=2, hidden=256, heads=4,
-                ffn=1024, classes=4, dropout=0.0)
-    rx = dict(image_size=32, blocks=(1, 1, 1, 1), groups=4, width_per_group=4, base_width=16,
-              classes=10)
+    sz = SIZES[size]
+    mlp, bert, rx = sz.mlp, sz.bert, sz.resnext
+    mb, bb, rb = sz.mlp_batch, sz.bert_batch, sz.resnext_batch
 
     def mk(name: str, kw: dict) -> Callable[[], Any]:
         def build() -> Any:
@@ -493,44 +526,44 @@ def build_cases() -> list[Case]:
         return "embeddings" in name or "_layer_0_" in name
 
     c: list[Case] = [
-        Case("mlp/data", "mlp_unify", "all sample-split", mk("mlp_unify", mlp), data_parallel, 256),
+        Case("mlp/data", "mlp_unify", "all sample-split", mk("mlp_unify", mlp), data_parallel, mb),
         Case("mlp/serial0", "mlp_unify", "all serial on processor 0", mk("mlp_unify", mlp),
-             serial_on(0), 256),
+             serial_on(0), mb),
         Case("mlp/megatron", "mlp_unify", "Linear out/in alternating", mk("mlp_unify", mlp),
-             megatron(), 256),
+             megatron(), mb),
         Case("mlp/out", "mlp_unify", "every Linear split by output features",
-             mk("mlp_unify", mlp), all_linear("out"), 256),
+             mk("mlp_unify", mlp), all_linear("out"), mb),
         Case("mlp/branches", "mlp_unify", "branch a on processor 0, b on the last",
-             mk("mlp_unify", mlp), branches_apart, 256),
+             mk("mlp_unify", mlp), branches_apart, mb),
         Case("mlp/mixed", "mlp_unify", "first layers sample, rest out, softmax serial",
-             mk("mlp_unify", mlp), mixed_mlp, 256),
-        Case("mlp/search", "mlp_unify", "Unity's search", mk("mlp_unify", mlp), None, 256),
+             mk("mlp_unify", mlp), mixed_mlp, mb),
+        Case("mlp/search", "mlp_unify", "Unity's search", mk("mlp_unify", mlp), None, mb),
         Case("mlp/pipe-gpipe", "mlp_unify", "2 stages (layers 0-1 | 2, add, softmax), 4 x 64 "
-             "GPipe", mk("mlp_unify", mlp), two_stages(mlp_front), 256,
+             "GPipe", mk("mlp_unify", mlp), two_stages(mlp_front), mb,
              stages_of(mlp_front, 4, "gpipe")),
         Case("mlp/pipe-1f1b", "mlp_unify", "2 stages (layers 0-1 | 2, add, softmax), 4 x 64 "
-             "1F1B", mk("mlp_unify", mlp), two_stages(mlp_front), 256,
+             "1F1B", mk("mlp_unify", mlp), two_stages(mlp_front), mb,
              stages_of(mlp_front, 4, "1f1b")),
         Case("bert/data", "bert_large", "all sample-split", mk("bert_large", bert),
-             data_parallel, 16),
+             data_parallel, bb),
         Case("bert/serial1", "bert_large", "all serial on the last processor",
-             mk("bert_large", bert), serial_on(1), 16),
+             mk("bert_large", bert), serial_on(1), bb),
         Case("bert/megatron", "bert_large", "FFN Linear out/in, rest sample",
              mk("bert_large", bert), megatron(lambda n: "_intermediate" in n.name
-                                                 or n.name.endswith("_output")), 16),
+                                                 or n.name.endswith("_output")), bb),
         Case("bert/head1", "bert_large", "sample, classifier serial on the last",
-             mk("bert_large", bert), head_serial, 16),
-        Case("bert/search", "bert_large", "Unity's search", mk("bert_large", bert), None, 16),
+             mk("bert_large", bert), head_serial, bb),
+        Case("bert/search", "bert_large", "Unity's search", mk("bert_large", bert), None, bb),
         Case("bert/pipe-1f1b", "bert_large", "2 stages (embeddings, layer 0 | layer 1, head), "
-             "2 x 8 1F1B", mk("bert_large", bert), two_stages(bert_front), 16,
+             "2 x 8 1F1B", mk("bert_large", bert), two_stages(bert_front), bb,
              stages_of(bert_front, 2, "1f1b")),
         Case("resnext/data", "resnext50", "all sample-split", mk("resnext50", rx),
-             data_parallel, 16),
+             data_parallel, rb),
         Case("resnext/serial0", "resnext50", "all serial on processor 0", mk("resnext50", rx),
-             serial_on(0), 16),
+             serial_on(0), rb),
         Case("resnext/head1", "resnext50", "sample, classifier serial on the last",
-             mk("resnext50", rx), head_serial, 16),
-        Case("resnext/search", "resnext50", "Unity's search", mk("resnext50", rx), None, 16),
+             mk("resnext50", rx), head_serial, rb),
+        Case("resnext/search", "resnext50", "Unity's search", mk("resnext50", rx), None, rb),
     ]
     return c
 

@@ -67,3 +67,20 @@ def test_bench_simulator_driver_names_an_unknown_strategy(tmp_path: Path) -> Non
     proc = run_with_env(argv, tmp_path, "", timeout_s=120)
     assert proc.returncode != 0
     assert "unknown strategies ['mlp/nonsense']" in proc.stderr
+
+
+def test_bench_simulator_large_size_reaches_each_job(tmp_path: Path) -> None:
+    """--size large is handed to every strategy's job: the job builds the large models (its
+    step's simulated work is several times the small one's) and the summary names the size."""
+    works = {}
+    for size in ("small", "large"):
+        argv = [str(VENV_BIN / "python"), str(REPO / "scripts" / "bench_simulator.py"),
+                "--only", "mlp/serial0", "--size", size, "--rounds", "1", "--steps", "1",
+                "--warmup", "1", "--repeats", "2", "--cache", str(tmp_path / "costs")]
+        proc = run_with_env(argv, tmp_path, "", timeout_s=900)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert summary["size"] == size
+        works[size] = summary["per_strategy"][0]["work_ms"]
+    # 1024-wide layers against 512-wide ones: four times the products' work
+    assert works["large"] > 2.5 * works["small"], works
