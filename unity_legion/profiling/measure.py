@@ -4,7 +4,10 @@
 it through the executor (`GraphExecutor` with a plan giving the node the configuration's degrees,
 all its points on the first processor, one after another, so that no two compete for a core)
 with random data, and times the forward and the backward launches: after `warmup` runs,
-`repeats` runs each blocked on by an execution fence, the median is taken. `LocalMeasurer`
+`repeats` runs each blocked on by an execution fence, the median is taken. Before each backward
+pass the processor reads a buffer twice its L2 (`evict_cache`, not charged): in a step the
+backward reads what the forward saved long before, and a backward timed right after its forward
+on hot caches was priced at half the time some memory-bound kernels take in a step. `LocalMeasurer`
 offers it to the cost model (`unity_legion.cost.measure.OpMeasurer`), and `measured_cost()`
 builds the `MeasuredCost` that uses it (cache, fallback: see there).
 
@@ -64,11 +67,17 @@ from unity_legion.types import OpConfig, TensorShape
 T = TypeVar("T")
 
 
+# how `measure_op` measures; a measurement taken another way is not reused (2: the caches
+# evicted before the backward pass)
+METHOD = 2
+
+
 def job_fingerprint() -> str:
-    """`machine_fingerprint`, and the job's ranks when there are several (per-rank figures of an
-    N-rank job are not those of a one-rank job)."""
+    """`machine_fingerprint`, the measuring method, and the job's ranks when there are several
+    (per-rank figures of an N-rank job are not those of a one-rank job)."""
     ranks = job_ranks()
-    return machine_fingerprint() + (f"-{ranks}ranks" if ranks > 1 else "")
+    return (machine_fingerprint() + f"-m{METHOD}"
+            + (f"-{ranks}ranks" if ranks > 1 else ""))
 
 
 class LocalMeasurer:
@@ -106,6 +115,27 @@ def measured_cost(cache_dir: str | os.PathLike[str] | None = None, **kwargs: Any
 
 # (launch tag, kernel wall seconds, kernel CPU seconds, thread id) appended by the timed tasks
 _RECORDS: list[tuple[str, float, float, int]] = []
+# CPU seconds the processors spent evicting their caches before a backward pass (not a cost)
+_EVICTIONS: list[float] = []
+# bytes a processor reads before a measured backward pass: twice a core's L2 here (4 MiB)
+EVICT_BYTES = 8 << 20
+_evict_buffers = threading.local()
+
+
+def evict_cache() -> float:
+    """Read EVICT_BYTES on this thread's core, pushing what it cached out of its L2; returns
+    the CPU seconds it took. In a training step the backward reads what its forward saved long
+    before, from farther out than the core's L2; a measurement that ran the backward right after
+    the forward on the same pieces would find them in L2 (a ResNeXt step's memory-bound kernels
+    ran 1.5-2x their hot-cache times)."""
+    t = time.thread_time()
+    buf = getattr(_evict_buffers, "buf", None)
+    if buf is None:
+        buf = _evict_buffers.buf = np.ones(EVICT_BYTES // 4, np.float32)
+    # read, not written: clean lines, which the kernels' own loads then drop without writing
+    # anything back
+    buf.sum()
+    return time.thread_time() - t
 
 
 def thread_cpu() -> dict[int, int]:
@@ -155,6 +185,8 @@ def timed_kernel(k: Kernel, tag: str) -> Kernel:
     """`k`, recording how long each of its tasks runs the kernel (one Legate task per tag)."""
 
     def fn(**kwargs: Any) -> None:
+        if tag == "b0":   # the pass's first kernel: as a step's backward finds the caches
+            _EVICTIONS.append(evict_cache())
         t, c = time.perf_counter(), time.thread_time()
         k.fn(**kwargs)
         _RECORDS.append((tag, time.perf_counter() - t, time.thread_time() - c,
@@ -276,6 +308,7 @@ def measure_op(op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
         c2 = thread_cpu()
         f_rec = list(_RECORDS)
         _RECORDS.clear()
+        _EVICTIONS.clear()
         h2 = time.thread_time()
         # as after an update: no gradient fills in the timed pass
         ex.backward_pass(env, node_refs, seeds, batch, degrees, grads_zeroed=True)
@@ -284,16 +317,18 @@ def measure_op(op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
         t2 = time.perf_counter()
         c3 = thread_cpu()
         b_rec = list(_RECORDS)
+        evicted = math.fsum(_EVICTIONS)
         workers |= {rec[3] for rec in f_rec + b_rec}
         if r >= warmup:
             runs.append((c0, c1, c2, c3, f_rec, b_rec, h1 - h0, h3 - h2, t1 - t0, t2 - t1,
-                         e1 - e0))
+                         e1 - e0, evicted))
     tasks = points
     fwd, bwd, fwd_host, bwd_host, fwd_k, bwd_k, fwd_wall, bwd_wall, fwd_rt, bwd_rt = (
         [] for _ in range(10))
-    for c0, c1, c2, c3, f_rec, b_rec, hf, hb, wf, wb, we in runs:
+    for c0, c1, c2, c3, f_rec, b_rec, hf, hb, wf, wb, we, evicted in runs:
         idle = cpu_split(c0, c1, main, workers).runtime
         f, b = cpu_split(c1, c2, main, workers), cpu_split(c2, c3, main, workers)
+        b = CpuSplit(b.host, max(b.tasks - evicted, 0.0), b.runtime)
         if c0 and info.ranks > 1:
             # several ranks: what a pass waits for beyond its CPU (the ranks' runtimes agreeing
             # on every launch, messages between them) is the runtime's cost, on the wall clock:
