@@ -3,7 +3,9 @@ substitutions, and scripts/search.py. Pure Python: simulated machines, no Legate
 
 from __future__ import annotations
 
+
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -109,8 +111,27 @@ def test_bad_options_are_refused() -> None:
         options({"budjet": 3})
     with pytest.raises(SearchError, match="batch"):
         search(wide_mlp(), 0, P3)
+    for bad in (-0.1, math.inf, math.nan, True, "5%"):
+        with pytest.raises(SearchError, match="min_gain"):
+            SearchOptions(min_gain=bad)
     # several ranks: the budget alone bounds the search (every rank must find the same plan)
     assert options({"budget": 3}, ranks=2).time_limit == float("inf")
+
+
+def test_a_plan_must_beat_the_baselines_by_the_margin() -> None:
+    """The found plan is kept only when predicted min_gain faster than the best baseline; a
+    margin above its predicted gain keeps the baseline, whatever the search found."""
+    r = search(wide_mlp(), 64, P3, options=SearchOptions(budget=40))
+    assert r.chosen == "search"
+    best_base = min(r.baselines["data_parallel"], r.baselines["serial"]
+                    if "serial" in r.baselines else math.inf)
+    gain = best_base / r.baselines["search"] - 1.0
+    assert gain > 0.05
+    above = SearchOptions(budget=40, min_gain=gain * 1.5 + 0.01)
+    kept = search(wide_mlp(), 64, P3, options=above)
+    assert kept.chosen in ("data_parallel", "serial")
+    assert kept.step_time == pytest.approx(best_base)
+    assert kept.baselines["search"] == pytest.approx(r.baselines["search"])
 
 
 def test_running_machine_models_the_job() -> None:

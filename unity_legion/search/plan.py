@@ -83,6 +83,9 @@ def add_search_flags(p: argparse.ArgumentParser, planning: bool) -> None:
                    help=f"explore graphs up to alpha x the best cost (default {d.alpha})")
     g.add_argument("--search-time-limit", type=float, default=d.time_limit, metavar="SECONDS",
                    help=f"the search returns its best after this long (default {d.time_limit:g})")
+    g.add_argument("--min-gain", type=float, default=d.min_gain, metavar="FRACTION",
+                   help="keep data parallelism or the one-device plan unless another plan is "
+                        f"predicted this fraction faster (default {d.min_gain:g})")
     g.add_argument("--only-data-parallel", action="store_true",
                    help="search data parallelism only (no substitutions, no other splits)")
     g.add_argument("--rules", default=None, metavar="JSON",
@@ -107,6 +110,7 @@ def options_from_args(args: argparse.Namespace, trainable_only: bool = False) ->
         extra = list(load_rules(args.rules).rules) if args.rules else []
         rules = tuple(([] if args.no_builtin_rules else builtin_rules()) + extra)
     return SearchOptions(budget=args.budget, alpha=args.alpha, time_limit=args.search_time_limit,
+                         min_gain=args.min_gain,
                          only_data_parallel=args.only_data_parallel, rules=rules,
                          trainable_only=trainable_only, progress=True,
                          pipeline=bool(getattr(args, "pipeline", False)))

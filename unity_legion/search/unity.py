@@ -30,6 +30,7 @@ import hashlib
 import heapq
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
@@ -69,6 +70,11 @@ class SearchOptions:
     # also place pipeline stages (search/pipeline.py) and keep a pipelined plan when it wins;
     # off by default: the executor cannot run pipelines yet (Strategy.compile refuses them)
     pipeline: bool = False
+    # a plan other than the baselines (data parallelism, everything on one device) is chosen
+    # only when predicted at least this fraction faster than the best baseline that fits: a
+    # simulator's error on a real machine is of that order (bench_simulator: ~10% median here),
+    # and a gain inside it is as likely a loss
+    min_gain: float = 0.05
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
@@ -77,6 +83,15 @@ class SearchOptions:
             raise SearchError(f"search alpha must be a number >= 1, got {self.alpha!r}")
         if not isinstance(self.time_limit, (int, float)) or self.time_limit <= 0:
             raise SearchError(f"search time limit must be positive, got {self.time_limit!r}")
+        if (isinstance(self.min_gain, bool) or not isinstance(self.min_gain, (int, float))
+                or not 0.0 <= self.min_gain < math.inf):
+            raise SearchError(f"search min_gain must be a non-negative fraction, got "
+                              f"{self.min_gain!r}")
+
+
+# the plans every search prices besides its own: chosen over another plan unless that one is
+# predicted SearchOptions.min_gain faster
+_BASELINES = frozenset({"data_parallel", "serial"})
 
 
 @dataclass(frozen=True)
@@ -398,7 +413,11 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
 
     def rank(item: tuple[str, tuple[Any, Strategy]]) -> tuple[bool, float]:
         r = item[1][0]
-        return (r.peak_memory > cap, r.step_time if r.peak_memory <= cap else r.peak_memory)
+        if r.peak_memory > cap:
+            return (True, r.peak_memory)
+        # a baseline wins ties within the margin
+        margin = 1.0 if item[0] in _BASELINES else 1.0 + opts.min_gain
+        return (False, r.step_time * margin)
 
     chosen, (res, strategy) = min(results.items(), key=rank)
     baselines = {k: v[0].step_time for k, v in results.items()}
