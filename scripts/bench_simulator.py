@@ -15,7 +15,9 @@ strategy, a fresh one times it (a job that had measured a hundred operators time
 20-50% slower). The first job measures the calibration into the shared cost cache; the others read it
 and the operator costs measured so far. Started by a Legate launcher instead
 (`legate --cpus 2 --sysmem 4000 scripts/bench_simulator.py`), it runs the chosen strategies in
-this one job, one after another.
+this one job, one after another. The driver does all of it --passes times over (default 2;
+searches in the first pass only) and reports each strategy's median figures: the machine's
+speed drifts from job to job.
 
 On several ranks the "local" machine model is ranks x processors per rank, with the link between
 ranks measured (see `unity_legion.profiling.calibrate`); every rank runs this same script (the
@@ -67,6 +69,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cache", default=None,
                    help="cost cache directory to use (default: a fresh one, measured now)")
     p.add_argument("--only", default=None, help="comma-separated strategy names to run")
+    p.add_argument("--passes", type=int, default=2,
+                   help="driver: times every strategy in this many fresh jobs, pass after pass, "
+                        "and reports the median of each figure (the machine's speed drifts "
+                        "between jobs: one plan's step was seen 24-29 ms in four jobs in a row)")
     p.add_argument("--size", choices=sorted(SIZES), default="small",
                    help="model sizes: small (the issue's: steps of 20-80 ms, where per-task "
                         "runtime costs weigh) or large (kernels dominate: steps of 50-300 ms)")
@@ -120,6 +126,8 @@ def drive(args: argparse.Namespace) -> None:
     search_cases = {c.name for c in cases if c.plan is None}
     if args.ranks < 1:
         raise SystemExit(f"bench_simulator: --ranks must be >= 1, got {args.ranks}")
+    if args.passes < 1:
+        raise SystemExit(f"bench_simulator: --passes must be >= 1, got {args.passes}")
     cpus = args.cpus or (2 if args.ranks == 1 else 1)
     sysmem = args.sysmem or 4000 // args.ranks
     legate = Path(sys.executable).parent / "legate"
@@ -131,11 +139,13 @@ def drive(args: argparse.Namespace) -> None:
     jobs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_simulator_") as tmp:
         searched = str(Path(tmp) / "searched")
-        for i, name in enumerate(names):
+        for n_pass, i, name in ((n, i, name) for n in range(args.passes)
+                                for i, name in enumerate(names)):
             # a searched strategy: found (and its operators measured) in one job, timed in
-            # the next
-            for only_search in ([True, False] if name in search_cases else [False]):
-                out = Path(tmp) / f"{i}{'s' if only_search else ''}.json"
+            # the next (in later passes: timed only, as saved by the first)
+            searching = name in search_cases and n_pass == 0
+            for only_search in ([True, False] if searching else [False]):
+                out = Path(tmp) / f"{n_pass}-{i}{'s' if only_search else ''}.json"
                 argv = [str(legate), *launcher, "--cpus", str(cpus), "--sysmem", str(sysmem),
                         os.path.abspath(__file__), "--only", name, "--size", args.size,
                         "--cache", cache,
@@ -152,16 +162,35 @@ def drive(args: argparse.Namespace) -> None:
                     raise SystemExit(f"bench_simulator: the job for {name} failed "
                                      f"(exit {proc.returncode}): {' '.join(argv)}")
                 jobs.append(json.loads(out.read_text()))   # a search's job: no rows
-                print(f"{name}{' (search)' if only_search else ''}: "
+                print(f"{name}{' (search)' if only_search else ''}"
+                      f"{f' (pass {n_pass + 1})' if args.passes > 1 else ''}: "
                       f"{time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     if args.cache is None:
         shutil.rmtree(cache, ignore_errors=True)
-    report([row for job in jobs for row in job["rows"]], jobs[0]["machine"],
+    report(merged_rows([row for job in jobs for row in job["rows"]], names), jobs[0]["machine"],
            [c for job in jobs for c in job["cores_seen"]],
            sum(j["misses"] for j in jobs), sum(j["hits"] for j in jobs),
            time.perf_counter() - t_start, jobs[0]["processors"], jobs[0]["ranks"],
            f"each strategy in a fresh job of {args.ranks} rank(s) x {cpus} CPU(s)", len(jobs),
            args.size)
+
+
+def merged_rows(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """One row per strategy, in `names` order: each number the median over the passes that
+    timed it, the error recomputed from the medians, the passes' real steps kept."""
+    out = []
+    for name in names:
+        mine = [r for r in rows if r["strategy"] == name]
+        if not mine:
+            continue
+        row = dict(mine[0])
+        for k, v in mine[0].items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                row[k] = round(statistics.median(r[k] for r in mine), 4)
+        row["rel_error"] = round((row["predicted_ms"] - row["real_ms"]) / row["real_ms"], 4)
+        row["real_ms_passes"] = [r["real_ms"] for r in mine]
+        out.append(row)
+    return out
 
 
 def run_here(args: argparse.Namespace) -> None:

@@ -54,9 +54,15 @@ def test_bench_simulator_driver_runs_each_strategy_in_its_own_job(tmp_path: Path
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     lines = proc.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
-    assert summary["jobs"] == 2 and summary["strategies"] == 2, summary
+    # two passes (the default) of one job per strategy, merged into one row per strategy
+    assert summary["jobs"] == 4 and summary["strategies"] == 2, summary
     assert summary["ranks"] == 1 and summary["processors"] == 2
     assert [r["strategy"] for r in summary["per_strategy"]] == ["mlp/data", "mlp/serial0"]
+    for r in summary["per_strategy"]:
+        assert len(r["real_ms_passes"]) == 2
+        assert r["real_ms"] == pytest.approx(sum(r["real_ms_passes"]) / 2, abs=1e-3)
+        assert r["rel_error"] == pytest.approx((r["predicted_ms"] - r["real_ms"]) / r["real_ms"],
+                                               abs=1e-3)
     assert sum(1 for line in lines if line.startswith("strategy ")) == 1
     assert len(list((tmp_path / "costs").glob("machine-*.json"))) == 1
 
@@ -75,7 +81,8 @@ def test_bench_simulator_large_size_reaches_each_job(tmp_path: Path) -> None:
     works = {}
     for size in ("small", "large"):
         argv = [str(VENV_BIN / "python"), str(REPO / "scripts" / "bench_simulator.py"),
-                "--only", "mlp/serial0", "--size", size, "--rounds", "1", "--steps", "1",
+                "--only", "mlp/serial0", "--size", size, "--passes", "1", "--rounds", "1",
+                "--steps", "1",
                 "--warmup", "1", "--repeats", "2", "--cache", str(tmp_path / "costs")]
         proc = run_with_env(argv, tmp_path, "", timeout_s=900)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
