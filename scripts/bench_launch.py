@@ -99,9 +99,9 @@ def main() -> None:
                 "issue_legate_us": legate_issue[0] / n * 1e6,
                 "end_to_end_us": (t2 - t0) / n * 1e6}
 
-    def launches(store, points: int) -> None:
-        for _ in range(n):
-            ex.launch(launch, {ref: store}, {SAMPLE: points})
+    def launches(store, points: int, which: Launch = launch, count: int = n) -> None:
+        for _ in range(count):
+            ex.launch(which, {ref: store}, {SAMPLE: points})
         ex.flush()
 
     def chain(store, points: int, fused: bool) -> dict[str, float]:
@@ -126,14 +126,10 @@ def main() -> None:
         ex.fusion = False
         busy_launch = Launch(busy, {"a": Arg(ref, (SAMPLE,))})
         k = max(n // 4, 10)
-        for _ in range(3):
-            ex.launch(busy_launch, {ref: store}, {SAMPLE: points})
-        ex.flush()
+        launches(store, points, busy_launch, 3)
         read(store)
         t0 = time.perf_counter()
-        for _ in range(k):
-            ex.launch(busy_launch, {ref: store}, {SAMPLE: points})
-        ex.flush()
+        launches(store, points, busy_launch, k)
         read(store)
         return ((time.perf_counter() - t0) / k - BUSY_S) * 1e6
 

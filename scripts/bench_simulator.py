@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import shutil
@@ -139,8 +140,7 @@ def drive(args: argparse.Namespace) -> None:
     jobs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_simulator_") as tmp:
         searched = str(Path(tmp) / "searched")
-        for n_pass, i, name in ((n, i, name) for n in range(args.passes)
-                                for i, name in enumerate(names)):
+        for n_pass, (i, name) in itertools.product(range(args.passes), enumerate(names)):
             # a searched strategy: found (and its operators measured) in one job, timed in
             # the next (in later passes: timed only, as saved by the first)
             searching = name in search_cases and n_pass == 0
@@ -185,7 +185,7 @@ def merged_rows(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, 
             continue
         row = dict(mine[0])
         for k, v in mine[0].items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if isinstance(v, float):   # a measured figure (counts are the plan's: the same)
                 row[k] = round(statistics.median(r[k] for r in mine), 4)
         row["rel_error"] = round((row["predicted_ms"] - row["real_ms"]) / row["real_ms"], 4)
         row["real_ms_passes"] = [r["real_ms"] for r in mine]

@@ -52,7 +52,7 @@ import os
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any, ClassVar, Sequence, TypeVar
 
@@ -328,7 +328,7 @@ def measure_op(op: Operator, inputs: Sequence[TensorShape], config: OpConfig,
     for c0, c1, c2, c3, f_rec, b_rec, hf, hb, wf, wb, we, evicted in runs:
         idle = cpu_split(c0, c1, main, workers).runtime
         f, b = cpu_split(c1, c2, main, workers), cpu_split(c2, c3, main, workers)
-        b = CpuSplit(b.host, max(b.tasks - evicted, 0.0), b.runtime)
+        b = replace(b, tasks=max(b.tasks - evicted, 0.0))
         if c0 and info.ranks > 1:
             # several ranks: what a pass waits for beyond its CPU (the ranks' runtimes agreeing
             # on every launch, messages between them) is the runtime's cost, on the wall clock:
