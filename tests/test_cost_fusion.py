@@ -230,3 +230,22 @@ def test_a_serial_plans_loss_joins_its_group_on_its_device() -> None:
                         if n.name == "fc3" else on_one) for n in g.nodes}
     r = sim.simulate(g, 64, out_split)
     assert {d for d, _a, _b, name, _p in r.tasks if name == "(loss and metrics)"} == {0, 1}
+
+
+def test_a_replayed_steps_own_temporaries_are_not_bound() -> None:
+    """The executor's replays keep a store that one group alone writes and then reads (an
+    activation, its gradient) in the task (replay.Recorder.finish): the devices do not convert
+    it; weights, their gradients and the batch stay bound. A walked step binds every store."""
+    g, _ = _chain(6)
+    base = _machine(128)
+    machine = replace(base, runtime=replace(base.runtime, task_store=1e-3))
+    busy = {}
+    for local in (False, True):
+        sim = Simulator(machine, optimizer_slots=0)
+        sim.local_temporaries = local
+        busy[local] = max(sim.simulate(g, 64, {}, None, SERIAL).busy)
+    # the five activations between the six layers and their gradients, at least
+    assert busy[False] - busy[True] >= 10 * 1e-3 - 1e-9
+    # still bound: each layer's weights and weight gradients, the batch
+    bound = busy[True] - _busy_with(g, SERIAL, 0.0)[0]
+    assert bound >= 6 * 2 * 1e-3 - 3e-3

@@ -143,7 +143,8 @@ def test_cpu_processors_of_one_rank_share_memory_across_the_boundary():
 
 @pytest.mark.parametrize("machine", [FOUR, preset("local", 1, 4)], ids=["gpu", "local-cpu"])
 def test_one_stage_one_micro_batch_is_the_unpipelined_step(machine):
-    # (with the host's costs alike: the executor walks a pipelined step, re-issues a plain one)
+    # (with the host's costs alike, and every store bound: the executor walks a pipelined
+    # step, re-issues a plain one with its tasks' own temporaries kept in them)
     machine = dataclasses.replace(machine, runtime=dataclasses.replace(
         machine.runtime, walk_issue=0.0, walk_fused_issue=0.0))
     g = chain(4)
@@ -151,6 +152,7 @@ def test_one_stage_one_micro_batch_is_the_unpipelined_step(machine):
     spec = PipelineSpec((Stage("all", tuple(n.name for n in g.nodes), (0, 1, 2, 3)),), 1)
     plan = {n.id: data_parallel_config(4, 32, kind) for n in g.nodes}
     sim = Simulator(machine, FixedCost())
+    sim.local_temporaries = False
     piped = sim.simulate_pipeline(g, 32, plan, spec)
     plain = sim.simulate(g, 32, plan)
     # the same launches; the pipelined timeline lets a task whose inputs are ready run in an

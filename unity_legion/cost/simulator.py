@@ -82,7 +82,7 @@ import bisect
 import copy
 import functools
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -195,6 +195,9 @@ class Simulator:
         # plain SGD updates a lookup table's used rows only, as the executor does by default
         # (GraphExecutor.sparse_updates; off in pipelined steps)
         self.sparse_updates = True
+        # a store one group alone uses in the step, written and read there, is the task's
+        # own temporary in a replayed step, not bound (GraphExecutor.local_temporaries)
+        self.local_temporaries = True
 
     # ------------------------------------------------------------------ public
     def simulate(self, graph: ComputationGraph, batch: int, plan: Mapping[int, OpConfig],
@@ -311,9 +314,10 @@ class Simulator:
         """This simulator for steps the executor issues by walking the graph (pipelined steps
         are not re-issued from a recording): the host's walked costs per task and per launch."""
         rt = self.machine.runtime
-        if not (rt.walk_issue or rt.walk_fused_issue):
+        if not (rt.walk_issue or rt.walk_fused_issue) and not self.local_temporaries:
             return self
         walked = copy.copy(self)
+        walked.local_temporaries = False
         walked.machine = replace(self.machine, runtime=replace(
             rt, issue=rt.walk_issue or rt.issue, fused_issue=rt.walk_fused_issue or rt.fused_issue))
         return walked
@@ -601,6 +605,9 @@ class _Plan:
                  staging: Staging | None = None) -> None:
         self.sim = sim
         self.pcg = pcg
+        # per store, how many fused groups of the last simulated step bound it, and of this one
+        self.group_uses: Counter[Any] | None = None
+        self._uses_now: Counter[Any] = Counter()
         m = sim.machine
         self.n = m.num_devices
         self.all_devs = list(range(self.n))
@@ -1047,6 +1054,23 @@ class _Plan:
         m = self.sim.machine
         return m.runtime.sync * (1 if m.nodes > 1 else self.micro_batches)
 
+    def _own_temporaries(self, g: _Group) -> int:
+        """How many of group `g`'s stores the executor's replay keeps in the task as its own
+        temporaries (replay.Recorder.finish): a tensor, gradient or saved product (written
+        before it is read; not a batch input, a weight or a weight gradient) that no other
+        group of the step binds."""
+        uses = self.group_uses
+        if uses is None:
+            return 0
+        inputs = self._input_keys
+        return sum(1 for k in g.slots
+                   if uses[k] == 1 and k not in inputs
+                   and (k[0] in ("t", "d") or k[0] == RefKind.SAVED.value))
+
+    @functools.cached_property
+    def _input_keys(self) -> frozenset[Any]:
+        return frozenset(("t", t) for t in self.pcg.inputs)
+
     def run_fused_step(self, s: _State) -> float:
         """`run_step` for a runtime that fuses launches (RuntimeSpec.fusion > 0), as the
         executor's FusionQueue does: consecutive launches on the same devices collect into one
@@ -1062,6 +1086,9 @@ class _Plan:
         record = s.intervals.append if s.record else None
         tasks = s.tasks
         pending: list[_Group] = []   # the group being collected (at most one)
+        if self._uses_now:   # the step before formed the same groups: its counts hold
+            self.group_uses, self._uses_now = self._uses_now, Counter()
+        own = self._own_temporaries if sim.local_temporaries else (lambda g: 0)
 
         def trace(devs: Sequence[int], start: float, end: float, name: str, phase: str) -> None:
             if tasks is not None and end > start:
@@ -1094,7 +1121,8 @@ class _Plan:
                 return 0.0
             g = pending.pop()
             points = len(g.devs)
-            extra = max(len(g.slots) - 3, 0)
+            self._uses_now.update(g.slots)
+            extra = max(len(g.slots) - own(g) - 3, 0)
             first = submit(1, (rt.analysis_store * extra
                                + rt.analysis_reduction * len(g.reds)) * points)
             entry = overhead + rt.task_store * extra

@@ -13,18 +13,21 @@ makes Legate move the data: that is how the PCG's Partition, Combine, Replicate 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+from legate.core import LogicalStore
 from legate.core import types as ty
 
 from unity_legion.executor import host_data
 from unity_legion.executor.fusion import FusionQueue
 from unity_legion.executor.replay import (DYNAMIC_LR, DYNAMIC_SEED, DYNAMIC_STEP, Recorder,
                                           StepTrace)
+from unity_legion.executor.tasks import release_local_buffers
 from unity_legion.executor.launcher import (BoundArg, bind, box_points, effective_degree,
                                            forget_store_dims, in_kernel_order, launch_axes,
                                            launch_boxes, launch_grid, partitioned_reductions,
@@ -195,6 +198,10 @@ class GraphExecutor:
         # (executor/replay.py); False: every step walks the graph (the measuring code's choice)
         self.replay = os.environ.get("UNITY_LEGION_REPLAY", "1") != "0"
         self._traces: dict[tuple[Any, ...], StepTrace] = {}
+        # In replays, a store one fused task alone uses in a step, writing and then reading it,
+        # is a temporary of that task's own (replay.Recorder.finish; False: every store stays
+        # bound, as the measuring code's launches want)
+        self.local_temporaries = os.environ.get("UNITY_LEGION_LOCAL_TEMPORARIES", "1") != "0"
         self.replayed = False   # whether the last training step was re-issued from one
         self._recorder: Recorder | None = None
         # while a launch is issued: its scalars that change from step to step, by name -> kind
@@ -258,6 +265,8 @@ class GraphExecutor:
     def forget_traces(self) -> None:
         """Drop every recorded step (executor/replay.py): a store they name was replaced, or
         what shapes a step changed."""
+        for trace in self._traces.values():
+            release_local_buffers(trace.local_programs())
         self._traces.clear()
 
     def get_weight(self, key: WeightKey) -> np.ndarray:
@@ -933,10 +942,13 @@ class GraphExecutor:
             return trace.result
         with self._recording(key is not None) as rec:
             result = issue()
-        recorded = None if rec is None else rec.finish(result, self._trace_state())
+        state = self._trace_state()
+        recorded = None if rec is None else rec.finish(
+            result, state, kept=_stores_in((result, [(r.store, r.partials) for r, _p in state[1]])),
+            localize=self.local_temporaries)
         if recorded is not None:
             while len(self._traces) >= _MAX_TRACES:
-                self._traces.pop(next(iter(self._traces)))
+                release_local_buffers(self._traces.pop(next(iter(self._traces))).local_programs())
             self._traces[key] = recorded
         return result
 
@@ -1368,6 +1380,23 @@ def read(store: Any, keep: list[Any] | None = None, direct: bool = False) -> np.
     if keep is not None:
         keep.append(tmp)
     return np.array(from_storage(np.asarray(tmp.get_physical_store())), copy=True)
+
+
+def _stores_in(value: Any) -> list[Any]:
+    """Every Legate store in `value` (nested tuples, lists and dicts, dataclasses' fields)."""
+    out: list[Any] = []
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, LogicalStore):
+            out.append(v)
+        elif isinstance(v, (tuple, list)):
+            todo.extend(v)
+        elif isinstance(v, dict):
+            todo.extend(v.values())
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            todo.extend(getattr(v, f.name) for f in dataclasses.fields(v))
+    return out
 
 
 def read_all(stores: Sequence[Any], keep: list[Any] | None = None) -> list[np.ndarray]:

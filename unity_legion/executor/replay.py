@@ -14,7 +14,15 @@ What may differ between two steps of one kind, and how a replay gets it:
 - dropout seeds, the learning rate and the optimizer's step count: scalars recorded with their
   kind (`DYNAMIC_*`), taken anew; seeds are drawn from the executor's stream in the order the
   walk draws them, so a replayed step equals a walked one bit for bit.
-Everything else that shapes a step is the recording's key (GraphExecutor._trace_key). A step
+Everything else that shapes a step is the recording's key (GraphExecutor._trace_key).
+
+A replay also binds fewer stores: a store that one fused task alone uses in the step, writing it
+and then reading it (an activation its backward consumes, a gradient passed between its steps;
+never a result, a weight or the batch), is that task's own temporary in the replays
+(`Recorder.finish`, tasks.Access.LOCAL), allocated once per processor thread and kept. Legion
+analyses and maps every bound store for every point (~8 us each here) and Legate wraps each
+before the first kernel (~12 us): a fused step binds hundreds. The walked step that was
+recorded keeps them all bound, as the measuring code's steps do. A step
 that creates a store (the first of its kind) is not kept: the next one is. Whatever replaces a
 store a recording names (a weight set, optimizer state, a plan, frozen weights) drops them all.
 """
@@ -22,13 +30,14 @@ store a recording names (a weight set, optimizer state, a plan, frozen weights) 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
-from unity_legion.executor.launcher import issue_task, prepared_parts, submit
-from unity_legion.executor.tasks import program_task
+from unity_legion.executor.launcher import issue_task, prepared_parts, store_dims, submit
+from unity_legion.executor.tasks import Access, Program, program_task
 from unity_legion.mappers.placement import placed
-from unity_legion.operators.base import Launch
+from unity_legion.operators.base import Launch, Role
 from unity_legion.types import MachineView
 
 # the kinds of scalars that change from step to step (GraphExecutor._dynamic names them)
@@ -50,6 +59,37 @@ class _Task:
     grid: tuple[int, ...]
     view: MachineView
     labels: list[Any]                              # per step: (operator name, phase)
+    program: Program | None = None
+    # per slot while recording: (id of the store, its dims, numpy dtype name, tile); () after
+    slot_info: tuple[tuple[int, tuple[int, ...], str, Any], ...] = ()
+
+    def store_ids(self) -> list[int]:
+        return [info[0] for info in self.slot_info]
+
+    def localized(self, private: Callable[[int], bool]) -> _Task:
+        """This task with every slot that only it uses in the step (`private(store id)`), that
+        it writes before any read and reads again, and whose pieces have one shape on every
+        point, made a temporary of its own (Access.LOCAL): no store bound for it."""
+        program, info = self.program, self.slot_info
+        if program is None or not info:
+            return self
+        read_after = _read_after_write(program)
+        local = []
+        for i, (sid, dims, dtype, tile) in enumerate(info):
+            if (program.access[i] is not Access.WRITE or i not in read_after
+                    or (program.squeeze and program.squeeze[i]) or not private(sid)):
+                continue
+            piece = _uniform_piece(dims, tile)
+            if piece is not None and dtype:
+                local.append((i, piece, dtype))
+        if not local:
+            return replace(self, slot_info=())
+        slots = {i for i, _p, _d in local}
+        access = tuple(Access.LOCAL if i in slots else a for i, a in enumerate(program.access))
+        new = Program(program.steps, access, program.squeeze, tuple(local))
+        parts = [(None, None) if i in slots else p for i, p in enumerate(self.parts)]
+        return replace(self, task=program_task(new), access=access, parts=parts, program=new,
+                       slot_info=())
 
     def issue(self, rt: Any, fresh: Sequence[Any], value: Callable[[str], Any],
               profiler: Any) -> None:
@@ -83,6 +123,9 @@ class _Launch:
     guards: tuple[Any, ...]
     label: Any
 
+    def store_ids(self) -> list[int]:
+        return [id(s) for s in self.refs.values() if s is not None] + [id(g) for g in self.guards]
+
     def issue(self, rt: Any, fresh: Sequence[Any], value: Callable[[str], Any],
               profiler: Any) -> None:
         refs = self.refs
@@ -103,9 +146,50 @@ class _Fill:
     store: Any
     value: Any
 
+    def store_ids(self) -> list[int]:
+        return [id(self.store)]
+
     def issue(self, rt: Any, fresh: Sequence[Any], value: Callable[[str], Any],
               profiler: Any) -> None:
         self.store.fill(self.value)
+
+
+def _read_after_write(program: Program) -> set[int]:
+    """The slots some step of `program` reads after an earlier step wrote them (none that a
+    kernel locates by its store: Kernel.wants_origin)."""
+    written: set[int] = set()
+    out: set[int] = set()
+    located: set[int] = set()
+    for step in program.steps:
+        pairs = list(zip(step.kernel.stores, step.slots))
+        out.update(slot for (_n, role), slot in pairs
+                   if role is not Role.OUTPUT and slot in written)
+        out.update(slot for slot in step.guards if slot in written)
+        written.update(slot for (_n, role), slot in pairs if role is not Role.INPUT)
+        if step.kernel.wants_origin:
+            located.update(step.slots)
+    return out - located
+
+
+def _numpy_dtype(store: Any) -> str:
+    """The numpy name of a store's element type ("" where numpy has none: stays bound)."""
+    try:
+        return str(store.type.to_numpy_dtype())
+    except (TypeError, ValueError, NotImplementedError):
+        return ""
+
+
+def _uniform_piece(dims: tuple[int, ...], tile: Any) -> tuple[int, ...] | None:
+    """The shape of every point's piece of a store of `dims` tiled by `tile` (None: whole),
+    or None where the tiles at the edge are smaller."""
+    if tile is None:
+        return dims
+    piece = []
+    for n, t in zip(dims, tile):
+        if t < n and n % t:
+            return None
+        piece.append(min(t, n))
+    return tuple(piece)
 
 
 @contextlib.contextmanager
@@ -146,6 +230,11 @@ class StepTrace:
         for op in self.ops:
             op.issue(rt, fresh, value, profiler)
 
+    def local_programs(self) -> list[Program]:
+        """The programs of its tasks that keep temporaries of their own."""
+        return [op.program for op in self.ops
+                if isinstance(op, _Task) and op.program is not None and op.program.local]
+
 
 @dataclass
 class Recorder:
@@ -175,8 +264,10 @@ class Recorder:
         # store alive, whose buffer goes at the next call)
         parts = [(None, None) if id(s) in self.feed_ids else part
                  for (s, _t, _p), part in zip(slots, prepared_parts(slots))]
+        info = tuple((id(s), store_dims(s), _numpy_dtype(s), tile) for s, tile, _p in slots)
         self.ops.append(_Task(program_task(program), program.access, parts,
-                              feeds, list(scalars), tuple(dynamic), grid, view, labels))
+                              feeds, list(scalars), tuple(dynamic), grid, view, labels,
+                              program, info))
         self.tasks += 1
         self.launches += len(labels)
 
@@ -197,10 +288,22 @@ class Recorder:
         if id(store) in self.feed_ids:   # (the executor never fills or guards a batch store)
             self.created = True
 
-    def finish(self, result: Any, end_state: Any) -> StepTrace | None:
-        """The recording as a trace, or None where the step may not be replayed."""
+    def finish(self, result: Any, end_state: Any, kept: Sequence[Any] = (),
+               localize: bool = False) -> StepTrace | None:
+        """The recording as a trace, or None where the step may not be replayed. `localize`:
+        a store that one task alone uses in the step, writes and then reads (an activation
+        the task's backward consumes, a gradient passed between its steps) becomes that task's
+        own temporary in the replays (Access.LOCAL): Legion then neither analyses nor maps it
+        and Legate binds one store less per point (both costs per store and point; a fused
+        step binds hundreds). `kept`: stores read after the step (its results, state carried
+        to the next step), never made temporaries."""
         if self.created:
             return None
+        if localize:
+            keep = {id(s) for s in kept} | set(self.feed_ids)
+            uses = Counter(sid for op in self.ops for sid in op.store_ids())
+            self.ops = [op.localized(lambda sid: uses[sid] == 1 and sid not in keep)
+                        if isinstance(op, _Task) else op for op in self.ops]
         return StepTrace(self.ops, len(self.feed_stores), self.tasks, self.launches, result,
                          end_state)
 
