@@ -304,3 +304,17 @@ def test_only_uniform_pieces_become_temporaries() -> None:
     assert _uniform_piece((10, 12), None) == (10, 12)
     assert _uniform_piece((10, 12), (16, 12)) == (10, 12)
     assert _uniform_piece((9, 12), (5, 12)) is None
+
+
+def test_forgetting_the_recordings_frees_their_temporaries() -> None:
+    """Each processor thread keeps a task's temporaries from step to step; dropping the
+    recordings (a new plan, a replaced weight) frees them."""
+    from unity_legion.executor.tasks import LOCAL_BUFFERS
+
+    ex, x = _executor(True)
+    for s, (xs, ys) in enumerate(_batches(4), start=1):
+        ex.train_step({x: xs}, [ys], OBJ, SGDRule(), 0.05, s)
+    programs = [p for trace in ex._traces.values() for p in trace.local_programs()]
+    assert programs and all(LOCAL_BUFFERS[p] for p in programs)
+    ex.forget_traces()
+    assert not any(LOCAL_BUFFERS[p] for p in programs)

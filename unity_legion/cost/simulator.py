@@ -196,8 +196,9 @@ class Simulator:
         # (GraphExecutor.sparse_updates; off in pipelined steps)
         self.sparse_updates = True
         # a store one group alone uses in the step, written and read there, is the task's
-        # own temporary in a replayed step, not bound (GraphExecutor.local_temporaries)
-        self.local_temporaries = True
+        # own temporary in a replayed step, not bound (GraphExecutor.local_temporaries: on CPU
+        # processors)
+        self.local_temporaries = machine.device.kind == "cpu"
 
     # ------------------------------------------------------------------ public
     def simulate(self, graph: ComputationGraph, batch: int, plan: Mapping[int, OpConfig],

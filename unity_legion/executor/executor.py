@@ -200,8 +200,10 @@ class GraphExecutor:
         self._traces: dict[tuple[Any, ...], StepTrace] = {}
         # In replays, a store one fused task alone uses in a step, writing and then reading it,
         # is a temporary of that task's own (replay.Recorder.finish; False: every store stays
-        # bound, as the measuring code's launches want)
-        self.local_temporaries = os.environ.get("UNITY_LEGION_LOCAL_TEMPORARIES", "1") != "0"
+        # bound, as the measuring code's launches want). CPU processors only: on a GPU the
+        # temporaries would be CuPy memory beside the framebuffer Legate reserves, unmeasured
+        self.local_temporaries = (self.machine.preferred_kind == "cpu" and os.environ.get(
+            "UNITY_LEGION_LOCAL_TEMPORARIES", "1") != "0")
         self.replayed = False   # whether the last training step was re-issued from one
         self._recorder: Recorder | None = None
         # while a launch is issued: its scalars that change from step to step, by name -> kind
