@@ -123,6 +123,7 @@ def price_pipeline(sim: "Simulator", graph: ComputationGraph, batch: int,
     dev = sim.machine.device
     S = spec.num_stages
     fwd, bwd, sync = [0.0] * S, [0.0] * S, [0.0] * S
+    sync_delay = [0.0] * S   # the gradient sums' latency, overlapped (Transfer.latency)
     wbytes, abytes = [0.0] * S, [0.0] * S
     req = _needs_grad(graph, shapes)
     consumed = {t for g in graph.nodes for t in g.inputs}
@@ -173,8 +174,10 @@ def price_pipeline(sim: "Simulator", graph: ComputationGraph, batch: int,
             wbytes[s] += wbytes_node * len(devs) / len(spec.stages[s].devices)
             if any(w.name == wname and w.trainable for w in g.weights):
                 # over the devices holding each tile's copies (cost/collectives.py)
-                sync[s] += sim.weight_sync(arg_layout(g.op, ins, cfg, Ref(RefKind.WEIGHT, wname),
-                                                      ws)).seconds
+                summed = sim.weight_sync(arg_layout(g.op, ins, cfg, Ref(RefKind.WEIGHT, wname),
+                                                    ws))
+                sync[s] += summed.seconds - summed.latency
+                sync_delay[s] = max(sync_delay[s], summed.latency)
                 points = sim.update_points(ws, len(devs))
                 sync[s] += sim.update_time(ws, points) * -(-points // max(len(devs[:points]), 1))
         held = sum(pcg.tensors[t].piece_bytes() for t in node.outputs)
@@ -196,6 +199,7 @@ def price_pipeline(sim: "Simulator", graph: ComputationGraph, batch: int,
         # priced as the timeline's moves; a tensor that skips stages is charged to the
         # boundary into its reader's stage
         transfers[stage - 1] += boundary_transfer(sim, src, layout).seconds
+    sync = [t + d for t, d in zip(sync, sync_delay)]
     stages = tuple(StageCost(st.name, st.devices, fwd[i], bwd[i], sync[i], wbytes[i], abytes[i],
                              spec.in_flight(i)) for i, st in enumerate(spec.stages))
     memory = [0.0] * sim.machine.num_devices

@@ -45,6 +45,9 @@ from unity_legion.cost.machine import MachineModel
 class Transfer:
     seconds: float
     link: str          # the links used: "", INTRA, INTER or INTRA+INTER
+    # of `seconds`, the part that is delay (messages' latency), not the links' occupancy:
+    # transfers in flight together overlap it (0: all of it occupies the links)
+    latency: float = 0.0
 
 
 @functools.lru_cache(maxsize=4096)
