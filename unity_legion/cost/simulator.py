@@ -342,9 +342,7 @@ class Simulator:
         if ws.shape.copy_degree <= 1:
             return Transfer(0.0, "")
         if not self.by_groups:
-            devs = ws.devices
-            return Transfer(self._grad_sync_time(ws.shape, devs), self._link_name(devs),
-                            self._grad_sync_latency(ws.shape, devs))
+            return self._grad_transfer(ws.shape, ws.devices)
         groups = ws.groups()
         # gradients are float32 also under mixed precision (the master copy's)
         return Transfer(groups_time("all_reduce", ws.shape.piece_bytes() * _master_ratio(ws.shape),
@@ -418,32 +416,33 @@ class Simulator:
 
     def _grad_sync_time(self, ws: ParallelTensorShape, devices: Sequence[int]) -> float:
         """Summing the c replicas of a weight's gradient (each device holds one piece)."""
+        return self._grad_sync(ws, devices)[0]
+
+    def _grad_sync(self, ws: ParallelTensorShape, devices: Sequence[int]) -> tuple[float, float]:
+        """(seconds, latency) of summing the c replicas of a weight's gradient: of its seconds,
+        the messages' latency is a delay the sums of several weights share, in flight together
+        (Legion issues every fold or exchange as soon as its gradient is done), where their
+        bytes share the links. On 2 ranks here a fold's latency (~16 ms, the runtime's round
+        trip) dwarfs its bytes: bert's ~40 sums priced one after another predicted 3.1 s for a
+        0.41 s step."""
         c = ws.copy_degree
         if c <= 1:
-            return 0.0
+            return 0.0, 0.0
         if _master_ratio(ws) != 1:   # gradients are float32 under mixed precision too
             ws = ParallelTensorShape(ws.dims, ws.replicas, ws.dtype.master)
         rt = self.machine.runtime
         if self.grad_partials(ws, devices):
-            return self.settle_time(c, ws.num_bytes(), len(set(devices)))
+            return self.settle_time(c, ws.num_bytes(), len(set(devices))), 0.0
         if rt.reduction in ("fold", "partials") and rt.fold is not None:
-            return c * rt.fold.time(ws.piece_bytes())
+            return c * rt.fold.time(ws.piece_bytes()), c * rt.fold.latency
         link = self._link(devices)
-        return 2 * (c - 1) * link.latency + 2 * (c - 1) / c * ws.piece_bytes() / link.bandwidth
+        latency = 2 * (c - 1) * link.latency
+        return latency + 2 * (c - 1) / c * ws.piece_bytes() / link.bandwidth, latency
 
-    def _grad_sync_latency(self, ws: ParallelTensorShape, devices: Sequence[int]) -> float:
-        """Of `_grad_sync_time`, the messages' latency: the sums of several weights are in
-        flight together (Legion issues every fold or exchange as soon as its gradient is
-        done), so their latencies overlap where their bytes share the links. On 2 ranks here a
-        fold's latency (~16 ms, the runtime's round trip) dwarfs its bytes: bert's ~40 sums
-        priced one after another predicted 3.1 s for a 0.41 s step."""
-        c = ws.copy_degree
-        if c <= 1 or self.grad_partials(ws, devices):
-            return 0.0
-        rt = self.machine.runtime
-        if rt.reduction in ("fold", "partials") and rt.fold is not None:
-            return c * rt.fold.latency
-        return 2 * (c - 1) * self._link(devices).latency
+    def _grad_transfer(self, ws: ParallelTensorShape, devices: Sequence[int]) -> Transfer:
+        """The gradient sum as a Transfer priced by this runtime's own rule (_grad_sync)."""
+        seconds, latency = self._grad_sync(ws, devices)
+        return Transfer(seconds, self._link_name(devices), latency)
 
     def _allreduce_time(self, ws: ParallelTensorShape, devices: Sequence[int]) -> float:
         return self._grad_sync_time(ws, devices)
@@ -734,8 +733,7 @@ class _Plan:
                     item.syncs[key] = (sim.weight_sync(
                         arg_layout(g.op, ins, cfg, Ref(RefKind.WEIGHT, key[1]), ws))  # type: ignore[arg-type]
                         if sim.by_groups else
-                        Transfer(sim._grad_sync_time(ws, devs), sim._link_name(devs),
-                                 sim._grad_sync_latency(ws, devs)))
+                        sim._grad_transfer(ws, devs))
                 for i, t in enumerate(node.outputs):
                     self.layout_of[t] = arg_layout(g.op, ins, cfg, Ref(RefKind.OUTPUT, i),  # type: ignore[arg-type]
                                                    pcg.tensors[t])

@@ -50,8 +50,8 @@ DYNAMIC_STEP = "step"
 class _Task:
     """A fused group's task: its slots' partitions (a feed's made again at each replay)."""
 
-    task: Any
-    access: tuple[Any, ...]
+    task: Any                                      # program_task(program)
+    program: Program
     parts: list[tuple[Any, Any]]
     feeds: tuple[tuple[int, int, Any, Any], ...]   # (slot, feed index, tile, projection)
     scalars: list[tuple[Any, type]]
@@ -59,9 +59,12 @@ class _Task:
     grid: tuple[int, ...]
     view: MachineView
     labels: list[Any]                              # per step: (operator name, phase)
-    program: Program | None = None
     # per slot while recording: (id of the store, its dims, numpy dtype name, tile); () after
     slot_info: tuple[tuple[int, tuple[int, ...], str, Any], ...] = ()
+
+    @property
+    def access(self) -> tuple[Access, ...]:
+        return self.program.access
 
     def store_ids(self) -> list[int]:
         return [info[0] for info in self.slot_info]
@@ -71,7 +74,7 @@ class _Task:
         it writes before any read and reads again, and whose pieces have one shape on every
         point, made a temporary of its own (Access.LOCAL): no store bound for it."""
         program, info = self.program, self.slot_info
-        if program is None or not info:
+        if not info:
             return self
         read_after = _read_after_write(program)
         local = []
@@ -88,8 +91,7 @@ class _Task:
         access = tuple(Access.LOCAL if i in slots else a for i, a in enumerate(program.access))
         new = Program(program.steps, access, program.squeeze, tuple(local))
         parts = [(None, None) if i in slots else p for i, p in enumerate(self.parts)]
-        return replace(self, task=program_task(new), access=access, parts=parts, program=new,
-                       slot_info=())
+        return replace(self, task=program_task(new), program=new, parts=parts, slot_info=())
 
     def issue(self, rt: Any, fresh: Sequence[Any], value: Callable[[str], Any],
               profiler: Any) -> None:
@@ -232,8 +234,7 @@ class StepTrace:
 
     def local_programs(self) -> list[Program]:
         """The programs of its tasks that keep temporaries of their own."""
-        return [op.program for op in self.ops
-                if isinstance(op, _Task) and op.program is not None and op.program.local]
+        return [op.program for op in self.ops if isinstance(op, _Task) and op.program.local]
 
 
 @dataclass
@@ -265,9 +266,8 @@ class Recorder:
         parts = [(None, None) if id(s) in self.feed_ids else part
                  for (s, _t, _p), part in zip(slots, prepared_parts(slots))]
         info = tuple((id(s), store_dims(s), _numpy_dtype(s), tile) for s, tile, _p in slots)
-        self.ops.append(_Task(program_task(program), program.access, parts,
-                              feeds, list(scalars), tuple(dynamic), grid, view, labels,
-                              program, info))
+        self.ops.append(_Task(program_task(program), program, parts, feeds, list(scalars),
+                              tuple(dynamic), grid, view, labels, info))
         self.tasks += 1
         self.launches += len(labels)
 
