@@ -193,6 +193,35 @@ def test_each_device_converts_every_store_its_fused_task_binds() -> None:
     assert busy1 - busy0 <= dp1 - dp0 < 3 * (busy1 - busy0)
 
 
+def _host_with(g: ComputationGraph, config: OpConfig, issue_store: float) -> float:
+    """The issuing thread's seconds of a step, with `issue_store` per store a task binds."""
+    base = _machine(128)
+    machine = replace(base, runtime=replace(base.runtime, issue_store=issue_store))
+    return Simulator(machine, optimizer_slots=0).simulate(g, 64, {}, None, config).host
+
+
+def test_the_host_adds_every_store_to_the_task_it_submits() -> None:
+    g, _ = _chain(6)
+    serial = _host_with(g, SERIAL, 1e-3) - _host_with(g, SERIAL, 0.0)
+    assert serial > 6 * 1e-3   # every layer's input, weights and output at least, once each
+    assert _host_with(g, SERIAL, 2e-3) - _host_with(g, SERIAL, 0.0) == pytest.approx(2 * serial)
+    # once per task however many points run it (Legion analyses each point; the host adds the
+    # store once), so two points cost at most the groups two points need more
+    dp = _host_with(g, DP, 1e-3) - _host_with(g, DP, 0.0)
+    assert serial <= dp < 2 * serial
+    with pytest.raises(MachineError, match="issue_store must be a number >= 0"):
+        replace(_machine(128).runtime, issue_store=-1.0)
+
+
+def test_partial_sums_are_priced_by_the_passes_their_kernel_makes() -> None:
+    """operators/glue.add_partials adds one copy at a time into the result (the result read and
+    written, the copy read), then zeroes every copy: 4 passes over a piece per copy."""
+    sim = Simulator(_machine(128), optimizer_slots=0)
+    bw = sim.machine.device.mem_bandwidth
+    assert sim.settle_time(2, 8e6, 2) == pytest.approx(4 * 2 * 4e6 / bw)
+    assert sim.settle_time(4, 8e6, 2) == pytest.approx(2 * sim.settle_time(2, 8e6, 2))
+
+
 def test_task_store_figure_is_checked() -> None:
     base = _machine(128)
     with pytest.raises(MachineError, match="task_store must be a number >= 0"):

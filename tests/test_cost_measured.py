@@ -217,6 +217,10 @@ def test_calibration_measures_positive_figures_and_is_cached(tmp_path, monkeypat
     assert rt.issue > 0 and rt.sync > 0 and rt.reduction == "partials" and rt.cores >= 1
     assert rt.fusion > 0 and rt.fused_issue > 0 and rt.fused_step >= 0
     assert rt.analysis >= 0 and c.probes["cores"] == rt.cores
+    # per store a fused task binds: the host adding it, Legion analysing it, the processor
+    # wrapping it (over stores written and read as a step's are)
+    assert rt.issue_store > 0 and rt.analysis_store > 0 and rt.task_store > 0
+    assert c.probes["issue_store_s"] == rt.issue_store
     assert rt.fold.bandwidth > 0 and m.intra.bandwidth > 0
     assert 0 < c.memory_efficiency <= 1 and all(0 < f <= 1 for f in c.efficiency.values())
     assert c.analytic().factor("linear") == c.efficiency["linear"]

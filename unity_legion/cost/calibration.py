@@ -23,7 +23,8 @@ SCHEMA = "unity_legion.calibration"
 # 2: the runtime's fused groups and partial sums are measured (a version-1 file is measured again)
 # 3: Legion's work per store bound and per store reduced into (RuntimeSpec.analysis_store, ...)
 # 4: the processors' work per store a fused task binds (RuntimeSpec.task_store)
-VERSION = 4
+# 5: those per-store figures over stores written and read as a step does, not only read
+VERSION = 5
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,9 @@ class RuntimeSpec:
         where a task's kernels can be a few hundred microseconds).
     analysis_reduction: seconds of the runtime's thread per store a task ADD-reduces into, per
         point (reduction instances made, then folded into the store).
+    issue_store: seconds of the issuing thread per store a fused task binds beyond three, as it
+        is submitted (each store argument added to the Legate task with its partition: ~8 us a
+        store on the development machine, where a replayed task binds a hundred or more).
     reduction "partials": the executor's partial sums (one rank): every point adds into its own
         piece of a stacked store, summed into the result by one more step (a pass over the
         pieces, split by rows) right before the first reader; no copies are folded.
@@ -146,13 +149,14 @@ class RuntimeSpec:
     task_store: float = 0.0
     walk_issue: float = 0.0
     walk_fused_issue: float = 0.0
+    issue_store: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.fusion, bool) or not isinstance(self.fusion, int) or self.fusion < 0:
             raise MachineError(f"runtime fusion must be an integer >= 0, got {self.fusion!r}")
         for f in ("issue", "sync", "cores", "analysis", "fused_issue", "fused_step",
                   "analysis_store", "analysis_reduction", "walk_issue", "walk_fused_issue",
-                  "task_store"):
+                  "task_store", "issue_store"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise MachineError(f"runtime {f} must be a number >= 0, got {v!r}")
@@ -301,12 +305,14 @@ LOCAL_CPU = DeviceSpec("cpu", "local-cpu", 86e9, 86e9, 9.4 * GB, 8 * 2**30, laun
 # 4096 elements and more as partial sums (folding smaller ones, and across ranks). Legion's
 # thread pays ~8.5 us more per store a fused task binds beyond three and ~130 us per store it
 # ADD-reduces into, per point, and each processor ~19 us per such store before the task's
-# first kernel (a fused task binds tens to hundreds of stores).
+# first kernel (a fused task binds tens to hundreds of stores); the issuing thread ~4 us per
+# such store as it submits the task.
 LOCAL_RUNTIME = RuntimeSpec(issue=6e-5, sync=1.2e-5, reduction="partials",
                             fold=LinkSpec(1.0 * GB, 3e-4), cores=1.6, analysis=2.5e-4,
                             fusion=128, fused_issue=5e-6, fused_step=1e-5,
                             analysis_store=8.5e-6, analysis_reduction=1.3e-4,
-                            task_store=1.9e-5, walk_issue=2e-4, walk_fused_issue=1e-4)
+                            task_store=1.9e-5, walk_issue=2e-4, walk_fused_issue=1e-4,
+                            issue_store=4e-6)
 
 PRESETS: dict[str, MachineModel] = {
     "p3.8xlarge": MachineModel("p3.8xlarge", 1, 4, V100, LinkSpec(50 * GB, 5e-6),

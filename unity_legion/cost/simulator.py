@@ -30,9 +30,10 @@ sum the operator's earlier launches added into (batch statistics: `_barriers`) c
 what it writes is ready when the task ends. The host pays `fused_issue` per launch joining a
 group, `issue` and `analysis` once per group; the devices pay their launch overhead once per
 group and `task_store` per store the group's task binds beyond three (before its first kernel);
-the runtime's thread also pays `analysis_store` per such store and `analysis_reduction` per
-store it ADD-reduces into, each per point (`_stores`: what the operators' launches bind, named
-as the step names them, so a store several of the group's launches share counts once).
+the host pays `issue_store` per such store as it submits the task; the runtime's thread pays
+`analysis_store` per such store and `analysis_reduction` per store it ADD-reduces into, each
+per point (`_stores`: what the operators' launches bind, named as the step names them, so a
+store several of the group's launches share counts once).
 Reductions on one rank are partial sums (`reduction` "partials"): a Reduce, and a weight
 gradient's replicas, cost one more step adding the copies, split by rows (`settle_time`),
 instead of Legion's folds.
@@ -411,8 +412,10 @@ class Simulator:
 
     def settle_time(self, copies: int, nbytes: float, points: int) -> float:
         """Seconds of one point adding `copies` partial sums of an `nbytes` store into it, split
-        by rows over `points` devices (each copy read, the result written)."""
-        return (copies + 1) * nbytes / max(points, 1) / self.machine.device.mem_bandwidth
+        by rows over `points` devices: the kernel (operators/glue.add_partials) adds one copy
+        at a time into the result (the result read and written, the copy read) and then zeroes
+        every copy for the next step's contributions, 4 passes over a piece per copy."""
+        return 4 * copies * nbytes / max(points, 1) / self.machine.device.mem_bandwidth
 
     def _grad_sync_time(self, ws: ParallelTensorShape, devices: Sequence[int]) -> float:
         """Summing the c replicas of a weight's gradient (each device holds one piece)."""
@@ -1139,6 +1142,7 @@ class _Plan:
             points = len(g.devs)
             self._uses_now.update(g.slots)
             extra = max(len(g.slots) - own(g) - 3, 0)
+            busy_host(rt.issue_store * extra)   # each store added to the task submitted
             first = submit(1, (rt.analysis_store * extra
                                + rt.analysis_reduction * len(g.reds)) * points)
             entry = overhead + rt.task_store * extra

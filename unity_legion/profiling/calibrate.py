@@ -24,15 +24,18 @@ jobs stretches wall time, which the one wall-time figure, `cores`, accounts for.
   launches (loss, accumulations, optimizer updates, fills, attaching the batch).
   Where the executor fuses, runtime.issue and runtime.fused_issue are then taken from the same
   launches recorded and issued again (`GraphExecutor.record` / `reissue`), as training steps
-  after the second are (executor/replay.py): 20 tasks of one launch and one task of 20.
+  after the second are (executor/replay.py): 20 tasks of one launch and one task of 20; and
+  runtime.issue_store from replayed tasks of 2 and of 16 launches binding 12 distinct stores
+  each (the host adds every store to the task it submits).
 - runtime.analysis_store and runtime.analysis_reduction: the runtime's threads' CPU per launch
   over every processor of launches binding 3 and 12 stores, and 12 of which two small ones are
   ADD-reduced into: per store beyond three and per reduced store, per point. A fused task binds
   tens to hundreds of stores, and Legion analyses each for every point. Where the executor
-  fuses, the per-store figure is taken from fused groups of 2 and of 16 such launches over
-  distinct stores instead (a step's stores are each its own; re-binding the same twelve costs
-  Legion a third as much), with runtime.task_store: the processors' CPU per store their task
-  binds (Legate wraps each and it becomes an array before any kernel runs).
+  fuses, the per-store figure is taken from fused tasks over distinct stores instead, used as a
+  step uses them (written by rows by one task, read whole or by rows by the next: a step's
+  stores are each its own, and written every step; re-binding the same twelve costs Legion a
+  third as much, stores only read half as much), with runtime.task_store: the processors' CPU
+  per store their task binds (Legate wraps each and it becomes an array before any kernel runs).
 - runtime.sync: a blocking read of a finished result (the executor reads the loss so).
 - intra link (moving data between processors): a store written by the processors tiled by rows
   is read by them tiled by columns, each point then needing (p-1)/p of its piece from the
@@ -139,6 +142,12 @@ def probe_three(a: In, b: In, c: Out) -> None:
 @kernel
 def probe_twelve(a0: In, a1: In, a2: In, a3: In, a4: In, a5: In, a6: In, a7: In, a8: In,
                  a9: In, a10: In, c: Out) -> None:
+    _WORKERS.add(threading.get_native_id())
+
+
+@kernel
+def probe_write_twelve(a0: Out, a1: Out, a2: Out, a3: Out, a4: Out, a5: Out, a6: Out, a7: Out,
+                       a8: Out, a9: Out, a10: Out, c: Out) -> None:
     _WORKERS.add(threading.get_native_id())
 
 
@@ -346,14 +355,14 @@ def calibrate(repeats: int = 9) -> Calibration:
         analysis_store, task_store = fused_stores
         probes |= {"analysis_store_s": analysis_store, "task_store_s": task_store}
     replayed = _replayed_issue_costs(pr, stores, repeats)
-    walk_issue = walk_fused_issue = 0.0   # (0: steps are walked, as these were measured)
+    walk_issue = walk_fused_issue = issue_store = 0.0   # (0: as walked, as measured above)
     if replayed is not None:
         # training steps after the second are re-issued from a recording: that is what the
         # host pays per task and per launch joining one (the walk above costs it far more)
         probes |= {"walked_issue_s": issue, "walked_fused_issue_s": fused_issue}
         walk_issue, walk_fused_issue = issue, fused_issue
-        issue, fused_issue = replayed
-        probes |= {"issue_s": issue, "fused_issue_s": fused_issue}
+        issue, fused_issue, issue_store = replayed
+        probes |= {"issue_s": issue, "fused_issue_s": fused_issue, "issue_store_s": issue_store}
 
     small = pr.store(4)
 
@@ -458,7 +467,8 @@ def calibrate(repeats: int = 9) -> Calibration:
                                           analysis_store=analysis_store,
                                           analysis_reduction=analysis_reduction,
                                           task_store=task_store, walk_issue=walk_issue,
-                                          walk_fused_issue=walk_fused_issue),
+                                          walk_fused_issue=walk_fused_issue,
+                                          issue_store=issue_store),
                       source=source)
     cal = Calibration(machine, efficiency, mem_eff, probes)
     return bcast(cal) if info.ranks > 1 else cal
@@ -528,47 +538,58 @@ def _fused_launch_costs(pr: "_Probe", stores: Mapping[str, Any], issue: float,
 def _fused_store_costs(pr: "_Probe", fused_step: float, repeats: int
                        ) -> tuple[float, float] | None:
     """(runtime threads' CPU, processors' CPU) per store a fused task binds, per point
-    (RuntimeSpec.analysis_store, task_store): fused groups of 2 and of 16 trivial launches
-    binding 12 stores each, every store a distinct one, on every processor; None where the
-    executor does not fuse."""
+    (RuntimeSpec.analysis_store, task_store), with stores used as a training step uses them:
+    every round, one fused task over every processor writes them by rows, and the next reads
+    them, half whole (as a weight the update wrote by rows is read by the forward) and half by
+    rows (an activation). Rounds of 2 and of 16 such launch pairs, each launch binding 12
+    distinct stores; None where the executor does not fuse. (Stores only ever read, as this
+    probe first bound them, cost Legion under half as much: bert's data-parallel step spent
+    ~2.5x the figure so measured.)"""
     from unity_legion.operators.base import SAMPLE
 
     if not pr.fusing:
         return None
     rows = (SAMPLE, None)
+    whole = (None, None)
     points = pr.procs
     sizes = (2, 16)
+    names = [f"a{i}" for i in range(11)] + ["c"]
+    readers = {name: (whole if i < 6 else rows) for i, name in enumerate(names[:11])}
     runtime, tasks = [], []
     pr.ex.fusion = True
     try:
         for k in sizes:
-            groups = [{f"a{i}": pr.store(64 * points, 64) for i in range(11)}
-                      | {"c": pr.store(64 * points, 64)} for _ in range(k)]
+            groups = [{name: pr.store(64 * points, 64) for name in names} for _ in range(k)]
 
-            def fused(groups: list[dict[str, Any]] = groups) -> None:
+            def rounds(groups: list[dict[str, Any]] = groups) -> None:
                 for st in groups:
-                    pr.launch(probe_twelve, {name: rows for name in st}, st, points)
+                    pr.launch(probe_write_twelve, {name: rows for name in st}, st, points)
                 pr.ex.flush()
-            for _ in range(2):   # the first registers the group's task, the second warms up
-                pr.cpu_window(fused)
-            splits = [pr.cpu_window(fused) for _ in range(max(3, repeats // 2))]
+                for st in groups:
+                    pr.launch(probe_twelve, readers | {"c": rows}, st, points)
+                pr.ex.flush()
+            for _ in range(2):   # the first registers the groups' tasks, the second warms up
+                pr.cpu_window(rounds)
+            splits = [pr.cpu_window(rounds) for _ in range(max(3, repeats // 2))]
             runtime.append(statistics.median(s.runtime for s in splits))
             tasks.append(statistics.median(s.tasks for s in splits) / min(points, pr.local))
     finally:
         pr.ex.fusion = False
-    more = 12 * (sizes[1] - sizes[0])
+    more = 2 * 12 * (sizes[1] - sizes[0])   # store bindings: two tasks a round
     per_store = max((runtime[1] - runtime[0]) / (more * points), 0.0)
     # the processors' extra steps are dispatched too (fused_step each)
-    per_task_store = max((tasks[1] - tasks[0] - (sizes[1] - sizes[0]) * fused_step) / more, 0.0)
+    per_task_store = max((tasks[1] - tasks[0] - 2 * (sizes[1] - sizes[0]) * fused_step) / more,
+                         0.0)
     return per_store, per_task_store
 
 
 def _replayed_issue_costs(pr: "_Probe", stores: Mapping[str, Any], repeats: int
-                          ) -> tuple[float, float] | None:
-    """(host seconds per task, per launch joining it) of a replayed training step
-    (executor/replay.py): 20 trivial launches on every processor recorded as 20 tasks of one
-    step and as one task of 20 steps, each issued again from its recording. None where the
-    executor does not fuse."""
+                          ) -> tuple[float, float, float] | None:
+    """(host seconds per task, per launch joining it, per store it binds beyond three) of a
+    replayed training step (executor/replay.py): 20 trivial launches on every processor
+    recorded as 20 tasks of one step and as one task of 20 steps, each issued again from its
+    recording; then one task of 2 and one of 16 launches binding 12 distinct stores each (a
+    step's task binds a hundred or more). None where the executor does not fuse."""
     from unity_legion.operators.base import SAMPLE
 
     if not pr.fusing:
@@ -581,9 +602,19 @@ def _replayed_issue_costs(pr: "_Probe", stores: Mapping[str, Any], repeats: int
             pr.launch(probe_three, {"a": rows, "b": rows, "c": rows}, stores, pr.procs)
             if alone:
                 pr.ex.flush()
+
+    sizes = (2, 16)
+    names = [f"a{i}" for i in range(11)] + ["c"]
+    groups = {k: [{name: pr.store(64 * pr.procs, 64) for name in names} for _ in range(k)]
+              for k in sizes}
+
+    def distinct(k: int) -> None:
+        for st in groups[k]:
+            pr.launch(probe_twelve, {name: rows for name in st}, st, pr.procs)
     pr.ex.fusion = True
     try:
         traces = [pr.ex.record(lambda alone=alone: chain(alone)) for alone in (True, False)]
+        traces += [pr.ex.record(lambda k=k: distinct(k)) for k in sizes]
     finally:
         pr.ex.fusion = False
     if any(t is None for t in traces):
@@ -596,7 +627,9 @@ def _replayed_issue_costs(pr: "_Probe", stores: Mapping[str, Any], repeats: int
                                        for _ in range(max(3, repeats // 2))))
     alone, together = hosts[0] / n, hosts[1]   # issue + fused_issue; issue + n x fused_issue
     fused_issue = max((together - alone) / (n - 1), 0.0)
-    return max(alone - fused_issue, 0.0), fused_issue
+    more = sizes[1] - sizes[0]
+    per_store = max((hosts[3] - hosts[2] - more * fused_issue) / (12 * more), 0.0)
+    return max(alone - fused_issue, 0.0), fused_issue, per_store
 
 
 def _reduction(pr: "_Probe", ranks: int) -> str:

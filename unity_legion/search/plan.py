@@ -100,8 +100,8 @@ def add_search_flags(p: argparse.ArgumentParser, planning: bool) -> None:
         g.add_argument("--search-num-workers", type=int, default=None, metavar="N",
                        help="devices per node to plan for (default: the preset's)")
         g.add_argument("--pipeline", action="store_true",
-                       help="also place pipeline stages (plans only: the executor cannot run "
-                            "pipelines yet)")
+                       help="also place pipeline stages (a plan that pipelines trains with "
+                            "compile(strategy=PATH))")
 
 
 def options_from_args(args: argparse.Namespace, trainable_only: bool = False) -> SearchOptions:

@@ -68,7 +68,9 @@ class SearchOptions:
     everywhere_cap: int = 256        # applications of one rule in an "everywhere" rewrite
     optimizer_slots: int = 2         # state arrays per weight (SGD 0, momentum 1, Adam 2)
     # also place pipeline stages (search/pipeline.py) and keep a pipelined plan when it wins;
-    # off by default: the executor cannot run pipelines yet (Strategy.compile refuses them)
+    # opt-in: the executor runs pipelines (executor/pipeline.py), but a pipelined step is walked,
+    # not replayed from a recording (more host time per step), refuses batch norm in training,
+    # and on one machine's processors a pipeline rarely beats splitting each operator
     pipeline: bool = False
     # a plan other than the baselines (data parallelism, everything on one device) is chosen
     # only when predicted at least this fraction faster than the best baseline that fits: a
