@@ -151,6 +151,19 @@ def probe_write_twelve(a0: Out, a1: Out, a2: Out, a3: Out, a4: Out, a5: Out, a6:
     _WORKERS.add(threading.get_native_id())
 
 
+# the store parameters of probe_twelve and probe_write_twelve
+_TWELVE = tuple(f"a{i}" for i in range(11)) + ("c",)
+# launches per fused task in the per-store probes: the difference between the two is what
+# 14 launches' stores cost
+_GROUP_SIZES = (2, 16)
+
+
+def _twelve_stores(pr: "_Probe", launches: int) -> list[dict[str, Any]]:
+    """`launches` sets of 12 distinct stores, one set per launch of probe_twelve (64 rows a
+    processor)."""
+    return [{name: pr.store(64 * pr.procs, 64) for name in _TWELVE} for _ in range(launches)]
+
+
 @kernel
 def probe_twelve_sums(a0: In, a1: In, a2: In, a3: In, a4: In, a5: In, a6: In, a7: In, a8: In,
                       s0: Sum, s1: Sum, c: Out) -> None:
@@ -482,7 +495,7 @@ def _store_analysis_costs(pr: "_Probe", stores: Mapping[str, Any], procs: int, r
     from unity_legion.operators.base import SAMPLE
 
     rows = (SAMPLE, None)
-    many = {f"a{i}": pr.store(64 * procs, 64) for i in range(11)} | {"c": pr.store(64 * procs, 64)}
+    (many,) = _twelve_stores(pr, 1)
     sums = ({f"a{i}": many[f"a{i}"] for i in range(9)}
             | {"s0": pr.store(4, 4), "s1": pr.store(4, 4), "c": many["c"]})
     cases = [(probe_three, {k: rows for k in ("a", "b", "c")}, stores),
@@ -552,14 +565,13 @@ def _fused_store_costs(pr: "_Probe", fused_step: float, repeats: int
     rows = (SAMPLE, None)
     whole = (None, None)
     points = pr.procs
-    sizes = (2, 16)
-    names = [f"a{i}" for i in range(11)] + ["c"]
-    readers = {name: (whole if i < 6 else rows) for i, name in enumerate(names[:11])}
+    sizes = _GROUP_SIZES
+    readers = {name: (whole if i < 6 else rows) for i, name in enumerate(_TWELVE[:11])}
     runtime, tasks = [], []
     pr.ex.fusion = True
     try:
         for k in sizes:
-            groups = [{name: pr.store(64 * points, 64) for name in names} for _ in range(k)]
+            groups = _twelve_stores(pr, k)
 
             def rounds(groups: list[dict[str, Any]] = groups) -> None:
                 for st in groups:
@@ -603,10 +615,8 @@ def _replayed_issue_costs(pr: "_Probe", stores: Mapping[str, Any], repeats: int
             if alone:
                 pr.ex.flush()
 
-    sizes = (2, 16)
-    names = [f"a{i}" for i in range(11)] + ["c"]
-    groups = {k: [{name: pr.store(64 * pr.procs, 64) for name in names} for _ in range(k)]
-              for k in sizes}
+    sizes = _GROUP_SIZES
+    groups = {k: _twelve_stores(pr, k) for k in sizes}
 
     def distinct(k: int) -> None:
         for st in groups[k]:
