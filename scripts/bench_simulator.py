@@ -15,7 +15,7 @@ strategy, a fresh one times it (a job that had measured a hundred operators time
 20-50% slower). The first job measures the calibration into the shared cost cache; the others read it
 and the operator costs measured so far. Started by a Legate launcher instead
 (`legate --cpus 2 --sysmem 4000 scripts/bench_simulator.py`), it runs the chosen strategies in
-this one job, one after another. The driver does all of it --passes times over (default 2;
+this one job, one after another. The driver does all of it --passes times over (default 3;
 searches in the first pass only) and reports each strategy's median figures: the machine's
 speed drifts from job to job.
 
@@ -70,10 +70,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cache", default=None,
                    help="cost cache directory to use (default: a fresh one, measured now)")
     p.add_argument("--only", default=None, help="comma-separated strategy names to run")
-    p.add_argument("--passes", type=int, default=2,
+    p.add_argument("--passes", type=int, default=3,
                    help="driver: times every strategy in this many fresh jobs, pass after pass, "
                         "and reports the median of each figure (the machine's speed drifts "
-                        "between jobs: one plan's step was seen 24-29 ms in four jobs in a row)")
+                        "between jobs: one plan's step was seen 24-29 ms in four jobs in a row, "
+                        "the same plan 25.7 and 31.6 ms in two; of two passes the median is "
+                        "their mean, which one slow job moves)")
     p.add_argument("--size", choices=sorted(SIZES), default="small",
                    help="model sizes: small (the issue's: steps of 20-80 ms, where per-task "
                         "runtime costs weigh) or large (kernels dominate: steps of 50-300 ms)")

@@ -109,6 +109,10 @@ def test_batch_statistics_over_several_points_end_the_group() -> None:
     assert _barriers(BatchNorm(), (TensorShape((32, 64)),), (True,)) == ((1, False), (1, False))
     assert _barriers(BatchNorm(), (TensorShape((32, 4096)),), (True,)) == ((1, True), (1, True))
     assert _barriers(Linear(8), (TensorShape((32, 64)),), (True,)) == ((0, False), (0, False))
+    # split by samples the statistics are shared; split by channels each point's are its own
+    bn = (BatchNorm(), (TensorShape((32, 64)),), (True,))
+    assert _barriers(*bn, (("sample", 2),)) == ((1, False), (1, False))
+    assert _barriers(*bn, (("channels", 2),)) == ((0, False), (0, False))
     g = _norm_net()
     dp = Simulator(_machine(128), optimizer_slots=0).simulate(g, 64, {}, None, DP)
     serial = Simulator(_machine(128), optimizer_slots=0).simulate(g, 64, {}, None, SERIAL)

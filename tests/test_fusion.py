@@ -41,6 +41,31 @@ def test_a_group_combines_accesses_and_refuses_what_would_change_results() -> No
     assert _combine(Access.WRITE, _arg(a, Role.INPUT)) is Access.WRITE
 
 
+def test_a_sum_into_pieces_of_its_own_is_read_in_the_same_group() -> None:
+    """Points that each add into a tile no other point reaches (a gradient tiled like its
+    weight's split) hold the whole sum of that tile: the slot is read-write, no Legion
+    reduction, and a later step reads it in the same task. Points that share a piece (the
+    tiling misses a split axis of the grid, or the store is whole) still reduce."""
+    from unity_legion.executor.fusion import owns_piece
+
+    assert owns_piece((2,), (4,), (0,))
+    assert owns_piece((1,), None, None)                      # one point: its sum is the sum
+    assert not owns_piece((2,), None, None)                  # whole store, two points
+    assert not owns_piece((2, 2), (4, 8), (0, None))         # grid axis 1 shares the tiles
+    assert owns_piece((2, 1), (4, 8), (0, None))             # (axis 1 of extent 1)
+    a, b = object(), object()
+    g = FusedGroup((2,), MachineView.contiguous("cpu", 0, 2))
+    plan = g.plan([_arg(a, Role.INPUT), _arg(b, Role.SUM)])
+    assert plan == [(0, Access.READ), (1, Access.READ_WRITE)]
+    g.add(object(), [_arg(a, Role.INPUT), _arg(b, Role.SUM)], frozenset(), [], plan)
+    assert g.plan([_arg(b, Role.INPUT)]) == [(1, Access.READ_WRITE)]
+    shared = FusedGroup((2,), MachineView.contiguous("cpu", 0, 2))
+    plan = shared.plan([_arg(b, Role.SUM, tile=None, proj=None)])
+    assert plan == [(0, Access.REDUCE)]
+    shared.add(object(), [_arg(b, Role.SUM, tile=None, proj=None)], frozenset(), [], plan)
+    assert shared.plan([_arg(b, Role.INPUT, tile=None, proj=None)]) is None
+
+
 def _model(with_norm: bool) -> tuple[ComputationGraph, int, int]:
     g = ComputationGraph()
     x = g.add_input(TensorShape((None, 12)), "x")

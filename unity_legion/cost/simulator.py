@@ -715,7 +715,7 @@ class _Plan:
                 item = _Node(node, devs)
                 item.cost = priced(sim.cost, g.op, ins, cfg, dev, needs)  # type: ignore[arg-type]
                 if len(devs) > 1:
-                    item.barriers = _barriers(g.op, tuple(ins), tuple(needs))
+                    item.barriers = _barriers(g.op, tuple(ins), tuple(needs), cfg.degrees)
                 item.slots, item.reds = _stores(g.op, tuple(ins), tuple(needs), cfg.degrees,
                                                 g.id, tuple(node.inputs), tuple(node.outputs))
                 zeroed = [pcg.tensors[t] for t in node.outputs if pcg.tensors[t].sum_degree > 1]
@@ -1387,13 +1387,17 @@ def _fit(gaps: list[tuple[float, float]], free: float, t: float, duration: float
 
 
 @functools.lru_cache(maxsize=4096)
-def _barriers(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...]
+def _barriers(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...],
+              degrees: tuple[tuple[str, int], ...] = ()
               ) -> tuple[tuple[int, bool], tuple[int, bool]]:
     """Per pass (forward, backward): how many of the operator's launches read a store an
     earlier launch of the same pass adds into (Role.SUM: batch statistics and their gradient
-    sums), and whether one such store has PARTIAL_SUMS_MIN elements or more. Run over several
-    points, such a read needs every point's sum: the fused group ends before it."""
+    sums) whole, over points that share its pieces (its split misses an axis of degree > 1),
+    and whether one such store has PARTIAL_SUMS_MIN elements or more. Such a read needs every
+    point's sum: the fused group ends before it. A sum each point makes in a piece of its own
+    is read in the same task (executor.fusion.owns_piece)."""
     sizes = {saved(sv.name): sv.shape.num_elements() for sv in op.saved(list(ins))}
+    split_axes = {a for a, d in degrees if d > 1}
 
     def count(launches: Sequence[Any]) -> tuple[int, bool]:
         summed: set[Any] = set()
@@ -1406,7 +1410,8 @@ def _barriers(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...
                 big = big or any(sizes.get(r, 0) >= PARTIAL_SUMS_MIN for r in reads & summed)
                 summed.clear()
             summed |= {launch.args[name].ref for name, role in launch.kernel.stores
-                       if role is Role.SUM}
+                       if role is Role.SUM
+                       and (not degrees or split_axes - set(launch.args[name].split))}
         return n, big
     return count(op.forward(list(ins), True)), count(op.backward(list(ins), list(needs)))
 

@@ -12,6 +12,10 @@ What keeps a fused task equal to the launches it replaces:
   then reads exactly the piece it (or an earlier step on it) wrote;
 - a store some step adds into (an ADD reduction over points) is only added into by the
   group: reading it needs every point's contribution, so a reader starts a new group;
+- unless every point adds into a piece of its own (the store tiled along every split axis of
+  the grid, as a weight's gradient under a split of its output features): that piece is all
+  of the sum there is, so the slot is read-write, later steps may read it, and Legion makes
+  no reduction instances to fold (a hop of several ms on two processors, measured);
 - zero-filling a store the group already uses ends the group first (the fill must come
   after the group's uses).
 `FUSION_RULE` states the same rule for the cost model (`unity_legion.cost`), which prices a
@@ -34,12 +38,23 @@ from unity_legion.mappers.placement import placed
 MAX_STEPS = 128
 
 
-def _combine(old: Access | None, arg: BoundArg, one_point: bool = False) -> Access | None:
-    """The slot access after `arg`'s use, or None where the group cannot take it. On a grid
-    of one point an addition is a read-write: that point's sum is the whole sum, so later
-    steps may read it in the same task."""
+def owns_piece(grid: Sequence[int], tile: Any, proj: Any) -> bool:
+    """Whether each point of `grid` reaches a piece of the store no other point does: one
+    point, or a tiling whose projection follows every grid axis of extent > 1."""
+    if math.prod(grid) == 1:
+        return True
+    if tile is None or proj is None:
+        return False
+    return all(i in proj for i, n in enumerate(grid) if n > 1)
+
+
+def _combine(old: Access | None, arg: BoundArg, own_piece: bool = False) -> Access | None:
+    """The slot access after `arg`'s use, or None where the group cannot take it. Where each
+    point adds into a piece of its own (`own_piece`: see `owns_piece`) an addition is a
+    read-write: that point's sum is the whole sum there, so later steps may read it in the
+    same task."""
     if arg.is_reduction:
-        if one_point and old is not Access.REDUCE:
+        if own_piece and old is not Access.REDUCE:
             return Access.READ_WRITE if old in (None, Access.READ) else old
         return Access.REDUCE if old in (None, Access.REDUCE) else None
     if old is Access.REDUCE:
@@ -86,7 +101,6 @@ class FusedGroup:
         seen: dict[int, tuple[int, Access | None, Any, Any]] = {}
         out = []
         fresh = len(self.slots)
-        one_point = math.prod(self.grid) == 1
         for b in bound:
             key = id(b.store)
             if key in seen:
@@ -99,7 +113,7 @@ class FusedGroup:
                 fresh += 1
             if (tile, proj) != (b.tile, b.proj):
                 return None
-            access = _combine(access, b, one_point)
+            access = _combine(access, b, owns_piece(self.grid, tile, proj))
             if access is None:
                 return None
             seen[key] = (slot, access, tile, proj)
