@@ -54,8 +54,9 @@ def _weights(ex: GraphExecutor) -> dict:
 @pytest.mark.parametrize("plan", ["default", "serial"])
 def test_replayed_steps_equal_walked_steps(rule, plan: str) -> None:
     """Six steps with dropout (fresh seeds each step), batch statistics, a learning rate that
-    changes every step and Adam's step count: losses, weights, optimizer state and the dropout
-    stream equal the walked run's exactly, and from the third step on steps are replayed."""
+    changes every step and Adam's step count: losses, weights and optimizer state equal the
+    walked run's (to the last bits Legion's mapping can move), the dropout stream and the
+    tasks exactly, and from the third step on steps are replayed."""
     runs = []
     for replay in (False, True):
         ex, x = _executor(replay, plan)
@@ -66,11 +67,16 @@ def test_replayed_steps_equal_walked_steps(rule, plan: str) -> None:
         runs.append((losses, _weights(ex), ex.slot_values(), ex.random_state, replayed,
                      ex._queue.tasks))
     (l0, w0, s0, r0, rep0, t0), (l1, w1, s1, r1, rep1, t1) = runs
-    assert l0 == l1
+    # The same walked step in two executors can differ in the last bit (seen once in a full
+    # run: step 2, which both runs walk, 2.1561831807 vs ...1813; likely a piece's alignment,
+    # which Legion's mapping decides and vectorised sums group elements by). A
+    # replay that got anything wrong (a seed, the learning rate, the step count, a store)
+    # moves the loss by far more than 1e-6.
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
     for k in w0:
-        np.testing.assert_array_equal(w0[k], w1[k])
+        np.testing.assert_allclose(w0[k], w1[k], rtol=1e-6, atol=1e-7)
     for k in s0:
-        np.testing.assert_array_equal(s0[k], s1[k])
+        np.testing.assert_allclose(s0[k], s1[k], rtol=1e-6, atol=1e-7)
     assert r0 == r1
     assert rep0 == [False] * 6 and rep1 == [False, False] + [True] * 4
     assert t0 == t1   # a replayed step counts the tasks it submits
