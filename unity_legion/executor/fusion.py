@@ -15,7 +15,7 @@ What keeps a fused task equal to the launches it replaces:
 - unless every point adds into a piece of its own (the store tiled along every split axis of
   the grid, as a weight's gradient under a split of its output features): that piece is all
   of the sum there is, so the slot is read-write, later steps may read it, and Legion makes
-  no reduction instances to fold (a hop of several ms on two processors, measured);
+  no reduction instance to initialise and fold for it;
 - zero-filling a store the group already uses ends the group first (the fill must come
   after the group's uses).
 `FUSION_RULE` states the same rule for the cost model (`unity_legion.cost`), which prices a
