@@ -106,9 +106,11 @@ def test_batch_statistics_over_several_points_end_the_group() -> None:
     from unity_legion.operators.batch_norm import BatchNorm
 
     # (statistics of 64 channels: too small for partial sums, no task adding them)
-    assert _barriers(BatchNorm(), (TensorShape((32, 64)),), (True,)) == ((1, False), (1, False))
-    assert _barriers(BatchNorm(), (TensorShape((32, 4096)),), (True,)) == ((1, True), (1, True))
-    assert _barriers(Linear(8), (TensorShape((32, 64)),), (True,)) == ((0, False), (0, False))
+    by_sample = (("sample", 2),)
+    small, big = (TensorShape((32, 64)),), (TensorShape((32, 4096)),)
+    assert _barriers(BatchNorm(), small, (True,), by_sample) == ((1, False), (1, False))
+    assert _barriers(BatchNorm(), big, (True,), by_sample) == ((1, True), (1, True))
+    assert _barriers(Linear(8), small, (True,), by_sample) == ((0, False), (0, False))
     # split by samples the statistics are shared; split by channels each point's are its own
     bn = (BatchNorm(), (TensorShape((32, 64)),), (True,))
     assert _barriers(*bn, (("sample", 2),)) == ((1, False), (1, False))

@@ -1386,10 +1386,15 @@ def _fit(gaps: list[tuple[float, float]], free: float, t: float, duration: float
     return max(t, free)
 
 
+def _shared_by_points(arg: Any, split_axes: set[str]) -> bool:
+    """Whether the points of a launch over `split_axes` (those of degree > 1) share pieces of
+    `arg`'s store: its split misses one of them (what a point adds in there, others add to)."""
+    return bool(split_axes - set(arg.split))
+
+
 @functools.lru_cache(maxsize=4096)
 def _barriers(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...],
-              degrees: tuple[tuple[str, int], ...] = ()
-              ) -> tuple[tuple[int, bool], tuple[int, bool]]:
+              degrees: tuple[tuple[str, int], ...]) -> tuple[tuple[int, bool], tuple[int, bool]]:
     """Per pass (forward, backward): how many of the operator's launches read a store an
     earlier launch of the same pass adds into (Role.SUM: batch statistics and their gradient
     sums) whole, over points that share its pieces (its split misses an axis of degree > 1),
@@ -1410,8 +1415,7 @@ def _barriers(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ...
                 big = big or any(sizes.get(r, 0) >= PARTIAL_SUMS_MIN for r in reads & summed)
                 summed.clear()
             summed |= {launch.args[name].ref for name, role in launch.kernel.stores
-                       if role is Role.SUM
-                       and (not degrees or split_axes - set(launch.args[name].split))}
+                       if role is Role.SUM and _shared_by_points(launch.args[name], split_axes)}
         return n, big
     return count(op.forward(list(ins), True)), count(op.backward(list(ins), list(needs)))
 
@@ -1439,7 +1443,7 @@ def _local_stores(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool,
                 arg = launch.args[name]
                 bound.add(arg.ref)
                 writes = role in (Role.SUM, Role.OUTPUT, Role.INOUT)
-                if (writes and split_axes - set(arg.split)
+                if (writes and _shared_by_points(arg, split_axes)
                         and (role is Role.SUM or arg.ref.kind is RefKind.GRAD_WEIGHT)
                         and sizes.get(arg.ref, PARTIAL_SUMS_MIN) < PARTIAL_SUMS_MIN):
                     reduced.add(arg.ref)

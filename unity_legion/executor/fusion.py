@@ -113,7 +113,8 @@ class FusedGroup:
                 fresh += 1
             if (tile, proj) != (b.tile, b.proj):
                 return None
-            access = _combine(access, b, owns_piece(self.grid, tile, proj))
+            own = b.is_reduction and owns_piece(self.grid, tile, proj)
+            access = _combine(access, b, own)
             if access is None:
                 return None
             seen[key] = (slot, access, tile, proj)
