@@ -118,6 +118,19 @@ def test_the_backward_is_measured_after_evicting_the_caches_and_not_charged_for_
     assert profiling_measure.job_fingerprint().endswith(f"-m{profiling_measure.METHOD}")
 
 
+def test_a_pass_warms_what_its_neighbours_just_wrote_once() -> None:
+    """In a step an operator's input (forward) and its output gradient (backward) were just
+    written by the operators next to it: the measured launch that first reads each reads it
+    untimed beforehand; nothing else is warmed (weights, saved tensors: written long before)."""
+    op, x = Linear(32), [TensorShape((16, 32))]
+    forward, backward = op.forward(x, True), op.backward(x, [True])
+    assert profiling_measure.warmed_args(forward, "f") == [("x",)]
+    # both backward launches read dy; the first warms it, the weight gradients' launch finds
+    # it warm (and its x, read long after the forward, stays cold)
+    assert [launch.args["dy"].ref for launch in backward] == [backward[0].args["dy"].ref] * 2
+    assert profiling_measure.warmed_args(backward, "b") == [("dy",), ()]
+
+
 def test_devices_that_are_not_this_machine_fall_back_to_analytic(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(profiling_measure, "measure_op", _no_measuring)
     cost = measured_cost(tmp_path)
