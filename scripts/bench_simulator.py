@@ -12,10 +12,13 @@ before leaves behind (in one long-lived runtime ResNeXt's step was seen to drift
 over a run, after the earlier models were freed) can reach the next one. A searched strategy
 takes two jobs: one runs Unity's search (measuring the operators it prices) and saves the
 strategy, a fresh one times it (a job that had measured a hundred operators timed its steps
-20-50% slower). The first job measures the calibration into the shared cost cache; the others read it
-and the operator costs measured so far. Started by a Legate launcher instead
-(`legate --cpus 2 --sysmem 4000 scripts/bench_simulator.py`), it runs the chosen strategies in
-this one job, one after another. The driver does all of it --passes times over (default 3;
+20-50% slower). The first job measures the calibration into the shared cost cache; the others read
+it. Each job measures the operators of its own plan, after its timed steps, into a cost cache of
+its own: the machine's speed drifts from minute to minute, and a prediction is made from what the
+operators cost in the minute its steps ran, not in whichever job measured them first (--cache DIR
+shares one cost cache between all jobs instead: measured once, reused). Started by a Legate
+launcher instead (`legate --cpus 2 --sysmem 4000 scripts/bench_simulator.py`), it runs the
+chosen strategies in this one job, one after another. The driver does all of it --passes times over (default 3;
 searches in the first pass only) and reports each strategy's median figures: the machine's
 speed drifts from job to job.
 
@@ -68,7 +71,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before the first round")
     p.add_argument("--repeats", type=int, default=7, help="repeats per operator measurement")
     p.add_argument("--cache", default=None,
-                   help="cost cache directory to use (default: a fresh one, measured now)")
+                   help="cost cache directory to use, shared by every job (default: a fresh "
+                        "one, measured now; the driver's jobs then measure their operators "
+                        "each into a cache of its own)")
+    p.add_argument("--costs", default=None, help=argparse.SUPPRESS)  # a job's operator costs
     p.add_argument("--only", default=None, help="comma-separated strategy names to run")
     p.add_argument("--passes", type=int, default=3,
                    help="driver: times every strategy in this many fresh jobs, pass after pass, "
@@ -147,10 +153,13 @@ def drive(args: argparse.Namespace) -> None:
             # the next (in later passes: timed only, as saved by the first)
             searching = name in search_cases and n_pass == 0
             for only_search in ([True, False] if searching else [False]):
-                out = Path(tmp) / f"{n_pass}-{i}{'s' if only_search else ''}.json"
+                job = f"{n_pass}-{i}{'s' if only_search else ''}"
+                out = Path(tmp) / f"{job}.json"
+                # the job's operators measured in its own minute (see the module doc)
+                costs = args.cache or str(Path(cache) / f"ops-{job}")
                 argv = [str(legate), *launcher, "--cpus", str(cpus), "--sysmem", str(sysmem),
                         os.path.abspath(__file__), "--only", name, "--size", args.size,
-                        "--cache", cache,
+                        "--cache", cache, "--costs", costs,
                         "--rows-out", str(out), "--rounds", str(args.rounds),
                         "--steps", str(args.steps), "--warmup", str(args.warmup),
                         "--repeats", str(args.repeats), "--searched", searched]
@@ -213,7 +222,7 @@ def run_here(args: argparse.Namespace) -> None:
     machine = cal.machine
     cases = chosen_cases(args.only, args.size)
     rng = np.random.default_rng(0)
-    cost = measured_cost(cache, repeats=args.repeats)
+    cost = measured_cost(args.costs or cache, repeats=args.repeats)
     rows: list[dict[str, Any]] = []
     cores_seen: list[float] = []
     # one strategy's model at a time: Legate's cost per launch grows with the stores and
