@@ -40,7 +40,8 @@ minute to minute) is measured just before and after each strategy's timed steps,
 is the one that strategy is predicted with.
 
 Prints a table (strategy, real ms, predicted ms, error) and, on its LAST line, one JSON object:
-median_abs_rel_error, max_abs_rel_error (fractions), strategies (count) and per-strategy figures.
+median_abs_rel_error, max_abs_rel_error, median_rel_error (signed: below 0, the simulator predicts
+steps faster than they run; fractions), strategies (count) and per-strategy figures.
 """
 
 from __future__ import annotations
@@ -303,7 +304,13 @@ def report(rows: list[dict[str, Any]], described: str, cores_seen: list[float], 
     if search_vs_serial:
         print("measured step of the search's strategy / the fastest serial one's: " + ", ".join(
             f"{k} {v:.3f}" for k, v in search_vs_serial.items()))
+    signed = [r["rel_error"] for r in rows]
+    if signed:   # which way the simulator errs, besides how far
+        print(f"error: median {statistics.median(signed) * 100:+.1f}% (signed), "
+              f"{sum(e < 0 for e in signed)} of {len(signed)} strategies predicted faster "
+              f"than they ran")
     summary = {"median_abs_rel_error": round(statistics.median(errs), 4) if errs else None,
+               "median_rel_error": round(statistics.median(signed), 4) if signed else None,
                "max_abs_rel_error": round(max(errs), 4) if errs else None,
                "strategies": len(rows), "processors": procs, "ranks": ranks, "jobs": jobs,
                "size": size,

@@ -28,8 +28,9 @@ def test_bench_simulator_on_two_ranks(tmp_path: Path) -> None:
     summary = json.loads(lines[-1])
     assert summary["ranks"] == 2 and summary["processors"] == 2
     assert summary["strategies"] == 2
-    for key in ("median_abs_rel_error", "max_abs_rel_error"):
+    for key in ("median_abs_rel_error", "max_abs_rel_error", "median_rel_error"):
         assert isinstance(summary[key], float) and math.isfinite(summary[key]), summary
+    assert abs(summary["median_rel_error"]) <= summary["max_abs_rel_error"]
     for row in summary["per_strategy"]:
         assert row["real_ms"] > 0 and row["predicted_ms"] > 0, row
     # only rank 0 prints: one table, one summary
