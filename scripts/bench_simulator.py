@@ -243,7 +243,6 @@ def run_here(args: argparse.Namespace) -> None:
                  f"task {machine.device.launch_overhead * 1e6:.0f} us, "
                  f"issue {machine.runtime.issue * 1e6:.0f} us, "
                  f"sync {machine.runtime.sync * 1e6:.0f} us, "
-                 f"hop {machine.runtime.hop * 1e6:.0f} us, "
                  f"fold {machine.runtime.fold.bandwidth / 1e9 if machine.runtime.fold else 0:.2f} GB/s"
                  + (f"; {machine.nodes} nodes x {machine.devices_per_node}, between nodes "
                     f"{machine.inter.latency * 1e6:.0f} us + {machine.inter.bandwidth / 1e9:.2f} GB/s"

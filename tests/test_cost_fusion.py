@@ -304,32 +304,3 @@ def test_gradient_sums_in_flight_together_overlap_their_latency() -> None:
     # two copies folded: about one round trip of 2 x 10 ms (partly hidden behind the step's
     # other work); twelve sums (kernels and biases) one after another would add 240 ms
     assert 10e-3 <= extra < 2 * 2 * 10e-3
-
-
-def _step_with_hop(g: ComputationGraph, plan: dict, default: OpConfig | None, hop: float,
-                   cores: float | None = None) -> float:
-    base = _machine(128)
-    runtime = replace(base.runtime, hop=hop,
-                      cores=base.runtime.cores if cores is None else cores)
-    return Simulator(replace(base, runtime=runtime), optimizer_slots=0).simulate(
-        g, 64, plan, None, default).step_time
-
-
-def test_a_group_on_several_devices_waiting_for_others_starts_a_hop_after_them() -> None:
-    """RuntimeSpec.hop: on a machine whose cores the processors share, a group on several
-    devices that waits for the groups before it starts `hop` after they end (the runtime's
-    threads wait for a core to start it); a group on one device, or a machine with cores of
-    its own for the runtime (cores 0), pays nothing."""
-    g, _ = _chain(6)
-    # every layer's view differs from the one before: each one's group waits for a move
-    alternating = {n.id: OpConfig.of({"sample": 2} if n.id % 2 else {"out": 2},
-                                     MachineView.contiguous("cpu", 0, 2)) for n in g.nodes}
-    hop = 1e-3
-    extra = (_step_with_hop(g, alternating, None, hop)
-             - _step_with_hop(g, alternating, None, 0.0))
-    assert extra > 5 * hop   # forward and backward, a hop at each view change at least
-    assert _step_with_hop(g, {}, SERIAL, hop) == _step_with_hop(g, {}, SERIAL, 0.0)
-    assert (_step_with_hop(g, alternating, None, hop, cores=0.0)
-            == _step_with_hop(g, alternating, None, 0.0, cores=0.0))
-    with pytest.raises(MachineError, match="hop must be a number >= 0"):
-        replace(_machine(128).runtime, hop=-1.0)

@@ -24,7 +24,7 @@ SCHEMA = "unity_legion.calibration"
 # 3: Legion's work per store bound and per store reduced into (RuntimeSpec.analysis_store, ...)
 # 4: the processors' work per store a fused task binds (RuntimeSpec.task_store)
 # 5: those per-store figures over stores written and read as a step does, not only read
-VERSION = 6
+VERSION = 5
 
 
 @dataclass(frozen=True)

@@ -130,10 +130,6 @@ class RuntimeSpec:
     issue_store: seconds of the issuing thread per store a fused task binds beyond three, as it
         is submitted (each store argument added to the Legate task with its partition: ~8 us a
         store on the development machine, where a replayed task binds a hundred or more).
-    hop: seconds a fused group on several devices starts after the groups it waits for end,
-        where the machine's cores are shared (`cores` > 0): the runtime's threads that see
-        those tasks end and start the waiting ones get a core only when a busy processor
-        yields one.
     reduction "partials": the executor's partial sums (one rank): every point adds into its own
         piece of a stacked store, summed into the result by one more step (a pass over the
         pieces, split by rows) right before the first reader; no copies are folded.
@@ -154,14 +150,13 @@ class RuntimeSpec:
     walk_issue: float = 0.0
     walk_fused_issue: float = 0.0
     issue_store: float = 0.0
-    hop: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.fusion, bool) or not isinstance(self.fusion, int) or self.fusion < 0:
             raise MachineError(f"runtime fusion must be an integer >= 0, got {self.fusion!r}")
         for f in ("issue", "sync", "cores", "analysis", "fused_issue", "fused_step",
                   "analysis_store", "analysis_reduction", "walk_issue", "walk_fused_issue",
-                  "task_store", "issue_store", "hop"):
+                  "task_store", "issue_store"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise MachineError(f"runtime {f} must be a number >= 0, got {v!r}")
@@ -317,7 +312,7 @@ LOCAL_RUNTIME = RuntimeSpec(issue=6e-5, sync=1.2e-5, reduction="partials",
                             fusion=128, fused_issue=5e-6, fused_step=1e-5,
                             analysis_store=8.5e-6, analysis_reduction=1.3e-4,
                             task_store=1.9e-5, walk_issue=2e-4, walk_fused_issue=1e-4,
-                            issue_store=4e-6, hop=2e-4)
+                            issue_store=4e-6)
 
 PRESETS: dict[str, MachineModel] = {
     "p3.8xlarge": MachineModel("p3.8xlarge", 1, 4, V100, LinkSpec(50 * GB, 5e-6),

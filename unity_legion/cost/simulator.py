@@ -1147,9 +1147,7 @@ class _Plan:
                                + rt.analysis_reduction * len(g.reds)) * points)
             entry = overhead + rt.task_store * extra
             length = entry + sum(step[0] for step in g.steps)
-            ready = g.ready + (rt.hop if points > 1 and rt.cores > 0 and g.ready > first
-                               else 0.0)
-            begin = s.start(s.compute_free, g.devs, max(ready, first), length)
+            begin = s.start(s.compute_free, g.devs, max(g.ready, first), length)
             t = begin + entry
             for seconds, name, phase, _done in g.steps:
                 trace(g.devs, t, t + seconds, name, phase)

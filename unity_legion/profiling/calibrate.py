@@ -37,12 +37,6 @@ jobs stretches wall time, which the one wall-time figure, `cores`, accounts for.
   third as much, stores only read half as much), with runtime.task_store: the processors' CPU
   per store their task binds (Legate wraps each and it becomes an array before any kernel runs).
 - runtime.sync: a blocking read of a finished result (the executor reads the loss so).
-- runtime.hop: a chain of 16 dependent launches whose kernels compute 1 ms each, on every
-  processor and on one: per link, the wall time the chain on every processor takes beyond the
-  one on one processor and beyond its kernels' time slicing (procs / cores). On this 2-core
-  machine 0.1-0.3 ms (0.08-0.93 ms with 32 links: the figure is noisy); re-pricing one job's
-  measured steps at 0.2 and 0.4 ms moved the plans whose groups wait on each other across both
-  processors (Megatron splits, ResNeXt's batch statistics) from 12-21% fast to within 12%.
 - intra link (moving data between processors): a store written by the processors tiled by rows
   is read by them tiled by columns, each point then needing (p-1)/p of its piece from the
   others'; the CPU beyond the same read tiled by rows, at two sizes, gives latency and bandwidth
@@ -183,17 +177,6 @@ def probe_matmuls(a: In, b: Out, times: int) -> None:
 
 
 @kernel
-def probe_busy(a: In, b: Out, seconds: float) -> None:
-    """Computes for `seconds` of CPU, then writes what it read into `b` (a link of a chain)."""
-    t = time.thread_time()
-    m = np.ones((96, 96), np.float32)
-    while time.thread_time() - t < seconds:
-        np.matmul(m, m, out=m)
-        m *= 1.0 / 96
-    b[...] = a.mean() if a.size else 0.0
-
-
-@kernel
 def probe_reduce(acc: Sum, marker: Out) -> None:
     pass
 
@@ -201,30 +184,6 @@ def probe_reduce(acc: Sum, marker: Out) -> None:
 @kernel
 def probe_write(acc: Out, marker: Out) -> None:
     pass
-
-
-def _hop(pr: "_Probe", procs: int, cores: float, repeats: int, probes: dict[str, float],
-         links: int = 16, seconds: float = 1e-3) -> float:
-    """`RuntimeSpec.hop`: a chain of dependent launches whose kernels compute `seconds` each,
-    on every processor and on one; per link, what the chain on every processor takes beyond
-    the one on one processor and beyond its kernels' sharing of the cores (time slicing: each
-    runs procs / cores times longer, as the simulator prices it)."""
-    from unity_legion.operators.base import SAMPLE
-
-    stores = pr.store(16 * procs, 16), pr.store(16 * procs, 16)
-
-    def chain(points: int) -> float:
-        def run() -> None:
-            for i in range(links):
-                pr.launch(probe_busy, {"a": (SAMPLE, None), "b": (SAMPLE, None)},
-                          {"a": stores[i % 2], "b": stores[1 - i % 2]}, points,
-                          {"seconds": seconds})
-        return pr.timed(run) / links
-    # a difference of two noisy figures: more runs than the other probes take
-    one = _median(lambda: chain(1), max(repeats, 15))
-    every = _median(lambda: chain(procs), max(repeats, 15))
-    probes |= {"chain_link_1pt_s": one, f"chain_link_{procs}pt_s": every}
-    return max(every - one - seconds * max(procs / max(cores, 1.0) - 1.0, 0.0), 0.0)
 
 
 def _median(f: Callable[[], float], repeats: int, warmup: int = 2) -> float:
@@ -467,11 +426,9 @@ def calibrate(repeats: int = 9) -> Calibration:
         intra = LinkSpec(1.0 / inv_bw, lat)
         probes |= {f"move_extra_{s}_s": e for s, e in zip(sizes, extra)}
         inter = base.inter
-        hop = _hop(pr, procs, cores, repeats, probes) if procs > 1 else 0.0
     else:
         intra = base.intra   # see the module doc
         inter = _inter_link(pr, repeats, probes)
-        hop = 0.0   # waits between ranks are the fold's and the sync's latencies
 
     # --- folding ADD-reduction copies: CPU of all threads -------------------------------------------
     def reduced(side: int, fold: bool) -> float:
@@ -524,7 +481,7 @@ def calibrate(repeats: int = 9) -> Calibration:
                                           analysis_reduction=analysis_reduction,
                                           task_store=task_store, walk_issue=walk_issue,
                                           walk_fused_issue=walk_fused_issue,
-                                          issue_store=issue_store, hop=hop),
+                                          issue_store=issue_store),
                       source=source)
     cal = Calibration(machine, efficiency, mem_eff, probes)
     return bcast(cal) if info.ranks > 1 else cal
