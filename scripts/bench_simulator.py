@@ -18,9 +18,9 @@ its own: the machine's speed drifts from minute to minute, and a prediction is m
 operators cost in the minute its steps ran, not in whichever job measured them first (--cache DIR
 shares one cost cache between all jobs instead: measured once, reused). Started by a Legate
 launcher instead (`legate --cpus 2 --sysmem 4000 scripts/bench_simulator.py`), it runs the
-chosen strategies in this one job, one after another. The driver does all of it --passes times over (default 3;
-searches in the first pass only) and reports each strategy's median figures: the machine's
-speed drifts from job to job.
+chosen strategies in this one job, one after another. The driver does all of it --passes times
+over (default 3; searches in the first pass only) and reports each strategy's median figures:
+the machine's speed drifts from job to job.
 
 On several ranks the "local" machine model is ranks x processors per rank, with the link between
 ranks measured (see `unity_legion.profiling.calibrate`); every rank runs this same script (the
