@@ -142,13 +142,17 @@ def test_gradient_accumulations_run_on_the_consumers_processors() -> None:
     assert backward == {0}, backward   # (the loss runs on every processor, as the executor's)
 
 
-def _runtime_with(g: ComputationGraph, config: OpConfig, **costs: float) -> float:
-    """The runtime thread's seconds of a step, with no per-store costs but `costs`."""
+def _runtime_with(g: ComputationGraph, config: OpConfig, banks: bool = True,
+                  **costs: float) -> float:
+    """The runtime thread's seconds of a step, with no per-store costs but `costs`; `banks`:
+    small weight gradients summed in banks, as the executor does on one rank."""
     base = _machine(128)
     runtime = replace(base.runtime, **({"analysis_store": 0.0, "analysis_reduction": 0.0}
                                        | costs))
     machine = replace(base, runtime=runtime)
-    return Simulator(machine, optimizer_slots=0).simulate(g, 64, {}, None, config).runtime
+    sim = Simulator(machine, optimizer_slots=0)
+    sim.sum_banks = banks
+    return sim.simulate(g, 64, {}, None, config).runtime
 
 
 def test_legions_work_grows_with_the_stores_a_fused_task_binds() -> None:
@@ -162,15 +166,21 @@ def test_legions_work_grows_with_the_stores_a_fused_task_binds() -> None:
     assert _runtime_with(g, DP, analysis_store=1e-3) - _runtime_with(g, DP) > 1.5 * one
 
 
-def test_small_sums_over_points_cost_legion_a_reduction_each() -> None:
+def test_small_sums_over_points_cost_legion_a_reduction_each_unless_banked() -> None:
     per = 1e-3
     small, _ = _chain(4, width=32)     # weights of 1024 and biases of 32 elements: both reduced
     wide, _ = _chain(4, width=128)     # weights of 16384: partial sums; biases reduced
-    extra = {name: _runtime_with(g, DP, analysis_reduction=per) - _runtime_with(g, DP)
-             for name, g in (("small", small), ("wide", wide))}
+    extra = {name: _runtime_with(g, DP, False, analysis_reduction=per)
+             - _runtime_with(g, DP, False) for name, g in (("small", small), ("wide", wide))}
     # per layer: 2 (or 1) reduced stores x 2 points
     assert extra["small"] == pytest.approx(4 * 2 * 2 * per)
     assert extra["wide"] == pytest.approx(4 * 1 * 2 * per)
+    # in banks (the executor's default on one rank) none is a Legion reduction; the bank is
+    # one store more for the backward's task, and its sums are added by a task of their own
+    for g in (small, wide):
+        assert _runtime_with(g, DP, analysis_reduction=per) == _runtime_with(g, DP)
+    assert (_runtime_with(small, DP, analysis_store=per)
+            < _runtime_with(small, DP, False, analysis_store=per))
     # one point adds into its stores in place: nothing to reduce
     assert _runtime_with(small, SERIAL, analysis_reduction=per) == _runtime_with(small, SERIAL)
 

@@ -51,5 +51,9 @@ def test_a_non_finite_step_changes_nothing(optimizer: str) -> None:
     clean = _fresh(optimizer)
     clean.train_on_batch([ids[0], xs[0]], ys[0])
     clean.train_on_batch([ids[1], xs[1]], ys[1])
+    # Two models' runs may differ in the last bit (1 full test run in ~10: one element of the
+    # last kernel, 7e-9 apart): their pieces are different Legion instances, and a vectorised
+    # sum groups elements by a piece's alignment (tests/test_fusion.py saw the same). A step
+    # the guard let through, or one applied twice, moves weights by ~1e-2.
     for a, b in zip(model.get_weights(), clean.get_weights()):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

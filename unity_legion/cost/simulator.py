@@ -200,6 +200,8 @@ class Simulator:
         # own temporary in a replayed step, not bound (GraphExecutor.local_temporaries: on CPU
         # processors)
         self.local_temporaries = machine.device.kind == "cpu"
+        # small weight gradients summed in banks (GraphExecutor._banked): one rank, partial sums
+        self.sum_banks = machine.runtime.reduction == "partials"
 
     # ------------------------------------------------------------------ public
     def simulate(self, graph: ComputationGraph, batch: int, plan: Mapping[int, OpConfig],
@@ -1108,6 +1110,7 @@ class _Plan:
         if self._uses_now:   # the step before formed the same groups: its counts hold
             self.group_uses, self._uses_now = self._uses_now, Counter()
         own = self._own_temporaries if sim.local_temporaries else (lambda g: 0)
+        banks = sim.sum_banks
 
         def trace(devs: Sequence[int], start: float, end: float, name: str, phase: str) -> None:
             if tasks is not None and end > start:
@@ -1141,10 +1144,14 @@ class _Plan:
             g = pending.pop()
             points = len(g.devs)
             self._uses_now.update(g.slots)
-            extra = max(len(g.slots) - own(g) - 3, 0)
+            # on one rank small weight gradients are summed in a bank (one store the task
+            # binds for all of them: GraphExecutor._banked), not by Legion's reductions
+            banked = ({r for r in g.reds if r[0] == _GRAD_WEIGHT}
+                      if banks and sim._partials(g.devs) else set())
+            extra = max(len(g.slots) - own(g) - 3 - len(banked) + bool(banked), 0)
             busy_host(rt.issue_store * extra)   # each store added to the task submitted
             first = submit(1, (rt.analysis_store * extra
-                               + rt.analysis_reduction * len(g.reds)) * points)
+                               + rt.analysis_reduction * (len(g.reds) - len(banked))) * points)
             entry = overhead + rt.task_store * extra
             length = entry + sum(step[0] for step in g.steps)
             begin = s.start(s.compute_free, g.devs, max(g.ready, first), length)
@@ -1330,6 +1337,23 @@ class _Plan:
         # read-write there: fusion._combine); the updates then group by devices
         if pending and len(pending[0].devs) > 1:
             flush()
+        # banked gradients (small, summed over several points on one rank) are added into
+        # their stores first, all together, on the first processor of their sums: a task of
+        # its own (GraphExecutor._settle_bank)
+        bank = [(item, key, ws) for item in reversed(updates) for key, ws in item.weights
+                if banks and key not in item.sparse and sim.grad_partials(ws, item.devs)
+                and ws.logical().num_elements() < PARTIAL_SUMS_MIN]
+        settled: dict[Any, float] = {}
+        if bank:
+            flush()
+            first_dev = bank[0][0].devs[:1]
+            ready = max(grads_end.get(item.pnode.id, 0.0) for item, _k, _w in bank)
+            for item, key, ws in bank:
+                join(first_dev, 1, sim.settle_time(ws.copy_degree, ws.num_bytes(), 1),
+                     lambda ready=ready: ready, "", "update", None,
+                     frozenset({_node_store(RefKind.GRAD_WEIGHT, *key), ("bank",)}))
+            end = flush()
+            settled = {key: end for _item, key, _ws in bank}
         for item in reversed(updates):
             name = item.pnode.name
             br = s.breakdown.setdefault(name, OpBreakdown())
@@ -1339,6 +1363,8 @@ class _Plan:
                 devs = item.devs[:points]
                 if key in item.sparse:
                     pass   # the update reads the step's indices and output gradient
+                elif key in settled:
+                    at = max(at, settled[key])
                 elif sim.grad_partials(ws, item.devs):
                     # the replicas' partial sums added into the gradient, split by rows over
                     # the operator's points, in the update's group
@@ -1463,6 +1489,9 @@ def own_stores(op: Operator, ins: tuple[TensorShape, ...], needs: tuple[bool, ..
     (fb, bb), _ = _local_stores(op, ins, needs, degrees)
     return (sum(r.kind is not RefKind.INPUT for r in fb),
             sum(r.kind is not RefKind.GRAD_OUTPUT for r in bb))
+
+
+_GRAD_WEIGHT = RefKind.GRAD_WEIGHT.value
 
 
 def _node_store(kind: RefKind, gid: int, key: Any) -> tuple[Any, ...]:

@@ -39,7 +39,7 @@ from unity_legion.operators.convert import cast_copy
 from unity_legion.operators.precision import from_storage, to_storage
 from unity_legion.operators.glue import PARTIAL_SUMS_MIN as PARTIAL_SUMS_MIN_DEFAULT
 from unity_legion.operators.glue import (PARTIAL_ROWS, accumulate, accumulate_launch,
-                                         add_partials_launch)
+                                         add_partials, add_partials_launch)
 from unity_legion.operators.losses import LossFunction
 from unity_legion.operators.metrics import Metric
 from unity_legion.operators.optimizers import (FINITE, GRAD, PARAM, ROWS, SGDRule, UpdateRule,
@@ -61,6 +61,9 @@ _MAX_TRACES = 4   # recorded steps kept (each keeps its stores alive)
 _ACTIVATIONS = ("act", "saved")   # scratch purposes a pipeline's micro-batches take in turn
 # whole-store sums of fewer elements stay Legion ADD reductions (operators.glue says why)
 PARTIAL_SUMS_MIN = int(os.environ.get("UNITY_LEGION_PARTIAL_SUMS_MIN", PARTIAL_SUMS_MIN_DEFAULT))
+# elements per point of a bank of small sums (more banks open as they fill)
+BANK_CAPACITY = 16384
+_BANK_TYPES = (ty.float32, ty.float64)
 
 
 @dataclass
@@ -72,6 +75,23 @@ class _Partials:
     grid: tuple[int, ...]
     view: MachineView
     pending: bool = False    # False: every partial sum is zero
+    # in a bank of small sums (_SumBank) instead of a store of its own: the bank and the
+    # (offset, shape) of this store's sums in each point's row
+    bank: Any = None
+    window: tuple[int, tuple[int, ...]] | None = None
+
+
+@dataclass
+class _SumBank:
+    """One store holding the partial sums of several small stores (weight gradients) side by
+    side: a row per point of `grid`, each store a window of it (GraphExecutor._banked)."""
+
+    store: Any
+    grid: tuple[int, ...]
+    view: MachineView
+    capacity: int
+    used: int = 0
+    members: list[_Partials] = field(default_factory=list)
 LOSS_LABEL = "(loss and metrics)"   # the profiler's name for the objective's launches
 
 
@@ -179,6 +199,9 @@ class GraphExecutor:
         # Whole-store reductions as partial sums (see _partial; one rank, fused launches only)
         self.partial_sums = os.environ.get("UNITY_LEGION_PARTIAL_SUMS", "1") != "0"
         self._partials: dict[int, _Partials] = {}   # by id of the store they sum into
+        # small weight gradients' partial sums in banks (see _banked), per (grid, view, type)
+        self.sum_banks = os.environ.get("UNITY_LEGION_SUM_BANKS", "1") != "0"
+        self._banks: dict[tuple[Any, ...], _SumBank] = {}
         # Plain SGD of weights whose operator updates only what a batch used (an embedding's
         # looked-up rows: Operator.sparse_sgd_update) skips their dense gradients and updates
         self.sparse_updates = os.environ.get("UNITY_LEGION_SPARSE_UPDATES", "1") != "0"
@@ -482,9 +505,8 @@ class GraphExecutor:
             bound = bind(launch, refs, degrees, reduced)
             grid = launch_grid(launch, degrees)
             if self._partial_sums_on() and math.prod(grid) > 1:
-                bound = [self._partial(b, grid, where)
-                         if b.is_reduction and b.tile is None and store_dims(b.store)
-                         and math.prod(store_dims(b.store)) >= PARTIAL_SUMS_MIN else b
+                bound = [self._partial_sum(b, grid, where)
+                         if b.is_reduction and b.tile is None and store_dims(b.store) else b
                          for b in bound]
             bound += [BoundArg(f"_guard{i}", Role.INPUT, False, g, None, None)
                       for i, g in enumerate(guards)]
@@ -511,7 +533,9 @@ class GraphExecutor:
         """Zero `store`, after every launch issued so far that uses it (and its partial sums)."""
         zero = _zero(_DATA_TYPE[store.type])
         rec = self._partials.get(id(store))
-        if rec is not None and rec.pending:  # (not pending: the partial sums are zero)
+        if rec is not None and rec.pending and rec.bank is not None:
+            self._settle_bank(rec.bank)   # (its window alone cannot be zeroed: settled, moot)
+        elif rec is not None and rec.pending:  # (not pending: the partial sums are zero)
             if self._queue.uses(rec.partials):
                 self.flush()
             if self._recorder is not None:
@@ -538,14 +562,67 @@ class GraphExecutor:
     def _partial_sums_on(self) -> bool:
         return self.fusion and self.partial_sums and self.machine.ranks == 1
 
+    #
+    # Smaller stores (fewer than PARTIAL_SUMS_MIN elements) each of its own would cost more in
+    # Legion's analysis than their sums do; a weight gradient's sums go to a bank instead:
+    # one store of partial sums per grid and view, a row per point, each gradient a window
+    # of it. A task then binds one bank where it bound dozens of small reductions (each an
+    # instance Legion makes, zeroes and folds per point: bert's data-parallel step waited
+    # for 25 of them before its first kernel and between its backward and its updates), and
+    # the first read of any of them adds all of the bank's pending sums into their stores, on
+    # one processor, in one fused task (_settle_bank).
+
+    def _partial_sum(self, b: Any, grid: tuple[int, ...], where: MachineView) -> Any:
+        """`b` (a whole-store reduction over `grid`) as partial sums, where it gets any."""
+        n = math.prod(store_dims(b.store))
+        if n >= PARTIAL_SUMS_MIN:
+            return self._partial(b, grid, where)
+        if (self.sum_banks and b.store.type in _BANK_TYPES
+                and any(g is b.store for g in self.grads.values())):
+            return self._banked(b, grid, where)
+        return b
+
+    def _banked(self, b: Any, grid: tuple[int, ...], where: MachineView) -> Any:
+        """`b`, a small weight gradient's whole-store reduction over `grid` on `where`, as a
+        read-write argument on its window of that point's row of a bank."""
+        store = b.store
+        rec = self._partials_over(store, grid, where)
+        if rec is None:
+            dims = store_dims(store)
+            n = math.prod(dims)
+            key = (grid, where, store.type)
+            bank = self._banks.get(key)
+            if bank is None or bank.used + n > bank.capacity:
+                cap = max(BANK_CAPACITY, n)
+                bank = self._banks[key] = _SumBank(
+                    self._zeros(TensorShape(grid + (cap,), _DATA_TYPE[store.type])), grid,
+                    where, cap)
+            rec = _Partials(store, bank.store, grid, where, bank=bank, window=(bank.used, dims))
+            bank.used += n
+            bank.members.append(rec)
+            self._partials[id(store)] = rec   # (the record keeps the store alive)
+        rec.pending = True
+        return BoundArg(b.name, b.role, b.reduced, rec.partials, (1,) * len(grid) + (
+            rec.bank.capacity,), tuple(range(len(grid))) + (None,), len(grid), rec.window)
+
+    def _settle_bank(self, bank: _SumBank) -> None:
+        """Add the pending sums of every store in `bank` into it (their windows zeroed
+        again), one processor, one fused task."""
+        pending = [rec for rec in bank.members if rec.pending]
+        first = MachineView.contiguous(bank.view.device_type, bank.view.start, 1)
+        for rec in pending:
+            rec.pending = False
+            bound = [BoundArg("total", Role.INOUT, False, rec.store, None, None),
+                     BoundArg("partials", Role.INOUT, False, bank.store, None, None, 0,
+                              rec.window)]
+            if not self._queue.add(add_partials, bound, frozenset(), [], (1,), first):
+                raise AssertionError("a bank's sums could not form a task")  # (two whole stores)
+
     def _partial(self, b: Any, grid: tuple[int, ...], where: MachineView) -> Any:
         """`b`, a whole-store reduction over a launch of `grid` on `where`, as a read-write
         argument on that point's piece of the store's partial sums."""
         store = b.store
-        rec = self._partials.get(id(store))
-        if rec is not None and (rec.grid != grid or rec.view != where):
-            self._settle(store)  # summed over another grid: add those first, start anew
-            rec = None
+        rec = self._partials_over(store, grid, where)
         if rec is None:
             shape = TensorShape(grid + store_dims(store), _DATA_TYPE[store.type])
             # the record keeps the store alive: its id names no other store meanwhile
@@ -555,10 +632,23 @@ class GraphExecutor:
         return BoundArg(b.name, b.role, b.reduced, rec.partials, (1,) * len(grid) + dims,
                         tuple(range(len(grid))) + (None,) * len(dims), len(grid))
 
+    def _partials_over(self, store: Any, grid: tuple[int, ...], where: MachineView
+                       ) -> _Partials | None:
+        """The record of `store`'s partial sums over `grid` on `where`; None where it has
+        none (those over another grid are added into it first: summing starts anew)."""
+        rec = self._partials.get(id(store))
+        if rec is not None and (rec.grid != grid or rec.view != where):
+            self._settle(store)
+            rec = None
+        return rec
+
     def _settle(self, store: Any) -> None:
         """Add `store`'s pending partial sums into it (the kernel zeroes them again)."""
         rec = self._partials.get(id(store))
         if rec is None or not rec.pending:
+            return
+        if rec.bank is not None:
+            self._settle_bank(rec.bank)
             return
         rec.pending = False
         total, parts = Ref(RefKind.OUTPUT, 0), Ref(RefKind.INPUT, 0)
@@ -1198,6 +1288,11 @@ class GraphExecutor:
                      tuple(sorted(up_degrees.items())))
             updates.append((order, key, spec, split, up_degrees, view))
         shapes = self._shapes(batch)
+        # banked gradients first, all at once: settled at the first update that reads one,
+        # they would split the updates' fused task in two
+        for bank in self._banks.values():
+            if any(rec.pending for rec in bank.members):
+                self._settle_bank(bank)
         for _order, key, spec, split, up_degrees, view in sorted(updates, key=lambda u: u[0]):
             self._mark(self.graph.nodes[key[0]].name, "update")
             if key in sparse:

@@ -25,7 +25,7 @@ group's launch overhead once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from unity_legion.executor.launcher import BoundArg, submit_program
@@ -89,6 +89,9 @@ class FusedGroup:
     labels: list[Any] = field(default_factory=list)   # per step: the profiler's label
     # scalars that change from step to step: (index in `scalars`, kind; see executor.replay)
     dynamic: list[tuple[int, str]] = field(default_factory=list)
+    # windows of slots (Program.windows): (slot, offset, shape) -> its index among them; the
+    # steps name window j as slot -(j + 1) until `program` numbers them after the slots
+    windows: dict[tuple[int, int, tuple[int, ...]], int] = field(default_factory=dict)
 
     def uses(self, store: Any) -> bool:
         return id(store) in self.by_store
@@ -131,7 +134,9 @@ class FusedGroup:
                 self.by_store[id(b.store)] = slot
             else:
                 self.slots[slot].access = access
-        slots = tuple(slot for slot, _ in plan)
+        slots = tuple(slot if b.window is None else
+                      -1 - self.windows.setdefault((slot,) + b.window, len(self.windows))
+                      for b, (slot, _) in zip(bound, plan))
         n = len(slots) - guards
         self.steps.append(Step(kernel, slots[:n], reduced, slots[n:]))
         self.dynamic.extend((len(self.scalars) + i, kind) for i, kind in dynamic)
@@ -140,8 +145,13 @@ class FusedGroup:
     def program(self) -> tuple[Program, list[tuple[Any, Any, Any]]]:
         """The group's task program and its slots' (store, tile, projection)."""
         squeeze = tuple(s.squeeze for s in self.slots)
-        program = Program(tuple(self.steps), tuple(s.access for s in self.slots),
-                          squeeze if any(squeeze) else ())
+        steps = tuple(self.steps)
+        if self.windows:
+            n = len(self.slots)
+            steps = tuple(replace(st, slots=tuple(i if i >= 0 else n - 1 - i for i in st.slots))
+                          for st in steps)
+        program = Program(steps, tuple(s.access for s in self.slots),
+                          squeeze if any(squeeze) else (), windows=tuple(self.windows))
         return program, [(s.store, s.tile, s.proj) for s in self.slots]
 
     def submit(self, rt: Any, built: tuple[Program, list[tuple[Any, Any, Any]]],

@@ -132,6 +132,9 @@ class BoundArg:
     # dims (the kernel sees its point's piece without them and adds into it): read-write,
     # no Legion reduction (see GraphExecutor._partial)
     squeeze: int = 0
+    # (offset, shape): the kernel sees this window of the piece's last dim, reshaped, not the
+    # whole piece (a bank of small sums shared by several stores: GraphExecutor._banked)
+    window: tuple[int, tuple[int, ...]] | None = None
 
     @property
     def is_reduction(self) -> bool:

@@ -89,7 +89,7 @@ class _Task:
             return replace(self, slot_info=())
         slots = {i for i, _p, _d in local}
         access = tuple(Access.LOCAL if i in slots else a for i, a in enumerate(program.access))
-        new = Program(program.steps, access, program.squeeze, tuple(local))
+        new = replace(program, access=access, local=tuple(local))
         parts = [(None, None) if i in slots else p for i, p in enumerate(self.parts)]
         return replace(self, task=program_task(new), program=new, parts=parts, slot_info=())
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -107,6 +108,9 @@ class Program:
     squeeze: tuple[int, ...] = ()
     # per LOCAL slot: (slot, its piece's shape, numpy dtype name): what the body allocates
     local: tuple[tuple[int, tuple[int, ...], str], ...] = ()
+    # windows: slots numbered from len(access) on, each (slot, offset, shape): that part of
+    # the slot's piece along its last dim, reshaped (several small sums in one bank store)
+    windows: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
 
     def scalar_params(self) -> list[tuple[str, type]]:
         # the trailing "_uid": the profiler's id of the launch (-1: not profiled; see TRACE)
@@ -150,6 +154,22 @@ def legate_task(k: Kernel, reduced: frozenset[str] = frozenset()) -> Any:
 
 _registered = 0
 
+# Task ids our library reserves. Every fused program is a task of its own, and Legate's core
+# library (a PyTask's default) has room for ~1000 (measured, 25.11: "The scope ran out of IDs"
+# at the 1001st): a process that trains a few dozen models under several plans reached it.
+MAX_TASKS = 1 << 16
+
+
+@cache
+def task_library() -> Any:
+    """The Legate library our tasks are registered in (made on first use, the same on every
+    rank: each registers the same programs in the same order)."""
+    from legate.core import ResourceConfig, get_legate_runtime
+
+    lib, _created = get_legate_runtime().find_or_create_library(
+        "unity_legion", config=ResourceConfig(max_tasks=MAX_TASKS, max_dyn_tasks=MAX_TASKS))
+    return lib
+
 # Kernel intervals of profiled launches (uid >= 0), appended by the task bodies on their
 # processors' threads (list.append is atomic under the GIL): (uid, step index, thread ident,
 # start, end), time.perf_counter seconds. unity_legion.executor.profile reads and clears it.
@@ -191,6 +211,8 @@ def program_task(program: Program) -> Any:
     names = [p.name for p in params]
 
     local = program.local
+    windows = program.windows
+    n_access = len(access)
     # each processor thread's temporaries, kept from task to task: a fresh array of megabytes
     # is fresh pages for the kernel to fault in and zero at every step (an Inception step ran
     # 12% slower so); released with release_local_buffers
@@ -227,7 +249,12 @@ def program_task(program: Program) -> Any:
         halves = {i: arrays[i] for i, a in enumerate(arrays) if is_half_piece(a)}
         for i, piece in halves.items():
             arrays[i] = widen(piece)
-        origins: list[tuple[int, ...] | None] = [None] * len(access)
+        origins: list[tuple[int, ...] | None] = [None] * n_access
+        for base, offset, shape in windows:   # (splitting a contiguous dim: always a view)
+            piece = arrays[base]
+            arrays.append(piece[..., offset:offset + math.prod(shape)].reshape(
+                piece.shape[:-1] + shape))
+            origins.append((0,) * (piece.ndim - 1 + len(shape)))
         uid = given["_uid"]
         for j, step in enumerate(steps):
             if step.guards and not all(bool(np.isfinite(arrays[g]).all()) for g in step.guards):
@@ -283,7 +310,7 @@ def program_task(program: Program) -> Any:
         fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
     body.__name__ = body.__qualname__ = f"{program.name}__{_registered}"
     gpu_body.__name__ = gpu_body.__qualname__ = f"{program.name}__{_registered}__gpu"
-    t = PyTask(func=body, variants=(VariantCode.CPU,))
+    t = PyTask(func=body, variants=(VariantCode.CPU,), library=task_library())
     t.gpu_variant(gpu_body)   # Legate refuses a variant whose signature differs from the CPU's
     VARIANTS[program] = ("cpu", "gpu")
     return t
