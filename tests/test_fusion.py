@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+import unity_legion.executor.executor as executor_mod
 from unity_legion.executor.executor import GraphExecutor, Objective
 from unity_legion.executor.fusion import FusedGroup, _combine
 from unity_legion.executor.launcher import BoundArg
@@ -154,13 +155,18 @@ def test_windows_of_one_slot_are_slots_of_their_own_and_a_process_holds_many_pro
         program_task(replace(program, windows=((1, offset, (2, 3)),)))
 
 
-def test_small_weight_gradients_summed_in_a_bank_equal_legion_reductions() -> None:
+@pytest.mark.parametrize("capacity", [None, 100], ids=["one_bank", "several_banks"])
+def test_small_weight_gradients_summed_in_a_bank_equal_legion_reductions(
+        capacity: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Data-parallel on two processors, every weight gradient of this model is small: with
-    banks (the default) all of them are windows of one bank store, added into the gradients
-    by one task of their own; the weights after three steps (and the gradients read back
-    mid-way, which settles a bank outside a step) equal those of Legion's reductions."""
+    banks (the default) all of them are windows of one bank store (of several, where a bank
+    holds fewer elements than they need), added into the gradients by one task of their own;
+    the weights after three steps (and the gradients read back mid-way, which settles a bank
+    outside a step) equal those of Legion's reductions."""
     if machine_info().processors < 2:
         pytest.fail("needs LEGATE_CONFIG='--cpus 2' (make test sets it)")
+    if capacity is not None:
+        monkeypatch.setattr(executor_mod, "BANK_CAPACITY", capacity)
     runs = {}
     for banks in (True, False):
         g, x, o = _model(with_norm=True)
@@ -173,8 +179,9 @@ def test_small_weight_gradients_summed_in_a_bank_equal_legion_reductions() -> No
         losses.append(ex.train_step({x: xs}, [ys], obj, AdamRule(), 0.01, 3).mean_loss)
         runs[banks] = ({k: ex.get_weight(k) for k, _ in ex.weight_specs()}, losses, grads, ex)
     banked, plain = runs[True], runs[False]
-    assert len(banked[3]._banks) == 1 and not plain[3]._banks
-    members = next(iter(banked[3]._banks.values())).members
+    (banks_used,) = banked[3]._banks.values()
+    assert (len(banks_used) == 1) == (capacity is None) and not plain[3]._banks
+    members = [rec for bank in banks_used for rec in bank.members]
     assert len(members) == len(plain[2]) and not any(rec.pending for rec in members)
     np.testing.assert_allclose(banked[1], plain[1], rtol=1e-6)
     for k in plain[0]:

@@ -201,7 +201,7 @@ class GraphExecutor:
         self._partials: dict[int, _Partials] = {}   # by id of the store they sum into
         # small weight gradients' partial sums in banks (see _banked), per (grid, view, type)
         self.sum_banks = os.environ.get("UNITY_LEGION_SUM_BANKS", "1") != "0"
-        self._banks: dict[tuple[Any, ...], _SumBank] = {}
+        self._banks: dict[tuple[Any, ...], list[_SumBank]] = {}
         # Plain SGD of weights whose operator updates only what a batch used (an embedding's
         # looked-up rows: Operator.sparse_sgd_update) skips their dense gradients and updates
         self.sparse_updates = os.environ.get("UNITY_LEGION_SPARSE_UPDATES", "1") != "0"
@@ -590,13 +590,13 @@ class GraphExecutor:
         if rec is None:
             dims = store_dims(store)
             n = math.prod(dims)
-            key = (grid, where, store.type)
-            bank = self._banks.get(key)
-            if bank is None or bank.used + n > bank.capacity:
+            banks = self._banks.setdefault((grid, where, store.type), [])
+            if not banks or banks[-1].used + n > banks[-1].capacity:
                 cap = max(BANK_CAPACITY, n)
-                bank = self._banks[key] = _SumBank(
+                banks.append(_SumBank(
                     self._zeros(TensorShape(grid + (cap,), _DATA_TYPE[store.type])), grid,
-                    where, cap)
+                    where, cap))
+            bank = banks[-1]
             rec = _Partials(store, bank.store, grid, where, bank=bank, window=(bank.used, dims))
             bank.used += n
             bank.members.append(rec)
@@ -1290,7 +1290,7 @@ class GraphExecutor:
         shapes = self._shapes(batch)
         # banked gradients first, all at once: settled at the first update that reads one,
         # they would split the updates' fused task in two
-        for bank in self._banks.values():
+        for bank in (b for banks in self._banks.values() for b in banks):
             if any(rec.pending for rec in bank.members):
                 self._settle_bank(bank)
         for _order, key, spec, split, up_degrees, view in sorted(updates, key=lambda u: u[0]):
