@@ -1343,7 +1343,8 @@ class _Plan:
         bank = [(item, key, ws) for item in reversed(updates) for key, ws in item.weights
                 if banks and key not in item.sparse and sim.grad_partials(ws, item.devs)
                 and ws.logical().num_elements() < PARTIAL_SUMS_MIN]
-        settled: dict[Any, float] = {}
+        banked = {key for _item, key, _ws in bank}
+        settled = 0.0   # when the task adding them ends
         if bank:
             flush()
             first_dev = bank[0][0].devs[:1]
@@ -1352,8 +1353,7 @@ class _Plan:
                 join(first_dev, 1, sim.settle_time(ws.copy_degree, ws.num_bytes(), 1),
                      lambda ready=ready: ready, "", "update", None,
                      frozenset({_node_store(RefKind.GRAD_WEIGHT, *key), ("bank",)}))
-            end = flush()
-            settled = {key: end for _item, key, _ws in bank}
+            settled = flush()
         for item in reversed(updates):
             name = item.pnode.name
             br = s.breakdown.setdefault(name, OpBreakdown())
@@ -1363,8 +1363,8 @@ class _Plan:
                 devs = item.devs[:points]
                 if key in item.sparse:
                     pass   # the update reads the step's indices and output gradient
-                elif key in settled:
-                    at = max(at, settled[key])
+                elif key in banked:
+                    at = max(at, settled)
                 elif sim.grad_partials(ws, item.devs):
                     # the replicas' partial sums added into the gradient, split by rows over
                     # the operator's points, in the update's group

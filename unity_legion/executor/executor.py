@@ -1290,9 +1290,9 @@ class GraphExecutor:
         shapes = self._shapes(batch)
         # banked gradients first, all at once: settled at the first update that reads one,
         # they would split the updates' fused task in two
-        for bank in (b for banks in self._banks.values() for b in banks):
-            if any(rec.pending for rec in bank.members):
-                self._settle_bank(bank)
+        for banks in self._banks.values():
+            for bank in banks:
+                self._settle_bank(bank)   # (adds only what is pending: nothing, or all)
         for _order, key, spec, split, up_degrees, view in sorted(updates, key=lambda u: u[0]):
             self._mark(self.graph.nodes[key[0]].name, "update")
             if key in sparse:

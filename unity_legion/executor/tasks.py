@@ -211,7 +211,9 @@ def program_task(program: Program) -> Any:
     names = [p.name for p in params]
 
     local = program.local
-    windows = program.windows
+    # (slot, first, end, shape) per window: its bounds worked out once, not per task
+    windows = tuple((base, offset, offset + math.prod(shape), shape)
+                    for base, offset, shape in program.windows)
     n_access = len(access)
     # each processor thread's temporaries, kept from task to task: a fresh array of megabytes
     # is fresh pages for the kernel to fault in and zero at every step (an Inception step ran
@@ -250,10 +252,9 @@ def program_task(program: Program) -> Any:
         for i, piece in halves.items():
             arrays[i] = widen(piece)
         origins: list[tuple[int, ...] | None] = [None] * n_access
-        for base, offset, shape in windows:   # (splitting a contiguous dim: always a view)
+        for base, first, end, shape in windows:   # (splitting a contiguous dim: a view)
             piece = arrays[base]
-            arrays.append(piece[..., offset:offset + math.prod(shape)].reshape(
-                piece.shape[:-1] + shape))
+            arrays.append(piece[..., first:end].reshape(piece.shape[:-1] + shape))
             origins.append((0,) * (piece.ndim - 1 + len(shape)))
         uid = given["_uid"]
         for j, step in enumerate(steps):
