@@ -14,7 +14,7 @@ from unity_legion.cost.transfer import transfer
 from unity_legion.operators.base import Ref, RefKind
 from unity_legion.operators.linear import Linear
 from unity_legion.pcg.graph import ComputationGraph
-from unity_legion.pcg.pcg import lift, node_shapes
+from unity_legion.pcg.pcg import data_parallel_config, lift, node_shapes
 from unity_legion.search.dp import setup
 from unity_legion.types import MachineView, OpConfig, ParallelTensorShape, TensorShape
 
@@ -145,6 +145,23 @@ def _mlp() -> ComputationGraph:
     (t,) = g.add_node(Linear(1024), [t], "down")
     g.add_node(Linear(16), [t], "head")
     return g
+
+
+def test_gradient_sums_run_under_the_backward_pass() -> None:
+    """Data parallel over 2 nodes: each layer's gradient sum takes the links once that layer's
+    gradient is done, so all but the first layer's (done last) run while the backward goes on.
+    Issued in the updates' order instead, every sum waited behind the first layer's (bert_large
+    on 8 x 8 H100s was priced 359 ms for 281)."""
+    g = ComputationGraph()
+    t = g.add_input(TensorShape((None, 4096)), "x")
+    for i in range(8):
+        (t,) = g.add_node(Linear(4096, activation="relu"), [t], f"fc{i}")
+    res = Simulator(preset("dgx-h100", 2)).simulate(g, 8192, {},
+                                                    default=data_parallel_config(16))
+    compute = res.busy[0]
+    sums = sum(b.communication for b in res.breakdown.values())
+    assert sums > 0.3 * compute   # enough to tell overlapped sums from sums after the pass
+    assert res.step_time <= compute + res.breakdown["fc0"].communication + 0.1 * sums
 
 
 def test_the_simulator_and_the_dp_price_the_same_moves_and_sums() -> None:

@@ -224,6 +224,9 @@ class Simulator:
         state = _State(n)
         if staging is not None:
             state.gaps = {d: [] for d in range(n)}
+        if staging is not None or self.by_groups:
+            # a transfer ready late may use the links while they idle earlier (a collective
+            # library runs what is ready): a gradient sum between the backward's moves
             state.net_gaps = {d: [] for d in range(n)}
         cores = m.runtime.cores
         state.record = cores > 0
@@ -1035,15 +1038,24 @@ class _Plan:
 
         self._run_passes(forward, objective, backward, readys, grad_readys)
         updates = list(grads_done.values())
-        # gradient sums and optimizer updates (issued after the whole backward pass)
+        # gradient sums: each takes the links once its gradient is done, in that order (the
+        # runtime starts it then), not in the order the updates are issued, which would hold
+        # the last layer's sum behind the first layer's, done last
+        sync_ends: dict[Any, float] = {}
+        for item, grads_end in sorted(updates, key=lambda u: u[1]):
+            br = s.breakdown[item.pnode.name]
+            for key, _ws in item.weights:
+                sync = item.syncs[key].seconds
+                sync_ends[key] = (run(item.devs, grads_end, sync - item.syncs[key].latency,
+                                      s.net_free) + item.syncs[key].latency
+                                  if sync else grads_end)
+                s.moved += sync - item.syncs[key].latency   # (a delay is no thread's work)
+                _charge(br, sync, item.syncs[key].link, "grads")
+        # optimizer updates (issued after the whole backward pass)
         for item, grads_end in reversed(updates):
             br = s.breakdown[item.pnode.name]
             for key, ws in item.weights:
-                sync = item.syncs[key].seconds
-                sync_end = (run(item.devs, grads_end, sync - item.syncs[key].latency, s.net_free)
-                            + item.syncs[key].latency if sync else grads_end)
-                s.moved += sync - item.syncs[key].latency   # (a delay is no thread's work)
-                _charge(br, sync, item.syncs[key].link, "grads")
+                sync_end = sync_ends[key]
                 points = sim.update_points(ws, len(item.devs))
                 devs = item.devs[:points]
                 # more tiles than devices: the devices share them (as the executor's launch)
@@ -1354,6 +1366,25 @@ class _Plan:
                      lambda ready=ready: ready, "", "update", None,
                      frozenset({_node_store(RefKind.GRAD_WEIGHT, *key), ("bank",)}))
             settled = flush()
+        # gradient sums over the links: each once its gradient is done, in that order (as in
+        # run_step)
+        sums = [(item, key) for item in updates for key, ws in item.weights
+                if item.syncs[key].seconds and key not in item.sparse and key not in banked
+                and not sim.grad_partials(ws, item.devs)]
+        if sums:
+            flush()   # (the backward's groups, whose ends the sums wait for)
+        sums.sort(key=lambda u: grads_end.get(u[0].pnode.id, 0.0))
+        sync_ends: dict[Any, float] = {}
+        for item, key in sums:
+            sync = item.syncs[key].seconds
+            begin = max([grads_end.get(item.pnode.id, 0.0)]
+                        + [s.net_free[d] for d in item.devs])
+            for d in item.devs:   # the links are busy with its bytes only
+                s.net_free[d] = begin + sync - item.syncs[key].latency
+            sync_ends[key] = begin + sync
+            s.moved += sync - item.syncs[key].latency   # (a delay is no work)
+            _charge(s.breakdown.setdefault(item.pnode.name, OpBreakdown()), sync,
+                    item.syncs[key].link, "grads")
         for item in reversed(updates):
             name = item.pnode.name
             br = s.breakdown.setdefault(name, OpBreakdown())
@@ -1371,16 +1402,7 @@ class _Plan:
                     settle = sim.settle_time(ws.copy_degree, ws.num_bytes(), len(item.devs))
                     join(item.devs, 1, settle, lambda at=at: at, name, "update")
                 else:
-                    sync = item.syncs[key].seconds
-                    if sync:
-                        flush()
-                        begin = max([at] + [s.net_free[d] for d in item.devs])
-                        for d in item.devs:   # the links are busy with its bytes only
-                            s.net_free[d] = begin + sync - item.syncs[key].latency
-                        end = begin + sync
-                        s.moved += sync - item.syncs[key].latency   # (a delay is no work)
-                        _charge(br, sync, item.syncs[key].link, "grads")
-                        at = end
+                    at = sync_ends.get(key, at)
                 upd = item.update_time(sim, key, ws, points) * -(-points // max(len(devs), 1))
                 kernel = max(upd - overhead * -(-points // max(len(devs), 1)), 0.0)
 
