@@ -212,6 +212,22 @@ def test_explain_names_the_links_of_moves_and_gradient_sums() -> None:
     assert rows and all(f"{INTRA} / {INTRA}+{INTER}" in r for r in rows), rows
 
 
+def test_an_operator_waits_for_its_device_not_for_the_step() -> None:
+    """Two branches of one input on one device: the second's forward waits for the first's
+    (its input was ready at once), and no operator waits longer than the step (the column once
+    showed each operator's span over two simulated steps)."""
+    g = ComputationGraph()
+    t = g.add_input(TensorShape((None, 2048)), "x")
+    g.add_node(Linear(4096), [t], "a")
+    g.add_node(Linear(4096), [t], "b")
+    machine = preset("dgx-h100", 1, 1)
+    sim = Simulator(machine)
+    res = sim.simulate(g, 4096, {}, default=data_parallel_config(1))
+    a, b = res.breakdown["a"], res.breakdown["b"]
+    assert a.waited + b.waited > 0.2 * min(a.compute, b.compute)
+    assert all(br.waited < res.step_time for br in res.breakdown.values())
+
+
 def _random_layout(rng, shape: ParallelTensorShape, devices: list[int]):
     """`shape`'s pieces on `devices` in a random order (a point may share a device)."""
     from unity_legion.cost.layout import Layout

@@ -108,6 +108,9 @@ class OpBreakdown:
     communication: float = 0.0
     start: float = 0.0
     end: float = 0.0
+    # its tasks' time between their inputs (and weights) being ready and their start: devices
+    # busy with other work, the host issuing, the runtime analysing (forward and backward)
+    waited: float = 0.0
     # the links its communication used (collectives.join_links): the parallel operators
     # feeding it (forward and backward) and its weights' gradient sums
     moves: str = ""
@@ -934,8 +937,8 @@ class _Plan:
             forward and backward: Partition and Combine, Replicate and Reduce move alike)."""
             end = run(sorted(set(item.src + item.devs)), start, item.comm, s.net_free)
             s.moved += item.comm
-            _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown()), item.comm,
-                    item.link, "moves")
+            _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown(start=end - item.comm)),
+                    item.comm, item.link, "moves")
             return end
 
         host(self.feeds)
@@ -976,6 +979,7 @@ class _Plan:
                     trace(item.devs, end - dur, end, node.name, "forward")
                     br = s.breakdown.setdefault(node.name, OpBreakdown(start=begin))
                     br.compute += dur
+                    br.waited += max(0.0, end - dur - start)
                 for t in node.outputs:
                     ready[t] = end
 
@@ -1022,6 +1026,7 @@ class _Plan:
                     trace(item.devs, end - c.backward, end, node.name, "backward")
                     br = s.breakdown[node.name]
                     br.compute += c.backward
+                    br.waited += max(0.0, end - c.backward - start)
                     if item.accumulates:
                         acc = item.acc_time
                         glue = self.glue_of(item)
@@ -1168,10 +1173,15 @@ class _Plan:
             length = entry + sum(step[0] for step in g.steps)
             begin = s.start(s.compute_free, g.devs, max(g.ready, first), length)
             t = begin + entry
+            waited = set()
             for seconds, name, phase, _done in g.steps:
                 trace(g.devs, t, t + seconds, name, phase)
                 if name:
-                    s.breakdown.setdefault(name, OpBreakdown(start=t)).compute += seconds
+                    br = s.breakdown.setdefault(name, OpBreakdown(start=t))
+                    br.compute += seconds
+                    if (name, phase) not in waited:   # the group's wait, once per operator pass
+                        waited.add((name, phase))
+                        br.waited += max(0.0, begin - g.ready)
                 t += seconds
             s.take(s.compute_free, g.devs, begin, t)
             for d in g.devs:
@@ -1244,8 +1254,8 @@ class _Plan:
             if record and item.comm > 0:
                 record((end - item.comm, end))
             s.moved += item.comm
-            _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown()), item.comm,
-                    item.link, "moves")
+            _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown(start=end - item.comm)),
+                    item.comm, item.link, "moves")
             return end
 
         def set_all(table: dict[int, float], keys: Sequence[int]) -> Callable[[float], None]:

@@ -63,7 +63,8 @@ def explain(strategy: "Strategy", pcg: PCG, batch: int, cost: "CostFn | None" = 
     the parallel operators inserted before it; then the totals. With a simulation of one
     training step (`sim`), each row also shows the operator's compute (forward, backward,
     update: one device's share), its communication (the parallel operators feeding it and its
-    gradient sums), how long it waited for its inputs or devices within its span, and the links
+    gradient sums), how long its tasks waited once their inputs were ready (for devices, the
+    host's issuing or the runtime's analysis), and the links
     the moves feeding it and its gradient sums used (intra-node: NVLink / NVSwitch or the node's
     own; inter-node: the network; both: a hierarchical collective, or a gather through the
     nodes); the totals
@@ -88,8 +89,7 @@ def explain(strategy: "Strategy", pcg: PCG, batch: int, cost: "CostFn | None" = 
             if br is None:
                 row += ["-", "-", "-", "-"]
             else:
-                waited = max(0.0, (br.end - br.start) - br.compute - br.communication)
-                row += [_seconds(br.compute), _seconds(br.communication), _seconds(waited),
+                row += [_seconds(br.compute), _seconds(br.communication), _seconds(br.waited),
                         f"{br.moves or '-'} / {br.grads or '-'}"]
         rows.append(row + [before])
     header = ["operator", "type", "degrees", "devices", "params/dev", "activations/dev",
