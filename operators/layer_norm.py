@@ -27,6 +27,7 @@ reshapes an unsorted list's parameters in its given order; sorting avoids that c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -67,7 +68,7 @@ def _contiguous(*arrays: np.ndarray) -> bool:
 
 def _rows(a: np.ndarray, ax: tuple[int, ...]) -> np.ndarray:
     """A contiguous piece normalised over its trailing `ax` as (groups, group size)."""
-    size = int(np.prod(a.shape[a.ndim - len(ax):]))
+    size = math.prod(a.shape[a.ndim - len(ax):])   # (np.prod: ~5 us a call)
     return a.reshape(-1, size)
 
 

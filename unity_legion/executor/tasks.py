@@ -215,6 +215,11 @@ def program_task(program: Program) -> Any:
     windows = tuple((base, offset, offset + math.prod(shape), shape)
                     for base, offset, shape in program.windows)
     n_access = len(access)
+    # guard slots no step writes: each is checked once a task (a fused update task's every
+    # step has the same guards, the step's losses)
+    written = {slot for step in steps for (_n, role), slot in zip(step.kernel.stores, step.slots)
+               if role is not Role.INPUT}
+    fixed_guards = frozenset(g for step in steps for g in step.guards) - written
     # each processor thread's temporaries, kept from task to task: a fresh array of megabytes
     # is fresh pages for the kernel to fault in and zero at every step (an Inception step ran
     # 12% slower so); released with release_local_buffers
@@ -257,9 +262,21 @@ def program_task(program: Program) -> Any:
             arrays.append(piece[..., first:end].reshape(piece.shape[:-1] + shape))
             origins.append((0,) * (piece.ndim - 1 + len(shape)))
         uid = given["_uid"]
+        finite: dict[int, bool] = {}   # fixed_guards' checks
         for j, step in enumerate(steps):
-            if step.guards and not all(bool(np.isfinite(arrays[g]).all()) for g in step.guards):
-                continue   # the step's loss is not finite: its update must change nothing
+            if step.guards:
+                ok = True
+                for g in step.guards:
+                    seen = finite.get(g)
+                    if seen is None:
+                        seen = bool(np.isfinite(arrays[g]).all())
+                        if g in fixed_guards:
+                            finite[g] = seen
+                    if not seen:
+                        ok = False
+                        break
+                if not ok:
+                    continue   # the step's loss is not finite: its update must change nothing
             if uid >= 0:
                 t0 = time.perf_counter()
             k = step.kernel
@@ -278,7 +295,7 @@ def program_task(program: Program) -> Any:
                 of = {}
                 for (name, _role), slot in zip(k.stores, step.slots):
                     if origins[slot] is None:
-                        lo = tuple(int(v) for v in stores[slot].domain.lo)
+                        lo = tuple(stores[slot].domain.lo)   # (a tuple of ints)
                         origins[slot] = lo[squeeze[slot]:] if squeeze else lo
                     of[name] = origins[slot]
                 call["origin"] = PieceOrigin(of[k.stores[0][0]], of)
