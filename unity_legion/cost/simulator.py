@@ -106,7 +106,6 @@ from unity_legion.types import (OpConfig, ParallelShapeError, ParallelTensorShap
 class OpBreakdown:
     compute: float = 0.0      # forward + backward + update, one point
     communication: float = 0.0
-    start: float = 0.0
     end: float = 0.0
     # its tasks' time between their inputs (and weights) being ready and their start: devices
     # busy with other work, the host issuing, the runtime analysing (forward and backward)
@@ -937,8 +936,8 @@ class _Plan:
             forward and backward: Partition and Combine, Replicate and Reduce move alike)."""
             end = run(sorted(set(item.src + item.devs)), start, item.comm, s.net_free)
             s.moved += item.comm
-            _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown(start=end - item.comm)),
-                    item.comm, item.link, "moves")
+            _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown()), item.comm,
+                    item.link, "moves")
             return end
 
         host(self.feeds)
@@ -977,7 +976,7 @@ class _Plan:
                         if record:
                             record((end - dur, end))
                     trace(item.devs, end - dur, end, node.name, "forward")
-                    br = s.breakdown.setdefault(node.name, OpBreakdown(start=begin))
+                    br = s.breakdown.setdefault(node.name, OpBreakdown())
                     br.compute += dur
                     br.waited += max(0.0, end - dur - start)
                 for t in node.outputs:
@@ -1177,7 +1176,7 @@ class _Plan:
             for seconds, name, phase, _done in g.steps:
                 trace(g.devs, t, t + seconds, name, phase)
                 if name:
-                    br = s.breakdown.setdefault(name, OpBreakdown(start=t))
+                    br = s.breakdown.setdefault(name, OpBreakdown())
                     br.compute += seconds
                     if (name, phase) not in waited:   # the group's wait, once per operator pass
                         waited.add((name, phase))
@@ -1254,8 +1253,8 @@ class _Plan:
             if record and item.comm > 0:
                 record((end - item.comm, end))
             s.moved += item.comm
-            _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown(start=end - item.comm)),
-                    item.comm, item.link, "moves")
+            _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown()), item.comm,
+                    item.link, "moves")
             return end
 
         def set_all(table: dict[int, float], keys: Sequence[int]) -> Callable[[float], None]:
@@ -1386,13 +1385,13 @@ class _Plan:
         sums.sort(key=lambda u: grads_end.get(u[0].pnode.id, 0.0))
         sync_ends: dict[Any, float] = {}
         for item, key in sums:
-            sync = item.syncs[key].seconds
-            begin = max([grads_end.get(item.pnode.id, 0.0)]
-                        + [s.net_free[d] for d in item.devs])
-            for d in item.devs:   # the links are busy with its bytes only
-                s.net_free[d] = begin + sync - item.syncs[key].latency
+            sync, latency = item.syncs[key].seconds, item.syncs[key].latency
+            # the links are busy with its bytes only (on a collective runtime, maybe earlier)
+            begin = s.start(s.net_free, item.devs, grads_end.get(item.pnode.id, 0.0),
+                            sync - latency)
+            s.take(s.net_free, item.devs, begin, begin + sync - latency)
             sync_ends[key] = begin + sync
-            s.moved += sync - item.syncs[key].latency   # (a delay is no work)
+            s.moved += sync - latency   # (a delay is no work)
             _charge(s.breakdown.setdefault(item.pnode.name, OpBreakdown()), sync,
                     item.syncs[key].link, "grads")
         for item in reversed(updates):
