@@ -456,6 +456,23 @@ class MultiHeadAttention(Operator):
         attn = h * t * s * (kd + vd)
         return b * (2 * (proj + attn + t * h * vd * math.prod(out)) + 5 * h * t * s)
 
+    def input_grads_share(self, inputs: Sequence[TensorShape],
+                          needs_input_grad: Sequence[bool]) -> float:
+        """The core's backward (two products per attention product, the output projection's
+        input and weight gradients) and the projections' input gradients come before the
+        projections' weight gradients (backward): their share of the backward's flops."""
+        if not any(needs_input_grad):
+            return 1.0
+        q, v, k, _ = self._parts(inputs)
+        t, s, out = self._sizes(inputs)
+        h, kd, vd = self.num_heads, self.key_dim, self.value_dim
+        proj = {"query": t * q.dims[-1] * h * kd, "key": s * k.dims[-1] * h * kd,
+                "value": s * v.dims[-1] * h * vd}
+        sources = {"query": 0, "key": self.key_index, "value": 1}
+        core = 2 * h * t * s * (kd + vd) + 2 * t * h * vd * math.prod(out)
+        first = core + sum(f for name, f in proj.items() if needs_input_grad[sources[name]])
+        return first / (core + 2 * sum(proj.values()))
+
     def bytes_accessed(self, inputs: Sequence[TensorShape]) -> int:
         # the (B, H, T, S) probabilities dominate for long sequences: written once, read once
         return super().bytes_accessed(inputs) + 2 * sum(
@@ -526,21 +543,11 @@ class MultiHeadAttention(Operator):
                  "output_kernel": weights["output_kernel"], "dy": d_out,
                  "doutput_kernel": d_weights["output_kernel"]}
         launches = [Launch(mha_backward_core, core, self._scalars(inputs) | {"rate": self.dropout})]
-        if self.use_bias:  # no head axis among its arguments: one launch over samples
-            launches.append(Launch(mha_backward_output_bias,
-                                   {"dy": d_out, "dbias": d_weights["output_bias"]}))
         sources = {"query": 0, "key": self.key_index, "value": 1}
         grads = self._saved_args(inputs, "grad_q", "grad_k", "grad_v")
         grad_of = {"query": grads["grad_q"], "key": grads["grad_k"], "value": grads["grad_v"]}
-        for name in _PROJECTIONS:
-            src = Arg.by_sample(x(sources[name]), r)
-            args = {"src": src, "grad": grad_of[name], "dkernel": d_weights[f"{name}_kernel"]}
-            if self.use_bias:
-                launches.append(Launch(mha_backward_weight_bias,
-                                       args | {"dbias": d_weights[f"{name}_bias"]}))
-            else:
-                launches.append(Launch(mha_backward_weight, args))
-        # input gradients (partial sums over heads); without a key input the value feeds both
+        # input gradients first (partial sums over heads), so they can leave while the weight
+        # gradients are computed (input_grads_share); without a key input the value feeds both
         # the key and the value projections, and one launch adds both terms
         for name in ("query", "value") + (("key",) if self.has_key else ()):
             i = sources[name]
@@ -553,4 +560,15 @@ class MultiHeadAttention(Operator):
                     "grad2": grad_of["key"], "kernel2": weights["key_kernel"]}))
             else:
                 launches.append(Launch(mha_backward_input, args))
+        if self.use_bias:  # no head axis among its arguments: one launch over samples
+            launches.append(Launch(mha_backward_output_bias,
+                                   {"dy": d_out, "dbias": d_weights["output_bias"]}))
+        for name in _PROJECTIONS:
+            src = Arg.by_sample(x(sources[name]), r)
+            args = {"src": src, "grad": grad_of[name], "dkernel": d_weights[f"{name}_kernel"]}
+            if self.use_bias:
+                launches.append(Launch(mha_backward_weight_bias,
+                                       args | {"dbias": d_weights[f"{name}_bias"]}))
+            else:
+                launches.append(Launch(mha_backward_weight, args))
         return launches

@@ -268,6 +268,11 @@ class Launch:
             raise ValueError(f"launch of {self.kernel.name}: scalars {sorted(self.scalars)} do not "
                              f"match the kernel's scalar parameters {sorted(swant)}")
 
+    @property
+    def writes_input_grad(self) -> bool:
+        """Whether it writes an input's gradient (a backward launch)."""
+        return any(a.ref.kind is RefKind.GRAD_INPUT for a in self.args.values())
+
 
 # ---------------------------------------------------------------------------------------------
 # Weights and saved tensors
@@ -403,6 +408,22 @@ class Operator:
     def backward(self, inputs: Sequence[TensorShape], needs_input_grad: Sequence[bool]) -> list[Launch]:
         """Launches writing d_in[i] (where needed) and d_w[name] (as Sum) from d_out."""
         raise NotImplementedError
+
+    def input_grads_share(self, inputs: Sequence[TensorShape],
+                          needs_input_grad: Sequence[bool]) -> float:
+        """The fraction of its backward pass's time after which every input gradient it
+        computes is written: where the launches writing them all come before those writing
+        weight gradients alone, a transfer of the input gradient (or the producer's backward
+        on other processors) can start while the weight gradients are still computed, as
+        Megatron-LM overlaps a tensor-parallel gradient exchange with the weight-gradient
+        product. Default: half of a weighted operator's backward (its two products cost the
+        same flops) where its launches are in that order, else the whole of it (1)."""
+        if not self.weights(inputs) or not any(needs_input_grad):
+            return 1.0
+        writes_dx = [launch.writes_input_grad
+                     for launch in self.backward(inputs, needs_input_grad)]
+        last = max((i for i, w in enumerate(writes_dx) if w), default=-1)
+        return 0.5 if 0 <= last < len(writes_dx) - 1 and all(writes_dx[:last + 1]) else 1.0
 
     # --- parallelism --------------------------------------------------------------------------
     def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:

@@ -5,12 +5,16 @@ mapping DP pricing the same moves alike. Pure Python, no runtime."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from unity_legion.cost import Simulator, preset
 from unity_legion.cost.collectives import INTER, INTRA, collective_time, group_shape, link_name
 from unity_legion.cost.layout import arg_layout, spread, whole
+from unity_legion.cost.op_cost import AnalyticCost
 from unity_legion.cost.transfer import transfer
+from unity_legion.operators.attention import MultiHeadAttention
 from unity_legion.operators.base import Ref, RefKind
 from unity_legion.operators.linear import Linear
 from unity_legion.pcg.graph import ComputationGraph
@@ -313,3 +317,89 @@ def test_the_dp_prices_an_edge_as_the_simulator_whatever_it_memoised() -> None:
                                     mc.layout(e.dst, pb[j], RefKind.INPUT, e.inp)).seconds
                 assert table[i, j] == pytest.approx(want * (2 if mc._req.get(e.tensor) else 1),
                                                     rel=1e-12, abs=1e-15)
+
+
+def _self_attention() -> ComputationGraph:
+    """x -> dense -> self-attention (query = value = the dense's output) -> dense."""
+    g = ComputationGraph()
+    t = g.add_input(TensorShape((None, 128, 512)), "x")
+    (t,) = g.add_node(Linear(512), [t], "embed")
+    (t,) = g.add_node(MultiHeadAttention(num_heads=8, key_dim=64), [t, t], "attention")
+    g.add_node(Linear(16), [t], "head")
+    return g
+
+
+def test_a_tensor_read_twice_alike_moves_once() -> None:
+    """Self-attention reads its input as query and as value; split by heads it wants both
+    gathered whole: lift gathers once (both arguments bind the same pieces), and the DP prices
+    the second edge at nothing where the two arguments' layouts agree."""
+    machine = preset("dgx-h100", 1)
+    g, batch = _self_attention(), 16
+    ids = {n.name: n.id for n in g.nodes}
+    every = MachineView("gpu", 0, (8,), (1,))
+    plan = {ids["embed"]: OpConfig.of({"sample": 8}, every),
+            ids["attention"]: OpConfig.of({"heads": 8}, every),
+            ids["head"]: OpConfig.of({"sample": 8}, every)}
+    pcg = lift(g, batch, plan)
+    feeding = [n for n in pcg.parallel_nodes() if n.name.startswith("attention:")]
+    assert len(feeding) == 1
+    attention = next(n for n in pcg.computations() if n.name == "attention")
+    assert attention.inputs[0] == attention.inputs[1] == feeding[0].outputs[0]
+    mc = setup(g, batch, machine, None, None, None, None)
+    first, second = sorted((e for e in mc.index.edges if e.dst == ids["attention"]),
+                           key=lambda e: e.inp)
+    moved = mc.edge_one(first, plan[ids["embed"]], plan[ids["attention"]])
+    assert moved > 0
+    assert mc.edge_one(second, plan[ids["embed"]], plan[ids["attention"]]) == 0
+    # the simulator prices the one gather, as the DP does
+    res = Simulator(machine).simulate(g, batch, plan)
+    sim = Simulator(machine)
+    syncs = sum(sim.weight_sync(mc.layout(ids["attention"], plan[ids["attention"]],
+                                          RefKind.WEIGHT, ws.name)).seconds
+                for ws in mc.index.by_id[ids["attention"]].weights)
+    assert res.breakdown["attention"].communication == pytest.approx(moved + syncs)
+
+
+class _InputGradientsLast(AnalyticCost):
+    """The roofline, with every input gradient ready only when the whole backward ends."""
+
+    def op_cost(self, op, inputs, config, device, needs_input_grad=None):  # type: ignore[no-untyped-def]
+        return replace(super().op_cost(op, inputs, config, device, needs_input_grad),
+                       input_grads_at=1.0)
+
+
+def test_input_gradients_leave_while_weight_gradients_are_computed() -> None:
+    """Megatron's pair of dense layers inside a node, between layers split by samples: the
+    gradient of the pair's input is summed over the devices (reduce, then split by samples)
+    after the first layer's backward. Its launches write the input gradient first, each a task
+    of its own on a GPU, so the exchange runs while the weight gradient is computed (as
+    Megatron-LM overlaps it); at the end of the whole backward it would add to the step."""
+    g = ComputationGraph()
+    t = g.add_input(TensorShape((None, 2048)), "x")
+    plan: dict[int, OpConfig] = {}
+    every = MachineView("gpu", 0, (8,), (1,))
+    for i in range(4):
+        (t,) = g.add_node(Linear(2048), [t], f"pre{i}")
+        plan[g.nodes[-1].id] = OpConfig.of({"sample": 8}, every)
+        (t,) = g.add_node(Linear(8192, activation="relu"), [t], f"up{i}")
+        plan[g.nodes[-1].id] = OpConfig.of({"out": 8}, every)
+        (t,) = g.add_node(Linear(2048), [t], f"down{i}")
+        plan[g.nodes[-1].id] = OpConfig.of({"in": 8}, every)
+    machine = preset("dgx-h100", 1)
+    overlapped = Simulator(machine).simulate(g, 4096, plan)
+    late = Simulator(machine, _InputGradientsLast()).simulate(g, 4096, plan)
+    assert overlapped.busy[0] == pytest.approx(late.busy[0])
+    gathered = sum(overlapped.breakdown[f"up{i}"].communication for i in range(4))
+    assert gathered > 0
+    # each backward exchange into `pre` hides under the `up` layer's weight-gradient product
+    assert overlapped.step_time < late.step_time - 0.2 * gathered
+    # the operators say when their input gradients are written
+    ins = [TensorShape((4096, 2048))]
+    assert Linear(8192).input_grads_share(ins, [True]) == 0.5
+    assert Linear(8192).input_grads_share(ins, [False]) == 1.0
+    mha = MultiHeadAttention(num_heads=8, key_dim=64)
+    seq = [TensorShape((8, 128, 512))] * 2
+    assert 0.5 < mha.input_grads_share(seq, [True, True]) < 1.0
+    kinds = [launch.writes_input_grad for launch in mha.backward(seq, [True, True])]
+    first_weights_only = kinds.index(False, 1)
+    assert any(kinds) and not any(kinds[first_weights_only:])

@@ -59,6 +59,9 @@ class OpCost:
     # a step of a fused task costs (RuntimeSpec.fusion)
     kernel_forward: float | None = None
     kernel_backward: float | None = None
+    # the fraction of backward after which the input gradients are written (the operator's
+    # input_grads_share; 1: at its end, as a measured cost, which does not split, says)
+    input_grads_at: float = 1.0
 
     @property
     def total(self) -> float:
@@ -139,7 +142,8 @@ class AnalyticCost:
             ratio /= 2
         return OpCost(fwd + fwd_launches * device.launch_overhead,
                       ratio * fwd + bwd_launches * device.launch_overhead,
-                      fwd_launches, bwd_launches)
+                      fwd_launches, bwd_launches,
+                      input_grads_at=op.input_grads_share(list(inputs), list(needs)))
 
 
 def _computes_half(inputs: Sequence[TensorShape]) -> bool:

@@ -1005,7 +1005,7 @@ class _Plan:
                 node = item.pnode
                 start = max((grad_ready.get(t, 0.0) for t in node.outputs), default=0.0)
                 if item.moves:
-                    end = move(item, start)
+                    end = dx_end = move(item, start)
                 else:
                     c = item.cost
                     assert c is not None
@@ -1026,6 +1026,12 @@ class _Plan:
                     br = s.breakdown[node.name]
                     br.compute += c.backward
                     br.waited += max(0.0, end - c.backward - start)
+                    # each launch is a task of its own here: the input gradients (and the
+                    # additions of this consumer's parts, issued right after them) are done
+                    # before the launches computing weight gradients alone, and can leave
+                    # while those run
+                    early = (1.0 - c.input_grads_at) * c.backward
+                    dx_end = end - early
                     if item.accumulates:
                         acc = item.acc_time
                         glue = self.glue_of(item)
@@ -1033,12 +1039,13 @@ class _Plan:
                         trace(glue, end - acc, end, node.name, "backward")
                         for d in glue:
                             s.busy[d] += acc
+                        dx_end = end if not early else min(end, dx_end + acc)
                     br.end = max(br.end, end)
                     if item.weights:
                         done = grads_done.get(node.id)
                         grads_done[node.id] = (item, max(end, done[1] if done else end))
                 for t in node.inputs:
-                    grad_ready[t] = max(grad_ready.get(t, 0.0), end)
+                    grad_ready[t] = max(grad_ready.get(t, 0.0), dx_end)
 
         self._run_passes(forward, objective, backward, readys, grad_readys)
         updates = list(grads_done.values())

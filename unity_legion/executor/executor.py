@@ -1252,21 +1252,27 @@ class GraphExecutor:
                 else:
                     grads[t] = refs[dx(i)] = self._scratch("grad", t, shape=shapes[t])
             n_degrees, n_view = self._node_plan(n, degrees)
-            for launch in n.op.backward(in_shapes, needs):
-                if skipped and _only_writes_grads_of(launch, skipped):
-                    continue   # the sparse update reads the step's inputs and dy instead
-                self._launch(launch, refs, n_degrees, n_view)
-            if skipped:
-                self._backward_refs[n.id] = refs
+            launches = n.op.backward(in_shapes, needs)
             # each further consumer's part is added on the consumer's processors (split by
             # samples as it is), so it joins the consumer's fused task; a pipeline's runs on
-            # its stage's default processors
+            # its stage's default processors. The additions follow the last launch writing an
+            # input gradient, before those writing weight gradients alone: the gradient is
+            # then whole for the producer while the weights' are computed
             acc_degrees, acc_view = ((n_degrees, n_view) if self.pipeline is None
                                      else (degrees, None))
-            for t, tmp in pending:
-                total, part = Ref(RefKind.OUTPUT, 0), Ref(RefKind.INPUT, 0)
-                self._launch(accumulate_launch(total, part, shapes[t].rank),
-                             {total: grads[t], part: tmp}, acc_degrees, acc_view)
+            last_dx = max((k for k, launch in enumerate(launches) if launch.writes_input_grad),
+                          default=len(launches) - 1)
+            for k, launch in enumerate(launches + [None]):
+                if k == max(last_dx + 1, 0):
+                    for t, tmp in pending:
+                        total, part = Ref(RefKind.OUTPUT, 0), Ref(RefKind.INPUT, 0)
+                        self._launch(accumulate_launch(total, part, shapes[t].rank),
+                                     {total: grads[t], part: tmp}, acc_degrees, acc_view)
+                if launch is not None and not (skipped and _only_writes_grads_of(launch, skipped)):
+                    # (skipped: the sparse update reads the step's inputs and dy instead)
+                    self._launch(launch, refs, n_degrees, n_view)
+            if skipped:
+                self._backward_refs[n.id] = refs
 
     def _update(self, rule: UpdateRule, lr: float, step: int,
                 node_refs: Mapping[int, dict[Ref, Any]], batch: int,

@@ -207,10 +207,17 @@ def lift(graph: ComputationGraph, batch: int, configs: Mapping[int, OpConfig],
             ns = node_shapes(n.op, in_shapes, cfg)
         except (PCGError, ParallelShapeError) as exc:
             raise PCGError(f"operator {n.name!r}: {exc}") from None
-        ins = tuple(_convert(pcg, current[t], want, f"{n.name}:in{i}")
-                    for i, (t, want) in enumerate(zip(n.inputs, ns.inputs)))
+        # an operator that reads one tensor twice the same way (self-attention's query and
+        # value) gets it moved once: both arguments bind the same pieces
+        moved: dict[tuple[int, ParallelTensorShape], int] = {}
+        ins = []
+        for i, (t, want) in enumerate(zip(n.inputs, ns.inputs)):
+            key = (current[t], want)
+            if key not in moved:
+                moved[key] = _convert(pcg, current[t], want, f"{n.name}:in{i}")
+            ins.append(moved[key])
         outs = tuple(pcg._tensor(s) for s in ns.outputs)
-        pcg.nodes.append(PNode(len(pcg.nodes), n.name, n.op, ins, outs, cfg, n.id))
+        pcg.nodes.append(PNode(len(pcg.nodes), n.name, n.op, tuple(ins), outs, cfg, n.id))
         current.update(zip(n.outputs, outs))
         for name, s in ns.weights.items():
             pcg.weights[(n.id, name)] = s

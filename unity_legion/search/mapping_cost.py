@@ -553,16 +553,41 @@ class MappingCost:
             hit = self.store.pairs[key] = (comm, ua, ub, inv_a, inv_b)
         return hit
 
+    def _twin(self, e: Edge) -> int | None:
+        """The input of `e`'s consumer reading `e`'s tensor before `e.inp` does, if any: where
+        the consumer wants both alike, lift moves the tensor once (self-attention's query and
+        value), so the second edge costs nothing."""
+        n = self.index.by_id[e.dst]
+        return next((j for j, t in enumerate(n.inputs[:e.inp]) if t == e.tensor), None)
+
+    def _once(self, e: Edge, twin: int, rv: Resource) -> np.ndarray:
+        """Per consumer candidate on `rv` (`local` order), whether it wants inputs `twin` and
+        `e.inp` differently (each then moved on its own)."""
+        if self.by_groups:
+            return (self._placed_layouts(e.dst, rv, RefKind.INPUT, e.inp)
+                    != self._placed_layouts(e.dst, rv, RefKind.INPUT, twin))
+        ins, idx = self._ends(e.dst)[1], self.local(e.dst, rv).idx
+        (ua, inv_a), (ub, inv_b) = ins[twin], ins[e.inp]
+        return ub[inv_b][idx] != ua[inv_a][idx]
+
     def edge(self, e: Edge, ru: Resource, rv: Resource) -> np.ndarray:
         """Seconds of moving edge `e`'s tensor for every (producer, consumer) candidate pair."""
+        twin = self._twin(e)
         key = (self.node_key(e.src), e.out, self.node_key(e.dst), e.inp, self._req.get(e.tensor),
-               ru.nodes, ru.devs, rv.relative(ru))
+               ru.nodes, ru.devs, rv.relative(ru), twin)
         tab = self.store.edges
         hit = tab.get(key)
         if hit is not None:
             self.store.stats.table_hits += 1
             return hit
         self.store.stats.table_misses += 1
+        hit = self._edge(e, ru, rv)
+        if twin is not None:
+            hit = np.where(self._once(e, twin, rv)[None, :], hit, 0.0)
+        tab[key] = hit
+        return hit
+
+    def _edge(self, e: Edge, ru: Resource, rv: Resource) -> np.ndarray:
         if self.by_groups:
             # many candidates leave (or want) the tensor alike: price each distinct pair of
             # layouts once
@@ -575,7 +600,6 @@ class MappingCost:
             hit = sub[inv_a.reshape(-1)[:, None], inv_b.reshape(-1)[None, :]]
             if self._req.get(e.tensor, False):
                 hit = hit * 2
-            tab[key] = hit
             return hit
         comm, ua, ub, inv_a, inv_b = self._pair(e)
         la, lb = self.local(e.src, ru), self.local(e.dst, rv)
@@ -599,10 +623,19 @@ class MappingCost:
             hit = comm[cls, ia, ib]
         if self._req.get(e.tensor, False):
             hit = hit * 2
-        tab[key] = hit
         return hit
 
     def edge_one(self, e: Edge, a: OpConfig, b: OpConfig) -> float:
+        twin = self._twin(e)
+        if twin is not None:
+            if self.by_groups:
+                same = (self.layout_id(e.dst, b, RefKind.INPUT, e.inp)
+                        == self.layout_id(e.dst, b, RefKind.INPUT, twin))
+            else:
+                sv = self.node_shapes(e.dst, b)
+                same = sv is not None and sv.inputs[e.inp] == sv.inputs[twin]
+            if same:
+                return 0.0
         if self.by_groups:
             return self._edge_groups(e, a, b) * (2 if self._req.get(e.tensor, False) else 1)
         su, sv = self.node_shapes(e.src, a), self.node_shapes(e.dst, b)
