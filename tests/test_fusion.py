@@ -16,6 +16,7 @@ from unity_legion.executor.tasks import Access
 from unity_legion.operators.base import Role
 from unity_legion.operators.batch_norm import BatchNorm
 from unity_legion.operators.dropout import Dropout
+from unity_legion.operators.elementwise import Add
 from unity_legion.operators.linear import Linear
 from unity_legion.operators.losses import SparseCategoricalCrossentropy
 from unity_legion.operators.optimizers import AdamRule
@@ -69,14 +70,19 @@ def test_a_sum_into_pieces_of_its_own_is_read_in_the_same_group() -> None:
     assert shared.plan([_arg(b, Role.INPUT, tile=None, proj=None)]) is None
 
 
-def _model(with_norm: bool) -> tuple[ComputationGraph, int, int]:
+def _model(with_norm: bool | str) -> tuple[ComputationGraph, int, int]:
     g = ComputationGraph()
     x = g.add_input(TensorShape((None, 12)), "x")
     (h,) = g.add_node(Linear(16, activation="relu"), [x], "d1")
-    if with_norm:
+    if with_norm is True:
         (h,) = g.add_node(BatchNorm(), [h], "bn")
     (h,) = g.add_node(Dropout(0.25), [h], "drop")
-    (h,) = g.add_node(Linear(16, activation="tanh"), [h], "d2")
+    (d2,) = g.add_node(Linear(16, activation="tanh"), [h], "d2")
+    if with_norm == "residual":
+        # h's gradient is the sum of two consumers' parts: unfused, d2's part is added right
+        # after its input-gradient launch, before its weight-gradient one; fused, at the end
+        (d2,) = g.add_node(Add(), [h, d2], "residual")
+    h = d2
     (o,) = g.add_node(Linear(5), [h], "out")
     return g, x, o
 
@@ -91,7 +97,7 @@ def _seeded(ex: GraphExecutor) -> tuple[np.ndarray, np.ndarray, Objective]:
     return xs, ys, Objective((SparseCategoricalCrossentropy(from_logits=True),), ((),))
 
 
-def _train(fused: bool, with_norm: bool, steps: int = 3) -> tuple[dict, list[float], GraphExecutor]:
+def _train(fused: bool, with_norm: bool | str, steps: int = 3) -> tuple[dict, list[float], GraphExecutor]:
     g, x, o = _model(with_norm)
     ex = GraphExecutor(g, [o], seed=3)
     ex.fusion = fused
@@ -101,8 +107,9 @@ def _train(fused: bool, with_norm: bool, steps: int = 3) -> tuple[dict, list[flo
     return {k: ex.get_weight(k) for k, _ in ex.weight_specs()}, losses, ex
 
 
-@pytest.mark.parametrize("with_norm", [False, True], ids=["mlp", "batch_norm"])
-def test_fused_training_equals_one_task_per_launch(with_norm: bool) -> None:
+@pytest.mark.parametrize("with_norm", [False, True, "residual"],
+                         ids=["mlp", "batch_norm", "residual"])
+def test_fused_training_equals_one_task_per_launch(with_norm: bool | str) -> None:
     """Same kernels, same pieces, same order: the weights after three Adam steps (dropout and
     batch statistics included) are those of the unfused run, to the last bits."""
     w_fused, l_fused, ex = _train(True, with_norm)

@@ -1255,13 +1255,16 @@ class GraphExecutor:
             launches = n.op.backward(in_shapes, needs)
             # each further consumer's part is added on the consumer's processors (split by
             # samples as it is), so it joins the consumer's fused task; a pipeline's runs on
-            # its stage's default processors. The additions follow the last launch writing an
-            # input gradient, before those writing weight gradients alone: the gradient is
-            # then whole for the producer while the weights' are computed
+            # its stage's default processors. Where each launch is a task of its own (no
+            # fusion, as the simulator's GPU runtime), the additions follow the last launch
+            # writing an input gradient, before those writing weight gradients alone: the
+            # gradient is then whole for the producer while the weights' are computed. Fused,
+            # they come last, as a grid of their own would split the operator's task in three
             acc_degrees, acc_view = ((n_degrees, n_view) if self.pipeline is None
                                      else (degrees, None))
-            last_dx = max((k for k, launch in enumerate(launches) if launch.writes_input_grad),
-                          default=len(launches) - 1)
+            last_dx = (max((k for k, launch in enumerate(launches) if launch.writes_input_grad),
+                           default=len(launches) - 1)
+                       if not self.fusion else len(launches) - 1)
             for k, launch in enumerate(launches + [None]):
                 if k == max(last_dx + 1, 0):
                     for t, tmp in pending:
