@@ -12,6 +12,7 @@ from unity_legion.cost import Simulator, preset
 from unity_legion.cost.op_cost import AnalyticCost
 from unity_legion.models import ZOO
 from unity_legion.operators.activation import Activation
+from unity_legion.operators.attention import MultiHeadAttention
 from unity_legion.operators.concat import Concat
 from unity_legion.operators.elementwise import Add
 from unity_legion.operators.embedding import Embedding
@@ -28,6 +29,9 @@ from unity_legion.types import DataType, TensorShape
 FOUR = preset("dgx-h100", 1, 4)          # one node of 4 GPUs
 TWO_BY_TWO = preset("dgx-h100", 2, 2)    # 2 nodes x 2 GPUs: node and device splits
 SMALL_AXES = lambda node: {"sample", "out", "features", "columns"}  # noqa: E731
+# attention split by heads only: its input is gathered whole, once for query and value
+HEAD_AXES = lambda node: ({"heads"} if node.op.op_type == "multi_head_attention"  # noqa: E731
+                          else {"sample", "out"})
 
 
 def chain(width: int = 256, layers: int = 3) -> ComputationGraph:
@@ -70,6 +74,17 @@ def two_inputs() -> ComputationGraph:
     return g
 
 
+def self_attention() -> ComputationGraph:
+    """An attention reading one tensor as query and value: two edges from one producer, the
+    second moved at no cost where the consumer wants both alike."""
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 16, 64)), "x")
+    (h,) = g.add_node(Linear(64), [x], "embed")
+    (a,) = g.add_node(MultiHeadAttention(num_heads=4, key_dim=16), [h, h], "attention")
+    g.add_node(Linear(8), [a], "head")
+    return g
+
+
 def random_graph(seed: int, nodes: int = 5) -> ComputationGraph:
     rng = random.Random(seed)
     g = ComputationGraph()
@@ -99,6 +114,8 @@ def _same(graph: ComputationGraph, batch: int, machine, **kw) -> None:
     ("branches-add", branches("add"), TWO_BY_TWO, SMALL_AXES),
     ("branches-concat", branches("concat"), TWO_BY_TWO, SMALL_AXES),
     ("embedding", two_inputs(), TWO_BY_TWO, SMALL_AXES),
+    ("self-attention", self_attention(), TWO_BY_TWO, HEAD_AXES),
+    ("self-attention-cpu", self_attention(), preset("local"), HEAD_AXES),
 ])
 def test_dp_equals_brute_force(name, graph, machine, axes) -> None:
     _same(graph, 64, machine, allowed_axes=axes)
