@@ -22,7 +22,7 @@ from unity_legion.operators.losses import SparseCategoricalCrossentropy
 from unity_legion.operators.optimizers import AdamRule
 from unity_legion.pcg.graph import ComputationGraph
 from unity_legion.runtime import machine_info
-from unity_legion.types import MachineView, TensorShape
+from unity_legion.types import MachineView, OpConfig, TensorShape
 
 
 def _arg(store: object, role: Role, tile=(4,), proj=(0,), reduced: bool = False) -> BoundArg:
@@ -78,7 +78,7 @@ def _model(with_norm: bool | str) -> tuple[ComputationGraph, int, int]:
         (h,) = g.add_node(BatchNorm(), [h], "bn")
     (h,) = g.add_node(Dropout(0.25), [h], "drop")
     (d2,) = g.add_node(Linear(16, activation="tanh"), [h], "d2")
-    if with_norm == "residual":
+    if with_norm in ("residual", "residual-split"):
         # h's gradient is the sum of two consumers' parts: unfused, d2's part is added right
         # after its input-gradient launch, before its weight-gradient one; fused, at the end
         (d2,) = g.add_node(Add(), [h, d2], "residual")
@@ -101,14 +101,19 @@ def _train(fused: bool, with_norm: bool | str, steps: int = 3) -> tuple[dict, li
     g, x, o = _model(with_norm)
     ex = GraphExecutor(g, [o], seed=3)
     ex.fusion = fused
+    if with_norm == "residual-split":
+        # d2 split by its output features: unfused, the residual's gradient part is added
+        # split by samples over both of d2's processors
+        d2 = next(n.id for n in g.nodes if n.name == "d2")
+        ex.set_plan({d2: OpConfig.of({"out": 2}, MachineView.contiguous("cpu", 0, 2))})
     xs, ys, obj = _seeded(ex)
     losses = [ex.train_step({x: xs}, [ys], obj, AdamRule(), 0.01, s).mean_loss
               for s in range(1, steps + 1)]
     return {k: ex.get_weight(k) for k, _ in ex.weight_specs()}, losses, ex
 
 
-@pytest.mark.parametrize("with_norm", [False, True, "residual"],
-                         ids=["mlp", "batch_norm", "residual"])
+@pytest.mark.parametrize("with_norm", [False, True, "residual", "residual-split"],
+                         ids=["mlp", "batch_norm", "residual", "residual-split"])
 def test_fused_training_equals_one_task_per_launch(with_norm: bool | str) -> None:
     """Same kernels, same pieces, same order: the weights after three Adam steps (dropout and
     batch statistics included) are those of the unfused run, to the last bits."""

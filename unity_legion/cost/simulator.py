@@ -803,13 +803,15 @@ class _Plan:
 
     def glue_of(self, item: _Node) -> list[int]:
         """The devices of `item`'s gradient accumulations: its own processors as its samples
-        split over them (GraphExecutor._backward_nodes), or a pipeline stage's glue devices."""
+        split over them (GraphExecutor._backward), all of them where each launch is a task of
+        its own (no fusion to join), or a pipeline stage's glue devices."""
         if self.staging:
             return list(self.staging.glue[item.stage])
         cfg = item.pnode.config
         if cfg is None:
             return self.all_devs
-        return item.devs[:max(1, min(len(item.devs), cfg.degree(SAMPLE), self.batch))]
+        split = len(item.devs) if not self.sim.machine.runtime.fusion else cfg.degree(SAMPLE)
+        return item.devs[:max(1, min(len(item.devs), split, self.batch))]
 
     def _boundary(self, node: PNode, g: Any, ins: list[Any], i: int, devs: list[int],
                   stage: int, grad: bool) -> _Node:

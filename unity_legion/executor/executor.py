@@ -1262,9 +1262,13 @@ class GraphExecutor:
             # they come last, as a grid of their own would split the operator's task in three
             acc_degrees, acc_view = ((n_degrees, n_view) if self.pipeline is None
                                      else (degrees, None))
-            last_dx = (max((k for k, launch in enumerate(launches) if launch.writes_input_grad),
-                           default=len(launches) - 1)
-                       if not self.fusion else len(launches) - 1)
+            last_dx = len(launches) - 1
+            if not self.fusion:
+                last_dx = max((k for k, launch in enumerate(launches)
+                               if launch.writes_input_grad), default=last_dx)
+                if self.pipeline is None and n_view is not None:
+                    # a task of its own: split by samples over all the operator's processors
+                    acc_degrees = {SAMPLE: n_view.num_points}
             for k, launch in enumerate(launches + [None]):
                 if k == max(last_dx + 1, 0):
                     for t, tmp in pending:
