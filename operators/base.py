@@ -274,6 +274,12 @@ class Launch:
         return any(a.ref.kind is RefKind.GRAD_INPUT for a in self.args.values())
 
 
+def last_input_grad(launches: Sequence[Launch]) -> int:
+    """The index of the last of a backward pass's launches that writes an input gradient (-1:
+    none does)."""
+    return max((k for k, launch in enumerate(launches) if launch.writes_input_grad), default=-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Weights and saved tensors
 # ---------------------------------------------------------------------------------------------
@@ -420,10 +426,10 @@ class Operator:
         same flops) where its launches are in that order, else the whole of it (1)."""
         if not self.weights(inputs) or not any(needs_input_grad):
             return 1.0
-        writes_dx = [launch.writes_input_grad
-                     for launch in self.backward(inputs, needs_input_grad)]
-        last = max((i for i, w in enumerate(writes_dx) if w), default=-1)
-        return 0.5 if 0 <= last < len(writes_dx) - 1 and all(writes_dx[:last + 1]) else 1.0
+        launches = self.backward(inputs, needs_input_grad)
+        last = last_input_grad(launches)
+        return (0.5 if 0 <= last < len(launches) - 1
+                and all(launch.writes_input_grad for launch in launches[:last + 1]) else 1.0)
 
     # --- parallelism --------------------------------------------------------------------------
     def parallel_dims(self, inputs: Sequence[TensorShape]) -> tuple[ParallelDim, ...]:

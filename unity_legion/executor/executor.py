@@ -33,8 +33,8 @@ from unity_legion.executor.launcher import (BoundArg, bind, box_points, effectiv
                                            launch_boxes, launch_grid, partitioned_reductions,
                                            reduced_outputs, store_dims, submit)
 from unity_legion.mappers.placement import placed
-from unity_legion.operators.base import (SAMPLE, Arg, Launch, Ref, RefKind, Role, dx, dy, saved,
-                                         w, x, y)
+from unity_legion.operators.base import (SAMPLE, Arg, Launch, Ref, RefKind, Role, dx, dy,
+                                         last_input_grad, saved, w, x, y)
 from unity_legion.operators.convert import cast_copy
 from unity_legion.operators.precision import from_storage, to_storage
 from unity_legion.operators.glue import PARTIAL_SUMS_MIN as PARTIAL_SUMS_MIN_DEFAULT
@@ -1262,20 +1262,19 @@ class GraphExecutor:
             # they come last, as a grid of their own would split the operator's task in three
             acc_degrees, acc_view = ((n_degrees, n_view) if self.pipeline is None
                                      else (degrees, None))
-            last_dx = len(launches) - 1
+            cut = len(launches)
             if not self.fusion:
-                last_dx = max((k for k, launch in enumerate(launches)
-                               if launch.writes_input_grad), default=last_dx)
+                cut = last_input_grad(launches) + 1 or cut
                 if self.pipeline is None and n_view is not None:
                     # a task of its own: split by samples over all the operator's processors
                     acc_degrees = {SAMPLE: n_view.num_points}
-            for k, launch in enumerate(launches + [None]):
-                if k == max(last_dx + 1, 0):
+            for launch in [*launches[:cut], None, *launches[cut:]]:
+                if launch is None:   # the additions' place
                     for t, tmp in pending:
                         total, part = Ref(RefKind.OUTPUT, 0), Ref(RefKind.INPUT, 0)
                         self._launch(accumulate_launch(total, part, shapes[t].rank),
                                      {total: grads[t], part: tmp}, acc_degrees, acc_view)
-                if launch is not None and not (skipped and _only_writes_grads_of(launch, skipped)):
+                elif not (skipped and _only_writes_grads_of(launch, skipped)):
                     # (skipped: the sparse update reads the step's inputs and dy instead)
                     self._launch(launch, refs, n_degrees, n_view)
             if skipped:
