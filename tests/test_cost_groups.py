@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from graphs import self_attention
 from unity_legion.cost import Simulator, preset
 from unity_legion.cost.collectives import INTER, INTRA, collective_time, group_shape, link_name
 from unity_legion.cost.layout import arg_layout, spread, whole
@@ -319,22 +320,12 @@ def test_the_dp_prices_an_edge_as_the_simulator_whatever_it_memoised() -> None:
                                                     rel=1e-12, abs=1e-15)
 
 
-def _self_attention() -> ComputationGraph:
-    """x -> dense -> self-attention (query = value = the dense's output) -> dense."""
-    g = ComputationGraph()
-    t = g.add_input(TensorShape((None, 128, 512)), "x")
-    (t,) = g.add_node(Linear(512), [t], "embed")
-    (t,) = g.add_node(MultiHeadAttention(num_heads=8, key_dim=64), [t, t], "attention")
-    g.add_node(Linear(16), [t], "head")
-    return g
-
-
 def test_a_tensor_read_twice_alike_moves_once() -> None:
     """Self-attention reads its input as query and as value; split by heads it wants both
     gathered whole: lift gathers once (both arguments bind the same pieces), and the DP prices
     the second edge at nothing where the two arguments' layouts agree."""
     machine = preset("dgx-h100", 1)
-    g, batch = _self_attention(), 16
+    g, batch = self_attention(128, 512, 8, 16), 16
     ids = {n.name: n.id for n in g.nodes}
     every = MachineView("gpu", 0, (8,), (1,))
     plan = {ids["embed"]: OpConfig.of({"sample": 8}, every),

@@ -8,11 +8,11 @@ import random
 
 import pytest
 
+from graphs import self_attention
 from unity_legion.cost import Simulator, preset
 from unity_legion.cost.op_cost import AnalyticCost
 from unity_legion.models import ZOO
 from unity_legion.operators.activation import Activation
-from unity_legion.operators.attention import MultiHeadAttention
 from unity_legion.operators.concat import Concat
 from unity_legion.operators.elementwise import Add
 from unity_legion.operators.embedding import Embedding
@@ -74,17 +74,6 @@ def two_inputs() -> ComputationGraph:
     return g
 
 
-def self_attention() -> ComputationGraph:
-    """An attention reading one tensor as query and value: two edges from one producer, the
-    second moved at no cost where the consumer wants both alike."""
-    g = ComputationGraph()
-    x = g.add_input(TensorShape((None, 16, 64)), "x")
-    (h,) = g.add_node(Linear(64), [x], "embed")
-    (a,) = g.add_node(MultiHeadAttention(num_heads=4, key_dim=16), [h, h], "attention")
-    g.add_node(Linear(8), [a], "head")
-    return g
-
-
 def random_graph(seed: int, nodes: int = 5) -> ComputationGraph:
     rng = random.Random(seed)
     g = ComputationGraph()
@@ -114,8 +103,8 @@ def _same(graph: ComputationGraph, batch: int, machine, **kw) -> None:
     ("branches-add", branches("add"), TWO_BY_TWO, SMALL_AXES),
     ("branches-concat", branches("concat"), TWO_BY_TWO, SMALL_AXES),
     ("embedding", two_inputs(), TWO_BY_TWO, SMALL_AXES),
-    ("self-attention", self_attention(), TWO_BY_TWO, HEAD_AXES),
-    ("self-attention-cpu", self_attention(), preset("local"), HEAD_AXES),
+    ("self-attention", self_attention(16, 64, 4, 8), TWO_BY_TWO, HEAD_AXES),
+    ("self-attention-cpu", self_attention(16, 64, 4, 8), preset("local"), HEAD_AXES),
 ])
 def test_dp_equals_brute_force(name, graph, machine, axes) -> None:
     _same(graph, 64, machine, allowed_axes=axes)
