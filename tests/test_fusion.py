@@ -3,6 +3,7 @@ numbers as one task per launch."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 import unity_legion.executor.executor as executor_mod
 from unity_legion.executor.executor import GraphExecutor, Objective
-from unity_legion.executor.fusion import FusedGroup, _combine
+from unity_legion.executor.fusion import FusedGroup, _combine, fuses_by_default
 from unity_legion.executor.launcher import BoundArg
 from unity_legion.executor.tasks import Access
 from unity_legion.operators.base import Role
@@ -43,6 +44,24 @@ def test_a_group_combines_accesses_and_refuses_what_would_change_results() -> No
     # read, then written: read-write; written, then read: the written piece (write only)
     assert _combine(Access.READ, _arg(a, Role.OUTPUT)) is Access.READ_WRITE
     assert _combine(Access.WRITE, _arg(a, Role.INPUT)) is Access.WRITE
+
+
+def test_a_job_fuses_exactly_where_its_machine_model_prices_fused_groups() -> None:
+    from unity_legion.search.plan import running_machine
+
+    for kind in ("cpu", "gpu"):
+        priced_fused = running_machine(1, 2, kind).runtime.fusion > 0
+        assert fuses_by_default(kind) == priced_fused, kind
+    assert fuses_by_default("cpu") and not fuses_by_default("gpu")
+    # the environment variable forces either way; anything else leaves the default
+    assert fuses_by_default("gpu", "1") and not fuses_by_default("cpu", "0")
+    assert fuses_by_default("cpu", "yes") and not fuses_by_default("gpu", "")
+    # this (CPU) job's executor fuses unless told not to
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 4)), "x")
+    (y,) = g.add_node(Linear(3), [x], "fc")
+    setting = os.environ.get("UNITY_LEGION_FUSION")
+    assert GraphExecutor(g, [y]).fusion == fuses_by_default(machine_info().preferred_kind, setting)
 
 
 def test_a_sum_into_pieces_of_its_own_is_read_in_the_same_group() -> None:

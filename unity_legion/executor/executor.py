@@ -24,7 +24,7 @@ from legate.core import LogicalStore
 from legate.core import types as ty
 
 from unity_legion.executor import host_data
-from unity_legion.executor.fusion import FusionQueue
+from unity_legion.executor.fusion import FusionQueue, fuses_by_default
 from unity_legion.executor.replay import (DYNAMIC_LR, DYNAMIC_SEED, DYNAMIC_STEP, Recorder,
                                           StepTrace)
 from unity_legion.executor.tasks import release_local_buffers
@@ -193,8 +193,10 @@ class GraphExecutor:
         # other: 105 vs 60 ms for a conv's forward+backward read back each time; measured).
         self.halo_reads = True
         # Consecutive launches over the same grid and processors run as one fused task
-        # (fusion.py); False: every launch is a task of its own (the measuring code's choice).
-        self.fusion = os.environ.get("UNITY_LEGION_FUSION", "1") != "0"
+        # (fusion.py; CPU jobs by default); False: every launch is a task of its own (GPU jobs,
+        # as their machine models price them, and the measuring code).
+        self.fusion = fuses_by_default(self.machine.preferred_kind,
+                                       os.environ.get("UNITY_LEGION_FUSION"))
         self._queue = FusionQueue(self.rt)
         # Whole-store reductions as partial sums (see _partial; one rank, fused launches only)
         self.partial_sums = os.environ.get("UNITY_LEGION_PARTIAL_SUMS", "1") != "0"

@@ -38,6 +38,19 @@ from unity_legion.mappers.placement import placed
 MAX_STEPS = 128
 
 
+def fuses_by_default(kind: str, setting: str | None = None) -> bool:
+    """Whether a job whose processors are of `kind` runs fused groups, unless `setting` (the
+    UNITY_LEGION_FUSION environment variable: "0" or "1") says. CPU processors fuse: there a
+    task's overhead is a large share of its kernels'. GPU jobs run every launch as a task of
+    its own, as the GPU machine models price them (`RuntimeSpec.fusion` 0): their kernels take
+    milliseconds at the sizes planned for, and an operator's input gradients can leave for
+    their consumers' processors while its weight gradients are still being computed, where a
+    fused task would hold them until it ends."""
+    if setting is not None and setting.strip() in ("0", "1"):
+        return setting.strip() == "1"
+    return kind != "gpu"
+
+
 def owns_piece(grid: Sequence[int], tile: Any, proj: Any) -> bool:
     """Whether each point of `grid` reaches a piece of the store no other point does: one
     point, or a tiling whose projection follows every grid axis of extent > 1."""
