@@ -314,3 +314,21 @@ def test_gradient_sums_in_flight_together_overlap_their_latency() -> None:
     # two copies folded: about one round trip of 2 x 10 ms (partly hidden behind the step's
     # other work); twelve sums (kernels and biases) one after another would add 240 ms
     assert 10e-3 <= extra < 2 * 2 * 10e-3
+
+
+@pytest.mark.parametrize("fusion", [0, 128])
+def test_over_several_nodes_the_loss_read_runs_while_the_step_does(fusion: int) -> None:
+    # one node: the read comes after the work; two: a round trip from its issue (RuntimeSpec.sync)
+    g, _ = _chain(6, 256)
+    serial = OpConfig.of({"sample": 1}, MachineView.contiguous("cpu", 0, 1))
+
+    def step(nodes: int, sync: float) -> float:
+        base = _machine(fusion, "fold").with_nodes(nodes, 1)
+        m = replace(base, runtime=replace(base.runtime, sync=sync))
+        return Simulator(m, optimizer_slots=0).simulate(g, 256, {}, None, serial).step_time
+
+    assert step(1, 1e-2) - step(1, 0.0) == pytest.approx(1e-2)
+    no_read = step(2, 0.0)
+    assert step(2, 1e-6) == pytest.approx(no_read)     # a short trip: the work's end decides
+    assert step(2, 10.0) < no_read + 10.0               # issued before the work is done
+    assert step(2, 20.0) - step(2, 10.0) == pytest.approx(10.0)

@@ -98,7 +98,9 @@ class RuntimeSpec:
 
     issue: seconds of the issuing thread per launch (the executor's Python, Legate's analysis);
         a launch's tasks cannot start before it is issued.
-    sync: seconds a blocking read of a finished result costs the issuing thread (round trip).
+    sync: seconds a blocking read of a finished result costs the issuing thread (round trip);
+        over several nodes, seconds from the read's issue to its value's arrival, a round trip
+        between the ranks' runtimes that runs while the work it waits for does.
     reduction: "ring" (replicas summed by a ring all-reduce over the links) or "fold" (the
         runtime folds each of the c partial copies, whole, into the result: c x fold.time(bytes)).
     fold: the cost of folding one copy: latency per copy, bytes folded per second (with "fold").

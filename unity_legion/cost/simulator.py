@@ -586,6 +586,8 @@ class _Node:
     sparse: dict[tuple[int, str], float] = field(default_factory=dict)     # sparse updates
     settle: float = 0.0            # a Reduce as partial sums: the step adding them (one point)
     boundary: bool = False         # a pipeline stage boundary: the tensor moved to the reader
+    delay: float = 0.0             # a boundary's: of `comm`, the messages' latency, which moves in
+                                   # flight together overlap (Transfer.latency)
     stage: int = 0                 # its pipeline stage (Staging; 0 unpipelined)
     # per pass (forward, backward): how many of its launches read a sum earlier ones added into
     # over several points (batch statistics), each ending the fused group, and whether such a
@@ -821,7 +823,8 @@ class _Plan:
         moved = boundary_transfer(self.sim, self.layout_of[t], want)
         src = self.devices_of[t]
         item = _Node(PNode(-1, f"{node.name}:boundary", node.op, (t,), (t,)), devs, src=src,
-                     comm=moved.seconds, link=moved.link, boundary=True, stage=stage)
+                     comm=moved.seconds, link=moved.link, boundary=True, stage=stage,
+                     delay=moved.latency)
         item.backward = grad    # its gradient goes back the same way
         return item
 
@@ -936,8 +939,9 @@ class _Plan:
         def move(item: Any, start: float) -> float:
             """A parallel operator's transfer on the network timelines of its devices (the same
             forward and backward: Partition and Combine, Replicate and Reduce move alike)."""
-            end = run(sorted(set(item.src + item.devs)), start, item.comm, s.net_free)
-            s.moved += item.comm
+            busy = item.comm - item.delay     # (the latency is a delay, no thread's work)
+            end = run(sorted(set(item.src + item.devs)), start, busy, s.net_free) + item.delay
+            s.moved += busy
             _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown()), item.comm,
                     item.link, "moves")
             return end
@@ -1086,10 +1090,22 @@ class _Plan:
                 first, _ = host(item.state_launches)
                 run(item.devs, first, sim.machine.device.launch_overhead * item.state_launches,
                     s.compute_free)
-        # the executor ends every step waiting for all of its work (GraphExecutor._drain):
-        # the next step's issuing starts after it
+        return self._end_step(s)
+
+    def _end_step(self, s: _State) -> float:
+        """When the step ends: the executor reads the losses, then waits for all of the step's
+        work (GraphExecutor._drain); the next step's issuing starts after it. On one rank a
+        read is a short call made once the losses are done. Over several ranks it is a round
+        trip between the ranks' runtimes that starts when the read is issued, right after the
+        step (`RuntimeSpec.sync`, measured from a launch's issue to its result's arrival), and
+        runs while the step's work does: a 2-rank MLP step on one processor took 112 ms with
+        ~40 ms of kernels where a read alone takes 112-148 ms."""
         reads = self._reads()
-        s.host = max(s.compute_free + s.net_free + [s.host]) + reads
+        done = max(s.compute_free + s.net_free + [s.host])
+        if self.sim.machine.nodes > 1:
+            s.host = max(done, s.host + reads)
+        else:
+            s.host = done + reads
         s.host_busy += reads
         return s.host
 
@@ -1257,11 +1273,13 @@ class _Plan:
 
         def move(item: Any, start: float) -> float:
             devs = sorted(set(item.src + item.devs))
-            end = s.start(s.net_free, devs, start, item.comm) + item.comm
-            s.take(s.net_free, devs, end - item.comm, end)
-            if record and item.comm > 0:
-                record((end - item.comm, end))
-            s.moved += item.comm
+            busy = item.comm - item.delay     # (the latency is a delay, no thread's work)
+            end = s.start(s.net_free, devs, start, busy) + busy
+            s.take(s.net_free, devs, end - busy, end)
+            if record and busy > 0:
+                record((end - busy, end))
+            s.moved += busy
+            end += item.delay
             _charge(s.breakdown.setdefault(_owner(item.pnode), OpBreakdown()), item.comm,
                     item.link, "moves")
             return end
@@ -1433,12 +1451,7 @@ class _Plan:
             if item.state_launches:
                 join(item.devs, item.state_launches, 0.0, lambda: 0.0, "", "update")
         flush()
-        # the executor ends every step waiting for all of its work (GraphExecutor._drain):
-        # the next step's issuing starts after it
-        reads = self._reads()
-        s.host = max(s.compute_free + s.net_free + [s.host]) + reads
-        s.host_busy += reads
-        return s.host
+        return self._end_step(s)
 
 
 def _fit(gaps: list[tuple[float, float]], free: float, t: float, duration: float) -> float:

@@ -178,7 +178,19 @@ def _price(p: _Profile, nbytes: float, piece: float, machine: MachineModel) -> T
     if nbytes > 0:
         links = join_links((links,) + tuple(name for rows, name in ((p.intra, INTRA),
                                                                      (p.inter, INTER)) if rows))
-    return Transfer(seconds(p, nbytes, piece, machine), links)
+    return Transfer(seconds(p, nbytes, piece, machine), links, _delay(p, nbytes, machine))
+
+
+def _delay(p: _Profile, nbytes: float, machine: MachineModel) -> float:
+    """Of the point-to-point part of `seconds`, the messages' latency (on each link, that of
+    its slowest row): a delay that transfers in flight together overlap."""
+    total = 0.0
+    if nbytes > 0:
+        for rows, link in ((p.intra, machine.intra), (p.inter, machine.inter)):
+            if rows:
+                lat, bw = link.latency, link.bandwidth
+                total += max((n * lat + f * nbytes / bw, n * lat) for n, f in rows)[1]
+    return total
 
 
 def priced_seconds(key: tuple[int, bool], nbytes: float, piece: float, machine: MachineModel
