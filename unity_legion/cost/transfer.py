@@ -178,19 +178,11 @@ def _price(p: _Profile, nbytes: float, piece: float, machine: MachineModel) -> T
     if nbytes > 0:
         links = join_links((links,) + tuple(name for rows, name in ((p.intra, INTRA),
                                                                      (p.inter, INTER)) if rows))
-    return Transfer(seconds(p, nbytes, piece, machine), links, _delay(p, nbytes, machine))
-
-
-def _delay(p: _Profile, nbytes: float, machine: MachineModel) -> float:
-    """Of the point-to-point part of `seconds`, the messages' latency (on each link, that of
-    its slowest row): a delay that transfers in flight together overlap."""
-    total = 0.0
-    if nbytes > 0:
-        for rows, link in ((p.intra, machine.intra), (p.inter, machine.inter)):
-            if rows:
-                lat, bw = link.latency, link.bandwidth
-                total += max((n * lat + f * nbytes / bw, n * lat) for n, f in rows)[1]
-    return total
+    total, delay = _reduced_seconds(p, piece, machine), 0.0
+    for each, latency in _point_to_point(p, nbytes, machine):
+        total += each
+        delay += latency
+    return Transfer(total, links, delay)
 
 
 def priced_seconds(key: tuple[int, bool], nbytes: float, piece: float, machine: MachineModel
@@ -201,18 +193,33 @@ def priced_seconds(key: tuple[int, bool], nbytes: float, piece: float, machine: 
 
 def seconds(p: _Profile, nbytes: float, piece: float, machine: MachineModel) -> float:
     """The profile's seconds for a tensor of `nbytes`, `piece` bytes a piece."""
-    total = 0.0
+    total = _reduced_seconds(p, piece, machine)
+    for each, _latency in _point_to_point(p, nbytes, machine):
+        total += each
+    return total
+
+
+def _reduced_seconds(p: _Profile, piece: float, machine: MachineModel) -> float:
+    """The profile's partial sums: folded copies, or reduce-scatters in their groups."""
     if p.k > 1 and machine.runtime.reduction == "fold":
-        total += p.k * machine.runtime.fold.time(piece)  # type: ignore[union-attr]
-    elif p.groups:
-        total += max(shaped_time("reduce_scatter", piece, lo, no, machine)
-                     for lo, no in p.groups)
+        return p.k * machine.runtime.fold.time(piece)  # type: ignore[union-attr]
+    if p.groups:
+        return max(shaped_time("reduce_scatter", piece, lo, no, machine) for lo, no in p.groups)
+    return 0.0
+
+
+def _point_to_point(p: _Profile, nbytes: float, machine: MachineModel
+                    ) -> list[tuple[float, float]]:
+    """Per link the profile's pieces cross (NVLink, then the NICs), (seconds, latency) of its
+    slowest row: of the seconds, the messages' latency is a delay that transfers in flight
+    together overlap (Transfer.latency)."""
+    out = []
     if nbytes > 0:
         for rows, link in ((p.intra, machine.intra), (p.inter, machine.inter)):
             if rows:
                 lat, bw = link.latency, link.bandwidth
-                total += max(n * lat + f * nbytes / bw for n, f in rows)
-    return total
+                out.append(max((n * lat + f * nbytes / bw, n * lat) for n, f in rows))
+    return out
 
 
 def _rows(peers: np.ndarray, share: np.ndarray, mask: np.ndarray
