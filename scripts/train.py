@@ -76,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "kernel, host and waiting time next to the simulator's prediction, "
                         "and each processor's timeline (measured above simulated) drawn to "
                         "--profile-out")
+    s.add_argument("--calibrate", action="store_true",
+                   help="measure this machine's runtime figures for the search and the "
+                        "profile's simulator before planning, unless measured before (a "
+                        "minute or so; cached per machine and rank count, then used by every "
+                        "later job on CPUs). --profile implies it on CPUs")
     s.add_argument("--profile-out", default="profile.png", metavar="PATH",
                    help="where --profile draws the timelines (default profile.png)")
     s.add_argument("--explain", action="store_true",
@@ -202,6 +207,20 @@ def predicted_forward(model: Any, strategy: Any, args: argparse.Namespace) -> An
     return forward
 
 
+def calibrate_machine(rank0: bool) -> None:
+    """Measure this job's CPU figures (`profiling.calibrate`) unless they are cached; every rank
+    takes part."""
+    from unity_legion.profiling import local_calibration
+    from unity_legion.profiling.calibrate import calibration_path
+
+    if local_calibration(measure=False) is not None:
+        return
+    if rank0:
+        print("unity_legion: measuring this machine's runtime figures (once; cached in "
+              f"{calibration_path()})", flush=True)
+    local_calibration()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from unity_legion import runtime
@@ -221,12 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     classify = entry.loss == "sparse_categorical_crossentropy"
     from unity_legion.strategy import StrategyError
 
-    from unity_legion.search.plan import running_machine
+    from unity_legion.keras.trainer import job_model
     from unity_legion.search.unity import SearchError
 
     rank0 = machine.rank == 0
-    target = running_machine(machine.ranks, machine.processors, machine.preferred_kind,
-                             machine.device_memory, machine.gpu_name)
+    if (args.calibrate or args.profile) and machine.preferred_kind != "gpu":
+        calibrate_machine(rank0)
+    target, _ = job_model(machine)
     try:
         model.compile(optimizer=optimizer, loss=entry.loss,
                       metrics=["accuracy" if classify else "mae"], strategy=args.strategy,
@@ -235,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"train.py: {exc}") from None
     if rank0 and model.search_result is not None:
         print(f"search over {target.nodes} x {target.devices_per_node} {target.device.kind} "
-              f"device(s) ({target.name} figures):")
+              f"device(s) ({target.name}: {target.source}):")
         print(model.search_result.report())
     strategy = model.strategy
     if rank0:

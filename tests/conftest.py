@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
 from unity_legion import keras
+
+# Measurements (a machine's calibration, operator costs) go to a cache of the session's own: a
+# calibration cached by an earlier job on this machine would change what the searches here find.
+_CACHE = tempfile.mkdtemp(prefix="unity_legion_test_cache_")
+os.environ["UNITY_LEGION_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 @pytest.fixture(scope="session")

@@ -71,10 +71,33 @@ def test_partial_sums_price_a_pass_over_the_copies_not_folds() -> None:
     assert settle == pytest.approx(sim.settle_time(2, weight.num_bytes(), 2))
     folded = Simulator(_machine(128, "fold"), optimizer_slots=0)._grad_sync_time(weight, [0, 1])
     assert settle < folded
-    # across ranks (nodes) the executor folds: partial sums are one rank's
-    two = replace(_machine(128), nodes=2, devices_per_node=1)
-    assert Simulator(two, optimizer_slots=0)._grad_sync_time(weight, [0, 1]) == pytest.approx(
-        folded)
+    # across ranks (nodes) the settling points first read the other node's copies of their
+    # rows: one round trip of the inter-node link and those bytes
+    from unity_legion.cost.machine import LinkSpec
+
+    two = replace(_machine(128), nodes=2, devices_per_node=1, inter=LinkSpec(1e9, 16e-3))
+    fetch = 16e-3 + weight.num_bytes() / 2 / 1e9
+    across = Simulator(two, optimizer_slots=0)
+    assert across.partials_fetch(weight, [0, 1]) == pytest.approx(fetch)
+    assert across._grad_sync(weight, [0, 1]) == pytest.approx((settle + fetch, 16e-3))
+    assert sim.partials_fetch(weight, [0, 1]) == 0.0
+
+
+def test_over_two_nodes_the_updates_wait_for_the_other_nodes_partial_sums() -> None:
+    """A data-parallel step over two nodes adds each gradient's partial sums after reading the
+    other node's copies: its updates start one inter-node round trip later, shared by every
+    weight's sums (banked and whole), not one per weight."""
+    from unity_legion.cost.machine import LinkSpec
+
+    steps = {}
+    for width in (32, 256):   # banked gradients (< 4096 elements) and whole partial sums
+        g, _ = _chain(6, width)
+        for latency in (0.0, 20e-3):
+            base = replace(_machine(128).with_nodes(2, 1), inter=LinkSpec(1e12, latency))
+            steps[width, latency] = Simulator(base, optimizer_slots=0).simulate(
+                g, 64, {}, None, DP).step_time
+        extra = steps[width, 20e-3] - steps[width, 0.0]
+        assert 20e-3 - 1e-9 <= extra < 2 * 20e-3, (width, extra)
 
 
 def test_runtime_fusion_figures_are_checked() -> None:

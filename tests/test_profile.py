@@ -84,3 +84,37 @@ def test_profile_step_passes_the_loss_scale():
             assert changed == (want_count > 0)
     finally:
         mixed_precision.set_global_policy("float32")
+
+
+def test_a_job_plans_and_prices_with_its_machines_cached_calibration(tmp_path, monkeypatch):
+    """A CPU job takes the calibration cached for this machine and rank count in place of the
+    local preset's defaults, for its search and for the profile's simulator; a calibration of
+    another job shape (or a GPU job) is not used."""
+    from dataclasses import replace
+
+    from unity_legion.cost import PRESETS
+    from unity_legion.cost.calibration import Calibration, write_calibration
+    from unity_legion.keras.trainer import job_model
+    from unity_legion.profiling.calibrate import calibration_path
+    from unity_legion.runtime import machine_info
+    from unity_legion.search.plan import running_machine
+
+    monkeypatch.setenv("UNITY_LEGION_CACHE", str(tmp_path))
+    m = machine_info()
+    default, _ = job_model(m)
+    assert default == running_machine(m.ranks, m.processors, "cpu")
+    model, x, y = _model()
+    plain = model.profile_step(x, y, batch_size=32, verbose=False).sim_step
+
+    # a machine whose every blocking read of a result costs 50 ms more
+    base = PRESETS["local"].with_nodes(m.ranks, m.processors // m.ranks)
+    slow = replace(base, runtime=replace(base.runtime, sync=base.runtime.sync + 0.05),
+                   source="measured (a test's figures)")
+    write_calibration(calibration_path(), Calibration(slow, {"linear": 0.5}))
+    machine, cost = job_model(m)
+    assert machine == slow and cost.efficiency == {"linear": 0.5}
+    priced = model.profile_step(x, y, batch_size=32, verbose=False).sim_step
+    assert priced > plain + 0.04
+    # another shape of job, or GPUs: the calibration does not describe them
+    assert running_machine(m.ranks, 2 * m.processors, "cpu", calibrated=slow) != slow
+    assert running_machine(m.ranks, m.processors, "gpu", calibrated=slow).device.kind == "gpu"

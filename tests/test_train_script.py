@@ -45,6 +45,27 @@ def test_two_ranks_train_like_one(tmp_path: Path) -> None:
 
 
 
+def test_calibrate_measures_the_machine_once_and_later_jobs_plan_with_it(tmp_path: Path) -> None:
+    """--calibrate measures this machine's figures into the cache before the search, which
+    then prices with them; a later job without the flag finds them there and measures
+    nothing."""
+    script = str(REPO / "scripts" / "train.py")
+    argv = [str(VENV_BIN / "legate"), "--cpus", "2", "--sysmem", "2000", script,
+            "--epochs", "1", "--samples", "256", "--verbose", "0"]
+    cache = {"UNITY_LEGION_CACHE": str(tmp_path / "cache")}
+    outs = []
+    for extra in (["--calibrate"], []):
+        proc = run_with_env(argv + extra, tmp_path, "", overrides=cache)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        outs.append(proc.stdout)
+    assert "measuring this machine's runtime figures" in outs[0]
+    assert "measuring this machine's runtime figures" not in outs[1]
+    assert list((tmp_path / "cache").glob("machine-*.json"))
+    for out in outs:
+        (search,) = [line for line in out.splitlines() if line.startswith("search over")]
+        assert "measured by unity_legion.profiling.calibrate" in search, search
+
+
 def test_zoo_model_on_synthetic_data(tmp_path: Path) -> None:
     result = _train(["--model", "bert_large", "--epochs", "3", "--samples", "96",
                      "--model-arg", "layers=1"], tmp_path, ranks=1)

@@ -17,7 +17,8 @@ Presets and where their figures come from (vendor data sheets; dense, no sparsit
   GPU (DGX H100 user guide).
 - "local": this machine's CPU processors as devices, with figures measured by
   `unity_legion.profiling.calibrate` (see there); the default figures below are those measured on
-  the 2-core development machine and are replaced by a measurement when one is cached.
+  one rank of the 2-core development machine, and a job on CPUs plans and prices with its own
+  machine's measurement instead when one is cached (`keras.trainer.job_machine`).
 Latencies are effective per-message costs of a collective library, not wire latencies: 5 us
 inside a node, 10 us between nodes (typical NCCL small-message figures).
 
@@ -132,7 +133,7 @@ class RuntimeSpec:
     issue_store: seconds of the issuing thread per store a fused task binds beyond three, as it
         is submitted (each store argument added to the Legate task with its partition: ~8 us a
         store on the development machine, where a replayed task binds a hundred or more).
-    reduction "partials": the executor's partial sums (one rank): every point adds into its own
+    reduction "partials": the executor's partial sums (fused): every point adds into its own
         piece of a stacked store, summed into the result by one more step (a pass over the
         pieces, split by rows) right before the first reader; no copies are folded.
     """
@@ -303,8 +304,8 @@ LOCAL_CPU = DeviceSpec("cpu", "local-cpu", 86e9, 86e9, 9.4 * GB, 8 * 2**30, laun
 # reduction's copies at ~1 GB/s (0.3 ms each besides), and 2 cores shared by the issuing thread, the processors and Legion's threads,
 # which give about 1.6 cores' work with all of them busy (1.3-1.9 measured per strategy by
 # bench_simulator; calibrate measures the share of the moment). The executor fuses launches
-# (groups of up to 128; ~5-10 us of the processor per step) and on one rank sums reductions of
-# 4096 elements and more as partial sums (folding smaller ones, and across ranks). Legion's
+# (groups of up to 128; ~5-10 us of the processor per step) and sums reductions as partial
+# sums (those of fewer than 4096 elements in shared banks). Legion's
 # thread pays ~8.5 us more per store a fused task binds beyond three and ~130 us per store it
 # ADD-reduces into, per point, and each processor ~19 us per such store before the task's
 # first kernel (a fused task binds tens to hundreds of stores); the issuing thread ~4 us per
@@ -329,7 +330,8 @@ PRESETS: dict[str, MachineModel] = {
                              "through NVSwitch, one 400 Gbit/s NIC per GPU); kernel efficiencies "
                              "measured on an H200"),
     "local": MachineModel("local", 1, 2, LOCAL_CPU, LinkSpec(3 * GB, 7e-5), LinkSpec(1 * GB, 1e-4),
-                          "measured on this machine (unity_legion.profiling.calibrate)",
+                          "defaults measured on one rank of the 2-core development machine "
+                          "(train.py --calibrate measures this one)",
                           LOCAL_RUNTIME),
 }
 

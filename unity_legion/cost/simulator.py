@@ -34,9 +34,10 @@ the host pays `issue_store` per such store as it submits the task; the runtime's
 `analysis_store` per such store and `analysis_reduction` per store it ADD-reduces into, each
 per point (`_stores`: what the operators' launches bind, named as the step names them, so a
 store several of the group's launches share counts once).
-Reductions on one rank are partial sums (`reduction` "partials"): a Reduce, and a weight
-gradient's replicas, cost one more step adding the copies, split by rows (`settle_time`),
-instead of Legion's folds.
+Reductions are partial sums where the executor fuses (`reduction` "partials"): a Reduce, and
+a weight gradient's replicas, cost one more step adding the copies, split by rows
+(`settle_time`), instead of Legion's folds; over several nodes that step first reads the
+other nodes' copies (`partials_fetch`).
 
 Unfused, launches are issued one after another by one host thread (`RuntimeSpec.issue` each, or the
 operator's measured issuing time), then analysed and mapped one after another by the runtime's
@@ -202,7 +203,7 @@ class Simulator:
         # own temporary in a replayed step, not bound (GraphExecutor.local_temporaries: on CPU
         # processors)
         self.local_temporaries = machine.device.kind == "cpu"
-        # small weight gradients summed in banks (GraphExecutor._banked): one rank, partial sums
+        # small weight gradients summed in banks (GraphExecutor._banked), with partial sums
         self.sum_banks = machine.runtime.reduction == "partials"
 
     # ------------------------------------------------------------------ public
@@ -395,9 +396,8 @@ class Simulator:
         return total
 
     def _partials(self, devices: Sequence[int]) -> bool:
-        """Whether a reduction over `devices` is summed as partial sums (one rank)."""
-        return (self.machine.runtime.reduction == "partials"
-                and len({self.machine.node_of(d) for d in devices}) <= 1)
+        """Whether a reduction over `devices` is summed as partial sums."""
+        return self.machine.runtime.reduction == "partials"
 
     def _settle_time(self, op: ParallelOp, shape: ParallelTensorShape, devices: Sequence[int],
                      points: int) -> float:
@@ -414,7 +414,7 @@ class Simulator:
 
     def grad_partials(self, ws: ParallelTensorShape, devices: Sequence[int]) -> bool:
         """Whether the replicas of a weight's gradient are summed as partial sums: a whole
-        (unsplit) gradient every point adds into, on one rank."""
+        (unsplit) gradient every point adds into, where the runtime sums partial copies."""
         return ws.copy_degree > 1 and ws.shard_degree == 1 and self._partials(devices)
 
     def settle_time(self, copies: int, nbytes: float, points: int) -> float:
@@ -423,6 +423,20 @@ class Simulator:
         at a time into the result (the result read and written, the copy read) and then zeroes
         every copy for the next step's contributions, 4 passes over a piece per copy."""
         return 4 * copies * nbytes / max(points, 1) / self.machine.device.mem_bandwidth
+
+    def partials_fetch(self, ws: ParallelTensorShape, devices: Sequence[int]) -> float:
+        """Seconds before partial sums of a gradient over `devices` can be added up, split by
+        rows: the pieces on other nodes are read over the inter-node link (one message's
+        latency, shared by the sums in flight, and each settling point's rows of the remote
+        copies). 0 on one node. On 2 ranks here the data-parallel MLP's update started ~19 ms
+        after its backward ended (a round trip between the ranks' runtimes: 16 ms)."""
+        nodes = {self.machine.node_of(d) for d in devices}
+        if len(nodes) <= 1:
+            return 0.0
+        link = self.machine.inter
+        points = max(len(set(devices)), 1)
+        remote = ws.copy_degree * (len(nodes) - 1) / len(nodes)
+        return link.latency + remote * ws.num_bytes() / points / link.bandwidth
 
     def _grad_sync_time(self, ws: ParallelTensorShape, devices: Sequence[int]) -> float:
         """Summing the c replicas of a weight's gradient (each device holds one piece)."""
@@ -442,7 +456,9 @@ class Simulator:
             ws = ParallelTensorShape(ws.dims, ws.replicas, ws.dtype.master)
         rt = self.machine.runtime
         if self.grad_partials(ws, devices):
-            return self.settle_time(c, ws.num_bytes(), len(set(devices))), 0.0
+            fetch = self.partials_fetch(ws, devices)
+            return self.settle_time(c, ws.num_bytes(), len(set(devices))) + fetch, min(
+                fetch, self.machine.inter.latency)
         if rt.reduction in ("fold", "partials") and rt.fold is not None:
             return c * rt.fold.time(ws.piece_bytes()), c * rt.fold.latency
         link = self._link(devices)
@@ -1185,7 +1201,7 @@ class _Plan:
             g = pending.pop()
             points = len(g.devs)
             self._uses_now.update(g.slots)
-            # on one rank small weight gradients are summed in a bank (one store the task
+            # small weight gradients are summed in a bank (one store the task
             # binds for all of them: GraphExecutor._banked), not by Legion's reductions
             banked = ({r for r in g.reds if r[0] == _GRAD_WEIGHT}
                       if banks and sim._partials(g.devs) else set())
@@ -1385,7 +1401,7 @@ class _Plan:
         # read-write there: fusion._combine); the updates then group by devices
         if pending and len(pending[0].devs) > 1:
             flush()
-        # banked gradients (small, summed over several points on one rank) are added into
+        # banked gradients (small, summed over several points) are added into
         # their stores first, all together, on the first processor of their sums: a task of
         # its own (GraphExecutor._settle_bank)
         bank = [(item, key, ws) for item in reversed(updates) for key, ws in item.weights
@@ -1396,7 +1412,8 @@ class _Plan:
         if bank:
             flush()
             first_dev = bank[0][0].devs[:1]
-            ready = max(grads_end.get(item.pnode.id, 0.0) for item, _k, _w in bank)
+            ready = max(grads_end.get(item.pnode.id, 0.0) + sim.partials_fetch(ws, item.devs)
+                        for item, _k, ws in bank)
             for item, key, ws in bank:
                 join(first_dev, 1, sim.settle_time(ws.copy_degree, ws.num_bytes(), 1),
                      lambda ready=ready: ready, "", "update", None,
@@ -1436,6 +1453,7 @@ class _Plan:
                     # the replicas' partial sums added into the gradient, split by rows over
                     # the operator's points, in the update's group
                     settle = sim.settle_time(ws.copy_degree, ws.num_bytes(), len(item.devs))
+                    at += sim.partials_fetch(ws, item.devs)
                     join(item.devs, 1, settle, lambda at=at: at, name, "update")
                 else:
                     at = sync_ends.get(key, at)

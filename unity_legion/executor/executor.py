@@ -198,7 +198,7 @@ class GraphExecutor:
         self.fusion = fuses_by_default(self.machine.preferred_kind,
                                        os.environ.get("UNITY_LEGION_FUSION"))
         self._queue = FusionQueue(self.rt)
-        # Whole-store reductions as partial sums (see _partial; one rank, fused launches only)
+        # Whole-store reductions as partial sums (see _partial; fused launches only)
         self.partial_sums = os.environ.get("UNITY_LEGION_PARTIAL_SUMS", "1") != "0"
         self._partials: dict[int, _Partials] = {}   # by id of the store they sum into
         # small weight gradients' partial sums in banks (see _banked), per (grid, view, type)
@@ -556,13 +556,16 @@ class GraphExecutor:
     # instance of the whole store, initialises it and folds it into the store afterwards. For a
     # large store that dominated the step (8 stores of 300,000 floats reduced by 2 points:
     # 9.5 ms per task, 0.33 ms with 1 point; a DLRM step waited 11 ms for its backward task to
-    # start, measured). On one rank the executor instead gives each point its own piece of a
-    # store of partial sums, stacked along leading dims one per grid dim (read-write, no
-    # reduction), and adds them into the store (`add_partials`, split by rows) right before
-    # anything reads it: a pass over the pieces, in parallel, in the reader's fused group.
+    # start, measured). The executor instead gives each point its own piece of a store of
+    # partial sums, stacked along leading dims one per grid dim (read-write, no reduction),
+    # and adds them into the store (`add_partials`, split by rows) right before anything reads
+    # it: a pass over the pieces, in parallel, in the reader's fused group. Over several ranks
+    # too: there a point reads the other ranks' pieces of its rows as plain copies, where
+    # Legion's fold of a reduction instance across ranks cost ~100-250 ms here (a 2-rank
+    # data-parallel MLP step, width 512: 356-372 ms with folds, 180-200 ms with partial sums).
 
     def _partial_sums_on(self) -> bool:
-        return self.fusion and self.partial_sums and self.machine.ranks == 1
+        return self.fusion and self.partial_sums
 
     #
     # Smaller stores (fewer than PARTIAL_SUMS_MIN elements) each of its own would cost more in

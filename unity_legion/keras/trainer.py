@@ -23,6 +23,26 @@ from unity_legion.types import DataType
 _ANY = object()  # _ensure_executor: whichever executor the model has
 
 
+def job_model(m: Any) -> tuple[Any, Any]:
+    """The machine model and operator cost model that plan and price this job (`m`:
+    runtime.MachineInfo): its GPUs' figures, or on CPUs the figures and kernel efficiencies
+    `profiling.calibrate` measured for this machine and rank count when they are cached
+    (`train.py --calibrate` measures them), else the local preset's defaults. Every rank takes
+    rank 0's (the ranks must plan alike)."""
+    from unity_legion.cost.op_cost import AnalyticCost
+    from unity_legion.search.plan import running_machine
+
+    cal = None
+    if m.preferred_kind != "gpu":
+        from unity_legion.profiling import local_calibration
+
+        cal = local_calibration(measure=False)
+    machine = running_machine(m.ranks, m.processors, m.preferred_kind, m.device_memory,
+                              m.gpu_name, cal.machine if cal is not None else None)
+    used = cal is not None and machine is cal.machine
+    return machine, cal.analytic() if used else AnalyticCost()
+
+
 class Trainer:
     """The training half of keras.Model; the model half provides the graph and weights."""
 
@@ -164,7 +184,6 @@ class Trainer:
         if not isinstance(strategy, Strategy):
             text = os.fspath(strategy)
             if text == "search":
-                from unity_legion.search.plan import running_machine
                 from unity_legion.search.unity import search as unity_search
 
                 opts, batch = _search_request(search, m.ranks)
@@ -173,9 +192,8 @@ class Trainer:
                     # the optimizer's state per weight counts in memory and update time
                     opts = dataclasses.replace(opts,
                                                optimizer_slots=len(optimizer.rule().slots))
-                target = running_machine(m.ranks, m.processors, m.preferred_kind,
-                                         m.device_memory, m.gpu_name)
-                self.search_result = unity_search(self, batch, target, options=opts)
+                target, cost = job_model(m)
+                self.search_result = unity_search(self, batch, target, cost, options=opts)
                 strategy = self.search_result.strategy
             elif text in BUILTINS:
                 strategy = by_name(text, self, m.processors, m.preferred_kind)
@@ -496,7 +514,8 @@ class Trainer:
         recorded, so the profiled step is re-issued from that recording as training's steps
         are: executor/replay.py), and return its unity_legion.executor.profile.StepProfile: per operator
         its kernel, host-issuing and waiting time, next to the simulator's figures for the same
-        plan on this job's machine model (the "local" preset on CPUs). verbose: print the
+        plan on this job's machine model (`job_model`: on CPUs this machine's cached
+        calibration, else the "local" preset's defaults). verbose: print the
         table; `path`: also draw each processor's timeline, measured above simulated."""
         from unity_legion.executor.profile import profile_train_step
 
@@ -531,17 +550,15 @@ class Trainer:
         """The simulator's step for the plan the executor runs, into `prof`."""
         from unity_legion.cost.simulator import Simulator
         from unity_legion.runtime import machine_info
-        from unity_legion.search.plan import running_machine
 
-        m = machine_info()
-        machine = running_machine(m.ranks, m.processors, m.preferred_kind, m.device_memory,
-                                  m.gpu_name)
+        machine, cost = job_model(machine_info())
         graph = self._plan.graph
         pcg = self._strategy.pcg(self.graph, batch)
         slots = len(self.optimizer.rule().slots)
         metrics = max((len(ms) for ms in self._objective.metrics), default=0)
-        steady = Simulator(machine, optimizer_slots=slots, metrics=metrics).simulate_pcg(graph, pcg)
-        one = Simulator(machine, optimizer_slots=slots, metrics=metrics, steps=1)
+        steady = Simulator(machine, cost, optimizer_slots=slots,
+                           metrics=metrics).simulate_pcg(graph, pcg)
+        one = Simulator(machine, cost, optimizer_slots=slots, metrics=metrics, steps=1)
         one.trace = True
         traced = one.simulate_pcg(graph, pcg)
         prof.sim_tasks = list(traced.tasks)

@@ -477,7 +477,7 @@ def calibrate(repeats: int = 9) -> Calibration:
     machine = replace(base, nodes=info.ranks, devices_per_node=pr.local, device=device,
                       intra=intra, inter=inter,
                       runtime=RuntimeSpec(issue=issue, sync=sync,
-                                          reduction=_reduction(pr, info.ranks), fold=fold,
+                                          reduction=_reduction(pr), fold=fold,
                                           cores=cores, analysis=analysis, fusion=fusion_steps,
                                           fused_issue=fused_issue, fused_step=fused_step,
                                           analysis_store=analysis_store,
@@ -645,10 +645,10 @@ def _replayed_issue_costs(pr: "_Probe", stores: Mapping[str, Any], repeats: int
     return max(alone - fused_issue, 0.0), fused_issue, per_store
 
 
-def _reduction(pr: "_Probe", ranks: int) -> str:
-    """How the executor sums reductions on this job: partial sums on one rank where it fuses,
-    else Legion's folds."""
-    return "partials" if ranks == 1 and pr.fusing and pr.ex.partial_sums else "fold"
+def _reduction(pr: "_Probe") -> str:
+    """How the executor sums reductions on this job: partial sums where it fuses, else
+    Legion's folds."""
+    return "partials" if pr.fusing and pr.ex.partial_sums else "fold"
 
 
 def _inter_link(pr: "_Probe", repeats: int, probes: dict[str, float]) -> LinkSpec:

@@ -29,13 +29,21 @@ def gpu_spec(name: str | None) -> DeviceSpec:
 
 
 def running_machine(ranks: int, processors: int, kind: str, memory: float | None = None,
-                    gpu_name: str | None = None) -> MachineModel:
+                    gpu_name: str | None = None, calibrated: MachineModel | None = None
+                    ) -> MachineModel:
     """The machine model of a running job: `ranks` nodes of processors/ranks devices of `kind`,
-    with the local preset's (CPU, measured here) or the job's GPU's figures (`gpu_name`, as
-    CUDA names it; an H100's if unknown). `memory`: the bytes one GPU of the job may hold (its
-    framebuffer, --fbmem) where the job says, in place of the GPU's; the search refuses plans
-    that do not fit it."""
+    with the local preset's (CPU) or the job's GPU's figures (`gpu_name`, as CUDA names it; an
+    H100's if unknown). `memory`: the bytes one GPU of the job may hold (its framebuffer,
+    --fbmem) where the job says, in place of the GPU's; the search refuses plans that do not fit
+    it. `calibrated`: this job's CPU figures as `profiling.calibrate` measured them (cached per
+    machine and rank count), used for a CPU job of its shape: the preset's defaults were
+    measured on one rank of the development machine, and over several ranks the runtime's
+    round trips cost thousands of times theirs (a loss read: 128 ms on 2 ranks there, 12 us on
+    one)."""
     per_rank = max(processors // max(ranks, 1), 1)
+    if (kind != "gpu" and calibrated is not None and calibrated.device.kind == "cpu"
+            and (calibrated.nodes, calibrated.devices_per_node) == (max(ranks, 1), per_rank)):
+        return calibrated
     if kind == "gpu":
         base = PRESETS["dgx-h100"]
         device = gpu_spec(gpu_name)

@@ -124,7 +124,7 @@ class SearchResult:
     strategy: Strategy               # the winner, for the ORIGINAL model (rewrites recorded in it)
     chosen: str                      # "search", "data_parallel", "serial", "pipeline" or the expert's name
     step_time: float                 # simulated step time of the winner
-    baselines: dict[str, float]      # simulated step times: "data_parallel", "expert", "search", "serial" (one node)
+    baselines: dict[str, float]      # simulated step times: "data_parallel", "expert", "search", "serial"
     expert_name: str
     estimate: float                  # the DP's estimate of the found plan
     peak_memory: float               # bytes on the fullest device (simulator)
@@ -397,9 +397,11 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
     results["data_parallel"] = (simulate(graph, outs, dp_strategy.plan(graph)), dp_strategy)
     exp_strategy = expert(model, devices, dtype, batch, machine.devices_per_node)
     results["expert"] = (simulate(graph, outs, exp_strategy.plan(graph)), exp_strategy)
-    if machine.nodes == 1 and devices > 1:
+    if devices > 1:
         # one device is a candidate too: the mapping DP's decomposed costs can miss that a small
-        # model's step is cheapest with no launch split (seen: xdl on 2 CPU processors)
+        # model's step is cheapest with no launch split (seen: xdl on 2 CPU processors), and
+        # over several nodes one that moves nothing between them can be (ResNeXt on 2 ranks of
+        # a 2-core host: 174 ms serial, 495 ms the search's split, 1848 ms data parallelism)
         one = serial(model, devices, dtype, batch)
         results["serial"] = (simulate(graph, outs, one.plan(graph)), one)
     if opts.pipeline:  # stages on machine splits, the DP inside each (priced by cost/pipeline.py)
