@@ -218,7 +218,7 @@ def calibrate_machine(rank0: bool) -> None:
     if rank0:
         print("unity_legion: measuring this machine's runtime figures (once; cached in "
               f"{calibration_path()})", flush=True)
-    local_calibration()
+    local_calibration(refresh=True)   # (none is cached: measure without reading again)
 
 
 def main(argv: list[str] | None = None) -> int:

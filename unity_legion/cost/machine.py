@@ -18,7 +18,7 @@ Presets and where their figures come from (vendor data sheets; dense, no sparsit
 - "local": this machine's CPU processors as devices, with figures measured by
   `unity_legion.profiling.calibrate` (see there); the default figures below are those measured on
   one rank of the 2-core development machine, and a job on CPUs plans and prices with its own
-  machine's measurement instead when one is cached (`keras.trainer.job_machine`).
+  machine's measurement instead when one is cached (`keras.trainer.job_model`).
 Latencies are effective per-message costs of a collective library, not wire latencies: 5 us
 inside a node, 10 us between nodes (typical NCCL small-message figures).
 

@@ -378,7 +378,7 @@ class Simulator:
         total = self._settle_time(op, shape, devices, len(devices))
         for o in ops:
             out = o.infer(shape)
-            if isinstance(o, Reduce) and self._partials(devices):
+            if isinstance(o, Reduce) and self._partials():
                 shape = out   # priced by _settle_time
                 continue
             if isinstance(o, Reduce) and rt.reduction == "fold":
@@ -395,15 +395,16 @@ class Simulator:
             shape = out
         return total
 
-    def _partials(self, devices: Sequence[int]) -> bool:
-        """Whether a reduction over `devices` is summed as partial sums."""
+    def _partials(self) -> bool:
+        """Whether reductions over several points are summed as partial sums (on any number
+        of nodes: `partials_fetch` prices the reads between them)."""
         return self.machine.runtime.reduction == "partials"
 
     def _settle_time(self, op: ParallelOp, shape: ParallelTensorShape, devices: Sequence[int],
                      points: int) -> float:
         """The Reduce parts of `op` as partial sums: one point of the step adding the k
         partial copies into the result, split by rows over `points` devices (0 otherwise)."""
-        if len(set(devices)) <= 1 or not self._partials(devices):
+        if len(set(devices)) <= 1 or not self._partials():
             return 0.0
         total = 0.0
         for o in (op.ops if isinstance(op, FusedParallelOp) else (op,)):
@@ -415,7 +416,7 @@ class Simulator:
     def grad_partials(self, ws: ParallelTensorShape, devices: Sequence[int]) -> bool:
         """Whether the replicas of a weight's gradient are summed as partial sums: a whole
         (unsplit) gradient every point adds into, where the runtime sums partial copies."""
-        return ws.copy_degree > 1 and ws.shard_degree == 1 and self._partials(devices)
+        return ws.copy_degree > 1 and ws.shard_degree == 1 and self._partials()
 
     def settle_time(self, copies: int, nbytes: float, points: int) -> float:
         """Seconds of one point adding `copies` partial sums of an `nbytes` store into it, split
@@ -457,8 +458,8 @@ class Simulator:
         rt = self.machine.runtime
         if self.grad_partials(ws, devices):
             fetch = self.partials_fetch(ws, devices)
-            return self.settle_time(c, ws.num_bytes(), len(set(devices))) + fetch, min(
-                fetch, self.machine.inter.latency)
+            latency = self.machine.inter.latency if fetch else 0.0
+            return self.settle_time(c, ws.num_bytes(), len(set(devices))) + fetch, latency
         if rt.reduction in ("fold", "partials") and rt.fold is not None:
             return c * rt.fold.time(ws.piece_bytes()), c * rt.fold.latency
         link = self._link(devices)
@@ -1204,7 +1205,7 @@ class _Plan:
             # small weight gradients are summed in a bank (one store the task
             # binds for all of them: GraphExecutor._banked), not by Legion's reductions
             banked = ({r for r in g.reds if r[0] == _GRAD_WEIGHT}
-                      if banks and sim._partials(g.devs) else set())
+                      if banks and sim._partials() else set())
             extra = max(len(g.slots) - own(g) - 3 - len(banked) + bool(banked), 0)
             busy_host(rt.issue_store * extra)   # each store added to the task submitted
             first = submit(1, (rt.analysis_store * extra

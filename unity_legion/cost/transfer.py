@@ -178,10 +178,7 @@ def _price(p: _Profile, nbytes: float, piece: float, machine: MachineModel) -> T
     if nbytes > 0:
         links = join_links((links,) + tuple(name for rows, name in ((p.intra, INTRA),
                                                                      (p.inter, INTER)) if rows))
-    total, delay = _reduced_seconds(p, piece, machine), 0.0
-    for each, latency in _point_to_point(p, nbytes, machine):
-        total += each
-        delay += latency
+    total, delay = _seconds_and_delay(p, nbytes, piece, machine)
     return Transfer(total, links, delay)
 
 
@@ -193,10 +190,17 @@ def priced_seconds(key: tuple[int, bool], nbytes: float, piece: float, machine: 
 
 def seconds(p: _Profile, nbytes: float, piece: float, machine: MachineModel) -> float:
     """The profile's seconds for a tensor of `nbytes`, `piece` bytes a piece."""
-    total = _reduced_seconds(p, piece, machine)
-    for each, _latency in _point_to_point(p, nbytes, machine):
+    return _seconds_and_delay(p, nbytes, piece, machine)[0]
+
+
+def _seconds_and_delay(p: _Profile, nbytes: float, piece: float, machine: MachineModel
+                       ) -> tuple[float, float]:
+    """The profile's seconds and, of them, the point-to-point messages' latency."""
+    total, delay = _reduced_seconds(p, piece, machine), 0.0
+    for each, latency in _point_to_point(p, nbytes, machine):
         total += each
-    return total
+        delay += latency
+    return total, delay
 
 
 def _reduced_seconds(p: _Profile, piece: float, machine: MachineModel) -> float:
