@@ -8,6 +8,7 @@ A kernel receives the local piece of each store as a writable numpy array (index
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import inspect
 import math
@@ -86,12 +87,17 @@ class Kernel:
     stores: tuple[tuple[str, Role], ...]
     scalars: tuple[tuple[str, type], ...]
     wants_origin: bool
+    # INOUT parameters the kernel leaves zeroed (an update's consumed gradient): where a guard
+    # skips the kernel (tasks.Step.guards) the task zeroes them all the same, so the next step
+    # accumulates from zero whether or not this one was applied
+    consumes: tuple[str, ...] = ()
 
     def __hash__(self) -> int:
         # computed once: every fused task's program is looked up by a hash over its kernels
         h = self.__dict__.get("_hash")
         if h is None:
-            h = hash((self.name, self.fn, self.stores, self.scalars, self.wants_origin))
+            h = hash((self.name, self.fn, self.stores, self.scalars, self.wants_origin,
+                      self.consumes))
             object.__setattr__(self, "_hash", h)
         return h
 
@@ -128,6 +134,17 @@ def kernel(fn: Callable[..., None]) -> Kernel:
         raise TypeError(f"kernel {fn.__qualname__} has no store parameter")
     return Kernel(f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}", fn, tuple(stores),
                   tuple(scalars), wants_origin)
+
+
+def consumes(*params: str) -> Callable[[Kernel], Kernel]:
+    """Decorate a kernel (above @kernel) that leaves its INOUT `params` zeroed (Kernel.consumes)."""
+    def mark(k: Kernel) -> Kernel:
+        roles = dict(k.stores)
+        for p in params:
+            if roles.get(p) is not Role.INOUT:
+                raise TypeError(f"kernel {k.name}: consumed parameter {p!r} is not InOut")
+        return dataclasses.replace(k, consumes=tuple(params))
+    return mark
 
 
 # ---------------------------------------------------------------------------------------------

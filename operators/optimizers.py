@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import _jit
-from .base import Arg, In, InOut, Launch, Ref, RefKind, Sum, kernel
+from .base import Arg, In, InOut, Launch, Ref, RefKind, Sum, consumes, kernel
 
 ROWS = "param_rows"  # launch axis: the parameter's leading dimension, split over processors
 
@@ -35,6 +35,7 @@ def _decay(param: np.ndarray, lr: float, weight_decay: float) -> None:
         param *= 1.0 - lr * weight_decay
 
 
+@consumes("grad")
 @kernel
 def sgd_update(param: InOut, grad: InOut, lr: float, weight_decay: float) -> None:
     _decay(param, lr, weight_decay)
@@ -47,6 +48,7 @@ def sgd_update(param: InOut, grad: InOut, lr: float, weight_decay: float) -> Non
     grad[...] = 0
 
 
+@consumes("grad")
 @kernel
 def sgd_momentum_update(param: InOut, grad: InOut, velocity: InOut, lr: float, momentum: float,
                         nesterov: bool, weight_decay: float) -> None:
@@ -69,6 +71,7 @@ def sgd_momentum_update(param: InOut, grad: InOut, velocity: InOut, lr: float, m
     grad[...] = 0
 
 
+@consumes("grad")
 @kernel
 def adam_update(param: InOut, grad: InOut, m: InOut, v: InOut, lr: float, beta_1: float,
                 beta_2: float, epsilon: float, step: int, weight_decay: float) -> None:
@@ -94,6 +97,7 @@ def adam_update(param: InOut, grad: InOut, m: InOut, v: InOut, lr: float, beta_1
     grad[...] = 0
 
 
+@consumes("grad")
 @kernel
 def rmsprop_update(param: InOut, grad: InOut, velocity: InOut, lr: float, rho: float, epsilon: float,
                    weight_decay: float) -> None:

@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data, shuffling, dropout")
     p.add_argument("--validation-split", type=float, default=0.0)
     p.add_argument("--verbose", default="auto", help="0, 1 (progress bar), 2 (a line per epoch)")
+    p.add_argument("--steps-per-execution", type=int, default=8, metavar="N",
+                   help="training steps issued before their losses are read back (Keras' "
+                        "compile steps_per_execution; default 8: the host waits once per 8 "
+                        "steps, and a progress bar moves by 8)")
     p.add_argument("--save-weights", default=None, help="write the trained weights (.weights.npz)")
     s = p.add_argument_group("parallelisation")
     s.add_argument("--strategy", default="search", metavar="NAME_OR_PATH",
@@ -250,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model.compile(optimizer=optimizer, loss=entry.loss,
                       metrics=["accuracy" if classify else "mae"], strategy=args.strategy,
-                      search=search_request(args, rank0))
-    except (StrategyError, SearchError) as exc:
+                      search=search_request(args, rank0),
+                      steps_per_execution=args.steps_per_execution)
+    except (StrategyError, SearchError, ValueError) as exc:
         raise SystemExit(f"train.py: {exc}") from None
     if rank0 and model.search_result is not None:
         print(f"search over {target.nodes} x {target.devices_per_node} {target.device.kind} "

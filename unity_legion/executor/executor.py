@@ -909,12 +909,14 @@ class GraphExecutor:
         return self._read_objectives([(batch, loss_stores, metric_stores)])[0][0]
 
     def _read_objectives(self, parts: Sequence[tuple[int, list[Any], dict[str, list[Any]]]],
-                         extra: Sequence[Any] = ()) -> tuple[list[StepResult], list[np.ndarray]]:
+                         extra: Sequence[Any] = (), direct: bool = False
+                         ) -> tuple[list[StepResult], list[np.ndarray]]:
         """The results of (batch, loss stores, metric stores) `parts` (a step's, or each
-        micro-batch's), and the values of the `extra` stores, all read together (read_all)."""
+        micro-batch's), and the values of the `extra` stores, all read together (read_all;
+        `direct`: the stores are copies no launch uses again, mapped as they are)."""
         stores = [st for _b, ls, ms in parts
                   for st in [st for st, _w in ls] + [st for v in ms.values() for st in v]]
-        values = iter(read_all(stores + list(extra), self._uploads))
+        values = iter(read_all(stores + list(extra), self._uploads, direct))
         results = []
         for batch, ls, ms in parts:
             loss = np.zeros(batch)
@@ -932,35 +934,81 @@ class GraphExecutor:
 
         The whole step is issued before anything is read back: every update kernel (optimizer,
         sparse and state updates) reads the step's losses and runs only where they are all
-        finite (tasks.Step.guards), so the host never waits for the forward pass before it
-        issues the backward one. The losses are read at the end."""
+        finite (tasks.Step.guards; a skipped update still zeroes the gradient it consumed), so
+        the host never waits for the forward pass before it issues the backward one. The
+        losses are read at the end."""
         if self.pipeline is not None:
             return self.pipeline.train_step(feeds, targets, objective, rule, lr, step, loss_scale)
         batch = _batch_of(feeds)
         targets = self._checked_targets(objective, targets, batch)
-        degrees = self.degrees_for(batch)
         self._new_step()
-        key = self._trace_key("train", feeds, targets, objective, rule, batch, loss_scale)
-        values = {DYNAMIC_LR: lr, DYNAMIC_STEP: step}
-        if key is not None and key in self._traces:
-            rule.launch(1, lr, step)   # the rule checks its arguments before anything is issued
-        loss_stores, metric_stores, finite = self._recorded(
-            key, list(feeds.values()) + list(targets), values,
-            lambda: self._issue_train_step(feeds, targets, objective, rule, lr, step,
-                                           loss_scale, batch, degrees))
+        loss_stores, metric_stores, finite = self._issue_step(
+            feeds, targets, objective, rule, lr, step, loss_scale, batch)
         self._mark(None, "sync")
         (result,), checked = self._read_objectives([(batch, loss_stores, metric_stores)],
                                                    [finite] if finite is not None else [])
         if finite is not None and not np.all(np.isfinite(checked[0])):
             result.grads_finite = result.applied = False
-            self._grads_zeroed = False
         if not np.all(np.isfinite(result.loss)):
-            # the update kernels ran nothing: the weights, slots and statistics are as they
-            # were, the gradients are not zeroed (the next step zeroes them first)
+            # the update kernels changed nothing: the weights, slots and statistics are as
+            # they were (the gradients were zeroed all the same)
             result.applied = False
-            self._grads_zeroed = False
         self._drain()
         return result
+
+    def train_steps(self, batches: Sequence[tuple[Mapping[int, Feed], Sequence[Feed]]],
+                    objective: Objective, rule: UpdateRule, lrs: Sequence[float],
+                    first_step: int) -> list[StepResult]:
+        """Training steps on `batches` in order (step numbers first_step, first_step + 1, ...;
+        learning rates `lrs`, one per step), issued one after another and read back together: the host waits once for all of them
+        (Keras' steps_per_execution). Each step's update is guarded by its own losses as in
+        train_step, so a non-finite batch changes nothing and the steps after it run as they
+        would have; they keep the step numbers they were issued with. Every batch is checked
+        before anything is issued. Without loss scaling (whose scale the host adjusts after
+        each step); a pipelined plan runs the steps one by one."""
+        if not batches:
+            return []
+        if len(lrs) != len(batches):
+            raise ValueError(f"train_steps: {len(batches)} batches but {len(lrs)} learning rates")
+        if self.pipeline is not None or len(batches) == 1:
+            return [self.train_step(f, t, objective, rule, lr, first_step + i)
+                    for i, ((f, t), lr) in enumerate(zip(batches, lrs))]
+        checked = [(f, self._checked_targets(objective, t, _batch_of(f)), _batch_of(f))
+                   for f, t in batches]
+        for i, lr in enumerate(lrs):   # the rule checks its arguments before anything is issued
+            rule.launch(1, lr, first_step + i)
+        self._new_step()
+        parts = []
+        for i, ((feeds, targets, batch), lr) in enumerate(zip(checked, lrs)):
+            loss_stores, metric_stores, _ = self._issue_step(
+                feeds, targets, objective, rule, lr, first_step + i, None, batch)
+            # the next step writes the same stores (a recorded step reuses them): each step's
+            # values are copied out as it ends, and the copies are read
+            keep = self._uploads
+            parts.append((batch, [(snapshot(st, keep), w) for st, w in loss_stores],
+                          {k: [snapshot(st, keep) for st in v] for k, v in metric_stores.items()}))
+        self._mark(None, "sync")
+        results, _ = self._read_objectives(parts, direct=True)
+        for result in results:
+            if not np.all(np.isfinite(result.loss)):
+                result.applied = False   # (as train_step)
+        self._drain()
+        return results
+
+    def _issue_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
+                    objective: Objective, rule: UpdateRule, lr: float, step: int,
+                    loss_scale: float | None, batch: int) -> tuple[list[Any], dict[str, list[Any]], Any]:
+        """Issue one training step (replayed where it was recorded): the stores of its losses,
+        metrics and gradients' finiteness (None without loss scaling)."""
+        degrees = self.degrees_for(batch)
+        key = self._trace_key("train", feeds, targets, objective, rule, batch, loss_scale)
+        values = {DYNAMIC_LR: lr, DYNAMIC_STEP: step}
+        if key is not None and key in self._traces:
+            rule.launch(1, lr, step)   # the rule checks its arguments before anything is issued
+        return self._recorded(
+            key, list(feeds.values()) + list(targets), values,
+            lambda: self._issue_train_step(feeds, targets, objective, rule, lr, step,
+                                           loss_scale, batch, degrees))
 
     def _issue_train_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
                           objective: Objective, rule: UpdateRule, lr: float, step: int,
@@ -1485,6 +1533,13 @@ def read(store: Any, keep: list[Any] | None = None, direct: bool = False) -> np.
     # (a bfloat16 store's values come back as float32: numpy has no bfloat16)
     if direct or store.has_scalar_storage:
         return np.array(from_storage(np.asarray(store.get_physical_store())), copy=True)
+    tmp = snapshot(store, keep)
+    return np.array(from_storage(np.asarray(tmp.get_physical_store())), copy=True)
+
+
+def snapshot(store: Any, keep: list[Any] | None = None) -> Any:
+    """A new store that will hold `store`'s present values (the copy is issued, not waited
+    for; over several ranks a task copies: see read). `keep`: as read's."""
     rt = runtime()
     tmp = rt.create_store(store.type, store.shape)
     if machine_info().ranks > 1:
@@ -1493,7 +1548,7 @@ def read(store: Any, keep: list[Any] | None = None, direct: bool = False) -> np.
         rt.issue_copy(tmp, store)
     if keep is not None:
         keep.append(tmp)
-    return np.array(from_storage(np.asarray(tmp.get_physical_store())), copy=True)
+    return tmp
 
 
 def _stores_in(value: Any) -> list[Any]:
@@ -1513,12 +1568,14 @@ def _stores_in(value: Any) -> list[Any]:
     return out
 
 
-def read_all(stores: Sequence[Any], keep: list[Any] | None = None) -> list[np.ndarray]:
-    """[read(s, keep) for s in stores], but over several ranks the stores of each element type
-    are gathered into one (host_data.gather) and read with one mapping: mapping a store there
-    costs a round trip between the ranks (~80 ms on 2 ranks of this 2-core machine)."""
+def read_all(stores: Sequence[Any], keep: list[Any] | None = None,
+             direct: bool = False) -> list[np.ndarray]:
+    """[read(s, keep, direct) for s in stores], but over several ranks the stores of each
+    element type are gathered into one (host_data.gather) and read with one mapping: mapping a
+    store there costs a round trip between the ranks (~80 ms on 2 ranks of this 2-core
+    machine)."""
     if machine_info().ranks == 1 or len(stores) < 2:
-        return [read(s, keep) for s in stores]
+        return [read(s, keep, direct) for s in stores]
     values: list[np.ndarray | None] = [None] * len(stores)
     by_type: dict[str, list[int]] = {}
     for i, s in enumerate(stores):
@@ -1529,7 +1586,7 @@ def read_all(stores: Sequence[Any], keep: list[Any] | None = None) -> list[np.nd
     rt = runtime()
     for idx in by_type.values():
         if len(idx) == 1:
-            values[idx[0]] = read(stores[idx[0]], keep)
+            values[idx[0]] = read(stores[idx[0]], keep, direct)
             continue
         # (mapped itself: no launch uses the gathered store after)
         flat = read(host_data.gather(rt, [stores[i] for i in idx]), direct=True)

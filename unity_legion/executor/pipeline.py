@@ -242,10 +242,8 @@ class PipelineRunner:
         result = self._joined(batch, parts)
         if finite is not None and not np.all(np.isfinite(checked[0])):
             result.grads_finite = result.applied = False
-            ex._grads_zeroed = False
         if not np.all(np.isfinite(result.loss)):
             result.applied = False    # (as GraphExecutor.train_step)
-            ex._grads_zeroed = False
         ex._drain()
         return result
 

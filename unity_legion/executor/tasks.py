@@ -276,7 +276,12 @@ def program_task(program: Program) -> Any:
                         ok = False
                         break
                 if not ok:
-                    continue   # the step's loss is not finite: its update must change nothing
+                    # the step's loss is not finite: its update changes nothing but still
+                    # zeroes the gradient it would have consumed
+                    for (name, _role), slot in zip(step.kernel.stores, step.slots):
+                        if name in step.kernel.consumes:
+                            arrays[slot][...] = 0
+                    continue
             if uid >= 0:
                 t0 = time.perf_counter()
             k = step.kernel

@@ -437,6 +437,7 @@ class BackupAndRestore(Callback):
         self._prev_path = os.path.join(self.backup_dir, self.PREVIOUS)
         self._epoch = 0
         self._batches = 0
+        self._first = 0   # the first batch of the group fit is running
 
     # ------------------------------------------------------------------ restore
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -500,10 +501,13 @@ class BackupAndRestore(Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
 
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._first = batch   # (fit calls the hooks once per steps_per_execution batches)
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.save_freq == "epoch":
             return
-        self._batches += 1
+        self._batches += batch + 1 - self._first
         if self._batches >= self.save_freq:
             self._batches = 0
             totals = self.model._epoch_totals

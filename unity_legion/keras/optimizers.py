@@ -38,8 +38,12 @@ class Optimizer:
 
     @property
     def learning_rate(self) -> float:
+        return self.learning_rate_at(self.iterations)
+
+    def learning_rate_at(self, iterations: int) -> float:
+        """The learning rate of the step run after `iterations` applied steps."""
         lr = self._learning_rate
-        return float(lr(self.iterations)) if callable(lr) else float(lr)
+        return float(lr(iterations)) if callable(lr) else float(lr)
 
     @learning_rate.setter
     def learning_rate(self, value: float | Callable[[int], float]) -> None:

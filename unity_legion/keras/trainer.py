@@ -50,6 +50,8 @@ class Trainer:
         self.compiled = False
         self.optimizer: optimizers_mod.Optimizer | None = None
         self.stop_training = False
+        # fit's training steps issued together before their losses are read (compile's)
+        self.steps_per_execution = 1
         self.history: cbs.History | None = None
         self._objective: Any = None
         self._pending_compile: Any = None  # compile() arguments waiting for the model's build
@@ -76,10 +78,11 @@ class Trainer:
         "table_parallel", "expert") or the path of a strategy JSON file. It is validated against
         the model and the running machine here, before anything runs: a bad one raises
         StrategyError and leaves the model as it was."""
-        unsupported = {"weighted_metrics", "run_eagerly", "steps_per_execution", "jit_compile"}
+        unsupported = {"weighted_metrics", "run_eagerly", "jit_compile"}
         for k in kwargs:
-            if k not in unsupported and k not in ("search", "auto_scale_loss"):
+            if k not in unsupported and k not in ("search", "auto_scale_loss", "steps_per_execution"):
                 raise TypeError(f"compile: unknown argument {k!r}")
+        steps_per_execution = _check_steps_per_execution(kwargs.get("steps_per_execution", 1))
         _search_request(kwargs.get("search"), 1)  # bad options fail before anything changes
         if not _flatten(loss):
             raise ValueError("compile: a loss is required for training (e.g. "
@@ -94,6 +97,7 @@ class Trainer:
             self.optimizer = optimizers_mod.get(optimizer)
             self._pending_compile = (self.optimizer, loss, loss_weights, metrics, strategy, kwargs)
             self._compile_args = {"loss": loss, "loss_weights": loss_weights, "metrics": metrics}
+            self.steps_per_execution = steps_per_execution
             self.compiled = True
             return
         self._pending_compile = None
@@ -133,6 +137,7 @@ class Trainer:
         self._plan = plan
         self._executor.reset_optimizer_state()
         self._compile_args = {"loss": loss, "loss_weights": loss_weights, "metrics": metrics}
+        self.steps_per_execution = steps_per_execution
         self.compiled = True
 
     def _scaled(self, optimizer: Any, auto_scale_loss: Any) -> Any:
@@ -151,6 +156,25 @@ class Trainer:
         result = self._executor.train_step(*args, **self._loss_scale_args())
         self._after_scaled_step(result)
         return result
+
+    def _steps_per_group(self) -> int:
+        """How many of fit's steps are issued before their losses are read (compile's
+        steps_per_execution; one under loss scaling, whose scale follows every step)."""
+        from unity_legion.keras.mixed_precision import LossScaleOptimizer
+        if isinstance(self.optimizer, LossScaleOptimizer):
+            return 1
+        return self.steps_per_execution
+
+    def _train_steps(self, batches: list[tuple[dict[int, Any], list[Any]]]) -> list[Any]:
+        """fit's steps on `batches` (feeds, targets), issued together and read back once; each
+        step's learning rate is the optimizer's at its step number (a schedule's too)."""
+        opt = self.optimizer
+        if len(batches) == 1:
+            return [self._train_step(*batches[0], self._objective, opt.rule(),
+                                     opt.learning_rate, opt.iterations + 1)]
+        return self._executor.train_steps(batches, self._objective, opt.rule(),
+                                          [opt.learning_rate_at(opt.iterations + i)
+                                           for i in range(len(batches))], opt.iterations + 1)
 
     def _loss_scale_args(self) -> dict[str, float]:
         """train_step's keyword for the optimizer's loss scale ({} without loss scaling). Every
@@ -430,21 +454,23 @@ class Trainer:
             skip, first_step, resumed = first_step, 0, None
             staged_x, staged_y = self._stage(xs, order), self._stage(ys, order)
             with EpochProgress(verbose, self._rank(), f"Epoch {epoch + 1}/{epochs}", steps) as bar:
-                for step, start in enumerate(range(0, n, batch_size)):
-                    if step < skip:
-                        continue   # done before the run was interrupted
-                    callback_list.on_train_batch_begin(step, {})
-                    feeds = {t: s.rows(start, start + batch_size) for t, s in zip(self._input_ids, staged_x)}
-                    result = self._train_step(
-                        feeds, [s.rows(start, start + batch_size) for s in staged_y], self._objective,
-                        self.optimizer.rule(), self.optimizer.learning_rate,
-                        self.optimizer.iterations + 1)
-                    if result.applied:
-                        self.optimizer.iterations += 1
-                    totals.add(result)
-                    batch_logs = totals.logs() if result.applied else {"loss": float("nan")}
-                    bar.update(step + 1, batch_logs)
-                    callback_list.on_train_batch_end(step, batch_logs)
+                group = self._steps_per_group()
+                for first in range(skip, steps, group):   # (steps before `skip` were done)
+                    last = min(first + group, steps) - 1
+                    callback_list.on_train_batch_begin(first, {})
+                    batches = [({t: s.rows(at, at + batch_size)
+                                 for t, s in zip(self._input_ids, staged_x)},
+                                [s.rows(at, at + batch_size) for s in staged_y])
+                               for at in range(first * batch_size,
+                                               min((last + 1) * batch_size, n), batch_size)]
+                    results = self._train_steps(batches)
+                    for result in results:
+                        if result.applied:
+                            self.optimizer.iterations += 1
+                        totals.add(result)
+                    batch_logs = totals.logs() if results[-1].applied else {"loss": float("nan")}
+                    bar.update(last + 1, batch_logs)
+                    callback_list.on_train_batch_end(last, batch_logs)
                     if self.stop_training:
                         break
                 logs = totals.logs()
@@ -633,6 +659,13 @@ def _search_request(search: Any, ranks: int) -> tuple[Any, int]:
                              f"{batch!r}")
     opts = dataclasses.replace(options(search, ranks), trainable_only=True)
     return opts, batch
+
+
+def _check_steps_per_execution(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"compile: steps_per_execution must be a positive integer (the training "
+                         f"steps issued before their losses are read back), got {value!r}")
+    return value
 
 
 def _check_strategy_type(strategy: Any) -> None:

@@ -115,7 +115,8 @@ def compile_config(model: Any) -> dict[str, Any] | None:
         loss_weights = {k: float(w) for k, w in loss_weights.items()}
     return {"optimizer": optimizer_config(model.optimizer), "loss": _loss_config(args["loss"]),
             "loss_weights": loss_weights, "metrics": _metrics_config(args["metrics"]),
-            "weighted_metrics": None, "run_eagerly": False, "steps_per_execution": 1,
+            "weighted_metrics": None, "run_eagerly": False,
+            "steps_per_execution": int(getattr(model, "steps_per_execution", 1)),
             "jit_compile": False}
 
 
@@ -165,6 +166,12 @@ def _metric(value: Any) -> Any:
     return value
 
 
+def _steps_per_execution(value: Any) -> int:
+    """A file's steps_per_execution (Keras may write "auto": one step, as Keras' default)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return value if ok else 1
+
+
 def compile_from_config(model: Any, config: dict[str, Any]) -> None:
     from unity_legion.keras import losses, optimizers
 
@@ -181,6 +188,7 @@ def compile_from_config(model: Any, config: dict[str, Any]) -> None:
         loss = _rebuild("loss", losses, loss)
     try:
         model.compile(optimizer=optimizer, loss=loss, loss_weights=config.get("loss_weights"),
-                      metrics=_metric(config.get("metrics")))
+                      metrics=_metric(config.get("metrics")),
+                      steps_per_execution=_steps_per_execution(config.get("steps_per_execution")))
     except (TypeError, ValueError, NotImplementedError) as exc:
         raise ConfigError(f"compile: {exc}") from None
