@@ -85,3 +85,18 @@ def test_steps_per_execution_is_part_of_the_compile_config(make_mlp) -> None:
     model = make_mlp()
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=5)
     assert model.steps_per_execution == 5 and compile_config(model)["steps_per_execution"] == 5
+
+
+def test_grouped_evaluation_equals_one_batch_at_a_time(make_mlp, cls_data) -> None:
+    x, y = cls_data
+    model, _, _ = _fit(make_mlp, x, y, 1)
+    want = model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
+    model.steps_per_execution = 4
+    spy = _Batches()
+    spy.on_test_batch_begin = lambda b, logs=None: spy.calls.append(("begin", b))
+    spy.on_test_batch_end = lambda b, logs=None: spy.calls.append(("end", b))
+    got = model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True, callbacks=[spy])
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-6)
+    assert spy.calls == [("begin", 0), ("end", 3), ("begin", 4), ("end", 7), ("begin", 8),
+                         ("end", 9)]

@@ -982,11 +982,7 @@ class GraphExecutor:
         for i, ((feeds, targets, batch), lr) in enumerate(zip(checked, lrs)):
             loss_stores, metric_stores, _ = self._issue_step(
                 feeds, targets, objective, rule, lr, first_step + i, None, batch)
-            # the next step writes the same stores (a recorded step reuses them): each step's
-            # values are copied out as it ends, and the copies are read
-            keep = self._uploads
-            parts.append((batch, [(snapshot(st, keep), w) for st, w in loss_stores],
-                          {k: [snapshot(st, keep) for st in v] for k, v in metric_stores.items()}))
+            parts.append(self._copied_out(batch, loss_stores, metric_stores))
         self._mark(None, "sync")
         results, _ = self._read_objectives(parts, direct=True)
         for result in results:
@@ -994,6 +990,15 @@ class GraphExecutor:
                 result.applied = False   # (as train_step)
         self._drain()
         return results
+
+    def _copied_out(self, batch: int, loss_stores: list[Any], metric_stores: dict[str, list[Any]]
+                    ) -> tuple[int, list[Any], dict[str, list[Any]]]:
+        """A step's (batch, losses, metrics) as copies (snapshot): the next step of a group
+        writes the same stores (a recorded step reuses them), so each step's values are copied
+        out as it ends and the copies read together."""
+        keep = self._uploads
+        return (batch, [(snapshot(st, keep), w) for st, w in loss_stores],
+                {k: [snapshot(st, keep) for st in v] for k, v in metric_stores.items()})
 
     def _issue_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
                     objective: Objective, rule: UpdateRule, lr: float, step: int,
@@ -1156,8 +1161,32 @@ class GraphExecutor:
             return self.pipeline.evaluate_step(feeds, targets, objective)
         batch = _batch_of(feeds)
         targets = self._checked_targets(objective, targets, batch)
-        degrees = self.degrees_for(batch)
         self._new_step()
+        loss_stores, metric_stores = self._issue_evaluate(feeds, targets, objective, batch)
+        self._drain()
+        return self._read_objective(batch, loss_stores, metric_stores)
+
+    def evaluate_steps(self, batches: Sequence[tuple[Mapping[int, Feed], Sequence[Feed]]],
+                       objective: Objective) -> list[StepResult]:
+        """evaluate_step on each of `batches`, issued one after another and read back together
+        (as train_steps)."""
+        if self.pipeline is not None or len(batches) < 2:
+            return [self.evaluate_step(f, t, objective) for f, t in batches]
+        checked = [(f, self._checked_targets(objective, t, _batch_of(f)), _batch_of(f))
+                   for f, t in batches]
+        self._new_step()
+        parts = [self._copied_out(batch, *self._issue_evaluate(feeds, targets, objective, batch))
+                 for feeds, targets, batch in checked]
+        results, _ = self._read_objectives(parts, direct=True)
+        self._drain()
+        return results
+
+    def _issue_evaluate(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
+                        objective: Objective, batch: int
+                        ) -> tuple[list[Any], dict[str, list[Any]]]:
+        """Issue one evaluation step (replayed where it was recorded): its loss and metric
+        stores."""
+        degrees = self.degrees_for(batch)
 
         def issue() -> tuple[list[Any], dict[str, list[Any]]]:
             env, _ = self._forward(feeds, False, batch, degrees)
@@ -1167,11 +1196,8 @@ class GraphExecutor:
             self.flush()
             return loss_stores, metric_stores
 
-        loss_stores, metric_stores = self._recorded(
-            self._trace_key("evaluate", feeds, targets, objective, batch=batch),
-            list(feeds.values()) + list(targets), {}, issue)
-        self._drain()
-        return self._read_objective(batch, loss_stores, metric_stores)
+        return self._recorded(self._trace_key("evaluate", feeds, targets, objective, batch=batch),
+                              list(feeds.values()) + list(targets), {}, issue)
 
     def _checked_targets(self, objective: Objective, targets: Sequence[Feed], batch: int
                          ) -> list[Feed]:

@@ -458,12 +458,8 @@ class Trainer:
                 for first in range(skip, steps, group):   # (steps before `skip` were done)
                     last = min(first + group, steps) - 1
                     callback_list.on_train_batch_begin(first, {})
-                    batches = [({t: s.rows(at, at + batch_size)
-                                 for t, s in zip(self._input_ids, staged_x)},
-                                [s.rows(at, at + batch_size) for s in staged_y])
-                               for at in range(first * batch_size,
-                                               min((last + 1) * batch_size, n), batch_size)]
-                    results = self._train_steps(batches)
+                    results = self._train_steps(
+                        self._batches(staged_x, staged_y, first, last, batch_size, n))
                     for result in results:
                         if result.applied:
                             self.optimizer.iterations += 1
@@ -487,6 +483,13 @@ class Trainer:
         return self.history
 
     # ------------------------------------------------------------------ evaluate / predict
+    def _batches(self, staged_x: list[Any], staged_y: list[Any], first: int, last: int,
+                 batch_size: int, n: int) -> list[tuple[dict[int, Any], list[Any]]]:
+        """(feeds, targets) of batches first..last of `n` staged samples."""
+        return [({t: s.rows(at, at + batch_size) for t, s in zip(self._input_ids, staged_x)},
+                 [s.rows(at, at + batch_size) for s in staged_y])
+                for at in range(first * batch_size, min((last + 1) * batch_size, n), batch_size)]
+
     def _stage(self, arrays: list[np.ndarray], order: np.ndarray | None) -> list[Any]:
         """Each array (permuted by `order`) uploaded once; steps read row ranges of it."""
         if order is None:
@@ -497,14 +500,17 @@ class Trainer:
                          callback_list: Any = None) -> dict[str, float]:
         totals = _Running()
         staged_x, staged_y = self._stage(xs, None), self._stage(ys, None)
-        for step, start in enumerate(range(0, len(xs[0]), batch_size)):
+        n = len(xs[0])
+        steps, group = -(-n // batch_size), self.steps_per_execution
+        for first in range(0, steps, group):   # (read back once per group, as fit's steps)
+            last = min(first + group, steps) - 1
             if callback_list:
-                callback_list.on_test_batch_begin(step, {})
-            feeds = {t: s.rows(start, start + batch_size) for t, s in zip(self._input_ids, staged_x)}
-            totals.add(self._executor.evaluate_step(
-                feeds, [s.rows(start, start + batch_size) for s in staged_y], self._objective))
+                callback_list.on_test_batch_begin(first, {})
+            batches = self._batches(staged_x, staged_y, first, last, batch_size, n)
+            for result in self._executor.evaluate_steps(batches, self._objective):
+                totals.add(result)
             if callback_list:
-                callback_list.on_test_batch_end(step, totals.logs())
+                callback_list.on_test_batch_end(last, totals.logs())
         return totals.logs()
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None,
