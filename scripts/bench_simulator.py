@@ -92,6 +92,11 @@ def parse_args() -> argparse.Namespace:
                    help="driver: CPU processors per rank (default: 2 on one rank, else 1)")
     p.add_argument("--sysmem", type=int, default=None,
                    help="driver: MiB of system memory per rank (default: 4000 / ranks)")
+    p.add_argument("--steps-per-execution", type=int, default=1, metavar="N",
+                   help="training steps issued before one read of their losses (fit's "
+                        "compile(steps_per_execution=N), GraphExecutor.train_steps): a timed "
+                        "step is then a group of N timed whole, over N, and predicted with "
+                        "Simulator(steps_per_read=N); pipelined plans read every step")
     p.add_argument("--rows-out", default=None, help=argparse.SUPPRESS)  # a job of the driver
     p.add_argument("--searched", default=None,
                    help="directory of the search's strategies: loaded from there when saved "
@@ -163,6 +168,7 @@ def drive(args: argparse.Namespace) -> None:
                         "--cache", cache, "--costs", costs,
                         "--rows-out", str(out), "--rounds", str(args.rounds),
                         "--steps", str(args.steps), "--warmup", str(args.warmup),
+                        "--steps-per-execution", str(args.steps_per_execution),
                         "--repeats", str(args.repeats), "--searched", searched]
                 argv += ["--search-only"] if only_search else []
                 t = time.perf_counter()
@@ -184,7 +190,7 @@ def drive(args: argparse.Namespace) -> None:
            sum(j["misses"] for j in jobs), sum(j["hits"] for j in jobs),
            time.perf_counter() - t_start, jobs[0]["processors"], jobs[0]["ranks"],
            f"each strategy in a fresh job of {args.ranks} rank(s) x {cpus} CPU(s)", len(jobs),
-           args.size)
+           args.size, args.steps_per_execution)
 
 
 def merged_rows(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
@@ -254,7 +260,7 @@ def run_here(args: argparse.Namespace) -> None:
                        "ranks": machine_info.ranks}, f)
         return
     report(rows, described, cores_seen, cost.misses, cost.hits, time.perf_counter() - t_start,
-           procs, machine_info.ranks, "in one job", 1, args.size)
+           procs, machine_info.ranks, "in one job", 1, args.size, args.steps_per_execution)
 
 
 def chosen_cases(only: str | None, size: str = "small") -> list[Case]:
@@ -272,12 +278,13 @@ def chosen_cases(only: str | None, size: str = "small") -> list[Case]:
 
 def report(rows: list[dict[str, Any]], described: str, cores_seen: list[float], misses: int,
            hits: int, seconds: float, procs: int, ranks: int, how: str, jobs: int,
-           size: str) -> None:
+           size: str, group: int = 1) -> None:
     """The table, then the summary as one JSON object on the last line."""
     errs = [abs(r["rel_error"]) for r in rows]
     print(f"simulator vs real steps on {described}; cores "
           f"{min(cores_seen, default=0):.2f}-{max(cores_seen, default=0):.2f} over the strategies")
-    print(f"model sizes: {size}; operator costs: {misses} measured, {hits} cached; load "
+    print(f"model sizes: {size}; {group} step(s) per read; operator costs: {misses} "
+          f"measured, {hits} cached; load "
           f"{os.getloadavg()[0]:.1f}; {seconds:.0f} s; {how}")
     print(f"{'strategy':<18}{'model':<12}{'real ms':>9}{'pred ms':>9}{'error':>8}"
           f"{'span':>8}{'work':>8}{'cores':>7}  plan")
@@ -313,7 +320,7 @@ def report(rows: list[dict[str, Any]], described: str, cores_seen: list[float], 
                "median_rel_error": round(statistics.median(signed), 4) if signed else None,
                "max_abs_rel_error": round(max(errs), 4) if errs else None,
                "strategies": len(rows), "processors": procs, "ranks": ranks, "jobs": jobs,
-               "size": size,
+               "size": size, "steps_per_execution": group,
                "search_vs_data_parallel_measured": search_vs_dp,
                "search_vs_serial_measured": search_vs_serial,
                "per_strategy": rows}
@@ -335,7 +342,9 @@ def searched_strategy(case: Case, model: Any, args: argparse.Namespace, machine:
     saved = Path(args.searched) / (case.name.replace("/", "_") + ".json") if args.searched else None
     if saved is not None and saved.is_file():
         return Strategy.load(saved), saved.with_suffix(".txt").read_text()
-    found = search(model, case.batch, machine, cost, SearchOptions(budget=16, optimizer_slots=0))
+    found = search(model, case.batch, machine, cost,
+                   SearchOptions(budget=16, optimizer_slots=0,
+                                 steps_per_read=args.steps_per_execution))
     describe = f"search: {found.chosen}, {len(found.strategy.substitutions)} substitution(s)"
     if saved is not None and is_rank0():
         saved.parent.mkdir(parents=True, exist_ok=True)
@@ -375,25 +384,27 @@ def run_case(case: Case, args: argparse.Namespace, procs: int, machine: Any, cos
             plan = dict(model._executor.plan)
     x = xs if len(xs) > 1 else xs[0]
     y = ys if len(ys) > 1 else ys[0]
+    group = args.steps_per_execution
+    step = training_steps(model, x, y, group)
     for _ in range(args.warmup):
-        model.train_on_batch(x, y)
+        step()
     real: list[float] = []
     cores: list[float] = []
     measure_cores()   # its tasks registered before anything is timed
     for _ in range(args.rounds):
-        model.train_on_batch(x, y)   # back in this model's steady state
+        step()   # back in this model's steady state
         # the parallel capacity is a figure of the moment (other jobs share the cores): the one
         # the steps had, measured just before and just after them
         cores.append(measure_cores(repeats=1, warmup=0))
         for _ in range(args.steps):
             t = time.perf_counter()
-            model.train_on_batch(x, y)
-            real.append(time.perf_counter() - t)
+            step()
+            real.append((time.perf_counter() - t) / group)
         cores.append(measure_cores(repeats=1, warmup=0))
     capacity = statistics.median(cores)
     cores_seen.append(capacity)
     sim = Simulator(replace(machine, runtime=replace(machine.runtime, cores=capacity)), cost,
-                    optimizer_slots=0)
+                    optimizer_slots=0, steps_per_read=group)
     t = time.perf_counter()
     measured = statistics.median(real)
     pipeline = case.pipeline(graph, procs) if case.pipeline is not None else None
@@ -418,6 +429,28 @@ def run_case(case: Case, args: argparse.Namespace, procs: int, machine: Any, cos
             "host_ms": round(r.host * 1e3, 2), "span_ms": round(r.span * 1e3, 2),
             "work_ms": round(r.work * 1e3, 2), "cores": round(capacity, 3),
             "simulate_s": round(sim_s, 3)}
+
+
+def training_steps(model: Any, x: Any, y: Any, group: int) -> Callable[[], None]:
+    """A call that trains `model` on (x, y): train_on_batch (one step, its loss read), or
+    `group` steps on the batch issued together and read back once (as fit with
+    steps_per_execution=group)."""
+    if group == 1:
+        return lambda: model.train_on_batch(x, y)
+    ex = model._executor
+    xs = [ex.upload(a) for a in model._prepare_x(x)]
+    ys = [ex.upload(a) for a in model._prepare_y(y)]
+    batch = len(xs[0])
+    feeds = {t: s.rows(0, batch) for t, s in zip(model._input_ids, xs)}
+    targets = [s.rows(0, batch) for s in ys]
+    opt = model.optimizer
+
+    def run() -> None:
+        ex.train_steps([(feeds, targets)] * group, model._objective, opt.rule(),
+                       [opt.learning_rate] * group, opt.iterations + 1)
+        opt.iterations += group
+
+    return run
 
 
 # ------------------------------------------------------------------------------------------------

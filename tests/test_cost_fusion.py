@@ -355,3 +355,32 @@ def test_over_several_nodes_the_loss_read_runs_while_the_step_does(fusion: int) 
     assert step(2, 1e-6) == pytest.approx(no_read)     # a short trip: the work's end decides
     assert step(2, 10.0) < no_read + 10.0               # issued before the work is done
     assert step(2, 20.0) - step(2, 10.0) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_one_read_per_group_of_steps_is_shared_by_its_steps(nodes: int) -> None:
+    # fit's steps_per_execution: one step in N reads and waits; the others end with their work
+    g, _ = _chain(6, 256)
+    base = _machine(128, "fold").with_nodes(nodes, 2 // nodes)
+    m = replace(base, runtime=replace(base.runtime, sync=0.05))
+
+    def step(group: int, sync: float = 0.05) -> float:
+        machine = replace(m, runtime=replace(m.runtime, sync=sync))
+        return Simulator(machine, optimizer_slots=0, steps_per_read=group).simulate(
+            g, 256, {}, None, DP).step_time
+
+    each = step(1)
+    assert step(1, 0.0) < each                     # the read costs something
+    free = 2 * step(2) - each                      # a step that does not wait
+    assert 0 < free < each
+    for group in (4, 8):
+        # the steps that do not wait, plus 1/N of what the waiting one adds
+        assert step(group) == pytest.approx(free + (each - free) / group, rel=1e-6)
+    assert step(8) < step(2) < each
+    assert step(8, 0.5) - step(8) == pytest.approx((step(1, 0.5) - each) / 8, rel=1e-6)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_steps_per_read_is_checked(value) -> None:
+    with pytest.raises(ValueError, match="steps_per_read"):
+        Simulator(_machine(128), steps_per_read=value)

@@ -185,13 +185,20 @@ class Simulator:
     """optimizer_slots: slots per weight the update touches (SGD 0, SGD with momentum 1, Adam 2);
     metrics: metric launches per model output (compile(metrics=...)); steps: simulated back to
     back (2: the steady-state period; 1: a single step from idle devices); trace: keep the
-    last step's tasks (SimResult.tasks)."""
+    last step's tasks (SimResult.tasks); steps_per_read: the training steps issued before the
+    host reads their losses and waits (compile's steps_per_execution; pipelined steps read
+    each)."""
 
     trace = False
 
     def __init__(self, machine: MachineModel, cost: CostModel | None = None,
-                 optimizer_slots: int = 2, metrics: int = 0, steps: int = 2) -> None:
+                 optimizer_slots: int = 2, metrics: int = 0, steps: int = 2,
+                 steps_per_read: int = 1) -> None:
+        if isinstance(steps_per_read, bool) or not isinstance(steps_per_read, int) \
+                or steps_per_read < 1:
+            raise ValueError(f"steps_per_read must be a positive integer, got {steps_per_read!r}")
         self.machine = machine
+        self.steps_per_read = steps_per_read
         self.cost = cost or AnalyticCost()
         self.optimizer_slots = optimizer_slots  # Adam keeps 2 slots per weight
         self.metrics = metrics
@@ -215,7 +222,21 @@ class Simulator:
 
     def simulate_pcg(self, graph: ComputationGraph, pcg: PCG, staging: Staging | None = None
                      ) -> SimResult:
-        """`staging`: run `pcg` (lifted at the micro-batch size) as a pipelined step."""
+        """`staging`: run `pcg` (lifted at the micro-batch size) as a pipelined step.
+
+        With steps_per_read N > 1 (not pipelined) one step in N ends with the read and the wait
+        for all work; the others end when their work does, the host issuing the next step
+        meanwhile: the period is that of steps that do not wait, plus 1/N of what waiting
+        adds."""
+        waiting = self._simulate_pcg(graph, pcg, staging, wait=True)
+        if self.steps_per_read == 1 or staging is not None:
+            return waiting
+        free = self._simulate_pcg(graph, pcg, staging, wait=False)
+        extra = max(waiting.step_time - free.step_time, 0.0)
+        return replace(free, step_time=free.step_time + extra / self.steps_per_read)
+
+    def _simulate_pcg(self, graph: ComputationGraph, pcg: PCG, staging: Staging | None,
+                      wait: bool) -> SimResult:
         m = self.machine
         n = m.num_devices
         for node in pcg.computations():
@@ -225,6 +246,7 @@ class Simulator:
                                       f"machine {m.name!r} has {n}")
         plan = _Plan(self, graph, pcg, staging)
         state = _State(n)
+        state.waits = wait
         if staging is not None:
             state.gaps = {d: [] for d in range(n)}
         if staging is not None or self.by_groups:
@@ -534,6 +556,9 @@ class _State:
         self.record = False         # keep busy intervals (machines whose threads share cores)
         self.intervals: list[tuple[float, float]] = []
         self.tasks: list[tuple[int, float, float, str, str]] | None = None   # Simulator.trace
+        # a step ends with the read of its losses and a wait for all its work (False: a step
+        # of a group before its last, Simulator.steps_per_read)
+        self.waits = True
 
     def lane(self, timeline: list[float]) -> dict[int, list[tuple[float, float]]] | None:
         return self.gaps if timeline is self.compute_free else self.net_gaps
@@ -1117,8 +1142,10 @@ class _Plan:
         step (`RuntimeSpec.sync`, measured from a launch's issue to its result's arrival), and
         runs while the step's work does: a 2-rank MLP step on one processor took 112 ms with
         ~40 ms of kernels where a read alone takes 112-148 ms."""
-        reads = self._reads()
         done = max(s.compute_free + s.net_free + [s.host])
+        if not s.waits:
+            return done   # the host goes on issuing the next step
+        reads = self._reads()
         if self.sim.machine.nodes > 1:
             s.host = max(done, s.host + reads)
         else:

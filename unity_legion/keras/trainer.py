@@ -121,7 +121,8 @@ class Trainer:
                                   for m in ms)
                             for ms, spec, name in zip(metric_lists, specs, self.output_names))
         resolved = self._resolve_strategy(strategy, kwargs.get("search"),
-                                          optimizers_mod.get(optimizer))  # fails first
+                                          optimizers_mod.get(optimizer),
+                                          steps_per_execution)  # fails first
         from unity_legion.executor.executor import Objective
         from unity_legion.runtime import machine_info
 
@@ -197,7 +198,8 @@ class Trainer:
         """The Strategy compile() chose (None before compile); `model.strategy.save(path)`."""
         return self._strategy
 
-    def _resolve_strategy(self, strategy: Any, search: Any = None, optimizer: Any = None) -> Any:
+    def _resolve_strategy(self, strategy: Any, search: Any = None, optimizer: Any = None,
+                          steps_per_execution: int = 1) -> Any:
         from unity_legion.runtime import machine_info
         from unity_legion.strategy.builtin import BUILTINS, by_name
         from unity_legion.strategy.strategy import Strategy, StrategyError
@@ -216,6 +218,9 @@ class Trainer:
                     # the optimizer's state per weight counts in memory and update time
                     opts = dataclasses.replace(opts,
                                                optimizer_slots=len(optimizer.rule().slots))
+                if not (isinstance(search, dict) and "steps_per_read" in search):
+                    # fit's steps read back once per steps_per_execution
+                    opts = dataclasses.replace(opts, steps_per_read=steps_per_execution)
                 target, cost = job_model(m)
                 self.search_result = unity_search(self, batch, target, cost, options=opts)
                 strategy = self.search_result.strategy

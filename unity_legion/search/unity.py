@@ -77,8 +77,15 @@ class SearchOptions:
     # simulator's error on a real machine is of that order (bench_simulator: ~10% median here),
     # and a gain inside it is as likely a loss
     min_gain: float = 0.05
+    # training steps issued before the host reads their losses (compile's steps_per_execution):
+    # the candidates are priced with one read and wait per that many steps
+    steps_per_read: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.steps_per_read, bool) or not isinstance(self.steps_per_read, int) \
+                or self.steps_per_read < 1:
+            raise SearchError(f"search steps_per_read must be a positive integer, got "
+                              f"{self.steps_per_read!r}")
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
             raise SearchError(f"search budget must be a positive integer, got {self.budget!r}")
         if not isinstance(self.alpha, (int, float)) or self.alpha < 1.0:
@@ -382,7 +389,8 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
         best = start  # a rewrite that did not pay is not kept
     devices = machine.num_devices
     dtype = machine.device.kind
-    sim = Simulator(machine, cost, optimizer_slots=opts.optimizer_slots)
+    sim = Simulator(machine, cost, optimizer_slots=opts.optimizer_slots,
+                    steps_per_read=opts.steps_per_read)
 
     def simulate(g: ComputationGraph, o: Sequence[int], plan: dict) -> Any:
         return sim.simulate(g, batch, plan, list(o))
