@@ -100,3 +100,16 @@ def test_grouped_evaluation_equals_one_batch_at_a_time(make_mlp, cls_data) -> No
         assert got[k] == pytest.approx(want[k], rel=1e-6)
     assert spy.calls == [("begin", 0), ("end", 3), ("begin", 4), ("end", 7), ("begin", 8),
                          ("end", 9)]
+
+
+def test_terminate_on_nan_sees_a_non_finite_step_inside_a_group(make_mlp, cls_data) -> None:
+    x, y = cls_data
+    bad = x.copy()
+    bad[5, 2] = np.nan   # the second batch, inside the first group of 4
+    keras.utils.set_random_seed(3)
+    model = make_mlp()
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=4)
+    history = model.fit(bad, y, batch_size=4, epochs=3, verbose=0, shuffle=False,
+                        callbacks=[keras.callbacks.TerminateOnNaN()])
+    assert model.optimizer.iterations == 3 and len(history.epoch) == 1   # stopped after it

@@ -960,12 +960,13 @@ class GraphExecutor:
                     objective: Objective, rule: UpdateRule, lrs: Sequence[float],
                     first_step: int) -> list[StepResult]:
         """Training steps on `batches` in order (step numbers first_step, first_step + 1, ...;
-        learning rates `lrs`, one per step), issued one after another and read back together: the host waits once for all of them
-        (Keras' steps_per_execution). Each step's update is guarded by its own losses as in
-        train_step, so a non-finite batch changes nothing and the steps after it run as they
-        would have; they keep the step numbers they were issued with. Every batch is checked
-        before anything is issued. Without loss scaling (whose scale the host adjusts after
-        each step); a pipelined plan runs the steps one by one."""
+        learning rates `lrs`, one per step), issued one after another and read back together:
+        the host waits once for all of them (Keras' steps_per_execution). Each step's update
+        is guarded by its own losses as in train_step, so a non-finite batch changes nothing
+        and the steps after it run as they would have; they keep the step numbers they were
+        issued with. Every batch is checked before anything is issued. Without loss scaling
+        (whose scale the host adjusts after each step); a pipelined plan runs the steps one
+        by one."""
         if not batches:
             return []
         if len(lrs) != len(batches):

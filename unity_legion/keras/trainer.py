@@ -469,7 +469,10 @@ class Trainer:
                         if result.applied:
                             self.optimizer.iterations += 1
                         totals.add(result)
-                    batch_logs = totals.logs() if results[-1].applied else {"loss": float("nan")}
+                    # (a step of the group that did not apply shows, as a lone step's does:
+                    # TerminateOnNaN sees it)
+                    applied = all(r.applied for r in results)
+                    batch_logs = totals.logs() if applied else {"loss": float("nan")}
                     bar.update(last + 1, batch_logs)
                     callback_list.on_train_batch_end(last, batch_logs)
                     if self.stop_training:
