@@ -125,14 +125,17 @@ def test_training_the_rewritten_graph_equals_the_original(case: str) -> None:
                                ref.evaluate(x, data()[1], verbose=0), rtol=1e-5)
 
 
-def test_fit_with_adam_under_a_rewriting_strategy() -> None:
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_fit_with_adam_under_a_rewriting_strategy(steps_per_execution: int) -> None:
     weights = branchy().get_weights()
     x, y = data()
     runs = []
     for strategy_of in ("data_parallel", merged):
         model = compiled(branchy, strategy_of, weights, keras.optimizers.Adam(0.01))
-        h = model.fit(x, y, batch_size=4, epochs=2, shuffle=True, verbose=0)
-        runs.append((h.history["loss"], model.get_weights()))
+        model.steps_per_execution = steps_per_execution   # (grouped: fit's and validation's)
+        h = model.fit(x, y, batch_size=4, epochs=2, shuffle=True, verbose=0,
+                      validation_data=(x, y))
+        runs.append((h.history["loss"] + h.history["val_loss"], model.get_weights()))
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-5)
     assert_weights_equal(runs[1][1], runs[0][1], rtol=1e-4, atol=1e-5)
 

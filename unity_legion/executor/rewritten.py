@@ -152,5 +152,14 @@ class RewrittenExecutor:
                       ) -> Any:
         return self.inner.evaluate_step(self._feeds(feeds), targets, objective)
 
+    def train_steps(self, batches: Sequence[tuple[Mapping[int, Any], Sequence[Any]]],
+                    objective: Any, rule: Any, lrs: Sequence[float], first_step: int) -> Any:
+        return self.inner.train_steps([(self._feeds(f), t) for f, t in batches], objective,
+                                      rule, lrs, first_step)
+
+    def evaluate_steps(self, batches: Sequence[tuple[Mapping[int, Any], Sequence[Any]]],
+                       objective: Any) -> Any:
+        return self.inner.evaluate_steps([(self._feeds(f), t) for f, t in batches], objective)
+
     def predict_step(self, feeds: Mapping[int, Any]) -> list[np.ndarray]:
         return self.inner.predict_step(self._feeds(feeds))

@@ -77,7 +77,8 @@ class Trainer:
         unity_legion.strategy.Strategy, a builtin's name ("data_parallel", "megatron",
         "table_parallel", "expert") or the path of a strategy JSON file. It is validated against
         the model and the running machine here, before anything runs: a bad one raises
-        StrategyError and leaves the model as it was."""
+        StrategyError and leaves the model as it was. `steps_per_execution` (Keras'): fit and
+        evaluate issue that many steps before they read the losses back, once."""
         unsupported = {"weighted_metrics", "run_eagerly", "jit_compile"}
         for k in kwargs:
             if k not in unsupported and k not in ("search", "auto_scale_loss", "steps_per_execution"):
