@@ -437,17 +437,15 @@ def training_steps(model: Any, x: Any, y: Any, group: int) -> Callable[[], None]
     steps_per_execution=group)."""
     if group == 1:
         return lambda: model.train_on_batch(x, y)
-    ex = model._executor
-    xs = [ex.upload(a) for a in model._prepare_x(x)]
-    ys = [ex.upload(a) for a in model._prepare_y(y)]
+    # staged and sliced as fit stages and slices its batches
+    xs, ys = model._stage(model._prepare_x(x), None), model._stage(model._prepare_y(y), None)
     batch = len(xs[0])
-    feeds = {t: s.rows(0, batch) for t, s in zip(model._input_ids, xs)}
-    targets = [s.rows(0, batch) for s in ys]
+    one = model._batches(xs, ys, 0, 0, batch, batch)
     opt = model.optimizer
 
     def run() -> None:
-        ex.train_steps([(feeds, targets)] * group, model._objective, opt.rule(),
-                       [opt.learning_rate] * group, opt.iterations + 1)
+        model._executor.train_steps(one * group, model._objective, opt.rule(),
+                                    [opt.learning_rate] * group, opt.iterations + 1)
         opt.iterations += group
 
     return run

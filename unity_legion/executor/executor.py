@@ -974,8 +974,7 @@ class GraphExecutor:
         if self.pipeline is not None or len(batches) == 1:
             return [self.train_step(f, t, objective, rule, lr, first_step + i)
                     for i, ((f, t), lr) in enumerate(zip(batches, lrs))]
-        checked = [(f, self._checked_targets(objective, t, _batch_of(f)), _batch_of(f))
-                   for f, t in batches]
+        checked = self._checked_batches(objective, batches)
         for i, lr in enumerate(lrs):   # the rule checks its arguments before anything is issued
             rule.launch(1, lr, first_step + i)
         self._new_step()
@@ -991,6 +990,17 @@ class GraphExecutor:
                 result.applied = False   # (as train_step)
         self._drain()
         return results
+
+    def _checked_batches(self, objective: Objective,
+                         batches: Sequence[tuple[Mapping[int, Feed], Sequence[Feed]]]
+                         ) -> list[tuple[Mapping[int, Feed], list[Feed], int]]:
+        """(feeds, checked targets, batch size) of each of a group's `batches`, all checked
+        before any is issued."""
+        out = []
+        for feeds, targets in batches:
+            batch = _batch_of(feeds)
+            out.append((feeds, self._checked_targets(objective, targets, batch), batch))
+        return out
 
     def _copied_out(self, batch: int, loss_stores: list[Any], metric_stores: dict[str, list[Any]]
                     ) -> tuple[int, list[Any], dict[str, list[Any]]]:
@@ -1173,8 +1183,7 @@ class GraphExecutor:
         (as train_steps)."""
         if self.pipeline is not None or len(batches) < 2:
             return [self.evaluate_step(f, t, objective) for f, t in batches]
-        checked = [(f, self._checked_targets(objective, t, _batch_of(f)), _batch_of(f))
-                   for f, t in batches]
+        checked = self._checked_batches(objective, batches)
         self._new_step()
         parts = [self._copied_out(batch, *self._issue_evaluate(feeds, targets, objective, batch))
                  for feeds, targets, batch in checked]
