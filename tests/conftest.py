@@ -31,18 +31,6 @@ def _frozen_heap():
 
 
 @pytest.fixture(autouse=True)
-def _global_seed_restored():
-    """A test that seeds weights (keras.utils.set_random_seed) leaves the next test the seed it
-    found: otherwise a test's weights depend on which tests ran before it in the process (seen:
-    test_train_rewritten's tolerances held for some initial weights and not others)."""
-    from unity_legion.keras.models.model import global_seed
-
-    before = global_seed()
-    yield
-    keras.utils.set_random_seed(before)
-
-
-@pytest.fixture(autouse=True)
 def _collect_garbage_on_the_main_thread(_frozen_heap):
     """Models are reference cycles (layer._model <-> model.layers) that own Legate stores. If
     Python's cyclic GC happens to run inside a Python task (any allocation in a kernel can start
