@@ -96,7 +96,7 @@ def parse_args() -> argparse.Namespace:
                    help="training steps issued before one read of their losses (fit's "
                         "compile(steps_per_execution=N), GraphExecutor.train_steps): a timed "
                         "step is then a group of N timed whole, over N, and predicted with "
-                        "Simulator(steps_per_read=N); pipelined plans read every step")
+                        "Simulator(steps_per_read=N); pipelined plans too")
     p.add_argument("--rows-out", default=None, help=argparse.SUPPRESS)  # a job of the driver
     p.add_argument("--searched", default=None,
                    help="directory of the search's strategies: loaded from there when saved "

@@ -87,17 +87,17 @@ def test_m_micro_batches_move_m_boundary_transfers_each_way(m):
     assert r.work == pytest.approx(2 * m * busy)
 
 
-def test_a_pipelined_step_is_priced_as_walked_not_replayed():
-    # the executor re-issues plain steps from a recording but walks the graph for pipelined
-    # ones: their host costs are walk_issue, where it is given
+def test_a_pipelined_step_is_priced_as_replayed_not_walked():
+    # the executor re-issues pipelined steps from a recording as it does plain ones: their
+    # host costs are `issue`, not the walked steps' walk_issue
     replayed = RuntimeSpec(issue=1e-4)
     walked = dataclasses.replace(replayed, walk_issue=1e-3)
     g = chain(4)
     spec = even_stages(g, 2, 2, "1f1b")
     hosts = [Simulator(dataclasses.replace(IDEAL, runtime=rt), FixedCost(1e-5))
              .simulate_pipeline(g, 32, placed(g, spec), spec) for rt in (replayed, walked)]
-    assert hosts[0].host == pytest.approx(hosts[0].launches * 1e-4)
-    assert hosts[1].host == pytest.approx(hosts[1].launches * 1e-3)
+    for r in hosts:
+        assert r.host == pytest.approx(r.launches * 1e-4)
 
 
 def test_a_host_issue_bound_pipeline_is_priced_by_its_issue_time():
@@ -144,16 +144,12 @@ def test_cpu_processors_of_one_rank_share_memory_across_the_boundary():
 
 @pytest.mark.parametrize("machine", [FOUR, preset("local", 1, 4)], ids=["gpu", "local-cpu"])
 def test_one_stage_one_micro_batch_is_the_unpipelined_step(machine):
-    # (with the host's costs alike, and every store bound: the executor walks a pipelined
-    # step, re-issues a plain one with its tasks' own temporaries kept in them)
-    machine = dataclasses.replace(machine, runtime=dataclasses.replace(
-        machine.runtime, walk_issue=0.0, walk_fused_issue=0.0))
+    # (both re-issued from a recording, with their tasks' own temporaries)
     g = chain(4)
     kind = machine.device.kind
     spec = PipelineSpec((Stage("all", tuple(n.name for n in g.nodes), (0, 1, 2, 3)),), 1)
     plan = {n.id: data_parallel_config(4, 32, kind) for n in g.nodes}
     sim = Simulator(machine, FixedCost())
-    sim.local_temporaries = False
     piped = sim.simulate_pipeline(g, 32, plan, spec)
     plain = sim.simulate(g, 32, plan)
     # the same launches; the pipelined timeline lets a task whose inputs are ready run in an
@@ -181,3 +177,19 @@ def test_the_step_reads_each_micro_batch_on_one_rank_and_one_gather_over_several
         else:
             assert longer - read == pytest.approx(10.0)
             assert read - 10.0 < no_read   # issued before the work is done
+
+
+def test_pipelined_steps_issued_in_groups_share_one_read():
+    # fit's steps_per_execution runs pipelined steps in groups too (PipelineRunner.train_steps):
+    # one step in N reads its micro-batches' losses and waits
+    g = chain(4)
+    spec = even_stages(g, 2, 4, "gpipe")
+    machine = dataclasses.replace(IDEAL, runtime=RuntimeSpec(sync=10.0))
+
+    def step(group: int) -> float:
+        return Simulator(machine, FixedCost(), steps_per_read=group).simulate_pipeline(
+            g, 32, placed(g, spec), spec).step_time
+
+    each, grouped = step(1), step(4)
+    assert each - grouped == pytest.approx(3 / 4 * 4 * 10.0, rel=0.01)   # 3 of 4 reads saved
+    assert step(2) > grouped

@@ -70,6 +70,19 @@ def _train(strategy_of, weights, optimizer, steps: int = 5):
     return losses, model.get_weights(), model
 
 
+def _fit_grouped(strategy_of, weights, optimizer, steps: int = 5):
+    """_train's steps on the same batch as one fit epoch of `steps` batches issued together
+    (steps_per_execution): the epoch's mean loss and the weights."""
+    model = mlp("pe")
+    model.set_weights(weights)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  strategy=strategy_of(model), steps_per_execution=steps)
+    x, y = _data()
+    hist = model.fit(np.tile(x, (steps, 1)), np.tile(y, steps), batch_size=len(x), epochs=1,
+                     shuffle=False, verbose=0)
+    return hist.history["loss"][0], model.get_weights()
+
+
 def _needs_two() -> None:
     if machine_info().processors < 2:
         pytest.fail("these tests need LEGATE_CONFIG='--cpus 2' (make test sets it)")
@@ -214,6 +227,34 @@ def test_fit_evaluate_predict_run_pipelined(weights):
     np.testing.assert_allclose(out["pipe"][2], out["serial"][2], rtol=1e-5, atol=1e-7)
 
 
+def test_grouped_steps_run_pipelined(weights):
+    """steps_per_execution=3 (fit, evaluate and predict issue 3 steps before one read) on a
+    pipelined plan gives the serial run's one step at a time, a non-finite batch inside a
+    group skipped there as here."""
+    _needs_two()
+    x, y = _data(40, seed=11)
+    x[9, 3] = np.nan   # the second batch of 8: inside the first group
+    out = {}
+    for name, strategy_of, group in (("serial", serial, 1), ("pipe", two_stages(4, "gpipe"), 3)):
+        model = mlp("gp")
+        model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(0.05),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                      strategy=strategy_of(model), steps_per_execution=group)
+        hist = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        finite = np.isfinite(x).all(axis=1)
+        out[name] = (hist.history["loss"], model.get_weights(), model.optimizer.iterations,
+                     model.evaluate(x[finite], y[finite], batch_size=8, verbose=0),
+                     model.predict(x[finite], batch_size=8, verbose=0))
+    (l1, w1, n1, e1, p1), (l3, w3, n3, e3, p3) = out["serial"], out["pipe"]
+    assert n1 == n3 == 8   # 5 steps an epoch, one skipped
+    np.testing.assert_allclose(l3, l1, rtol=1e-5)
+    for a, b in zip(w3, w1):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(e3, e1, rtol=1e-5)
+    np.testing.assert_allclose(p3, p1, rtol=1e-5, atol=1e-7)
+
+
 def test_stages_launch_on_their_processors_in_the_schedules_order(weights, monkeypatch):
     """Every launch of a pipelined step (operators, loss, gradient sums, updates) runs on one
     stage's processor, never over both; the forwards go stage by stage per micro-batch in
@@ -315,7 +356,7 @@ _SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import numpy as np
-from test_pipeline_exec import _data, _train, mlp, serial
+from test_pipeline_exec import _data, _fit_grouped, _train, mlp, serial
 from unity_legion import keras
 from unity_legion.pcg.pipeline import PipelineSpec, Stage
 from unity_legion.runtime import machine_info
@@ -349,6 +390,9 @@ weights = mlp("pe").get_weights()
 x = _data()[0]
 want, want_w, ref = _train(serial, weights, keras.optimizers.SGD(0.05))
 want_p = ref.predict(x, batch_size=len(x), verbose=0)
+ref.steps_per_execution = 2   # two prediction steps issued, then one read
+np.testing.assert_allclose(ref.predict(x, batch_size=len(x) // 2, verbose=0), want_p,
+                           rtol=1e-5, atol=1e-7)
 for label, layout, m, schedule in {cases!r}:
     got, got_w, mdl = _train(lambda mdl: plan(mdl, layout, m, schedule), weights,
                              keras.optimizers.SGD(0.05))
@@ -358,6 +402,15 @@ for label, layout, m, schedule in {cases!r}:
     # predictions: every micro-batch's outputs read together
     np.testing.assert_allclose(mdl.predict(x, batch_size=len(x), verbose=0), want_p,
                                rtol=1e-5, atol=1e-7, err_msg=label)
+    mdl.steps_per_execution = 2
+    np.testing.assert_allclose(mdl.predict(x, batch_size=len(x) // 2, verbose=0), want_p,
+                               rtol=1e-5, atol=1e-7, err_msg=label)
+    # the same 5 steps issued together, read back once (fit's steps_per_execution)
+    got_l, got_w = _fit_grouped(lambda mdl: plan(mdl, layout, m, schedule), weights,
+                                keras.optimizers.SGD(0.05))
+    np.testing.assert_allclose(got_l, np.mean(want), rtol=1e-5, err_msg=label)
+    for a, b in zip(got_w, want_w):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=label)
     if machine_info().rank == 0:
         print("PIPE-OK", label, flush=True)
 """

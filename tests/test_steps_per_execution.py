@@ -113,3 +113,18 @@ def test_terminate_on_nan_sees_a_non_finite_step_inside_a_group(make_mlp, cls_da
     history = model.fit(bad, y, batch_size=4, epochs=3, verbose=0, shuffle=False,
                         callbacks=[keras.callbacks.TerminateOnNaN()])
     assert model.optimizer.iterations == 3 and len(history.epoch) == 1   # stopped after it
+
+
+def test_grouped_prediction_equals_one_batch_at_a_time(make_mlp, cls_data) -> None:
+    x, y = cls_data   # 37 samples, batch 4: 10 batches, the last of one sample
+    model, _, _ = _fit(make_mlp, x, y, 1)
+    want = model.predict(x, batch_size=4, verbose=0)
+    model.steps_per_execution = 4
+    spy = _Batches()
+    spy.on_predict_batch_begin = lambda b, logs=None: spy.calls.append(("begin", b))
+    spy.on_predict_batch_end = lambda b, logs=None: spy.calls.append(("end", b))
+    got = model.predict(x, batch_size=4, verbose=0, callbacks=[spy])
+    assert got.shape == want.shape == (37, want.shape[1])
+    np.testing.assert_array_equal(got, want)   # the same kernels on the same pieces
+    assert spy.calls == [("begin", 0), ("end", 3), ("begin", 4), ("end", 7), ("begin", 8),
+                         ("end", 9)]

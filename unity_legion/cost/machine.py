@@ -119,8 +119,9 @@ class RuntimeSpec:
         it (binding its arguments), and the devices pay their launch overhead once per group
         and `fused_step` per step (its kernel's dispatch inside the task).
     walk_issue, walk_fused_issue: `issue` and `fused_issue` for a step the executor issues by
-        walking the graph (its first two of a kind, and every pipelined step) where `issue` and
-        `fused_issue` are those of steps re-issued from a recording; 0: the same.
+        walking the graph (its first two of a kind) where `issue` and `fused_issue` are those of
+        steps re-issued from a recording; 0: the same. Calibrated for the record: every step
+        the simulator prices is a re-issued one (pipelined steps too, since they are recorded).
     analysis_store: seconds of the runtime's thread per store a fused task binds beyond three,
         per point (`analysis` is that of a launch of three stores): Legion analyses and maps
         every region requirement of every point.

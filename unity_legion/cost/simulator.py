@@ -81,7 +81,6 @@ forward pass).
 from __future__ import annotations
 
 import bisect
-import copy
 import functools
 import math
 from collections import Counter, defaultdict
@@ -186,8 +185,8 @@ class Simulator:
     metrics: metric launches per model output (compile(metrics=...)); steps: simulated back to
     back (2: the steady-state period; 1: a single step from idle devices); trace: keep the
     last step's tasks (SimResult.tasks); steps_per_read: the training steps issued before the
-    host reads their losses and waits (compile's steps_per_execution; pipelined steps read
-    each)."""
+    host reads their losses and waits (compile's steps_per_execution; pipelined steps too:
+    PipelineRunner.train_steps)."""
 
     trace = False
 
@@ -224,12 +223,11 @@ class Simulator:
                      ) -> SimResult:
         """`staging`: run `pcg` (lifted at the micro-batch size) as a pipelined step.
 
-        With steps_per_read N > 1 (not pipelined) one step in N ends with the read and the wait
-        for all work; the others end when their work does, the host issuing the next step
-        meanwhile: the period is that of steps that do not wait, plus 1/N of what waiting
-        adds."""
+        With steps_per_read N > 1 one step in N ends with the read and the wait for all work;
+        the others end when their work does, the host issuing the next step meanwhile: the
+        period is that of steps that do not wait, plus 1/N of what waiting adds."""
         waiting = self._simulate_pcg(graph, pcg, staging, wait=True)
-        if self.steps_per_read == 1 or staging is not None:
+        if self.steps_per_read == 1:
             return waiting
         free = self._simulate_pcg(graph, pcg, staging, wait=False)
         extra = max(waiting.step_time - free.step_time, 0.0)
@@ -340,19 +338,7 @@ class Simulator:
         transfers, per-stage gradient sums, memory per schedule (cost/pipeline.py)."""
         from unity_legion.cost.pipeline import price_pipeline
 
-        return price_pipeline(self._walking(), graph, batch, plan, spec, outputs)
-
-    def _walking(self) -> "Simulator":
-        """This simulator for steps the executor issues by walking the graph (pipelined steps
-        are not re-issued from a recording): the host's walked costs per task and per launch."""
-        rt = self.machine.runtime
-        if not (rt.walk_issue or rt.walk_fused_issue) and not self.local_temporaries:
-            return self
-        walked = copy.copy(self)
-        walked.local_temporaries = False
-        walked.machine = replace(self.machine, runtime=replace(
-            rt, issue=rt.walk_issue or rt.issue, fused_issue=rt.walk_fused_issue or rt.fused_issue))
-        return walked
+        return price_pipeline(self, graph, batch, plan, spec, outputs)
 
     # ------------------------------------------------------------------ device groups
     # With a collective library ("ring" runtimes: the GPU presets) every transfer and gradient

@@ -231,6 +231,9 @@ class GraphExecutor:
             "UNITY_LEGION_LOCAL_TEMPORARIES", "1") != "0")
         self.replayed = False   # whether the last training step was re-issued from one
         self._recorder: Recorder | None = None
+        # while a pipelined step is walked: every feed made a store, in order
+        # (PipelineRunner._recorded)
+        self._feed_log: list[Feed] | None = None
         # while a launch is issued: its scalars that change from step to step, by name -> kind
         self._dynamic: dict[str, str] = {}
 
@@ -762,6 +765,8 @@ class GraphExecutor:
         store = feed.store() if isinstance(feed, StagedRows) else self._store_from(feed)
         if self._recorder is not None:
             self._recorder.feed(store)
+        if self._feed_log is not None:
+            self._feed_log.append(feed)
         return store
 
     def _store_from_buffer(self, arr: np.ndarray) -> Any:
@@ -965,15 +970,16 @@ class GraphExecutor:
         is guarded by its own losses as in train_step, so a non-finite batch changes nothing
         and the steps after it run as they would have; they keep the step numbers they were
         issued with. Every batch is checked before anything is issued. Without loss scaling
-        (whose scale the host adjusts after each step); a pipelined plan runs the steps one
-        by one."""
+        (whose scale the host adjusts after each step); a pipelined plan's steps each run in
+        its schedule (PipelineRunner.train_steps)."""
         if not batches:
             return []
         if len(lrs) != len(batches):
             raise ValueError(f"train_steps: {len(batches)} batches but {len(lrs)} learning rates")
-        if self.pipeline is not None or len(batches) == 1:
-            return [self.train_step(f, t, objective, rule, lr, first_step + i)
-                    for i, ((f, t), lr) in enumerate(zip(batches, lrs))]
+        if len(batches) == 1:
+            return [self.train_step(*batches[0], objective, rule, lrs[0], first_step)]
+        if self.pipeline is not None:
+            return self.pipeline.train_steps(batches, objective, rule, lrs, first_step)
         checked = self._checked_batches(objective, batches)
         for i, lr in enumerate(lrs):   # the rule checks its arguments before anything is issued
             rule.launch(1, lr, first_step + i)
@@ -1181,8 +1187,10 @@ class GraphExecutor:
                        objective: Objective) -> list[StepResult]:
         """evaluate_step on each of `batches`, issued one after another and read back together
         (as train_steps)."""
-        if self.pipeline is not None or len(batches) < 2:
+        if len(batches) < 2:
             return [self.evaluate_step(f, t, objective) for f, t in batches]
+        if self.pipeline is not None:
+            return self.pipeline.evaluate_steps(batches, objective)
         checked = self._checked_batches(objective, batches)
         self._new_step()
         parts = [self._copied_out(batch, *self._issue_evaluate(feeds, targets, objective, batch))
@@ -1230,8 +1238,29 @@ class GraphExecutor:
     def predict_step(self, feeds: Mapping[int, Feed]) -> list[np.ndarray]:
         if self.pipeline is not None:
             return self.pipeline.predict_step(feeds)
-        batch = _batch_of(feeds)
         self._new_step()
+        outputs = self._issue_predict(feeds)
+        self._drain()
+        return read_all(outputs)   # over several ranks: one mapping for all of them
+
+    def predict_steps(self, batches: Sequence[Mapping[int, Feed]]) -> list[list[np.ndarray]]:
+        """predict_step on each of `batches` (feeds), issued one after another, each step's
+        outputs copied out as it ends (the next step writes the same stores) and all read
+        back together (as train_steps)."""
+        if len(batches) < 2:
+            return [self.predict_step(f) for f in batches]
+        if self.pipeline is not None:
+            return self.pipeline.predict_steps(batches)
+        self._new_step()
+        keep = self._uploads
+        outputs = [[snapshot(st, keep) for st in self._issue_predict(feeds)] for feeds in batches]
+        self._drain()
+        values = iter(read_all([st for out in outputs for st in out], keep, direct=True))
+        return [[next(values) for _ in out] for out in outputs]
+
+    def _issue_predict(self, feeds: Mapping[int, Feed]) -> list[Any]:
+        """Issue one prediction step (replayed where it was recorded): its output stores."""
+        batch = _batch_of(feeds)
 
         def issue() -> list[Any]:
             env, _ = self._forward(feeds, False, batch, self.degrees_for(batch))
@@ -1239,10 +1268,8 @@ class GraphExecutor:
             self.flush()
             return [env[t] for t in self.outputs]
 
-        outputs = self._recorded(self._trace_key("predict", feeds, batch=batch),
-                                 list(feeds.values()), {}, issue)
-        self._drain()
-        return read_all(outputs)   # over several ranks: one mapping for all of them
+        return self._recorded(self._trace_key("predict", feeds, batch=batch),
+                              list(feeds.values()), {}, issue)
 
     def gradients(self, feeds: Mapping[int, np.ndarray], output_grads: Sequence[np.ndarray],
                   training: bool = True

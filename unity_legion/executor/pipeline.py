@@ -32,11 +32,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from unity_legion.executor.launcher import effective_degree
+from unity_legion.executor.replay import DYNAMIC_LR, DYNAMIC_STEP
 from unity_legion.operators.base import SAMPLE
 from unity_legion.pcg.graph import Node
 from unity_legion.pcg.pipeline import (PipelineError, PipelineSpec, Slot, inexact_operator,
@@ -45,6 +46,8 @@ from unity_legion.types import MachineView, OpConfig
 
 if TYPE_CHECKING:
     from unity_legion.executor.executor import GraphExecutor, Objective, StepResult
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class PipelineRunner:
         producers = [ex.graph.tensors[t].producer for t in ex.outputs]
         self.loss_stage = max((self.stage_of[p] for p in producers if p is not None), default=0)
         self._orders: dict[int, list[Slot]] = {}
+        # per recorded kind of step: the order in which its walk made the micro-batches'
+        # feeds stores, as indices into `_flat_feeds` (a replay passes them so)
+        self._feed_orders: dict[tuple[Any, ...], list[int]] = {}
 
     @classmethod
     def of(cls, ex: "GraphExecutor", spec: PipelineSpec, plan: Mapping[int, OpConfig]
@@ -157,6 +163,37 @@ class PipelineRunner:
         finally:
             ex.view, ex._scratch_tag, ex._activation_tag = view, tag, act
 
+    def _micro_feeds(self, feeds: Mapping[int, Any], sizes: Sequence[int]
+                     ) -> list[dict[int, Any]]:
+        """Per micro-batch, each input's rows (by graph input)."""
+        inputs = list(feeds)
+        return [dict(zip(inputs, rows)) for rows in self._cut([feeds[t] for t in inputs], sizes)]
+
+    def _recorded(self, key: tuple[Any, ...] | None, mb_feeds: Sequence[Mapping[int, Any]],
+                  mb_targets: Sequence[Sequence[Any]], values: Mapping[str, Any],
+                  walk: Callable[[], T]) -> T:
+        """GraphExecutor._recorded for a pipelined step: the schedule makes the micro-batches'
+        feeds stores in its own order, which the walk that records the step notes (its feed
+        log) and a replay follows."""
+        ex = self.ex
+        flat = [rows for feeds in mb_feeds for rows in feeds.values()] + [
+            rows for targets in mb_targets for rows in targets]
+        order = self._feed_orders.get(key) if key is not None else None
+        if order is not None and key in ex._traces:
+            return ex._recorded(key, [flat[i] for i in order], values, walk)
+        if key is not None:
+            ex._traces.pop(key, None)   # (a recording whose feed order is unknown)
+        log: list[Any] = []
+        ex._feed_log = log
+        try:
+            result = ex._recorded(key, (), values, walk)
+        finally:
+            ex._feed_log = None
+        if key is not None:
+            index = {id(rows): i for i, rows in enumerate(flat)}
+            self._feed_orders[key] = [index[id(rows)] for rows in log]
+        return result
+
     def _cut(self, feeds: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
         """Per micro-batch, each feed's rows (StagedRows over the feed's one store)."""
         from unity_legion.executor.executor import Staged, StagedRows
@@ -191,13 +228,74 @@ class PipelineRunner:
         batch = _batch_of(feeds)
         targets = ex._checked_targets(objective, targets, batch)
         self.check_exact()
-        sizes = micro_batch_sizes(batch, self.spec.micro_batches)
-        k = len(sizes)
         ex._new_step()
-        inputs = list(feeds)
-        cut = self._cut([feeds[t] for t in inputs], sizes)
-        mb_feeds = [dict(zip(inputs, rows)) for rows in cut]
-        mb_targets = self._cut(targets, sizes)
+        parts, finite = self._issue_train(feeds, targets, objective, rule, lr, step, loss_scale,
+                                          batch)
+        ex._mark(None, "sync")
+        read, checked = ex._read_objectives(parts, [finite] if finite is not None else [])
+        result = self._joined(batch, read)
+        if finite is not None and not np.all(np.isfinite(checked[0])):
+            result.grads_finite = result.applied = False
+        if not np.all(np.isfinite(result.loss)):
+            result.applied = False    # (as GraphExecutor.train_step)
+        ex._drain()
+        return result
+
+    def train_steps(self, batches: Sequence[tuple[Mapping[int, Any], Sequence[Any]]],
+                    objective: "Objective", rule: Any, lrs: Sequence[float],
+                    first_step: int) -> list["StepResult"]:
+        """GraphExecutor.train_steps in micro-batches: every step issued in its schedule, one
+        after another, each micro-batch's losses copied out as its step ends, all read back
+        once (without loss scaling)."""
+        ex = self.ex
+        checked = ex._checked_batches(objective, batches)
+        self.check_exact()
+        for i, lr in enumerate(lrs):   # the rule checks its arguments before anything is issued
+            rule.launch(1, lr, first_step + i)
+        ex._new_step()
+        issued = []
+        for i, ((feeds, targets, batch), lr) in enumerate(zip(checked, lrs)):
+            parts, _ = self._issue_train(feeds, targets, objective, rule, lr, first_step + i,
+                                         None, batch)
+            issued.append((batch, [ex._copied_out(*part) for part in parts]))
+        ex._mark(None, "sync")
+        read, _ = ex._read_objectives([part for _b, parts in issued for part in parts],
+                                      direct=True)
+        values = iter(read)
+        results = []
+        for batch, parts in issued:
+            result = self._joined(batch, [next(values) for _ in parts])
+            if not np.all(np.isfinite(result.loss)):
+                result.applied = False    # (as GraphExecutor.train_step)
+            results.append(result)
+        ex._drain()
+        return results
+
+    def _issue_train(self, feeds: Mapping[int, Any], targets: Sequence[Any],
+                     objective: "Objective", rule: Any, lr: float, step: int,
+                     loss_scale: float | None, batch: int
+                     ) -> tuple[list[tuple[int, list[Any], dict[str, list[Any]]]], Any]:
+        """Issue one pipelined training step (checked targets): each micro-batch's (size, loss
+        stores, metric stores), and the store of the gradients' finiteness (None without loss
+        scaling)."""
+        ex = self.ex
+        sizes = micro_batch_sizes(batch, self.spec.micro_batches)
+        mb_feeds, mb_targets = self._micro_feeds(feeds, sizes), self._cut(targets, sizes)
+        key = ex._trace_key("pipelined train", feeds, targets, objective, rule, batch, loss_scale)
+        if key is not None and key in ex._traces:
+            rule.launch(1, lr, step)   # the rule checks its arguments before anything is issued
+        return self._recorded(
+            key, mb_feeds, mb_targets, {DYNAMIC_LR: lr, DYNAMIC_STEP: step},
+            lambda: self._walk_train(mb_feeds, mb_targets, sizes, objective, rule, lr, step,
+                                     loss_scale, batch))
+
+    def _walk_train(self, mb_feeds: list[dict[int, Any]], mb_targets: list[list[Any]],
+                    sizes: Sequence[int], objective: "Objective", rule: Any, lr: float,
+                    step: int, loss_scale: float | None, batch: int
+                    ) -> tuple[list[tuple[int, list[Any], dict[str, list[Any]]]], Any]:
+        """_issue_train by walking the graph through the schedule."""
+        ex = self.ex
+        k = len(sizes)
         envs: list[dict] = [{} for _ in range(k)]
         refs: list[dict] = [{} for _ in range(k)]
         grads: list[dict] = [{} for _ in range(k)]
@@ -235,17 +333,7 @@ class PipelineRunner:
         ex._update(rule, lr, step, refs[-1], sizes[0], ex.degrees_for(sizes[0]), frozenset(),
                    guards)
         ex.flush()
-        ex._mark(None, "sync")
-        parts, checked = ex._read_objectives([(sizes[j], losses[j], metrics[j])
-                                              for j in range(k)],
-                                             [finite] if finite is not None else [])
-        result = self._joined(batch, parts)
-        if finite is not None and not np.all(np.isfinite(checked[0])):
-            result.grads_finite = result.applied = False
-        if not np.all(np.isfinite(result.loss)):
-            result.applied = False    # (as GraphExecutor.train_step)
-        ex._drain()
-        return result
+        return [(sizes[j], losses[j], metrics[j]) for j in range(k)], finite
 
     def evaluate_step(self, feeds: Mapping[int, Any], targets: Sequence[Any],
                       objective: "Objective") -> "StepResult":
@@ -254,42 +342,108 @@ class PipelineRunner:
         ex = self.ex
         batch = _batch_of(feeds)
         targets = ex._checked_targets(objective, targets, batch)
-        sizes = micro_batch_sizes(batch, self.spec.micro_batches)
         ex._new_step()
-        envs, results = self._forward_all(feeds, sizes)
-        mb_targets = self._cut(targets, sizes)
-        stores = []
+        parts = self._issue_evaluate(feeds, targets, objective, batch)
+        ex._drain()
+        return self._joined(batch, ex._read_objectives(parts)[0])
+
+    def evaluate_steps(self, batches: Sequence[tuple[Mapping[int, Any], Sequence[Any]]],
+                       objective: "Objective") -> list["StepResult"]:
+        """evaluate_step on each of `batches`, issued one after another and read back together
+        (as train_steps)."""
+        ex = self.ex
+        checked = ex._checked_batches(objective, batches)
+        ex._new_step()
+        issued = [(batch, [ex._copied_out(*part)
+                           for part in self._issue_evaluate(feeds, targets, objective, batch)])
+                  for feeds, targets, batch in checked]
+        read, _ = ex._read_objectives([part for _b, parts in issued for part in parts],
+                                      direct=True)
+        ex._drain()
+        values = iter(read)
+        return [self._joined(batch, [next(values) for _ in parts]) for batch, parts in issued]
+
+    def _issue_evaluate(self, feeds: Mapping[int, Any], targets: Sequence[Any],
+                        objective: "Objective", batch: int
+                        ) -> list[tuple[int, list[Any], dict[str, list[Any]]]]:
+        """Issue one pipelined evaluation step (checked targets): each micro-batch's (size,
+        loss stores, metric stores)."""
+        sizes = micro_batch_sizes(batch, self.spec.micro_batches)
+        mb_feeds, mb_targets = self._micro_feeds(feeds, sizes), self._cut(targets, sizes)
+        key = self.ex._trace_key("pipelined evaluate", feeds, targets, objective, batch=batch)
+        return self._recorded(key, mb_feeds, mb_targets, {},
+                              lambda: self._walk_evaluate(mb_feeds, mb_targets, sizes,
+                                                          objective, batch))
+
+    def _walk_evaluate(self, mb_feeds: list[dict[int, Any]], mb_targets: list[list[Any]],
+                       sizes: Sequence[int], objective: "Objective", batch: int
+                       ) -> list[tuple[int, list[Any], dict[str, list[Any]]]]:
+        ex = self.ex
+        envs, _ = self._forward_all(mb_feeds, sizes)
+        parts = []
         for j in range(len(sizes)):
             with self.on(self.loss_stage, j):
                 ls, _g, ms = ex._objective(objective, envs[j], mb_targets[j], sizes[j],
                                            self.degrees(self.loss_stage, sizes[j]),
                                            with_grad=False, batch_total=batch)
-                stores.append((ls, ms))
+                parts.append((sizes[j], ls, ms))
         ex.settle_all()
-        ex._drain()
-        return self._joined(batch, ex._read_objectives([(sizes[j], ls, ms) for j, (ls, ms)
-                                                        in enumerate(stores)])[0])
+        ex.flush()
+        return parts
 
     def predict_step(self, feeds: Mapping[int, Any]) -> list[np.ndarray]:
-        from unity_legion.executor.executor import _batch_of, read_all
+        from unity_legion.executor.executor import read_all
+
+        ex = self.ex
+        ex._new_step()
+        stores = self._issue_predict(feeds)
+        ex._drain()
+        # every micro-batch's outputs read together (over several ranks: one mapping)
+        return self._outputs_of(stores, iter(read_all([st for out in stores for st in out])))
+
+    def predict_steps(self, batches: Sequence[Mapping[int, Any]]) -> list[list[np.ndarray]]:
+        """predict_step on each of `batches`, issued one after another, each micro-batch's
+        outputs copied out as its step ends and all read back together."""
+        from unity_legion.executor.executor import read_all, snapshot
+
+        ex = self.ex
+        ex._new_step()
+        keep = ex._uploads
+        issued = [[[snapshot(st, keep) for st in out] for out in self._issue_predict(feeds)]
+                  for feeds in batches]
+        ex._drain()
+        values = iter(read_all([st for stores in issued for out in stores for st in out], keep,
+                               direct=True))
+        return [self._outputs_of(stores, values) for stores in issued]
+
+    def _issue_predict(self, feeds: Mapping[int, Any]) -> list[list[Any]]:
+        """Issue one pipelined prediction step: each output's store per micro-batch."""
+        from unity_legion.executor.executor import _batch_of
 
         ex = self.ex
         batch = _batch_of(feeds)
         sizes = micro_batch_sizes(batch, self.spec.micro_batches)
-        ex._new_step()
-        envs, _ = self._forward_all(feeds, sizes)
-        ex.settle_all()
-        ex._drain()
-        # every micro-batch's outputs read together (over several ranks: one mapping)
-        values = iter(read_all([env[t] for t in ex.outputs for env in envs]))
-        return [np.concatenate([next(values) for _ in envs]) for _ in ex.outputs]
+        mb_feeds = self._micro_feeds(feeds, sizes)
 
-    def _forward_all(self, feeds: Mapping[int, Any], sizes: Sequence[int]
+        def walk() -> list[list[Any]]:
+            envs, _ = self._forward_all(mb_feeds, sizes)
+            ex.settle_all()
+            ex.flush()
+            return [[env[t] for env in envs] for t in ex.outputs]
+
+        return self._recorded(ex._trace_key("pipelined predict", feeds, batch=batch), mb_feeds,
+                              [], {}, walk)
+
+    @staticmethod
+    def _outputs_of(stores: Sequence[Sequence[Any]], values: Iterator[np.ndarray]
+                    ) -> list[np.ndarray]:
+        """Each output's micro-batch values (read in the order of `stores`) joined in sample
+        order."""
+        return [np.concatenate([next(values) for _ in out]) for out in stores]
+
+    def _forward_all(self, mb_feeds: Sequence[Mapping[int, Any]], sizes: Sequence[int]
                      ) -> tuple[list[dict], list[dict]]:
         """Inference forwards of every micro-batch through every stage, in GPipe's order."""
-        inputs = list(feeds)
-        mb_feeds = [dict(zip(inputs, rows))
-                    for rows in self._cut([feeds[t] for t in inputs], sizes)]
         envs: list[dict] = [{} for _ in sizes]
         refs: list[dict] = [{} for _ in sizes]
         for j in range(len(sizes)):

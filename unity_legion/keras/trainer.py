@@ -641,12 +641,15 @@ class Trainer:
         steps_n = -(-len(xs[0]) // batch_size)
         with EpochProgress(verbose, self._rank(), "", steps_n) as bar:
             staged = self._stage(xs, None)
-            for step, start in enumerate(range(0, len(xs[0]), batch_size)):
-                callback_list.on_predict_batch_begin(step, {})
-                chunks.append(self._executor.predict_step(
-                    {t: s.rows(start, start + batch_size) for t, s in zip(self._input_ids, staged)}))
-                bar.update(step + 1, {})
-                callback_list.on_predict_batch_end(step, {})
+            group = self.steps_per_execution
+            for first in range(0, steps_n, group):   # (read back once per group, as fit's)
+                last = min(first + group, steps_n) - 1
+                callback_list.on_predict_batch_begin(first, {})
+                chunks += self._executor.predict_steps(
+                    [{t: s.rows(i * batch_size, (i + 1) * batch_size)
+                      for t, s in zip(self._input_ids, staged)} for i in range(first, last + 1)])
+                bar.update(last + 1, {})
+                callback_list.on_predict_batch_end(last, {})
             bar.finish({}, time.perf_counter() - t0)
         callback_list.on_predict_end({})
         outs = [np.concatenate([c[k] for c in chunks]) for k in range(len(self._output_ids))]

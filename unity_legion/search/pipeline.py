@@ -160,7 +160,7 @@ class PipelineSearch:
                  machine: MachineModel, cost: CostModel,
                  allowed_axes: Callable[[Node], set[str] | None] | None = None,
                  optimizer_slots: int = 2, max_stages: int = 16, max_units: int = 64,
-                 schedule: str = "1f1b") -> None:
+                 schedule: str = "1f1b", steps_per_read: int = 1) -> None:
         self.graph, self.outputs = graph, list(outputs)
         self.batch, self.machine, self.cost = batch, machine, cost
         self.allowed_axes = allowed_axes
@@ -168,10 +168,12 @@ class PipelineSearch:
         self.max_stages = max_stages
         self.schedule = schedule
         self.units = units_of(graph, self.outputs, max_units)
-        # pipelined steps are priced on the simulator's timelines, m passes per stage: one
-        # step, from idle devices, is the period (the executor drains after every step, so
-        # two simulated back to back differ by < 0.2%) at half the search's time
-        self.sim = Simulator(machine, cost, optimizer_slots, steps=1)
+        # pipelined steps are priced on the simulator's timelines, m passes per stage: where
+        # every step is read back, one step from idle devices is the period (the executor
+        # drains after every step, so two simulated back to back differ by < 0.2%) at half the
+        # search's time; steps issued in groups (steps_per_read) overlap, two give the period
+        self.sim = Simulator(machine, cost, optimizer_slots, steps=1 if steps_per_read == 1 else 2,
+                             steps_per_read=steps_per_read)
         self._maps: dict[tuple, tuple[ComputationGraph, MappingResult]] = {}
         self._cache: dict[tuple, Any] = {}
         self.priced = 0

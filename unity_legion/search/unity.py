@@ -416,7 +416,8 @@ def search(model: Any, batch: int, machine: MachineModel, cost: CostModel | None
         from unity_legion.search.pipeline import PipelineSearch
 
         piped = PipelineSearch(graph, outs, batch, machine, cost, unity._axes,
-                               opts.optimizer_slots).run(deadline=began + 0.75 * opts.time_limit)
+                               opts.optimizer_slots, steps_per_read=opts.steps_per_read
+                               ).run(deadline=began + 0.75 * opts.time_limit)
         if piped is not None:
             results["pipeline"] = (piped.price, Strategy.for_graph(
                 model, {piped.names[n]: c for n, c in piped.configs.items()}, source="search",
