@@ -163,3 +163,6 @@ class RewrittenExecutor:
 
     def predict_step(self, feeds: Mapping[int, Any]) -> list[np.ndarray]:
         return self.inner.predict_step(self._feeds(feeds))
+
+    def predict_steps(self, batches: Sequence[Mapping[int, Any]]) -> list[list[np.ndarray]]:
+        return self.inner.predict_steps([self._feeds(f) for f in batches])
