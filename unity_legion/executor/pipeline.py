@@ -22,7 +22,11 @@ train, evaluate and predict steps so:
 - the loss of a micro-batch is scaled by the step's whole batch (a mean loss: 1/batch), weight
   gradients add up over the micro-batches (backward kernels add into them; they are zeroed once
   per step), and one optimizer update runs per step, guarded by every micro-batch's loss: the
-  step trains exactly as the whole batch does (up to float rounding of the sums).
+  step trains exactly as the whole batch does (up to float rounding of the sums);
+- a step is recorded and re-issued as a plain one is (executor/replay.py), the order in which
+  its schedule makes the micro-batches' feeds stores noted by the walk that records it; steps
+  issued in groups (fit's steps_per_execution: `train_steps`, `evaluate_steps`,
+  `predict_steps`) copy each micro-batch's results out as their step ends and read them once.
 
 Refused before anything launches (PipelineError): an operator that normalises with its batch's
 statistics (batch norm in training) – micro-batches would change its numbers.
@@ -90,7 +94,7 @@ class PipelineRunner:
         self.loss_stage = max((self.stage_of[p] for p in producers if p is not None), default=0)
         self._orders: dict[int, list[Slot]] = {}
         # per recorded kind of step: the order in which its walk made the micro-batches'
-        # feeds stores, as indices into `_flat_feeds` (a replay passes them so)
+        # feeds stores, as indices into their flat list (`_recorded`; a replay passes them so)
         self._feed_orders: dict[tuple[Any, ...], list[int]] = {}
 
     @classmethod
