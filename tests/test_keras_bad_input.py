@@ -24,10 +24,12 @@ class Spy(keras.callbacks.Callback):
         return object.__getattribute__(self, name)
 
 
-@pytest.fixture
-def guarded(compiled_mlp, weights_equal):
-    """A compiled 6-8-3 classifier; on exit checks that nothing ran and no weight changed."""
+@pytest.fixture(params=[1, 4], ids=["each-step", "grouped"])
+def guarded(request, compiled_mlp, weights_equal):
+    """A compiled 6-8-3 classifier (its steps read back one by one, or in groups of 4:
+    steps_per_execution); on exit checks that nothing ran and no weight changed."""
     model = compiled_mlp()
+    model.steps_per_execution = request.param
     spy = Spy()
     before = model.get_weights()
     yield model, spy
