@@ -139,11 +139,23 @@ def test_batch_statistics_over_several_points_end_the_group() -> None:
     assert _barriers(*bn, (("sample", 2),)) == ((1, False), (1, False))
     assert _barriers(*bn, (("channels", 2),)) == ((0, False), (0, False))
     g = _norm_net()
-    dp = Simulator(_machine(128), optimizer_slots=0).simulate(g, 64, {}, None, DP)
-    serial = Simulator(_machine(128), optimizer_slots=0).simulate(g, 64, {}, None, SERIAL)
+    apart = _machine(128)
+    apart = replace(apart, runtime=replace(apart.runtime, gather=None))
+    dp = Simulator(apart, optimizer_slots=0).simulate(g, 64, {}, None, DP)
+    serial = Simulator(apart, optimizer_slots=0).simulate(g, 64, {}, None, SERIAL)
     # three norms, two barriers each (forward, backward): more tasks than on one processor
     # (whose plan has breaks of its own: its loss runs on both processors)
     assert dp.launches - serial.launches >= 3, (dp.launches, serial.launches)
+    # where the points exchange the statistics inside the task (the executor's gathers, one
+    # rank), nothing ends there: a task per pass, each read a meeting of its points
+    meets = replace(_machine(128), runtime=replace(_machine(128).runtime, gather=3e-5))
+    met = Simulator(meets, optimizer_slots=0).simulate(g, 64, {}, None, DP)
+    assert met.launches < dp.launches - 3, (met.launches, dp.launches)
+    assert met.step_time < dp.step_time
+    # over two nodes (two ranks) the points are in different processes: no meeting
+    two = replace(meets, nodes=2, devices_per_node=1)
+    assert Simulator(two, optimizer_slots=0).simulate(g, 64, {}, None, DP).launches >= (
+        dp.launches)
 
 
 def test_gradient_accumulations_run_on_the_consumers_processors() -> None:

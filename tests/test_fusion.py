@@ -251,3 +251,62 @@ def test_a_serial_plans_loss_runs_on_its_processor_in_the_same_task() -> None:
     ex.set_plan({n.id: OpConfig.of({"out": 2}, MachineView.contiguous("cpu", 0, 2))
                  if n.name == "out" else serial for n in g.nodes})
     assert ex.loss_placement(o, {"sample": 2}) == ({"sample": 2}, None)
+
+
+def _norm_chain() -> tuple[ComputationGraph, int, int]:
+    g = ComputationGraph()
+    x = g.add_input(TensorShape((None, 12)), "x")
+    t = x
+    for i in range(3):
+        (t,) = g.add_node(Linear(16, activation="relu"), [t], f"fc{i}")
+        (t,) = g.add_node(BatchNorm(), [t], f"bn{i}")
+    (o,) = g.add_node(Linear(5), [t], "out")
+    return g, x, o
+
+
+def _train_norms(gathers: bool, view: MachineView) -> tuple[dict, list[float], list, int]:
+    g, x, o = _norm_chain()
+    ex = GraphExecutor(g, [o], seed=3)
+    ex.gathers = gathers
+    ex.set_plan({n.id: OpConfig.of({"sample": view.num_points}, view) for n in g.nodes})
+    xs, ys, obj = _seeded(ex)
+    for key, _spec in ex.weight_specs():
+        if key[1] == "moving_variance":
+            ex.set_weight(key, np.abs(ex.get_weight(key)) + 0.5)
+    losses = [ex.train_step({x: xs}, [ys], obj, AdamRule(), 0.01, s).mean_loss
+              for s in range(1, 4)]
+    before = ex._queue.tasks
+    ex.train_step({x: xs}, [ys], obj, AdamRule(), 0.01, 4)
+    losses.append(float(np.mean(ex.predict_step({x: xs})[0])))   # inference: moving statistics
+    moving = [ex.get_weight((n.id, "moving_variance")) for n in g.nodes
+              if isinstance(n.op, BatchNorm)]
+    return ({k: ex.get_weight(k) for k, _ in ex.weight_specs()}, losses, moving,
+            ex._queue.tasks - before)
+
+
+@pytest.mark.skipif(machine_info().ranks > 1 or machine_info().cpus < 2,
+                    reason="gathers need two processors of one rank")
+def test_batch_statistics_are_exchanged_inside_one_task() -> None:
+    """Batch norms split by samples over two processors: each point adds its piece's
+    statistics and the normalising launch reads the whole batch's inside the same fused task
+    (its points meet: tasks.gathered), where without gathers each read ends the task. Same
+    weights, losses, moving statistics and predictions as without gathers and as on one
+    processor; far fewer tasks a step."""
+    both = MachineView.contiguous("cpu", 0, 2)
+    w_met, l_met, m_met, tasks_met = _train_norms(True, both)
+    w_apart, l_apart, m_apart, tasks_apart = _train_norms(False, both)
+    w_one, l_one, m_one, _ = _train_norms(True, MachineView.contiguous("cpu", 0, 1))
+    np.testing.assert_allclose(l_met, l_apart, rtol=1e-6)
+    np.testing.assert_allclose(l_met, l_one, rtol=1e-5)
+    # (the biases of the Linears before each norm get gradients of rounding noise only, the
+    # norm removing their effect, which Adam scales up to ~1e-5 whichever way the sums go)
+    for k in w_apart:
+        np.testing.assert_allclose(w_met[k], w_apart[k], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(w_met[k], w_one[k], rtol=1e-5, atol=1e-4)
+        if k[1] != "bias":
+            np.testing.assert_allclose(w_met[k], w_one[k], rtol=1e-4, atol=1e-5)
+    for a, b, c in zip(m_met, m_apart, m_one):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+        np.testing.assert_allclose(a, c, rtol=1e-5)
+    # three norms, each ending the forward's and the backward's task twice without gathers
+    assert tasks_met + 6 <= tasks_apart, (tasks_met, tasks_apart)

@@ -137,6 +137,10 @@ class RuntimeSpec:
     reduction "partials": the executor's partial sums (fused): every point adds into its own
         piece of a stacked store, summed into the result by one more step (a pass over the
         pieces, split by rows) right before the first reader; no copies are folded.
+    gather: seconds a fused task's points spend exchanging a sum they added into (batch
+        statistics read by the operator's next launch) inside the task, a barrier between
+        them (the executor's gathers, on one rank: `MachineModel.nodes` 1); None: the runtime
+        cannot, and such a read ends the fused group (the sum settled by a task between).
     """
 
     issue: float = 0.0
@@ -154,6 +158,7 @@ class RuntimeSpec:
     walk_issue: float = 0.0
     walk_fused_issue: float = 0.0
     issue_store: float = 0.0
+    gather: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.fusion, bool) or not isinstance(self.fusion, int) or self.fusion < 0:
@@ -164,6 +169,10 @@ class RuntimeSpec:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise MachineError(f"runtime {f} must be a number >= 0, got {v!r}")
+        if self.gather is not None and (isinstance(self.gather, bool) or not isinstance(
+                self.gather, (int, float)) or self.gather < 0):
+            raise MachineError(f"runtime gather must be a number >= 0 or null, got "
+                               f"{self.gather!r}")
         if self.reduction not in REDUCTIONS:
             raise MachineError(f"runtime reduction must be one of {', '.join(REDUCTIONS)}, got "
                                f"{self.reduction!r}")
@@ -317,6 +326,10 @@ LOCAL_RUNTIME = RuntimeSpec(issue=6e-5, sync=1.2e-5, reduction="partials",
                             analysis_store=8.5e-6, analysis_reduction=1.3e-4,
                             task_store=1.9e-5, walk_issue=2e-4, walk_fused_issue=1e-4,
                             issue_store=4e-6)
+# A fused task's points exchanging batch statistics inside it (RuntimeSpec.gather, where the
+# executor's gathers are on): ~30 us a meeting (a 2-point concurrent task meeting 34 times:
+# 2.2 ms against 1.2 ms meeting once, measured here).
+GATHER_S = 3e-5
 
 PRESETS: dict[str, MachineModel] = {
     "p3.8xlarge": MachineModel("p3.8xlarge", 1, 4, V100, LinkSpec(50 * GB, 5e-6),

@@ -25,7 +25,8 @@ A step is simulated as the executor (`GraphExecutor.train_step`) runs it:
 Fused groups (`RuntimeSpec.fusion` > 0, the executor's default): consecutive launches on the same
 devices join one group, submitted as one launch when a launch on other devices, a data movement
 between views, the loss read, the end of the step, or (on several devices) a launch reading a
-sum the operator's earlier launches added into (batch statistics: `_barriers`) comes; its steps
+sum the operator's earlier launches added into (batch statistics: `_barriers`; unless the
+group's points exchange such sums inside the task, `RuntimeSpec.gather` each read) comes; its steps
 (each launch's kernels, plus `fused_step`) run one after another in one task per device, and
 what it writes is ready when the task ends. The host pays `fused_issue` per launch joining a
 group, `issue` and `analysis` once per group; the devices pay their launch overhead once per
@@ -402,6 +403,14 @@ class Simulator:
             total += link.time(per_device)
             shape = out
         return total
+
+    def gathers(self, devices: Sequence[int]) -> bool:
+        """Whether a fused task over `devices` exchanges the sums its points add into (batch
+        statistics) inside the task (`RuntimeSpec.gather`: the executor's gathers, one rank),
+        where a read of one would otherwise end the group."""
+        rt = self.machine.runtime
+        return (rt.gather is not None and rt.fusion > 0 and self._partials()
+                and self.machine.nodes == 1 and len(devices) > 1)
 
     def _partials(self) -> bool:
         """Whether reductions over several points are summed as partial sums (on any number
@@ -1283,6 +1292,13 @@ class _Plan:
             group once every point is done, and with `settle` the partial sums are added first
             by a task of their own (the executor's FusionQueue, GraphExecutor._settle), else
             Legion folds the points' copies of the (small) sum first (`fold` latency each)."""
+            if sim.gathers(devs):
+                # every point keeps its own sums (partial sums, no Legion reduction) and the
+                # readers get them inside the task: one group, a meeting per read
+                reds = frozenset(r for r in reds if r[0] == _GRAD_WEIGHT)
+                join(devs, launches, seconds + max(barriers, 0) * (rt.gather or 0.0), ready_at,
+                     name, phase, done, slots, reds)
+                return
             if barriers <= 0 or launches <= 1:
                 join(devs, launches, seconds, ready_at, name, phase, done, slots, reds)
                 return
@@ -1479,6 +1495,11 @@ class _Plan:
                 join(devs, 1, kernel, lambda at=at: at, name, "update", updated,
                      frozenset({_node_store(RefKind.WEIGHT, *key),
                                 _node_store(RefKind.GRAD_WEIGHT, *key)}))
+        # sums exchanged inside the forward's task are added into their stores before the
+        # state updates read them, all together (GraphExecutor._update: settle_all)
+        for item in self.nodes:
+            if item.state_launches and item.barriers[0][0] and sim.gathers(item.devs):
+                join(item.devs, 1, 0.0, lambda: 0.0, "", "update")
         for item in self.nodes:
             if item.state_launches:
                 join(item.devs, item.state_launches, 0.0, lambda: 0.0, "", "update")

@@ -66,6 +66,16 @@ BANK_CAPACITY = 16384
 _BANK_TYPES = (ty.float32, ty.float64)
 
 
+def gathers_by_default() -> bool:
+    """Whether executors exchange batch statistics inside their fused tasks (UNITY_LEGION_
+    GATHERS=1; calibrate prices steps the same way). Off by default: measured on this host's
+    two processors (ResNeXt, batch 16, data parallel) it cut a step from 73-86 ms to 65 ms,
+    yet the step stays ~2.5x the one-processor plan's (each point's kernels run ~2.6x slower
+    beside the other's, and the points wait 6-13 ms a step on each other at the meetings),
+    which the simulator does not price yet (it predicted 50 ms for an 84 ms step)."""
+    return os.environ.get("UNITY_LEGION_GATHERS", "0") == "1"
+
+
 @dataclass
 class _Partials:
     """Partial sums pending for `store`: one per point of a launch grid on a view."""
@@ -75,6 +85,9 @@ class _Partials:
     grid: tuple[int, ...]
     view: MachineView
     pending: bool = False    # False: every partial sum is zero
+    # made for a launch whose points exchange it (GraphExecutor._gathers_on): a reader over
+    # the same grid and processors reads store + the sums inside its fused task
+    gathered: bool = False
     # in a bank of small sums (_SumBank) instead of a store of its own: the bank and the
     # (offset, shape) of this store's sums in each point's row
     bank: Any = None
@@ -204,6 +217,11 @@ class GraphExecutor:
         # small weight gradients' partial sums in banks (see _banked), per (grid, view, type)
         self.sum_banks = os.environ.get("UNITY_LEGION_SUM_BANKS", "1") != "0"
         self._banks: dict[tuple[Any, ...], list[_SumBank]] = {}
+        # Sums read by the same fused task that adds them (batch statistics under a split of
+        # the batch) exchanged between its points inside the task, on one rank (see
+        # _gathers_on); off (the default, see gathers_by_default): such a read ends the fused
+        # group and the sum is settled first.
+        self.gathers = gathers_by_default()
         # Plain SGD of weights whose operator updates only what a batch used (an embedding's
         # looked-up rows: Operator.sparse_sgd_update) skips their dense gradients and updates
         self.sparse_updates = os.environ.get("UNITY_LEGION_SPARSE_UPDATES", "1") != "0"
@@ -513,14 +531,25 @@ class GraphExecutor:
                 bound = [self._partial_sum(b, grid, where)
                          if b.is_reduction and b.tile is None and store_dims(b.store) else b
                          for b in bound]
+            gathers = self._gathered_reads(bound, grid, where)
+            bound += [BoundArg(f"_gather{p}", Role.INOUT, False, rec.partials,
+                               *self._piece_of(rec), len(grid)) for p, rec in gathers]
+            gathers = [(p, len(launch.kernel.stores) + i) for i, (p, _r) in enumerate(gathers)]
             bound += [BoundArg(f"_guard{i}", Role.INPUT, False, g, None, None)
                       for i, g in enumerate(guards)]
             scalars = [(launch.scalars[n], t) for n, t in launch.kernel.scalars]
             dynamic = [(i, self._dynamic[n]) for i, (n, _t) in enumerate(launch.kernel.scalars)
                        if n in self._dynamic] if self._dynamic else ()
             if self._queue.add(launch.kernel, bound, reduced, scalars, grid, where, len(guards),
-                               dynamic):
+                               dynamic, gathers):
                 return
+            for b in bound[:len(launch.kernel.stores)]:   # (alone: its sums are settled)
+                if b.role is Role.INPUT:
+                    self._settle(b.store)
+        elif self._partials:
+            for b in bind(launch, refs, degrees, reduced, box):
+                if b.role is Role.INPUT:
+                    self._settle(b.store)
         self.flush()
         if self._recorder is not None:
             self._recorder.launch(launch, dict(refs), self._dynamic, dict(degrees), reduced, box,
@@ -583,12 +612,57 @@ class GraphExecutor:
     def _partial_sum(self, b: Any, grid: tuple[int, ...], where: MachineView) -> Any:
         """`b` (a whole-store reduction over `grid`) as partial sums, where it gets any."""
         n = math.prod(store_dims(b.store))
-        if n >= PARTIAL_SUMS_MIN:
-            return self._partial(b, grid, where)
-        if (self.sum_banks and b.store.type in _BANK_TYPES
-                and any(g is b.store for g in self.grads.values())):
+        grad = any(g is b.store for g in self.grads.values())
+        # a saved sum (batch statistics) the operator's next launch reads
+        gathered = (b.role is Role.SUM and not grad and b.store.type in _BANK_TYPES
+                    and self._gathers_on(grid, where))
+        if n >= PARTIAL_SUMS_MIN or gathered:
+            return self._partial(b, grid, where, gathered)
+        if self.sum_banks and b.store.type in _BANK_TYPES and grad:
             return self._banked(b, grid, where)
         return b
+
+    # ------------------------------------------------------------------ gathered sums
+    # Batch statistics under a split of the batch: every point adds its piece's sums, and the
+    # same operator's next launch needs the whole batch's before any point may go on. Read
+    # from the store, that is a group's end (one task before, one after, and a task adding
+    # the sums between: each boundary ~0.4 ms a step on this host's two processors, and a
+    # ResNeXt step has 34). On one rank the points of a fused task are threads of one process:
+    # each keeps its partial sums (a piece of its own, as `_partial`), and a reader over the
+    # same grid and processors gets the store plus every point's piece, exchanged inside the
+    # task (tasks.gathered: a barrier, ~30 us here), its launch concurrent. The store itself
+    # gets the sums when something else reads it (`_settle`).
+
+    def _gathers_on(self, grid: tuple[int, ...], where: MachineView) -> bool:
+        """Whether the points of a fused launch over `grid` on `where` may exchange sums:
+        one point per processor, all of them in this process."""
+        return (self.gathers and self.machine.ranks == 1 and math.prod(grid) > 1
+                and math.prod(grid) == where.num_points)
+
+    def _gathered_reads(self, bound: Sequence[BoundArg], grid: tuple[int, ...],
+                        where: MachineView) -> list[tuple[int, _Partials]]:
+        """(parameter index, partial sums) of each whole store the launch reads whose pending
+        sums its points can exchange (`_gathers_on`); the others' sums are settled first."""
+        if not self._partials:
+            return []
+        out = []
+        for i, b in enumerate(bound):
+            rec = self._partials.get(id(b.store))
+            if rec is None or not rec.pending or b.role is Role.SUM:
+                continue
+            if (b.role is Role.INPUT and rec.gathered and b.tile is None
+                    and rec.grid == grid and rec.view == where):
+                out.append((i, rec))
+            else:
+                self._settle(b.store)
+        return out
+
+    @staticmethod
+    def _piece_of(rec: _Partials) -> tuple[tuple[int, ...], tuple[int | None, ...]]:
+        """The tile and projection that give each point its own piece of `rec`'s sums."""
+        dims = store_dims(rec.store)
+        return ((1,) * len(rec.grid) + dims,
+                tuple(range(len(rec.grid))) + (None,) * len(dims))
 
     def _banked(self, b: Any, grid: tuple[int, ...], where: MachineView) -> Any:
         """`b`, a small weight gradient's whole-store reduction over `grid` on `where`, as a
@@ -626,19 +700,20 @@ class GraphExecutor:
             if not self._queue.add(add_partials, bound, frozenset(), [], (1,), first):
                 raise AssertionError("a bank's sums could not form a task")  # (two whole stores)
 
-    def _partial(self, b: Any, grid: tuple[int, ...], where: MachineView) -> Any:
+    def _partial(self, b: Any, grid: tuple[int, ...], where: MachineView,
+                 gathered: bool = False) -> Any:
         """`b`, a whole-store reduction over a launch of `grid` on `where`, as a read-write
-        argument on that point's piece of the store's partial sums."""
+        argument on that point's piece of the store's partial sums (`gathered`: its readers
+        over the same grid may exchange them, see _gathers_on)."""
         store = b.store
         rec = self._partials_over(store, grid, where)
         if rec is None:
             shape = TensorShape(grid + store_dims(store), _DATA_TYPE[store.type])
             # the record keeps the store alive: its id names no other store meanwhile
-            rec = self._partials[id(store)] = _Partials(store, self._zeros(shape), grid, where)
+            rec = self._partials[id(store)] = _Partials(store, self._zeros(shape), grid, where,
+                                                        gathered=gathered)
         rec.pending = True
-        dims = store_dims(store)
-        return BoundArg(b.name, b.role, b.reduced, rec.partials, (1,) * len(grid) + dims,
-                        tuple(range(len(grid))) + (None,) * len(dims), len(grid))
+        return BoundArg(b.name, b.role, b.reduced, rec.partials, *self._piece_of(rec), len(grid))
 
     def _partials_over(self, store: Any, grid: tuple[int, ...], where: MachineView
                        ) -> _Partials | None:
@@ -666,12 +741,17 @@ class GraphExecutor:
 
     def _settle_reads(self, launch: Launch, refs: Mapping[Ref, Any]) -> None:
         """Settle the partial sums of every store `launch` reads or overwrites (a launch that
-        adds into it adds to the same sum: those stay pending)."""
+        adds into it adds to the same sum: those stay pending; a read of sums its points may
+        exchange is left to `_issue`, which knows the launch's grid)."""
         if not self._partials:
             return
         for name, role in launch.kernel.stores:
-            if role is not Role.SUM:
-                self._settle(refs[launch.args[name].ref])
+            if role is Role.SUM:
+                continue
+            store = refs[launch.args[name].ref]
+            rec = self._partials.get(id(store))
+            if rec is not None and not (rec.gathered and role is Role.INPUT):
+                self._settle(store)
 
     def settle_all(self) -> None:
         """Add every pending partial sum into its store (before reading stores back)."""
@@ -1442,6 +1522,8 @@ class GraphExecutor:
                              view, guards)
         self._grads_zeroed = True
         self._backward_refs = {}
+        if any(rec.pending and rec.gathered for rec in self._partials.values()):
+            self.settle_all()   # (together: one task, not one between each state update)
         for n in self.nodes:
             for launch in n.op.state_updates([shapes[t] for t in n.inputs]):
                 self._mark(n.name, "update")

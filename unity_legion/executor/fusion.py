@@ -12,6 +12,10 @@ What keeps a fused task equal to the launches it replaces:
   then reads exactly the piece it (or an earlier step on it) wrote;
 - a store some step adds into (an ADD reduction over points) is only added into by the
   group: reading it needs every point's contribution, so a reader starts a new group;
+- unless the points exchange their sums inside the task (one rank, one point per processor:
+  GraphExecutor._gathers_on): each adds into a piece of its own, and a step reading the sum
+  gets the store plus every point's piece (Step.gathers), its points meeting there; such a
+  task is launched concurrent (its points run at once);
 - unless every point adds into a piece of its own (the store tiled along every split axis of
   the grid, as a weight's gradient under a split of its output features): that piece is all
   of the sum there is, so the slot is read-write, later steps may read it, and Legion makes
@@ -140,7 +144,8 @@ class FusedGroup:
 
     def add(self, kernel: Any, bound: Sequence[BoundArg], reduced: frozenset[str],
             scalars: Sequence[tuple[Any, type]], plan: list[tuple[int, Access]],
-            guards: int = 0, dynamic: Sequence[tuple[int, str]] = ()) -> None:
+            guards: int = 0, dynamic: Sequence[tuple[int, str]] = (),
+            gathers: Sequence[tuple[int, int]] = ()) -> None:
         for b, (slot, access) in zip(bound, plan):
             if slot == len(self.slots):
                 self.slots.append(_Slot(b.store, b.tile, b.proj, access, b.squeeze))
@@ -150,8 +155,9 @@ class FusedGroup:
         slots = tuple(slot if b.window is None else
                       -1 - self.windows.setdefault((slot,) + b.window, len(self.windows))
                       for b, (slot, _) in zip(bound, plan))
-        n = len(slots) - guards
-        self.steps.append(Step(kernel, slots[:n], reduced, slots[n:]))
+        n = len(slots) - guards - len(gathers)
+        self.steps.append(Step(kernel, slots[:n], reduced, slots[len(slots) - guards:],
+                               tuple((p, slots[i]) for p, i in gathers)))
         self.dynamic.extend((len(self.scalars) + i, kind) for i, kind in dynamic)
         self.scalars.extend(scalars)
 
@@ -164,7 +170,8 @@ class FusedGroup:
             steps = tuple(replace(st, slots=tuple(i if i >= 0 else n - 1 - i for i in st.slots))
                           for st in steps)
         program = Program(steps, tuple(s.access for s in self.slots),
-                          squeeze if any(squeeze) else (), windows=tuple(self.windows))
+                          squeeze if any(squeeze) else (), windows=tuple(self.windows),
+                          grid=self.grid if any(st.gathers for st in steps) else ())
         return program, [(s.store, s.tile, s.proj) for s in self.slots]
 
     def submit(self, rt: Any, built: tuple[Program, list[tuple[Any, Any, Any]]],
@@ -195,12 +202,15 @@ class FusionQueue:
 
     def add(self, kernel: Any, bound: Sequence[BoundArg], reduced: frozenset[str],
             scalars: Sequence[tuple[Any, type]], grid: tuple[int, ...], view: MachineView,
-            guards: int = 0, dynamic: Sequence[tuple[int, str]] = ()) -> bool:
+            guards: int = 0, dynamic: Sequence[tuple[int, str]] = (),
+            gathers: Sequence[tuple[int, int]] = ()) -> bool:
         """Add the launch to the group being collected, or to a new one; False (with nothing
         pending) where it cannot form a group even alone (one store under two tilings): it
         must go as a task of its own. The last `guards` of `bound` are its guard stores
         (Step.guards), read whole; `dynamic`: (index in `scalars`, kind) of the scalars that
-        change from step to step (executor.replay)."""
+        change from step to step (executor.replay); `gathers`: (parameter index, index in
+        `bound`) of each parameter read with the sum of the points' partial sums in that
+        argument (Step.gathers)."""
         g = self.pending
         plan = None
         if g is not None and g.grid == grid and g.view == view:
@@ -212,7 +222,7 @@ class FusionQueue:
             if plan is None:
                 return False
             self.pending = g
-        g.add(kernel, bound, reduced, scalars, plan, guards, dynamic)
+        g.add(kernel, bound, reduced, scalars, plan, guards, dynamic, gathers)
         if self.profiler is not None or self.recorder is not None:
             g.labels.append(self.label)
         self.launches += 1

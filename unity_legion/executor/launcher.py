@@ -305,7 +305,7 @@ def submit_program(rt: Any, program: Program, slots: Sequence[tuple[Any, Any, An
                 f"integers (or round float16 at every fold); reduce into a float32 store and "
                 f"narrow after (GraphExecutor._launch stages them so)")
     issue_task(rt, program_task(program), program.access, prepared_parts(slots), scalars, grid,
-               box, uid)
+               box, uid, bool(program.grid))
 
 
 def prepared_parts(slots: Sequence[tuple[Any, Any, Any]]) -> list[tuple[Any, Any]]:
@@ -315,9 +315,11 @@ def prepared_parts(slots: Sequence[tuple[Any, Any, Any]]) -> list[tuple[Any, Any
 
 def issue_task(rt: Any, task: Any, access: Sequence[Any], parts: Sequence[tuple[Any, Any]],
                scalars: Sequence[tuple[Any, type]], grid: tuple[int, ...],
-               box: Box | None = None, uid: int = -1) -> None:
+               box: Box | None = None, uid: int = -1, meets: bool = False) -> None:
     """Launch registered `task` over `grid` (only the points of `box`, when given) with its
-    slots' partitions `parts` (prepared_parts), by their `access`, and its scalars."""
+    slots' partitions `parts` (prepared_parts), by their `access`, and its scalars. `meets`:
+    its points exchange partial sums (Program.grid): they run at once, under a number of
+    their own (the task's last scalar)."""
     reads, writes, reduces = slot_order(tuple(access))
     if box is None:
         mt = rt.create_manual_task(task.library, task.task_id, grid)
@@ -341,7 +343,14 @@ def issue_task(rt: Any, task: Any, access: Sequence[Any], parts: Sequence[tuple[
     for value, py_type in scalars:
         mt.add_scalar_arg(value, scalar_type(py_type))
     mt.add_scalar_arg(uid, scalar_type(int))
+    if meets:
+        mt.add_scalar_arg(next(_MEETING_NUMBERS), scalar_type(int))
+        mt.set_concurrent(True)
     rt.submit(mt)
+
+
+# numbers of launches whose points meet (tasks.gathered): unique in the process
+_MEETING_NUMBERS = itertools.count()
 
 
 def _box_of(box: Box, grid: Sequence[int]) -> Box:

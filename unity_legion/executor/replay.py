@@ -106,7 +106,8 @@ class _Task:
             for i, kind in self.dynamic:
                 scalars[i] = (value(kind), scalars[i][1])
         with _profiled(profiler, self.labels) as uid, placed(self.view):
-            issue_task(rt, self.task, self.access, parts, scalars, self.grid, uid=uid)
+            issue_task(rt, self.task, self.access, parts, scalars, self.grid, uid=uid,
+                       meets=bool(self.program.grid))
 
 
 @dataclass

@@ -95,6 +95,10 @@ class Step:
     # slots read whole that must hold only finite values for the step to run (a training
     # step's losses, guarding its updates: see GraphExecutor.train_step); () for none
     guards: tuple[int, ...] = ()
+    # (parameter index, slot): that parameter's store plus the sum of every point's piece of
+    # the slot (a store of partial sums, one piece per point), exchanged inside the task
+    # (see `gathered`); () for none
+    gathers: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,11 +115,17 @@ class Program:
     # windows: slots numbered from len(access) on, each (slot, offset, shape): that part of
     # the slot's piece along its last dim, reshaped (several small sums in one bank store)
     windows: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
+    # the launch grid of a program whose steps gather partial sums across its points (Step.
+    # gathers): its points must run at once (a concurrent launch); () for none
+    grid: tuple[int, ...] = ()
 
     def scalar_params(self) -> list[tuple[str, type]]:
-        # the trailing "_uid": the profiler's id of the launch (-1: not profiled; see TRACE)
+        # the trailing "_uid": the profiler's id of the launch (-1: not profiled; see TRACE);
+        # then, for a program that gathers, "_meet": the launch's number, which its points
+        # meet under (launcher.issue_task draws it)
         return [(f"k{j}_{name}", t) for j, s in enumerate(self.steps)
-                for name, t in s.kernel.scalars] + [("_uid", int)]
+                for name, t in s.kernel.scalars] + [("_uid", int)] + (
+                    [("_meet", int)] if self.grid else [])
 
     @property
     def name(self) -> str:
@@ -170,6 +180,57 @@ def task_library() -> Any:
         "unity_legion", config=ResourceConfig(max_tasks=MAX_TASKS, max_dyn_tasks=MAX_TASKS))
     return lib
 
+# Points of one launch that sum partial sums inside the task (Step.gathers) meet here: they
+# are threads of this process (one rank; the executor gathers only there), run at once (a
+# concurrent launch), and a gather is a barrier between them (~30 us measured here, where a
+# task boundary between the same launches costs ~0.4 ms and two tasks).
+MEET_TIMEOUT_S = 300.0
+
+
+class _Meeting:
+    """The points of one launch: what each put down per gather, and who has left."""
+
+    def __init__(self, points: int) -> None:
+        self.barrier = threading.Barrier(points, timeout=MEET_TIMEOUT_S)
+        self.pieces: dict[tuple[int, int], Any] = {}
+        self.left = 0
+
+
+_MEETINGS: dict[int, _Meeting] = {}
+_MEETINGS_LOCK = threading.Lock()
+
+
+def _meeting(number: int, points: int) -> _Meeting:
+    with _MEETINGS_LOCK:
+        m = _MEETINGS.get(number)
+        if m is None:
+            m = _MEETINGS[number] = _Meeting(points)
+        return m
+
+
+def _leave(number: int, m: _Meeting) -> None:
+    with _MEETINGS_LOCK:
+        m.left += 1
+        if m.left == m.barrier.parties:
+            del _MEETINGS[number]
+
+
+def gathered(m: _Meeting, k: int, point: int, base: Any, piece: Any) -> Any:
+    """`base` plus every point's `piece` of gather `k`, in point order (the same sum on every
+    point, and the one GraphExecutor._settle later adds into the store)."""
+    m.pieces[(k, point)] = piece.copy()
+    try:
+        m.barrier.wait()
+    except threading.BrokenBarrierError:
+        raise RuntimeError(
+            f"a fused task's points did not all reach its partial-sum exchange within "
+            f"{MEET_TIMEOUT_S:.0f} s (were they run at once?)") from None
+    total = base.copy()
+    for q in range(m.barrier.parties):
+        total += m.pieces[(k, q)]
+    return total
+
+
 # Kernel intervals of profiled launches (uid >= 0), appended by the task bodies on their
 # processors' threads (list.append is atomic under the GIL): (uid, step index, thread ident,
 # start, end), time.perf_counter seconds. unity_legion.executor.profile reads and clears it.
@@ -207,6 +268,7 @@ def program_task(program: Program) -> Any:
               for i, a in enumerate(access)}
     steps = program.steps
     squeeze = program.squeeze
+    grid = program.grid
 
     names = [p.name for p in params]
 
@@ -262,8 +324,24 @@ def program_task(program: Program) -> Any:
             arrays.append(piece[..., first:end].reshape(piece.shape[:-1] + shape))
             origins.append((0,) * (piece.ndim - 1 + len(shape)))
         uid = given["_uid"]
+        meeting = None
+        if grid:
+            number = given["_meet"]
+            meeting = _meeting(number, math.prod(grid))
+            k_gather = 0
+            lead = len(grid)
+            lo = next(tuple(stores[slot].domain.lo)[:lead] for step in steps
+                      for _p, slot in step.gathers)
+            point = 0
+            for c, n in zip(lo, grid):
+                point = point * n + c
         finite: dict[int, bool] = {}   # fixed_guards' checks
         for j, step in enumerate(steps):
+            sums: dict[int, Any] = {}
+            for p, slot in step.gathers:   # every point meets here, whatever the guards say
+                sums[p] = gathered(meeting, k_gather, point, arrays[step.slots[p]],
+                                   arrays[slot])
+                k_gather += 1
             if step.guards:
                 ok = True
                 for g in step.guards:
@@ -287,13 +365,13 @@ def program_task(program: Program) -> Any:
             k = step.kernel
             call: dict[str, Any] = {}
             partial: list[tuple[int, np.ndarray]] = []
-            for (name, _role), slot in zip(k.stores, step.slots):
+            for p, ((name, _role), slot) in enumerate(zip(k.stores, step.slots)):
                 if name in step.reduced:
                     buf = np.zeros_like(arrays[slot])
                     partial.append((slot, buf))
                     call[name] = buf
                 else:
-                    call[name] = arrays[slot]
+                    call[name] = sums[p] if p in sums else arrays[slot]
             for name, _t in k.scalars:
                 call[name] = given[f"k{j}_{name}"]
             if k.wants_origin:
@@ -316,6 +394,8 @@ def program_task(program: Program) -> Any:
         for i, piece in halves.items():
             if access[i] is not Access.READ and access[i] is not Access.LOCAL:
                 narrow_into(piece, arrays[i])
+        if meeting is not None:
+            _leave(number, meeting)
 
     def gpu_body(*args: Any, **kw: Any) -> None:
         # the same body on device arrays, on this thread's stream (waited for at the end)

@@ -81,7 +81,7 @@ import numpy as np
 
 from unity_legion.cost.calibration import (Calibration, calibration_file, read_calibration,
                                            write_calibration)
-from unity_legion.cost.machine import PRESETS, LinkSpec, MachineModel, RuntimeSpec
+from unity_legion.cost.machine import GATHER_S, PRESETS, LinkSpec, MachineModel, RuntimeSpec
 from unity_legion.operators.base import In, Out, Sum, kernel
 from unity_legion.profiling.measure import cpu_split, job_fingerprint, measure_op, thread_cpu
 from unity_legion.runtime import bcast, is_rank0, rank_comm
@@ -109,7 +109,18 @@ def local_calibration(cache_dir: str | os.PathLike[str] | None = None, measure: 
         if not is_rank0():
             return cal
         write_calibration(calibration_path(cache_dir), cal)
-    return cal
+    return None if cal is None else with_gathers(cal)
+
+
+def with_gathers(cal: Calibration) -> Calibration:
+    """`cal` with RuntimeSpec.gather as this job's executors run (a setting of the job, not a
+    measurement: a cached calibration serves jobs with and without it)."""
+    from unity_legion.executor.executor import gathers_by_default
+
+    rt = cal.machine.runtime
+    gather = GATHER_S if cal.machine.nodes == 1 and gathers_by_default() else None
+    return cal if rt.gather == gather else replace(
+        cal, machine=replace(cal.machine, runtime=replace(rt, gather=gather)))
 
 
 def local_machine(cache_dir: str | os.PathLike[str] | None = None, measure: bool = True,
@@ -486,7 +497,7 @@ def calibrate(repeats: int = 9) -> Calibration:
                                           walk_fused_issue=walk_fused_issue,
                                           issue_store=issue_store),
                       source=source)
-    cal = Calibration(machine, efficiency, mem_eff, probes)
+    cal = with_gathers(Calibration(machine, efficiency, mem_eff, probes))
     return bcast(cal) if info.ranks > 1 else cal
 
 
