@@ -57,11 +57,11 @@ class PieceOrigin(tuple):
     parameter name -> the origin of that store's piece (e.g. the output tile's position in a
     kernel whose first store, its input, is read whole along the tiled dims)."""
 
-    of: dict[str, tuple[int, ...]]
+    of: Mapping[str, tuple[int, ...]]
 
     def __new__(cls, first: Sequence[int], of: Mapping[str, tuple[int, ...]]) -> "PieceOrigin":
         self = super().__new__(cls, tuple(first))
-        self.of = dict(of)
+        self.of = of   # (the task body's is lazy: a piece's origin is looked up when asked)
         return self
 
 

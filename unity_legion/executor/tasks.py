@@ -19,6 +19,7 @@ import inspect
 import math
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -269,6 +270,7 @@ def program_task(program: Program) -> Any:
     steps = program.steps
     squeeze = program.squeeze
     grid = program.grid
+    plans = [_step_plan(j, step) for j, step in enumerate(steps)]
 
     names = [p.name for p in params]
 
@@ -324,6 +326,14 @@ def program_task(program: Program) -> Any:
             arrays.append(piece[..., first:end].reshape(piece.shape[:-1] + shape))
             origins.append((0,) * (piece.ndim - 1 + len(shape)))
         uid = given["_uid"]
+
+        def origin_of_slot(slot: int) -> tuple[int, ...]:
+            o = origins[slot]
+            if o is None:   # (a Legate domain lookup: ~10 us, so only for the pieces asked)
+                lo = tuple(stores[slot].domain.lo)
+                o = origins[slot] = lo[squeeze[slot]:] if squeeze else lo
+            return o
+
         meeting = None
         if grid:
             number = given["_meet"]
@@ -336,12 +346,13 @@ def program_task(program: Program) -> Any:
             for c, n in zip(lo, grid):
                 point = point * n + c
         finite: dict[int, bool] = {}   # fixed_guards' checks
-        for j, step in enumerate(steps):
-            sums: dict[int, Any] = {}
-            for p, slot in step.gathers:   # every point meets here, whatever the guards say
-                sums[p] = gathered(meeting, k_gather, point, arrays[step.slots[p]],
-                                   arrays[slot])
-                k_gather += 1
+        for j, (step, fn, pairs, reduced, skeys, onames, written) in enumerate(plans):
+            if step.gathers:   # every point meets here, whatever the guards say
+                sums = {}
+                for p, slot in step.gathers:
+                    sums[p] = gathered(meeting, k_gather, point, arrays[step.slots[p]],
+                                       arrays[slot])
+                    k_gather += 1
             if step.guards:
                 ok = True
                 for g in step.guards:
@@ -362,32 +373,28 @@ def program_task(program: Program) -> Any:
                     continue
             if uid >= 0:
                 t0 = time.perf_counter()
-            k = step.kernel
-            call: dict[str, Any] = {}
-            partial: list[tuple[int, np.ndarray]] = []
-            for p, ((name, _role), slot) in enumerate(zip(k.stores, step.slots)):
-                if name in step.reduced:
+            call = {name: arrays[slot] for name, slot in pairs}
+            if reduced:
+                partial = []
+                for name, slot in reduced:
                     buf = np.zeros_like(arrays[slot])
                     partial.append((slot, buf))
                     call[name] = buf
-                else:
-                    call[name] = sums[p] if p in sums else arrays[slot]
-            for name, _t in k.scalars:
-                call[name] = given[f"k{j}_{name}"]
-            if k.wants_origin:
-                of = {}
-                for (name, _role), slot in zip(k.stores, step.slots):
-                    if origins[slot] is None:
-                        lo = tuple(stores[slot].domain.lo)   # (a tuple of ints)
-                        origins[slot] = lo[squeeze[slot]:] if squeeze else lo
-                    of[name] = origins[slot]
-                call["origin"] = PieceOrigin(of[k.stores[0][0]], of)
-            k.fn(**call)
-            for slot, buf in partial:
-                arrays[slot] += buf
+            if step.gathers:
+                for p, _slot in step.gathers:
+                    call[pairs[p][0]] = sums[p]
+            for name, key in skeys:
+                call[name] = given[key]
+            if onames is not None:
+                call["origin"] = PieceOrigin(origin_of_slot(onames[0][1]),
+                                             _LazyOrigins(onames, origin_of_slot))
+            fn(**call)
+            if reduced:
+                for slot, buf in partial:
+                    arrays[slot] += buf
             if halves:
-                for (name, role), slot in zip(k.stores, step.slots):
-                    if slot in halves and (role is not Role.INPUT or name in step.reduced):
+                for slot in written:
+                    if slot in halves:
                         round_in_place(halves[slot].dtype, arrays[slot])
             if uid >= 0:
                 TRACE.append((uid, j, threading.get_ident(), t0, time.perf_counter()))
@@ -417,6 +424,45 @@ def program_task(program: Program) -> Any:
     t.gpu_variant(gpu_body)   # Legate refuses a variant whose signature differs from the CPU's
     VARIANTS[program] = ("cpu", "gpu")
     return t
+
+
+def _step_plan(j: int, step: Step) -> tuple[Any, ...]:
+    """What the task body needs of step `j`, worked out once per program: (step, kernel
+    function, (parameter, slot) of the stores passed as they are, those run into a zeroed
+    temporary and added (Step.reduced), (parameter, scalar name) of its scalars, (parameter,
+    slot) of its stores when it wants their origins (else None), the slots it writes)."""
+    k = step.kernel
+    named = list(zip((name for name, _r in k.stores), step.slots))
+    pairs = tuple(named)   # (a reduced parameter's entry is replaced by its temporary)
+    reduced = tuple((n, s) for n, s in named if n in step.reduced)
+    skeys = tuple((name, f"k{j}_{name}") for name, _t in k.scalars)
+    written = tuple(slot for (name, role), slot in zip(k.stores, step.slots)
+                    if role is not Role.INPUT or name in step.reduced)
+    return (step, k.fn, pairs, reduced, skeys, pairs if k.wants_origin else None, written)
+
+
+class _LazyOrigins(Mapping):
+    """Parameter name -> the origin of its store's piece, looked up when a kernel asks
+    (PieceOrigin.of): most kernels that want origins read one or two of their stores'."""
+
+    __slots__ = ("_slots", "_resolve")
+
+    def __init__(self, named: tuple[tuple[str, int], ...],
+                 resolve: Any) -> None:   # resolve: slot -> its piece's origin
+        self._slots = dict(named)
+        self._resolve = resolve
+
+    def __getitem__(self, name: str) -> tuple[int, ...]:
+        return self._resolve(self._slots[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._slots
+
+    def __iter__(self) -> Any:
+        return iter(self._slots)
+
+    def __len__(self) -> int:
+        return len(self._slots)
 
 
 # programs with task-local temporaries -> their processors' buffers (see program_task)
