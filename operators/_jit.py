@@ -72,41 +72,127 @@ def _jit(fastmath: frozenset[str] = frozenset()) -> Callable[[Callable[..., Any]
 
 
 # ---------------------------------------------------------------------------------------------
-# per-column sums over rows (batch norm: a (rows, channels) view of a channels-last piece)
+# batch norm: per-column sums over rows (a (rows, channels) view of a channels-last piece)
 # ---------------------------------------------------------------------------------------------
 
+# batch norm's per-channel host arithmetic (a few numpy calls on vectors of channels each,
+# a microsecond or two apiece while holding the interpreter's lock, which a task's other
+# processors then wait for): the same float64 operations in the same order, compiled, nogil.
+# Rows of "stats": 0 count, 1 sum x, 2 sum x^2, 3 sum dy, 4 sum dy x (operators/batch_norm.py).
+
 @_jit()
-def column_moments(x: np.ndarray, pivot: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> None:
-    """s1 += sum (x - p), s2 += sum (x - p)^2 per column, in float64 (p: the pivot per column,
-    near the mean, so the squares keep the spread's digits)."""
+def bn_add_moments(x: np.ndarray, stats: np.ndarray) -> None:
+    """stats[0..2] += the count, sum x and sum x^2 per column of x (rows, channels), from
+    sums of d = x - p around the pivot p = the first row (so the squares keep the spread's
+    digits): sum x = sum d + n p, sum x^2 = sum d^2 + 2 p sum d + n p^2."""
     rows, cols = x.shape
+    n = np.float64(rows)
+    for j in range(cols):
+        stats[0, j] += n
+    if rows == 0:
+        return
+    p = np.empty(cols)
+    for j in range(cols):
+        p[j] = np.float64(x[0, j])
     a1 = np.zeros(cols)
     a2 = np.zeros(cols)
     for i in range(rows):
         for j in range(cols):
-            d = x[i, j] - pivot[j]
+            d = x[i, j] - p[j]
             a1[j] += d
             a2[j] += d * d
     for j in range(cols):
-        s1[j] += a1[j]
-        s2[j] += a2[j]
+        stats[1, j] += a1[j] + n * p[j]
+        stats[2, j] += (a2[j] + 2.0 * p[j] * a1[j]) + n * p[j] * p[j]
 
 
 @_jit()
-def column_dot(g: np.ndarray, x: np.ndarray, pivot: np.ndarray, s_g: np.ndarray,
-               s_gx: np.ndarray) -> None:
-    """s_g += sum g, s_gx += sum g * (x - p) per column, in float64."""
+def bn_add_grad_sums(g: np.ndarray, x: np.ndarray, stats: np.ndarray) -> None:
+    """stats[3] += sum g, stats[4] += sum g x per column, as sum g (x - p) + p sum g around
+    the pivot p = the first row of x."""
     rows, cols = x.shape
+    if rows == 0:
+        return
+    p = np.empty(cols)
+    for j in range(cols):
+        p[j] = np.float64(x[0, j])
     a1 = np.zeros(cols)
     a2 = np.zeros(cols)
     for i in range(rows):
         for j in range(cols):
             gv = np.float64(g[i, j])
             a1[j] += gv
-            a2[j] += gv * (x[i, j] - pivot[j])
+            a2[j] += gv * (x[i, j] - p[j])
     for j in range(cols):
-        s_g[j] += a1[j]
-        s_gx[j] += a2[j]
+        stats[3, j] += a1[j]
+        stats[4, j] += a2[j] + p[j] * a1[j]
+
+
+@_jit()
+def bn_mean_rstd(stats: np.ndarray, moving_mean: np.ndarray, moving_variance: np.ndarray,
+                 epsilon: float, mean: np.ndarray, rstd: np.ndarray) -> bool:
+    """mean and 1/sqrt(var + eps) per channel in float64: the batch's (biased variance) when
+    the count is positive, else the moving statistics; whether they were the batch's."""
+    cols = mean.shape[0]
+    n = stats[0, 0]
+    batch = n > 0
+    for j in range(cols):
+        if batch:
+            m = stats[1, j] / n
+            v = stats[2, j] / n - m * m
+            if v < 0.0:   # (NaN stays NaN, as np.maximum keeps it)
+                v = 0.0
+        else:
+            m = np.float64(moving_mean[j])
+            v = np.float64(moving_variance[j])
+        mean[j] = m
+        rstd[j] = 1.0 / math.sqrt(v + epsilon)
+    return batch
+
+
+@_jit()
+def bn_scale_shift(mean: np.ndarray, rstd: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                   scale: bool, center: bool, a: np.ndarray, b: np.ndarray) -> None:
+    """y = x * a + b per channel: a = rstd (* gamma), b = (beta) - mean * a."""
+    for j in range(mean.shape[0]):
+        aj = rstd[j] * np.float64(gamma[j]) if scale else rstd[j]
+        bj = np.float64(beta[j]) - mean[j] * aj if center else -mean[j] * aj
+        a[j] = aj
+        b[j] = bj
+
+
+@_jit()
+def bn_grad_coefficients(stats: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+                         gamma: np.ndarray, scale: bool, from_batch: bool, g: np.ndarray,
+                         c0: np.ndarray, neg_c1: np.ndarray) -> None:
+    """dx = c0 + dy * g - x * c1 per channel, g = rstd (* gamma); with batch statistics
+    c1 = g rstd mean(dy x_hat), c0 = g (mean rstd mean(dy x_hat) - mean(dy)), else 0."""
+    for j in range(mean.shape[0]):
+        gj = rstd[j] * np.float64(gamma[j]) if scale else rstd[j]
+        g[j] = gj
+        if from_batch:
+            n = stats[0, j]
+            mean_dy = stats[3, j] / n
+            mean_dy_xhat = rstd[j] * (stats[4, j] - mean[j] * stats[3, j]) / n
+            c1 = gj * rstd[j] * mean_dy_xhat
+            c0[j] = gj * (mean[j] * rstd[j] * mean_dy_xhat - mean_dy)
+            neg_c1[j] = -c1
+        else:
+            c0[j] = 0.0
+            neg_c1[j] = 0.0
+
+
+@_jit()
+def bn_add_param_grads(stats: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+                       dgamma: np.ndarray, dbeta: np.ndarray, with_gamma: bool,
+                       with_beta: bool) -> None:
+    """dgamma += rstd (sum dy x - mean sum dy), dbeta += sum dy (float64, then the
+    gradients' own dtype)."""
+    for j in range(mean.shape[0]):
+        if with_gamma:
+            dgamma[j] = dgamma[j] + rstd[j] * (stats[4, j] - mean[j] * stats[3, j])
+        if with_beta:
+            dbeta[j] = dbeta[j] + stats[3, j]
 
 
 # ---------------------------------------------------------------------------------------------

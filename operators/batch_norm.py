@@ -27,7 +27,10 @@ channels): a launch over channels alone runs on one point, which in a split over
 the fused group twice.
 
 Kernels: the moments and the backward sums of a channels-last float piece are one compiled
-pass each (operators/_jit.py), centred on a pivot (the piece's first row) and accumulated in
+pass each (operators/_jit.py), and the per-channel arithmetic between the sums and ATen's
+passes (mean and 1/sqrt(var + eps), scale and shift, dx's coefficients, gamma's and beta's
+gradients) one compiled loop each, the numpy expressions' float64 operations in their order
+(bit-equal; they held the interpreter's lock for ~2/3 of batch norm's host time), centred on a pivot (the piece's first row) and accumulated in
 float64; other pieces (a GPU's, other layouts or dtypes) take ATen's cascade sums centred on the
 piece's mean, and its batch-norm weight gradient centred on the first samples' mean. The
 normalisation and dx are one or two fused per-channel multiply-adds in ATen; the sums reach
@@ -133,19 +136,13 @@ def batch_norm_moments(x: In, stats: Sum, axis: int) -> None:
     x and of (x - m)^2 around the piece's mean m (as `_centered_sums`). ATen's batch-norm
     statistics of a channels_last batch accumulate in float (relative errors of 1e-6, which a
     deep network's batch norms over a few samples amplify a thousandfold)."""
+    if axis == x.ndim - 1 and _jit.fits(x, stats):  # channels last: one compiled pass
+        _jit.bn_add_moments(x.reshape(-1, x.shape[axis]), stats)
+        return
     other = _other_axes(x.ndim, axis)
     n = x.size // x.shape[axis]
     stats[_COUNT] += n
     if n == 0:
-        return
-    if axis == x.ndim - 1 and _jit.fits(x):  # channels last: one compiled pass
-        rows = x.reshape(n, x.shape[axis])
-        p = rows[0].astype(np.float64)
-        s1, s2 = np.zeros(len(p)), np.zeros(len(p))
-        _jit.column_moments(rows, p, s1, s2)
-        # sum x = sum d + n p, sum x^2 = sum d^2 + 2 p sum d + n p^2 for d = x - p
-        stats[_SUM] += s1 + n * p
-        stats[_SUMSQ] += s2 + 2.0 * p * s1 + n * p * p
         return
     with aten() as torch:
         xt = view(x)
@@ -165,12 +162,20 @@ def batch_norm_moments(x: In, stats: Sum, axis: int) -> None:
 def batch_norm_forward(x: In, stats: In, gamma: In, beta: In, moving_mean: In,
                        moving_variance: In, y: Out, axis: int, epsilon: float, scale: bool,
                        center: bool) -> None:
-    mean, rstd, _ = _mean_rstd(stats, moving_mean, moving_variance, epsilon)
-    a = rstd * gamma if scale else rstd                  # y = x * a + b, per channel
-    b = (beta - mean * a) if center else -mean * a
+    if _jit.fits(stats, moving_mean, moving_variance, gamma, beta, x):
+        c = len(gamma)
+        mean, rstd = np.empty(c), np.empty(c)
+        _jit.bn_mean_rstd(stats, moving_mean, moving_variance, epsilon, mean, rstd)
+        a, b = np.empty(c, x.dtype), np.empty(c, x.dtype)
+        _jit.bn_scale_shift(mean, rstd, gamma, beta, scale, center, a, b)
+    else:
+        mean, rstd, _ = _mean_rstd(stats, moving_mean, moving_variance, epsilon)
+        a = rstd * gamma if scale else rstd                  # y = x * a + b, per channel
+        b = (beta - mean * a) if center else -mean * a
+        a, b = a.astype(x.dtype), b.astype(x.dtype)
     with aten() as torch:  # one pass: y = b + x * a
-        torch.addcmul(view(_bcast(b.astype(x.dtype), x.ndim, axis)), view(x),
-                      view(_bcast(a.astype(x.dtype), x.ndim, axis)), out=view(y))
+        torch.addcmul(view(_bcast(b, x.ndim, axis)), view(x), view(_bcast(a, x.ndim, axis)),
+                      out=view(y))
 
 
 @kernel
@@ -179,17 +184,13 @@ def batch_norm_backward_sums(x: In, dy: In, stats: Sum, axis: int) -> None:
     pivot p near the mean (`_pivoted_dot`), in one pass over x and dy, accumulated as
     PyTorch's own batch-norm backward accumulates them (gradients carry its rounding, not the
     forward statistics every later layer depends on)."""
+    if axis == x.ndim - 1 and _jit.fits(x, dy, stats):  # channels last: one compiled pass
+        c = x.shape[axis]
+        _jit.bn_add_grad_sums(dy.reshape(-1, c), x.reshape(-1, c), stats)
+        return
     other = _other_axes(x.ndim, axis)
     n = x.size // x.shape[axis]
     if n == 0:
-        return
-    if axis == x.ndim - 1 and _jit.fits(x, dy):  # channels last: one compiled pass
-        rows, g_rows = x.reshape(n, x.shape[axis]), dy.reshape(n, x.shape[axis])
-        p = rows[0].astype(np.float64)
-        s_g, s_gx = np.zeros(len(p)), np.zeros(len(p))
-        _jit.column_dot(g_rows, rows, p, s_g, s_gx)
-        stats[_SUM_DY] += s_g
-        stats[_SUM_DYX] += s_gx + p * s_g
         return
     with aten() as torch:
         xt, gt = _channels_second(torch, x, axis), _channels_second(torch, dy, axis)
@@ -216,32 +217,48 @@ def batch_norm_backward_input_params(x: In, dy: In, stats: In, gamma: In, moving
                                      origin: Origin, axis: int, epsilon: float) -> None:
     """dx as batch_norm_backward_input (gamma present), and d_gamma, d_beta added by the
     points whose piece starts the batch (the others add nothing: see the module doc)."""
-    _input_grad(x, dy, stats, gamma, moving_mean, moving_variance, dx, axis, epsilon, True)
+    mean, rstd = _input_grad(x, dy, stats, gamma, moving_mean, moving_variance, dx, axis,
+                             epsilon, True)
     if origin[0] == 0:
-        dgamma += _d_gamma(stats, moving_mean, moving_variance, epsilon)
-        dbeta += stats[_SUM_DY]
+        if _jit.fits(stats, mean) and type(dgamma) is np.ndarray and type(dbeta) is np.ndarray:
+            _jit.bn_add_param_grads(stats, mean, rstd, dgamma, dbeta, True, True)
+        else:
+            dgamma += _d_gamma(stats, moving_mean, moving_variance, epsilon)
+            dbeta += stats[_SUM_DY]
 
 
 def _input_grad(x: np.ndarray, dy: np.ndarray, stats: np.ndarray, gamma: np.ndarray,
                 moving_mean: np.ndarray, moving_variance: np.ndarray, dx: np.ndarray, axis: int,
-                epsilon: float, scale: bool) -> None:
-    mean, rstd, from_batch = _mean_rstd(stats, moving_mean, moving_variance, epsilon)
-    g = rstd * gamma if scale else rstd                  # d y / d x_hat * d x_hat / d x
-    if not from_batch:
-        with aten() as torch:
-            torch.mul(view(dy), view(_bcast(g.astype(x.dtype), x.ndim, axis)), out=view(dx))
-        return
-    n = stats[_COUNT]
-    mean_dy = stats[_SUM_DY] / n
-    mean_dy_xhat = rstd * (stats[_SUM_DYX] - mean * stats[_SUM_DY]) / n
-    # dx = g * (dy - mean(dy) - x_hat * mean(dy * x_hat)), x_hat = (x - mean) * rstd
-    c1 = g * rstd * mean_dy_xhat
-    c0 = g * (mean * rstd * mean_dy_xhat - mean_dy)
-    per_channel = lambda v: view(_bcast(v.astype(x.dtype), x.ndim, axis))  # noqa: E731
-    with aten() as torch:  # dx = c0 + dy * g - x * c1: two passes
+                epsilon: float, scale: bool) -> tuple[np.ndarray, np.ndarray]:
+    """dx; returns the (mean, rstd) it used (float64)."""
+    if _jit.fits(stats, moving_mean, moving_variance, gamma, x):
+        c = len(gamma)
+        mean, rstd = np.empty(c), np.empty(c)
+        from_batch = _jit.bn_mean_rstd(stats, moving_mean, moving_variance, epsilon, mean,
+                                       rstd)
+        g, c0, neg_c1 = np.empty(c, x.dtype), np.empty(c, x.dtype), np.empty(c, x.dtype)
+        _jit.bn_grad_coefficients(stats, mean, rstd, gamma, scale, from_batch, g, c0, neg_c1)
+    else:
+        mean, rstd, from_batch = _mean_rstd(stats, moving_mean, moving_variance, epsilon)
+        g = rstd * gamma if scale else rstd              # d y / d x_hat * d x_hat / d x
+        if from_batch:
+            n = stats[_COUNT]
+            mean_dy = stats[_SUM_DY] / n
+            mean_dy_xhat = rstd * (stats[_SUM_DYX] - mean * stats[_SUM_DY]) / n
+            # dx = g * (dy - mean(dy) - x_hat * mean(dy * x_hat)), x_hat = (x - mean) * rstd
+            c0 = (g * (mean * rstd * mean_dy_xhat - mean_dy)).astype(x.dtype)
+            neg_c1 = (-(g * rstd * mean_dy_xhat)).astype(x.dtype)
+        g = g.astype(x.dtype)
+    per_channel = lambda v: view(_bcast(v, x.ndim, axis))  # noqa: E731
+    with aten() as torch:
         out = view(dx)
+        if not from_batch:
+            torch.mul(view(dy), per_channel(g), out=out)
+            return mean, rstd
+        # dx = c0 + dy * g - x * c1: two passes
         torch.addcmul(per_channel(c0), view(dy), per_channel(g), out=out)
-        out.addcmul_(view(x), per_channel(-c1))
+        out.addcmul_(view(x), per_channel(neg_c1))
+    return mean, rstd
 
 
 def _d_gamma(stats: np.ndarray, moving_mean: np.ndarray, moving_variance: np.ndarray,

@@ -153,3 +153,42 @@ def test_a_numba_cache_that_cannot_be_loaded_is_compiled_afresh() -> None:
     lazy._compiled = broken
     assert lazy(1) == 2
     assert lazy._compiled is not broken and lazy(2) == 3
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch-statistics", "moving"])
+@pytest.mark.parametrize("scale,center", [(True, True), (True, False), (False, True)])
+def test_batch_norm_coefficients_compiled_equal_numpy(batch: bool, scale: bool,
+                                                      center: bool, monkeypatch) -> None:
+    """Batch norm's per-channel arithmetic (statistics to scale and shift, dx coefficients,
+    gamma and beta gradients) compiled gives the numpy path's numbers, bit for bit: the same
+    float64 operations in the same order."""
+    from unity_legion.operators.batch_norm import (batch_norm_backward_input,
+                                                   batch_norm_backward_input_params,
+                                                   batch_norm_forward)
+    from unity_legion.operators.base import PieceOrigin
+
+    rng = np.random.default_rng(1)
+    c = 6
+    x = (rng.standard_normal((4, 3, 3, c)) * 2 + 0.5).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    gamma, beta = (rng.standard_normal(c).astype(np.float32) for _ in range(2))
+    mm = rng.standard_normal(c).astype(np.float32)
+    mv = (rng.random(c) + 0.5).astype(np.float32)
+    stats = np.zeros((5, c))
+    if batch:
+        batch_norm_moments.fn(x, stats, 3)
+        batch_norm_backward_sums.fn(x, dy, stats, 3)
+
+    def run() -> list[np.ndarray]:
+        y, dx, dx2 = (np.empty_like(x) for _ in range(3))
+        dg, db = np.full(c, 0.25, np.float32), np.full(c, -0.5, np.float32)
+        batch_norm_forward.fn(x, stats, gamma, beta, mm, mv, y, 3, 1e-3, scale, center)
+        batch_norm_backward_input.fn(x, dy, stats, gamma, mm, mv, dx, 3, 1e-3, scale)
+        batch_norm_backward_input_params.fn(x, dy, stats, gamma, mm, mv, dx2, dg, db,
+                                            PieceOrigin((0, 0, 0, 0), {}), 3, 1e-3)
+        return [y, dx, dx2, dg, db]
+
+    compiled = run()
+    monkeypatch.setattr(_jit, "fits", lambda *a: False)
+    for got, want in zip(compiled, run()):
+        np.testing.assert_array_equal(got, want)
