@@ -27,14 +27,15 @@ channels): a launch over channels alone runs on one point, which in a split over
 the fused group twice.
 
 Kernels: the moments and the backward sums of a channels-last float piece are one compiled
-pass each (operators/_jit.py), and the per-channel arithmetic between the sums and ATen's
-passes (mean and 1/sqrt(var + eps), scale and shift, dx's coefficients, gamma's and beta's
-gradients) one compiled loop each, the numpy expressions' float64 operations in their order
-(bit-equal; they held the interpreter's lock for ~2/3 of batch norm's host time), centred on a pivot (the piece's first row) and accumulated in
+pass each (operators/_jit.py), centred on a pivot (the piece's first row) and accumulated in
 float64; other pieces (a GPU's, other layouts or dtypes) take ATen's cascade sums centred on the
 piece's mean, and its batch-norm weight gradient centred on the first samples' mean. The
 normalisation and dx are one or two fused per-channel multiply-adds in ATen; the sums reach
-"stats" in float64.
+"stats" in float64. The per-channel arithmetic between the sums and ATen's passes (mean and
+1/sqrt(var + eps), scale and shift, dx's coefficients, gamma's and beta's gradients) is one
+compiled loop each on CPU pieces: the numpy expressions' float64 operations in their order
+(bit-equal), run without the interpreter's lock that those small numpy calls held (and the
+other processors of a task then waited for).
 
 Parallel forms: "sample", and "channels" (ATTRIBUTE: the feature axis; each channel's
 statistics are its own, so the input, the "stats" columns and every per-channel weight are
