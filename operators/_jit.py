@@ -184,15 +184,12 @@ def bn_grad_coefficients(stats: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
 
 @_jit()
 def bn_add_param_grads(stats: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
-                       dgamma: np.ndarray, dbeta: np.ndarray, with_gamma: bool,
-                       with_beta: bool) -> None:
+                       dgamma: np.ndarray, dbeta: np.ndarray) -> None:
     """dgamma += rstd (sum dy x - mean sum dy), dbeta += sum dy (float64, then the
     gradients' own dtype)."""
     for j in range(mean.shape[0]):
-        if with_gamma:
-            dgamma[j] = dgamma[j] + rstd[j] * (stats[4, j] - mean[j] * stats[3, j])
-        if with_beta:
-            dbeta[j] = dbeta[j] + stats[3, j]
+        dgamma[j] = dgamma[j] + rstd[j] * (stats[4, j] - mean[j] * stats[3, j])
+        dbeta[j] = dbeta[j] + stats[3, j]
 
 
 # ---------------------------------------------------------------------------------------------

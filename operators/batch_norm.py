@@ -222,9 +222,9 @@ def batch_norm_backward_input_params(x: In, dy: In, stats: In, gamma: In, moving
                              epsilon, True)
     if origin[0] == 0:
         if _jit.fits(stats, mean) and type(dgamma) is np.ndarray and type(dbeta) is np.ndarray:
-            _jit.bn_add_param_grads(stats, mean, rstd, dgamma, dbeta, True, True)
+            _jit.bn_add_param_grads(stats, mean, rstd, dgamma, dbeta)
         else:
-            dgamma += _d_gamma(stats, moving_mean, moving_variance, epsilon)
+            dgamma += rstd * (stats[_SUM_DYX] - mean * stats[_SUM_DY])   # (as _d_gamma)
             dbeta += stats[_SUM_DY]
 
 

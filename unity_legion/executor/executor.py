@@ -543,13 +543,7 @@ class GraphExecutor:
             if self._queue.add(launch.kernel, bound, reduced, scalars, grid, where, len(guards),
                                dynamic, gathers):
                 return
-            for b in bound[:len(launch.kernel.stores)]:   # (alone: its sums are settled)
-                if b.role is Role.INPUT:
-                    self._settle(b.store)
-        elif self._partials:
-            for b in bind(launch, refs, degrees, reduced, box):
-                if b.role is Role.INPUT:
-                    self._settle(b.store)
+        self._settle_reads(launch, refs, keep_gathered=False)   # (a task of its own)
         self.flush()
         if self._recorder is not None:
             self._recorder.launch(launch, dict(refs), self._dynamic, dict(degrees), reduced, box,
@@ -611,14 +605,16 @@ class GraphExecutor:
 
     def _partial_sum(self, b: Any, grid: tuple[int, ...], where: MachineView) -> Any:
         """`b` (a whole-store reduction over `grid`) as partial sums, where it gets any."""
-        n = math.prod(store_dims(b.store))
-        grad = any(g is b.store for g in self.grads.values())
+        def grad() -> bool:
+            return any(g is b.store for g in self.grads.values())
+
         # a saved sum (batch statistics) the operator's next launch reads
-        gathered = (b.role is Role.SUM and not grad and b.store.type in _BANK_TYPES
-                    and self._gathers_on(grid, where))
-        if n >= PARTIAL_SUMS_MIN or gathered:
-            return self._partial(b, grid, where, gathered)
-        if self.sum_banks and b.store.type in _BANK_TYPES and grad:
+        if (self._gathers_on(grid, where) and b.role is Role.SUM
+                and b.store.type in _BANK_TYPES and not grad()):
+            return self._partial(b, grid, where, gathered=True)
+        if math.prod(store_dims(b.store)) >= PARTIAL_SUMS_MIN:
+            return self._partial(b, grid, where)
+        if self.sum_banks and b.store.type in _BANK_TYPES and grad():
             return self._banked(b, grid, where)
         return b
 
@@ -739,10 +735,11 @@ class GraphExecutor:
         self._launch(launch, {total: store, parts: rec.partials},
                      {PARTIAL_ROWS: rec.view.num_points}, rec.view)
 
-    def _settle_reads(self, launch: Launch, refs: Mapping[Ref, Any]) -> None:
+    def _settle_reads(self, launch: Launch, refs: Mapping[Ref, Any],
+                      keep_gathered: bool = True) -> None:
         """Settle the partial sums of every store `launch` reads or overwrites (a launch that
-        adds into it adds to the same sum: those stay pending; a read of sums its points may
-        exchange is left to `_issue`, which knows the launch's grid)."""
+        adds into it adds to the same sum: those stay pending; with `keep_gathered`, a read of
+        sums its points may exchange is left to `_issue`, which knows the launch's grid)."""
         if not self._partials:
             return
         for name, role in launch.kernel.stores:
@@ -750,7 +747,7 @@ class GraphExecutor:
                 continue
             store = refs[launch.args[name].ref]
             rec = self._partials.get(id(store))
-            if rec is not None and not (rec.gathered and role is Role.INPUT):
+            if rec is not None and not (keep_gathered and rec.gathered and role is Role.INPUT):
                 self._settle(store)
 
     def settle_all(self) -> None:

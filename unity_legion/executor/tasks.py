@@ -346,7 +346,7 @@ def program_task(program: Program) -> Any:
             for c, n in zip(lo, grid):
                 point = point * n + c
         finite: dict[int, bool] = {}   # fixed_guards' checks
-        for j, (step, fn, pairs, reduced, skeys, onames, written) in enumerate(plans):
+        for j, (step, fn, pairs, reduced, skeys, origin_slots, written) in enumerate(plans):
             if step.gathers:   # every point meets here, whatever the guards say
                 sums = {}
                 for p, slot in step.gathers:
@@ -385,9 +385,9 @@ def program_task(program: Program) -> Any:
                     call[pairs[p][0]] = sums[p]
             for name, key in skeys:
                 call[name] = given[key]
-            if onames is not None:
-                call["origin"] = PieceOrigin(origin_of_slot(onames[0][1]),
-                                             _LazyOrigins(onames, origin_of_slot))
+            if origin_slots is not None:
+                call["origin"] = PieceOrigin(origin_of_slot(pairs[0][1]),
+                                             _LazyOrigins(origin_slots, origin_of_slot))
             fn(**call)
             if reduced:
                 for slot, buf in partial:
@@ -429,8 +429,8 @@ def program_task(program: Program) -> Any:
 def _step_plan(j: int, step: Step) -> tuple[Any, ...]:
     """What the task body needs of step `j`, worked out once per program: (step, kernel
     function, (parameter, slot) of the stores passed as they are, those run into a zeroed
-    temporary and added (Step.reduced), (parameter, scalar name) of its scalars, (parameter,
-    slot) of its stores when it wants their origins (else None), the slots it writes)."""
+    temporary and added (Step.reduced), (parameter, scalar name) of its scalars, parameter ->
+    slot of its stores when it wants their origins (else None), the slots it writes)."""
     k = step.kernel
     named = list(zip((name for name, _r in k.stores), step.slots))
     pairs = tuple(named)   # (a reduced parameter's entry is replaced by its temporary)
@@ -438,7 +438,8 @@ def _step_plan(j: int, step: Step) -> tuple[Any, ...]:
     skeys = tuple((name, f"k{j}_{name}") for name, _t in k.scalars)
     written = tuple(slot for (name, role), slot in zip(k.stores, step.slots)
                     if role is not Role.INPUT or name in step.reduced)
-    return (step, k.fn, pairs, reduced, skeys, pairs if k.wants_origin else None, written)
+    return (step, k.fn, pairs, reduced, skeys, dict(pairs) if k.wants_origin else None,
+            written)
 
 
 class _LazyOrigins(Mapping):
@@ -447,9 +448,9 @@ class _LazyOrigins(Mapping):
 
     __slots__ = ("_slots", "_resolve")
 
-    def __init__(self, named: tuple[tuple[str, int], ...],
+    def __init__(self, slots: dict[str, int],
                  resolve: Any) -> None:   # resolve: slot -> its piece's origin
-        self._slots = dict(named)
+        self._slots = slots   # (the program's, read only)
         self._resolve = resolve
 
     def __getitem__(self, name: str) -> tuple[int, ...]:
