@@ -176,7 +176,7 @@ def test_windows_of_one_slot_are_slots_of_their_own_and_a_process_holds_many_pro
         bound = [BoundArg("total", Role.INOUT, False, total, None, None),
                  BoundArg("partials", Role.INOUT, False, bank, None, None, 0, (offset, (2, 3)))]
         g.add(add_partials, bound, frozenset(), [], g.plan(bound))
-    program, slots = g.program()
+    program, slots, _scalars, _dynamic = g.program()
     assert [s[0] for s in slots] == [total, bank]
     assert program.windows == ((1, 0, (2, 3)), (1, 6, (2, 3)))
     assert [st.slots for st in program.steps] == [(0, 2), (0, 3), (0, 2)]

@@ -33,9 +33,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from unity_legion.executor.launcher import BoundArg, submit_program
-from unity_legion.executor.tasks import Access, Program, Step
+from unity_legion.executor.tasks import PASSED, Access, Program, Step, fixed_scalars
 from unity_legion.types import MachineView
 from unity_legion.mappers.placement import placed
+
+# Programs that differ only in the scalar values they hold (Program.fixed), per program that
+# passes them all: past this many, a group's scalars are passed instead (a scalar that changes
+# from launch to launch without being marked dynamic would otherwise register a task a launch).
+FIXED_VARIANTS = 64
+_FIXED_VARIANTS: dict[Program, set[Program]] = {}
+
+# a group's task program, its slots' (store, tile, projection), the scalars its launch passes
+# and the (index, kind) of those among them that change from step to step
+Built = tuple[Program, list[tuple[Any, Any, Any]], list[tuple[Any, type]], list[tuple[int, str]]]
 
 # Steps per fused task at most: a longer task holds its processors' pieces for longer before
 # any consumer on another processor can start (and its registration is one more shape).
@@ -161,8 +171,11 @@ class FusedGroup:
         self.dynamic.extend((len(self.scalars) + i, kind) for i, kind in dynamic)
         self.scalars.extend(scalars)
 
-    def program(self) -> tuple[Program, list[tuple[Any, Any, Any]]]:
-        """The group's task program and its slots' (store, tile, projection)."""
+    def program(self) -> Built:
+        """The group's task program, its slots' (store, tile, projection), and the scalars its
+        launch passes (value, type) with the indices among them of those that change from
+        step to step: every other scalar the program holds (tasks.fixed_scalars), unless
+        programs differing only in held values grew past FIXED_VARIANTS."""
         squeeze = tuple(s.squeeze for s in self.slots)
         steps = tuple(self.steps)
         if self.windows:
@@ -172,14 +185,26 @@ class FusedGroup:
         program = Program(steps, tuple(s.access for s in self.slots),
                           squeeze if any(squeeze) else (), windows=tuple(self.windows),
                           grid=self.grid if any(st.gathers for st in steps) else ())
-        return program, [(s.store, s.tile, s.proj) for s in self.slots]
+        slots = [(s.store, s.tile, s.proj) for s in self.slots]
+        if not self.scalars:
+            return program, slots, [], []
+        fixed = fixed_scalars(self.scalars, self.dynamic)
+        held = replace(program, fixed=fixed)
+        variants = _FIXED_VARIANTS.setdefault(program, set())
+        if held not in variants:
+            if len(variants) >= FIXED_VARIANTS:   # a scalar that moves but is not dynamic
+                return program, slots, list(self.scalars), list(self.dynamic)
+            variants.add(held)
+        passed = [i for i, f in enumerate(fixed) if f is PASSED]
+        renumber = {i: k for k, i in enumerate(passed)}
+        return (held, slots, [self.scalars[i] for i in passed],
+                [(renumber[i], kind) for i, kind in self.dynamic])
 
-    def submit(self, rt: Any, built: tuple[Program, list[tuple[Any, Any, Any]]],
-               uid: int = -1) -> None:
+    def submit(self, rt: Any, built: Built, uid: int = -1) -> None:
         """Submit the group as one task; `built`: its `program()`."""
-        program, slots = built
+        program, slots, scalars, _dynamic = built
         with placed(self.view):
-            submit_program(rt, program, slots, self.scalars, self.grid, uid=uid)
+            submit_program(rt, program, slots, scalars, self.grid, uid=uid)
 
 
 class FusionQueue:
@@ -237,7 +262,7 @@ class FusionQueue:
             p = self.profiler
             built = g.program()
             if self.recorder is not None:
-                self.recorder.task(*built, g.scalars, g.dynamic, g.grid, g.view, list(g.labels))
+                self.recorder.task(*built, g.grid, g.view, list(g.labels))
             if p is None:
                 g.submit(self.rt, built)
             else:  # the host's time submitting it: its first step's operator's

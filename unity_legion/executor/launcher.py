@@ -315,11 +315,14 @@ def prepared_parts(slots: Sequence[tuple[Any, Any, Any]]) -> list[tuple[Any, Any
 
 def issue_task(rt: Any, task: Any, access: Sequence[Any], parts: Sequence[tuple[Any, Any]],
                scalars: Sequence[tuple[Any, type]], grid: tuple[int, ...],
-               box: Box | None = None, uid: int = -1, meets: bool = False) -> None:
+               box: Box | None = None, uid: int = -1, meets: bool = False,
+               launch: int = -1) -> None:
     """Launch registered `task` over `grid` (only the points of `box`, when given) with its
     slots' partitions `parts` (prepared_parts), by their `access`, and its scalars. `meets`:
     its points exchange partial sums (Program.grid): they run at once, under a number of
-    their own (the task's last scalar)."""
+    their own (the task's last scalar). `launch`: the number of a recorded launch, issued
+    with the same partitions at every replay (its points keep their pieces' origins); -1
+    for one issued once."""
     reads, writes, reduces = slot_order(tuple(access))
     if box is None:
         mt = rt.create_manual_task(task.library, task.task_id, grid)
@@ -343,6 +346,7 @@ def issue_task(rt: Any, task: Any, access: Sequence[Any], parts: Sequence[tuple[
     for value, py_type in scalars:
         mt.add_scalar_arg(value, scalar_type(py_type))
     mt.add_scalar_arg(uid, scalar_type(int))
+    mt.add_scalar_arg(launch, scalar_type(int))
     if meets:
         mt.add_scalar_arg(next(_MEETING_NUMBERS), scalar_type(int))
         mt.set_concurrent(True)

@@ -30,6 +30,7 @@ store a recording names (a weight set, optimizer state, a plan, frozen weights) 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
@@ -39,6 +40,9 @@ from unity_legion.executor.tasks import Access, Program, program_task
 from unity_legion.mappers.placement import placed
 from unity_legion.operators.base import Launch, Role
 from unity_legion.types import MachineView
+
+# numbers of recorded launches (_Task.number)
+_LAUNCH_NUMBERS = itertools.count()
 
 # the kinds of scalars that change from step to step (GraphExecutor._dynamic names them)
 DYNAMIC_SEED = "seed"
@@ -61,6 +65,9 @@ class _Task:
     labels: list[Any]                              # per step: (operator name, phase)
     # per slot while recording: (id of the store, its dims, numpy dtype name, tile); () after
     slot_info: tuple[tuple[int, tuple[int, ...], str, Any], ...] = ()
+    # this launch's number among every recorded one in the process (launcher.issue_task):
+    # its points keep their pieces' origins under it, the same at every replay
+    number: int = field(default_factory=lambda: next(_LAUNCH_NUMBERS))
 
     @property
     def access(self) -> tuple[Access, ...]:
@@ -107,7 +114,7 @@ class _Task:
                 scalars[i] = (value(kind), scalars[i][1])
         with _profiled(profiler, self.labels) as uid, placed(self.view):
             issue_task(rt, self.task, self.access, parts, scalars, self.grid, uid=uid,
-                       meets=bool(self.program.grid))
+                       meets=bool(self.program.grid), launch=self.number)
 
 
 @dataclass

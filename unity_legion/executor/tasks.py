@@ -19,7 +19,7 @@ import inspect
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from legate.core import VariantCode
 from legate.core import types as ty
-from legate.core.task import ADD, InputStore, OutputStore, ReductionStore, PyTask
+from legate.core.task import (ADD, InputStore, OutputStore, ReductionStore, PyTask,
+                              VariantInvoker)
 
 from unity_legion.operators.base import Kernel, PieceOrigin, Role
 from unity_legion.operators.precision import is_half_piece, narrow_into, round_in_place, widen
@@ -102,6 +103,34 @@ class Step:
     gathers: tuple[tuple[int, int], ...] = ()
 
 
+class _Passed:
+    """A scalar passed with each launch (Program.fixed)."""
+
+    def __repr__(self) -> str:
+        return "PASSED"
+
+
+PASSED = _Passed()
+
+
+def fixed_scalars(scalars: Sequence[tuple[Any, type]], dynamic: Sequence[tuple[int, str]]
+                  ) -> tuple[Any, ...]:
+    """Program.fixed for a fused task's `scalars` (value, type), of which those at the
+    `dynamic` indices change from step to step: every other one is held by the program. Legate
+    wraps each scalar a launch passes, on the issuing thread and again in every point of the
+    task (~20 us of the interpreter's lock per point of a ResNeXt task, which passes hundreds:
+    convolution geometries, epsilons, flags). Equal values of different types (1, 1.0,
+    True) or signs (0.0, -0.0) make different programs; a NaN is passed."""
+    moving = {i for i, _kind in dynamic}
+    out = []
+    for i, (value, t) in enumerate(scalars):
+        if i in moving or value != value:   # (NaN: a program equal to nothing, itself included)
+            out.append(PASSED)
+        else:
+            out.append((t.__name__, repr(value), value))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Program:
     """The shape of a task: its steps and each slot's access. Hashable: one registration each."""
@@ -119,14 +148,23 @@ class Program:
     # the launch grid of a program whose steps gather partial sums across its points (Step.
     # gathers): its points must run at once (a concurrent launch); () for none
     grid: tuple[int, ...] = ()
+    # per scalar of its steps (in scalar_params order): PASSED, or (type name, repr, value) of
+    # a value the same at every launch of the program, which the body holds and no launch
+    # passes (fixed_scalars); () for none fixed
+    fixed: tuple[Any, ...] = ()
 
     def scalar_params(self) -> list[tuple[str, type]]:
         # the trailing "_uid": the profiler's id of the launch (-1: not profiled; see TRACE);
-        # then, for a program that gathers, "_meet": the launch's number, which its points
-        # meet under (launcher.issue_task draws it)
-        return [(f"k{j}_{name}", t) for j, s in enumerate(self.steps)
-                for name, t in s.kernel.scalars] + [("_uid", int)] + (
-                    [("_meet", int)] if self.grid else [])
+        # "_launch": the number of a recorded launch issued again at every replay (-1: a
+        # launch issued once), under which its points keep their pieces' origins (program_
+        # task); then, for a program that gathers, "_meet": the launch's number, which its
+        # points meet under (launcher.issue_task draws it)
+        every = [(f"k{j}_{name}", t) for j, s in enumerate(self.steps)
+                 for name, t in s.kernel.scalars]
+        if self.fixed:
+            every = [param for param, f in zip(every, self.fixed) if f is PASSED]
+        return every + [("_uid", int), ("_launch", int)] + (
+            [("_meet", int)] if self.grid else [])
 
     @property
     def name(self) -> str:
@@ -270,9 +308,19 @@ def program_task(program: Program) -> Any:
     steps = program.steps
     squeeze = program.squeeze
     grid = program.grid
-    plans = [_step_plan(j, step) for j, step in enumerate(steps)]
-
     names = [p.name for p in params]
+    position: dict[str, Any] = {name: i for i, name in enumerate(names)}
+    # a held scalar's "position" is its value, boxed (_step_plan tells them apart)
+    flat = [f"k{j}_{name}" for j, st in enumerate(steps) for name, _t in st.kernel.scalars]
+    for key, f in zip(flat, program.fixed):
+        if f is not PASSED:
+            position[key] = _Held(f[2])
+    plans = [_step_plan(j, step, position) for j, step in enumerate(steps)]
+    # each slot's argument position (None: a temporary of the task's own), and the trailing
+    # scalars'
+    store_at = tuple(None if a is Access.LOCAL else position[source[i]]
+                     for i, a in enumerate(access))
+    uid_at, launch_at, meet_at = position["_uid"], position["_launch"], position.get("_meet")
 
     local = program.local
     # (slot, first, end, shape) per window: its bounds worked out once, not per task
@@ -291,17 +339,17 @@ def program_task(program: Program) -> Any:
     if local:
         LOCAL_BUFFERS[program] = buffers
 
+    # (launch, point) -> its pieces' origins, found once for a recorded launch (a Legate
+    # domain lookup costs ~10 us of the interpreter's lock; a replayed launch binds the same
+    # tiles at every step): bounded, as recordings come and go
+    origin_cache: dict[tuple[int, tuple[int, ...]], list[Any]] = {}
+
     def body(*args: Any, asarray: Any = host_array, empty: Any = aligned_empty,
-             **kw: Any) -> None:
-        # (Signature.bind costs ~15 us a task; Legate passes the parameters all by position
-        # or all by name)
-        if not args:
-            given = kw
-        elif not kw and len(args) == len(names):
-            given = dict(zip(names, args))
-        else:
-            given = signature.bind(*args, **kw).arguments
-        stores = [None if a is Access.LOCAL else given[source[i]] for i, a in enumerate(access)]
+             point: tuple[int, ...] | None = None, **kw: Any) -> None:
+        # (_PositionalInvoker passes the parameters by position; Legate's own invoker, by name)
+        if kw or len(args) != len(names):
+            args = tuple(signature.bind(*args, **kw).arguments.values())
+        stores = [None if at is None else args[at] for at in store_at]
         arrays = [None if s is None else asarray(s) for s in stores]
         if local:
             thread = threading.get_ident()
@@ -320,12 +368,26 @@ def program_task(program: Program) -> Any:
         halves = {i: arrays[i] for i, a in enumerate(arrays) if is_half_piece(a)}
         for i, piece in halves.items():
             arrays[i] = widen(piece)
-        origins: list[tuple[int, ...] | None] = [None] * n_access
+        launch = args[launch_at]
+        keep = launch >= 0 and point is not None
+        kept = origin_cache.get((launch, point)) if keep else None
+        fresh = kept is None
+        if fresh:
+            # per slot its piece's origin, per step that wants them its kernel's origin
+            # argument (where kept: every one looked up now, so that none refers to this
+            # task's stores later)
+            kept = ([None] * n_access, [None] * len(plans))
+        origins, step_origins = kept
         for base, first, end, shape in windows:   # (splitting a contiguous dim: a view)
             piece = arrays[base]
             arrays.append(piece[..., first:end].reshape(piece.shape[:-1] + shape))
-            origins.append((0,) * (piece.ndim - 1 + len(shape)))
-        uid = given["_uid"]
+            if fresh:
+                origins.append((0,) * (piece.ndim - 1 + len(shape)))
+        if fresh and keep:
+            if len(origin_cache) >= _ORIGINS_KEPT:
+                origin_cache.clear()
+            origin_cache[(launch, point)] = kept
+        uid = args[uid_at]
 
         def origin_of_slot(slot: int) -> tuple[int, ...]:
             o = origins[slot]
@@ -336,21 +398,23 @@ def program_task(program: Program) -> Any:
 
         meeting = None
         if grid:
-            number = given["_meet"]
+            number = args[meet_at]
             meeting = _meeting(number, math.prod(grid))
             k_gather = 0
             lead = len(grid)
-            lo = next(tuple(stores[slot].domain.lo)[:lead] for step in steps
-                      for _p, slot in step.gathers)
-            point = 0
+            lo = point if point is not None else next(
+                tuple(stores[slot].domain.lo)[:lead] for step in steps
+                for _p, slot in step.gathers)
+            member = 0   # this point's place among the launch's points
             for c, n in zip(lo, grid):
-                point = point * n + c
+                member = member * n + c
         finite: dict[int, bool] = {}   # fixed_guards' checks
-        for j, (step, fn, pairs, reduced, skeys, origin_slots, written) in enumerate(plans):
+        for j, (step, fn, pairs, reduced, skeys, origin_slots, written, call_at) in enumerate(
+                plans):
             if step.gathers:   # every point meets here, whatever the guards say
                 sums = {}
                 for p, slot in step.gathers:
-                    sums[p] = gathered(meeting, k_gather, point, arrays[step.slots[p]],
+                    sums[p] = gathered(meeting, k_gather, member, arrays[step.slots[p]],
                                        arrays[slot])
                     k_gather += 1
             if step.guards:
@@ -373,25 +437,37 @@ def program_task(program: Program) -> Any:
                     continue
             if uid >= 0:
                 t0 = time.perf_counter()
-            call = {name: arrays[slot] for name, slot in pairs}
-            if reduced:
-                partial = []
-                for name, slot in reduced:
-                    buf = np.zeros_like(arrays[slot])
-                    partial.append((slot, buf))
-                    call[name] = buf
-            if step.gathers:
-                for p, _slot in step.gathers:
-                    call[pairs[p][0]] = sums[p]
-            for name, key in skeys:
-                call[name] = given[key]
+            origin = None
             if origin_slots is not None:
-                call["origin"] = PieceOrigin(origin_of_slot(pairs[0][1]),
-                                             _LazyOrigins(origin_slots, origin_of_slot))
-            fn(**call)
-            if reduced:
-                for slot, buf in partial:
-                    arrays[slot] += buf
+                origin = step_origins[j]
+                if origin is None:
+                    first = origin_of_slot(pairs[0][1])
+                    if keep:   # kept for the launch's later tasks: every origin looked up now
+                        origin = step_origins[j] = PieceOrigin(
+                            first, {n: origin_of_slot(s) for n, s in origin_slots.items()})
+                    else:
+                        origin = PieceOrigin(first, _LazyOrigins(origin_slots, origin_of_slot))
+            if call_at is not None:   # by position: no dictionary built
+                call_at(arrays, args, origin)
+            else:
+                call = {name: arrays[slot] for name, slot in pairs}
+                if reduced:
+                    partial = []
+                    for name, slot in reduced:
+                        buf = np.zeros_like(arrays[slot])
+                        partial.append((slot, buf))
+                        call[name] = buf
+                if step.gathers:
+                    for p, _slot in step.gathers:
+                        call[pairs[p][0]] = sums[p]
+                for name, at in skeys:
+                    call[name] = at.value if type(at) is _Held else args[at]
+                if origin is not None:
+                    call["origin"] = origin
+                fn(**call)
+                if reduced:
+                    for slot, buf in partial:
+                        arrays[slot] += buf
             if halves:
                 for slot in written:
                     if slot in halves:
@@ -420,26 +496,90 @@ def program_task(program: Program) -> Any:
         fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
     body.__name__ = body.__qualname__ = f"{program.name}__{_registered}"
     gpu_body.__name__ = gpu_body.__qualname__ = f"{program.name}__{_registered}__gpu"
-    t = PyTask(func=body, variants=(VariantCode.CPU,), library=task_library())
+    t = PyTask(func=body, variants=(VariantCode.CPU,), library=task_library(),
+               invoker=_PositionalInvoker(body))
     t.gpu_variant(gpu_body)   # Legate refuses a variant whose signature differs from the CPU's
     VARIANTS[program] = ("cpu", "gpu")
     return t
 
 
-def _step_plan(j: int, step: Step) -> tuple[Any, ...]:
+# launches per program whose pieces' origins a body keeps (program_task)
+_ORIGINS_KEPT = 256
+
+
+class _PositionalInvoker(VariantInvoker):
+    """Calls a program's body with its stores and scalars by position, in the order Legate
+    binds them (inputs, outputs, reductions, scalars: the body's parameters are declared in
+    that order, program_task). Legate's own invoker works out each parameter's kind from its
+    annotation at every call (typing lookups per parameter) and passes all of them by name:
+    ~30 us of the interpreter's lock per task of a few dozen arguments, paid by every point
+    of every task."""
+
+    def __call__(self, ctx: Any, func: Any) -> None:
+        args = [a.data() for a in ctx.inputs]
+        args += [a.data() for a in ctx.outputs]
+        args += [a.data() for a in ctx.reductions]
+        args += [s.value() for s in ctx.scalars]
+        func(*args, point=tuple(ctx.task_index))
+
+
+def _step_plan(j: int, step: Step, position: Mapping[str, int]) -> tuple[Any, ...]:
     """What the task body needs of step `j`, worked out once per program: (step, kernel
     function, (parameter, slot) of the stores passed as they are, those run into a zeroed
-    temporary and added (Step.reduced), (parameter, scalar name) of its scalars, parameter ->
-    slot of its stores when it wants their origins (else None), the slots it writes)."""
+    temporary and added (Step.reduced), (parameter, argument position or _Held value) of its
+    scalars, parameter -> slot of its stores when it wants their origins (else None), the
+    slots it writes, and the kernel called by position (`_call_by_position`; None: by
+    name))."""
     k = step.kernel
     named = list(zip((name for name, _r in k.stores), step.slots))
     pairs = tuple(named)   # (a reduced parameter's entry is replaced by its temporary)
     reduced = tuple((n, s) for n, s in named if n in step.reduced)
-    skeys = tuple((name, f"k{j}_{name}") for name, _t in k.scalars)
+    skeys = tuple((name, position[f"k{j}_{name}"]) for name, _t in k.scalars)
     written = tuple(slot for (name, role), slot in zip(k.stores, step.slots)
                     if role is not Role.INPUT or name in step.reduced)
+    call_at = None if reduced or step.gathers else _call_by_position(k, dict(named), skeys)
     return (step, k.fn, pairs, reduced, skeys, dict(pairs) if k.wants_origin else None,
-            written)
+            written, call_at)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A scalar's value held by the program (Program.fixed), where a passed one has its
+    argument position."""
+
+    value: Any
+
+
+def _call_by_position(k: Kernel, slots: dict[str, int],
+                      scalars: tuple[tuple[str, Any], ...]) -> Any:
+    """`k`'s function called with its arguments by position, taken straight from the body's
+    arrays, the task's arguments and the origin: call(arrays, args, origin). A kernel call by
+    name built a dictionary of a dozen entries and matched it to the parameters (~10% of a
+    fused task's interpreter time). None where the parameters do not allow it."""
+    try:
+        params = inspect.signature(k.fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    at = dict(scalars)
+    exprs = []
+    held: list[Any] = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            return None
+        if p.name in slots:
+            exprs.append(f"a[{slots[p.name]}]")
+        elif p.name in at and type(at[p.name]) is _Held:
+            exprs.append(f"c[{len(held)}]")
+            held.append(at[p.name].value)
+        elif p.name in at:
+            exprs.append(f"s[{at[p.name]}]")
+        elif p.name == "origin" and k.wants_origin:
+            exprs.append("o")
+        else:
+            return None
+    namespace = {"fn": k.fn, "c": tuple(held)}
+    exec(f"def call(a, s, o):\n    fn({', '.join(exprs)})\n", namespace)   # noqa: S102
+    return namespace["call"]
 
 
 class _LazyOrigins(Mapping):
