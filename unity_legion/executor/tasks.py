@@ -391,7 +391,7 @@ def program_task(program: Program) -> Any:
 
         def origin_of_slot(slot: int) -> tuple[int, ...]:
             o = origins[slot]
-            if o is None:   # (a Legate domain lookup: ~10 us, so only for the pieces asked)
+            if o is None:   # (a Legate domain lookup: ~10 us; once a slot a task)
                 lo = tuple(stores[slot].domain.lo)
                 o = origins[slot] = lo[squeeze[slot]:] if squeeze else lo
             return o
@@ -441,12 +441,13 @@ def program_task(program: Program) -> Any:
             if origin_slots is not None:
                 origin = step_origins[j]
                 if origin is None:
-                    first = origin_of_slot(pairs[0][1])
-                    if keep:   # kept for the launch's later tasks: every origin looked up now
-                        origin = step_origins[j] = PieceOrigin(
-                            first, {n: origin_of_slot(s) for n, s in origin_slots.items()})
-                    else:
-                        origin = PieceOrigin(first, _LazyOrigins(origin_slots, origin_of_slot))
+                    # every piece's origin looked up here, before the kernel: kept for the
+                    # launch's later tasks (no lookup then refers to this task's stores), and
+                    # never inside the kernel, whose time the cost model measures (a replayed
+                    # step's kernels find them kept)
+                    origin = step_origins[j] = PieceOrigin(
+                        origin_of_slot(pairs[0][1]),
+                        {n: origin_of_slot(s) for n, s in origin_slots.items()})
             if call_at is not None:   # by position: no dictionary built
                 call_at(arrays, args, origin)
             else:
@@ -580,30 +581,6 @@ def _call_by_position(k: Kernel, slots: dict[str, int],
     namespace = {"fn": k.fn, "c": tuple(held)}
     exec(f"def call(a, s, o):\n    fn({', '.join(exprs)})\n", namespace)   # noqa: S102
     return namespace["call"]
-
-
-class _LazyOrigins(Mapping):
-    """Parameter name -> the origin of its store's piece, looked up when a kernel asks
-    (PieceOrigin.of): most kernels that want origins read one or two of their stores'."""
-
-    __slots__ = ("_slots", "_resolve")
-
-    def __init__(self, slots: dict[str, int],
-                 resolve: Any) -> None:   # resolve: slot -> its piece's origin
-        self._slots = slots   # (the program's, read only)
-        self._resolve = resolve
-
-    def __getitem__(self, name: str) -> tuple[int, ...]:
-        return self._resolve(self._slots[name])
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._slots
-
-    def __iter__(self) -> Any:
-        return iter(self._slots)
-
-    def __len__(self) -> int:
-        return len(self._slots)
 
 
 # programs with task-local temporaries -> their processors' buffers (see program_task)

@@ -71,8 +71,10 @@ T = TypeVar("T")
 
 
 # how `measure_op` measures; a measurement taken another way is not reused (2: the caches
-# evicted before the backward pass; 3: the inputs a step's neighbour just wrote warmed)
-METHOD = 3
+# evicted before the backward pass; 3: the inputs a step's neighbour just wrote warmed; 4: the
+# pieces' origins looked up before the kernel, outside its timed run, as a replayed step finds
+# them kept: executor.tasks.program_task)
+METHOD = 4
 
 
 def job_fingerprint() -> str:
