@@ -224,7 +224,7 @@ def batch_norm_backward_input_params(x: In, dy: In, stats: In, gamma: In, moving
         if _jit.fits(stats, mean) and type(dgamma) is np.ndarray and type(dbeta) is np.ndarray:
             _jit.bn_add_param_grads(stats, mean, rstd, dgamma, dbeta)
         else:
-            dgamma += rstd * (stats[_SUM_DYX] - mean * stats[_SUM_DY])   # (as _d_gamma)
+            dgamma += _gamma_grad(stats, mean, rstd)
             dbeta += stats[_SUM_DY]
 
 
@@ -265,6 +265,11 @@ def _input_grad(x: np.ndarray, dy: np.ndarray, stats: np.ndarray, gamma: np.ndar
 def _d_gamma(stats: np.ndarray, moving_mean: np.ndarray, moving_variance: np.ndarray,
              epsilon: float) -> np.ndarray:
     mean, rstd, _ = _mean_rstd(stats, moving_mean, moving_variance, epsilon)
+    return _gamma_grad(stats, mean, rstd)
+
+
+def _gamma_grad(stats: np.ndarray, mean: np.ndarray, rstd: np.ndarray) -> np.ndarray:
+    """gamma's gradient from the backward sums and the statistics the forward used."""
     return rstd * (stats[_SUM_DYX] - mean * stats[_SUM_DY])
 
 

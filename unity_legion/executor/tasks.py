@@ -445,9 +445,8 @@ def program_task(program: Program) -> Any:
                     # launch's later tasks (no lookup then refers to this task's stores), and
                     # never inside the kernel, whose time the cost model measures (a replayed
                     # step's kernels find them kept)
-                    origin = step_origins[j] = PieceOrigin(
-                        origin_of_slot(pairs[0][1]),
-                        {n: origin_of_slot(s) for n, s in origin_slots.items()})
+                    of = {n: origin_of_slot(s) for n, s in origin_slots.items()}
+                    origin = step_origins[j] = PieceOrigin(of[pairs[0][0]], of)
             if call_at is not None:   # by position: no dictionary built
                 call_at(arrays, args, origin)
             else:
