@@ -313,19 +313,19 @@ def test_batch_statistics_are_exchanged_inside_one_task() -> None:
 
 
 def test_the_cost_model_prices_gathers_where_executors_run_them(monkeypatch) -> None:
-    """RuntimeSpec.gather follows the job's setting (UNITY_LEGION_GATHERS) on one node, and a
-    cached calibration serves either setting."""
+    """RuntimeSpec.gather follows the job's setting (UNITY_LEGION_GATHERS, on unless "0") on
+    one node, and a cached calibration serves either setting."""
     from unity_legion.cost.calibration import Calibration
     from unity_legion.cost.machine import GATHER_S, PRESETS
     from unity_legion.profiling.calibrate import with_gathers
 
     one = Calibration(PRESETS["local"])
     two = Calibration(replace(PRESETS["local"], nodes=2, devices_per_node=1))
-    monkeypatch.setenv("UNITY_LEGION_GATHERS", "1")
+    monkeypatch.delenv("UNITY_LEGION_GATHERS", raising=False)
     assert executor_mod.gathers_by_default()
     met = with_gathers(one)
     assert met.machine.runtime.gather == GATHER_S
     assert with_gathers(two).machine.runtime.gather is None   # ranks apart: no meeting
-    monkeypatch.delenv("UNITY_LEGION_GATHERS")
+    monkeypatch.setenv("UNITY_LEGION_GATHERS", "0")
     assert not executor_mod.gathers_by_default()
     assert with_gathers(met).machine.runtime.gather is None

@@ -67,13 +67,14 @@ _BANK_TYPES = (ty.float32, ty.float64)
 
 
 def gathers_by_default() -> bool:
-    """Whether executors exchange batch statistics inside their fused tasks (UNITY_LEGION_
-    GATHERS=1; calibrate prices steps the same way). Off by default: measured on this host's
-    two processors (ResNeXt, batch 16, data parallel) it cut a step from 73-86 ms to 65 ms,
-    yet the step stays ~2.5x the one-processor plan's (each point's kernels run ~2.6x slower
-    beside the other's, and the points wait 6-13 ms a step on each other at the meetings),
-    which the simulator does not price yet (it predicted 50 ms for an 84 ms step)."""
-    return os.environ.get("UNITY_LEGION_GATHERS", "0") == "1"
+    """Whether executors exchange batch statistics inside their fused tasks (on unless
+    UNITY_LEGION_GATHERS=0; calibrate prices steps the same way). Measured on this host's two
+    processors (bench_simulator's sizes, 2026-12-07, alternating in one process, 12 rounds):
+    ResNeXt's data-parallel step 46.7 -> 44.1 ms, with its classifier on one processor 47.8
+    -> 42.7 ms; the simulator, which prices the meetings (`RuntimeSpec.gather`), predicted
+    the data-parallel step +10.6% and -3.3% off the measured one in two runs of
+    bench_simulator."""
+    return os.environ.get("UNITY_LEGION_GATHERS", "1") != "0"
 
 
 @dataclass
@@ -219,8 +220,8 @@ class GraphExecutor:
         self._banks: dict[tuple[Any, ...], list[_SumBank]] = {}
         # Sums read by the same fused task that adds them (batch statistics under a split of
         # the batch) exchanged between its points inside the task, on one rank (see
-        # _gathers_on); off (the default, see gathers_by_default): such a read ends the fused
-        # group and the sum is settled first.
+        # _gathers_on; see gathers_by_default); off: such a read ends the fused group and the
+        # sum is settled first.
         self.gathers = gathers_by_default()
         # Plain SGD of weights whose operator updates only what a batch used (an embedding's
         # looked-up rows: Operator.sparse_sgd_update) skips their dense gradients and updates
