@@ -15,6 +15,7 @@ from unity_legion.keras import losses as losses_mod
 from unity_legion.keras import metrics as metrics_mod
 from unity_legion.keras import optimizers as optimizers_mod
 from unity_legion.keras.progress import EpochProgress, resolve_verbose
+from unity_legion.keras.seed import global_seed
 from unity_legion.operators.base import OperatorError
 from unity_legion.operators.precision import as_bfloat16
 from unity_legion.types import DataType
@@ -439,8 +440,6 @@ class Trainer:
         callback_list = cbs.CallbackList(list(callbacks or []) + [self.history], self,
                                          {"epochs": epochs, "steps": steps, "verbose": verbose})
         # One shuffle stream per fit, identical on every rank.
-        from unity_legion.keras.models.model import global_seed
-
         rng = self._shuffle_rng = np.random.default_rng([global_seed(), 1, initial_epoch])
         self.stop_training = False
         # a callback resuming a run (BackupAndRestore) sets where it goes on: (epoch, steps of

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from unity_legion.keras.models.model import set_global_seed
+from unity_legion.keras.seed import set_global_seed
 
 
 def set_random_seed(seed: int) -> None:

@@ -4,13 +4,25 @@ PCG). Pure Python; `draw` needs matplotlib and networkx, imported when called.""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from unity_legion.pcg.pcg import PCG, PNode
 
 if TYPE_CHECKING:
     from unity_legion.cost.simulator import SimResult
-    from unity_legion.strategy.strategy import CostFn, Strategy
+
+# a predicted forward time per operator of a PCG, in seconds (explain's `cost`)
+CostFn = Callable[[PNode, PCG], float]
+
+
+class Shown(Protocol):
+    """What the report reads of a strategy (a strategy.Strategy, which imports this module)."""
+
+    model: str
+    source: str
+    signature: str
+    machine: Any      # strategy.MachineSpec: devices, device_type
+    pipeline: Any     # pcg.pipeline.PipelineSpec or None
 
 
 def human_bytes(n: int) -> str:
@@ -56,7 +68,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def explain(strategy: "Strategy", pcg: PCG, batch: int, cost: "CostFn | None" = None,
+def explain(strategy: Shown, pcg: PCG, batch: int, cost: CostFn | None = None,
             sim: "SimResult | None" = None) -> str:
     """One row per operator: degrees, devices, parameter and activation bytes per device (the
     largest piece of its weights and outputs), predicted forward time (with a cost model), and
@@ -139,7 +151,7 @@ def _range_of(node: PNode, consumers: dict[int, list[PNode]]) -> tuple[str, int,
     return None
 
 
-def draw(strategy: "Strategy", pcg: PCG, path: str | os.PathLike[str],
+def draw(strategy: Shown, pcg: PCG, path: str | os.PathLike[str],
          input_names: Sequence[str] = (), output_names: Sequence[str] = ()) -> None:
     """The PCG as a picture (PNG or SVG by the file's extension): computations are boxes,
     parallel operators diamonds, graph inputs and outputs circles; a node's colour is the device

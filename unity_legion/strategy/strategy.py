@@ -42,14 +42,16 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from unity_legion.operators._aten import DeviceDtypeError, check_device_dtype
 from unity_legion.operators.base import SAMPLE
 from unity_legion.pcg.graph import ComputationGraph, Node
-from unity_legion.pcg.pcg import PCG, PCGError, PNode, check_axes, data_parallel_config, lift
+from unity_legion.pcg.pcg import PCG, PCGError, check_axes, data_parallel_config, lift
 from unity_legion.pcg.pipeline import (PipelineError, PipelineSpec, Stage, inexact_operator,
                                        lift_pipelined)
+from unity_legion.strategy import report
+from unity_legion.strategy.report import CostFn
 from unity_legion.substitutions.apply import AppliedRule, Rewrite, replay
 from unity_legion.substitutions.rule import SubstitutionError
 from unity_legion.types import MachineView, OpConfig, ParallelShapeError
@@ -62,10 +64,6 @@ VERSION = 1
 SOURCES = ("data_parallel", "megatron", "table_parallel", "random", "manual", "search",
            "serial")
 DEVICE_TYPES = ("cpu", "gpu")
-
-# Predicted forward time of one operator of a PCG, in seconds (a cost model; see `explain`).
-CostFn = Callable[[PNode, PCG], float]
-
 
 class StrategyError(ValueError):
     """A strategy that cannot run on this model or machine; the message says which operator and
@@ -419,8 +417,6 @@ class Strategy:
         (unity_legion.cost.MachineModel) it simulates one training step there (with
         `cost_model`, default the analytic roofline) and adds each operator's compute,
         communication and waiting time, and the step time."""
-        from unity_legion.strategy.report import explain
-
         pcg = self.pcg(model, batch)
         sim = None
         if self.pipeline is not None:
@@ -433,21 +429,20 @@ class Strategy:
                 graph, outs = self.graph_for(model)
                 priced = Simulator(machine, cost_model).simulate_pipeline(
                     graph, batch, self._by_id(graph, batch), self.pipeline, outs)
-            return explain(self, pcg, batch // self.pipeline.micro_batches, cost, None) + \
+            return report.explain(self, pcg, batch // self.pipeline.micro_batches, cost, None) + \
                 "\n" + explain_pipeline(self.pipeline, batch, priced)
         if machine is not None:
             from unity_legion.cost.simulator import Simulator
 
             graph, _ = self.graph_for(model)
             sim = Simulator(machine, cost_model).simulate_pcg(graph, pcg)
-        return explain(self, pcg, batch, cost, sim)
+        return report.explain(self, pcg, batch, cost, sim)
 
     def draw(self, model: Any, batch: int, path: str | os.PathLike[str]) -> None:
-        from unity_legion.strategy.report import draw
-
         graph, outs = self.graph_for(model)
-        draw(self, self.pcg(model, batch), path, [graph.tensors[t].name for t in graph.inputs],
-             [graph.tensors[t].name for t in outs])
+        report.draw(self, self.pcg(model, batch), path,
+                    [graph.tensors[t].name for t in graph.inputs],
+                    [graph.tensors[t].name for t in outs])
 
 
 def _check_gpu_dtypes(node: Node, inputs: list[Any]) -> None:

@@ -11,7 +11,7 @@ from unity_legion.operators.registry import by_op_type
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.types import TensorShape
 
-from .rule import AttrOf, Computed, SubstitutionError
+from .values import AttrOf, Computed, SubstitutionError
 
 # Operator classes a `New` builder may construct, by op_type: every operator of the registry.
 OPERATOR_TYPES: Mapping[str, type[Operator]] = by_op_type()

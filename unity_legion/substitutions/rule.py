@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-
-class SubstitutionError(ValueError):
-    """A rule is malformed, does not apply to a match, or its rewrite is not a valid graph."""
+from . import exprs
+# (re-exported: rules are written with them; exprs evaluates them without importing rule)
+from .values import AttrOf, Computed, SubstitutionError  # noqa: F401
 
 
 # --- references to tensors inside a rule ---------------------------------------------------------
@@ -72,22 +72,6 @@ def check_constraint(c: Constraint, op: Any) -> bool:
 
 
 # --- values a replacement op is built from -------------------------------------------------------
-
-@dataclass(frozen=True)
-class AttrOf:
-    """The attribute `attr` of the matched op labelled `op`."""
-
-    op: str
-    attr: str
-
-
-@dataclass(frozen=True)
-class Computed:
-    """A value computed by the function `fn` of `exprs.FUNCTIONS` from the match and `args`."""
-
-    fn: str
-    args: tuple[Any, ...] = ()
-
 
 Value = Any  # a literal, an AttrOf or a Computed
 
@@ -189,8 +173,6 @@ class Rule:
 
 def validate(rule: Rule) -> None:
     """Structural checks: labels unique, references point backwards, inputs numbered 0..n-1."""
-    from . import exprs  # local: exprs imports this module
-
     def fail(msg: str) -> None:
         raise SubstitutionError(f"rule {rule.name!r}: {msg}")
 

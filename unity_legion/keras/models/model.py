@@ -12,14 +12,11 @@ from unity_legion import initializers
 from unity_legion.keras.layers import tracing
 from unity_legion.keras.layers.input_layer import InputSpec, input_layer_of
 from unity_legion.keras.layers.layer import KerasTensor, Layer, _snake, unique_name
+from unity_legion.keras.seed import global_seed
 from unity_legion.keras.trainer import Trainer
 from unity_legion.pcg.graph import ComputationGraph
 
 WeightKey = tuple[int, str]
-
-# Weights are drawn from this seed unless keras.utils.set_random_seed() changes it. A fixed
-# default keeps every rank of a multi-rank job on identical initial weights.
-_GLOBAL_SEED = [1337]
 
 
 def keras_layer_order(inputs: Sequence[KerasTensor], outputs: Sequence[KerasTensor]
@@ -61,14 +58,6 @@ def keras_layer_order(inputs: Sequence[KerasTensor], outputs: Sequence[KerasTens
     order = sorted(members, key=lambda k: (-depth[k], index[k]))   # stable: inputs' order
     with_inputs = [members[k] for k in order]
     return [m for m in with_inputs if isinstance(m, Layer)], with_inputs
-
-
-def set_global_seed(seed: int) -> None:
-    _GLOBAL_SEED[0] = int(seed)
-
-
-def global_seed() -> int:
-    return _GLOBAL_SEED[0]
 
 
 class Model(Trainer):
