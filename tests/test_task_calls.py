@@ -114,3 +114,49 @@ def _model(held: bool, monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def test_held_scalars_train_exactly_as_passed_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _model(True, monkeypatch) == _model(False, monkeypatch)
+
+
+def test_points_meet_at_each_gather_and_get_the_sum_in_point_order() -> None:
+    """tasks.gathered: every point of a launch gets base + every point's piece, summed in
+    point order (the same bits on each), at each of several gathers; the meeting is gone
+    once they have all left."""
+    import threading
+
+    from unity_legion.executor import tasks
+
+    points, gathers = 3, 5
+    number = -12345   # (no launch of this process has a negative number)
+    rng = np.random.default_rng(0)
+    pieces = rng.standard_normal((gathers, points, 4)).astype(np.float32)
+    base = np.ones(4, np.float32)
+    got: dict[tuple[int, int], np.ndarray] = {}
+
+    def point(p: int) -> None:
+        m = tasks._meeting(number, points)
+        for k in range(gathers):
+            got[(k, p)] = tasks.gathered(m, k, p, base, pieces[k, p])
+        tasks._leave(number, m)
+
+    threads = [threading.Thread(target=point, args=(p,)) for p in range(points)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    for k in range(gathers):
+        want = base.copy()
+        for p in range(points):
+            want += pieces[k, p]
+        for p in range(points):
+            np.testing.assert_array_equal(got[(k, p)], want)
+    assert number not in tasks._MEETINGS
+
+
+def test_a_point_that_never_comes_ends_the_meeting_with_an_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from unity_legion.executor import tasks
+
+    monkeypatch.setattr(tasks, "MEET_TIMEOUT_S", 0.2)
+    m = tasks._Meeting(2)
+    with pytest.raises(RuntimeError, match="did not all reach"):
+        tasks.gathered(m, 0, 0, np.zeros(2), np.ones(2))
