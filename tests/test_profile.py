@@ -120,3 +120,24 @@ def test_a_job_plans_and_prices_with_its_machines_cached_calibration(tmp_path, m
     # another shape of job, or GPUs: the calibration does not describe them
     assert running_machine(m.ranks, 2 * m.processors, "cpu", calibrated=slow) != slow
     assert running_machine(m.ranks, m.processors, "gpu", calibrated=slow).device.kind == "gpu"
+
+
+def test_on_cpus_the_profile_prices_the_plan_with_its_operators_measured(monkeypatch):
+    """The simulated side of a CPU job's profile comes from its own operators measured on its
+    processors (profiling.measured_cost), not from the roofline alone."""
+    import unity_legion.profiling as profiling_mod
+    from unity_legion.cost.measure import MeasuredCost
+
+    made: list[MeasuredCost] = []
+    real = profiling_mod.measured_cost
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(profiling_mod, "measured_cost", spy)
+    model, x, y = _model()
+    prof = model.profile_step(x, y, batch_size=32, verbose=False)
+    assert len(made) == 1 and prof.sim_step and prof.sim_step > 0
+    # it measured the plan's operators (a cost per operator, from measurements it cached)
+    assert made[0]._memo

@@ -592,6 +592,14 @@ class Trainer:
         from unity_legion.runtime import machine_info
 
         machine, cost = job_model(machine_info())
+        if machine.device.kind == "cpu":
+            # the plan's operators measured on this job's processors (cached on disk, as the
+            # cost cache keeps them): job_model's roofline prices a small kernel at its
+            # arithmetic, where a CNN's kernels take several times that here (ResNeXt's serial
+            # step at bench_simulator's size: 8.4 ms predicted so, 21.9 ms run)
+            from unity_legion.profiling import measured_cost
+
+            cost = measured_cost()
         graph = self._plan.graph
         pcg = self._strategy.pcg(self.graph, batch)
         slots = len(self.optimizer.rule().slots)
