@@ -95,18 +95,25 @@ def imports_in(source: str, module: str, is_package: bool) -> Iterator[tuple[int
                     yield node.lineno, f"{target}.{alias.name}"
 
 
-def package_imports(root: Path = ROOT) -> list[Import]:
-    found: list[Import] = []
+def package_modules(root: Path = ROOT) -> Iterator[tuple[str, bool, Path]]:
+    """(dotted module name, whether it is a package's __init__, file) of every module the
+    package installs."""
     for name, folder in package_dirs(root).items():
         for path in sorted(folder.rglob("*.py")):
             rel = path.relative_to(folder).with_suffix("")
             is_package = rel.name == "__init__"
             dotted = ".".join([name, *(rel.parts[:-1] if is_package else rel.parts)])
-            source = part_of(dotted)
-            if source is None:           # unity_legion/__init__.py: the package's own door
-                continue
-            for line, module in imports_in(path.read_text(), dotted, is_package):
-                found.append(Import(str(path.relative_to(root)), line, source, module))
+            yield dotted, is_package, path
+
+
+def package_imports(root: Path = ROOT) -> list[Import]:
+    found: list[Import] = []
+    for dotted, is_package, path in package_modules(root):
+        source = part_of(dotted)
+        if source is None:           # unity_legion/__init__.py: the package's own door
+            continue
+        for line, module in imports_in(path.read_text(), dotted, is_package):
+            found.append(Import(str(path.relative_to(root)), line, source, module))
     return found
 
 
@@ -267,13 +274,10 @@ def private_reads(source: str) -> Iterator[tuple[int, str]]:
 def below_keras_files(root: Path = ROOT) -> Iterator[tuple[str, Path]]:
     """(part, file) of every module in a layer below keras'."""
     layer = {part: n for n, parts in enumerate(LAYERS) for part in parts}
-    for name, folder in package_dirs(root).items():
-        for path in sorted(folder.rglob("*.py")):
-            rel = path.relative_to(folder).with_suffix("")
-            is_package = rel.name == "__init__"
-            part = part_of(".".join([name, *(rel.parts[:-1] if is_package else rel.parts)]))
-            if part is not None and part in layer and layer[part] < layer["keras"]:
-                yield part, path
+    for dotted, _is_package, path in package_modules(root):
+        part = part_of(dotted)
+        if part is not None and part in layer and layer[part] < layer["keras"]:
+            yield part, path
 
 
 def test_the_scan_sees_private_reads():
@@ -320,12 +324,8 @@ def module_circles(root: Path = ROOT) -> set[tuple[str, str]]:
     """Pairs of the package's modules (dotted, without the package's name) that import each
     other; a package and a module inside it are not counted (a package's door names its
     modules, and `from . import x` names the package)."""
-    module_of: dict[str, str] = {}
-    for name, folder in package_dirs(root).items():
-        for path in folder.rglob("*.py"):
-            rel = path.relative_to(folder).with_suffix("")
-            parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-            module_of[str(path.relative_to(root))] = ".".join([name, *parts])
+    module_of = {str(path.relative_to(root)): dotted
+                 for dotted, _is_package, path in package_modules(root)}
     ours = set(module_of.values())
     graph: dict[str, set[str]] = {}
     for imp in package_imports(root):
