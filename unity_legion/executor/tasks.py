@@ -153,14 +153,19 @@ class Program:
     # passes (fixed_scalars); () for none fixed
     fixed: tuple[Any, ...] = ()
 
+    def kernel_scalars(self) -> list[tuple[str, type]]:
+        """(parameter name, type) of every scalar of its steps' kernels, held or passed, in
+        order (`fixed` has one entry for each)."""
+        return [(f"k{j}_{name}", t) for j, s in enumerate(self.steps)
+                for name, t in s.kernel.scalars]
+
     def scalar_params(self) -> list[tuple[str, type]]:
         # the trailing "_uid": the profiler's id of the launch (-1: not profiled; see TRACE);
         # "_launch": the number of a recorded launch issued again at every replay (-1: a
         # launch issued once), under which its points keep their pieces' origins (program_
         # task); then, for a program that gathers, "_meet": the launch's number, which its
         # points meet under (launcher.issue_task draws it)
-        every = [(f"k{j}_{name}", t) for j, s in enumerate(self.steps)
-                 for name, t in s.kernel.scalars]
+        every = self.kernel_scalars()
         if self.fixed:
             every = [param for param, f in zip(every, self.fixed) if f is PASSED]
         return every + [("_uid", int), ("_launch", int)] + (
@@ -311,8 +316,7 @@ def program_task(program: Program) -> Any:
     names = [p.name for p in params]
     position: dict[str, Any] = {name: i for i, name in enumerate(names)}
     # a held scalar's "position" is its value, boxed (_step_plan tells them apart)
-    flat = [f"k{j}_{name}" for j, st in enumerate(steps) for name, _t in st.kernel.scalars]
-    for key, f in zip(flat, program.fixed):
+    for (key, _t), f in zip(program.kernel_scalars(), program.fixed):
         if f is not PASSED:
             position[key] = _Held(f[2])
     plans = [_step_plan(j, step, position) for j, step in enumerate(steps)]
