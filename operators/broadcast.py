@@ -117,7 +117,7 @@ class Binary(Operator):
         if self.fn in ARITHMETIC and a.dtype == DataType.BOOL:
             raise OperatorError(f"{self.fn}: bool inputs; cast them to a number type first")
         if self.fn == "divide" and not a.dtype.is_float:
-            raise OperatorError(f"divide: integer inputs; cast them to float first")
+            raise OperatorError("divide: integer inputs; cast them to float first")
         batch, rest = broadcast_rest(self.fn, inputs)
         dtype = DataType.BOOL if self.fn in COMPARISONS else a.dtype
         return (TensorShape((batch,) + rest, dtype),)

@@ -71,7 +71,7 @@ def _scatter_rows(dembeddings: np.ndarray, idx: np.ndarray, held: np.ndarray | N
                   rows: Any) -> None:
     """dembeddings[idx[i]] += rows[i] for each lookup this piece holds (repeated indices
     accumulate): ATen's index_add_ touches only the rows the batch used."""
-    with aten() as torch:
+    with aten():
         index = view(np.ascontiguousarray(idx.reshape(-1)))
         if held is not None:
             keep = view(np.ascontiguousarray(held.reshape(-1)))
@@ -102,7 +102,7 @@ def embedding_bag_backward(dembeddings: Sum, x: In, dy: In, origin: Origin, mean
                            input_dim: int) -> None:
     idx, held = _indices(x, origin[0], dembeddings.shape[0], input_dim)
     width, bag = dembeddings.shape[1], x.shape[-1]
-    with aten() as torch:
+    with aten():
         g = view(dy)
         if mean and bag:
             g = g / bag
@@ -142,7 +142,7 @@ def embedding_bag_sgd_update(embeddings: InOut, x: In, dy: In, origin: Origin, l
                              mean: bool, input_dim: int) -> None:
     idx, held = _indices(x, origin[0], embeddings.shape[0], input_dim)
     width, bag = embeddings.shape[1], x.shape[-1]
-    with aten() as torch:
+    with aten():
         g = view(dy)
         if mean and bag:
             g = g / bag

@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import _jit
-from .base import Arg, In, InOut, Launch, Ref, RefKind, Sum, consumes, kernel
+from .base import Arg, InOut, Launch, Ref, RefKind, Sum, consumes, kernel
 
 ROWS = "param_rows"  # launch axis: the parameter's leading dimension, split over processors
 

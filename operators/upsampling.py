@@ -40,7 +40,7 @@ def upsample_nearest_backward(dy: In, dx: Out, channels_first: bool) -> None:
     gs, dxs = nhwc(dy, channels_first), nhwc(dx, channels_first)
     b, h, w_, c = dxs.shape
     sh, sw = gs.shape[1] // h, gs.shape[2] // w_
-    with aten() as torch:
+    with aten():
         blocks = view(gs).reshape(b, h, sh, w_, sw, c)
         view(dxs).copy_(blocks.sum((2, 4)))
 

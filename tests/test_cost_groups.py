@@ -300,7 +300,6 @@ def test_the_dp_prices_an_edge_as_the_simulator_whatever_it_memoised() -> None:
     y = g.add_node(Linear(256), [h], "fc2")[0]
     mc = setup(g, 64, H100x8, None, [y], None, "gpu")
     from unity_legion.search.candidates import Resource
-    from unity_legion.search.decompose import Edge
     e = next(e for n in mc.index.nodes for e in mc.index.touching[n.id] if e.tensor == h)
     whole_res = Resource.whole(8, 8)
     parts = whole_res.splits()[0]

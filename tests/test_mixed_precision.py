@@ -13,7 +13,7 @@ import pytest
 from unity_legion import keras
 from unity_legion.keras import layers, mixed_precision
 from unity_legion.operators import precision
-from unity_legion.types import DataType, TensorShape
+from unity_legion.types import DataType
 
 from keras_oracle import build, real_keras
 

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from launch import REPO, VENV_BIN, run_with_env
+from launch import VENV_BIN, run_with_env
 from test_strategy_views import _doc
 from test_strategy import split_mlp
 

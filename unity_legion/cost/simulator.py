@@ -1470,7 +1470,7 @@ class _Plan:
                     item.syncs[key].link, "grads")
         for item in reversed(updates):
             name = item.pnode.name
-            br = s.breakdown.setdefault(name, OpBreakdown())
+            s.breakdown.setdefault(name, OpBreakdown())
             for key, ws in item.weights:
                 at = grads_end.get(item.pnode.id, 0.0)
                 points = sim.update_points(ws, len(item.devs))

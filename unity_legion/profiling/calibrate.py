@@ -448,7 +448,7 @@ def calibrate(repeats: int = 9) -> Calibration:
     def reduced(side: int, fold: bool) -> float:
         """procs points with trivial kernels writing a store, then one task reads it: each
         point ADD-reducing into all of it (fold) or writing its own rows (no fold)."""
-        src, acc, out = pr.store(side, side), pr.store(side, side), pr.store(side, side)
+        acc, out = pr.store(side, side), pr.store(side, side)
         marker = pr.store(procs)
 
         def once() -> None:

@@ -6,7 +6,6 @@ from typing import Any, Sequence
 
 from unity_legion import initializers
 from unity_legion.keras.layers.layer import Layer, check_positive_int
-from unity_legion.operators.activation import Activation as ActivationOp
 from unity_legion.operators.activation import check_activation
 from unity_legion.operators.base import Operator
 from unity_legion.operators.linear import Linear

@@ -457,7 +457,7 @@ class Model(Trainer):
 
     # ------------------------------------------------------------------ summary
     def summary(self, print_fn: Any = None) -> None:
-        graph = self._require_built()
+        self._require_built()
         out = print_fn or print
         rows = []
         for layer in self.layers:   # InputLayers too where Keras lists them (functional)

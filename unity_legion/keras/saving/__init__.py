@@ -4,7 +4,7 @@ built model, so callbacks and other code can call them directly."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from unity_legion.keras.saving.atomic import write_atomically
 from unity_legion.keras.saving.keras_zip import ModelFileError, load_model, save_model
