@@ -1,4 +1,5 @@
-"""scripts/bench_fit.py: fit with a read after every step and with steps grouped, both timed."""
+"""scripts/bench_fit.py: fit with a read after every step and with steps grouped, both timed, and
+(one rank) with the loss and metrics read back from their stores instead of posted."""
 
 from __future__ import annotations
 
@@ -23,3 +24,6 @@ def test_bench_fit_times_both_settings(tmp_path: Path) -> None:
     assert out["step_s_each_read"] > 0 and out["step_s_grouped"] > 0   # (timings: README)
     assert out["speedup"] == pytest.approx(out["step_s_each_read"] / out["step_s_grouped"],
                                            rel=0.01)
+    assert out["metrics"] == ["accuracy"] and out["step_s_each_read_stores"] > 0
+    assert out["posted_speedup"] == pytest.approx(
+        out["step_s_each_read_stores"] / out["step_s_each_read"], rel=0.01)

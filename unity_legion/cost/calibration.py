@@ -24,7 +24,8 @@ SCHEMA = "unity_legion.calibration"
 # 3: Legion's work per store bound and per store reduced into (RuntimeSpec.analysis_store, ...)
 # 4: the processors' work per store a fused task binds (RuntimeSpec.task_store)
 # 5: those per-store figures over stores written and read as a step does, not only read
-VERSION = 5
+# 6: the end of a step whose losses its tasks post to the host (RuntimeSpec.posted_sync)
+VERSION = 6
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,9 @@ class RuntimeSpec:
     sync: seconds a blocking read of a finished result costs the issuing thread (round trip);
         over several nodes, seconds from the read's issue to its value's arrival, a round trip
         between the ranks' runtimes that runs while the work it waits for does.
+    posted_sync: on one node, seconds the issuing thread spends ending a step whose losses and
+        metrics its tasks post to the host (the executor's posted values: a step not
+        pipelined) once they are done: its closing fence; None: `sync`, a read.
     reduction: "ring" (replicas summed by a ring all-reduce over the links) or "fold" (the
         runtime folds each of the c partial copies, whole, into the result: c x fold.time(bytes)).
     fold: the cost of folding one copy: latency per copy, bytes folded per second (with "fold").
@@ -159,6 +162,7 @@ class RuntimeSpec:
     walk_fused_issue: float = 0.0
     issue_store: float = 0.0
     gather: float | None = None
+    posted_sync: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.fusion, bool) or not isinstance(self.fusion, int) or self.fusion < 0:
@@ -169,10 +173,10 @@ class RuntimeSpec:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise MachineError(f"runtime {f} must be a number >= 0, got {v!r}")
-        if self.gather is not None and (isinstance(self.gather, bool) or not isinstance(
-                self.gather, (int, float)) or self.gather < 0):
-            raise MachineError(f"runtime gather must be a number >= 0 or null, got "
-                               f"{self.gather!r}")
+        for f in ("gather", "posted_sync"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                raise MachineError(f"runtime {f} must be a number >= 0 or null, got {v!r}")
         if self.reduction not in REDUCTIONS:
             raise MachineError(f"runtime reduction must be one of {', '.join(REDUCTIONS)}, got "
                                f"{self.reduction!r}")

@@ -25,7 +25,8 @@ from legate.core import types as ty
 
 from unity_legion.executor import host_data
 from unity_legion.executor.fusion import FusionQueue, fuses_by_default
-from unity_legion.executor.replay import (DYNAMIC_LR, DYNAMIC_SEED, DYNAMIC_STEP, Recorder,
+from unity_legion.executor import posted
+from unity_legion.executor.replay import (DYNAMIC_BOX, DYNAMIC_LR, DYNAMIC_SEED, DYNAMIC_STEP, Recorder,
                                           StepTrace)
 from unity_legion.executor.tasks import release_local_buffers
 from unity_legion.executor.launcher import (BoundArg, bind, box_points, effective_degree,
@@ -255,6 +256,14 @@ class GraphExecutor:
         self._feed_log: list[Feed] | None = None
         # while a launch is issued: its scalars that change from step to step, by name -> kind
         self._dynamic: dict[str, str] = {}
+        # On one rank a step's losses and metrics are posted to the host by its tasks instead
+        # of read back from their stores (executor/posted.py); the box of the step being
+        # issued, the boxes of the call, and each posted store's key (by id: the stores are
+        # the executor's scratch, the same at every replay)
+        self.posts = self.machine.ranks == 1 and os.environ.get("UNITY_LEGION_POSTED", "1") != "0"
+        self._post_box: posted.Box | None = None
+        self._boxes: list[posted.Box] = []
+        self._post_keys: dict[int, tuple[Any, int]] = {}
 
     @classmethod
     def from_plan(cls, plan: Any, values: Mapping[WeightKey, np.ndarray] | None = None
@@ -811,6 +820,7 @@ class GraphExecutor:
         can go, and garbage is collected (on this thread only: runtime.collect_garbage)."""
         self._attached.clear()
         self._uploads.clear()
+        self._close_boxes()
         self._feeds_loaded = 0
         forget_store_dims()
         collect_garbage()
@@ -977,6 +987,7 @@ class GraphExecutor:
                 launch = Launch(launch.kernel, launch.args,
                                 dict(launch.scalars) | {"scale": launch.scalars["scale"] * factor})
             self._launch(launch, refs, loss_degrees, loss_view)
+            self._post(refs[y(0)], loss_degrees, loss_view)
             loss_stores.append((refs[y(0)], weights[k]))
             grad_stores.append(refs[dx(0)])
             for m in objective.metrics[k]:
@@ -984,22 +995,75 @@ class GraphExecutor:
                          y(0): self._scratch("metric", k, m.name,
                                              shape=TensorShape((batch,), DataType.FLOAT64))}
                 self._launch(m.launch(pred_shape, target_shape), mrefs, loss_degrees, loss_view)
+                self._post(mrefs[y(0)], loss_degrees, loss_view)
                 metric_stores.setdefault(m.name, []).append(mrefs[y(0)])
         return loss_stores, grad_stores, metric_stores
 
-    def _read_objective(self, batch: int, loss_stores: list[Any],
-                        metric_stores: dict[str, list[Any]]) -> StepResult:
-        return self._read_objectives([(batch, loss_stores, metric_stores)])[0][0]
+    # ------------------------------------------------------------------ posted values
+    def _open_box(self) -> posted.Box | None:
+        """A box for the step about to be issued to post its losses and metrics to (None where
+        the executor reads them back: several ranks, or UNITY_LEGION_POSTED=0)."""
+        if not self.posts:
+            return None
+        box = self._post_box = posted.open_box()
+        self._boxes.append(box)
+        return box
+
+    def _box_number(self) -> int:
+        return self._post_box.number if self._post_box is not None else -1
+
+    def _close_boxes(self) -> None:
+        for box in self._boxes:
+            posted.close_box(box)
+        self._boxes.clear()
+        self._post_box = None
+
+    def _post(self, store: Any, degrees: Mapping[str, int], view: MachineView | None) -> None:
+        """Have the tasks post per-sample `store` to the step's box (see posted.py)."""
+        if self._post_box is None:
+            return
+        key = self._post_keys.setdefault(id(store), (store, len(self._post_keys)))[1]
+        ref = Ref(RefKind.INPUT, 0)
+        with self._dynamic_scalars({"box": DYNAMIC_BOX}):
+            self._launch(posted.post_launch(ref, self._post_box.number, key), {ref: store},
+                         degrees, view)
+
+    def _take_posted(self, box: posted.Box, stores: Sequence[Any], batch: int
+                     ) -> list[tuple[int, np.ndarray]]:
+        """(index, values) of each of `stores` that the step's tasks post to `box`, once they
+        all have: waited for, and after a time for every task issued to have run (a step
+        slower than posted.WAIT_S)."""
+        keys = [(j, self._post_keys[id(st)][1]) for j, st in enumerate(stores)
+                if id(st) in self._post_keys]
+        need = {key: batch for _j, key in keys}
+        if not box.wait(need):
+            self.rt.issue_execution_fence(block=True)
+            if not box.wait(need, 0.0):
+                raise RuntimeError(f"the step's tasks ran but did not post every loss and metric "
+                                   f"(box {box.number}: keys {sorted(need)})")
+        posted.close_box(box)
+        return [(j, box.value(key, batch)) for j, key in keys]
 
     def _read_objectives(self, parts: Sequence[tuple[int, list[Any], dict[str, list[Any]]]],
-                         extra: Sequence[Any] = (), direct: bool = False
+                         extra: Sequence[Any] = (), direct: bool = False,
+                         boxes: Sequence[posted.Box | None] = ()
                          ) -> tuple[list[StepResult], list[np.ndarray]]:
         """The results of (batch, loss stores, metric stores) `parts` (a step's, or each
         micro-batch's), and the values of the `extra` stores, all read together (read_all;
-        `direct`: the stores are copies no launch uses again, mapped as they are)."""
-        stores = [st for _b, ls, ms in parts
-                  for st in [st for st, _w in ls] + [st for v in ms.values() for st in v]]
-        values = iter(read_all(stores + list(extra), self._uploads, direct))
+        `direct`: the stores are copies no launch uses again, mapped as they are). `boxes`:
+        per part, the box its tasks posted its stores' values to (None: read them)."""
+        per_part = [[st for st, _w in ls] + [st for v in ms.values() for st in v]
+                    for _b, ls, ms in parts]
+        got: dict[tuple[int, int], np.ndarray] = {}   # (part, index) -> posted values
+        for i, box in enumerate(boxes):
+            if box is not None:
+                got |= {(i, j): v for j, v in self._take_posted(box, per_part[i], parts[i][0])}
+        unread = [st for i, sts in enumerate(per_part) for j, st in enumerate(sts)
+                  if (i, j) not in got]
+        read_back = iter(read_all(unread + list(extra), self._uploads, direct))
+        values = iter([got[(i, j)] if (i, j) in got else next(read_back)
+                       for i, sts in enumerate(per_part) for j, _st in enumerate(sts)]
+                      + list(read_back))
         results = []
         for batch, ls, ms in parts:
             loss = np.zeros(batch)
@@ -1025,11 +1089,13 @@ class GraphExecutor:
         batch = _batch_of(feeds)
         targets = self._checked_targets(objective, targets, batch)
         self._new_step()
+        box = self._open_box()
         loss_stores, metric_stores, finite = self._issue_step(
             feeds, targets, objective, rule, lr, step, loss_scale, batch)
         self._mark(None, "sync")
         (result,), checked = self._read_objectives([(batch, loss_stores, metric_stores)],
-                                                   [finite] if finite is not None else [])
+                                                   [finite] if finite is not None else [],
+                                                   boxes=[box])
         if finite is not None and not np.all(np.isfinite(checked[0])):
             result.grads_finite = result.applied = False
         if not np.all(np.isfinite(result.loss)):
@@ -1062,13 +1128,15 @@ class GraphExecutor:
         for i, lr in enumerate(lrs):   # the rule checks its arguments before anything is issued
             rule.launch(1, lr, first_step + i)
         self._new_step()
-        parts = []
+        parts, boxes = [], []
         for i, ((feeds, targets, batch), lr) in enumerate(zip(checked, lrs)):
+            box = self._open_box()
             loss_stores, metric_stores, _ = self._issue_step(
                 feeds, targets, objective, rule, lr, first_step + i, None, batch)
-            parts.append(self._copied_out(batch, loss_stores, metric_stores))
+            parts.append(self._copied_out(batch, loss_stores, metric_stores, box))
+            boxes.append(box)
         self._mark(None, "sync")
-        results, _ = self._read_objectives(parts, direct=True)
+        results, _ = self._read_objectives(parts, direct=True, boxes=boxes)
         for result in results:
             if not np.all(np.isfinite(result.loss)):
                 result.applied = False   # (as train_step)
@@ -1086,14 +1154,18 @@ class GraphExecutor:
             out.append((feeds, self._checked_targets(objective, targets, batch), batch))
         return out
 
-    def _copied_out(self, batch: int, loss_stores: list[Any], metric_stores: dict[str, list[Any]]
-                    ) -> tuple[int, list[Any], dict[str, list[Any]]]:
+    def _copied_out(self, batch: int, loss_stores: list[Any], metric_stores: dict[str, list[Any]],
+                    box: posted.Box | None = None) -> tuple[int, list[Any], dict[str, list[Any]]]:
         """A step's (batch, losses, metrics) as copies (snapshot): the next step of a group
         writes the same stores (a recorded step reuses them), so each step's values are copied
-        out as it ends and the copies read together."""
+        out as it ends and the copies read together. Stores its tasks post to `box` are not
+        copied: the box holds their values (_read_objectives)."""
         keep = self._uploads
-        return (batch, [(snapshot(st, keep), w) for st, w in loss_stores],
-                {k: [snapshot(st, keep) for st in v] for k, v in metric_stores.items()})
+
+        def out(st: Any) -> Any:
+            return st if box is not None and id(st) in self._post_keys else snapshot(st, keep)
+        return (batch, [(out(st), w) for st, w in loss_stores],
+                {k: [out(st) for st in v] for k, v in metric_stores.items()})
 
     def _issue_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
                     objective: Objective, rule: UpdateRule, lr: float, step: int,
@@ -1102,7 +1174,7 @@ class GraphExecutor:
         metrics and gradients' finiteness (None without loss scaling)."""
         degrees = self.degrees_for(batch)
         key = self._trace_key("train", feeds, targets, objective, rule, batch, loss_scale)
-        values = {DYNAMIC_LR: lr, DYNAMIC_STEP: step}
+        values = {DYNAMIC_LR: lr, DYNAMIC_STEP: step, DYNAMIC_BOX: self._box_number()}
         if key is not None and key in self._traces:
             rule.launch(1, lr, step)   # the rule checks its arguments before anything is issued
         return self._recorded(
@@ -1152,7 +1224,7 @@ class GraphExecutor:
         key = (kind, batch, tuple((t, _feed_signature(a)) for t, a in feeds.items()),
                tuple(_feed_signature(t) for t in targets), objective, rule, loss_scale,
                self._grads_zeroed, pending, self.fusion, self.partial_sums, self.sparse_updates,
-               self.halo_reads)
+               self.halo_reads, self._post_box is not None)
         try:
             hash(key)
         except TypeError:
@@ -1211,11 +1283,12 @@ class GraphExecutor:
     @contextlib.contextmanager
     def _dynamic_scalars(self, kinds: dict[str, str]) -> Iterator[None]:
         """The launches issued inside carry scalars (by name) that change from step to step."""
-        self._dynamic = kinds
+        outer = self._dynamic
+        self._dynamic = outer | kinds
         try:
             yield
         finally:
-            self._dynamic = {}
+            self._dynamic = outer
 
     def _unscale_grads(self, loss_scale: float) -> Any:
         """Divide every trainable weight's gradient by `loss_scale`; the returned one-element
@@ -1257,9 +1330,10 @@ class GraphExecutor:
         batch = _batch_of(feeds)
         targets = self._checked_targets(objective, targets, batch)
         self._new_step()
+        box = self._open_box()
         loss_stores, metric_stores = self._issue_evaluate(feeds, targets, objective, batch)
         self._drain()
-        return self._read_objective(batch, loss_stores, metric_stores)
+        return self._read_objectives([(batch, loss_stores, metric_stores)], boxes=[box])[0][0]
 
     def evaluate_steps(self, batches: Sequence[tuple[Mapping[int, Feed], Sequence[Feed]]],
                        objective: Objective) -> list[StepResult]:
@@ -1271,9 +1345,12 @@ class GraphExecutor:
             return self.pipeline.evaluate_steps(batches, objective)
         checked = self._checked_batches(objective, batches)
         self._new_step()
-        parts = [self._copied_out(batch, *self._issue_evaluate(feeds, targets, objective, batch))
-                 for feeds, targets, batch in checked]
-        results, _ = self._read_objectives(parts, direct=True)
+        parts, boxes = [], []
+        for feeds, targets, batch in checked:
+            boxes.append(self._open_box())
+            parts.append(self._copied_out(
+                batch, *self._issue_evaluate(feeds, targets, objective, batch), boxes[-1]))
+        results, _ = self._read_objectives(parts, direct=True, boxes=boxes)
         self._drain()
         return results
 
@@ -1293,7 +1370,8 @@ class GraphExecutor:
             return loss_stores, metric_stores
 
         return self._recorded(self._trace_key("evaluate", feeds, targets, objective, batch=batch),
-                              list(feeds.values()) + list(targets), {}, issue)
+                              list(feeds.values()) + list(targets),
+                              {DYNAMIC_BOX: self._box_number()}, issue)
 
     def _checked_targets(self, objective: Objective, targets: Sequence[Feed], batch: int
                          ) -> list[Feed]:

@@ -48,6 +48,7 @@ _LAUNCH_NUMBERS = itertools.count()
 DYNAMIC_SEED = "seed"
 DYNAMIC_LR = "lr"
 DYNAMIC_STEP = "step"
+DYNAMIC_BOX = "box"       # the step's box its losses and metrics are posted to (posted.py)
 
 
 @dataclass

@@ -39,6 +39,8 @@ jobs stretches wall time, which the one wall-time figure, `cores`, accounts for.
 - runtime.sync: a blocking read of a finished result (the executor reads the loss so); over
   several ranks, a launch whose points write a store on every rank and a read of it, timed
   from the launch's issue (the simulator takes it as a round trip from the read's issue).
+  runtime.posted_sync (one rank): a fence with nothing pending, all that ends a step whose
+  tasks posted its losses to the host (executor/posted.py).
 - intra link (moving data between processors): a store written by the processors tiled by rows
   is read by them tiled by columns, each point then needing (p-1)/p of its piece from the
   others'; the CPU beyond the same read tiled by rows, at two sizes, gives latency and bandwidth
@@ -398,6 +400,11 @@ def calibrate(repeats: int = 9) -> Calibration:
         read(small)
         return time.perf_counter() - t
     sync = _median(blocking_read, repeats)
+    posted_sync = None
+    if info.ranks == 1:
+        # a step whose tasks posted its losses ends with a fence only (executor/posted.py)
+        posted_sync = _median(lambda: pr.timed(lambda: None), repeats)
+        probes |= {"posted_sync_s": posted_sync}
     if info.ranks > 1:
         # the loss read: a store every processor wrote its rows of, read whole on every rank
         # (pieces cross between the ranks), from the launch's issue: the round trip runs while
@@ -487,7 +494,7 @@ def calibrate(repeats: int = 9) -> Calibration:
         source += f" ({info.ranks} ranks: per-rank figures, rank 0's)"
     machine = replace(base, nodes=info.ranks, devices_per_node=pr.local, device=device,
                       intra=intra, inter=inter,
-                      runtime=RuntimeSpec(issue=issue, sync=sync,
+                      runtime=RuntimeSpec(issue=issue, sync=sync, posted_sync=posted_sync,
                                           reduction=_reduction(pr), fold=fold,
                                           cores=cores, analysis=analysis, fusion=fusion_steps,
                                           fused_issue=fused_issue, fused_step=fused_step,

@@ -1,0 +1,132 @@
+"""A step's losses and metrics posted to the host by its own tasks (executor/posted.py: one
+rank) instead of read back from their stores: the same numbers, no store read during fit or
+evaluate, every box closed after each call; and the simulator ends such a step with a fence
+(RuntimeSpec.posted_sync) instead of a read."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from unity_legion import keras
+from unity_legion.executor import executor as executor_mod
+from unity_legion.executor import posted
+
+
+def _trained(make_mlp, x, y, monkeypatch, posts: bool, strategy: str, group: int):
+    monkeypatch.setenv("UNITY_LEGION_POSTED", "1" if posts else "0")
+    keras.utils.set_random_seed(3)
+    model = make_mlp()
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], strategy=strategy, steps_per_execution=group)
+    reads = []
+    real_read = executor_mod.read
+
+    def counted(*args, **kwargs):
+        reads.append(args[0])
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(executor_mod, "read", counted)
+    # 37 samples, batch 4: the last batch of each epoch has one sample (a shorter launch)
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, validation_split=0.2)
+    evaluated = model.evaluate(x, y, batch_size=5, verbose=0)
+    monkeypatch.setattr(executor_mod, "read", real_read)
+    assert model._executor.posts is posts
+    assert posted.open_boxes() == 0
+    return model, history, evaluated, len(reads)
+
+
+@pytest.mark.parametrize("strategy", ["serial", "data_parallel"])
+@pytest.mark.parametrize("group", [1, 3])
+def test_posted_losses_and_metrics_equal_the_read_ones(make_mlp, cls_data, monkeypatch,
+                                                       strategy: str, group: int) -> None:
+    x, y = cls_data
+    post, h_post, ev_post, reads_post = _trained(make_mlp, x, y, monkeypatch, True, strategy,
+                                                 group)
+    read, h_read, ev_read, reads_read = _trained(make_mlp, x, y, monkeypatch, False, strategy,
+                                                 group)
+    assert h_post.history == h_read.history          # the same float64 values, bit for bit
+    assert ev_post == ev_read
+    for a, b in zip(post.get_weights(), read.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # posted: nothing read back (read: a loss and a metric per step)
+    assert reads_post == 0 < reads_read
+
+
+def test_a_box_left_unfilled_once_every_task_has_run_is_an_error(make_mlp, cls_data,
+                                                                 monkeypatch) -> None:
+    # (the host waits posted.WAIT_S, then for every task issued; a box still short then names
+    # what is missing instead of waiting forever)
+    x, y = cls_data
+    model, *_ = _trained(make_mlp, x, y, monkeypatch, True, "serial", 1)
+    ex = model._executor
+    store = next(st for st, _key in ex._post_keys.values())
+    monkeypatch.setattr(posted, "WAIT_S", 0.0)
+    box = posted.open_box()
+    try:
+        with pytest.raises(RuntimeError, match="did not post every loss and metric"):
+            ex._take_posted(box, [store], 4)
+    finally:
+        posted.close_box(box)
+
+
+def test_a_box_counts_each_piece_once_and_orders_them_by_row() -> None:
+    box = posted.open_box()
+    try:
+        assert not box.wait({7: 5}, timeout=0.0)
+        box.put(7, 3, np.array([3.0, 4.0]))
+        box.put(7, 0, np.array([0.0, 1.0, 2.0]))
+        box.put(7, 3, np.array([3.0, 4.0]))   # a replicated launch posts its rows again
+        assert box.wait({7: 5}, timeout=0.0)
+        np.testing.assert_array_equal(box.value(7, 5), [0.0, 1.0, 2.0, 3.0, 4.0])
+        assert not box.wait({7: 5, 8: 1}, timeout=0.0)
+    finally:
+        posted.close_box(box)
+    assert posted.open_boxes() == 0
+
+
+def test_a_box_wakes_its_waiter_when_the_last_piece_arrives() -> None:
+    box = posted.open_box()
+    try:
+        later = threading.Timer(0.05, box.put, (0, 0, np.ones(4)))
+        later.start()
+        assert box.wait({0: 4}, timeout=30.0)
+        later.join()
+    finally:
+        posted.close_box(box)
+
+
+def test_a_post_to_a_closed_box_is_dropped() -> None:
+    box = posted.open_box()
+    posted.close_box(box)
+    posted.post_rows.fn(np.ones(3), box.number, 0, (0,))
+    assert not box.wait({0: 3}, timeout=0.0)
+
+
+def test_the_simulator_ends_a_posted_step_with_a_fence() -> None:
+    from unity_legion.cost import MachineError, Simulator, preset
+    from unity_legion.cost.machine import RuntimeSpec
+    from unity_legion.operators.linear import Linear
+    from unity_legion.pcg.graph import ComputationGraph
+    from unity_legion.types import MachineView, OpConfig, TensorShape
+
+    g = ComputationGraph()
+    t = g.add_input(TensorShape((None, 32)), "x")
+    (t,) = g.add_node(Linear(16), [t], "fc")
+    g.set_outputs([t])
+    serial = OpConfig.of({"sample": 1}, MachineView.contiguous("cpu", 0, 1))
+    base = preset("local")
+
+    def step(**runtime) -> float:
+        m = replace(base, runtime=replace(base.runtime, **runtime))
+        return Simulator(m, optimizer_slots=0).simulate(g, 64, {}, None, serial).step_time
+
+    read = step(sync=0.05)
+    assert step(sync=0.05, posted_sync=0.0) == pytest.approx(read - 0.05)
+    assert step(sync=0.05, posted_sync=0.01) == pytest.approx(read - 0.04)
+    with pytest.raises(MachineError, match="posted_sync must be a number >= 0 or null"):
+        RuntimeSpec(posted_sync=-1.0)

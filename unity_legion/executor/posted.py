@@ -1,0 +1,98 @@
+"""Per-sample values (a step's losses and metrics) that its tasks post straight to the host.
+
+Reading a store back costs a Legion round trip each: a copy into a temporary store, mapping it
+on the host, dropping it (executor.read: ~0.3-0.5 ms a store here, one after another, where a
+small model's whole step is 3 ms). On one rank the tasks run in this process, so a kernel that
+ends the objective's fused task can hand its piece to the host directly: `post_rows` copies its
+rows into a `Box` the host opened for the step, and the host waits on the box (its lock let go)
+instead of reading stores. The stores are still written as before; a box that does not fill in
+time is closed and the stores are read instead, so a late or missing post costs time, never a
+value.
+
+A box is numbered per step; the number is a scalar the executor passes with every launch of
+the step that posts (a dynamic scalar: replayed steps post to their own box), and a post to a
+box already closed is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Mapping
+import numpy as np
+
+from unity_legion.operators.base import Arg, In, Launch, Origin, Ref, kernel, origin_of
+
+# seconds the host waits for a box before it reads the stores instead (a step's tasks take
+# longer than this only on a model far larger than one rank's CPUs train)
+WAIT_S = 30.0
+
+_BOXES: dict[int, Box] = {}
+_BOXES_LOCK = threading.Lock()
+_NUMBERS = itertools.count()
+
+
+class Box:
+    """What one step's tasks post: per key (a store), its rows' pieces by starting row."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self._cond = threading.Condition()
+        self._pieces: dict[int, dict[int, np.ndarray]] = {}
+        self._rows: dict[int, int] = {}
+
+    def put(self, key: int, start: int, rows: np.ndarray) -> None:
+        with self._cond:
+            pieces = self._pieces.setdefault(key, {})
+            if start not in pieces:   # (a replicated launch posts the same rows twice)
+                pieces[start] = rows
+                self._rows[key] = self._rows.get(key, 0) + len(rows)
+            self._cond.notify_all()
+
+    def wait(self, rows: Mapping[int, int], timeout: float | None = None) -> bool:
+        """Wait until every key has its `rows`; False if that took longer than `timeout`
+        (default WAIT_S)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: all(self._rows.get(k, 0) >= n for k, n in rows.items()),
+                WAIT_S if timeout is None else timeout)
+
+    def value(self, key: int, rows: int) -> np.ndarray:
+        """The posted values of `key` (after `wait`), its pieces put in row order."""
+        pieces = self._pieces.get(key, {})
+        if not pieces:
+            return np.zeros(rows)
+        return np.concatenate([pieces[s] for s in sorted(pieces)])[:rows]
+
+
+def open_box() -> Box:
+    box = Box(next(_NUMBERS))
+    with _BOXES_LOCK:
+        _BOXES[box.number] = box
+    return box
+
+
+def close_box(box: Box) -> None:
+    with _BOXES_LOCK:
+        _BOXES.pop(box.number, None)
+
+
+def open_boxes() -> int:
+    """How many boxes are open (0 between the executor's calls)."""
+    return len(_BOXES)
+
+
+@kernel
+def post_rows(x: In, box: int, key: int, origin: Origin) -> None:
+    target = _BOXES.get(box)
+    if target is None:   # closed: nothing waits for it
+        return
+    # a copy: the piece is Legion's memory, reused once the task ends (a device piece: to host)
+    rows = np.array(x) if isinstance(x, np.ndarray) else x.get()
+    target.put(key, origin_of(origin, "x", 1)[0], rows)
+
+
+def post_launch(value: Ref, box: int, key: int) -> Launch:
+    """Post the per-sample `value` (a (batch,) store split by samples) to `box` under `key`."""
+    return Launch(post_rows, {"x": Arg.by_sample(value, 1)}, {"box": box, "key": key})
+
