@@ -1029,17 +1029,14 @@ class GraphExecutor:
 
     def _take_posted(self, box: posted.Box, stores: Sequence[Any], batch: int
                      ) -> list[tuple[int, np.ndarray]]:
-        """(index, values) of each of `stores` that the step's tasks post to `box`, once they
-        all have: waited for, and after a time for every task issued to have run (a step
-        slower than posted.WAIT_S)."""
+        """(index, values) of each of `stores` that the step's tasks posted to `box`, taken
+        once the step has run (the caller fenced: every post is in) and the box closed."""
         keys = [(j, self._post_keys[id(st)][1]) for j, st in enumerate(stores)
                 if id(st) in self._post_keys]
         need = {key: batch for _j, key in keys}
-        if not box.wait(need):
-            self.rt.issue_execution_fence(block=True)
-            if not box.wait(need, 0.0):
-                raise RuntimeError(f"the step's tasks ran but did not post every loss and metric "
-                                   f"(box {box.number}: keys {sorted(need)})")
+        if not box.wait(need, 0.0):
+            raise RuntimeError(f"the step's tasks ran but did not post every loss and metric "
+                               f"(box {box.number}: keys {sorted(need)})")
         posted.close_box(box)
         return [(j, box.value(key, batch)) for j, key in keys]
 
@@ -1359,8 +1356,12 @@ class GraphExecutor:
             boxes.append(self._open_box())
             parts.append(self._copied_out(
                 batch, *self._issue_evaluate(feeds, targets, objective, batch), boxes[-1]))
+        posts = any(box is not None for box in boxes)
+        if posts:
+            self._drain()   # (as train_step)
         results, _ = self._read_objectives(parts, direct=True, boxes=boxes)
-        self._drain()
+        if not posts:
+            self._drain()
         return results
 
     def _issue_evaluate(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],

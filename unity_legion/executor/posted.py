@@ -2,12 +2,11 @@
 
 Reading a store back costs a Legion round trip each: a copy into a temporary store, mapping it
 on the host, dropping it (executor.read: ~0.3-0.5 ms a store here, one after another, where a
-small model's whole step is 3 ms). On one rank the tasks run in this process, so a kernel that
-ends the objective's fused task can hand its piece to the host directly: `post_rows` copies its
-rows into a `Box` the host opened for the step, and the host waits on the box (its lock let go)
-instead of reading stores. The stores are still written as before; a box that does not fill in
-time is closed and the stores are read instead, so a late or missing post costs time, never a
-value.
+small model's whole step is 3 ms). On one rank the tasks run in this process, so a kernel right
+after each loss and metric kernel (in their fused task) can hand its piece to the host: `post_rows`
+copies its rows into a `Box` the host opened for the step, and the host takes them from it once the
+step has run (after the fence that ends every executor call) instead of reading stores. The
+stores are still written as before (the updates' guards read the losses).
 
 A box is numbered per step; the number is a scalar the executor passes with every launch of
 the step that posts (a dynamic scalar: replayed steps post to their own box), and a post to a
@@ -22,10 +21,6 @@ from collections.abc import Mapping
 import numpy as np
 
 from unity_legion.operators.base import Arg, In, Launch, Origin, Ref, kernel, origin_of
-
-# seconds the host waits for a box before it reads the stores instead (a step's tasks take
-# longer than this only on a model far larger than one rank's CPUs train)
-WAIT_S = 30.0
 
 _BOXES: dict[int, Box] = {}
 _BOXES_LOCK = threading.Lock()
@@ -49,13 +44,12 @@ class Box:
                 self._rows[key] = self._rows.get(key, 0) + len(rows)
             self._cond.notify_all()
 
-    def wait(self, rows: Mapping[int, int], timeout: float | None = None) -> bool:
+    def wait(self, rows: Mapping[int, int], timeout: float) -> bool:
         """Wait until every key has its `rows`; False if that took longer than `timeout`
-        (default WAIT_S)."""
+        seconds."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: all(self._rows.get(k, 0) >= n for k, n in rows.items()),
-                WAIT_S if timeout is None else timeout)
+                lambda: all(self._rows.get(k, 0) >= n for k, n in rows.items()), timeout)
 
     def value(self, key: int, rows: int) -> np.ndarray:
         """The posted values of `key` (after `wait`), its pieces put in row order."""
