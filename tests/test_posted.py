@@ -5,7 +5,6 @@ evaluate, every box closed after each call; and the simulator ends such a step w
 
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
 
 import numpy as np
@@ -76,34 +75,23 @@ def test_a_box_left_unfilled_once_every_task_has_run_is_an_error(make_mlp, cls_d
 def test_a_box_counts_each_piece_once_and_orders_them_by_row() -> None:
     box = posted.open_box()
     try:
-        assert not box.wait({7: 5}, timeout=0.0)
+        assert not box.holds({7: 5})
         box.put(7, 3, np.array([3.0, 4.0]))
         box.put(7, 0, np.array([0.0, 1.0, 2.0]))
         box.put(7, 3, np.array([3.0, 4.0]))   # a replicated launch posts its rows again
-        assert box.wait({7: 5}, timeout=0.0)
+        assert box.holds({7: 5})
         np.testing.assert_array_equal(box.value(7, 5), [0.0, 1.0, 2.0, 3.0, 4.0])
-        assert not box.wait({7: 5, 8: 1}, timeout=0.0)
+        assert not box.holds({7: 5, 8: 1})
     finally:
         posted.close_box(box)
     assert posted.open_boxes() == 0
-
-
-def test_a_box_wakes_its_waiter_when_the_last_piece_arrives() -> None:
-    box = posted.open_box()
-    try:
-        later = threading.Timer(0.05, box.put, (0, 0, np.ones(4)))
-        later.start()
-        assert box.wait({0: 4}, timeout=30.0)
-        later.join()
-    finally:
-        posted.close_box(box)
 
 
 def test_a_post_to_a_closed_box_is_dropped() -> None:
     box = posted.open_box()
     posted.close_box(box)
     posted.post_rows.fn(np.ones(3), box.number, 0, (0,))
-    assert not box.wait({0: 3}, timeout=0.0)
+    assert not box.holds({0: 3})
 
 
 def test_the_simulator_ends_a_posted_step_with_a_fence() -> None:

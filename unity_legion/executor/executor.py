@@ -1034,7 +1034,7 @@ class GraphExecutor:
         keys = [(j, self._post_keys[id(st)][1]) for j, st in enumerate(stores)
                 if id(st) in self._post_keys]
         need = {key: batch for _j, key in keys}
-        if not box.wait(need, 0.0):
+        if not box.holds(need):
             raise RuntimeError(f"the step's tasks ran but did not post every loss and metric "
                                f"(box {box.number}: keys {sorted(need)})")
         posted.close_box(box)
@@ -1065,7 +1065,7 @@ class GraphExecutor:
             loss = np.zeros(batch)
             for _st, weight in ls:
                 loss += weight * next(values)
-            metrics = {name: np.mean([next(values) for _ in v], axis=0) for name, v in ms.items()}
+            metrics = {name: _mean_of([next(values) for _ in v]) for name, v in ms.items()}
             results.append(StepResult(batch, loss, metrics))
         return results, list(values)
 
@@ -1745,6 +1745,12 @@ def _consecutive(devices: Sequence[int]) -> bool:
     """Whether point i runs on device devices[0] + i: a launch over that processor range
     places its points so (one point per processor, in order)."""
     return list(devices) == list(range(devices[0], devices[0] + len(devices)))
+
+
+def _mean_of(values: list[np.ndarray]) -> np.ndarray:
+    """The element-wise mean of a metric's per-output values: one output's as it is (the same
+    numbers as np.mean's, at a fiftieth of its ~20 us)."""
+    return values[0] if len(values) == 1 else np.mean(values, axis=0)
 
 
 def read(store: Any, keep: list[Any] | None = None, direct: bool = False) -> np.ndarray:

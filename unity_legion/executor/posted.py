@@ -28,32 +28,35 @@ _NUMBERS = itertools.count()
 
 
 class Box:
-    """What one step's tasks post: per key (a store), its rows' pieces by starting row."""
+    """What one step's tasks post: per key (a store), its rows' pieces by starting row. The
+    processors' threads put; the host reads it once the step has run."""
+
+    __slots__ = ("number", "_lock", "_pieces", "_rows")
 
     def __init__(self, number: int) -> None:
         self.number = number
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._pieces: dict[int, dict[int, np.ndarray]] = {}
         self._rows: dict[int, int] = {}
 
     def put(self, key: int, start: int, rows: np.ndarray) -> None:
-        with self._cond:
+        with self._lock:
             pieces = self._pieces.setdefault(key, {})
             if start not in pieces:   # (a replicated launch posts the same rows twice)
                 pieces[start] = rows
                 self._rows[key] = self._rows.get(key, 0) + len(rows)
-            self._cond.notify_all()
 
-    def wait(self, rows: Mapping[int, int], timeout: float) -> bool:
-        """Wait until every key has its `rows`; False if that took longer than `timeout`
-        seconds."""
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: all(self._rows.get(k, 0) >= n for k, n in rows.items()), timeout)
+    def holds(self, rows: Mapping[int, int]) -> bool:
+        """Whether every key has its `rows`."""
+        with self._lock:
+            return all(self._rows.get(k, 0) >= n for k, n in rows.items())
 
     def value(self, key: int, rows: int) -> np.ndarray:
-        """The posted values of `key` (after `wait`), its pieces put in row order."""
+        """The posted values of `key`, its pieces put in row order."""
         pieces = self._pieces.get(key, {})
+        if len(pieces) == 1:
+            (only,) = pieces.values()
+            return only[:rows]
         if not pieces:
             return np.zeros(rows)
         return np.concatenate([pieces[s] for s in sorted(pieces)])[:rows]
