@@ -1069,6 +1069,23 @@ class GraphExecutor:
             results.append(StepResult(batch, loss, metrics))
         return results, list(values)
 
+    def _read_and_drain(self, parts: Sequence[tuple[int, list[Any], dict[str, list[Any]]]],
+                        extra: Sequence[Any] = (), direct: bool = False,
+                        boxes: Sequence[posted.Box | None] = ()
+                        ) -> tuple[list[StepResult], list[np.ndarray]]:
+        """_read_objectives, and the call's closing fence (_drain) in the order its values
+        come in: posted values are all in once every task has run, so the fence comes first
+        (a host woken by the loss mid-step would take turns at the interpreter's lock with the
+        tasks still running: the data-parallel MLP of bench_fit ran 1.025x slower so); stores
+        are read before it (over several ranks their round trips overlap the step's work)."""
+        posts = any(box is not None for box in boxes)
+        if posts:
+            self._drain()
+        out = self._read_objectives(parts, extra, direct, boxes)
+        if not posts:
+            self._drain()
+        return out
+
     # ------------------------------------------------------------------ public steps
     def train_step(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],
                    objective: Objective, rule: UpdateRule, lr: float, step: int,
@@ -1089,22 +1106,15 @@ class GraphExecutor:
         loss_stores, metric_stores, finite = self._issue_step(
             feeds, targets, objective, rule, lr, step, loss_scale, batch)
         self._mark(None, "sync")
-        if box is not None:
-            # posted: every value is in once the step has run, and the host, waking only then,
-            # takes no turn at the interpreter's lock from the tasks still running (woken by
-            # the loss mid-step, the data-parallel MLP of bench_fit ran 1.025x slower)
-            self._drain()
-        (result,), checked = self._read_objectives([(batch, loss_stores, metric_stores)],
-                                                   [finite] if finite is not None else [],
-                                                   boxes=[box])
+        (result,), checked = self._read_and_drain([(batch, loss_stores, metric_stores)],
+                                                  [finite] if finite is not None else [],
+                                                  boxes=[box])
         if finite is not None and not np.all(np.isfinite(checked[0])):
             result.grads_finite = result.applied = False
         if not np.all(np.isfinite(result.loss)):
             # the update kernels changed nothing: the weights, slots and statistics are as
             # they were (the gradients were zeroed all the same)
             result.applied = False
-        if box is None:
-            self._drain()   # (after the reads: over several ranks they overlap the step's work)
         return result
 
     def train_steps(self, batches: Sequence[tuple[Mapping[int, Feed], Sequence[Feed]]],
@@ -1138,15 +1148,10 @@ class GraphExecutor:
             parts.append(self._copied_out(batch, loss_stores, metric_stores, box))
             boxes.append(box)
         self._mark(None, "sync")
-        posts = any(box is not None for box in boxes)
-        if posts:
-            self._drain()   # (as train_step)
-        results, _ = self._read_objectives(parts, direct=True, boxes=boxes)
+        results, _ = self._read_and_drain(parts, direct=True, boxes=boxes)
         for result in results:
             if not np.all(np.isfinite(result.loss)):
                 result.applied = False   # (as train_step)
-        if not posts:
-            self._drain()
         return results
 
     def _checked_batches(self, objective: Objective,
@@ -1356,12 +1361,7 @@ class GraphExecutor:
             boxes.append(self._open_box())
             parts.append(self._copied_out(
                 batch, *self._issue_evaluate(feeds, targets, objective, batch), boxes[-1]))
-        posts = any(box is not None for box in boxes)
-        if posts:
-            self._drain()   # (as train_step)
-        results, _ = self._read_objectives(parts, direct=True, boxes=boxes)
-        if not posts:
-            self._drain()
+        results, _ = self._read_and_drain(parts, direct=True, boxes=boxes)
         return results
 
     def _issue_evaluate(self, feeds: Mapping[int, Feed], targets: Sequence[Feed],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Mapping
+
 import numpy as np
 
 from unity_legion.operators.base import Arg, In, Launch, Origin, Ref, kernel, origin_of
@@ -92,4 +93,3 @@ def post_rows(x: In, box: int, key: int, origin: Origin) -> None:
 def post_launch(value: Ref, box: int, key: int) -> Launch:
     """Post the per-sample `value` (a (batch,) store split by samples) to `box` under `key`."""
     return Launch(post_rows, {"x": Arg.by_sample(value, 1)}, {"box": box, "key": key})
-

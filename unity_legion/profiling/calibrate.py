@@ -400,12 +400,13 @@ def calibrate(repeats: int = 9) -> Calibration:
         read(small)
         return time.perf_counter() - t
     sync = _median(blocking_read, repeats)
+    empty = _median(lambda: pr.timed(lambda: None), repeats)   # a fence with nothing pending
     posted_sync = None
     if info.ranks == 1:
         # a step whose tasks posted its losses ends with a fence only (executor/posted.py)
-        posted_sync = _median(lambda: pr.timed(lambda: None), repeats)
+        posted_sync = empty
         probes |= {"posted_sync_s": posted_sync}
-    if info.ranks > 1:
+    else:
         # the loss read: a store every processor wrote its rows of, read whole on every rank
         # (pieces cross between the ranks), from the launch's issue: the round trip runs while
         # the launch does (a fence after the same launch, for the record)
@@ -417,7 +418,6 @@ def calibrate(repeats: int = 9) -> Calibration:
             pr.launch(probe_copy, {"a": rows, "b": rows}, {"a": src, "b": loss}, procs)
             finish()
             return time.perf_counter() - t
-        empty = _median(lambda: pr.timed(lambda: None), repeats)
         then_read = _median(lambda: write_then(lambda: read(loss)), repeats)
         then_fence = _median(lambda: write_then(pr.fence), repeats)
         sync = max(sync, then_read)
