@@ -13,6 +13,9 @@ import pytest
 from unity_legion import keras
 from unity_legion.executor import executor as executor_mod
 from unity_legion.executor import posted
+from unity_legion.pcg.pipeline import PipelineSpec, Stage
+from unity_legion.strategy import Strategy
+from unity_legion.types import MachineView, OpConfig
 
 
 def _trained(make_mlp, x, y, monkeypatch, posts: bool, strategy: str, group: int):
@@ -56,6 +59,52 @@ def test_posted_losses_and_metrics_equal_the_read_ones(make_mlp, cls_data, monke
     assert reads_post == 0 < reads_read
 
 
+def _two_stages(model: keras.Model) -> Strategy:
+    """The first Dense on processor 0, the rest on processor 1, 3 micro-batches (1F1B)."""
+    names = [n.name for n in model.graph.nodes]
+    spec = PipelineSpec((Stage("front", tuple(names[:1]), (0,)),
+                         Stage("back", tuple(names[1:]), (1,))), 3, "1f1b")
+    cfgs = {n: OpConfig.of({}, MachineView("cpu", 0 if i < 1 else 1, (1,), (1,)))
+            for i, n in enumerate(names)}
+    return Strategy.for_graph(model, cfgs, devices=2, pipeline=spec)
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_a_pipelined_step_posts_each_micro_batchs_losses(make_mlp, cls_data, monkeypatch,
+                                                         group: int) -> None:
+    # (every micro-batch's loss and metric to the step's box: the values read back before,
+    # nothing read; 37 samples in batches of 4: a last batch of one sample, one micro-batch)
+    x, y = cls_data
+    runs = {}
+    for posts in (True, False):
+        monkeypatch.setenv("UNITY_LEGION_POSTED", "1" if posts else "0")
+        keras.utils.set_random_seed(3)
+        model = make_mlp()
+        model.compile(optimizer=keras.optimizers.SGD(0.05),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"], strategy=_two_stages(model),
+                      steps_per_execution=group)
+        reads = []
+        real_read = executor_mod.read
+
+        def counted(*args, **kwargs):
+            reads.append(args[0])
+            return real_read(*args, **kwargs)
+
+        monkeypatch.setattr(executor_mod, "read", counted)
+        history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+        evaluated = model.evaluate(x, y, batch_size=5, verbose=0)
+        monkeypatch.setattr(executor_mod, "read", real_read)
+        assert model._executor.pipeline is not None and posted.open_boxes() == 0
+        runs[posts] = (history.history, evaluated, model.get_weights(), len(reads))
+    (h_post, ev_post, w_post, reads_post), (h_read, ev_read, w_read, reads_read) = (
+        runs[True], runs[False])
+    assert h_post == h_read and ev_post == ev_read
+    for a, b in zip(w_post, w_read):
+        np.testing.assert_array_equal(a, b)
+    assert reads_post == 0 < reads_read
+
+
 def test_a_box_left_unfilled_once_every_task_has_run_is_an_error(make_mlp, cls_data,
                                                                  monkeypatch) -> None:
     # (the host takes a box once every task of the step has run; one still short then names
@@ -63,13 +112,38 @@ def test_a_box_left_unfilled_once_every_task_has_run_is_an_error(make_mlp, cls_d
     x, y = cls_data
     model, *_ = _trained(make_mlp, x, y, monkeypatch, True, "serial", 1)
     ex = model._executor
-    store = next(st for st, _key in ex._post_keys.values())
+    posts = next(t.posts for t in ex._traces.values() if t.posts)   # a recorded step's
+    store = next(st for st, _key in posts.values())
     box = posted.open_box()
+    ex._box_posts[box.number] = posts
     try:
         with pytest.raises(RuntimeError, match="did not post every loss and metric"):
             ex._take_posted(box, [store], 4)
     finally:
         posted.close_box(box)
+
+
+def test_the_executor_keeps_no_posted_store_of_a_step_it_does_not_replay(
+        make_mlp, cls_data, monkeypatch) -> None:
+    # (steps walked every time, replay off: each makes new loss and metric stores; a map of
+    # posted stores kept for the executor's life held every one of them)
+    monkeypatch.setenv("UNITY_LEGION_REPLAY", "0")
+    x, y = cls_data
+    model, history, _ev, reads = _trained(make_mlp, x, y, monkeypatch, True, "data_parallel", 1)
+    ex = model._executor
+    assert not ex.replay and reads == 0
+    _holds_the_last_calls_posts_only(ex)
+    monkeypatch.setenv("UNITY_LEGION_REPLAY", "1")
+    replayed, h_replayed, *_ = _trained(make_mlp, x, y, monkeypatch, True, "data_parallel", 1)
+    assert history.history == h_replayed.history
+    _holds_the_last_calls_posts_only(replayed._executor)
+
+
+def _holds_the_last_calls_posts_only(ex) -> None:
+    # (the last call's boxes are dropped when the next call starts; a step posts a loss and a
+    # metric)
+    assert set(ex._box_posts) <= {box.number for box in ex._boxes}
+    assert sum(len(p) for p in ex._box_posts.values()) <= 2 * len(ex._boxes) <= 2 * 8
 
 
 def test_a_box_counts_each_piece_once_and_orders_them_by_row() -> None:

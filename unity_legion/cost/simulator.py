@@ -838,7 +838,6 @@ class _Plan:
         # the issue order: forward then backward, or a pipeline's passes over its micro-batches
         self.passes = staging.passes if staging else (("F", 0, 0), ("B", 0, 0))
         self.micro_batches = staging.micro_batches if staging else 1
-        self.pipelined = staging is not None
         self.loss_stage = staging.loss_stage if staging else 0
 
     def glue_of(self, item: _Node) -> list[int]:
@@ -1150,15 +1149,15 @@ class _Plan:
         return s.host
 
     def _reads(self) -> float:
-        """The host's blocking reads at the end of a step: each micro-batch's loss on one rank;
-        over several ranks all of them gathered into one store, read once
-        (executor.read_all: a mapping there costs a round trip between the ranks). A step not
-        pipelined on one rank reads nothing: its tasks posted its losses (executor/posted.py),
-        and the host only fences (`RuntimeSpec.posted_sync`)."""
+        """The host's blocking reads at the end of a step: over several ranks every micro-
+        batch's loss gathered into one store, read once (executor.read_all: a mapping there
+        costs a round trip between the ranks). On one rank a step, pipelined or not, reads
+        nothing: its tasks posted its losses (executor/posted.py), and the host only fences
+        (`RuntimeSpec.posted_sync`; None: each micro-batch's loss read)."""
         m = self.sim.machine
         if m.nodes > 1:
             return m.runtime.sync
-        if not self.pipelined and m.runtime.posted_sync is not None:
+        if m.runtime.posted_sync is not None:
             return m.runtime.posted_sync
         return m.runtime.sync * self.micro_batches
 

@@ -262,7 +262,10 @@ class GraphExecutor:
         self.posts = self.machine.ranks == 1 and os.environ.get("UNITY_LEGION_POSTED", "1") != "0"
         self._post_box: posted.Box | None = None
         self._boxes: list[posted.Box] = []
-        self._post_keys: dict[int, tuple[Any, int]] = {}
+        # per open box (by number): id(store) -> (store, key) of each store its step posts; a
+        # step's own, dropped with its box (a recorded step's is kept in its trace), so the
+        # stores of steps that are not replayed do not pile up here
+        self._box_posts: dict[int, dict[int, tuple[Any, int]]] = {}
 
     @classmethod
     def from_plan(cls, plan: Any, values: Mapping[WeightKey, np.ndarray] | None = None
@@ -1015,13 +1018,19 @@ class GraphExecutor:
         for box in self._boxes:
             posted.close_box(box)
         self._boxes.clear()
+        self._box_posts.clear()
         self._post_box = None
+
+    def _posts_of(self, box: posted.Box | None) -> dict[int, tuple[Any, int]]:
+        """id(store) -> (store, key) of the stores whose values the tasks post to `box`."""
+        return {} if box is None else self._box_posts.get(box.number, {})
 
     def _post(self, store: Any, degrees: Mapping[str, int], view: MachineView | None) -> None:
         """Have the tasks post per-sample `store` to the step's box (see posted.py)."""
         if self._post_box is None:
             return
-        key = self._post_keys.setdefault(id(store), (store, len(self._post_keys)))[1]
+        posts = self._box_posts.setdefault(self._post_box.number, {})
+        key = posts.setdefault(id(store), (store, len(posts)))[1]
         ref = Ref(RefKind.INPUT, 0)
         with self._dynamic_scalars({"box": DYNAMIC_BOX}):
             self._launch(posted.post_launch(ref, self._post_box.number, key), {ref: store},
@@ -1031,8 +1040,8 @@ class GraphExecutor:
                      ) -> list[tuple[int, np.ndarray]]:
         """(index, values) of each of `stores` that the step's tasks posted to `box`, taken
         once the step has run (the caller fenced: every post is in) and the box closed."""
-        keys = [(j, self._post_keys[id(st)][1]) for j, st in enumerate(stores)
-                if id(st) in self._post_keys]
+        posts = self._posts_of(box)
+        keys = [(j, posts[id(st)][1]) for j, st in enumerate(stores) if id(st) in posts]
         need = {key: batch for _j, key in keys}
         if not box.holds(need):
             raise RuntimeError(f"the step's tasks ran but did not post every loss and metric "
@@ -1171,10 +1180,10 @@ class GraphExecutor:
         writes the same stores (a recorded step reuses them), so each step's values are copied
         out as it ends and the copies read together. Stores its tasks post to `box` are not
         copied: the box holds their values (_read_objectives)."""
-        keep = self._uploads
+        keep, posts = self._uploads, self._posts_of(box)
 
         def out(st: Any) -> Any:
-            return st if box is not None and id(st) in self._post_keys else snapshot(st, keep)
+            return st if id(st) in posts else snapshot(st, keep)
         return (batch, [(out(st), w) for st, w in loss_stores],
                 {k: [out(st) for st in v] for k, v in metric_stores.items()})
 
@@ -1261,6 +1270,8 @@ class GraphExecutor:
                 return self._next_seed() if kind == DYNAMIC_SEED else values[kind]
 
             trace.replay(self.rt, fresh, value, self.profiler)
+            if self._post_box is not None:   # (the replayed posts carry the recorded keys)
+                self._box_posts[self._post_box.number] = trace.posts
             self._grads_zeroed, pending = trace.end_state
             for rec, was in pending:
                 rec.pending = was
@@ -1275,6 +1286,7 @@ class GraphExecutor:
             result, state, kept=_stores_in((result, [(r.store, r.partials) for r, _p in state[1]])),
             localize=self.local_temporaries)
         if recorded is not None:
+            recorded.posts = self._posts_of(self._post_box)
             while len(self._traces) >= _MAX_TRACES:
                 release_local_buffers(self._traces.pop(next(iter(self._traces))).local_programs())
             self._traces[key] = recorded

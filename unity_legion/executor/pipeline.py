@@ -26,7 +26,9 @@ train, evaluate and predict steps so:
 - a step is recorded and re-issued as a plain one is (executor/replay.py), the order in which
   its schedule makes the micro-batches' feeds stores noted by the walk that records it; steps
   issued in groups (fit's steps_per_execution: `train_steps`, `evaluate_steps`,
-  `predict_steps`) copy each micro-batch's results out as their step ends and read them once.
+  `predict_steps`) copy each micro-batch's results out as their step ends and read them once;
+- on one rank, every micro-batch's losses and metrics are posted to the step's box by its own
+  tasks (executor/posted.py), as an unpipelined step's: nothing is read back but predictions.
 
 Refused before anything launches (PipelineError): an operator that normalises with its batch's
 statistics (batch norm in training) – micro-batches would change its numbers.
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Ty
 import numpy as np
 
 from unity_legion.executor.launcher import effective_degree
-from unity_legion.executor.replay import DYNAMIC_LR, DYNAMIC_STEP
+from unity_legion.executor.replay import DYNAMIC_BOX, DYNAMIC_LR, DYNAMIC_STEP
 from unity_legion.operators.base import SAMPLE
 from unity_legion.pcg.graph import Node
 from unity_legion.pcg.pipeline import (PipelineError, PipelineSpec, Slot, inexact_operator,
@@ -233,16 +235,17 @@ class PipelineRunner:
         targets = ex._checked_targets(objective, targets, batch)
         self.check_exact()
         ex._new_step()
+        box = ex._open_box()
         parts, finite = self._issue_train(feeds, targets, objective, rule, lr, step, loss_scale,
                                           batch)
         ex._mark(None, "sync")
-        read, checked = ex._read_objectives(parts, [finite] if finite is not None else [])
+        read, checked = ex._read_and_drain(parts, [finite] if finite is not None else [],
+                                           boxes=[box] * len(parts))
         result = self._joined(batch, read)
         if finite is not None and not np.all(np.isfinite(checked[0])):
             result.grads_finite = result.applied = False
         if not np.all(np.isfinite(result.loss)):
             result.applied = False    # (as GraphExecutor.train_step)
-        ex._drain()
         return result
 
     def train_steps(self, batches: Sequence[tuple[Mapping[int, Any], Sequence[Any]]],
@@ -257,14 +260,16 @@ class PipelineRunner:
         for i, lr in enumerate(lrs):   # the rule checks its arguments before anything is issued
             rule.launch(1, lr, first_step + i)
         ex._new_step()
-        issued = []
+        issued, boxes = [], []
         for i, ((feeds, targets, batch), lr) in enumerate(zip(checked, lrs)):
+            box = ex._open_box()
             parts, _ = self._issue_train(feeds, targets, objective, rule, lr, first_step + i,
                                          None, batch)
-            issued.append((batch, [ex._copied_out(*part) for part in parts]))
+            issued.append((batch, [ex._copied_out(*part, box) for part in parts]))
+            boxes += [box] * len(parts)
         ex._mark(None, "sync")
-        read, _ = ex._read_objectives([part for _b, parts in issued for part in parts],
-                                      direct=True)
+        read, _ = ex._read_and_drain([part for _b, parts in issued for part in parts],
+                                     direct=True, boxes=boxes)
         values = iter(read)
         results = []
         for batch, parts in issued:
@@ -272,7 +277,6 @@ class PipelineRunner:
             if not np.all(np.isfinite(result.loss)):
                 result.applied = False    # (as GraphExecutor.train_step)
             results.append(result)
-        ex._drain()
         return results
 
     def _issue_train(self, feeds: Mapping[int, Any], targets: Sequence[Any],
@@ -289,7 +293,8 @@ class PipelineRunner:
         if key is not None and key in ex._traces:
             rule.launch(1, lr, step)   # the rule checks its arguments before anything is issued
         return self._recorded(
-            key, mb_feeds, mb_targets, {DYNAMIC_LR: lr, DYNAMIC_STEP: step},
+            key, mb_feeds, mb_targets,
+            {DYNAMIC_LR: lr, DYNAMIC_STEP: step, DYNAMIC_BOX: ex._box_number()},
             lambda: self._walk_train(mb_feeds, mb_targets, sizes, objective, rule, lr, step,
                                      loss_scale, batch))
 
@@ -347,9 +352,9 @@ class PipelineRunner:
         batch = _batch_of(feeds)
         targets = ex._checked_targets(objective, targets, batch)
         ex._new_step()
+        box = ex._open_box()
         parts = self._issue_evaluate(feeds, targets, objective, batch)
-        ex._drain()
-        return self._joined(batch, ex._read_objectives(parts)[0])
+        return self._joined(batch, ex._read_and_drain(parts, boxes=[box] * len(parts))[0])
 
     def evaluate_steps(self, batches: Sequence[tuple[Mapping[int, Any], Sequence[Any]]],
                        objective: "Objective") -> list["StepResult"]:
@@ -358,12 +363,14 @@ class PipelineRunner:
         ex = self.ex
         checked = ex._checked_batches(objective, batches)
         ex._new_step()
-        issued = [(batch, [ex._copied_out(*part)
-                           for part in self._issue_evaluate(feeds, targets, objective, batch)])
-                  for feeds, targets, batch in checked]
-        read, _ = ex._read_objectives([part for _b, parts in issued for part in parts],
-                                      direct=True)
-        ex._drain()
+        issued, boxes = [], []
+        for feeds, targets, batch in checked:
+            box = ex._open_box()
+            parts = self._issue_evaluate(feeds, targets, objective, batch)
+            issued.append((batch, [ex._copied_out(*part, box) for part in parts]))
+            boxes += [box] * len(parts)
+        read, _ = ex._read_and_drain([part for _b, parts in issued for part in parts],
+                                     direct=True, boxes=boxes)
         values = iter(read)
         return [self._joined(batch, [next(values) for _ in parts]) for batch, parts in issued]
 
@@ -375,7 +382,7 @@ class PipelineRunner:
         sizes = micro_batch_sizes(batch, self.spec.micro_batches)
         mb_feeds, mb_targets = self._micro_feeds(feeds, sizes), self._cut(targets, sizes)
         key = self.ex._trace_key("pipelined evaluate", feeds, targets, objective, batch=batch)
-        return self._recorded(key, mb_feeds, mb_targets, {},
+        return self._recorded(key, mb_feeds, mb_targets, {DYNAMIC_BOX: self.ex._box_number()},
                               lambda: self._walk_evaluate(mb_feeds, mb_targets, sizes,
                                                           objective, batch))
 

@@ -230,6 +230,8 @@ class StepTrace:
     launches: int
     result: Any = None
     end_state: Any = None
+    # id(store) -> (store, key) of the stores its tasks post to the step's box (posted.py)
+    posts: dict[int, tuple[Any, int]] = field(default_factory=dict)
 
     def replay(self, rt: Any, fresh: Sequence[Any], value: Callable[[str], Any],
                profiler: Any = None) -> None:
