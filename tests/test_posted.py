@@ -191,3 +191,90 @@ def test_the_simulator_ends_a_posted_step_with_a_fence() -> None:
     assert step(sync=0.05, posted_sync=0.01) == pytest.approx(read - 0.04)
     with pytest.raises(MachineError, match="posted_sync must be a number >= 0 or null"):
         RuntimeSpec(posted_sync=-1.0)
+
+
+_TWO_RANKS = r"""
+import os
+import numpy as np
+from unity_legion import keras
+from unity_legion.executor import executor as executor_mod, posted
+from unity_legion.pcg.pipeline import PipelineSpec, Stage
+from unity_legion.runtime import machine_info
+from unity_legion.strategy import Strategy
+from unity_legion.types import MachineView, OpConfig
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(37, 6)).astype(np.float32)
+y = rng.integers(0, 3, size=37)
+reads = []
+real_read = executor_mod.read
+def counted(*args, **kwargs):
+    reads.append(args[0])
+    return real_read(*args, **kwargs)
+executor_mod.read = counted
+
+def on(device):
+    def strategy(model):
+        view = MachineView("cpu", device, (1,), (1,))
+        return Strategy.for_graph(model, {n.name: OpConfig.of({}, view)
+                                          for n in model.graph.nodes}, devices=2)
+    return strategy
+
+def two_stages(model):
+    names = [n.name for n in model.graph.nodes]
+    spec = PipelineSpec((Stage("front", tuple(names[:1]), (0,)),
+                         Stage("back", tuple(names[1:]), (1,))), 3, "1f1b")
+    cfgs = {n: OpConfig.of({}, MachineView("cpu", 0 if i < 1 else 1, (1,), (1,)))
+            for i, n in enumerate(names)}
+    return Strategy.for_graph(model, cfgs, devices=2, pipeline=spec)
+
+cases = {"data_parallel": lambda model: "data_parallel", "on_rank1": on(1), "pipe": two_stages}
+for name, strategy_of in cases.items():
+    for group in (1, 3):
+        runs = {}
+        for posts in ("1", "0"):
+            os.environ["UNITY_LEGION_POSTED"] = posts
+            keras.utils.set_random_seed(3)
+            model = keras.Sequential([keras.Input(shape=(6,)),
+                                      keras.layers.Dense(8, activation="relu"),
+                                      keras.layers.Dense(3)])
+            model.compile(optimizer=keras.optimizers.SGD(0.05),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=["accuracy"], strategy=strategy_of(model),
+                          steps_per_execution=group)
+            del reads[:]
+            h = model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+            ev = model.evaluate(x, y, batch_size=5, verbose=0)
+            n = len(reads)
+            runs[posts] = (h.history, ev, model.get_weights(), n)
+            assert posted.open_boxes() == 0
+        (h1, e1, w1, r1), (h0, e0, w0, r0) = runs["1"], runs["0"]
+        assert h1 == h0 and e1 == e0, (name, group, h1, h0, e1, e0)
+        for a, b in zip(w1, w0):
+            np.testing.assert_array_equal(a, b)
+        assert r1 == 0 < r0, (name, r1, r0)
+        if machine_info().rank == 0:
+            print("POSTED-OK", name, group, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_post_their_own_rows_and_share_them(tmp_path) -> None:
+    # (2 ranks x 1 CPU over loopback: each rank's tasks post to that rank's box, the ranks
+    # exchange what they hold; the samples split over both ranks, everything on rank 1's
+    # processor, a stage on each rank: the values read back before, nothing read)
+    import sys
+    from pathlib import Path
+
+    from launch import REPO, run_with_env
+
+    script = tmp_path / "posted_two_ranks.py"
+    script.write_text(_TWO_RANKS)
+    mpirun = Path(sys.prefix) / "bin" / "mpirun"
+    proc = run_with_env([str(mpirun), "-np", "2", "--oversubscribe", "--bind-to", "none",
+                         sys.executable, str(script)], REPO, "--cpus 1 --sysmem 1000", 900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    oks = [ln.split()[1:] for ln in proc.stdout.splitlines() if ln.startswith("POSTED-OK")]
+    assert oks == [[name, g] for name in ("data_parallel", "on_rank1", "pipe")
+                   for g in ("1", "3")], out[-4000:]

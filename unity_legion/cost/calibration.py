@@ -25,7 +25,8 @@ SCHEMA = "unity_legion.calibration"
 # 4: the processors' work per store a fused task binds (RuntimeSpec.task_store)
 # 5: those per-store figures over stores written and read as a step does, not only read
 # 6: the end of a step whose losses its tasks post to the host (RuntimeSpec.posted_sync)
-VERSION = 6
+# 7: that over several ranks too (each rank's tasks post, the ranks share their boxes)
+VERSION = 7
 
 
 @dataclass(frozen=True)

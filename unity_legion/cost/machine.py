@@ -102,9 +102,10 @@ class RuntimeSpec:
     sync: seconds a blocking read of a finished result costs the issuing thread (round trip);
         over several nodes, seconds from the read's issue to its value's arrival, a round trip
         between the ranks' runtimes that runs while the work it waits for does.
-    posted_sync: on one node, seconds the issuing thread spends ending a step whose losses and
-        metrics its tasks post to the host (the executor's posted values, pipelined steps'
-        too) once they are done: its closing fence; None: `sync`, a read.
+    posted_sync: seconds the issuing thread spends ending a step whose losses and metrics its
+        tasks post to the host (the executor's posted values, pipelined steps' too) once they
+        are done: its closing fence, and over several nodes the ranks' exchange of what their
+        tasks posted; None: `sync`, a read.
     reduction: "ring" (replicas summed by a ring all-reduce over the links) or "fold" (the
         runtime folds each of the c partial copies, whole, into the result: c x fold.time(bytes)).
     fold: the cost of folding one copy: latency per copy, bytes folded per second (with "fold").

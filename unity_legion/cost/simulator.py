@@ -1130,36 +1130,34 @@ class _Plan:
         return self._end_step(s)
 
     def _end_step(self, s: _State) -> float:
-        """When the step ends: the executor reads the losses, then waits for all of the step's
-        work (GraphExecutor._drain); the next step's issuing starts after it. On one rank a
-        read is a short call made once the losses are done. Over several ranks it is a round
-        trip between the ranks' runtimes that starts when the read is issued, right after the
-        step (`RuntimeSpec.sync`, measured from a launch's issue to its result's arrival), and
-        runs while the step's work does: a 2-rank MLP step on one processor took 112 ms with
-        ~40 ms of kernels where a read alone takes 112-148 ms."""
+        """When the step ends: the executor waits for all of the step's work and takes the
+        losses its tasks posted (`RuntimeSpec.posted_sync`: a fence, and over several ranks
+        the ranks' exchange of their boxes), or reads them back from their stores (None),
+        then waits (GraphExecutor._drain); the next step's issuing starts after it. On one
+        rank a read is a short call made once the losses are done. Over several ranks it is
+        a round trip between the ranks' runtimes that starts when the read is issued, right
+        after the step (`RuntimeSpec.sync`, measured from a launch's issue to its result's
+        arrival), and runs while the step's work does: a 2-rank MLP step on one processor
+        took 112 ms with ~40 ms of kernels where a read alone takes 112-148 ms."""
         done = max(s.compute_free + s.net_free + [s.host])
         if not s.waits:
             return done   # the host goes on issuing the next step
-        reads = self._reads()
-        if self.sim.machine.nodes > 1:
+        m = self.sim.machine
+        if m.runtime.posted_sync is not None:
+            # the step's tasks posted its losses (executor/posted.py): the host fences once the
+            # work is done and, over several ranks, the ranks share what they were posted
+            reads = m.runtime.posted_sync
+            s.host = done + reads
+        elif m.nodes > 1:
+            # every micro-batch's loss gathered into one store, read once (executor.read_all):
+            # a round trip between the ranks from the read's issue
+            reads = m.runtime.sync
             s.host = max(done, s.host + reads)
         else:
+            reads = m.runtime.sync * self.micro_batches   # each micro-batch's loss read
             s.host = done + reads
         s.host_busy += reads
         return s.host
-
-    def _reads(self) -> float:
-        """The host's blocking reads at the end of a step: over several ranks every micro-
-        batch's loss gathered into one store, read once (executor.read_all: a mapping there
-        costs a round trip between the ranks). On one rank a step, pipelined or not, reads
-        nothing: its tasks posted its losses (executor/posted.py), and the host only fences
-        (`RuntimeSpec.posted_sync`; None: each micro-batch's loss read)."""
-        m = self.sim.machine
-        if m.nodes > 1:
-            return m.runtime.sync
-        if m.runtime.posted_sync is not None:
-            return m.runtime.posted_sync
-        return m.runtime.sync * self.micro_batches
 
     def _own_temporaries(self, g: _Group) -> int:
         """How many of group `g`'s stores the executor's replay keeps in the task as its own

@@ -46,7 +46,7 @@ from unity_legion.operators.optimizers import (FINITE, GRAD, PARAM, ROWS, SGDRul
                                                rows_split, slot, unscale_launch, weight_axis)
 from unity_legion.pcg.graph import ComputationGraph, Node
 from unity_legion.pcg.pcg import node_shapes
-from unity_legion.runtime import collect_garbage, machine_info, runtime
+from unity_legion.runtime import collect_garbage, machine_info, rank_comm, runtime
 from unity_legion.types import DataType, MachineView, OpConfig, TensorShape
 
 # BFLOAT16 as its bits in uint16: Legate 25.11 has no bfloat16 type (operators/precision.py)
@@ -255,11 +255,11 @@ class GraphExecutor:
         self._feed_log: list[Feed] | None = None
         # while a launch is issued: its scalars that change from step to step, by name -> kind
         self._dynamic: dict[str, str] = {}
-        # On one rank a step's losses and metrics are posted to the host by its tasks instead
-        # of read back from their stores (executor/posted.py); the box of the step being
-        # issued, the boxes of the call, and each posted store's key (by id: the stores are
-        # the executor's scratch, the same at every replay)
-        self.posts = self.machine.ranks == 1 and os.environ.get("UNITY_LEGION_POSTED", "1") != "0"
+        # A step's losses and metrics are posted to the host by its tasks instead of read back
+        # from their stores (executor/posted.py; over several ranks each rank's tasks post to
+        # its own box and the ranks share them, posted.share); the box of the step being
+        # issued and the boxes of the call
+        self.posts = os.environ.get("UNITY_LEGION_POSTED", "1") != "0"
         self._post_box: posted.Box | None = None
         self._boxes: list[posted.Box] = []
         # per open box (by number): id(store) -> (store, key) of each store its step posts; a
@@ -1004,7 +1004,8 @@ class GraphExecutor:
     # ------------------------------------------------------------------ posted values
     def _open_box(self) -> posted.Box | None:
         """A box for the step about to be issued to post its losses and metrics to (None where
-        the executor reads them back: several ranks, or UNITY_LEGION_POSTED=0)."""
+        the executor reads them back: UNITY_LEGION_POSTED=0). Every rank opens it (the same
+        number on each: they issue the same calls)."""
         if not self.posts:
             return None
         box = self._post_box = posted.open_box()
@@ -1060,6 +1061,10 @@ class GraphExecutor:
         per_part = [[st for st, _w in ls] + [st for v in ms.values() for st in v]
                     for _b, ls, ms in parts]
         got: dict[tuple[int, int], np.ndarray] = {}   # (part, index) -> posted values
+        comm = rank_comm()
+        if comm is not None and any(box is not None for box in boxes):
+            # (every rank's tasks posted their own rows: all of them, exchanged at once)
+            posted.share([box for box in dict.fromkeys(boxes) if box is not None], comm)
         for i, box in enumerate(boxes):
             if box is not None:
                 got |= {(i, j): v for j, v in self._take_posted(box, per_part[i], parts[i][0])}

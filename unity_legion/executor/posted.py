@@ -2,15 +2,19 @@
 
 Reading a store back costs a Legion round trip each: a copy into a temporary store, mapping it
 on the host, dropping it (executor.read: ~0.3-0.5 ms a store here, one after another, where a
-small model's whole step is 3 ms). On one rank the tasks run in this process, so a kernel right
-after each loss and metric kernel (in their fused task) can hand its piece to the host: `post_rows`
-copies its rows into a `Box` the host opened for the step, and the host takes them from it once the
-step has run (after the fence that ends every executor call) instead of reading stores. The
-stores are still written as before (the updates' guards read the losses).
+small model's whole step is 3 ms; over 2 ranks of this host 112-148 ms, where a fence takes 16).
+A task runs in the process of the rank whose processor runs it, so a kernel right after each loss
+and metric kernel (in their fused task) can hand its piece to that process: `post_rows` copies its
+rows into a `Box` the host opened for the step, and the host takes them from it once the step has
+run (after the fence that ends every executor call) instead of reading stores. Over several ranks
+each rank's box holds the rows its own processors computed, and the ranks exchange them (`share`:
+one MPI allgather for all of a call's boxes) before they are taken. The stores are still written
+as before (the updates' guards read the losses).
 
-A box is numbered per step; the number is a scalar the executor passes with every launch of
-the step that posts (a dynamic scalar: replayed steps post to their own box), and a post to a
-box already closed is dropped.
+A box is numbered per step, alike on every rank (each rank's executor opens the same boxes in the
+same order); the number is a scalar the executor passes with every launch of the step that
+posts (a dynamic scalar: replayed steps post to their own box), and a post to a box already
+closed is dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +52,11 @@ class Box:
                 pieces[start] = rows
                 self._rows[key] = self._rows.get(key, 0) + len(rows)
 
+    def pieces(self) -> dict[int, dict[int, np.ndarray]]:
+        """A copy of what it holds: per key, rows by starting row."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._pieces.items()}
+
     def holds(self, rows: Mapping[int, int]) -> bool:
         """Whether every key has its `rows`."""
         with self._lock:
@@ -61,6 +71,17 @@ class Box:
         if not pieces:
             return np.zeros(rows)
         return np.concatenate([pieces[s] for s in sorted(pieces)])[:rows]
+
+
+def share(boxes: list[Box], comm: Any) -> None:
+    """Over several ranks: every rank's `boxes` (the same steps' on each, in the same order)
+    take the rows every other rank's tasks posted (an MPI allgather; called by all ranks)."""
+    mine = [box.pieces() for box in boxes]
+    for theirs in comm.allgather(mine):
+        for box, pieces in zip(boxes, theirs):
+            for key, by_start in pieces.items():
+                for start, rows in by_start.items():
+                    box.put(key, start, rows)
 
 
 def open_box() -> Box:

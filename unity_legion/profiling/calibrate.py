@@ -39,8 +39,9 @@ jobs stretches wall time, which the one wall-time figure, `cores`, accounts for.
 - runtime.sync: a blocking read of a finished result (the executor reads the loss so); over
   several ranks, a launch whose points write a store on every rank and a read of it, timed
   from the launch's issue (the simulator takes it as a round trip from the read's issue).
-  runtime.posted_sync (one rank): a fence with nothing pending, all that ends a step whose
-  tasks posted its losses to the host (executor/posted.py).
+  runtime.posted_sync: a fence with nothing pending, all that ends a step whose tasks posted
+  its losses to the host (executor/posted.py), and over several ranks the ranks' exchange of
+  what their tasks posted (an MPI allgather) after it.
 - intra link (moving data between processors): a store written by the processors tiled by rows
   is read by them tiled by columns, each point then needing (p-1)/p of its piece from the
   others'; the CPU beyond the same read tiled by rows, at two sizes, gives latency and bandwidth
@@ -401,12 +402,22 @@ def calibrate(repeats: int = 9) -> Calibration:
         return time.perf_counter() - t
     sync = _median(blocking_read, repeats)
     empty = _median(lambda: pr.timed(lambda: None), repeats)   # a fence with nothing pending
-    posted_sync = None
     if info.ranks == 1:
         # a step whose tasks posted its losses ends with a fence only (executor/posted.py)
         posted_sync = empty
-        probes |= {"posted_sync_s": posted_sync}
     else:
+        # ... and over several ranks with the ranks sharing what their tasks posted (a small
+        # MPI allgather, executor/posted.share)
+        comm = rank_comm()
+        rows = {0: {0: np.zeros(16 * procs)}}
+
+        def fence_and_share() -> float:
+            pr.fence()
+            t = time.perf_counter()
+            pr.fence()
+            comm.allgather([rows])
+            return time.perf_counter() - t
+        posted_sync = _median(fence_and_share, repeats)
         # the loss read: a store every processor wrote its rows of, read whole on every rank
         # (pieces cross between the ranks), from the launch's issue: the round trip runs while
         # the launch does (a fence after the same launch, for the record)
@@ -423,6 +434,7 @@ def calibrate(repeats: int = 9) -> Calibration:
         sync = max(sync, then_read)
         probes |= {"read_after_launch_s": then_read, "fence_after_launch_s": then_fence,
                    "empty_fence_s": empty}
+    probes |= {"posted_sync_s": posted_sync}
 
     # --- moving data between processors (tilings that differ): CPU of all threads ----------------
     def moved(side: int) -> float:
