@@ -160,17 +160,23 @@ def test_one_stage_one_micro_batch_is_the_unpipelined_step(machine):
     assert piped.step_time <= plain.step_time * (1 + 1e-9)
 
 
+def _piped_steps(nodes: int, runtimes: list[RuntimeSpec]) -> list[float]:
+    """The step time of a 4-layer chain in 2 GPipe stages of 4 micro-batches on 4 devices over
+    `nodes` nodes, with each of `runtimes`."""
+    g = chain(4)
+    spec = even_stages(g, 2, 4, "gpipe")
+    base = dataclasses.replace(IDEAL, nodes=nodes, devices_per_node=4 // nodes)
+    return [Simulator(dataclasses.replace(base, runtime=rt), FixedCost())
+            .simulate_pipeline(g, 32, placed(g, spec), spec).step_time for rt in runtimes]
+
+
 def test_the_step_reads_each_micro_batch_on_one_rank_and_one_gather_over_several():
     # a blocking read per micro-batch's loss on one node, after the work; over several nodes
     # the executor gathers them into one store and maps it once (executor.read_all), a round
     # trip from the read's issue that runs while the step's work does
-    g = chain(4)
-    spec = even_stages(g, 2, 4, "gpipe")
     for nodes in (1, 2):
-        base = dataclasses.replace(IDEAL, nodes=nodes, devices_per_node=4 // nodes)
-        no_read, read, longer = (
-            Simulator(dataclasses.replace(base, runtime=RuntimeSpec(sync=s)), FixedCost())
-            .simulate_pipeline(g, 32, placed(g, spec), spec).step_time for s in (0.0, 10.0, 20.0))
+        no_read, read, longer = _piped_steps(nodes, [RuntimeSpec(sync=s) for s in (0.0, 10.0,
+                                                                                 20.0)])
         if nodes == 1:
             assert read - no_read == pytest.approx(4 * 10.0)
             assert longer - read == pytest.approx(4 * 10.0)
@@ -183,15 +189,9 @@ def test_a_pipelined_step_posts_its_losses_and_only_fences():
     # (executor/pipeline.py posts every micro-batch's losses to the step's box: the step
     # ends with a fence, and over several ranks the boxes' exchange, posted_sync, whatever a
     # read would cost)
-    g = chain(4)
-    spec = even_stages(g, 2, 4, "gpipe")
     for nodes in (1, 2):
-        base = dataclasses.replace(IDEAL, nodes=nodes, devices_per_node=4 // nodes)
-        short, cheap, dear = (
-            Simulator(dataclasses.replace(base, runtime=RuntimeSpec(sync=s, posted_sync=p)),
-                      FixedCost())
-            .simulate_pipeline(g, 32, placed(g, spec), spec).step_time
-            for s, p in ((10.0, 0.0), (20.0, 0.0), (20.0, 5.0)))
+        short, cheap, dear = _piped_steps(nodes, [RuntimeSpec(sync=s, posted_sync=p) for s, p in
+                                                  ((10.0, 0.0), (20.0, 0.0), (20.0, 5.0))])
         assert cheap == pytest.approx(short)
         assert dear - cheap == pytest.approx(5.0)
 

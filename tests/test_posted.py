@@ -6,6 +6,7 @@ evaluate, every box closed after each call; and the simulator ends such a step w
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,13 +19,15 @@ from unity_legion.strategy import Strategy
 from unity_legion.types import MachineView, OpConfig
 
 
-def _trained(make_mlp, x, y, monkeypatch, posts: bool, strategy: str, group: int):
+def _trained(make_mlp, x, y, monkeypatch, posts: bool, strategy: Any, group: int):
+    """`strategy`: compile's, or a function of the model that makes it."""
     monkeypatch.setenv("UNITY_LEGION_POSTED", "1" if posts else "0")
     keras.utils.set_random_seed(3)
     model = make_mlp()
     model.compile(optimizer=keras.optimizers.Adam(0.01),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], strategy=strategy, steps_per_execution=group)
+                  metrics=["accuracy"], strategy=strategy(model) if callable(strategy)
+                  else strategy, steps_per_execution=group)
     reads = []
     real_read = executor_mod.read
 
@@ -73,34 +76,15 @@ def _two_stages(model: keras.Model) -> Strategy:
 def test_a_pipelined_step_posts_each_micro_batchs_losses(make_mlp, cls_data, monkeypatch,
                                                          group: int) -> None:
     # (every micro-batch's loss and metric to the step's box: the values read back before,
-    # nothing read; 37 samples in batches of 4: a last batch of one sample, one micro-batch)
+    # nothing read; a last batch of one sample: one micro-batch)
     x, y = cls_data
-    runs = {}
-    for posts in (True, False):
-        monkeypatch.setenv("UNITY_LEGION_POSTED", "1" if posts else "0")
-        keras.utils.set_random_seed(3)
-        model = make_mlp()
-        model.compile(optimizer=keras.optimizers.SGD(0.05),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"], strategy=_two_stages(model),
-                      steps_per_execution=group)
-        reads = []
-        real_read = executor_mod.read
-
-        def counted(*args, **kwargs):
-            reads.append(args[0])
-            return real_read(*args, **kwargs)
-
-        monkeypatch.setattr(executor_mod, "read", counted)
-        history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
-        evaluated = model.evaluate(x, y, batch_size=5, verbose=0)
-        monkeypatch.setattr(executor_mod, "read", real_read)
-        assert model._executor.pipeline is not None and posted.open_boxes() == 0
-        runs[posts] = (history.history, evaluated, model.get_weights(), len(reads))
-    (h_post, ev_post, w_post, reads_post), (h_read, ev_read, w_read, reads_read) = (
-        runs[True], runs[False])
-    assert h_post == h_read and ev_post == ev_read
-    for a, b in zip(w_post, w_read):
+    post, h_post, ev_post, reads_post = _trained(make_mlp, x, y, monkeypatch, True,
+                                                 _two_stages, group)
+    read, h_read, ev_read, reads_read = _trained(make_mlp, x, y, monkeypatch, False,
+                                                 _two_stages, group)
+    assert post._executor.pipeline is not None
+    assert h_post.history == h_read.history and ev_post == ev_read
+    for a, b in zip(post.get_weights(), read.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert reads_post == 0 < reads_read
 
@@ -195,11 +179,13 @@ def test_the_simulator_ends_a_posted_step_with_a_fence() -> None:
 
 _TWO_RANKS = r"""
 import os
+import sys
 import numpy as np
 from unity_legion import keras
 from unity_legion.executor import executor as executor_mod, posted
-from unity_legion.pcg.pipeline import PipelineSpec, Stage
 from unity_legion.runtime import machine_info
+sys.path.insert(0, TESTS)
+from test_posted import _two_stages
 from unity_legion.strategy import Strategy
 from unity_legion.types import MachineView, OpConfig
 
@@ -220,15 +206,7 @@ def on(device):
                                           for n in model.graph.nodes}, devices=2)
     return strategy
 
-def two_stages(model):
-    names = [n.name for n in model.graph.nodes]
-    spec = PipelineSpec((Stage("front", tuple(names[:1]), (0,)),
-                         Stage("back", tuple(names[1:]), (1,))), 3, "1f1b")
-    cfgs = {n: OpConfig.of({}, MachineView("cpu", 0 if i < 1 else 1, (1,), (1,)))
-            for i, n in enumerate(names)}
-    return Strategy.for_graph(model, cfgs, devices=2, pipeline=spec)
-
-cases = {"data_parallel": lambda model: "data_parallel", "on_rank1": on(1), "pipe": two_stages}
+cases = {"data_parallel": lambda model: "data_parallel", "on_rank1": on(1), "pipe": _two_stages}
 for name, strategy_of in cases.items():
     for group in (1, 3):
         runs = {}
@@ -269,7 +247,7 @@ def test_two_ranks_post_their_own_rows_and_share_them(tmp_path) -> None:
     from launch import REPO, run_with_env
 
     script = tmp_path / "posted_two_ranks.py"
-    script.write_text(_TWO_RANKS)
+    script.write_text(_TWO_RANKS.replace("TESTS", repr(str(Path(__file__).parent))))
     mpirun = Path(sys.prefix) / "bin" / "mpirun"
     proc = run_with_env([str(mpirun), "-np", "2", "--oversubscribe", "--bind-to", "none",
                          sys.executable, str(script)], REPO, "--cpus 1 --sysmem 1000", 900)
