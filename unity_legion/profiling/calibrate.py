@@ -409,13 +409,13 @@ def calibrate(repeats: int = 9) -> Calibration:
         # ... and over several ranks with the ranks sharing what their tasks posted (a small
         # MPI allgather, executor/posted.share)
         comm = rank_comm()
-        rows = {0: {0: np.zeros(16 * procs)}}
+        posted_rows = {0: {0: np.zeros(16 * procs)}}   # a box's pieces: key -> start -> rows
 
         def fence_and_share() -> float:
             pr.fence()
             t = time.perf_counter()
             pr.fence()
-            comm.allgather([rows])
+            comm.allgather([posted_rows])
             return time.perf_counter() - t
         posted_sync = _median(fence_and_share, repeats)
         # the loss read: a store every processor wrote its rows of, read whole on every rank
