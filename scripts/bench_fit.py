@@ -72,8 +72,8 @@ def main() -> None:
 
     model = compiled(True)
     read_name = "each read, stores"
-    settings = {"each read": (model, 1), f"{args.group} per read": (model, args.group)}
-    settings[read_name] = (compiled(False), 1)
+    settings = {"each read": (model, 1), f"{args.group} per read": (model, args.group),
+                read_name: (compiled(False), 1)}
 
     def epoch(m: object, group: int) -> float:
         m.steps_per_execution = group

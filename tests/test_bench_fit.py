@@ -1,5 +1,5 @@
 """scripts/bench_fit.py: fit with a read after every step and with steps grouped, both timed, and
-(one rank) with the loss and metrics read back from their stores instead of posted."""
+with the loss and metrics read back from their stores instead of posted."""
 
 from __future__ import annotations
 

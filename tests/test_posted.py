@@ -1,7 +1,7 @@
-"""A step's losses and metrics posted to the host by its own tasks (executor/posted.py: one
-rank) instead of read back from their stores: the same numbers, no store read during fit or
-evaluate, every box closed after each call; and the simulator ends such a step with a fence
-(RuntimeSpec.posted_sync) instead of a read."""
+"""A step's losses and metrics posted to the host by its own tasks (executor/posted.py; over
+several ranks each rank's, shared) instead of read back from their stores: the same numbers, no
+store read during fit or evaluate, every box closed after each call; and the simulator ends such
+a step with a fence (RuntimeSpec.posted_sync) instead of a read."""
 
 from __future__ import annotations
 

@@ -1061,10 +1061,9 @@ class GraphExecutor:
         per_part = [[st for st, _w in ls] + [st for v in ms.values() for st in v]
                     for _b, ls, ms in parts]
         got: dict[tuple[int, int], np.ndarray] = {}   # (part, index) -> posted values
-        comm = rank_comm()
-        if comm is not None and any(box is not None for box in boxes):
+        if self.machine.ranks > 1 and any(box is not None for box in boxes):
             # (every rank's tasks posted their own rows: all of them, exchanged at once)
-            posted.share([box for box in dict.fromkeys(boxes) if box is not None], comm)
+            posted.share([box for box in dict.fromkeys(boxes) if box is not None], rank_comm())
         for i, box in enumerate(boxes):
             if box is not None:
                 got |= {(i, j): v for j, v in self._take_posted(box, per_part[i], parts[i][0])}
@@ -1360,8 +1359,7 @@ class GraphExecutor:
         self._new_step()
         box = self._open_box()
         loss_stores, metric_stores = self._issue_evaluate(feeds, targets, objective, batch)
-        self._drain()
-        return self._read_objectives([(batch, loss_stores, metric_stores)], boxes=[box])[0][0]
+        return self._read_and_drain([(batch, loss_stores, metric_stores)], boxes=[box])[0][0]
 
     def evaluate_steps(self, batches: Sequence[tuple[Mapping[int, Feed], Sequence[Feed]]],
                        objective: Objective) -> list[StepResult]:

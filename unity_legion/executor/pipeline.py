@@ -27,8 +27,9 @@ train, evaluate and predict steps so:
   its schedule makes the micro-batches' feeds stores noted by the walk that records it; steps
   issued in groups (fit's steps_per_execution: `train_steps`, `evaluate_steps`,
   `predict_steps`) copy each micro-batch's results out as their step ends and read them once;
-- on one rank, every micro-batch's losses and metrics are posted to the step's box by its own
-  tasks (executor/posted.py), as an unpipelined step's: nothing is read back but predictions.
+- every micro-batch's losses and metrics are posted to the step's box by its own tasks
+  (executor/posted.py; over several ranks, each rank's box, shared), as an unpipelined step's:
+  nothing is read back but predictions.
 
 Refused before anything launches (PipelineError): an operator that normalises with its batch's
 statistics (batch norm in training) – micro-batches would change its numbers.
